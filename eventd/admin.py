@@ -1,0 +1,380 @@
+"""The admin HTTP API (``/admin/*``) and ``/metrics``, behind the admin bearer token.
+
+Reads go through the admin's own read connection; changes (redrive, purge,
+replay) are writes through the outbox's writer, after which the destination's
+worker is woken. The CLI's daemon verbs are thin clients of these routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+import orjson
+import structlog
+from aiohttp import web
+
+from eventd import __version__
+from eventd.config import Config, parse_duration
+from eventd.dispatcher import Dispatcher
+from eventd.live import LiveHub
+from eventd.metrics import CONTENT_TYPE_LATEST, Metrics
+from eventd.outbox import Outbox, fetch, now_ms
+
+log = structlog.get_logger("eventd.admin")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json({"code": code, "message": message}, status)
+
+
+class BadRequest(Exception):
+    pass
+
+
+def parse_time(value: str | None, name: str) -> int | None:
+    """An ISO-8601 time or a duration ago ('2h', '7d') -> unix ms."""
+    if value is None or value == "":
+        return None
+    try:
+        return now_ms() - int(parse_duration(value) * 1000)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(
+            f"{name}={value!r}: expected an ISO-8601 time or a duration like '2h'"
+        ) from None
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+class Admin:
+    def __init__(
+        self,
+        config: Config,
+        outbox: Outbox,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        live: LiveHub,
+        started_at: float,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.live = live
+        self.started_at = started_at
+        self.token = config.admin.token
+        self._reader: aiosqlite.Connection | None = None
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/metrics", self.metrics_endpoint)
+        r.add_get("/admin/runtime", self.runtime)
+        r.add_get("/admin/sources", self.sources)
+        r.add_get("/admin/destinations", self.destinations)
+        r.add_get("/admin/dead-letters", self.list_dead_letters)
+        r.add_get("/admin/dead-letters/{id:\\d+}", self.show_dead_letter)
+        r.add_post("/admin/dead-letters/redrive", self.redrive)
+        r.add_post("/admin/dead-letters/purge", self.purge)
+        r.add_post("/admin/replay", self.replay)
+        r.add_get("/admin/live", self.live_stream)
+        app.middlewares.append(self.auth)
+        if not self.token:
+            log.warning("admin API disabled: no admin.token configured")
+
+    async def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            self._reader = await self.outbox.reader()
+        return self._reader
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        protected = path.startswith("/admin/") or (
+            path == "/metrics" and self.config.admin.metrics_auth
+        )
+        if not protected:
+            return await handler(request)
+        if not self.token:
+            return _error(403, "admin_disabled", "the admin API is off: set admin.token")
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {self.token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return _error(401, "unauthorized", "send Authorization: Bearer <admin.token>")
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return _error(400, "bad_request", str(exc))
+
+    # -- routes -----------------------------------------------------------------
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        self.metrics.outbox_bytes.set(self.outbox.file_bytes())
+        resp = web.Response(body=self.metrics.exposition())
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def runtime(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                "version": __version__,
+                "started_at": _iso(int(self.started_at * 1000)),
+                "uptime_seconds": round(now_ms() / 1000 - self.started_at, 3),
+                "last_seq": self.outbox.last_seq,
+                "storage": {
+                    "path": str(self.outbox.path),
+                    "writable": self.outbox.writable,
+                    "last_error": self.outbox.last_error,
+                    "file_bytes": self.outbox.file_bytes(),
+                    "max_size": self.outbox.max_size,
+                },
+                "dispatcher_running": self.dispatcher.running,
+                "sources": sorted(self.config.sources),
+                "destinations": sorted(self.dispatcher.workers),
+            }
+        )
+
+    async def sources(self, request: web.Request) -> web.Response:
+        return _json(
+            [
+                {"name": s.name, "allowed_origins": list(s.allowed_origins)}
+                for s in self.config.sources.values()
+            ]
+        )
+
+    async def destinations(self, request: web.Request) -> web.Response:
+        return _json(await self.destination_status())
+
+    async def destination_status(self) -> list[dict[str, Any]]:
+        db = await self.reader()
+        dead = dict(
+            await fetch(
+                db, "SELECT destination, count(*) FROM dead_letters WHERE state = 'dead' GROUP BY 1"
+            )
+        )
+        out = []
+        now = now_ms()
+        for name, w in sorted(self.dispatcher.workers.items()):
+            rows = await fetch(
+                db, "SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (w.cursor,)
+            )
+            oldest = rows[0][0] if rows else None
+            out.append(
+                {
+                    "name": name,
+                    "type": w.config.type,
+                    "cursor": w.cursor,
+                    "lag_events": max(0, self.outbox.last_seq - w.cursor),
+                    "lag_seconds": round(max(0, now - oldest) / 1000, 3) if oldest else 0.0,
+                    "delivered": w.delivered,
+                    "retrying": w.retrying,
+                    "dead": dead.get(name, 0),
+                    "last_error": w.last_error,
+                    "rate_limit": w.config.rate_limit,
+                    "max_in_flight": w.config.max_in_flight,
+                }
+            )
+        return out
+
+    async def list_dead_letters(self, request: web.Request) -> web.Response:
+        q = request.query
+        where, args = self._dead_filter(
+            q.get("destination"), "failed_at >= ?", parse_time(q.get("since"), "since")
+        )
+        try:
+            limit = min(int(q.get("limit", "100")), 10000)
+        except ValueError:
+            raise BadRequest(f"limit={q.get('limit')!r}: expected a number") from None
+        db = await self.reader()
+        rows = await fetch(
+            db,
+            "SELECT id, destination, seq, source, message_id, attempts, error, failed_at, state"
+            f" FROM dead_letters {where} ORDER BY id LIMIT ?",
+            (*args, limit),
+        )
+        keys = (
+            "id",
+            "destination",
+            "seq",
+            "source",
+            "message_id",
+            "attempts",
+            "error",
+            "failed_at",
+            "state",
+        )
+        items = [dict(zip(keys, r, strict=True)) for r in rows]
+        for item in items:
+            item["failed_at"] = _iso(item["failed_at"])
+        return _json(items)
+
+    async def show_dead_letter(self, request: web.Request) -> web.Response:
+        db = await self.reader()
+        rows = await fetch(
+            db,
+            "SELECT id, destination, seq, source, message_id, attempts, error, failed_at, state,"
+            " received_at, body FROM dead_letters WHERE id = ?",
+            (int(request.match_info["id"]),),
+        )
+        if not rows:
+            return _error(404, "not_found", f"no dead letter {request.match_info['id']}")
+        r = rows[0]
+        return _json(
+            {
+                "id": r[0],
+                "destination": r[1],
+                "seq": r[2],
+                "source": r[3],
+                "message_id": r[4],
+                "attempts": r[5],
+                "error": r[6],
+                "failed_at": _iso(r[7]),
+                "state": r[8],
+                "received_at": _iso(r[9]),
+                "event": orjson.loads(r[10]),
+            }
+        )
+
+    async def redrive(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        destination = body.get("destination")
+        ids = body.get("ids") or []
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            raise BadRequest("ids: expected a list of dead-letter ids")
+        self._known(destination)
+        where, args = self._dead_filter(destination, None, None)
+        where += " AND state = 'dead'" if where else "WHERE state = 'dead'"
+        if ids:
+            where += f" AND id IN ({','.join('?' * len(ids))})"
+            args = [*args, *ids]
+        n = await self.outbox.execute(f"UPDATE dead_letters SET state = 'redrive' {where}", [args])
+        for w in self.dispatcher.workers.values():
+            w.wake()
+        log.info("dead letters redriven", destination=destination, count=n)
+        return _json({"redriven": n})
+
+    async def purge(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        destination = body.get("destination")
+        self._known(destination)
+        where, args = self._dead_filter(
+            destination, "failed_at < ?", parse_time(body.get("before"), "before")
+        )
+        n = await self.outbox.execute(f"DELETE FROM dead_letters {where}", [args])
+        log.info("dead letters purged", destination=destination, count=n)
+        return _json({"purged": n})
+
+    async def replay(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        destination = body.get("destination")
+        if not isinstance(destination, str):
+            raise BadRequest("destination: expected a destination name")
+        worker = self._known(destination)
+        assert worker is not None
+        since = parse_time(body.get("since"), "since")
+        if since is None:
+            raise BadRequest("since: required (an ISO-8601 time or a duration like '2h')")
+        until = parse_time(body.get("until"), "until")
+        db = await self.reader()
+        # received_at follows seq closely (stamped at receipt, committed in order)
+        rows = await fetch(
+            db,
+            "SELECT min(seq), max(seq), count(*) FROM events WHERE received_at >= ?"
+            " AND received_at <= ?",
+            (since, until if until is not None else now_ms()),
+        )
+        first, last, count = rows[0]
+        if not count:
+            return _json({"destination": destination, "events": 0})
+        await self.outbox.execute(
+            "INSERT INTO replays (destination, next_seq, until_seq, created_at) VALUES (?,?,?,?)",
+            [(destination, first, last, now_ms())],
+        )
+        worker.wake()
+        log.info("replay queued", destination=destination, from_seq=first, until_seq=last)
+        return _json(
+            {"destination": destination, "from_seq": first, "until_seq": last, "events": count}
+        )
+
+    async def live_stream(self, request: web.Request) -> web.StreamResponse:
+        """Accepted (and rejected) events as they arrive: SSE, or JSON lines with ?format=json."""
+        source = request.query.get("source")
+        if source is not None and source not in self.config.sources:
+            raise BadRequest(f"source={source!r}: no such source")
+        sse = request.query.get("format") != "json"
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream" if sse else "application/x-ndjson",
+                "Cache-Control": "no-cache",
+            }
+        )
+        await resp.prepare(request)
+        sub = self.live.subscribe(source)
+        try:
+            await resp.write(b": connected\n\n" if sse else b"")
+            while True:
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), timeout=15)
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n" if sse else b"\n")
+                    continue
+                data = orjson.dumps(item)
+                await resp.write(b"data: " + data + b"\n\n" if sse else data + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.live.unsubscribe(sub)
+        return resp
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _known(self, destination: object) -> Any:
+        if destination is None:
+            return None
+        if destination not in self.dispatcher.workers:
+            raise BadRequest(f"destination={destination!r}: no such running destination")
+        return self.dispatcher.workers[str(destination)]
+
+    @staticmethod
+    def _dead_filter(
+        destination: str | None, time_clause: str | None, time_value: int | None
+    ) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if destination:
+            clauses.append("destination = ?")
+            args.append(destination)
+        if time_clause and time_value is not None:
+            clauses.append(time_clause)
+            args.append(time_value)
+        return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("body: expected a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body: expected a JSON object")
+    return body

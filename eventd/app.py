@@ -1,0 +1,118 @@
+"""The aiohttp application: wires config, outbox, dispatcher, ingest and admin together.
+
+Start-up and shut-down order live here (one ``cleanup_ctx``): the outbox opens
+first and closes last, so every request and delivery in flight can still commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+
+import structlog
+from aiohttp import web
+
+from eventd.admin import Admin
+from eventd.config import Config
+from eventd.destination import Destination
+from eventd.dispatcher import Dispatcher
+from eventd.ingest import CLIENT_MAX_SIZE, Ingest
+from eventd.live import LiveHub
+from eventd.metrics import Metrics
+from eventd.outbox import Outbox
+from eventd.plugins import check_destinations, destination_types
+from eventd.retention import Retention
+
+log = structlog.get_logger("eventd.app")
+
+
+@dataclass
+class Runtime:
+    config: Config
+    metrics: Metrics
+    live: LiveHub
+    outbox: Outbox
+    dispatcher: Dispatcher
+    retention: Retention
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def create_app(
+    config: Config,
+    types: dict[str, type[Destination]] | None = None,
+    *,
+    retention_interval: float = 60.0,
+) -> web.Application:
+    types = destination_types() if types is None else types
+    check_destinations(config, types)
+    metrics = Metrics()
+    live = LiveHub()
+    outbox = Outbox(
+        config.storage.path,
+        synchronous=config.storage.synchronous,
+        dedup_window=config.storage.dedup_window,
+        max_size=config.storage.max_size,
+        metrics=metrics,
+    )
+    dispatcher = Dispatcher(config, types, outbox, metrics)
+    retention = Retention(
+        config.storage, outbox, lambda: passed_seq(dispatcher, outbox), retention_interval
+    )
+    rt = Runtime(config, metrics, live, outbox, dispatcher, retention)
+
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app[RUNTIME] = rt
+    Ingest(config, outbox, metrics, live).add_routes(app)
+    Admin(config, outbox, dispatcher, metrics, live, time.time()).add_routes(app)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/openapi.json", openapi)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+def passed_seq(dispatcher: Dispatcher, outbox: Outbox) -> int:
+    cursors = [w.cursor for w in dispatcher.workers.values()]
+    return min(cursors) if cursors else outbox.last_seq
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    rt = app[RUNTIME]
+    await rt.outbox.open()
+    await rt.dispatcher.start()
+    retention = asyncio.create_task(rt.retention.run(), name="retention")
+    log.info(
+        "eventd started",
+        storage=str(rt.config.storage.path),
+        sources=sorted(rt.config.sources),
+        destinations=sorted(rt.config.destinations),
+    )
+    yield
+    # Requests have finished by now (aiohttp stops the sites and waits for
+    # handlers first); deliveries get until the deadline, then the store closes.
+    rt.retention.stop()
+    await rt.dispatcher.stop(rt.config.server.shutdown_timeout)
+    await retention
+    await rt.outbox.close()
+    log.info("eventd stopped", last_seq=rt.outbox.last_seq)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    checks = {"storage_writable": rt.outbox.writable, "dispatcher_running": rt.dispatcher.running}
+    ok = all(checks.values())
+    return web.json_response({"ready": ok, **checks}, status=200 if ok else 503)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    text = resources.files("eventd").joinpath("openapi.json").read_bytes()
+    return web.Response(body=text, content_type="application/json")

@@ -1,0 +1,393 @@
+"""Configuration: the TOML file's schema, its typed frozen model, and where it is found.
+
+Lookup order: ``--config PATH``, ``$EVENTD_CONFIG``, ``./eventd.toml``, else the
+embedded default (data in ``./eventd-data/``, one source ``default`` whose write
+key is generated once and kept in the data directory).
+
+Every error is a :class:`ConfigError` naming the file, the key, the bad value and
+what was expected, so ``eventd check`` can print it as is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+DEFAULT_DATA_DIR = Path("eventd-data")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$", re.I)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+    None: 1,
+}
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message says which and why."""
+
+
+def parse_duration(value: object) -> float:
+    """'90s', '15m', '4h', '7d', '1w' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '30s', '15m', '4h' or '7d'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("expected a duration >= 0")
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError("expected a duration like '30s', '15m', '4h' or '7d'")
+
+
+def parse_size(value: object) -> int:
+    """'500MB', '2GiB', '10kb' or a number of bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (m := _SIZE.match(value)):
+        unit = m.group(2).lower() if m.group(2) else None
+        return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    raise ValueError("expected a size like '500MB' or '2GiB'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8088
+    # Peers whose X-Forwarded-For is believed when filling context.ip.
+    trusted_proxies: tuple[str, ...] = ()
+    # Seconds a SIGTERM waits for in-flight deliveries before cancelling them.
+    shutdown_timeout: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    path: Path = DEFAULT_DATA_DIR / "eventd.db"
+    synchronous: str = "full"
+    retention: float = 7 * 86400.0
+    dead_letter_retention: float = 30 * 86400.0
+    dedup_window: float = 86400.0
+    max_size: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminConfig:
+    token: str | None = None
+    # When false, /metrics answers without the bearer token (for scrapers on a trusted network).
+    metrics_auth: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    name: str
+    write_key: str
+    # CORS: browser origins allowed to send with this key; empty means any origin.
+    allowed_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DestinationConfig:
+    name: str
+    type: str
+    sources: tuple[str, ...] | None = None  # None: every source
+    batch_size: int = 100
+    max_in_flight: int = 4
+    rate_limit: float | None = None  # events per second; None: unlimited
+    retry_max_age: float = 4 * 3600.0
+    retry_backoff: float = 1.0  # first retry delay; doubles per attempt, with jitter
+    retry_backoff_max: float = 300.0
+    enabled: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    admin: AdminConfig = AdminConfig()
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    destinations: dict[str, DestinationConfig] = field(default_factory=dict)
+    origin: str = "<embedded default>"
+
+    def source_by_key(self) -> dict[str, SourceConfig]:
+        return {s.write_key: s for s in self.sources.values()}
+
+    @property
+    def data_dir(self) -> Path:
+        return self.storage.path.parent
+
+
+class _Table:
+    """Reads one TOML table, remembering its dotted name for error messages."""
+
+    def __init__(self, origin: str, prefix: str, data: object) -> None:
+        self.origin = origin
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            self.fail("", data, "a table")
+        self.data: dict[str, Any] = data
+        self.seen: set[str] = set()
+
+    def fail(self, key: str, value: object, expected: str) -> NoReturn:
+        dotted = ".".join(part for part in (self.prefix, key) if part) or "(top level)"
+        raise ConfigError(f"{self.origin}: {dotted} = {value!r}: expected {expected}")
+
+    def get(self, key: str, expected_type: type | tuple[type, ...], expected: str) -> Any:
+        self.seen.add(key)
+        value = self.data.get(key)
+        if value is None:
+            return None
+        bad_bool = isinstance(value, bool) and bool not in _as_tuple(expected_type)
+        if not isinstance(value, expected_type) or bad_bool:
+            self.fail(key, value, expected)
+        return value
+
+    def require(self, key: str, expected_type: type, expected: str) -> Any:
+        value = self.get(key, expected_type, expected)
+        if value is None:
+            raise ConfigError(f"{self.origin}: {self.prefix}.{key} is missing: expected {expected}")
+        return value
+
+    def convert(self, key: str, parse: Any) -> Any:
+        self.seen.add(key)
+        value = self.data.get(key)
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            self.fail(key, value, str(exc).removeprefix("expected "))
+
+    def strings(self, key: str) -> tuple[str, ...] | None:
+        value = self.get(key, list, "a list of strings")
+        if value is None:
+            return None
+        if not all(isinstance(v, str) for v in value):
+            self.fail(key, value, "a list of strings")
+        return tuple(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            key = unknown[0]
+            self.fail(
+                key, self.data[key], f"one of the known keys ({', '.join(sorted(self.seen))})"
+            )
+
+
+def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(value: object) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"expected a positive {'integer' if kind is int else 'number'}")
+        if kind is int and not isinstance(value, int):
+            raise ValueError("expected a positive integer")
+        return value
+
+    return parse
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError("expected a port number 0-65535")
+    return value
+
+
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError("an IP address or CIDR network") from exc
+    return value
+
+
+def parse_config(data: dict[str, Any], origin: str) -> Config:
+    """Build a :class:`Config` from parsed TOML, validating every key."""
+    root = _Table(origin, "", data)
+
+    def section(name: str) -> _Table:
+        root.seen.add(name)
+        return _Table(origin, name, data.get(name, {}))
+
+    srv = section("server")
+    proxies = srv.strings("trusted_proxies") or ()
+    for p in proxies:
+        try:
+            _network(p)
+        except ValueError:
+            srv.fail("trusted_proxies", p, "an IP address or CIDR network")
+    server = ServerConfig(
+        host=srv.get("host", str, "a host name or address") or ServerConfig.host,
+        port=_default(srv.convert("port", _port), ServerConfig.port),
+        trusted_proxies=proxies,
+        shutdown_timeout=_default(srv.convert("shutdown_timeout", parse_duration), 10.0),
+    )
+    srv.finish()
+
+    st = section("storage")
+    path_value = st.get("path", str, "a file path")
+    path = Path(path_value) if path_value else DEFAULT_DATA_DIR / "eventd.db"
+    sync = st.get("synchronous", str, "'full' or 'normal'") or "full"
+    if sync not in ("full", "normal"):
+        st.fail("synchronous", sync, "'full' or 'normal'")
+    storage = StorageConfig(
+        path=path,
+        synchronous=sync,
+        retention=_default(st.convert("retention", parse_duration), StorageConfig.retention),
+        dead_letter_retention=_default(
+            st.convert("dead_letter_retention", parse_duration), StorageConfig.dead_letter_retention
+        ),
+        dedup_window=_default(st.convert("dedup_window", parse_duration), 86400.0),
+        max_size=st.convert("max_size", parse_size),
+    )
+    st.finish()
+
+    adm = section("admin")
+    admin = AdminConfig(
+        token=adm.get("token", str, "a string"),
+        metrics_auth=_default(adm.get("metrics_auth", bool, "true or false"), True),
+    )
+    adm.finish()
+
+    src_root = section("sources")
+    sources: dict[str, SourceConfig] = {}
+    keys: dict[str, str] = {}
+    for name, raw in src_root.data.items():
+        if not _NAME.match(name):
+            src_root.fail(name, raw, "a source name of letters, digits, '-' or '_'")
+        t = _Table(origin, f"sources.{name}", raw)
+        key = t.require("write_key", str, "a write key string")
+        if not key.strip():
+            t.fail("write_key", key, "a non-empty write key")
+        if key in keys:
+            t.fail("write_key", "***", f"a key not already used by sources.{keys[key]}")
+        keys[key] = name
+        sources[name] = SourceConfig(
+            name=name, write_key=key, allowed_origins=t.strings("allowed_origins") or ()
+        )
+        t.finish()
+
+    dst_root = section("destinations")
+    destinations: dict[str, DestinationConfig] = {}
+    for name, raw in dst_root.data.items():
+        if not _NAME.match(name):
+            dst_root.fail(name, raw, "a destination name of letters, digits, '-' or '_'")
+        t = _Table(origin, f"destinations.{name}", raw)
+        dtype = t.require("type", str, "a destination type (see `eventd plugins`)")
+        dsources = t.strings("sources")
+        for s in dsources or ():
+            if s not in sources:
+                t.fail(
+                    "sources", s, f"a configured source ({', '.join(sorted(sources)) or 'none'})"
+                )
+        settings = t.get("settings", dict, "a table") or {}
+        destinations[name] = DestinationConfig(
+            name=name,
+            type=dtype,
+            sources=dsources,
+            batch_size=_default(t.convert("batch_size", _positive(int)), 100),
+            max_in_flight=_default(t.convert("max_in_flight", _positive(int)), 4),
+            rate_limit=t.convert("rate_limit", _positive(float)),
+            retry_max_age=_default(t.convert("retry_max_age", parse_duration), 4 * 3600.0),
+            retry_backoff=_default(t.convert("retry_backoff", parse_duration), 1.0),
+            retry_backoff_max=_default(t.convert("retry_backoff_max", parse_duration), 300.0),
+            enabled=_default(t.get("enabled", bool, "true or false"), True),
+            settings=settings,
+        )
+        t.finish()
+
+    root.finish()
+    return Config(
+        server=server,
+        storage=storage,
+        admin=admin,
+        sources=sources,
+        destinations=destinations,
+        origin=origin,
+    )
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def load_file(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, str(path))
+
+
+def find_config_path(explicit: str | None) -> Path | None:
+    """The config file to use, by the lookup order; None means the embedded default."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("EVENTD_CONFIG"):
+        return Path(env)
+    local = Path("eventd.toml")
+    return local if local.exists() else None
+
+
+def load(explicit: str | None = None, *, create_secrets: bool = False) -> Config:
+    """Load the config by the lookup order.
+
+    With the embedded default, the write key and admin token live in the data
+    directory; ``create_secrets`` generates them on first start (``serve``), while
+    the other verbs only read them.
+    """
+    path = find_config_path(explicit)
+    if path is not None:
+        return load_file(path)
+    return embedded_default(DEFAULT_DATA_DIR, create_secrets=create_secrets)
+
+
+def embedded_default(data_dir: Path, *, create_secrets: bool) -> Config:
+    write_key = _secret_file(data_dir / "write_key", "wk_", create_secrets)
+    admin_token = _secret_file(data_dir / "admin_token", "adm_", create_secrets)
+    return Config(
+        storage=StorageConfig(path=data_dir / "eventd.db"),
+        admin=AdminConfig(token=admin_token),
+        sources={"default": SourceConfig(name="default", write_key=write_key or "")}
+        if write_key
+        else {},
+    )
+
+
+def _secret_file(path: Path, prefix: str, create: bool) -> str | None:
+    if path.exists():
+        return path.read_text().strip()
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = new_secret(prefix)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+def new_secret(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(24)

@@ -1,0 +1,196 @@
+"""The destination plugin API: the base class, delivery outcomes and the shared HTTP helper.
+
+A destination maps a batch of stored events to its API and reports one outcome
+per event. It never sleeps, retries or throttles: the dispatcher does that for
+every destination the same way. Outcomes::
+
+    Ok                 delivered
+    Retry(reason, after=None)   try again later (after seconds, when the API said)
+    Permanent(reason)  will never succeed: dead-lettered at once
+    Skip(reason)       this destination does not take this kind of event (counted)
+
+Settings are declared as JSON Schema (``settings_schema``) and validated at
+``eventd check`` and at start; errors name the destination and the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import aiohttp
+import jsonschema
+
+from eventd.config import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    reason: str
+    after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Permanent:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    reason: str
+
+
+Outcome = Ok | Retry | Permanent | Skip
+OK = Ok()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One stored event as a destination sees it."""
+
+    seq: int
+    source: str
+    received_at: int  # unix ms
+    message: dict[str, Any]  # the normalized Segment message
+    size: int  # bytes of its JSON
+
+
+class Destination:
+    """Base class of every destination type.
+
+    Subclasses set ``type_name`` (the config's ``type``), ``settings_schema``
+    and implement :meth:`deliver`. ``max_batch_events`` / ``max_batch_bytes``
+    bound the batches the dispatcher hands over; an instance may lower them
+    from its settings.
+    """
+
+    type_name: ClassVar[str]
+    # The key in an event's `integrations` object that turns this type on or off
+    # (the destination's own config name always works too).
+    integration_name: ClassVar[str | None] = None
+    description: ClassVar[str] = ""
+    settings_schema: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+    max_batch_events: int = 100
+    max_batch_bytes: int = 1_000_000
+
+    def __init__(self, name: str, settings: Mapping[str, Any], session: aiohttp.ClientSession):
+        self.name = name
+        self.settings = with_defaults(self.settings_schema, settings)
+        self.session = session
+
+    @classmethod
+    def validate_settings(cls, name: str, settings: Mapping[str, Any]) -> None:
+        """Raise ConfigError naming ``destinations.NAME.settings.KEY`` on a bad value."""
+        validator = jsonschema.Draft202012Validator(cls.settings_schema)
+        errors = sorted(validator.iter_errors(dict(settings)), key=lambda e: list(e.path))
+        if errors:
+            e = errors[0]
+            key = ".".join(str(p) for p in e.path)
+            where = f"destinations.{name}.settings" + (f".{key}" if key else "")
+            shown = "***" if _is_secret(key) else repr(e.instance)
+            raise ConfigError(f"{where} = {shown}: {e.message.replace(repr(e.instance), 'value')}")
+
+    async def deliver(self, batch: Sequence[Event]) -> Sequence[Outcome] | Outcome:
+        """Send a batch; return one outcome per event, or one for all of them."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release what the destination holds (files, ...); the session is shared."""
+
+
+def _is_secret(key: str) -> bool:
+    return any(w in key.lower() for w in ("secret", "token", "key", "password"))
+
+
+def with_defaults(schema: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    out = {
+        k: prop["default"] for k, prop in schema.get("properties", {}).items() if "default" in prop
+    }
+    out.update(settings)
+    return out
+
+
+# -- HTTP destinations ---------------------------------------------------------
+
+HTTP_SETTINGS: dict[str, Any] = {
+    "endpoint": {
+        "type": "string",
+        "pattern": "^https?://",
+        "description": "Base URL of the API (tests, proxies, regional hosts)",
+    },
+    "timeout": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "default": 10,
+        "description": "Seconds to wait for a response",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def text(self, limit: int = 500) -> str:
+        return self.body[:limit].decode("utf-8", "replace")
+
+
+class HttpDestination(Destination):
+    """A destination that talks HTTP: ``endpoint`` and ``timeout`` settings, one way to send."""
+
+    default_endpoint: ClassVar[str] = ""
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.settings.get("endpoint") or self.default_endpoint).rstrip("/")
+
+    async def send(self, method: str, url: str, **kwargs: Any) -> Response | Retry:
+        """Make one request; a network error or timeout is a Retry, anything else a Response."""
+        timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout", 10)))
+        try:
+            async with self.session.request(method, url, timeout=timeout, **kwargs) as resp:
+                body = await resp.read()
+                return Response(resp.status, resp.headers, body)
+        except TimeoutError:
+            return Retry(f"no response within {timeout.total:g}s")
+        except aiohttp.ClientError as exc:
+            return Retry(f"network error: {type(exc).__name__}: {exc}"[:300])
+        except asyncio.CancelledError:
+            raise
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Retry-After in seconds or as an HTTP date."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def classify(resp: Response) -> Outcome:
+    """The usual HTTP contract: 2xx ok; 408, 429 and 5xx retry; other 4xx permanent."""
+    if 200 <= resp.status < 300:
+        return OK
+    reason = f"HTTP {resp.status}: {resp.text(300)}"
+    if resp.status in (408, 429) or resp.status >= 500:
+        return Retry(reason, retry_after(resp.headers))
+    return Permanent(reason)

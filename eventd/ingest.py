@@ -1,0 +1,377 @@
+"""The Tracking API over HTTP: Segment's and RudderStack's ``/v1/*`` paths into the outbox.
+
+Owns what a request contributes (write key, peer address, limits, CORS, error
+bodies); per-message rules live in :mod:`eventd.normalize`. A request is answered
+``200 {"success": true}`` only after its events are committed.
+
+Batches with some invalid items: like Segment, the valid items are stored and the
+invalid ones are dropped; unlike Segment, never silently: each drop is logged at
+warning, counted in ``eventd_rejected_events``, shown on the live stream, and the
+response carries ``X-Eventd-Rejected: N``. A batch whose items are all invalid is
+a 400 naming the first error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from eventd.config import Config, SourceConfig
+from eventd.live import LiveHub
+from eventd.metrics import Metrics
+from eventd.normalize import Envelope, InvalidMessage, normalize
+from eventd.outbox import EventRow, Outbox, StorageUnavailable
+
+log = structlog.get_logger("eventd.ingest")
+
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_EVENTS = 2500
+# aiohttp refuses bodies past this before we read them; the real limits are checked below.
+CLIENT_MAX_SIZE = MAX_BATCH_BYTES + 64 * 1024
+
+SINGLE_PATHS = {
+    "track": "track",
+    "identify": "identify",
+    "page": "page",
+    "screen": "screen",
+    "group": "group",
+    "alias": "alias",
+    # analytics-next's one-letter paths
+    "t": "track",
+    "i": "identify",
+    "p": "page",
+    "s": "screen",
+    "g": "group",
+    "a": "alias",
+}
+BATCH_PATHS = ("batch", "import", "b")
+SUCCESS = web.Response(body=b'{"success":true}', content_type="application/json")
+CORS_HEADERS = "Authorization, Content-Type, X-Retry-Count"
+
+
+class ApiError(Exception):
+    """An error answered as Segment's ``{"code", "message"}`` body."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"code": code, "message": message}),
+        content_type="application/json",
+        headers=headers or None,
+    )
+
+
+def _ok() -> web.Response:
+    return web.Response(body=SUCCESS.body, content_type="application/json")
+
+
+class Ingest:
+    def __init__(self, config: Config, outbox: Outbox, metrics: Metrics, live: LiveHub) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.metrics = metrics
+        self.live = live
+        self.sources_by_key = config.source_by_key()
+        self.trusted = [
+            ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies
+        ]
+        self.any_origin = any(not s.allowed_origins for s in config.sources.values())
+        self.all_origins = {o for s in config.sources.values() for o in s.allowed_origins}
+
+    def add_routes(self, app: web.Application) -> None:
+        for path in (*SINGLE_PATHS, *BATCH_PATHS):
+            app.router.add_post(f"/v1/{path}", self.handle)
+        app.router.add_post("/v1/m", self.telemetry)
+        app.router.add_get("/v1/projects/{write_key}/settings", self.project_settings)
+        app.router.add_route("OPTIONS", "/v1/{tail:.*}", self.preflight)
+        app.middlewares.append(self.cors_and_errors)
+
+    # -- middleware -------------------------------------------------------------
+
+    @web.middleware
+    async def cors_and_errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            self.metrics.rejected.labels(exc.code).inc()
+            log.debug("request refused", path=request.path, status=exc.status, code=exc.code)
+            response = error_response(exc.status, exc.code, exc.message, **(exc.headers or {}))
+        except web.HTTPRequestEntityTooLarge:
+            self.metrics.rejected.labels("body_too_large").inc()
+            response = error_response(
+                413, "body_too_large", f"request body is over {MAX_BATCH_BYTES} bytes"
+            )
+        except web.HTTPException as exc:
+            response = error_response(exc.status, "http_error", exc.reason)
+        origin = request.headers.get("Origin")
+        if origin and request.method != "OPTIONS":
+            source = request.get("source")
+            allowed = source.allowed_origins if isinstance(source, SourceConfig) else ()
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            if allowed:
+                response.headers["Access-Control-Allow-Credentials"] = "true"
+        self.metrics.request_seconds.labels(request.path).observe(time.perf_counter() - started)
+        return response
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin", "")
+        if not (self.any_origin or origin in self.all_origins):
+            return web.Response(status=403, text="origin not allowed")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin or "*",
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": CORS_HEADERS,
+                "Access-Control-Max-Age": "86400",
+                "Vary": "Origin",
+                **({"Access-Control-Allow-Credentials": "true"} if self.all_origins else {}),
+            },
+        )
+
+    # -- handlers ---------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        received_at = datetime.now(UTC)
+        name = request.path.removeprefix("/v1/")
+        is_batch = name in BATCH_PATHS
+        body = await request.read()
+        limit = MAX_BATCH_BYTES if is_batch else MAX_MESSAGE_BYTES
+        if len(body) > limit:
+            raise ApiError(
+                413 if is_batch else 400,
+                "body_too_large",
+                f"request body is {len(body)} bytes; the limit is {limit}",
+            )
+        payload = _parse_json(body)
+        source = self._source(request, payload)
+        request["source"] = source
+        self._check_origin(request, source)
+
+        ip = self._client_ip(request)
+        if is_batch:
+            items = payload.get("batch")
+            if not isinstance(items, list):
+                raise ApiError(400, "invalid_batch", "batch must be a list of messages")
+            if len(items) > MAX_BATCH_EVENTS:
+                raise ApiError(
+                    400,
+                    "batch_too_large",
+                    f"batch has {len(items)} events; the limit is {MAX_BATCH_EVENTS}",
+                )
+            env = Envelope(
+                received_at=received_at,
+                ip=ip,
+                sent_at=payload.get("sentAt") if isinstance(payload.get("sentAt"), str) else None,
+                context=_dict_or_none(payload.get("context")),
+                integrations=_dict_or_none(payload.get("integrations")),
+            )
+            rows, errors = self._rows(source.name, items, None, env, check_size=True)
+        else:
+            env = Envelope(received_at=received_at, ip=ip)
+            rows, errors = self._rows(source.name, [payload], SINGLE_PATHS[name], env)
+        del payload, body  # parsed objects are garbage while we await the commit
+        if errors and not rows:
+            raise ApiError(400, errors[0].code, errors[0].message)
+        if rows:
+            try:
+                await self.outbox.append(rows)
+            except StorageUnavailable as exc:
+                log.warning("ingest refused: storage unavailable", error=str(exc))
+                raise ApiError(503, "storage_unavailable", str(exc), {"Retry-After": "5"}) from exc
+            for row in rows:
+                self.metrics.ingested.labels(row[0], row[2]).inc()
+        response = _ok()
+        if errors:
+            response.headers["X-Eventd-Rejected"] = str(len(errors))
+        return response
+
+    def _rows(
+        self,
+        source: str,
+        items: list[Any],
+        call_type: str | None,
+        env: Envelope,
+        check_size: bool = False,
+    ) -> tuple[list[EventRow], list[InvalidMessage]]:
+        rows: list[EventRow] = []
+        errors: list[InvalidMessage] = []
+        received_ms = int(env.received_at.timestamp() * 1000)
+        for index, item in enumerate(items):
+            try:
+                if check_size and len(orjson.dumps(item)) > MAX_MESSAGE_BYTES:
+                    raise InvalidMessage(
+                        "message_too_large", f"message is over {MAX_MESSAGE_BYTES} bytes"
+                    )
+                msg = normalize(item, call_type, env)
+            except InvalidMessage as exc:
+                errors.append(exc)
+                self.metrics.rejected.labels(exc.code).inc()
+                log.warning(
+                    "message rejected",
+                    source=source,
+                    index=index,
+                    code=exc.code,
+                    reason=exc.message,
+                )
+                if self.live:
+                    self.live.publish(
+                        source,
+                        {
+                            "rejected": True,
+                            "source": source,
+                            "code": exc.code,
+                            "reason": exc.message,
+                            "message": item,
+                        },
+                    )
+                continue
+            body = orjson.dumps(msg)
+            rows.append(
+                (
+                    source,
+                    msg["messageId"],
+                    msg["type"],
+                    msg.get("event"),
+                    msg.get("userId"),
+                    msg.get("anonymousId"),
+                    received_ms,
+                    body,
+                )
+            )
+            if self.live:
+                self.live.publish(source, {"rejected": False, "source": source, "message": msg})
+        return rows, errors
+
+    async def telemetry(self, request: web.Request) -> web.Response:
+        """analytics-next's own metrics (``/v1/m``): accepted and discarded."""
+        await request.read()
+        return _ok()
+
+    async def project_settings(self, request: web.Request) -> web.Response:
+        """What analytics-next fetches from its cdnURL before it sends anything."""
+        source = self.sources_by_key.get(request.match_info["write_key"])
+        if source is None:
+            raise ApiError(404, "unknown_write_key", "no source has this write key")
+        request["source"] = source
+        host = request.headers.get("X-Forwarded-Host") if self._from_proxy(request) else None
+        scheme = request.headers.get("X-Forwarded-Proto") if self._from_proxy(request) else None
+        return web.json_response(
+            {
+                "integrations": {
+                    "Segment.io": {
+                        "apiKey": source.write_key,
+                        "apiHost": f"{host or request.host}/v1",
+                        "protocol": scheme or request.scheme,
+                    }
+                },
+                "plan": {"track": {"__default": {"enabled": True}}},
+                "metrics": {"sampleRate": 0},
+                "remotePlugins": [],
+                "enabledMiddleware": {},
+            },
+            dumps=lambda o: orjson.dumps(o).decode(),
+        )
+
+    # -- request facts ----------------------------------------------------------
+
+    def _source(self, request: web.Request, payload: dict[str, Any]) -> SourceConfig:
+        """The source whose write key the request carries, in its body or Basic auth."""
+        key = payload.get("writeKey")
+        if not isinstance(key, str) or not key:
+            key = _basic_username(request.headers.get("Authorization", ""))
+        if not key:
+            raise ApiError(
+                401,
+                "missing_write_key",
+                "no write key: send it as writeKey in the body or as HTTP Basic username",
+            )
+        source = self.sources_by_key.get(key)
+        if source is None:
+            raise ApiError(401, "invalid_write_key", "the write key matches no source")
+        return source
+
+    def _check_origin(self, request: web.Request, source: SourceConfig) -> None:
+        origin = request.headers.get("Origin")
+        if origin and source.allowed_origins and origin not in source.allowed_origins:
+            raise ApiError(
+                403,
+                "origin_not_allowed",
+                f"origin {origin} is not in sources.{source.name}.allowed_origins",
+            )
+
+    def _from_proxy(self, request: web.Request) -> bool:
+        peer = request.remote
+        if not peer or not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    def _client_ip(self, request: web.Request) -> str | None:
+        """The peer, or the first untrusted hop of X-Forwarded-For behind a trusted proxy."""
+        peer = request.remote
+        forwarded = request.headers.get("X-Forwarded-For")
+        if not forwarded or not self._from_proxy(request):
+            return peer
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        for hop in reversed(hops):
+            try:
+                addr = ipaddress.ip_address(hop)
+            except ValueError:
+                return peer
+            if not any(addr in net for net in self.trusted):
+                return hop
+        return hops[0] if hops else peer
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    """JSON whatever the Content-Type: analytics-next sends text/plain."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "invalid_json", "body must be a JSON object")
+    return payload
+
+
+def _dict_or_none(value: object) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _basic_username(header: str) -> str | None:
+    """The write key in ``Authorization: Basic base64(key[:])``; Bearer is not a write key."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[0] or None

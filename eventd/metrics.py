@@ -1,0 +1,112 @@
+"""Prometheus metrics: every instrument eventd exports, in one registry per app.
+
+A registry per app (not the global one) keeps test apps in one process apart.
+Modules receive a :class:`Metrics` and only observe into it; gauges that are
+cheaper to read than to maintain (lag, outbox size) are filled at scrape time by
+callbacks registered with :meth:`Metrics.on_scrape`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.ingested = Counter(
+            "eventd_ingested_events", "Events accepted and stored", ["source", "type"], registry=r
+        )
+        self.duplicates = Counter(
+            "eventd_duplicate_events",
+            "Events acknowledged but not stored again (dedup)",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "eventd_rejected_events",
+            "Events or requests refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "eventd_request_seconds",
+            "Tracking API request latency",
+            ["path"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.commit_events = Histogram(
+            "eventd_commit_events", "Events per group commit", buckets=_BATCH, registry=r
+        )
+        self.commit_seconds = Histogram(
+            "eventd_commit_seconds", "Group commit latency", buckets=_LATENCY, registry=r
+        )
+        self.commit_failures = Counter(
+            "eventd_commit_failures", "Group commits that failed (disk full, ...)", registry=r
+        )
+        self.delivered = Counter(
+            "eventd_delivered_events", "Events delivered", ["destination"], registry=r
+        )
+        self.retried = Counter(
+            "eventd_retried_events",
+            "Event delivery attempts to retry",
+            ["destination"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "eventd_dead_lettered_events",
+            "Events moved to dead letters",
+            ["destination"],
+            registry=r,
+        )
+        self.skipped = Counter(
+            "eventd_skipped_events",
+            "Events a destination does not take, by reason",
+            ["destination", "reason"],
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "eventd_delivery_seconds",
+            "Latency of one deliver() call",
+            ["destination", "outcome"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.lag_events = Gauge(
+            "eventd_lag_events",
+            "Stored events a destination has not passed",
+            ["destination"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "eventd_lag_seconds",
+            "Age of the oldest event a destination has not passed",
+            ["destination"],
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "eventd_dead_letters", "Dead letters held", ["destination"], registry=r
+        )
+        self.outbox_bytes = Gauge(
+            "eventd_outbox_bytes", "Size of the database files on disk", registry=r
+        )
+        self.storage_writable = Gauge(
+            "eventd_storage_writable", "1 when the last commit succeeded", registry=r
+        )
+        self._scrape_hooks: list[Callable[[], None]] = []
+
+    def on_scrape(self, hook: Callable[[], None]) -> None:
+        self._scrape_hooks.append(hook)
+
+    def exposition(self) -> bytes:
+        for hook in self._scrape_hooks:
+            hook()
+        return generate_latest(self.registry)

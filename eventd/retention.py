@@ -1,0 +1,83 @@
+"""Retention: keeps the database from growing without bound.
+
+Events every destination has passed are kept for ``storage.retention`` (for
+replay) and then deleted; dead letters are kept for
+``storage.dead_letter_retention``; dedup and replay bookkeeping go with them.
+Deletes run in small batches, each its own short transaction through the
+writer, so ingest is never blocked for long. The WAL is truncated after each
+sweep so it does not keep its high-water size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import structlog
+
+from eventd.config import StorageConfig
+from eventd.outbox import Outbox, StorageUnavailable, now_ms
+
+log = structlog.get_logger("eventd.retention")
+
+DELETE_BATCH = 5000
+
+
+class Retention:
+    def __init__(
+        self,
+        config: StorageConfig,
+        outbox: Outbox,
+        passed_seq: Callable[[], int],
+        interval: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        # The highest seq every running destination has passed.
+        self.passed_seq = passed_seq
+        self.interval = interval
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.sweep()
+            except StorageUnavailable as exc:
+                log.warning("retention sweep failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def sweep(self) -> dict[str, int]:
+        """Delete what is past retention; returns counts (events, dead_letters)."""
+        now = now_ms()
+        # Never delete the newest event: without AUTOINCREMENT, SQLite would hand its
+        # seq out again and cursors past it would skip the new event.
+        limit_seq = min(self.passed_seq(), self.outbox.last_seq - 1)
+        events_before = now - int(self.config.retention * 1000)
+        events = await self._delete_batches(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? AND"
+            " received_at < ? ORDER BY seq LIMIT ?)",
+            (limit_seq, events_before, DELETE_BATCH),
+        )
+        dead = await self._delete_batches(
+            "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE failed_at < ?"
+            " LIMIT ?)",
+            (now - int(self.config.dead_letter_retention * 1000), DELETE_BATCH),
+        )
+        await self.outbox.checkpoint()
+        if events or dead:
+            log.info("retention sweep", events_deleted=events, dead_letters_deleted=dead)
+        return {"events": events, "dead_letters": dead}
+
+    async def _delete_batches(self, sql: str, args: tuple[int, ...]) -> int:
+        total = 0
+        while not self._stop.is_set():
+            n = await self.outbox.execute(sql, [args])
+            total += n
+            if n < DELETE_BATCH:
+                break
+        return total

@@ -1,0 +1,82 @@
+"""The ``webhook`` destination: Segment-style POSTs of stored events to any URL.
+
+One event per request (or a JSON array of them with ``batch = true``), custom
+headers, and an optional ``X-Signature``: hex HMAC-SHA1 of the body with
+``shared_secret``. 2xx is delivered; 408, 429, 5xx and network errors are
+retried (Retry-After honoured); any other 4xx is permanent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+
+from eventd import Event, HttpDestination, Outcome, Retry, hookimpl
+from eventd.destination import HTTP_SETTINGS, classify
+
+
+class Webhook(HttpDestination):
+    type_name = "webhook"
+    integration_name = "Webhooks"
+    description = "POST each event (or a batch) as JSON to a URL"
+    settings_schema = {
+        "type": "object",
+        "required": ["url"],
+        "additionalProperties": False,
+        "properties": {
+            "url": {"type": "string", "pattern": "^https?://", "description": "where to POST"},
+            "headers": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "extra request headers",
+            },
+            "shared_secret": {
+                "type": "string",
+                "minLength": 1,
+                "description": "sign the body: X-Signature = hex HMAC-SHA1",
+            },
+            "batch": {
+                "type": "boolean",
+                "default": False,
+                "description": "POST a JSON array of events per request",
+            },
+            **HTTP_SETTINGS,
+        },
+    }
+
+    def __init__(self, name: str, settings: Mapping[str, Any], session: aiohttp.ClientSession):
+        super().__init__(name, settings, session)
+        url = urllib.parse.urlsplit(self.settings["url"])
+        if self.settings.get("endpoint"):
+            # endpoint replaces the URL's scheme and host, keeping its path (tests, proxies)
+            base = urllib.parse.urlsplit(self.settings["endpoint"])
+            url = url._replace(scheme=base.scheme, netloc=base.netloc)
+        self.url = urllib.parse.urlunsplit(url)
+        self.batch = bool(self.settings["batch"])
+        if not self.batch:
+            self.max_batch_events = 1
+        self.headers = {"Content-Type": "application/json", **self.settings.get("headers", {})}
+        secret = self.settings.get("shared_secret")
+        self.secret = secret.encode() if secret else None
+
+    async def deliver(self, batch: Sequence[Event]) -> Outcome:
+        if self.batch:
+            body = orjson.dumps([e.message for e in batch])
+        else:
+            body = orjson.dumps(batch[0].message)
+        headers = dict(self.headers)
+        if self.secret is not None:
+            headers["X-Signature"] = hmac.new(self.secret, body, hashlib.sha1).hexdigest()
+        resp = await self.send("POST", self.url, data=body, headers=headers)
+        return resp if isinstance(resp, Retry) else classify(resp)
+
+
+@hookimpl
+def eventd_destinations() -> list[type[HttpDestination]]:
+    return [Webhook]
