@@ -95,6 +95,7 @@ class Admin:
         r.add_post("/admin/dead-letters/purge", self.purge)
         r.add_post("/admin/replay", self.replay)
         r.add_get("/admin/live", self.live_stream)
+        r.add_post("/admin/drain", self.drain)
         app.middlewares.append(self.auth)
         if not self.token:
             log.warning("admin API disabled: no admin.token configured")
@@ -312,6 +313,18 @@ class Admin:
         return _json(
             {"destination": destination, "from_seq": first, "until_seq": last, "events": count}
         )
+
+    async def drain(self, request: web.Request) -> web.Response:
+        """Answer once every destination has passed every stored event (or 504 at timeout)."""
+        try:
+            timeout = float(request.query.get("timeout", "60"))
+        except ValueError:
+            raise BadRequest("timeout: expected seconds") from None
+        try:
+            await asyncio.wait_for(self.dispatcher.drain(), timeout)
+        except TimeoutError:
+            return _error(504, "drain_timeout", f"destinations still behind after {timeout:g}s")
+        return _json(await self.destination_status())
 
     async def live_stream(self, request: web.Request) -> web.StreamResponse:
         """Accepted (and rejected) events as they arrive: SSE, or JSON lines with ?format=json."""

@@ -73,6 +73,9 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     # Seconds a SIGTERM waits for in-flight deliveries before cancelling them.
     shutdown_timeout: float = 10.0
+    # analytics.js (@segment/analytics-next's dist/umd/standalone.js) to serve at
+    # /analytics.js/v1/{writeKey}/analytics.min.js, so a site needs no CDN.
+    analytics_js: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,6 +242,7 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
         port=_default(srv.convert("port", _port), ServerConfig.port),
         trusted_proxies=proxies,
         shutdown_timeout=_default(srv.convert("shutdown_timeout", parse_duration), 10.0),
+        analytics_js=_optional_path(srv.get("analytics_js", str, "a file path")),
     )
     srv.finish()
 
@@ -323,6 +327,10 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
         destinations=destinations,
         origin=origin,
     )
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def _default(value: Any, default: Any) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -168,6 +168,29 @@ class HttpDestination(Destination):
             return Retry(f"network error: {type(exc).__name__}: {exc}"[:300])
         except asyncio.CancelledError:
             raise
+
+
+TOO_LARGE = None
+
+
+async def deliver_halving(
+    batch: Sequence[Event],
+    send: Callable[[Sequence[Event]], Awaitable[Sequence[Outcome] | Outcome | None]],
+) -> list[Outcome]:
+    """Send ``batch`` with ``send``; when it answers ``TOO_LARGE`` (None, e.g. HTTP 413),
+    send each half the same way. One event that is still too large is permanent."""
+    result = await send(batch)
+    if result is TOO_LARGE:
+        if len(batch) == 1:
+            return [Permanent("the API refused the event as too large (413)")]
+        mid = len(batch) // 2
+        return [
+            *await deliver_halving(batch[:mid], send),
+            *await deliver_halving(batch[mid:], send),
+        ]
+    if isinstance(result, Sequence):
+        return list(result)
+    return [result] * len(batch)
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

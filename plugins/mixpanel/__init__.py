@@ -1,0 +1,8 @@
+"""Placeholder until this destination is written."""
+
+from eventd import Destination, hookimpl
+
+
+@hookimpl
+def eventd_destinations() -> list[type[Destination]]:
+    return []

@@ -1,0 +1,49 @@
+"""Shared fixtures: an eventd subprocess factory and sinks, all on real loopback sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import EventdProcess, Sink, running
+
+
+@pytest.fixture
+def eventd(tmp_path: Path) -> Iterator[Callable[..., EventdProcess]]:
+    """Start eventd with extra config; every process started is killed at teardown."""
+    started: list[EventdProcess] = []
+
+    def start(config: dict[str, Any] | None = None, *, subdir: str = "eventd") -> EventdProcess:
+        d = tmp_path / subdir
+        d.mkdir(exist_ok=True)
+        proc = EventdProcess(d, config).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with running(Sink()) as s:
+        yield s
+
+
+@pytest.fixture
+def make_sink() -> Iterator[Callable[..., Sink]]:
+    """More sinks, each on its own port, all stopped at teardown."""
+    stack: list[Any] = []
+
+    def make(**kwargs: Any) -> Sink:
+        cm = running(Sink(**kwargs))
+        stack.append(cm)
+        return cm.__enter__()
+
+    yield make
+    for cm in reversed(stack):
+        cm.__exit__(None, None, None)
