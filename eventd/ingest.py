@@ -55,8 +55,8 @@ SINGLE_PATHS = {
     "a": "alias",
 }
 BATCH_PATHS = ("batch", "import", "b")
-SUCCESS = web.Response(body=b'{"success":true}', content_type="application/json")
 CORS_HEADERS = "Authorization, Content-Type, X-Retry-Count"
+SOURCE = web.RequestKey("source", SourceConfig)
 
 
 class ApiError(Exception):
@@ -79,7 +79,7 @@ def error_response(status: int, code: str, message: str, **headers: str) -> web.
 
 
 def _ok() -> web.Response:
-    return web.Response(body=SUCCESS.body, content_type="application/json")
+    return web.Response(body=b'{"success":true}', content_type="application/json")
 
 
 class Ingest:
@@ -127,8 +127,8 @@ class Ingest:
             response = error_response(exc.status, "http_error", exc.reason)
         origin = request.headers.get("Origin")
         if origin and request.method != "OPTIONS":
-            source = request.get("source")
-            allowed = source.allowed_origins if isinstance(source, SourceConfig) else ()
+            source = request.get(SOURCE)
+            allowed = source.allowed_origins if source is not None else ()
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
             if allowed:
@@ -168,7 +168,7 @@ class Ingest:
             )
         payload = _parse_json(body)
         source = self._source(request, payload)
-        request["source"] = source
+        request[SOURCE] = source
         self._check_origin(request, source)
 
         ip = self._client_ip(request)
@@ -276,7 +276,7 @@ class Ingest:
         source = self.sources_by_key.get(request.match_info["write_key"])
         if source is None:
             raise ApiError(404, "unknown_write_key", "no source has this write key")
-        request["source"] = source
+        request[SOURCE] = source
         host = request.headers.get("X-Forwarded-Host") if self._from_proxy(request) else None
         scheme = request.headers.get("X-Forwarded-Proto") if self._from_proxy(request) else None
         return web.json_response(

@@ -1,0 +1,280 @@
+"""The Tracking API in process over a real socket: answers, errors, limits, keys, CORS."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from eventd.app import create_app
+from eventd.config import parse_config
+from tests.harness import basic
+
+KEY = "wk_ingest_test"
+Client = TestClient[web.Request, web.Application]
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Any:
+    data: dict[str, Any] = {
+        "storage": {"path": str(tmp_path / "e.db"), "synchronous": "normal"},
+        "sources": {"web": {"write_key": KEY}, "shop": {"write_key": "wk_shop",
+                    "allowed_origins": ["https://shop.example"]}},
+    }  # fmt: skip
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    return parse_config(data, "test")
+
+
+@pytest.fixture
+async def client(
+    tmp_path: Path, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
+) -> Client:
+    return await aiohttp_client(create_app(make_config(tmp_path), {}))
+
+
+def stored(tmp_path: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(tmp_path / "e.db")
+    try:
+        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+async def post(client: Client, path: str, body: Any, **kw: Any) -> tuple[int, Any, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    resp = await client.post(path, data=data, **kw)
+    return resp.status, await resp.json(content_type=None), resp.headers
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "stored_type"),
+    [
+        ("/v1/track", {"userId": "u", "event": "E"}, "track"),
+        ("/v1/identify", {"userId": "u", "traits": {"a": 1}}, "identify"),
+        ("/v1/page", {"anonymousId": "a", "name": "Home"}, "page"),
+        ("/v1/screen", {"anonymousId": "a", "name": "Home"}, "screen"),
+        ("/v1/group", {"userId": "u", "groupId": "g"}, "group"),
+        ("/v1/alias", {"userId": "u", "previousId": "p"}, "alias"),
+        ("/v1/t", {"userId": "u", "event": "E"}, "track"),
+        ("/v1/i", {"userId": "u"}, "identify"),
+        ("/v1/p", {"anonymousId": "a"}, "page"),
+        ("/v1/s", {"anonymousId": "a"}, "screen"),
+        ("/v1/g", {"userId": "u", "groupId": "g"}, "group"),
+        ("/v1/a", {"userId": "u", "previousId": "p"}, "alias"),
+    ],
+)
+async def test_each_path_stores_its_type_and_answers_exactly_success(
+    client: Client, tmp_path: Path, path: str, body: dict[str, Any], stored_type: str
+) -> None:
+    status, answer, headers = await post(client, path, {**body, "writeKey": KEY})
+    assert (status, answer) == (200, {"success": True})
+    assert headers["Content-Type"].startswith("application/json")
+    [msg] = stored(tmp_path)
+    assert msg["type"] == stored_type and "writeKey" not in msg
+
+
+async def test_batch_and_import(client: Client, tmp_path: Path) -> None:
+    items = [{"type": "track", "userId": "u", "event": f"E{i}"} for i in range(3)]
+    for path in ("/v1/batch", "/v1/import", "/v1/b"):
+        status, answer, _ = await post(client, path, {"batch": items, "writeKey": KEY})
+        assert (status, answer) == (200, {"success": True})
+    assert len(stored(tmp_path)) == 9
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"headers": {"Authorization": basic(KEY)}},
+        {"headers": {"Authorization": "Basic " + __import__("base64").b64encode(KEY.encode()).decode()}},
+        {"body_key": True},
+    ],
+)  # fmt: skip
+async def test_write_key_from_body_or_basic(
+    client: Client, tmp_path: Path, auth: dict[str, Any]
+) -> None:
+    body: dict[str, Any] = {"userId": "u", "event": "E"}
+    if auth.get("body_key"):
+        body["writeKey"] = KEY
+    status, _, _ = await post(client, "/v1/track", body, headers=auth.get("headers"))
+    assert status == 200 and len(stored(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "body_key", "code"),
+    [
+        ({}, None, "missing_write_key"),
+        ({"Authorization": basic("wk_wrong")}, None, "invalid_write_key"),
+        ({}, "wk_wrong", "invalid_write_key"),
+        ({"Authorization": f"Bearer {KEY}"}, None, "missing_write_key"),
+        ({"Authorization": "Basic !!!notbase64"}, None, "missing_write_key"),
+    ],
+)
+async def test_bad_write_keys_are_401_and_store_nothing(
+    client: Client, tmp_path: Path, headers: dict[str, str], body_key: str | None, code: str
+) -> None:
+    body: dict[str, Any] = {"userId": "u", "event": "E"}
+    if body_key:
+        body["writeKey"] = body_key
+    status, answer, _ = await post(client, "/v1/track", body, headers=headers)
+    assert status == 401 and answer["code"] == code and answer["message"]
+    assert stored(tmp_path) == []
+
+
+async def test_gzip_and_text_plain_bodies(client: Client, tmp_path: Path) -> None:
+    raw = json.dumps({"batch": [{"type": "identify", "userId": "u"}], "writeKey": KEY}).encode()
+    status, _, _ = await post(client, "/v1/batch", gzip.compress(raw),
+                              headers={"Content-Encoding": "gzip"})  # fmt: skip
+    assert status == 200
+    status, _, _ = await post(client, "/v1/t", {"userId": "u", "event": "E", "writeKey": KEY},
+                              headers={"Content-Type": "text/plain"})  # fmt: skip
+    assert status == 200
+    assert [m["type"] for m in stored(tmp_path)] == ["identify", "track"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"{not json", "invalid_json"), (b"[1, 2]", "invalid_json"), (b"", "invalid_json")],
+)
+async def test_malformed_bodies_are_400_with_code_and_message(
+    client: Client, tmp_path: Path, body: bytes, code: str
+) -> None:
+    status, answer, _ = await post(client, "/v1/track", body, headers={"Authorization": basic(KEY)})
+    assert status == 400 and answer["code"] == code and isinstance(answer["message"], str)
+    assert stored(tmp_path) == []
+
+
+async def test_invalid_single_message_is_400(client: Client, tmp_path: Path) -> None:
+    status, answer, _ = await post(client, "/v1/track", {"userId": "u", "writeKey": KEY})
+    assert (status, answer["code"]) == (400, "missing_event")
+    assert stored(tmp_path) == []
+
+
+async def test_limits(client: Client, tmp_path: Path) -> None:
+    big = {"userId": "u", "event": "E", "properties": {"x": "y" * 33_000}, "writeKey": KEY}
+    status, answer, _ = await post(client, "/v1/track", big)
+    assert (status, answer["code"]) == (400, "body_too_large")
+
+    many = {"batch": [{"type": "identify", "userId": "u"}] * 2501, "writeKey": KEY}
+    status, answer, _ = await post(client, "/v1/batch", many)
+    assert (status, answer["code"]) == (400, "batch_too_large")
+
+    huge = {"batch": [{"type": "identify", "userId": "u", "traits": {"x": "y" * 30_000}}] * 18,
+            "writeKey": KEY}  # fmt: skip
+    status, answer, _ = await post(client, "/v1/batch", huge)
+    assert (status, answer["code"]) == (413, "body_too_large")
+
+    over_aiohttp = b'{"writeKey": "' + KEY.encode() + b'", "batch": [' + b" " * 700_000 + b"]}"
+    status, answer, _ = await post(client, "/v1/batch", over_aiohttp)
+    assert (status, answer["code"]) == (413, "body_too_large")
+    assert stored(tmp_path) == []
+
+
+async def test_partial_batch_keeps_valid_items_and_says_how_many_were_dropped(
+    client: Client, tmp_path: Path
+) -> None:
+    items = [
+        {"type": "track", "userId": "u", "event": "ok1", "messageId": "m1"},
+        {"type": "track", "userId": "u"},  # no event
+        {"type": "identify", "userId": "u", "traits": {"x": "y" * 33_000}},  # too large
+        {"type": "track", "userId": "u", "event": "ok2", "messageId": "m2"},
+    ]
+    status, answer, headers = await post(client, "/v1/batch", {"batch": items, "writeKey": KEY})
+    assert (status, answer) == (200, {"success": True})
+    assert headers["X-Eventd-Rejected"] == "2"
+    assert [m["messageId"] for m in stored(tmp_path)] == ["m1", "m2"]
+
+    status, answer, _ = await post(client, "/v1/batch", {"batch": items[1:3], "writeKey": KEY})
+    assert (status, answer["code"]) == (400, "missing_event")
+
+
+async def test_a_repeated_message_id_is_acknowledged_and_stored_once(
+    client: Client, tmp_path: Path
+) -> None:
+    body = {"userId": "u", "event": "E", "messageId": "dup-1", "writeKey": KEY}
+    for _ in range(3):
+        assert (await post(client, "/v1/track", body))[0] == 200
+    batch = {"batch": [{"type": "track", **body}, {"type": "track", **body}], "writeKey": KEY}
+    assert (await post(client, "/v1/batch", batch))[0] == 200
+    # the same messageId from another source is another event
+    other = {**body, "writeKey": "wk_shop"}
+    assert (await post(client, "/v1/track", other))[0] == 200
+    assert [m["messageId"] for m in stored(tmp_path)] == ["dup-1", "dup-1"]
+
+
+async def test_browser_telemetry_is_accepted_and_discarded(client: Client, tmp_path: Path) -> None:
+    status, answer, _ = await post(client, "/v1/m", {"series": [{"type": "Counter"}]})
+    assert (status, answer) == (200, {"success": True})
+    assert stored(tmp_path) == []
+
+
+async def test_project_settings(client: Client) -> None:
+    resp = await client.get(f"/v1/projects/{KEY}/settings")
+    assert resp.status == 200
+    settings = await resp.json()
+    seg = settings["integrations"]["Segment.io"]
+    assert seg["apiKey"] == KEY and seg["apiHost"] == f"{client.host}:{client.port}/v1"
+    assert seg["protocol"] == "http" and settings["metrics"]["sampleRate"] == 0
+    assert (await client.get("/v1/projects/wk_nope/settings")).status == 404
+
+
+async def test_cors_preflight_and_origins(client: Client, tmp_path: Path) -> None:
+    resp = await client.options("/v1/t", headers={
+        "Origin": "https://any.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})  # fmt: skip
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://any.example"
+    for h in ("Authorization", "Content-Type", "X-Retry-Count"):
+        assert h in resp.headers["Access-Control-Allow-Headers"]
+
+    body = {"userId": "u", "event": "E", "writeKey": KEY}
+    status, _, headers = await post(client, "/v1/t", body, headers={"Origin": "https://x.example"})
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://x.example"
+    assert "Access-Control-Allow-Credentials" not in headers
+
+    shop = {**body, "writeKey": "wk_shop"}
+    status, answer, _ = await post(client, "/v1/t", shop, headers={"Origin": "https://evil.example"})
+    assert (status, answer["code"]) == (403, "origin_not_allowed")
+    status, _, headers = await post(client, "/v1/t", shop, headers={"Origin": "https://shop.example"})
+    assert status == 200 and headers["Access-Control-Allow-Credentials"] == "true"
+    assert len(stored(tmp_path)) == 2
+
+
+async def test_context_ip_from_peer_and_trusted_proxies(
+    tmp_path: Path, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
+) -> None:
+    untrusted = await aiohttp_client(create_app(make_config(tmp_path), {}))
+    await post(untrusted, "/v1/track", {"userId": "u", "event": "E", "writeKey": KEY},
+               headers={"X-Forwarded-For": "203.0.113.7"})  # fmt: skip
+    assert stored(tmp_path)[-1]["context"]["ip"] == "127.0.0.1"
+    await untrusted.close()
+
+    cfg = make_config(tmp_path, server={"trusted_proxies": ["127.0.0.0/8"]})
+    trusted = await aiohttp_client(create_app(cfg, {}))
+    await post(trusted, "/v1/track", {"userId": "u", "event": "E", "writeKey": KEY},
+               headers={"X-Forwarded-For": "203.0.113.7, 127.0.0.5"})  # fmt: skip
+    assert stored(tmp_path)[-1]["context"]["ip"] == "203.0.113.7"
+
+
+async def test_storage_over_max_size_is_503_and_stores_nothing(
+    tmp_path: Path, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
+) -> None:
+    cfg = make_config(tmp_path, storage={"max_size": 1})
+    client = await aiohttp_client(create_app(cfg, {}))
+    status, answer, headers = await post(client, "/v1/track",
+                                         {"userId": "u", "event": "E", "writeKey": KEY})  # fmt: skip
+    assert (status, answer["code"]) == (503, "storage_unavailable")
+    assert "storage.max_size" in answer["message"] and headers["Retry-After"]
+    assert stored(tmp_path) == []
+
+
+async def test_health_and_ready(client: Client) -> None:
+    assert (await client.get("/health")).status == 200
+    resp = await client.get("/ready")
+    assert resp.status == 200 and (await resp.json())["ready"] is True

@@ -1,0 +1,108 @@
+"""Per-message rules: required fields, id coercion, messageIds, timestamps, merging."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from eventd.normalize import Envelope, InvalidMessage, format_ts, normalize
+
+NOW = datetime(2026, 11, 25, 12, 0, 0, 500000, tzinfo=UTC)
+ENV = Envelope(received_at=NOW, ip="203.0.113.9")
+
+
+def test_skew_is_corrected_with_sent_at() -> None:
+    # The client's clock is 1 h behind: it stamped the event 10 s before sending.
+    msg = normalize(
+        {"userId": "u", "event": "E", "timestamp": "2026-11-25T11:00:00Z",
+         "sentAt": "2026-11-25T11:00:10Z"},
+        "track", ENV,
+    )  # fmt: skip
+    assert msg["originalTimestamp"] == "2026-11-25T11:00:00.000Z"
+    assert msg["receivedAt"] == "2026-11-25T12:00:00.500Z"
+    assert msg["timestamp"] == "2026-11-25T11:59:50.500Z"
+    assert msg["sentAt"] == "2026-11-25T11:00:10.000Z"
+
+
+def test_batch_sent_at_applies_to_items_and_offsets_are_kept() -> None:
+    env = Envelope(received_at=NOW, sent_at="2026-11-25T12:00:00+01:00")
+    msg = normalize({"type": "page", "anonymousId": "a", "timestamp": "2026-11-25T10:59:00Z"},
+                    None, env)  # fmt: skip
+    assert msg["timestamp"] == "2026-11-25T11:59:00.500Z"
+
+
+def test_without_sent_at_the_client_time_is_kept_and_without_any_receivedat_is_used() -> None:
+    kept = normalize({"userId": "u", "timestamp": "2020-01-01T00:00:00Z"}, "identify", ENV)
+    assert kept["timestamp"] == "2020-01-01T00:00:00.000Z"
+    none = normalize({"userId": "u"}, "identify", ENV)
+    assert none["timestamp"] == none["receivedAt"] == format_ts(NOW)
+    assert "originalTimestamp" not in none
+
+
+def test_ids_are_coerced_and_message_id_generated() -> None:
+    msg = normalize({"userId": 42, "anonymousId": 7.5, "groupId": 9}, "group", ENV)
+    assert (msg["userId"], msg["anonymousId"], msg["groupId"]) == ("42", "7.5", "9")
+    assert len(msg["messageId"]) == 36
+    other = normalize({"userId": 42, "groupId": 9}, "group", ENV)
+    assert other["messageId"] != msg["messageId"]
+    kept = normalize({"userId": "u", "messageId": "m-1"}, "identify", ENV)
+    assert kept["messageId"] == "m-1"
+
+
+def test_context_and_integrations_merge_item_over_batch_and_ip_filled() -> None:
+    env = Envelope(received_at=NOW, ip="198.51.100.1",
+                   context={"library": {"name": "batch"}, "locale": "en"},
+                   integrations={"All": False, "Mixpanel": True})  # fmt: skip
+    msg = normalize(
+        {"type": "track", "userId": "u", "event": "E", "context": {"locale": "fr"},
+         "integrations": {"All": True}},
+        None, env,
+    )  # fmt: skip
+    assert msg["context"] == {"library": {"name": "batch"}, "locale": "fr", "ip": "198.51.100.1"}
+    assert msg["integrations"] == {"All": True, "Mixpanel": True}
+    own_ip = normalize({"userId": "u", "context": {"ip": "10.1.1.1"}}, "identify", env)
+    assert own_ip["context"]["ip"] == "10.1.1.1"
+
+
+def test_nulls_write_key_and_metadata_are_dropped() -> None:
+    msg = normalize({"userId": "u", "anonymousId": None, "properties": None, "writeKey": "wk",
+                     "_metadata": {"x": 1}, "event": "E"}, "track", ENV)  # fmt: skip
+    assert "writeKey" not in msg and "_metadata" not in msg
+    assert "anonymousId" not in msg and "properties" not in msg
+
+
+@pytest.mark.parametrize(
+    ("raw", "call_type", "code"),
+    [
+        ({"event": "E"}, "track", "missing_user"),
+        ({"userId": "", "anonymousId": ""}, "identify", "missing_user"),
+        ({"userId": "u"}, "track", "missing_event"),
+        ({"userId": "u", "event": "  "}, "track", "missing_event"),
+        ({"userId": "u"}, "group", "missing_group"),
+        ({"userId": "u"}, "alias", "missing_alias_ids"),
+        ({"anonymousId": "a", "previousId": "p"}, "alias", "missing_alias_ids"),
+        ({"type": "boom", "userId": "u"}, None, "invalid_type"),
+        ({"userId": "u"}, None, "invalid_type"),
+        ({"userId": ["u"]}, "identify", "invalid_field"),
+        ({"userId": True}, "identify", "invalid_field"),
+        ({"userId": "u", "traits": [1]}, "identify", "invalid_field"),
+        ({"userId": "u", "context": "x"}, "identify", "invalid_field"),
+        ({"userId": "u", "messageId": "m" * 101}, "identify", "invalid_field"),
+        ({"userId": "u", "messageId": 5}, "identify", "invalid_field"),
+        ({"userId": "u", "timestamp": "yesterday"}, "identify", "invalid_timestamp"),
+        ({"userId": "u", "timestamp": 5}, "identify", "invalid_timestamp"),
+        ({"userId": "u", "name": 5}, "page", "invalid_field"),
+        ("not an object", "track", "invalid_message"),
+    ],
+)
+def test_invalid_messages_have_codes(raw: object, call_type: str | None, code: str) -> None:
+    with pytest.raises(InvalidMessage) as exc:
+        normalize(raw, call_type, ENV)
+    assert exc.value.code == code
+
+
+def test_path_type_wins_over_body_type() -> None:
+    assert normalize({"type": "identify", "userId": "u", "event": "E"}, "track", ENV)["type"] == (
+        "track"
+    )
