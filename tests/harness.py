@@ -64,6 +64,7 @@ class EventdProcess:
             else:
                 base[section] = values
         self.config = base
+        self.db_path = Path(base["storage"]["path"])
         self.config_path = tmp / "eventd.toml"
         self.config_path.write_text(tomli_w.dumps(base))
         self.log_path = tmp / "eventd.log"
@@ -152,8 +153,16 @@ class EventdProcess:
         extra = [rest[0]] if verb == "dead-letters" and rest else []
         tail = list(rest[1:]) if extra else list(rest)
         return subprocess.run(
-            [sys.executable, "-m", "eventd.cli", verb, *extra, "--config",
-             str(self.config_path), *tail],
+            [
+                sys.executable,
+                "-m",
+                "eventd.cli",
+                verb,
+                *extra,
+                "--config",
+                str(self.config_path),
+                *tail,
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -229,8 +238,10 @@ class Sink:
         rec = Received(request.path, dict(request.headers), await request.read())
         with self.cond:
             self.attempts.append(rec)
-            action = self.handler(rec) if self.handler else (
-                self.script.popleft() if self.script else self.default
+            action = (
+                self.handler(rec)
+                if self.handler
+                else (self.script.popleft() if self.script else self.default)
             )
             self.cond.notify_all()
         if action == "hang":

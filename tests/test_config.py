@@ -105,14 +105,14 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("EVENTD_CONFIG", raising=False)
     assert load().origin == "<embedded default>"
-    (tmp_path / "eventd.toml").write_text('[server]\nport = 1111\n')
+    (tmp_path / "eventd.toml").write_text("[server]\nport = 1111\n")
     assert load().server.port == 1111
     env = tmp_path / "env.toml"
-    env.write_text('[server]\nport = 2222\n')
+    env.write_text("[server]\nport = 2222\n")
     monkeypatch.setenv("EVENTD_CONFIG", str(env))
     assert load().server.port == 2222
     explicit = tmp_path / "x.toml"
-    explicit.write_text('[server]\nport = 3333\n')
+    explicit.write_text("[server]\nport = 3333\n")
     assert load(str(explicit)).server.port == 3333
 
 
@@ -151,5 +151,7 @@ def test_check_exits_1_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "destinations.h.type = 'nosuch': expected an installed destination type" in (
         capsys.readouterr().err
     )
-    p.write_text('[destinations.h]\ntype = "webhook"\n[destinations.h.settings]\nurl = "http://x"\n')
+    p.write_text(
+        '[destinations.h]\ntype = "webhook"\n[destinations.h.settings]\nurl = "http://x"\n'
+    )
     assert main(["check", "--config", str(p)]) == 0

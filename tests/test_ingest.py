@@ -239,9 +239,13 @@ async def test_cors_preflight_and_origins(client: Client, tmp_path: Path) -> Non
     assert "Access-Control-Allow-Credentials" not in headers
 
     shop = {**body, "writeKey": "wk_shop"}
-    status, answer, _ = await post(client, "/v1/t", shop, headers={"Origin": "https://evil.example"})
+    status, answer, _ = await post(
+        client, "/v1/t", shop, headers={"Origin": "https://evil.example"}
+    )
     assert (status, answer["code"]) == (403, "origin_not_allowed")
-    status, _, headers = await post(client, "/v1/t", shop, headers={"Origin": "https://shop.example"})
+    status, _, headers = await post(
+        client, "/v1/t", shop, headers={"Origin": "https://shop.example"}
+    )
     assert status == 200 and headers["Access-Control-Allow-Credentials"] == "true"
     assert len(stored(tmp_path)) == 2
 

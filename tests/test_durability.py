@@ -1,0 +1,131 @@
+"""Nothing acknowledged is lost: kill -9 mid-stream, and a disk that fills up.
+
+Counts by messageId: every event that got a 200 must be in the outbox afterwards.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import EventdProcess, basic
+
+
+class Sender(threading.Thread):
+    """Posts batches over one keep-alive connection until told to stop or the server dies."""
+
+    def __init__(self, ev: EventdProcess, batch: int = 20, payload: int = 100) -> None:
+        super().__init__(daemon=True)
+        self.ev, self.batch, self.payload = ev, batch, payload
+        self.acked: set[str] = set()
+        self.refused: set[str] = set()  # answered, but not 200
+        self.statuses: list[tuple[int, Any]] = []
+        self.stop = threading.Event()
+        self.progress = threading.Condition()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.ev.port, timeout=30)
+        headers = {"Authorization": basic(self.ev.write_key), "Content-Type": "application/json"}
+        while not self.stop.is_set():
+            ids = [str(uuid.uuid4()) for _ in range(self.batch)]
+            body = json.dumps({"batch": [
+                {"type": "track", "userId": "u", "event": "E", "messageId": i,
+                 "properties": {"pad": "x" * self.payload}} for i in ids]})  # fmt: skip
+            try:
+                conn.request("POST", "/v1/batch", body, headers)
+                resp = conn.getresponse()
+                answer = json.loads(resp.read() or b"{}")
+            except (OSError, http.client.HTTPException):
+                return  # the server went away: whatever was not answered was not acked
+            with self.progress:
+                self.statuses.append((resp.status, answer))
+                (self.acked if resp.status == 200 else self.refused).update(ids)
+                self.progress.notify_all()
+
+    def wait_until(self, predicate: Callable[[Sender], bool], timeout: float = 60) -> None:
+        with self.progress:
+            assert self.progress.wait_for(lambda: predicate(self), timeout), "no progress"
+
+
+def stored_ids(ev: EventdProcess) -> set[str]:
+    return {m for (m,) in ev.query("SELECT message_id FROM events")}
+
+
+def test_kill_9_while_clients_send_loses_no_acknowledged_event(
+    eventd: Callable[..., EventdProcess],
+) -> None:
+    ev = eventd({"storage": {"synchronous": "full"}})
+    senders = [Sender(ev) for _ in range(8)]
+    for s in senders:
+        s.start()
+    for s in senders:
+        s.wait_until(lambda s: len(s.acked) >= 400)
+    ev.kill()
+    for s in senders:
+        s.stop.set()
+        s.join(30)
+    acked = set().union(*(s.acked for s in senders))
+    assert len(acked) >= 8 * 400
+
+    ev.start()  # same config, same database file
+    stored = stored_ids(ev)
+    assert acked <= stored, f"{len(acked - stored)} acknowledged events lost"
+    assert len(ev.query("SELECT 1 FROM events")) == len(stored), "no duplicates"
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs: the disk eventd fills. Needs root (CI runs as root)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; CI runs as root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_answers_503_loses_nothing_and_recovers(
+    eventd: Callable[..., EventdProcess], tiny_disk: Path
+) -> None:
+    filler = tiny_disk / "filler"
+    filler.write_bytes(b"\0" * (1024 * 1024))  # space we give back later
+    ev = eventd({"storage": {"path": str(tiny_disk / "eventd.db"), "synchronous": "full"}})
+    sender = Sender(ev, batch=20, payload=400)
+    sender.start()
+    sender.wait_until(lambda s: any(st == 503 for st, _ in s.statuses))
+    sender.stop.set()
+    sender.join(30)
+
+    refusals = [answer for status, answer in sender.statuses if status != 200]
+    assert refusals and all(a["code"] == "storage_unavailable" for a in refusals)
+    assert "full" in refusals[0]["message"]
+    assert sender.acked and stored_ids(ev) >= sender.acked
+    assert not (stored_ids(ev) & sender.refused), "a refused request stored nothing"
+
+    filler.unlink()  # the operator frees space; eventd recovers by itself
+    again = Sender(ev, batch=20, payload=400)
+    again.start()
+    again.wait_until(lambda s: len(s.acked) >= 200)
+    again.stop.set()
+    again.join(30)
+    assert ev.post("/v1/track", {"userId": "u", "event": "after"}, key=ev.write_key)[0] == 200
+
+    assert ev.stop() == 0  # a clean SIGTERM exit even after the disk was full
+    ev.start()
+    stored = stored_ids(ev)
+    assert sender.acked <= stored and again.acked <= stored
