@@ -23,18 +23,28 @@ def test_full_config_parses_into_typed_values() -> None:
     cfg = parse_config(
         {
             "server": {"host": "0.0.0.0", "port": 9000, "trusted_proxies": ["10.0.0.0/8"]},
-            "storage": {"path": "/tmp/x.db", "synchronous": "normal", "retention": "2d",
-                        "max_size": "500MB"},
+            "storage": {
+                "path": "/tmp/x.db",
+                "synchronous": "normal",
+                "retention": "2d",
+                "max_size": "500MB",
+            },
             "admin": {"token": "t"},
             "sources": {"web": {"write_key": "wk1", "allowed_origins": ["https://a.example"]}},
             "destinations": {
-                "hooks": {"type": "webhook", "sources": ["web"], "batch_size": 10,
-                          "max_in_flight": 2, "rate_limit": 50.0, "retry_max_age": "4h",
-                          "settings": {"url": "http://x"}},
+                "hooks": {
+                    "type": "webhook",
+                    "sources": ["web"],
+                    "batch_size": 10,
+                    "max_in_flight": 2,
+                    "rate_limit": 50.0,
+                    "retry_max_age": "4h",
+                    "settings": {"url": "http://x"},
+                },
             },
         },
         "t.toml",
-    )  # fmt: skip
+    )
     assert cfg.server.port == 9000 and cfg.server.trusted_proxies == ("10.0.0.0/8",)
     assert cfg.storage.retention == 2 * 86400 and cfg.storage.max_size == 500_000_000
     assert cfg.storage.synchronous == "normal" and cfg.storage.path == Path("/tmp/x.db")
@@ -62,16 +72,20 @@ def test_defaults() -> None:
         ({"sources": {"web": {}}}, "sources.web.write_key is missing"),
         ({"sources": {"web": {"write_key": 5}}}, "sources.web.write_key = 5: expected a write key"),
         ({"destinations": {"d": {"settings": {}}}}, "destinations.d.type is missing"),
-        ({"destinations": {"d": {"type": "webhook", "batch_size": 0}}},
-         "destinations.d.batch_size = 0: expected a positive integer"),
-        ({"destinations": {"d": {"type": "webhook", "sources": ["nope"]}}},
-         "destinations.d.sources = 'nope': expected a configured source"),
+        (
+            {"destinations": {"d": {"type": "webhook", "batch_size": 0}}},
+            "destinations.d.batch_size = 0: expected a positive integer",
+        ),
+        (
+            {"destinations": {"d": {"type": "webhook", "sources": ["nope"]}}},
+            "destinations.d.sources = 'nope': expected a configured source",
+        ),
         ({"server": {"prot": 1}}, "server.prot = 1: expected one of the known keys"),
         ({"serverr": {}}, "serverr = {}: expected one of the known keys"),
         ({"server": {"trusted_proxies": ["bogus"]}}, "server.trusted_proxies = 'bogus'"),
         ({"admin": {"metrics_auth": "yes"}}, "admin.metrics_auth = 'yes': expected true or false"),
     ],
-)  # fmt: skip
+)
 def test_errors_name_key_value_and_expectation(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_config(data, "t.toml")

@@ -37,9 +37,20 @@ class Sender(threading.Thread):
         headers = {"Authorization": basic(self.ev.write_key), "Content-Type": "application/json"}
         while not self.stop.is_set():
             ids = [str(uuid.uuid4()) for _ in range(self.batch)]
-            body = json.dumps({"batch": [
-                {"type": "track", "userId": "u", "event": "E", "messageId": i,
-                 "properties": {"pad": "x" * self.payload}} for i in ids]})  # fmt: skip
+            body = json.dumps(
+                {
+                    "batch": [
+                        {
+                            "type": "track",
+                            "userId": "u",
+                            "event": "E",
+                            "messageId": i,
+                            "properties": {"pad": "x" * self.payload},
+                        }
+                        for i in ids
+                    ]
+                }
+            )
             try:
                 conn.request("POST", "/v1/batch", body, headers)
                 resp = conn.getresponse()
@@ -89,8 +100,9 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root; CI runs as root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import sqlite3
@@ -24,9 +25,11 @@ Client = TestClient[web.Request, web.Application]
 def make_config(tmp_path: Path, **overrides: Any) -> Any:
     data: dict[str, Any] = {
         "storage": {"path": str(tmp_path / "e.db"), "synchronous": "normal"},
-        "sources": {"web": {"write_key": KEY}, "shop": {"write_key": "wk_shop",
-                    "allowed_origins": ["https://shop.example"]}},
-    }  # fmt: skip
+        "sources": {
+            "web": {"write_key": KEY},
+            "shop": {"write_key": "wk_shop", "allowed_origins": ["https://shop.example"]},
+        },
+    }
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     return parse_config(data, "test")
@@ -92,10 +95,10 @@ async def test_batch_and_import(client: Client, tmp_path: Path) -> None:
     "auth",
     [
         {"headers": {"Authorization": basic(KEY)}},
-        {"headers": {"Authorization": "Basic " + __import__("base64").b64encode(KEY.encode()).decode()}},
+        {"headers": {"Authorization": "Basic " + base64.b64encode(KEY.encode()).decode()}},
         {"body_key": True},
     ],
-)  # fmt: skip
+)
 async def test_write_key_from_body_or_basic(
     client: Client, tmp_path: Path, auth: dict[str, Any]
 ) -> None:
@@ -129,11 +132,16 @@ async def test_bad_write_keys_are_401_and_store_nothing(
 
 async def test_gzip_and_text_plain_bodies(client: Client, tmp_path: Path) -> None:
     raw = json.dumps({"batch": [{"type": "identify", "userId": "u"}], "writeKey": KEY}).encode()
-    status, _, _ = await post(client, "/v1/batch", gzip.compress(raw),
-                              headers={"Content-Encoding": "gzip"})  # fmt: skip
+    status, _, _ = await post(
+        client, "/v1/batch", gzip.compress(raw), headers={"Content-Encoding": "gzip"}
+    )
     assert status == 200
-    status, _, _ = await post(client, "/v1/t", {"userId": "u", "event": "E", "writeKey": KEY},
-                              headers={"Content-Type": "text/plain"})  # fmt: skip
+    status, _, _ = await post(
+        client,
+        "/v1/t",
+        {"userId": "u", "event": "E", "writeKey": KEY},
+        headers={"Content-Type": "text/plain"},
+    )
     assert status == 200
     assert [m["type"] for m in stored(tmp_path)] == ["identify", "track"]
 
@@ -165,8 +173,10 @@ async def test_limits(client: Client, tmp_path: Path) -> None:
     status, answer, _ = await post(client, "/v1/batch", many)
     assert (status, answer["code"]) == (400, "batch_too_large")
 
-    huge = {"batch": [{"type": "identify", "userId": "u", "traits": {"x": "y" * 30_000}}] * 18,
-            "writeKey": KEY}  # fmt: skip
+    huge = {
+        "batch": [{"type": "identify", "userId": "u", "traits": {"x": "y" * 30_000}}] * 18,
+        "writeKey": KEY,
+    }
     status, answer, _ = await post(client, "/v1/batch", huge)
     assert (status, answer["code"]) == (413, "body_too_large")
 
@@ -225,9 +235,14 @@ async def test_project_settings(client: Client) -> None:
 
 
 async def test_cors_preflight_and_origins(client: Client, tmp_path: Path) -> None:
-    resp = await client.options("/v1/t", headers={
-        "Origin": "https://any.example", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type"})  # fmt: skip
+    resp = await client.options(
+        "/v1/t",
+        headers={
+            "Origin": "https://any.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert resp.status == 204
     assert resp.headers["Access-Control-Allow-Origin"] == "https://any.example"
     for h in ("Authorization", "Content-Type", "X-Retry-Count"):
@@ -254,15 +269,23 @@ async def test_context_ip_from_peer_and_trusted_proxies(
     tmp_path: Path, aiohttp_client: Callable[[web.Application], Awaitable[Client]]
 ) -> None:
     untrusted = await aiohttp_client(create_app(make_config(tmp_path), {}))
-    await post(untrusted, "/v1/track", {"userId": "u", "event": "E", "writeKey": KEY},
-               headers={"X-Forwarded-For": "203.0.113.7"})  # fmt: skip
+    await post(
+        untrusted,
+        "/v1/track",
+        {"userId": "u", "event": "E", "writeKey": KEY},
+        headers={"X-Forwarded-For": "203.0.113.7"},
+    )
     assert stored(tmp_path)[-1]["context"]["ip"] == "127.0.0.1"
     await untrusted.close()
 
     cfg = make_config(tmp_path, server={"trusted_proxies": ["127.0.0.0/8"]})
     trusted = await aiohttp_client(create_app(cfg, {}))
-    await post(trusted, "/v1/track", {"userId": "u", "event": "E", "writeKey": KEY},
-               headers={"X-Forwarded-For": "203.0.113.7, 127.0.0.5"})  # fmt: skip
+    await post(
+        trusted,
+        "/v1/track",
+        {"userId": "u", "event": "E", "writeKey": KEY},
+        headers={"X-Forwarded-For": "203.0.113.7, 127.0.0.5"},
+    )
     assert stored(tmp_path)[-1]["context"]["ip"] == "203.0.113.7"
 
 
@@ -271,8 +294,9 @@ async def test_storage_over_max_size_is_503_and_stores_nothing(
 ) -> None:
     cfg = make_config(tmp_path, storage={"max_size": 1})
     client = await aiohttp_client(create_app(cfg, {}))
-    status, answer, headers = await post(client, "/v1/track",
-                                         {"userId": "u", "event": "E", "writeKey": KEY})  # fmt: skip
+    status, answer, headers = await post(
+        client, "/v1/track", {"userId": "u", "event": "E", "writeKey": KEY}
+    )
     assert (status, answer["code"]) == (503, "storage_unavailable")
     assert "storage.max_size" in answer["message"] and headers["Retry-After"]
     assert stored(tmp_path) == []

@@ -15,10 +15,15 @@ ENV = Envelope(received_at=NOW, ip="203.0.113.9")
 def test_skew_is_corrected_with_sent_at() -> None:
     # The client's clock is 1 h behind: it stamped the event 10 s before sending.
     msg = normalize(
-        {"userId": "u", "event": "E", "timestamp": "2026-11-25T11:00:00Z",
-         "sentAt": "2026-11-25T11:00:10Z"},
-        "track", ENV,
-    )  # fmt: skip
+        {
+            "userId": "u",
+            "event": "E",
+            "timestamp": "2026-11-25T11:00:00Z",
+            "sentAt": "2026-11-25T11:00:10Z",
+        },
+        "track",
+        ENV,
+    )
     assert msg["originalTimestamp"] == "2026-11-25T11:00:00.000Z"
     assert msg["receivedAt"] == "2026-11-25T12:00:00.500Z"
     assert msg["timestamp"] == "2026-11-25T11:59:50.500Z"
@@ -27,8 +32,9 @@ def test_skew_is_corrected_with_sent_at() -> None:
 
 def test_batch_sent_at_applies_to_items_and_offsets_are_kept() -> None:
     env = Envelope(received_at=NOW, sent_at="2026-11-25T12:00:00+01:00")
-    msg = normalize({"type": "page", "anonymousId": "a", "timestamp": "2026-11-25T10:59:00Z"},
-                    None, env)  # fmt: skip
+    msg = normalize(
+        {"type": "page", "anonymousId": "a", "timestamp": "2026-11-25T10:59:00Z"}, None, env
+    )
     assert msg["timestamp"] == "2026-11-25T11:59:00.500Z"
 
 
@@ -51,14 +57,23 @@ def test_ids_are_coerced_and_message_id_generated() -> None:
 
 
 def test_context_and_integrations_merge_item_over_batch_and_ip_filled() -> None:
-    env = Envelope(received_at=NOW, ip="198.51.100.1",
-                   context={"library": {"name": "batch"}, "locale": "en"},
-                   integrations={"All": False, "Mixpanel": True})  # fmt: skip
+    env = Envelope(
+        received_at=NOW,
+        ip="198.51.100.1",
+        context={"library": {"name": "batch"}, "locale": "en"},
+        integrations={"All": False, "Mixpanel": True},
+    )
     msg = normalize(
-        {"type": "track", "userId": "u", "event": "E", "context": {"locale": "fr"},
-         "integrations": {"All": True}},
-        None, env,
-    )  # fmt: skip
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "context": {"locale": "fr"},
+            "integrations": {"All": True},
+        },
+        None,
+        env,
+    )
     assert msg["context"] == {"library": {"name": "batch"}, "locale": "fr", "ip": "198.51.100.1"}
     assert msg["integrations"] == {"All": True, "Mixpanel": True}
     own_ip = normalize({"userId": "u", "context": {"ip": "10.1.1.1"}}, "identify", env)
@@ -66,8 +81,18 @@ def test_context_and_integrations_merge_item_over_batch_and_ip_filled() -> None:
 
 
 def test_nulls_write_key_and_metadata_are_dropped() -> None:
-    msg = normalize({"userId": "u", "anonymousId": None, "properties": None, "writeKey": "wk",
-                     "_metadata": {"x": 1}, "event": "E"}, "track", ENV)  # fmt: skip
+    msg = normalize(
+        {
+            "userId": "u",
+            "anonymousId": None,
+            "properties": None,
+            "writeKey": "wk",
+            "_metadata": {"x": 1},
+            "event": "E",
+        },
+        "track",
+        ENV,
+    )
     assert "writeKey" not in msg and "_metadata" not in msg
     assert "anonymousId" not in msg and "properties" not in msg
 

@@ -76,8 +76,13 @@ def test_segment_analytics_python(eventd: Callable[..., EventdProcess]) -> None:
 
     ev = eventd()
     errors: list[Any] = []
-    client = Client(ev.write_key, host=ev.url, on_error=lambda e, batch: errors.append(e),
-                    max_queue_size=N * 2, gzip=False)  # fmt: skip
+    client = Client(
+        ev.write_key,
+        host=ev.url,
+        on_error=lambda e, batch: errors.append(e),
+        max_queue_size=N * 2,
+        gzip=False,
+    )
     sent = _send_mixed(client, N)
     assert errors == []
     _assert_stored_exactly_once(ev, sent)
@@ -88,8 +93,13 @@ def test_segment_analytics_python_gzip(eventd: Callable[..., EventdProcess]) -> 
 
     ev = eventd()
     errors: list[Any] = []
-    client = Client(ev.write_key, host=ev.url, on_error=lambda e, batch: errors.append(e),
-                    max_queue_size=600, gzip=True)  # fmt: skip
+    client = Client(
+        ev.write_key,
+        host=ev.url,
+        on_error=lambda e, batch: errors.append(e),
+        max_queue_size=600,
+        gzip=True,
+    )
     sent = _send_mixed(client, 300)
     assert errors == []
     _assert_stored_exactly_once(ev, sent)
@@ -101,8 +111,9 @@ def test_rudder_sdk_python(eventd: Callable[..., EventdProcess]) -> None:
     ev = eventd()
     errors: list[Any] = []
     # gzip and Basic auth are its defaults: eventd must take both
-    client = Client(ev.write_key, host=ev.url, on_error=lambda e, batch: errors.append(e),
-                    max_queue_size=N * 2)  # fmt: skip
+    client = Client(
+        ev.write_key, host=ev.url, on_error=lambda e, batch: errors.append(e), max_queue_size=N * 2
+    )
     sent = _send_mixed(client, N)
     assert errors == []
     _assert_stored_exactly_once(ev, sent)
@@ -117,13 +128,15 @@ def test_a_wrong_write_key_is_refused_and_reported_to_the_sdk(
     if sdk == "segment":
         from segment.analytics import Client as SegmentClient
 
-        client: Any = SegmentClient("wk_wrong", host=ev.url, max_retries=1,
-                                    on_error=lambda e, b: errors.append(e))  # fmt: skip
+        client: Any = SegmentClient(
+            "wk_wrong", host=ev.url, max_retries=1, on_error=lambda e, b: errors.append(e)
+        )
     else:
         from rudderstack.analytics.client import Client as RudderClient
 
-        client = RudderClient("wk_wrong", host=ev.url, max_retries=1,
-                              on_error=lambda e, b: errors.append(e))  # fmt: skip
+        client = RudderClient(
+            "wk_wrong", host=ev.url, max_retries=1, on_error=lambda e, b: errors.append(e)
+        )
     client.track(user_id="u", event="E")
     client.flush()
     client.join()
