@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -23,10 +24,14 @@ from eventd.config import Config, parse_duration
 from eventd.dispatcher import Dispatcher
 from eventd.live import LiveHub
 from eventd.metrics import CONTENT_TYPE_LATEST, Metrics
-from eventd.outbox import Outbox, fetch, now_ms
+from eventd.outbox import Outbox, StorageUnavailable, fetch, now_ms
 
 log = structlog.get_logger("eventd.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# SQLite's INTEGER range: a bigger Python int cannot be bound as a parameter.
+SQL_INT_MAX = 2**63 - 1
+# Ids per redrive request: keeps the IN (...) list under SQLite's variable limit.
+MAX_REDRIVE_IDS = 10000
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -41,21 +46,24 @@ class BadRequest(Exception):
     pass
 
 
-def parse_time(value: str | None, name: str) -> int | None:
-    """An ISO-8601 time or a duration ago ('2h', '7d') -> unix ms."""
+def parse_time(value: object, name: str) -> int | None:
+    """An ISO-8601 time or a duration ago ('2h', '7d', or seconds) -> unix ms."""
     if value is None or value == "":
         return None
+    expected = f"{name}={value!r}: expected an ISO-8601 time or a duration like '2h'"
     try:
-        return now_ms() - int(parse_duration(value) * 1000)
+        ms = now_ms() - parse_duration(value) * 1000
     except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(
-            f"{name}={value!r}: expected an ISO-8601 time or a duration like '2h'"
-        ) from None
-    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
+        if not isinstance(value, str):
+            raise BadRequest(expected) from None
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise BadRequest(expected) from None
+        ms = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000
+    if not -SQL_INT_MAX <= ms <= SQL_INT_MAX:  # a huge duration: -inf, or past int64
+        raise BadRequest(f"{name}={value!r}: out of range")
+    return int(ms)
 
 
 def _iso(ms: int | None) -> str | None:
@@ -123,6 +131,10 @@ class Admin:
             return await handler(request)
         except BadRequest as exc:
             return _error(400, "bad_request", str(exc))
+        except StorageUnavailable as exc:
+            resp = _error(503, "storage_unavailable", str(exc))
+            resp.headers["Retry-After"] = "5"
+            return resp
 
     # -- routes -----------------------------------------------------------------
 
@@ -200,9 +212,12 @@ class Admin:
             q.get("destination"), "failed_at >= ?", parse_time(q.get("since"), "since")
         )
         try:
-            limit = min(int(q.get("limit", "100")), 10000)
+            limit = int(q.get("limit", "100"))
         except ValueError:
-            raise BadRequest(f"limit={q.get('limit')!r}: expected a number") from None
+            limit = -1
+        if limit < 0:  # SQLite reads a negative LIMIT as none at all
+            raise BadRequest(f"limit={q.get('limit')!r}: expected a number >= 0")
+        limit = min(limit, 10000)
         db = await self.reader()
         rows = await fetch(
             db,
@@ -227,12 +242,17 @@ class Admin:
         return _json(items)
 
     async def show_dead_letter(self, request: web.Request) -> web.Response:
+        dead_id = int(request.match_info["id"])
         db = await self.reader()
-        rows = await fetch(
-            db,
-            "SELECT id, destination, seq, source, message_id, attempts, error, failed_at, state,"
-            " received_at, body FROM dead_letters WHERE id = ?",
-            (int(request.match_info["id"]),),
+        rows = (
+            await fetch(
+                db,
+                "SELECT id, destination, seq, source, message_id, attempts, error, failed_at,"
+                " state, received_at, body FROM dead_letters WHERE id = ?",
+                (dead_id,),
+            )
+            if dead_id <= SQL_INT_MAX
+            else []
         )
         if not rows:
             return _error(404, "not_found", f"no dead letter {request.match_info['id']}")
@@ -257,8 +277,12 @@ class Admin:
         body = await _body(request)
         destination = body.get("destination")
         ids = body.get("ids") or []
-        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= SQL_INT_MAX for i in ids
+        ):
             raise BadRequest("ids: expected a list of dead-letter ids")
+        if len(ids) > MAX_REDRIVE_IDS:
+            raise BadRequest(f"ids: at most {MAX_REDRIVE_IDS} per request")
         self._known(destination)
         where, args = self._dead_filter(destination, None, None)
         where += " AND state = 'dead'" if where else "WHERE state = 'dead'"
@@ -320,6 +344,8 @@ class Admin:
             timeout = float(request.query.get("timeout", "60"))
         except ValueError:
             raise BadRequest("timeout: expected seconds") from None
+        if not 0 < timeout < math.inf:  # NaN too: asyncio would schedule a NaN timer
+            raise BadRequest("timeout: expected a positive number of seconds")
         try:
             await asyncio.wait_for(self.dispatcher.drain(), timeout)
         except TimeoutError:
@@ -341,14 +367,19 @@ class Admin:
         await resp.prepare(request)
         sub = self.live.subscribe(source)
         try:
-            await resp.write(b": connected\n\n" if sse else b"")
+            # Something at once, so the client sees the stream is open (headers flushed).
+            await resp.write(b": connected\n\n" if sse else b"\n")
             while True:
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), timeout=15)
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n" if sse else b"\n")
                     continue
-                data = orjson.dumps(item)
+                try:
+                    data = orjson.dumps(item)
+                except orjson.JSONEncodeError:
+                    # A rejected message nested deeper than orjson writes (it reads deeper).
+                    data = orjson.dumps({**item, "message": None})
                 await resp.write(b"data: " + data + b"\n\n" if sse else data + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
@@ -361,9 +392,9 @@ class Admin:
     def _known(self, destination: object) -> Any:
         if destination is None:
             return None
-        if destination not in self.dispatcher.workers:
+        if not isinstance(destination, str) or destination not in self.dispatcher.workers:
             raise BadRequest(f"destination={destination!r}: no such running destination")
-        return self.dispatcher.workers[str(destination)]
+        return self.dispatcher.workers[destination]
 
     @staticmethod
     def _dead_filter(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -89,15 +89,28 @@ class Destination:
 
     @classmethod
     def validate_settings(cls, name: str, settings: Mapping[str, Any]) -> None:
-        """Raise ConfigError naming ``destinations.NAME.settings.KEY`` on a bad value."""
+        """Raise ConfigError naming ``destinations.NAME.settings.KEY`` on a bad value.
+
+        Never prints a secret: an error on the whole table (a missing or unknown
+        key) shows no value, since that value is the table, secrets included."""
         validator = jsonschema.Draft202012Validator(cls.settings_schema)
         errors = sorted(validator.iter_errors(dict(settings)), key=lambda e: list(e.path))
-        if errors:
-            e = errors[0]
-            key = ".".join(str(p) for p in e.path)
-            where = f"destinations.{name}.settings" + (f".{key}" if key else "")
-            shown = "***" if _is_secret(key) else repr(e.instance)
-            raise ConfigError(f"{where} = {shown}: {e.message.replace(repr(e.instance), 'value')}")
+        if not errors:
+            cls.check_settings(name, settings)
+            return
+        e = errors[0]
+        key = ".".join(str(p) for p in e.path)
+        where = f"destinations.{name}.settings" + (f".{key}" if key else "")
+        secrets = [str(v) for k, v in settings.items() if _is_secret(k)]
+        message = redact(e.message.replace(repr(e.instance), "value"), secrets)
+        if not key:
+            raise ConfigError(f"{where}: {message}")
+        shown = "***" if _is_secret(key) else repr(e.instance)
+        raise ConfigError(f"{where} = {shown}: {message}")
+
+    @classmethod
+    def check_settings(cls, name: str, settings: Mapping[str, Any]) -> None:
+        """Checks JSON Schema cannot express (after it passed); raise ConfigError naming the key."""
 
     async def deliver(self, batch: Sequence[Event]) -> Sequence[Outcome] | Outcome:
         """Send a batch; return one outcome per event, or one for all of them."""
@@ -109,6 +122,14 @@ class Destination:
 
 def _is_secret(key: str) -> bool:
     return any(w in key.lower() for w in ("secret", "token", "key", "password"))
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret value replaced by ``***`` (vendors echo keys in errors)."""
+    # Values under 6 characters are no real secret, and replacing them would mangle text.
+    for secret in sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def with_defaults(schema: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -207,6 +228,50 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def worst(outcomes: Iterable[Outcome]) -> Outcome:
+    """The outcome of an event whose parts an API answered separately (an identify that
+    is a profile update and a linking event): Retry, then Permanent, then Ok; an event
+    made only of skipped parts is skipped. Retry wins so the parts that can still succeed
+    are resent (APIs dedup what landed) before the event is given up."""
+    outcomes = list(outcomes)
+    retries = [o for o in outcomes if isinstance(o, Retry)]
+    if retries:
+        afters = [r.after for r in retries if r.after is not None]
+        reason = "; ".join(dict.fromkeys(r.reason for r in retries))
+        return Retry(reason, max(afters) if afters else None)
+    permanents = [o for o in outcomes if isinstance(o, Permanent)]
+    if permanents:
+        return Permanent("; ".join(dict.fromkeys(p.reason for p in permanents)))
+    skips = [o for o in outcomes if isinstance(o, Skip)]
+    return skips[0] if skips and len(skips) == len(outcomes) else OK
+
+
+def fold(count: int, owners: Sequence[int], answers: Sequence[Outcome]) -> list[Outcome]:
+    """Per-event outcomes from per-item ``answers``; ``owners[i]`` is item i's event index."""
+    parts: list[list[Outcome]] = [[] for _ in range(count)]
+    for owner, answer in zip(owners, answers, strict=True):
+        parts[owner].append(answer)
+    return [worst(p) for p in parts]
+
+
+def scrub(
+    outcome: Sequence[Outcome] | Outcome | None, secrets: Iterable[str]
+) -> Sequence[Outcome] | Outcome | None:
+    """The same outcome(s) with every secret removed from the reasons."""
+    secrets = list(secrets)
+
+    def one(o: Outcome) -> Outcome:
+        if isinstance(o, Permanent):
+            return Permanent(redact(o.reason, secrets))
+        if isinstance(o, Retry):
+            return Retry(redact(o.reason, secrets), o.after)
+        return o
+
+    if outcome is None:
+        return None
+    return [one(o) for o in outcome] if isinstance(outcome, Sequence) else one(outcome)
 
 
 def classify(resp: Response) -> Outcome:

@@ -63,10 +63,17 @@ class ApiError(Exception):
     """An error answered as Segment's ``{"code", "message"}`` body."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        counted: bool = False,  # its events were already counted as rejected, one by one
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+        self.counted = counted
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -115,7 +122,8 @@ class Ingest:
         try:
             response = await handler(request)
         except ApiError as exc:
-            self.metrics.rejected.labels(exc.code).inc()
+            if not exc.counted:
+                self.metrics.rejected.labels(exc.code).inc()
             log.debug("request refused", path=request.path, status=exc.status, code=exc.code)
             response = error_response(exc.status, exc.code, exc.message, **(exc.headers or {}))
         except web.HTTPRequestEntityTooLarge:
@@ -195,7 +203,7 @@ class Ingest:
             rows, errors = self._rows(source.name, [payload], SINGLE_PATHS[name], env)
         del payload, body  # parsed objects are garbage while we await the commit
         if errors and not rows:
-            raise ApiError(400, errors[0].code, errors[0].message)
+            raise ApiError(400, errors[0].code, errors[0].message, counted=True)
         if rows:
             try:
                 await self.outbox.append(rows)
@@ -222,11 +230,19 @@ class Ingest:
         received_ms = int(env.received_at.timestamp() * 1000)
         for index, item in enumerate(items):
             try:
-                if check_size and len(orjson.dumps(item)) > MAX_MESSAGE_BYTES:
+                if check_size and len(_dumps(item)) > MAX_MESSAGE_BYTES:
                     raise InvalidMessage(
                         "message_too_large", f"message is over {MAX_MESSAGE_BYTES} bytes"
                     )
-                msg = normalize(item, call_type, env)
+                try:
+                    msg = normalize(item, call_type, env)
+                except OverflowError:
+                    # datetime arithmetic past year 1 or 9999: a timestamp's UTC form or
+                    # its skew-corrected form (e.g. timestamp 0001-01-01T00:00+01:00).
+                    raise InvalidMessage(
+                        "invalid_timestamp", "a timestamp is out of range"
+                    ) from None
+                body = _dumps(msg)
             except InvalidMessage as exc:
                 errors.append(exc)
                 self.metrics.rejected.labels(exc.code).inc()
@@ -249,7 +265,6 @@ class Ingest:
                         },
                     )
                 continue
-            body = orjson.dumps(msg)
             rows.append(
                 (
                     source,
@@ -359,6 +374,15 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_json", "body must be a JSON object")
     return payload
+
+
+def _dumps(value: object) -> bytes:
+    """orjson.dumps for a message orjson.loads accepted: loads reads 1024 levels of
+    nesting, dumps writes 254, so a deeper message is invalid rather than a crash."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise InvalidMessage("invalid_message", "message is nested too deeply") from None
 
 
 def _dict_or_none(value: object) -> dict[str, Any] | None:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh machine, then runs lint, types and pytest.
+# Arguments go to pytest (e.g. `bash tests/run.sh -k ingest`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+.venv/bin/pip install --quiet --upgrade pip
+.venv/bin/pip install --quiet -e '.[test]'
+# Chromium (apt) and the npm packages of the browser test; the browser test
+# skips, saying why, when they cannot be installed.
+if [ -f .ci/browser-setup.sh ]; then
+    bash .ci/browser-setup.sh || echo "browser setup failed: the browser test will be skipped"
+fi
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,40 @@
+"""eventd.toml.example loads, and names every key the config model knows."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from eventd.config import (
+    AdminConfig,
+    DestinationConfig,
+    ServerConfig,
+    SourceConfig,
+    StorageConfig,
+    parse_config,
+)
+from eventd.plugins import check_destinations, destination_types
+
+EXAMPLE = Path(__file__).parent.parent / "eventd.toml.example"
+
+
+def _keys(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)} - {"name"}
+
+
+def test_example_loads_and_its_destinations_check() -> None:
+    data = tomllib.loads(EXAMPLE.read_text())
+    cfg = parse_config(data, str(EXAMPLE))
+    check_destinations(cfg, destination_types())
+
+
+def test_example_lists_every_key() -> None:
+    data = tomllib.loads(EXAMPLE.read_text())
+    assert set(data["server"]) == _keys(ServerConfig)
+    assert set(data["storage"]) == _keys(StorageConfig)
+    assert set(data["admin"]) == _keys(AdminConfig)
+    assert set(data["sources"]["web"]) == _keys(SourceConfig)
+    assert set(data["destinations"]["hooks"]) == _keys(DestinationConfig)
+    webhook = destination_types()["webhook"].settings_schema["properties"]
+    assert set(data["destinations"]["hooks"]["settings"]) == set(webhook) - {"endpoint"}
