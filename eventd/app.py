@@ -15,6 +15,7 @@ from importlib import resources
 import structlog
 from aiohttp import web
 
+from eventd import bundle
 from eventd.admin import Admin
 from eventd.config import Config
 from eventd.destination import Destination
@@ -68,6 +69,7 @@ def create_app(
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[RUNTIME] = rt
     Ingest(config, outbox, metrics, live).add_routes(app)
+    bundle.add_routes(app, config)
     Admin(config, outbox, dispatcher, metrics, live, time.time()).add_routes(app)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
