@@ -116,10 +116,7 @@ async def test_max_size_refusal_is_visible_in_metrics_and_ready(
 ) -> None:
     app = create_app(config(tmp_path, storage={"max_size": 1}))
     client = await aiohttp_client(app)
-    resp = await client.post("/v1/batch", json={"batch": [], "writeKey": KEY})
-    resp = await client.post(
-        "/v1/track", json={"userId": "u", "event": "E", "writeKey": KEY}
-    )
+    resp = await client.post("/v1/track", json={"userId": "u", "event": "E", "writeKey": KEY})
     assert resp.status == 503
     m = metrics(await (await client.get("/metrics", headers=AUTH)).text())
     assert m[("eventd_rejected_events_total", (("reason", "storage_unavailable"),))] == 1
@@ -162,10 +159,21 @@ async def test_a_reader_that_never_reads_cannot_stall_ingest(
 def test_tail_prints_matching_events(eventd: Callable[..., EventdProcess]) -> None:
     ev = eventd()
     tail = subprocess.Popen(
-        [sys.executable, "-m", "eventd.cli", "tail", "--config", str(ev.config_path),
-         "--type", "track", "--event", "Wanted"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "eventd.cli",
+            "tail",
+            "--config",
+            str(ev.config_path),
+            "--type",
+            "track",
+            "--event",
+            "Wanted",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     stop = threading.Event()
     watchdog = threading.Timer(30, tail.kill)  # a hung tail fails the test, not the suite
 
@@ -245,9 +253,10 @@ async def test_retention_keeps_what_a_destination_has_not_passed(
     cfg = config(
         tmp_path,
         storage={"retention": "0s"},
-        destinations={"down": {"type": "webhook", "retry_backoff": "10s",
-                               "settings": {"url": sink.url}}},
-    )  # fmt: skip
+        destinations={
+            "down": {"type": "webhook", "retry_backoff": "10s", "settings": {"url": sink.url}}
+        },
+    )
     app = create_app(cfg, destination_types())
     client = await aiohttp_client(app)
     await track(client, 50)
