@@ -85,7 +85,7 @@ def normalize(raw: object, call_type: str | None, env: Envelope) -> dict[str, An
     if not isinstance(raw, dict):
         raise InvalidMessage("invalid_message", "each message must be a JSON object")
     msg_type = call_type or raw.get("type")
-    if msg_type not in TYPES:
+    if not isinstance(msg_type, str) or msg_type not in TYPES:
         raise InvalidMessage(
             "invalid_type", f"type must be one of {', '.join(sorted(TYPES))}, got {msg_type!r}"
         )

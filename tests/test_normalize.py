@@ -109,6 +109,7 @@ def test_nulls_write_key_and_metadata_are_dropped() -> None:
         ({"anonymousId": "a", "previousId": "p"}, "alias", "missing_alias_ids"),
         ({"type": "boom", "userId": "u"}, None, "invalid_type"),
         ({"userId": "u"}, None, "invalid_type"),
+        ({"type": ["track"], "userId": "u"}, None, "invalid_type"),  # unhashable: was a 500
         ({"userId": ["u"]}, "identify", "invalid_field"),
         ({"userId": True}, "identify", "invalid_field"),
         ({"userId": "u", "traits": [1]}, "identify", "invalid_field"),
