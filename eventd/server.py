@@ -24,6 +24,11 @@ log = structlog.get_logger("eventd.server")
 
 
 async def serve(config: Config, *, announce_write_key: bool = False) -> None:
+    # Handlers first: systemd may stop us the moment READY=1 is sent (or before).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     app = create_app(config)
     notifier = Notifier()
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
@@ -48,10 +53,6 @@ async def serve(config: Config, *, announce_write_key: bool = False) -> None:
             )
     notifier.notify("READY=1", f"STATUS=listening on {', '.join(addresses)}")
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     watchdog = asyncio.create_task(_watchdog(notifier, app))
     await stop.wait()
     log.info("stopping")

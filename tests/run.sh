@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e '.[test]'
+# systemd-analyze, for the unit's verify test (Debian's systemd package).
+if ! command -v systemd-analyze >/dev/null && command -v apt-get >/dev/null; then
+    (apt-get update -q && apt-get install -y -q systemd) >/dev/null \
+        || echo "systemd-analyze unavailable: the unit verify test will be skipped"
+fi
 # Chromium (apt) and the npm packages of the browser test; the browser test
 # skips, saying why, when they cannot be installed.
 if [ -f .ci/browser-setup.sh ]; then
