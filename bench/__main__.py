@@ -1,0 +1,121 @@
+"""``python -m bench``: eventd against this machine's ceilings, printed as a table.
+
+Run from the repository root (it imports ``tests.harness``). ``--smoke`` is the
+few-second version CI runs so the harness cannot rot; its figures mean nothing.
+Exit status 1 when a run went wrong (failed requests, lost events), not when a
+target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from bench import report, scenarios, wrk
+from bench.machine import facts, plan_cores
+from bench.scenarios import BenchError, Context, Plan
+
+
+def _max_rps(ctx: Context) -> float:
+    """eventd's /v1/track max, for e2e when the ingest step is not in this run."""
+    return scenarios.ingest(ctx, batch=False)["track_rps"]
+
+
+# Order within a round: each ceiling right beside what it bounds.
+STEPS = ("ceiling-a", "ingest", "ceiling-b", "delivery", "fanout", "e2e", "backlog")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="a few seconds, tiny sizes (CI)")
+    p.add_argument("--runs", type=int, help="rounds of every measurement (default 3; smoke 1)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per load window")
+    p.add_argument("--no-wrk", action="store_true", help="Python load generator even with wrk")
+    p.add_argument(
+        "--only",
+        type=lambda v: set(v.split(",")),
+        default=None,
+        help=f"comma-separated subset of: {', '.join(STEPS)}",
+    )
+    p.add_argument("--json", type=Path, help="also write every round's raw figures here")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, files)")
+    args = p.parse_args(argv)
+    if args.only and not args.only <= set(STEPS):
+        p.error(f"--only: unknown step(s) {', '.join(sorted(args.only - set(STEPS)))}")
+
+    plan = Plan.quick() if args.smoke else Plan.full(args.duration)
+    runs = args.runs or (1 if args.smoke else 3)
+    cores = plan_cores()
+    work = Path(tempfile.mkdtemp(prefix="eventd-bench-"))
+    ctx = Context(plan, cores, work, use_wrk=wrk.available() and not args.no_wrk)
+    started = time.monotonic()
+
+    def say(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    rounds: list[report.Round] = []
+    failed: list[str] = []
+    try:
+        wanted = args.only or set(STEPS)
+        if wanted & {"delivery", "fanout"}:
+            say(f"work directory {work}; preparing a {plan.delivery_events:,}-event outbox")
+            scenarios.prepare(ctx)
+        for i in range(1, runs + 1):
+            r: report.Round = {}
+            steps: list[tuple[str, Callable[[], scenarios.Metrics]]] = [
+                ("ceiling-a", lambda: scenarios.ceiling_a(ctx)),
+                ("ingest", lambda: scenarios.ingest(ctx)),
+                # again: the mean of the two brackets eventd's run on a noisy machine
+                ("ceiling-a", lambda: scenarios.ceiling_a(ctx)),
+                ("ceiling-b", lambda: scenarios.ceiling_b(ctx)),
+                ("delivery", lambda: scenarios.delivery(ctx, 1)),
+                ("fanout", lambda: scenarios.delivery(ctx, plan.delivery_fanout)),
+                ("e2e", lambda r=r: scenarios.e2e(ctx, r.get("track_rps") or _max_rps(ctx))),
+                ("backlog", lambda: scenarios.backlog_rss(ctx)),
+            ]
+            seen: dict[str, int] = {}
+            for name, step in steps:
+                if name not in wanted or (name == "backlog" and i > 1):
+                    continue
+                say(f"round {i}/{runs}: {name}")
+                try:
+                    for key, value in step().items():
+                        n = seen[key] = seen.get(key, 0) + 1
+                        r[key] = value if n == 1 else r[key] + (value - r[key]) / n
+                except BenchError as exc:
+                    failed.append(f"round {i}, {name}: {exc}")
+                    say(f"FAILED: {exc}")
+            rounds.append(report.add_ratios(r))
+    finally:
+        if args.keep or failed:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    title = "smoke run: tiny sizes, figures mean nothing" if args.smoke else "benchmark"
+    print(f"## eventd {title}: {runs} round(s), median/min/max\n")
+    print("| machine | |\n|---|---|")
+    for k, v in facts(cores):
+        print(f"| {k} | {v} |")
+    print(f"| load generator | {'wrk (Lua, unique messageIds)' if ctx.use_wrk else 'Python'} |")
+    print(f"| wall time | {time.monotonic() - started:.0f} s |\n")
+    print(report.table(rounds, plan.backlog_events, plan.delivery_events))
+    text, _ = report.targets(rounds)
+    print("\n" + text)
+    if args.json:
+        args.json.write_bytes(orjson.dumps({"plan": plan.__dict__, "rounds": rounds}))
+    if failed:
+        print("\nFAILED:\n" + "\n".join(f"- {f}" for f in failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Statistics over rounds, the table, and the targets of issue 6.
+
+Each round yields one ``{metric: value}`` dict; ratios are taken within a round
+(eventd against the ceiling measured minutes apart on the same machine), then
+summarised as median, min and max over the rounds.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Round = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    unit: str
+    digits: int = 0
+
+
+ROWS: tuple[Row, ...] = (
+    Row("ceiling_a_rps", "ceiling A: bare aiohttp, same POST, fixed 200", "req/s"),
+    Row("ceiling_a_p50", "ceiling A latency p50", "ms", 2),
+    Row("ceiling_a_p99", "ceiling A latency p99", "ms", 2),
+    Row("ceiling_b_outbox", "ceiling B: raw SQLite inserts, outbox schema", "rows/s"),
+    Row("ceiling_b_plain", "ceiling B': raw SQLite inserts, no index/trigger", "rows/s"),
+    Row("track_rps", "eventd /v1/track, 64 conns, synchronous=full", "req/s"),
+    Row("track_p50", "eventd /v1/track latency p50", "ms", 2),
+    Row("track_p99", "eventd /v1/track latency p99", "ms", 2),
+    Row("track_ratio", "eventd /v1/track / ceiling A", "%", 1),
+    Row("batch_eps", "eventd /v1/batch x100, 16 conns", "events/s"),
+    Row("batch_p50", "eventd /v1/batch latency p50", "ms", 2),
+    Row("batch_p99", "eventd /v1/batch latency p99", "ms", 2),
+    Row("batch_ratio", "eventd /v1/batch / ceiling B", "%", 1),
+    Row("delivery_1", "delivery, prefilled outbox -> 1 batching webhook", "events/s"),
+    Row("delivery_n", "delivery -> 4 webhooks at once (sum)", "events/s"),
+    Row("delivery_n_each", "delivery -> 4 webhooks at once (each)", "events/s"),
+    Row("e2e_rate", "e2e load: single events at 50 % of /v1/track max", "req/s"),
+    Row("e2e_p50", "e2e latency p50 (200 -> sink)", "ms", 1),
+    Row("e2e_p99", "e2e latency p99 (200 -> sink)", "ms", 1),
+    Row("e2e_ack_p99", "ack latency p99 at that load", "ms", 1),
+    Row("rss_empty", "RSS, empty store, after start", "MiB", 1),
+    Row("rss_backlog", "RSS, backlog undelivered (sink refusing), peak", "MiB", 1),
+    Row("rss_draining", "RSS while draining the backlog, peak", "MiB", 1),
+    Row("drain_backlog", "drain rate of the backlog", "events/s"),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    key: str
+    ok: Callable[[float], bool]
+    goal: str
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("single-event ingest vs ceiling A", "track_ratio", lambda v: v >= 60, ">= 60 %"),
+    Target("batch ingest", "batch_eps", lambda v: v >= 100_000, ">= 100,000 events/s"),
+    Target(
+        "delivery to one batching sink", "delivery_1", lambda v: v >= 50_000, ">= 50,000 events/s"
+    ),
+    Target("e2e p99 at half load", "e2e_p99", lambda v: v < 50, "< 50 ms"),
+    Target("RSS with the backlog", "rss_backlog", lambda v: v < 200, "< 200 MiB"),
+    Target("RSS while draining it", "rss_draining", lambda v: v < 200, "< 200 MiB"),
+)
+
+
+def add_ratios(r: Round) -> Round:
+    out = dict(r)
+    if r.get("ceiling_a_rps") and "track_rps" in r:
+        out["track_ratio"] = 100 * r["track_rps"] / r["ceiling_a_rps"]
+    if r.get("ceiling_b_outbox") and "batch_eps" in r:
+        out["batch_ratio"] = 100 * r["batch_eps"] / r["ceiling_b_outbox"]
+    return out
+
+
+def summary(rounds: list[Round]) -> dict[str, tuple[float, float, float, int]]:
+    """metric -> (median, min, max, runs)."""
+    keys = {k for r in rounds for k in r}
+    out = {}
+    for k in keys:
+        values = [r[k] for r in rounds if k in r]
+        out[k] = (statistics.median(values), min(values), max(values), len(values))
+    return out
+
+
+def _fmt(value: float, digits: int) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def table(rounds: list[Round], backlog_events: int, delivery_events: int) -> str:
+    stats = summary(rounds)
+    lines = [
+        "| measurement | median | min | max | unit | runs |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for row in ROWS:
+        if row.key not in stats:
+            continue
+        med, lo, hi, n = stats[row.key]
+        label = row.label.replace("backlog", f"backlog of {backlog_events:,}", 1).replace(
+            "prefilled outbox", f"prefilled outbox of {delivery_events:,}"
+        )
+        lines.append(
+            f"| {label} | {_fmt(med, row.digits)} | {_fmt(lo, row.digits)} | "
+            f"{_fmt(hi, row.digits)} | {row.unit} | {n} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rounds: list[Round]) -> tuple[str, bool]:
+    """The targets table (on medians) and whether all were met."""
+    stats = summary(rounds)
+    lines = ["| target | goal | median | met |", "|---|---|---:|---|"]
+    all_met = True
+    for t in TARGETS:
+        if t.key not in stats:
+            continue
+        med = stats[t.key][0]
+        met = t.ok(med)
+        all_met &= met
+        row = next(r for r in ROWS if r.key == t.key)
+        lines.append(
+            f"| {t.label} | {t.goal} | {_fmt(med, row.digits)} {row.unit} | "
+            f"{'met' if met else 'MISSED'} |"
+        )
+    return "\n".join(lines), all_met

@@ -1,0 +1,21 @@
+"""The benchmark harness must not rot: its smoke mode runs end to end and prints its table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_smoke_prints_the_table() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--no-wrk"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ("ceiling A", "/v1/batch", "delivery", "e2e latency p99", "RSS"):
+        assert row in done.stdout, row
+    assert "| target | goal | median | met |" in done.stdout
