@@ -286,7 +286,7 @@ def response_schemas() -> dict[str, Schema]:
                 " missing_alias_ids, invalid_field, invalid_timestamp (400);"
                 " missing_write_key, invalid_write_key (401); origin_not_allowed (403);"
                 " body_too_large (413); storage_unavailable (503); http_error (other"
-                " HTTP errors on /v1/*, such as 405). Admin codes: bad_request (400),"
+                " HTTP errors while a /v1 request is read). Admin codes: bad_request (400),"
                 " unauthorized (401), admin_disabled (403), not_found (404),"
                 " drain_timeout (504)."
             ),
