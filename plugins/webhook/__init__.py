@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
-import orjson
 
 from eventd import Event, HttpDestination, Outcome, Retry, hookimpl
 from eventd.destination import HTTP_SETTINGS, classify
@@ -66,10 +65,8 @@ class Webhook(HttpDestination):
         self.secret = secret.encode() if secret else None
 
     async def deliver(self, batch: Sequence[Event]) -> Outcome:
-        if self.batch:
-            body = orjson.dumps([e.message for e in batch])
-        else:
-            body = orjson.dumps(batch[0].message)
+        # The stored JSON as it is: a webhook gets what was stored, without a re-encode.
+        body = b"[" + b",".join(e.body for e in batch) + b"]" if self.batch else batch[0].body
         headers = dict(self.headers)
         if self.secret is not None:
             headers["X-Signature"] = hmac.new(self.secret, body, hashlib.sha1).hexdigest()
