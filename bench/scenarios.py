@@ -263,7 +263,7 @@ def ceiling_b(ctx: Context) -> Metrics:
         ctx.cores.server,
         timeout=300,
     )
-    return {"ceiling_b_outbox": r["outbox"], "ceiling_b_plain": r["plain"]}
+    return {f"ceiling_b_{schema}": rate for schema, rate in r.items()}
 
 
 def ingest(ctx: Context, *, batch: bool = True) -> Metrics:

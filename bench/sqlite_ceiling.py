@@ -3,9 +3,15 @@
 Same file settings as eventd's writer (WAL, the configured ``synchronous``),
 same rows, same statement; no HTTP, no asyncio, no parsing. Two tables:
 
-``outbox``  the outbox's schema (``migrate``): the (source, message_id) index and
-            the dedup trigger, i.e. what every eventd insert pays;
-``plain``   the same columns without index or trigger: the disk and SQLite alone.
+``outbox``       the outbox's schema (``migrate``): the (source, message_id) index and
+                 the dedup trigger, i.e. what every eventd insert pays; messageIds
+                 ``{prefix}-{n}`` as the load generators send them;
+``outbox_uuid``  the same with random UUID messageIds, as the SDKs send them: each
+                 insert lands on a random page of the index;
+``plain``        the same columns without index or trigger: the disk and SQLite alone;
+``batched``      the record-batch layout DESIGN.md suggests, measured before choosing
+                 it: one row per 100 events (their JSON joined) plus a slim
+                 (source, message_id) dedup table, UUID messageIds.
 
 Run (in its own process, pinned like the server):
 ``python -m bench.sqlite_ceiling DIR --rows N --txn ROWS --synchronous full``;
@@ -17,13 +23,14 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 
 import orjson
 import structlog
 
 from bench import events
-from eventd.outbox import INSERT_EVENT, migrate, now_ms
+from eventd.outbox import INSERT_EVENT, EventRow, migrate, now_ms
 
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # quiet migrate()
 
@@ -33,21 +40,50 @@ PLAIN = """CREATE TABLE events (
     received_at INTEGER NOT NULL, body BLOB NOT NULL)"""
 
 
+BATCHED = (
+    "CREATE TABLE batches (seq INTEGER PRIMARY KEY, source TEXT NOT NULL,"
+    " received_at INTEGER NOT NULL, count INTEGER NOT NULL, body BLOB NOT NULL)",
+    "CREATE TABLE message_ids (source TEXT NOT NULL, message_id TEXT NOT NULL,"
+    " received_at INTEGER NOT NULL, PRIMARY KEY (source, message_id)) WITHOUT ROWID",
+)
+SCHEMAS = ("outbox", "outbox_uuid", "plain", "batched")
+
+
+def _insert_batched(conn: sqlite3.Connection, rows: list[EventRow]) -> None:
+    for j in range(0, len(rows), 100):
+        part = rows[j : j + 100]
+        conn.executemany(
+            "INSERT OR IGNORE INTO message_ids VALUES (?, ?, ?)", [r[:2] + r[6:7] for r in part]
+        )
+        conn.execute(
+            "INSERT INTO batches (source, received_at, count, body) VALUES (?, ?, ?, ?)",
+            (part[0][0], part[0][6], len(part), b"[" + b",".join(r[7] for r in part) + b"]"),
+        )
+
+
 def insert_rate(path: Path, schema: str, rows: int, txn: int, synchronous: str) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         conn.execute("PRAGMA wal_autocheckpoint=1000")  # as eventd's writer
-        if schema == "outbox":
-            migrate(conn)
-        else:
-            conn.execute(PLAIN)
         data = list(events.stored_rows(f"ceil-{schema}", 0, rows, now_ms()))
+        if schema in ("outbox_uuid", "batched"):
+            data = [(r[0], str(uuid.uuid4()), *r[2:]) for r in data]
+        if schema.startswith("outbox"):
+            migrate(conn)
+        elif schema == "plain":
+            conn.execute(PLAIN)
+        else:
+            for statement in BATCHED:
+                conn.execute(statement)
         started = time.perf_counter()
         for i in range(0, rows, txn):
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(INSERT_EVENT, data[i : i + txn])
+            if schema == "batched":
+                _insert_batched(conn, data[i : i + txn])
+            else:
+                conn.executemany(INSERT_EVENT, data[i : i + txn])
             conn.execute("COMMIT")
         return rows / (time.perf_counter() - started)
     finally:
@@ -66,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         schema: insert_rate(
             args.dir / f"{schema}.db", schema, args.rows, args.txn, args.synchronous
         )
-        for schema in ("outbox", "plain")
+        for schema in SCHEMAS
     }
     print(orjson.dumps(result).decode(), flush=True)
 
