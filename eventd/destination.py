@@ -204,6 +204,15 @@ class Response:
         return self.body[:limit].decode("utf-8", "replace")
 
 
+def json_body(body: bytes) -> dict[str, Any]:
+    """A response body as a JSON object; anything else (HTML from a proxy...) as {}."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 class HttpDestination(Destination):
     """A destination that talks HTTP: ``endpoint`` and ``timeout`` settings, one way to send."""
 

@@ -1,13 +1,15 @@
 """Reading a stored Segment message the way analytics destinations need it.
 
-Shared by the ``mixpanel`` and ``amplitude`` destinations: safe lookups into a
-message's nested objects, the event time in epoch milliseconds, the browser and
-operating system behind ``context.userAgent``, and the name of the event that a
-page or screen call becomes. Nothing here knows a vendor's API.
+Shared by the ``mixpanel``, ``amplitude`` and ``ga4`` destinations: safe lookups
+into a message's nested objects, numbers sent as numbers or strings, the event time
+in epoch milliseconds, the browser and operating system behind ``context.userAgent``,
+and the name of the event that a page or screen call becomes. Nothing here knows a
+vendor's API.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Mapping
@@ -39,15 +41,23 @@ def text(value: Any) -> str | None:
 
 
 def number(value: Any) -> int | float | None:
-    """A JSON number, or a string holding one (clients send "12.5" as often as 12.5)."""
+    """A JSON number, or a string holding one (clients send "12.5" as often as 12.5).
+
+    Only finite numbers: "NaN" and "Infinity" parse as floats but no API takes them
+    (JSON has no spelling for them). A string without a decimal point that holds a
+    whole number is an int ("12" is 12, "12.0" stays 12.0)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, str):
         try:
             parsed = float(value)
         except ValueError:
+            return None
+        if not math.isfinite(parsed):
             return None
         return int(parsed) if parsed.is_integer() and "." not in value else parsed
     return None

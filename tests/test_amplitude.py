@@ -13,11 +13,11 @@ import orjson
 import pytest
 from eventd_plugins.amplitude import Amplitude
 from eventd_plugins.amplitude.mapping import SKIP_ALIAS, SKIP_GROUP, Options, map_message, revenue
-from eventd_plugins.vendor_api import fold, worst
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventd import OK, Event, Permanent, Retry, Skip
 from eventd.config import ConfigError
+from eventd.destination import fold, worst
 from eventd.normalize import Envelope, normalize
 from tests.contract.amplitude_server import BATCH_API, HTTP_API, AmplitudeServer
 from tests.harness import EventdProcess, running

@@ -35,11 +35,14 @@ from eventd.destination import (
     Response,
     classify,
     deliver_halving,
+    fold,
+    json_body,
+    redact,
     retry_after,
+    scrub,
 )
 
 from ..segment_message import PAGE_EVENT_NAME_SETTING, check_page_event_name
-from ..vendor_api import SecretSafeSettings, fold, json_body, redact, scrub
 from .mapping import Options, map_message
 
 REGIONS = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
@@ -54,11 +57,10 @@ _REFUSALS = {
 }
 
 
-class Amplitude(SecretSafeSettings, HttpDestination):
+class Amplitude(HttpDestination):
     type_name = "amplitude"
     integration_name = "Amplitude"
     description = "Amplitude: events, user and group properties via the HTTP V2 or Batch API"
-    secret_settings = ("api_key",)
     settings_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "required": ["api_key"],

@@ -18,6 +18,7 @@ from typing import Any
 
 from eventd import Permanent, Skip
 
+from ..segment_message import number
 from .rules import (
     ADJUSTED_NO_CURRENCY,
     ADJUSTED_OVER_LIMIT,
@@ -30,7 +31,6 @@ from .rules import (
     build_params,
     currency,
     ga4_name,
-    number,
     scalar,
 )
 

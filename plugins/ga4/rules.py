@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from ..segment_message import number
+
 # -- limits (developers.google.com/analytics/devguides/collection/protocol/ga4) ----------
 
 MAX_EVENTS_PER_REQUEST = 25
@@ -129,21 +131,6 @@ def scalar(value: Any, limit: int, adjust: set[str]) -> Scalar | None:
             return value[:limit]
         return value
     adjust.add(ADJUSTED_DROPPED)  # null, object or array: GA4 drops events carrying them
-    return None
-
-
-def number(value: Any) -> float | int | None:
-    """A number from a number or numeric string (Segment's spec allows both); else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return value
-    if isinstance(value, str):
-        try:
-            parsed = float(value)
-        except ValueError:
-            return None
-        return parsed if parsed == parsed and abs(parsed) != float("inf") else None
     return None
 
 

@@ -28,10 +28,18 @@ import orjson
 
 from eventd import OK, Event, HttpDestination, Outcome, Permanent, Retry, Skip, hookimpl
 from eventd.config import ConfigError
-from eventd.destination import HTTP_SETTINGS, TOO_LARGE, Response, classify, deliver_halving
+from eventd.destination import (
+    HTTP_SETTINGS,
+    TOO_LARGE,
+    Response,
+    classify,
+    deliver_halving,
+    json_body,
+    scrub,
+    worst,
+)
 
 from ..segment_message import PAGE_EVENT_NAME_SETTING, check_page_event_name
-from ..vendor_api import SecretSafeSettings, json_body, scrub, worst
 from .mapping import ENDPOINTS, IMPORT, Mapped, Options, map_message
 
 REGIONS = {
@@ -43,11 +51,10 @@ JSON = {"Content-Type": "application/json"}
 _SERVICE_ACCOUNT = ("service_account_username", "service_account_secret", "project_id")
 
 
-class Mixpanel(SecretSafeSettings, HttpDestination):
+class Mixpanel(HttpDestination):
     type_name = "mixpanel"
     integration_name = "Mixpanel"
     description = "Mixpanel: events via /import, user and group profiles via /engage, /groups"
-    secret_settings = ("project_token", "service_account_secret")
     settings_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "required": ["project_token"],
