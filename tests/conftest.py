@@ -10,6 +10,9 @@ import pytest
 
 from tests.harness import EventdProcess, Sink, running
 
+# The contract servers (mixpanel, amplitude, ga4, intercom) and what their tests share.
+pytest_plugins = ["tests.contract.fixtures"]
+
 
 @pytest.fixture
 def eventd(tmp_path: Path) -> Iterator[Callable[..., EventdProcess]]:

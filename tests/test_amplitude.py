@@ -3,8 +3,7 @@ contract server in-process) and eventd end to end into the contract server."""
 
 from __future__ import annotations
 
-import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,14 +12,14 @@ import orjson
 import pytest
 from eventd_plugins.amplitude import Amplitude
 from eventd_plugins.amplitude.mapping import SKIP_ALIAS, SKIP_GROUP, Options, map_message, revenue
-from prometheus_client.parser import text_string_to_metric_families
 
 from eventd import OK, Event, Permanent, Retry, Skip
 from eventd.config import ConfigError
 from eventd.destination import fold, worst
 from eventd.normalize import Envelope, normalize
 from tests.contract.amplitude_server import BATCH_API, HTTP_API, AmplitudeServer
-from tests.harness import EventdProcess, running
+from tests.contract.fixtures import dead_letters, destination, send, skipped
+from tests.harness import EventdProcess
 
 NOW = datetime.now(UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -319,50 +318,15 @@ async def test_a_group_call_succeeds_only_when_both_its_events_do(api: Amplitude
 # -- end to end: eventd into the contract server ----------------------------------------
 
 
-@pytest.fixture
-def amplitude() -> Iterator[AmplitudeServer]:
-    with running(AmplitudeServer()) as server:
-        yield server
+# The `amplitude` fixture (the contract server on a thread) is in tests/contract/fixtures.py.
+NAME = "amp"
 
 
 def start(
     eventd: Callable[..., EventdProcess], server: AmplitudeServer, **settings: Any
 ) -> EventdProcess:
-    destination = {
-        "type": "amplitude",
-        "retry_backoff": "50ms",
-        "settings": {"api_key": server.api_key, "endpoint": server.url, **settings},
-    }
-    return eventd({"destinations": {"amp": destination}})
-
-
-def send(ev: EventdProcess, *batch: dict[str, Any]) -> None:
-    assert ev.post("/v1/batch", {"batch": list(batch)}, key=ev.write_key) == (
-        200,
-        {"success": True},
-    )
-    ev.drain()
-
-
-def dead_letters(ev: EventdProcess) -> dict[str, str]:
-    rows = ev.query("SELECT message_id, error FROM dead_letters WHERE destination = 'amp'")
-    return {message_id: error for message_id, error in rows}
-
-
-def skipped(ev: EventdProcess) -> dict[str, float]:
-    """reason -> count, from eventd_skipped_events_total{destination="amp"} in /metrics."""
-    request = urllib.request.Request(
-        ev.url + "/metrics", headers={"Authorization": f"Bearer {ev.admin_token}"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as r:
-        text = r.read().decode()
-    return {
-        sample.labels["reason"]: sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "eventd_skipped_events"
-        for sample in family.samples
-        if sample.name.endswith("_total") and sample.labels["destination"] == "amp"
-    }
+    base = {"api_key": server.api_key, "endpoint": server.url}
+    return eventd({"destinations": {NAME: destination("amplitude", {**base, **settings})}})
 
 
 @pytest.mark.parametrize("use_batch_api", [False, True])
@@ -372,31 +336,33 @@ def test_every_call_type_reaches_amplitude(
     ev = start(eventd, amplitude, group_type="company", use_batch_api=use_batch_api)
     send(
         ev,
-        {
-            "type": "track",
-            "event": "Order Completed",
-            "userId": "user-1",
-            "messageId": "t1",
-            "properties": {"revenue": 42.5, "currency": "EUR"},
-            "integrations": {"Amplitude": {"session_id": 1714564800000}},
-        },
-        {"type": "page", "name": "Pricing", "anonymousId": "anon-1", "messageId": "p1"},
-        {"type": "screen", "name": "Home", "userId": "user-1", "messageId": "s1"},
-        {
-            "type": "identify",
-            "userId": "user-1",
-            "anonymousId": "anon-1",
-            "messageId": "i1",
-            "traits": {"plan": "pro"},
-        },
-        {
-            "type": "group",
-            "userId": "user-1",
-            "groupId": "acme",
-            "messageId": "g1",
-            "traits": {"name": "Acme"},
-        },
-        {"type": "alias", "userId": "user-1", "previousId": "anon-1", "messageId": "a1"},
+        [
+            {
+                "type": "track",
+                "event": "Order Completed",
+                "userId": "user-1",
+                "messageId": "t1",
+                "properties": {"revenue": 42.5, "currency": "EUR"},
+                "integrations": {"Amplitude": {"session_id": 1714564800000}},
+            },
+            {"type": "page", "name": "Pricing", "anonymousId": "anon-1", "messageId": "p1"},
+            {"type": "screen", "name": "Home", "userId": "user-1", "messageId": "s1"},
+            {
+                "type": "identify",
+                "userId": "user-1",
+                "anonymousId": "anon-1",
+                "messageId": "i1",
+                "traits": {"plan": "pro"},
+            },
+            {
+                "type": "group",
+                "userId": "user-1",
+                "groupId": "acme",
+                "messageId": "g1",
+                "traits": {"name": "Acme"},
+            },
+            {"type": "alias", "userId": "user-1", "previousId": "anon-1", "messageId": "a1"},
+        ],
     )
     assert amplitude.deliveries == {"t1": 1, "p1": 1, "s1": 1, "i1": 1, "g1": 1, "g1-group": 1}
     path = BATCH_API if use_batch_api else HTTP_API
@@ -411,8 +377,8 @@ def test_every_call_type_reaches_amplitude(
         "$groupidentify",
     ]
     assert got["g1-group"]["group_properties"] == {"$set": {"name": "Acme"}}
-    assert skipped(ev) == {SKIP_ALIAS.reason: 1}
-    assert dead_letters(ev) == {}
+    assert skipped(ev, NAME) == {SKIP_ALIAS.reason: 1}
+    assert dead_letters(ev, NAME) == {}
 
 
 def test_only_the_events_amplitude_refuses_are_dead_lettered(
@@ -421,18 +387,20 @@ def test_only_the_events_amplitude_refuses_are_dead_lettered(
     ev = start(eventd, amplitude)
     send(
         ev,
-        {"type": "track", "event": "A", "userId": "user-1", "messageId": "good-1"},
-        {"type": "track", "event": "A", "userId": "u7", "messageId": "short-id"},
-        {"type": "track", "event": "A", "userId": "user-2", "messageId": "good-2"},
-        {
-            "type": "track",
-            "event": "A",
-            "anonymousId": "00000000-0000-0000-0000-000000000000",
-            "messageId": "zero",
-        },
+        [
+            {"type": "track", "event": "A", "userId": "user-1", "messageId": "good-1"},
+            {"type": "track", "event": "A", "userId": "u7", "messageId": "short-id"},
+            {"type": "track", "event": "A", "userId": "user-2", "messageId": "good-2"},
+            {
+                "type": "track",
+                "event": "A",
+                "anonymousId": "00000000-0000-0000-0000-000000000000",
+                "messageId": "zero",
+            },
+        ],
     )
     assert amplitude.deliveries == {"good-1": 1, "good-2": 1}
-    dead = dead_letters(ev)
+    dead = dead_letters(ev, NAME)
     assert set(dead) == {"short-id", "zero"}
     assert "user_id shorter than min_id_length" in dead["short-id"]
     assert "invalid device_id" in dead["zero"]
@@ -447,13 +415,15 @@ def test_throttling_waits_then_delivers_and_over_quota_is_dead_lettered(
     ev = start(eventd, amplitude, throttle_wait=1)
     send(
         ev,
-        {"type": "track", "event": "A", "userId": "user-busy", "messageId": "t1"},
-        {"type": "track", "event": "A", "userId": "user-spent", "messageId": "t2"},
-        {"type": "track", "event": "A", "userId": "user-calm", "messageId": "t3"},
+        [
+            {"type": "track", "event": "A", "userId": "user-busy", "messageId": "t1"},
+            {"type": "track", "event": "A", "userId": "user-spent", "messageId": "t2"},
+            {"type": "track", "event": "A", "userId": "user-calm", "messageId": "t3"},
+        ],
     )
     assert amplitude.statuses() == [503, 429, 200]
     assert amplitude.deliveries == {"t1": 1, "t3": 1}
-    assert set(dead_letters(ev)) == {"t2"}
+    assert set(dead_letters(ev, NAME)) == {"t2"}
 
 
 def test_a_batch_too_large_is_split_and_all_delivered(
@@ -463,23 +433,23 @@ def test_a_batch_too_large_is_split_and_all_delivered(
     ev = start(eventd, amplitude)
     send(
         ev,
-        *(
+        [
             {"type": "track", "event": "A", "userId": "user-1", "messageId": f"m{i}"}
             for i in range(10)
-        ),
+        ],
     )
     assert amplitude.deliveries == {f"m{i}": 1 for i in range(10)}
     assert 413 in amplitude.statuses()
-    assert dead_letters(ev) == {}
+    assert dead_letters(ev, NAME) == {}
 
 
 def test_a_wrong_api_key_dead_letters_with_a_clear_reason_and_no_secret(
     eventd: Callable[..., EventdProcess], amplitude: AmplitudeServer
 ) -> None:
     ev = start(eventd, amplitude, api_key="wrong-key-s3cret")
-    send(ev, {"type": "track", "event": "A", "userId": "user-1", "messageId": "k1"})
+    send(ev, [{"type": "track", "event": "A", "userId": "user-1", "messageId": "k1"}])
     assert amplitude.deliveries == {}
-    reason = dead_letters(ev)["k1"]
+    reason = dead_letters(ev, NAME)["k1"]
     assert "Amplitude refused the API key" in reason and "settings.api_key" in reason
     assert "wrong-key-s3cret" not in reason and "wrong-key-s3cret" not in ev.log()
 
@@ -490,8 +460,10 @@ def test_groups_without_a_group_type_are_skipped_and_counted(
     ev = start(eventd, amplitude)
     send(
         ev,
-        {"type": "group", "userId": "user-1", "groupId": "acme", "messageId": "g1"},
-        {"type": "track", "event": "A", "userId": "user-1", "messageId": "t1"},
+        [
+            {"type": "group", "userId": "user-1", "groupId": "acme", "messageId": "g1"},
+            {"type": "track", "event": "A", "userId": "user-1", "messageId": "t1"},
+        ],
     )
     assert amplitude.deliveries == {"t1": 1}
-    assert skipped(ev) == {SKIP_GROUP.reason: 1}
+    assert skipped(ev, NAME) == {SKIP_GROUP.reason: 1}

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from hypothesis import strategies as st
 
 from eventd import Permanent, Skip
 from eventd.config import ConfigError
+from tests.contract.fixtures import dead_letters, destination, post, skipped
 from tests.contract.ga4_server import Ga4Server, validate
 from tests.harness import EventdProcess, running
 
@@ -405,10 +404,8 @@ def test_whatever_the_mapping_sends_ga4_accepts(
 # -- end to end ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ga4() -> Iterator[Ga4Server]:
-    with running(Ga4Server()) as server:
-        yield server
+# The `ga4` fixture (the contract server on a thread) is in tests/contract/fixtures.py.
+NAME = "g"
 
 
 def start(eventd: Callable[..., EventdProcess], server: Ga4Server, **extra: Any) -> EventdProcess:
@@ -417,32 +414,7 @@ def start(eventd: Callable[..., EventdProcess], server: Ga4Server, **extra: Any)
         "api_secret": server.api_secret,
         "endpoint": server.url,
     }
-    destination = {
-        "type": "ga4",
-        "retry_backoff": "50ms",
-        "retry_backoff_max": "1s",
-        "settings": {**base, **extra},
-    }
-    return eventd({"destinations": {"g": destination}})
-
-
-def post(ev: EventdProcess, messages: list[dict[str, Any]]) -> None:
-    status, body = ev.post("/v1/batch", {"batch": messages}, key=ev.write_key)
-    assert (status, body) == (200, {"success": True})
-
-
-def dead_letters(ev: EventdProcess) -> dict[str, str]:
-    return dict(ev.query("SELECT message_id, error FROM dead_letters WHERE destination = 'g'"))
-
-
-def skipped(ev: EventdProcess) -> dict[str, float]:
-    req = urllib.request.Request(
-        ev.url + "/metrics", headers={"Authorization": f"Bearer {ev.admin_token}"}
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        text = r.read().decode()
-    line = re.compile(r'^eventd_skipped_events_total\{destination="g",reason="([^"]*)"\} (\S+)$')
-    return {m[1]: float(m[2]) for m in map(line.match, text.splitlines()) if m}
+    return eventd({"destinations": {NAME: destination("ga4", {**base, **extra})}})
 
 
 def log_lines(ev: EventdProcess) -> list[dict[str, Any]]:
@@ -517,8 +489,8 @@ def test_a_batch_end_to_end(eventd: Callable[..., EventdProcess], ga4: Ga4Server
     )
     for request in ga4.collect_requests():
         assert len(request.body["events"]) <= 25 and request.status == 204
-    assert dead_letters(ev) == {}
-    assert skipped(ev) == {
+    assert dead_letters(ev, NAME) == {}
+    assert skipped(ev, NAME) == {
         "identify calls are not supported by GA4": 1.0,
         "group calls are not supported by GA4": 1.0,
         "alias calls are not supported by GA4": 1.0,
@@ -545,7 +517,7 @@ def test_validate_sends_to_the_debug_endpoint_first(
         ],
     )
     ev.drain()
-    assert dead_letters(ev) == {
+    assert dead_letters(ev, NAME) == {
         "tip": "GA4 validation: NAME_RESERVED at events: Event at index: [1] has invalid name:"
         " [tip] is reserved.",
         "tap": "GA4 validation: NAME_RESERVED at events: Event at index: [1] has invalid name:"
@@ -565,7 +537,7 @@ def test_429_waits_for_retry_after(eventd: Callable[..., EventdProcess], ga4: Ga
     assert time.monotonic() - started >= 1.0  # not the 50 ms backoff: GA4's own wait
     assert [r.status for r in ga4.collect_requests()] == [429, 204]
     assert sorted(e["name"] for _, _, e in ga4.events()) == ["E0", "E1", "E2"]
-    assert dead_letters(ev) == {}
+    assert dead_letters(ev, NAME) == {}
 
 
 def test_413_splits_and_resends(eventd: Callable[..., EventdProcess], tmp_path: Path) -> None:
@@ -594,7 +566,7 @@ def test_413_splits_and_resends(eventd: Callable[..., EventdProcess], tmp_path: 
         assert 413 in statuses
         assert all(r.size < 2500 for r in ga4.collect_requests() if r.status == 204)
         assert sorted(e["params"]["n"] for _, _, e in ga4.events()) == list(range(12))
-        dead = dead_letters(ev)
+        dead = dead_letters(ev, NAME)
         assert list(dead) == ["huge"] and "too large (413)" in dead["huge"]
         assert ga4.problems == []
 
@@ -608,7 +580,7 @@ def test_a_refusal_is_permanent_and_never_shows_the_secret(
     ga4.script.append((403, {}, echo))
     post(ev, [{"type": "track", "event": "E", "anonymousId": "a", "messageId": "m1"}])
     ev.drain()
-    dead = dead_letters(ev)
+    dead = dead_letters(ev, NAME)
     assert list(dead) == ["m1"]
     assert "HTTP 403" in dead["m1"] and "check measurement_id and api_secret" in dead["m1"]
     assert "api_secret=***" in dead["m1"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ from eventd_plugins.intercom.mapping import (
 
 from eventd import Permanent, Retry, Skip
 from eventd.config import ConfigError
+from tests.contract.fixtures import dead_letters, destination, post, skipped
 from tests.contract.intercom_server import IntercomServer
 from tests.harness import EventdProcess, running
 
@@ -194,41 +193,15 @@ def test_settings_are_validated_and_the_token_is_not_shown() -> None:
 # -- end to end ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def intercom() -> Iterator[IntercomServer]:
-    with running(IntercomServer()) as server:
-        yield server
+# The `intercom` fixture (the contract server on a thread) is in tests/contract/fixtures.py.
+NAME = "i"
 
 
 def start(
     eventd: Callable[..., EventdProcess], server: IntercomServer, **extra: Any
 ) -> EventdProcess:
-    destination = {
-        "type": "intercom",
-        "retry_backoff": "50ms",
-        "retry_backoff_max": "1s",
-        "settings": {"access_token": server.token, "endpoint": server.url, **extra},
-    }
-    return eventd({"destinations": {"i": destination}})
-
-
-def post(ev: EventdProcess, messages: list[dict[str, Any]]) -> None:
-    status, body = ev.post("/v1/batch", {"batch": messages}, key=ev.write_key)
-    assert (status, body) == (200, {"success": True})
-
-
-def dead_letters(ev: EventdProcess) -> dict[str, str]:
-    return dict(ev.query("SELECT message_id, error FROM dead_letters WHERE destination = 'i'"))
-
-
-def skipped(ev: EventdProcess) -> dict[str, float]:
-    req = urllib.request.Request(
-        ev.url + "/metrics", headers={"Authorization": f"Bearer {ev.admin_token}"}
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        text = r.read().decode()
-    line = re.compile(r'^eventd_skipped_events_total\{destination="i",reason="([^"]*)"\} (\S+)$')
-    return {m[1]: float(m[2]) for m in map(line.match, text.splitlines()) if m}
+    base = {"access_token": server.token, "endpoint": server.url}
+    return eventd({"destinations": {NAME: destination("intercom", {**base, **extra})}})
 
 
 def test_identify_track_group_end_to_end(
@@ -276,7 +249,7 @@ def test_identify_track_group_end_to_end(
     post(ev, [{"type": "identify", "userId": "u1", "traits": {"name": "Ada L.", "logins": 4}}])
     ev.drain()
 
-    assert dead_letters(ev) == {}
+    assert dead_letters(ev, NAME) == {}
     assert intercom.problems == []
     contact = intercom.contact("u1")
     assert len(intercom.contacts) == 1
@@ -304,7 +277,7 @@ def test_identify_track_group_end_to_end(
     assert company["custom_attributes"] == {"tier": "gold"}
     assert intercom.attached == {(contact["id"], company["id"])}
     assert {c.version for c in intercom.calls} == {"2.10"}
-    assert skipped(ev) == {
+    assert skipped(ev, NAME) == {
         "page calls are not supported by Intercom": 1.0,
         "screen calls are not supported by Intercom": 1.0,
         "alias calls are not supported by Intercom": 1.0,
@@ -332,7 +305,7 @@ def test_failures_are_per_event(
         ],
     )
     ev.drain()
-    assert dead_letters(ev) == {
+    assert dead_letters(ev, NAME) == {
         "bad_attr": "Intercom answered 400 while creating a contact: parameter_not_found:"
         " Custom attribute 'favourite_color' does not exist",
         "unknown": "Intercom has no contact with user_id=u404 (not_found: User Not Found):"
@@ -343,7 +316,7 @@ def test_failures_are_per_event(
     assert [e["contact"] for e in intercom.events] == [intercom.contact("u3")["id"]]
     assert intercom.contact("u3")["custom_attributes"] == {"vip": True}
     assert [c["company_id"] for c in intercom.companies.values()] == ["g9"]
-    assert skipped(ev) == {"anonymous track: Intercom needs a userId or an email": 1.0}
+    assert skipped(ev, NAME) == {"anonymous track: Intercom needs a userId or an email": 1.0}
 
 
 def test_a_track_waits_for_an_identify_in_flight(
@@ -354,7 +327,7 @@ def test_a_track_waits_for_an_identify_in_flight(
     intercom.wait_for(lambda s: 404 in s.statuses("/events"))
     post(ev, [{"type": "identify", "userId": "u5", "messageId": "i"}])
     ev.drain()
-    assert dead_letters(ev) == {}
+    assert dead_letters(ev, NAME) == {}
     statuses = intercom.statuses("/events")
     assert statuses[0] == 404 and statuses[-1] == 202 and statuses.count(202) == 1
     assert [e["contact"] for e in intercom.events] == [intercom.contact("u5")["id"]]
@@ -372,7 +345,7 @@ def test_429_waits_until_x_ratelimit_reset(
     # X-RateLimit-Reset was at least 1 s ahead; the 50 ms backoff alone would be too early.
     assert second.at - first.at >= 0.95
     assert intercom.contact("u6")["name"] == "Six"
-    assert dead_letters(ev) == {}
+    assert dead_letters(ev, NAME) == {}
 
 
 def test_remaining_zero_holds_back_requests(eventd: Callable[..., EventdProcess]) -> None:
@@ -386,7 +359,7 @@ def test_remaining_zero_holds_back_requests(eventd: Callable[..., EventdProcess]
         # Requests already in flight when the window ran out get a 429; the others are
         # held back by X-RateLimit-Remaining: 0. Ignoring it would cost 5 or more.
         assert intercom.statuses("/contacts").count(429) <= 3
-        assert dead_letters(ev) == {}
+        assert dead_letters(ev, NAME) == {}
 
 
 def test_a_bad_token_is_permanent_and_never_logged(
@@ -401,7 +374,7 @@ def test_a_bad_token_is_permanent_and_never_logged(
         ],
     )
     ev.drain()
-    dead = dead_letters(ev)
+    dead = dead_letters(ev, NAME)
     assert dead == {
         "i": "Intercom rejected the access token while creating a contact"
         " (401 unauthorized: Access Token Invalid)",

@@ -3,8 +3,7 @@ contract server in-process) and eventd end to end into the contract server."""
 
 from __future__ import annotations
 
-import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,13 +22,13 @@ from eventd_plugins.mixpanel.mapping import (
     insert_id,
     map_message,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from eventd import OK, Event, Permanent, Retry
 from eventd.config import ConfigError
 from eventd.normalize import Envelope, normalize
+from tests.contract.fixtures import dead_letters, destination, send, skipped
 from tests.contract.mixpanel_server import MixpanelServer
-from tests.harness import EventdProcess, running
+from tests.harness import EventdProcess
 
 NOW = datetime.now(UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -444,50 +443,15 @@ async def test_wrong_service_account_secret_is_permanent_and_not_repeated(
 # -- end to end: eventd into the contract server ----------------------------------------
 
 
-@pytest.fixture
-def mixpanel() -> Iterator[MixpanelServer]:
-    with running(MixpanelServer()) as server:
-        yield server
+# The `mixpanel` fixture (the contract server on a thread) is in tests/contract/fixtures.py.
+NAME = "mp"
 
 
 def start(
     eventd: Callable[..., EventdProcess], server: MixpanelServer, **settings: Any
 ) -> EventdProcess:
-    destination = {
-        "type": "mixpanel",
-        "retry_backoff": "50ms",
-        "settings": {"project_token": server.project_token, "endpoint": server.url, **settings},
-    }
-    return eventd({"destinations": {"mp": destination}})
-
-
-def send(ev: EventdProcess, *batch: dict[str, Any]) -> None:
-    assert ev.post("/v1/batch", {"batch": list(batch)}, key=ev.write_key) == (
-        200,
-        {"success": True},
-    )
-    ev.drain()
-
-
-def dead_letters(ev: EventdProcess) -> dict[str, str]:
-    rows = ev.query("SELECT message_id, error FROM dead_letters WHERE destination = 'mp'")
-    return {message_id: error for message_id, error in rows}
-
-
-def skipped(ev: EventdProcess) -> dict[str, float]:
-    """reason -> count, from eventd_skipped_events_total{destination="mp"} in /metrics."""
-    request = urllib.request.Request(
-        ev.url + "/metrics", headers={"Authorization": f"Bearer {ev.admin_token}"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as r:
-        text = r.read().decode()
-    return {
-        sample.labels["reason"]: sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "eventd_skipped_events"
-        for sample in family.samples
-        if sample.name.endswith("_total") and sample.labels["destination"] == "mp"
-    }
+    base = {"project_token": server.project_token, "endpoint": server.url}
+    return eventd({"destinations": {NAME: destination("mixpanel", {**base, **settings})}})
 
 
 def test_every_call_type_reaches_mixpanel(
@@ -496,30 +460,32 @@ def test_every_call_type_reaches_mixpanel(
     ev = start(eventd, mixpanel, group_key="company")
     send(
         ev,
-        {
-            "type": "track",
-            "event": "Signed Up",
-            "userId": "u-1",
-            "messageId": "t1",
-            "properties": {"plan": "pro"},
-        },
-        {"type": "page", "name": "Pricing", "anonymousId": "anon-1", "messageId": "p1"},
-        {"type": "screen", "name": "Home", "userId": "u-1", "messageId": "s1"},
-        {
-            "type": "identify",
-            "userId": "u-1",
-            "anonymousId": "anon-1",
-            "messageId": "i1",
-            "traits": {"email": "a@ex.com"},
-        },
-        {
-            "type": "group",
-            "userId": "u-1",
-            "groupId": "acme",
-            "messageId": "g1",
-            "traits": {"name": "Acme"},
-        },
-        {"type": "alias", "userId": "u-1", "previousId": "anon-1", "messageId": "a1"},
+        [
+            {
+                "type": "track",
+                "event": "Signed Up",
+                "userId": "u-1",
+                "messageId": "t1",
+                "properties": {"plan": "pro"},
+            },
+            {"type": "page", "name": "Pricing", "anonymousId": "anon-1", "messageId": "p1"},
+            {"type": "screen", "name": "Home", "userId": "u-1", "messageId": "s1"},
+            {
+                "type": "identify",
+                "userId": "u-1",
+                "anonymousId": "anon-1",
+                "messageId": "i1",
+                "traits": {"email": "a@ex.com"},
+            },
+            {
+                "type": "group",
+                "userId": "u-1",
+                "groupId": "acme",
+                "messageId": "g1",
+                "traits": {"name": "Acme"},
+            },
+            {"type": "alias", "userId": "u-1", "previousId": "anon-1", "messageId": "a1"},
+        ],
     )
     assert mixpanel.insert_ids() == {"t1": 1, "p1": 1, "s1": 1, "i1": 1, "a1": 1}
     names = {e["properties"]["$insert_id"]: e["event"] for e in mixpanel.imported}
@@ -542,7 +508,7 @@ def test_every_call_type_reaches_mixpanel(
             "$set": {"name": "Acme"},
         }
     ]
-    assert dead_letters(ev) == {} and skipped(ev) == {}
+    assert dead_letters(ev, NAME) == {} and skipped(ev, NAME) == {}
 
 
 def test_only_the_events_mixpanel_refuses_are_dead_lettered(
@@ -551,19 +517,21 @@ def test_only_the_events_mixpanel_refuses_are_dead_lettered(
     ev = start(eventd, mixpanel)
     send(
         ev,
-        {"type": "track", "event": "A", "userId": "u-1", "messageId": "good-1"},
-        {"type": "track", "event": "A", "userId": "undefined", "messageId": "bad-id"},
-        {
-            "type": "track",
-            "event": "A",
-            "userId": "u-1",
-            "messageId": "bad-time",
-            "timestamp": "1970-01-01T00:00:05Z",
-        },
-        {"type": "track", "event": "A", "userId": "u-2", "messageId": "good-2"},
+        [
+            {"type": "track", "event": "A", "userId": "u-1", "messageId": "good-1"},
+            {"type": "track", "event": "A", "userId": "undefined", "messageId": "bad-id"},
+            {
+                "type": "track",
+                "event": "A",
+                "userId": "u-1",
+                "messageId": "bad-time",
+                "timestamp": "1970-01-01T00:00:05Z",
+            },
+            {"type": "track", "event": "A", "userId": "u-2", "messageId": "good-2"},
+        ],
     )
     assert mixpanel.insert_ids() == {"good-1": 1, "good-2": 1}
-    dead = dead_letters(ev)
+    dead = dead_letters(ev, NAME)
     assert set(dead) == {"bad-id", "bad-time"}
     assert "'properties.distinct_id' is invalid" in dead["bad-id"]
     assert "'properties.time' is invalid" in dead["bad-time"]
@@ -577,13 +545,15 @@ def test_throttling_and_outages_are_retried_until_delivered(
     ev = start(eventd, mixpanel, **service_account(mixpanel), alias_event="$merge")
     send(
         ev,
-        {"type": "track", "event": "A", "userId": "u-1", "messageId": "r1"},
-        {"type": "alias", "userId": "u-1", "previousId": "anon-1", "messageId": "r2"},
+        [
+            {"type": "track", "event": "A", "userId": "u-1", "messageId": "r1"},
+            {"type": "alias", "userId": "u-1", "previousId": "anon-1", "messageId": "r2"},
+        ],
     )
     assert mixpanel.statuses("/import") == [503, 429, 200]
     assert mixpanel.insert_ids() == {"r1": 1, "r2": 1}
     assert {r.auth for r in mixpanel.requests} == {"service_account"}
-    assert dead_letters(ev) == {}
+    assert dead_letters(ev, NAME) == {}
 
 
 def test_a_batch_too_large_is_split_and_all_delivered(
@@ -593,20 +563,20 @@ def test_a_batch_too_large_is_split_and_all_delivered(
     ev = start(eventd, mixpanel)
     send(
         ev,
-        *({"type": "track", "event": "A", "userId": "u", "messageId": f"m{i}"} for i in range(10)),
+        [{"type": "track", "event": "A", "userId": "u", "messageId": f"m{i}"} for i in range(10)],
     )
     assert mixpanel.insert_ids() == {f"m{i}": 1 for i in range(10)}
     assert 413 in mixpanel.statuses("/import")
-    assert dead_letters(ev) == {}
+    assert dead_letters(ev, NAME) == {}
 
 
 def test_bad_credentials_dead_letter_with_a_clear_reason_and_no_secret(
     eventd: Callable[..., EventdProcess], mixpanel: MixpanelServer
 ) -> None:
     ev = start(eventd, mixpanel, project_token="wrong-token-s3cret")
-    send(ev, {"type": "track", "event": "A", "userId": "u", "messageId": "c1"})
+    send(ev, [{"type": "track", "event": "A", "userId": "u", "messageId": "c1"}])
     assert mixpanel.imported == []
-    reason = dead_letters(ev)["c1"]
+    reason = dead_letters(ev, NAME)["c1"]
     assert "refused the credentials (HTTP 401" in reason and "project_token" in reason
     assert "wrong-token-s3cret" not in reason and "wrong-token-s3cret" not in ev.log()
 
@@ -617,13 +587,19 @@ def test_calls_mixpanel_cannot_take_are_skipped_and_counted(
     ev = start(eventd, mixpanel, alias_event="none")
     send(
         ev,
-        {"type": "group", "userId": "u", "groupId": "acme", "messageId": "g1"},
-        {"type": "group", "userId": "u", "groupId": "beta", "messageId": "g2"},
-        {"type": "alias", "userId": "u", "previousId": "anon", "messageId": "a1"},
-        {"type": "identify", "userId": "u", "messageId": "i1"},
-        {"type": "track", "event": "A", "userId": "u", "messageId": "t1"},
+        [
+            {"type": "group", "userId": "u", "groupId": "acme", "messageId": "g1"},
+            {"type": "group", "userId": "u", "groupId": "beta", "messageId": "g2"},
+            {"type": "alias", "userId": "u", "previousId": "anon", "messageId": "a1"},
+            {"type": "identify", "userId": "u", "messageId": "i1"},
+            {"type": "track", "event": "A", "userId": "u", "messageId": "t1"},
+        ],
     )
     assert mixpanel.insert_ids() == {"t1": 1}
     assert mixpanel.profiles == mixpanel.group_profiles == []
-    assert skipped(ev) == {SKIP_GROUP.reason: 2, SKIP_ALIAS.reason: 1, SKIP_IDENTIFY.reason: 1}
-    assert dead_letters(ev) == {}
+    assert skipped(ev, NAME) == {
+        SKIP_GROUP.reason: 2,
+        SKIP_ALIAS.reason: 1,
+        SKIP_IDENTIFY.reason: 1,
+    }
+    assert dead_letters(ev, NAME) == {}
