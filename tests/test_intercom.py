@@ -18,7 +18,7 @@ from eventd_plugins.intercom.mapping import (
 
 from eventd import Permanent, Retry, Skip
 from eventd.config import ConfigError
-from tests.contract.fixtures import dead_letters, destination, post, skipped
+from tests.contract.fixtures import counters, dead_letters, destination, post, skipped
 from tests.contract.intercom_server import IntercomServer
 from tests.harness import EventdProcess, running
 
@@ -331,6 +331,33 @@ def test_a_track_waits_for_an_identify_in_flight(
     statuses = intercom.statuses("/events")
     assert statuses[0] == 404 and statuses[-1] == 202 and statuses.count(202) == 1
     assert [e["contact"] for e in intercom.events] == [intercom.contact("u5")["id"]]
+
+
+def test_a_track_before_its_identify_in_one_batch_does_not_hold_it(
+    eventd: Callable[..., EventdProcess], intercom: IntercomServer
+) -> None:
+    # Server-side code often tracks "Signed Up" before it identifies the new user. The
+    # track waits for its contact; the identify after it must not wait behind it.
+    ev = start(eventd, intercom)  # contact_grace_seconds: 60, far longer than this test
+    post(
+        ev,
+        [
+            {"type": "track", "userId": "u6", "event": "Signed Up", "messageId": "t"},
+            {"type": "group", "userId": "u6", "groupId": "g6", "messageId": "g"},
+            {"type": "identify", "userId": "u6", "traits": {"email": "u6@x.io"}, "messageId": "i"},
+        ],
+    )
+    ev.drain()
+    assert dead_letters(ev, NAME) == {}
+    contact = intercom.contact("u6")
+    assert intercom.statuses("/events") == [404, 202]  # tried again in the same delivery
+    assert [e["contact"] for e in intercom.events] == [contact["id"]]
+    (company,) = intercom.companies.values()
+    assert intercom.attached == {(contact["id"], company["id"])}
+    retried = [
+        v for labels, v in counters(ev, "eventd_retried_events") if labels["destination"] == NAME
+    ]
+    assert sum(retried) == 0  # no backoff: nothing went back to the dispatcher
 
 
 def test_429_waits_until_x_ratelimit_reset(

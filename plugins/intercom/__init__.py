@@ -17,7 +17,9 @@ event is younger than ``contact_grace_seconds`` (its identify may be in another
 batch still in flight), then dead-lettered saying so. Events of one user are
 sent in order, one at a time; different users go concurrently, a few at once.
 When an event of a user must be retried, that user's later events in the batch
-wait with it. Mapping is in ``mapping.py``, the HTTP details in ``api.py``.
+wait with it, except after one waiting for its contact: the user's later events
+go on (an identify among them makes the contact), then it is tried once more.
+Mapping is in ``mapping.py``, the HTTP details in ``api.py``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ _EXISTING_ID = re.compile(r"\bid=([0-9A-Za-z_-]+)")
 
 class _NotYet(Exception):
     """The contact this event needs is not in Intercom (yet)."""
+
+
+class _WaitingForContact(Retry):
+    """Retry a track or group whose contact Intercom does not know yet."""
 
 
 class Intercom(HttpDestination):
@@ -112,13 +118,20 @@ class Intercom(HttpDestination):
 
         async def lane(indices: list[int]) -> None:
             held: Retry | None = None
+            unknown: list[int] = []  # events waiting for a contact a later identify may make
             async with slots:
                 for i in indices:
-                    # Keep one user's events in order: after a retry, the rest wait too.
+                    # Keep one user's events in order: after a retry, the rest wait too...
                     outcome = held or await self._one(batch[i])
                     outcomes[i] = outcome
-                    if isinstance(outcome, Retry):
+                    if isinstance(outcome, _WaitingForContact):
+                        # ...except one for a contact not made yet: a later identify of the
+                        # batch may make it, so it must not wait behind this event.
+                        unknown.append(i)
+                    elif isinstance(outcome, Retry):
                         held = outcome
+                for i in unknown:  # once more, after the lane's identifies
+                    outcomes[i] = held or await self._one(batch[i])
 
         await asyncio.gather(*(lane(ix) for ix in lanes.values()))
         return outcomes
@@ -134,7 +147,7 @@ class Intercom(HttpDestination):
                 return await self._group(event.message)
         except _NotYet as exc:
             if time.time() * 1000 - event.received_at < self.grace_ms:
-                return Retry(f"{exc}; waiting for its identify")
+                return _WaitingForContact(f"{exc}; waiting for its identify")
             return Permanent(f"{exc}: identify the user first, then redrive")
         return Skip(f"{kind} calls are not supported by Intercom")
 
