@@ -107,7 +107,8 @@ class Destination:
     Subclasses set ``type_name`` (the config's ``type``), ``settings_schema``
     and implement :meth:`deliver`. ``max_batch_events`` / ``max_batch_bytes``
     bound the batches the dispatcher hands over; an instance may lower them
-    from its settings.
+    from its settings. One that changes events to fit its API's rules says how
+    many with :meth:`count_adjusted`.
     """
 
     type_name: ClassVar[str]
@@ -123,6 +124,8 @@ class Destination:
         self.name = name
         self.settings = with_defaults(self.settings_schema, settings)
         self.session = session
+        # Where count_adjusted() reports: eventd's dispatcher points it at a metric.
+        self.on_adjusted: Callable[[str, int], None] = _not_counted
 
     @classmethod
     def validate_settings(cls, name: str, settings: Mapping[str, Any]) -> None:
@@ -153,8 +156,24 @@ class Destination:
         """Send a batch; return one outcome per event, or one for all of them."""
         raise NotImplementedError
 
+    def count_adjusted(self, counts: Mapping[str, int]) -> None:
+        """Report events delivered with changes made to fit the API's rules (fields
+        renamed, cut or dropped) as ``{reason: events}``; eventd counts them in
+        ``eventd_adjusted_events_total{destination,reason}``.
+
+        A reason is one of a small fixed set the plugin names, never a value from an
+        event. Count the events whose outcome is Ok: a retried one is counted when it
+        gets through, not at every attempt."""
+        for reason, events in counts.items():
+            if events > 0:
+                self.on_adjusted(reason, events)
+
     async def close(self) -> None:
         """Release what the destination holds (files, ...); the session is shared."""
+
+
+def _not_counted(reason: str, events: int) -> None:
+    """count_adjusted() of a destination that no dispatcher runs (a plugin's own tests)."""
 
 
 def _is_secret(key: str) -> bool:

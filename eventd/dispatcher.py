@@ -88,6 +88,7 @@ class Worker:
         self.destination = destination
         self.outbox = outbox
         self.metrics = metrics
+        destination.on_adjusted = metrics.adjusted_counter(config.name)
         self.limiter = RateLimiter(config.rate_limit)
         self.max_events = max(1, min(config.batch_size, destination.max_batch_events))
         self.max_bytes = destination.max_batch_bytes

@@ -73,6 +73,12 @@ class Metrics:
             ["destination", "reason"],
             registry=r,
         )
+        self.adjusted = Counter(
+            "eventd_adjusted_events",
+            "Events delivered with changes made to fit the destination's rules, by reason",
+            ["destination", "reason"],
+            registry=r,
+        )
         self.delivery_seconds = Histogram(
             "eventd_delivery_seconds",
             "Latency of one deliver() call",
@@ -102,6 +108,14 @@ class Metrics:
             "eventd_storage_writable", "1 when the last commit succeeded", registry=r
         )
         self._scrape_hooks: list[Callable[[], None]] = []
+
+    def adjusted_counter(self, destination: str) -> Callable[[str, int], None]:
+        """``count(reason, events)`` for one destination (its ``on_adjusted``)."""
+
+        def count(reason: str, events: int) -> None:
+            self.adjusted.labels(destination, reason).inc(events)
+
+        return count
 
     def on_scrape(self, hook: Callable[[], None]) -> None:
         self._scrape_hooks.append(hook)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from eventd_plugins.ga4 import GoogleAnalytics4
 from eventd_plugins.ga4.mapping import RECOMMENDED, Ga4Event, map_message
@@ -21,10 +21,11 @@ from eventd_plugins.ga4.rules import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pytest_aiohttp import AiohttpServer
 
-from eventd import Permanent, Skip
+from eventd import OK, Event, Permanent, Retry, Skip
 from eventd.config import ConfigError
-from tests.contract.fixtures import dead_letters, destination, post, skipped
+from tests.contract.fixtures import counters, dead_letters, destination, post, skipped
 from tests.contract.ga4_server import Ga4Server, validate
 from tests.harness import EventdProcess, running
 
@@ -417,14 +418,13 @@ def start(eventd: Callable[..., EventdProcess], server: Ga4Server, **extra: Any)
     return eventd({"destinations": {NAME: destination("ga4", {**base, **extra})}})
 
 
-def log_lines(ev: EventdProcess) -> list[dict[str, Any]]:
-    out = []
-    for raw in ev.log().splitlines():
-        try:
-            out.append(json.loads(raw))
-        except ValueError:
-            continue
-    return out
+def adjusted(ev: EventdProcess) -> dict[str, float]:
+    """reason -> count, from ``eventd_adjusted_events_total{destination=NAME}``."""
+    return {
+        labels["reason"]: value
+        for labels, value in counters(ev, "eventd_adjusted_events")
+        if labels["destination"] == NAME
+    }
 
 
 def test_a_batch_end_to_end(eventd: Callable[..., EventdProcess], ga4: Ga4Server) -> None:
@@ -496,8 +496,7 @@ def test_a_batch_end_to_end(eventd: Callable[..., EventdProcess], ga4: Ga4Server
         "alias calls are not supported by GA4": 1.0,
         "screen calls are not supported by GA4 web streams": 1.0,
     }
-    adjusted = [line["adjusted"] for line in log_lines(ev) if "adjusted" in line]
-    assert adjusted == [{"name_changed": 1}]  # "Signed In!" -> Signed_In
+    assert adjusted(ev) == {"name_changed": 1.0}  # "Signed In!" -> Signed_In
     assert ga4.api_secret not in ev.log()
 
 
@@ -613,3 +612,68 @@ def test_eventd_check_names_a_bad_setting(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "destinations.g.settings.measurement_id" in result.stdout + result.stderr
     assert "s3cr3t" not in result.stdout + result.stderr
+
+
+# -- adjustments, counted -----------------------------------------------------------------
+
+
+def adjusted_batch() -> list[dict[str, Any]]:
+    """Three events GA4 takes only after changes, one it takes as it is, one it skips."""
+    note = "n" * 150  # over GA4's 100 characters
+    when = iso(time.time() - 60)
+    return [
+        {"type": "track", "event": "Signed In!", "messageId": "renamed", "timestamp": when},
+        {"type": "track", "event": "Note", "messageId": "cut", "properties": {"note": note}},
+        {"type": "track", "event": "Both!", "messageId": "both", "properties": {"note": note}},
+        {"type": "track", "event": "Clean", "messageId": "clean", "properties": {"n": 1}},
+        {"type": "identify", "userId": "u", "messageId": "skipped", "traits": {"a": 1}},
+    ]
+
+
+async def test_deliver_counts_adjusted_events_once_they_get_through(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    server = Ga4Server()
+    server.port = (await aiohttp_server(server.app())).port
+    settings = {
+        "measurement_id": server.measurement_id,
+        "api_secret": server.api_secret,
+        "endpoint": server.url,
+    }
+    batch = [
+        Event(seq, "app", int(NOW * 1000), {"anonymousId": "a", **m})
+        for seq, m in enumerate(adjusted_batch(), 1)
+    ]
+    counted: list[tuple[str, int]] = []
+    async with aiohttp.ClientSession() as session:
+        dest = GoogleAnalytics4("g", settings, session)
+        dest.on_adjusted = lambda reason, events: counted.append((reason, events))
+
+        server.script.append((503, {}, "unavailable"))
+        outcomes = await dest.deliver(batch)
+        assert [type(o) for o in outcomes] == [Retry] * 4 + [Skip]
+        assert counted == []  # to be counted when they get through, not per attempt
+
+        server.script.append((400, {}, "bad request"))
+        outcomes = await dest.deliver(batch)
+        assert [type(o) for o in outcomes] == [Permanent] * 4 + [Skip]
+        assert counted == []  # dead letters, not delivered
+
+        outcomes = await dest.deliver(batch)
+        assert list(outcomes[:4]) == [OK] * 4
+        assert sorted(counted) == [("name_changed", 2), ("value_truncated", 2)]
+    assert server.problems == []
+
+
+def test_adjusted_events_are_counted_in_metrics_once(
+    eventd: Callable[..., EventdProcess], ga4: Ga4Server
+) -> None:
+    ev = start(eventd, ga4)
+    assert adjusted(ev) == {}
+    ga4.script.append((503, {}, "unavailable"))  # the first attempt is retried
+    post(ev, [{"anonymousId": "a", **m} for m in adjusted_batch()])
+    ev.drain()
+    assert [r.status for r in ga4.collect_requests()] == [503, 204]
+    assert sorted(e["name"] for _, _, e in ga4.events()) == ["Both", "Clean", "Note", "Signed_In"]
+    assert adjusted(ev) == {"name_changed": 2.0, "value_truncated": 2.0}
+    assert ga4.problems == []

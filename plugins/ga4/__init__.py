@@ -13,8 +13,9 @@ Responses: 2xx delivered; 413 halves the request; 429, 408 and 5xx retry
 (Retry-After honoured); 401/403 (a proxy's: GA4 itself does not check the
 secret) are permanent, naming the settings to check.
 
-Changes made to fit GA4's rules are counted per reason and logged once per
-batch (no values, no secrets), until eventd has a shared metric for them.
+Events delivered with changes made to fit GA4's rules are counted per reason
+(``rules.ADJUSTED_*``) in ``eventd_adjusted_events_total``; a retried event counts
+once, when it gets through.
 """
 
 from __future__ import annotations
@@ -29,15 +30,12 @@ from typing import Any
 
 import aiohttp
 import orjson
-import structlog
 
-from eventd import OK, Event, HttpDestination, Outcome, Permanent, Retry, Skip, hookimpl
+from eventd import OK, Event, HttpDestination, Ok, Outcome, Permanent, Retry, Skip, hookimpl
 from eventd.destination import HTTP_SETTINGS, TOO_LARGE, Response, classify, deliver_halving
 
 from .mapping import Ga4Event, map_message
 from .rules import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST
-
-log = structlog.get_logger("eventd.destinations.ga4")
 
 REGION_ENDPOINTS = {
     "global": "https://www.google-analytics.com",
@@ -102,7 +100,6 @@ class GoogleAnalytics4(HttpDestination):
         self._query = urllib.parse.urlencode(
             {"measurement_id": self.settings["measurement_id"], "api_secret": self._secret}
         )
-        self.adjusted: collections.Counter[str] = collections.Counter()
 
     @property
     def endpoint(self) -> str:
@@ -114,16 +111,13 @@ class GoogleAnalytics4(HttpDestination):
         outcomes: dict[int, Outcome] = {}
         mapped: dict[int, Ga4Event] = {}  # by seq, unique within a batch
         groups: dict[tuple[str, str | None], list[Event]] = {}
-        adjusted: collections.Counter[str] = collections.Counter()
         for event in batch:
             result = map_message(event.message, client_id_from=self.client_id_from, now=now)
             if isinstance(result, Ga4Event):
                 mapped[event.seq] = result
                 groups.setdefault((result.client_id, result.user_id), []).append(event)
-                adjusted.update(result.adjustments)
             else:
                 outcomes[event.seq] = result
-        self._count_adjusted(adjusted)
 
         slots = asyncio.Semaphore(CONCURRENCY)
 
@@ -136,6 +130,15 @@ class GoogleAnalytics4(HttpDestination):
 
         await asyncio.gather(
             *(send_request(part) for group in groups.values() for part in _requests(group, mapped))
+        )
+        # Only what got through: a retried event is mapped again when it is resent.
+        self.count_adjusted(
+            collections.Counter(
+                reason
+                for seq, event in mapped.items()
+                if isinstance(outcomes[seq], Ok)
+                for reason in event.adjustments
+            )
         )
         return [self._scrub(outcomes[e.seq]) for e in batch]
 
@@ -226,13 +229,6 @@ class GoogleAnalytics4(HttpDestination):
                 return Retry(reason, outcome.after)
             return type(outcome)(reason)
         return outcome
-
-    def _count_adjusted(self, adjusted: collections.Counter[str]) -> None:
-        # A proposed shared metric (eventd_adjusted_events_total{destination,reason})
-        # would replace this log line; until then the counts are here and on the instance.
-        if adjusted:
-            self.adjusted.update(adjusted)
-            log.info("events adjusted to GA4 rules", destination=self.name, adjusted=dict(adjusted))
 
 
 def _body(events: list[Ga4Event]) -> bytes:
