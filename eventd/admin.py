@@ -199,6 +199,7 @@ class Admin:
                     "lag_events": max(0, self.outbox.last_seq - w.cursor),
                     "lag_seconds": round(max(0, now - oldest) / 1000, 3) if oldest else 0.0,
                     "delivered": w.delivered,
+                    "skipped": w.skipped,
                     "retrying": w.retrying,
                     "dead": dead.get(name, 0),
                     "last_error": w.last_error,

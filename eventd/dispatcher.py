@@ -67,8 +67,9 @@ class _Range:
 class Settled:
     """How a batch ended: what got through and what went to dead letters (with why)."""
 
-    ok: list[Event] = field(default_factory=list)
+    ok: list[Event] = field(default_factory=list)  # delivered or skipped: done with
     dead: list[tuple[Event, str]] = field(default_factory=list)
+    skipped: int = 0  # of ok: events the destination does not take
     attempts: int = 0
     finished: bool = True  # false when shutdown interrupted it
 
@@ -95,6 +96,7 @@ class Worker:
         self.cursor = 0
         self.read_pos = 0
         self.delivered = 0
+        self.skipped = 0
         self.retrying = 0
         self.last_error: str | None = None
         self._ranges: deque[_Range] = deque()
@@ -277,6 +279,7 @@ class Worker:
                 elif isinstance(outcome, Skip):
                     self.metrics.skipped.labels(self.name, outcome.reason).inc()
                     settled.ok.append(event)
+                    settled.skipped += 1
                 elif isinstance(outcome, Permanent):
                     settled.dead.append((event, outcome.reason))
                 elif now_ms() - born(event) >= max_age_ms:
@@ -297,8 +300,10 @@ class Worker:
                 if not resumed:
                     settled.finished = False
                     return settled
-        self.delivered += len(settled.ok)
-        self.metrics.delivered.labels(self.name).inc(len(settled.ok))
+        delivered = len(settled.ok) - settled.skipped
+        self.delivered += delivered
+        self.skipped += settled.skipped
+        self.metrics.delivered.labels(self.name).inc(delivered)
         return settled
 
     async def _attempt(self, events: list[Event]) -> Sequence[Outcome]:

@@ -252,7 +252,12 @@ def response_schemas() -> dict[str, Schema]:
         "cursor": {"type": "integer", "description": "Last seq this destination has passed."},
         "lag_events": {"type": "integer", "minimum": 0},
         "lag_seconds": {"type": "number", "minimum": 0},
-        "delivered": {"type": "integer"},
+        "delivered": {"type": "integer", "description": "Events the destination took."},
+        "skipped": {
+            "type": "integer",
+            "description": "Events the destination does not take (counted by reason in"
+            " eventd_skipped_events_total).",
+        },
         "retrying": {"type": "integer"},
         "dead": {"type": "integer", "description": "Dead letters in state 'dead'."},
         "last_error": {"type": ["string", "null"]},
