@@ -118,10 +118,7 @@ class Ingest:
         app.router.add_route("OPTIONS", "/v1/{tail:.*}", self.preflight)
 
     def _wrap(self, handler: Handler) -> Handler:
-        async def route(request: web.Request) -> web.StreamResponse:
-            return await self.cors_and_errors(request, handler)
-
-        return route
+        return functools.partial(self.cors_and_errors, handler=handler)
 
     # -- errors and CORS, around every /v1 route ---------------------------------
 
@@ -242,6 +239,7 @@ class Ingest:
         rows: list[EventRow] = []
         errors: list[InvalidMessage] = []
         received_ms = int(env.received_at.timestamp() * 1000)
+        live = self.live if self.live else None  # asked once per request, not per event
         for index, item in enumerate(items):
             try:
                 try:
@@ -273,8 +271,8 @@ class Ingest:
                     code=exc.code,
                     reason=exc.message,
                 )
-                if self.live:
-                    self.live.publish(
+                if live is not None:
+                    live.publish(
                         source,
                         {
                             "rejected": True,
@@ -297,8 +295,8 @@ class Ingest:
                     body,
                 )
             )
-            if self.live:
-                self.live.publish(source, {"rejected": False, "source": source, "message": msg})
+            if live is not None:
+                live.publish(source, {"rejected": False, "source": source, "message": msg})
         return rows, errors
 
     async def telemetry(self, request: web.Request) -> web.Response:
