@@ -284,6 +284,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "lag_events",
             "lag_seconds",
             "delivered",
+            "skipped",
             "retrying",
             "dead",
             "last_error",

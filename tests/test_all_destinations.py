@@ -337,3 +337,16 @@ def test_every_call_type_into_four_destinations_at_once(
             "lag_events": 0,
         }, name
     assert set(status) == set(SKIPS)
+
+    # The operator's view of the same: `eventd status` has a column for each count.
+    shown = ev.cli("status")
+    assert shown.returncode == 0, shown.stderr
+    header, *lines = shown.stdout.splitlines()
+    columns = header.split()
+    assert columns[:9] == [
+        "NAME", "TYPE", "CURSOR", "LAG_EVENTS", "LAG_SECONDS", "DELIVERED", "SKIPPED",
+        "RETRYING", "DEAD",
+    ]  # fmt: skip
+    table = {cells[0]: cells for cells in (line.split() for line in lines)}
+    for name, skips in SKIPS.items():
+        assert table[name][5:9] == [str(len(reached[name])), str(len(skips)), "0", "0"], name
