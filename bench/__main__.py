@@ -9,6 +9,7 @@ target is missed.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,11 @@ from bench.scenarios import BenchError, Context, Plan
 def _max_rps(ctx: Context) -> float:
     """eventd's /v1/track max, for e2e when the ingest step is not in this run."""
     return scenarios.ingest(ctx, batch=False)["track_rps"]
+
+
+def _e2e(ctx: Context, r: report.Round) -> scenarios.Metrics:
+    """e2e at half of this round's /v1/track max (measured now if ingest did not run)."""
+    return scenarios.e2e(ctx, r.get("track_rps") or _max_rps(ctx))
 
 
 # Order within a round: each ceiling right beside what it bounds.
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("ceiling-b", lambda: scenarios.ceiling_b(ctx)),
                 ("delivery", lambda: scenarios.delivery(ctx, 1)),
                 ("fanout", lambda: scenarios.delivery(ctx, plan.delivery_fanout)),
-                ("e2e", lambda r=r: scenarios.e2e(ctx, r.get("track_rps") or _max_rps(ctx))),
+                ("e2e", functools.partial(_e2e, ctx, r)),
                 ("backlog", lambda: scenarios.backlog_rss(ctx)),
             ]
             seen: dict[str, int] = {}

@@ -11,7 +11,8 @@ Modes (each prints one JSON object on stdout):
             never dropped); writes when each messageId's 200 arrived to
             ``--acks`` (``time.monotonic()``, comparable with the sink's).
 
-Every event carries a new messageId: ``{tag}-{n}``.
+Every event carries a new messageId: ``{tag}-{n}``, or with ``--uuids`` (batches)
+a random UUID as the SDKs send.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import itertools
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -36,11 +38,14 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p99": None, "max": None}
     s = sorted(values)
-    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
+
+    def pick(q: float) -> float:
+        return s[min(len(s) - 1, int(q * len(s)))]
+
     return {"p50": pick(0.50), "p99": pick(0.99), "max": s[-1]}
 
 
-def _bodies(tag: str, per_request: int) -> Callable[[], bytes]:
+def _bodies(tag: str, per_request: int, *, uuids: bool = False) -> Callable[[], bytes]:
     counter = itertools.count()
     if per_request == 1:
         head, tail = events.track_body()
@@ -49,7 +54,10 @@ def _bodies(tag: str, per_request: int) -> Callable[[], bytes]:
     prefix = tag.encode()
 
     def batch() -> bytes:
-        ids = [b"%b-%d" % (prefix, next(counter)) for _ in range(per_request)]
+        if uuids:  # what the SDKs send: random, so each lands on a random index page
+            ids = [str(uuid.uuid4()).encode() for _ in range(per_request)]
+        else:
+            ids = [b"%b-%d" % (prefix, next(counter)) for _ in range(per_request)]
         return events.batch_body(ihead, itail, ids)
 
     return batch
@@ -62,7 +70,7 @@ async def closed(args: argparse.Namespace) -> dict[str, Any]:
         f"{args.host}:{args.port}",
         {"Authorization": events.AUTHORIZATION, "Content-Type": "application/json"},
     )
-    body = _bodies(args.tag, args.events)
+    body = _bodies(args.tag, args.events, uuids=args.uuids)
     conns = [await Connection.open(args.host, args.port) for _ in range(args.conns)]
     latencies: list[float] = []
     errors = 0
@@ -187,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=1000.0, help="requests per second (paced)")
     p.add_argument("--tag", required=True, help="messageId prefix, unique per run")
     p.add_argument("--acks", help="paced: write {messageId: time of 200} here")
+    p.add_argument("--uuids", action="store_true", help="closed batches: UUID messageIds")
     args = p.parse_args(argv)
     result = asyncio.run(closed(args) if args.mode == "closed" else paced(args))
     print(orjson.dumps(result).decode(), flush=True)

@@ -38,6 +38,7 @@ ROWS: tuple[Row, ...] = (
     Row("batch_p50", "eventd /v1/batch latency p50", "ms", 2),
     Row("batch_p99", "eventd /v1/batch latency p99", "ms", 2),
     Row("batch_ratio", "eventd /v1/batch / ceiling B", "%", 1),
+    Row("batch_uuid_eps", "eventd /v1/batch x100, UUID messageIds (as SDKs send)", "events/s"),
     Row("delivery_1", "delivery, prefilled outbox -> 1 batching webhook", "events/s"),
     Row("delivery_n", "delivery -> 4 webhooks at once (sum)", "events/s"),
     Row("delivery_n_each", "delivery -> 4 webhooks at once (each)", "events/s"),

@@ -196,7 +196,7 @@ def _run_json(argv: list[str], cpus: frozenset[int] | None, timeout: float) -> d
 def _loadgen(ctx: Context, mode: str, port: int, **opts: Any) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench.loadgen", mode, "--port", str(port)]
     for key, value in opts.items():
-        argv += [f"--{key}", str(value)]
+        argv += [f"--{key}"] if value is True else [f"--{key}", str(value)]
     return _run_json(argv, ctx.cores.load, timeout=300)
 
 
@@ -286,8 +286,20 @@ def ingest(ctx: Context, *, batch: bool = True) -> Metrics:
             tag=ctx.tag("batch"),
         )
         _check(batches, "eventd /v1/batch")
+        uuid_batches = _loadgen(
+            ctx,
+            "closed",
+            proc.port,
+            conns=plan.batch_conns,
+            events=plan.batch_events,
+            duration=plan.duration,
+            warmup=plan.warmup,
+            tag=ctx.tag("batch"),
+            uuids=True,
+        )
+        _check(uuid_batches, "eventd /v1/batch, UUID messageIds")
     stored = proc.query("SELECT count(*) FROM events")[0][0]
-    acked = track["requests"] + batches["requests"] * plan.batch_events
+    acked = track["requests"] + (batches["requests"] + uuid_batches["requests"]) * plan.batch_events
     if stored < acked:
         raise BenchError(f"ingest: {acked} events acknowledged but only {stored} stored")
     return {
@@ -297,6 +309,7 @@ def ingest(ctx: Context, *, batch: bool = True) -> Metrics:
         "batch_eps": batches["events_per_s"],
         "batch_p50": batches["p50_ms"],
         "batch_p99": batches["p99_ms"],
+        "batch_uuid_eps": uuid_batches["events_per_s"],
         "rss_empty": rss_start / 2**20,
     }
 
