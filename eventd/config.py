@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from eventd.normalize import TYPES
+
 DEFAULT_DATA_DIR = Path("eventd-data")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -115,6 +117,10 @@ class DestinationConfig:
     retry_backoff: float = 1.0  # first retry delay; doubles per attempt, with jitter
     retry_backoff_max: float = 300.0
     enabled: bool = True
+    # Destination filters: call types it gets, and track event names it gets (or not).
+    types: tuple[str, ...] | None = None  # None: every type
+    events: tuple[str, ...] | None = None  # None: every track event
+    exclude_events: tuple[str, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -302,6 +308,16 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
                 t.fail(
                     "sources", s, f"a configured source ({', '.join(sorted(sources)) or 'none'})"
                 )
+        dtypes = t.strings("types")
+        for call_type in dtypes or ():
+            if call_type not in TYPES:
+                t.fail("types", call_type, f"a call type ({', '.join(sorted(TYPES))})")
+        events = t.strings("events")
+        exclude_events = t.strings("exclude_events")
+        if events is not None and exclude_events is not None:
+            t.fail(
+                "exclude_events", list(exclude_events), "no exclude_events beside events (use one)"
+            )
         settings = t.get("settings", dict, "a table") or {}
         destinations[name] = DestinationConfig(
             name=name,
@@ -314,6 +330,9 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
             retry_backoff=_default(t.convert("retry_backoff", parse_duration), 1.0),
             retry_backoff_max=_default(t.convert("retry_backoff_max", parse_duration), 300.0),
             enabled=_default(t.get("enabled", bool, "true or false"), True),
+            types=dtypes,
+            events=events,
+            exclude_events=exclude_events or (),
             settings=settings,
         )
         t.finish()

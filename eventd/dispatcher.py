@@ -3,6 +3,7 @@
 One :class:`Worker` per destination, each with its own cursor into the log, so a
 destination that is down or slow holds back only itself. A worker reads pages
 after its read position, routes them (``sources``, the event's ``integrations``),
+filters them (``types``, ``events``, ``exclude_events``: counted as skipped),
 cuts them into batches within the plugin's limits and delivers up to
 ``max_in_flight`` batches at once, each after the rate limiter allows it.
 
@@ -179,7 +180,7 @@ class Worker:
         if not rows:
             return False
         self.idle.clear()
-        events = [e for e in _events(rows) if self.routes(e)]
+        events = self._route(_events(rows))
         end = rows[-1][0]
         for batch in self._batches(events):
             await self._slots.acquire()
@@ -246,6 +247,44 @@ class Worker:
             if key is not None and key in integrations:
                 return bool(integrations[key])
         return bool(integrations.get("All", True))
+
+    @property
+    def filtering(self) -> bool:
+        c = self.config
+        return c.types is not None or c.events is not None or bool(c.exclude_events)
+
+    def filtered_out(self, event: Event) -> str | None:
+        """Why the destination's filters (``types``, ``events``, ``exclude_events``) keep
+        this event from it, or None when they let it through."""
+        c = self.config
+        msg = event.message
+        if c.types is not None and msg.get("type") not in c.types:
+            return "filtered: type"
+        if msg.get("type") != "track":
+            return None
+        name = msg.get("event")
+        if c.events is not None and name not in c.events:
+            return "filtered: event not in events"
+        if name in c.exclude_events:
+            return "filtered: event in exclude_events"
+        return None
+
+    def _route(self, events: Iterable[Event]) -> list[Event]:
+        """The events for this destination: routed, then through its filters."""
+        routed = [e for e in events if self.routes(e)]
+        if not self.filtering:
+            return routed
+        # Filtered events are counted as skipped (with the filter as the reason), so
+        # `eventd status` and /metrics show where they went.
+        kept: list[Event] = []
+        for event in routed:
+            reason = self.filtered_out(event)
+            if reason is None:
+                kept.append(event)
+            else:
+                self.metrics.skipped.labels(self.name, reason).inc()
+                self.skipped += 1
+        return kept
 
     def _batches(self, events: Iterable[Event]) -> Iterable[list[Event]]:
         batch: list[Event] = []
@@ -442,7 +481,7 @@ class Worker:
             await self._write_until_stored("DELETE FROM replays WHERE id = ?", [(replay_id,)])
             log.info("replay finished", destination=self.name)
             return True
-        batch = [e for e in _events(rows) if self.routes(e)]
+        batch = self._route(_events(rows))
         if batch:
             started = now_ms()
             await self._slots.acquire()

@@ -80,6 +80,18 @@ def test_defaults() -> None:
             {"destinations": {"d": {"type": "webhook", "sources": ["nope"]}}},
             "destinations.d.sources = 'nope': expected a configured source",
         ),
+        (
+            {"destinations": {"d": {"type": "webhook", "types": ["track", "tack"]}}},
+            "destinations.d.types = 'tack': expected a call type (alias, group, identify, page",
+        ),
+        (
+            {"destinations": {"d": {"type": "webhook", "events": "Signed Up"}}},
+            "destinations.d.events = 'Signed Up': expected a list of strings",
+        ),
+        (
+            {"destinations": {"d": {"type": "webhook", "events": ["A"], "exclude_events": ["B"]}}},
+            "destinations.d.exclude_events = ['B']: expected no exclude_events beside events",
+        ),
         ({"server": {"prot": 1}}, "server.prot = 1: expected one of the known keys"),
         ({"serverr": {}}, "serverr = {}: expected one of the known keys"),
         ({"server": {"trusted_proxies": ["bogus"]}}, "server.trusted_proxies = 'bogus'"),

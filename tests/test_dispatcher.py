@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.contract.fixtures import skipped
 from tests.harness import EventdProcess, Received, Sink
 
 Start = Callable[..., EventdProcess]
@@ -63,6 +64,46 @@ def test_every_event_reaches_every_routed_destination(eventd: Start, make_sink: 
     assert set(only_ios.message_ids()) == set(ios)
     assert max(a.message_ids().values()) == 1 and max(b.message_ids().values()) == 1
     assert not (set(a.message_ids()) & {*none, *no_webhooks})
+
+
+def test_filters_keep_types_and_events_out_and_count_them(
+    eventd: Start, make_sink: MakeSink
+) -> None:
+    crm, orders, quiet = make_sink(), make_sink(), make_sink()
+    ev = eventd(
+        {
+            "destinations": {
+                "crm": hook(crm, types=["identify", "group"]),
+                "orders": hook(orders, types=["track"], events=["Order Completed"]),
+                "quiet": hook(quiet, exclude_events=["Heartbeat"]),
+            }
+        }
+    )
+    identifies = send(ev, 7, type="identify", traits={"plan": "pro"})
+    groups = send(ev, 3, type="group", groupId="g1")
+    pages = send(ev, 4, type="page", name="Home")
+    completed = send(ev, 6, event="Order Completed")
+    heartbeats = send(ev, 9, event="Heartbeat")
+    ev.drain()
+    assert set(crm.message_ids()) == {*identifies, *groups}
+    assert set(orders.message_ids()) == set(completed)
+    assert set(quiet.message_ids()) == {*identifies, *groups, *pages, *completed}
+    assert not set(heartbeats) & {*crm.message_ids(), *orders.message_ids(), *quiet.message_ids()}
+    status = {d["name"]: d for d in ev.admin("GET", "/admin/destinations")}
+    assert status["crm"]["skipped"] == 4 + 6 + 9 and status["crm"]["delivered"] == 10
+    assert status["orders"]["skipped"] == 7 + 3 + 4 + 9 and status["orders"]["delivered"] == 6
+    assert status["quiet"]["skipped"] == 9 and status["quiet"]["delivered"] == 20
+    assert skipped(ev, "crm") == {"filtered: type": 19}
+    assert skipped(ev, "orders") == {
+        "filtered: type": 14,
+        "filtered: event not in events": 9,
+    }
+    assert skipped(ev, "quiet") == {"filtered: event in exclude_events": 9}
+    # A replay goes through the same filters.
+    assert ev.cli("replay", "orders", "--since", "1h").returncode == 0
+    orders.wait_for(lambda s: all(c == 2 for c in s.message_ids().values()))
+    ev.drain()
+    assert set(orders.message_ids()) == set(completed)
 
 
 def test_scripted_failures_retry_dead_letter_and_redrive(eventd: Start, sink: Sink) -> None:
