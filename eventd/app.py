@@ -24,7 +24,7 @@ from eventd.ingest import CLIENT_MAX_SIZE, Ingest
 from eventd.live import LiveHub
 from eventd.metrics import Metrics
 from eventd.outbox import Outbox
-from eventd.plugins import check_destinations, destination_types
+from eventd.plugins import check_destinations, destination_types, transforms
 from eventd.retention import Retention
 
 log = structlog.get_logger("eventd.app")
@@ -50,7 +50,10 @@ def create_app(
     retention_interval: float = 60.0,
 ) -> web.Application:
     types = destination_types() if types is None else types
-    check_destinations(config, types)
+    installed_transforms = (
+        transforms() if any(d.transforms for d in config.destinations.values()) else {}
+    )
+    check_destinations(config, types, installed_transforms)
     metrics = Metrics()
     live = LiveHub()
     outbox = Outbox(
@@ -60,7 +63,7 @@ def create_app(
         max_size=config.storage.max_size,
         metrics=metrics,
     )
-    dispatcher = Dispatcher(config, types, outbox, metrics)
+    dispatcher = Dispatcher(config, types, outbox, metrics, installed_transforms)
     retention = Retention(
         config.storage, outbox, lambda: passed_seq(dispatcher, outbox), retention_interval
     )

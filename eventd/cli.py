@@ -129,7 +129,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from eventd.plugins import destination_types
+    from eventd.plugins import destination_types, transforms
 
     for name, cls in sorted(destination_types().items()):
         print(f"{name}  ({cls.__module__})")
@@ -147,6 +147,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 else "optional"
             )
             print(f"    {key:<28} {kind!s:<8} {flag:<16} {prop.get('description', '')}")
+    installed = transforms()
+    if installed:
+        print("\ntransforms (a destination's `transforms` list):")
+        for name, fn in sorted(installed.items()):
+            doc = (fn.__doc__ or "").strip().splitlines()
+            print(f"  {name}  ({fn.__module__})" + (f"  {doc[0]}" if doc else ""))
     return 0
 
 

@@ -121,6 +121,7 @@ class DestinationConfig:
     types: tuple[str, ...] | None = None  # None: every type
     events: tuple[str, ...] | None = None  # None: every track event
     exclude_events: tuple[str, ...] = ()
+    transforms: tuple[str, ...] = ()  # names of installed transforms, applied in order
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -333,6 +334,7 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
             types=dtypes,
             events=events,
             exclude_events=exclude_events or (),
+            transforms=t.strings("transforms") or (),
             settings=settings,
         )
         t.finish()

@@ -27,7 +27,7 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ from eventd.destination import Destination, Event, Ok, Outcome, Permanent, Retry
 from eventd.metrics import Metrics
 from eventd.outbox import Outbox, StorageUnavailable, fetch, now_ms
 from eventd.ratelimit import RateLimiter
+from eventd.transform import Transform, TransformError, transform
 
 log = structlog.get_logger("eventd.dispatcher")
 
@@ -84,9 +85,11 @@ class Worker:
         destination: Destination,
         outbox: Outbox,
         metrics: Metrics,
+        transforms: Sequence[tuple[str, Transform]] = (),
     ) -> None:
         self.config = config
         self.name = config.name
+        self.transforms = transforms
         self.destination = destination
         self.outbox = outbox
         self.metrics = metrics
@@ -301,7 +304,7 @@ class Worker:
     async def _settle(self, batch: list[Event], born: Callable[[Event], int]) -> Settled:
         """Deliver until every event is ok, skipped or dead; ``born`` starts its retry clock."""
         settled = Settled()
-        pending = batch
+        pending = await self._transform(batch, settled) if self.transforms else batch
         while pending:
             wait = self.limiter.reserve(len(pending))
             if (wait and not await self._pause(wait)) or self._stopping.is_set():
@@ -339,11 +342,34 @@ class Worker:
                 if not resumed:
                     settled.finished = False
                     return settled
+        if self.transforms:
+            # Dead letters keep the stored event: a redrive transforms it again.
+            stored = {e.seq: e for e in batch}
+            settled.ok = [stored[e.seq] for e in settled.ok]
+            settled.dead = [(stored[e.seq], why) for e, why in settled.dead]
         delivered = len(settled.ok) - settled.skipped
         self.delivered += delivered
         self.skipped += settled.skipped
         self.metrics.delivered.labels(self.name).inc(delivered)
         return settled
+
+    async def _transform(self, batch: list[Event], settled: Settled) -> list[Event]:
+        """The batch through the destination's transforms; what they drop is skipped,
+        what they fail on is dead-lettered with the transform's error."""
+        out: list[Event] = []
+        for event in batch:
+            try:
+                changed = await transform(event, self.transforms)
+            except TransformError as exc:
+                settled.dead.append((event, str(exc)))
+                continue
+            if changed is None:
+                self.metrics.skipped.labels(self.name, "dropped by a transform").inc()
+                settled.ok.append(event)
+                settled.skipped += 1
+            else:
+                out.append(changed)
+        return out
 
     async def _attempt(self, events: list[Event]) -> Sequence[Outcome]:
         started = time.perf_counter()
@@ -512,9 +538,11 @@ class Dispatcher:
         destination_types: dict[str, type[Destination]],
         outbox: Outbox,
         metrics: Metrics,
+        transforms: Mapping[str, Transform] | None = None,
     ) -> None:
         self.config = config
         self.types = destination_types
+        self.transforms = transforms or {}
         self.outbox = outbox
         self.metrics = metrics
         self.workers: dict[str, Worker] = {}
@@ -531,7 +559,8 @@ class Dispatcher:
             if not cfg.enabled:
                 continue
             destination = self.types[cfg.type](name, cfg.settings, self.session)
-            worker = Worker(cfg, destination, self.outbox, self.metrics)
+            chain = [(t, self.transforms[t]) for t in cfg.transforms]
+            worker = Worker(cfg, destination, self.outbox, self.metrics, chain)
             await worker.start()
             self.workers[name] = worker
         for worker in self.workers.values():

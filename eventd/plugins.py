@@ -1,11 +1,14 @@
-"""The plugin manager: loads the ``eventd.destinations`` entry-point group.
+"""The plugin manager: loads the ``eventd.destinations`` and ``eventd.transforms``
+entry-point groups.
 
-First-party destinations (``plugins/``) are found through the same group as a
-third-party package's, so the plugin API is exercised by eventd's own code.
+First-party destinations and transforms (``plugins/``) are found through the
+same groups as a third-party package's, so the plugin API is exercised by
+eventd's own code.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import pluggy
@@ -13,14 +16,19 @@ import pluggy
 from eventd import hookspecs
 from eventd.config import Config, ConfigError
 from eventd.destination import Destination
+from eventd.transform import Transform
 
 ENTRY_POINT_GROUP = "eventd.destinations"
+TRANSFORMS_GROUP = "eventd.transforms"
 
 
+@functools.cache
 def plugin_manager() -> pluggy.PluginManager:
+    """Every installed plugin, loaded once per process."""
     pm = pluggy.PluginManager("eventd")
     pm.add_hookspecs(hookspecs)
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    pm.load_setuptools_entrypoints(TRANSFORMS_GROUP)
     pm.check_pending()  # an @hookimpl that matches no hookspec is an error, not silence
     return pm
 
@@ -40,9 +48,36 @@ def destination_types(pm: pluggy.PluginManager | None = None) -> dict[str, type[
     return types
 
 
-def check_destinations(config: Config, types: Mapping[str, type[Destination]]) -> None:
-    """Every configured destination names an installed type and valid settings."""
+def transforms(pm: pluggy.PluginManager | None = None) -> dict[str, Transform]:
+    """Installed transforms by name."""
+    pm = pm or plugin_manager()
+    found: dict[str, Transform] = {}
+    for provided in pm.hook.eventd_transforms():
+        for name, fn in provided.items():
+            if name in found and found[name] is not fn:
+                raise ConfigError(
+                    f"transform {name!r} is provided twice: by {found[name].__module__} and "
+                    f"{fn.__module__}"
+                )
+            found[name] = fn
+    return found
+
+
+def check_destinations(
+    config: Config,
+    types: Mapping[str, type[Destination]],
+    installed_transforms: Mapping[str, Transform] | None = None,
+) -> None:
+    """Every configured destination names an installed type, valid settings and
+    installed transforms (looked up when not given)."""
+    known = transforms() if installed_transforms is None else installed_transforms
     for name, dest in config.destinations.items():
+        for t in dest.transforms:
+            if t not in known:
+                raise ConfigError(
+                    f"{config.origin}: destinations.{name}.transforms = {t!r}: expected an "
+                    f"installed transform ({', '.join(sorted(known)) or 'none installed'})"
+                )
         cls = types.get(dest.type)
         if cls is None:
             raise ConfigError(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from tests.contract.fixtures import skipped
 from tests.harness import EventdProcess, Received, Sink
@@ -275,3 +276,51 @@ def test_third_party_plugin_is_discovered_and_delivers(
     ev.drain()
     assert out.read_text().split() == ids
     assert json.loads(json.dumps(ev.admin("GET", "/admin/destinations")))[0]["delivered"] == 25
+
+
+def test_transforms_change_drop_and_dead_letter_without_touching_the_store(
+    eventd: Start, echo_plugin: None, make_sink: MakeSink
+) -> None:
+    """First-party (anonymize_ip) and third-party (an installed package's, one async)
+    transforms, chained; another destination gets the events as stored."""
+    changed, plain = make_sink(), make_sink()
+    chain = ["anonymize_ip", "rename_signup", "tag_team"]
+    ev = eventd(
+        {"destinations": {"changed": hook(changed, transforms=chain), "plain": hook(plain)}}
+    )
+    ip = {"context": {"ip": "203.0.113.77"}}
+    signups = send(ev, 5, event="signup", **ip)
+    internal = send(ev, 3, properties={"internal": True})
+    boom = send(ev, 2, properties={"boom": True})
+    ev.drain()
+
+    got = {m["messageId"]: m for r in changed.received for m in [r.json()]}
+    assert set(got) == set(signups)
+    for m in got.values():
+        assert m["event"] == "Signed Up"
+        assert m["properties"]["team"] == "growth"
+        assert m["context"]["ip"] == "203.0.113.0"
+    assert set(plain.message_ids()) == {*signups, *internal, *boom}
+    stored = {m["messageId"]: m for m in ev.stored()}
+    assert all(stored[i]["event"] == "signup" for i in signups)
+    assert all(stored[i]["context"]["ip"] == "203.0.113.77" for i in signups)
+
+    assert skipped(ev, "changed") == {"dropped by a transform": 3}
+    dead = ev.admin("GET", "/admin/dead-letters?destination=changed")
+    assert {d["message_id"] for d in dead} == set(boom)
+    assert all(
+        d["error"] == "transform 'tag_team' raised ValueError: boom is not allowed" for d in dead
+    )
+    # The dead letter keeps the event as stored, so a redrive transforms it again.
+    shown = ev.admin("GET", f"/admin/dead-letters/{dead[0]['id']}")
+    assert shown["event"]["properties"] == {"boom": True}
+
+    assert ev.cli("check").returncode == 0
+    ev.config["destinations"]["changed"]["transforms"] = ["tag_team", "nope"]
+    ev.config_path.write_text(tomli_w.dumps(ev.config))
+    refused = ev.cli("check")
+    assert refused.returncode == 1
+    assert "destinations.changed.transforms = 'nope': expected an installed transform" in (
+        refused.stderr
+    )
+    assert "anonymize_ip" in refused.stderr and "tag_team" in refused.stderr
