@@ -1,8 +1,8 @@
 """The admin HTTP API (``/admin/*``) and ``/metrics``, behind the admin bearer token.
 
 Reads go through the admin's own read connection; changes (redrive, purge,
-replay) are writes through the outbox's writer, after which the destination's
-worker is woken. The CLI's daemon verbs are thin clients of these routes.
+replay, suppressions) are writes through the outbox's writer, after which the
+destination's worker is woken. The CLI's daemon verbs are thin clients of these routes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from eventd.config import Config, parse_duration
 from eventd.dispatcher import Dispatcher
 from eventd.live import LiveHub
 from eventd.metrics import CONTENT_TYPE_LATEST, Metrics
-from eventd.outbox import Outbox, StorageUnavailable, fetch, now_ms
+from eventd.outbox import Outbox, StorageUnavailable, fetch, iso_ms, now_ms
+from eventd.suppressions import Suppressions
 
 log = structlog.get_logger("eventd.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,12 +67,6 @@ def parse_time(value: object, name: str) -> int | None:
     return int(ms)
 
 
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
 class Admin:
     def __init__(
         self,
@@ -80,6 +75,7 @@ class Admin:
         dispatcher: Dispatcher,
         metrics: Metrics,
         live: LiveHub,
+        suppressions: Suppressions,
         started_at: float,
     ) -> None:
         self.config = config
@@ -87,6 +83,7 @@ class Admin:
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.live = live
+        self.suppressions = suppressions
         self.started_at = started_at
         self.token = config.admin.token
         self._reader: aiosqlite.Connection | None = None
@@ -105,6 +102,9 @@ class Admin:
         r.add_post("/admin/dead-letters/redrive", self._guard(self.redrive))
         r.add_post("/admin/dead-letters/purge", self._guard(self.purge))
         r.add_post("/admin/replay", self._guard(self.replay))
+        r.add_get("/admin/suppressions", self._guard(self.list_suppressions))
+        r.add_post("/admin/suppressions", self._guard(self.suppress))
+        r.add_post("/admin/suppressions/remove", self._guard(self.unsuppress))
         r.add_get("/admin/live", self._guard(self.live_stream))
         r.add_post("/admin/drain", self._guard(self.drain))
         if not self.token:
@@ -150,7 +150,7 @@ class Admin:
         return _json(
             {
                 "version": __version__,
-                "started_at": _iso(int(self.started_at * 1000)),
+                "started_at": iso_ms(int(self.started_at * 1000)),
                 "uptime_seconds": round(now_ms() / 1000 - self.started_at, 3),
                 "last_seq": self.outbox.last_seq,
                 "storage": {
@@ -241,7 +241,7 @@ class Admin:
         )
         items = [dict(zip(keys, r, strict=True)) for r in rows]
         for item in items:
-            item["failed_at"] = _iso(item["failed_at"])
+            item["failed_at"] = iso_ms(item["failed_at"])
         return _json(items)
 
     async def show_dead_letter(self, request: web.Request) -> web.Response:
@@ -269,9 +269,9 @@ class Admin:
                 "message_id": r[4],
                 "attempts": r[5],
                 "error": r[6],
-                "failed_at": _iso(r[7]),
+                "failed_at": iso_ms(r[7]),
                 "state": r[8],
-                "received_at": _iso(r[9]),
+                "received_at": iso_ms(r[9]),
                 "event": orjson.loads(r[10]),
             }
         )
@@ -308,6 +308,21 @@ class Admin:
         n = await self.outbox.execute(f"DELETE FROM dead_letters {where}", [args])
         log.info("dead letters purged", destination=destination, count=n)
         return _json({"purged": n})
+
+    async def list_suppressions(self, request: web.Request) -> web.Response:
+        return _json(await self.suppressions.list())
+
+    async def suppress(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        user_id = _user_id(body)
+        erase = body.get("erase", False)
+        if not isinstance(erase, bool):
+            raise BadRequest("erase: expected true or false")
+        return _json(await self.suppressions.suppress(user_id, erase))
+
+    async def unsuppress(self, request: web.Request) -> web.Response:
+        removed = await self.suppressions.unsuppress(_user_id(await _body(request)))
+        return _json({"removed": removed})
 
     async def replay(self, request: web.Request) -> web.Response:
         body = await _body(request)
@@ -412,6 +427,13 @@ class Admin:
             clauses.append(time_clause)
             args.append(time_value)
         return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _user_id(body: dict[str, Any]) -> str:
+    user_id = body.get("user_id")
+    if not isinstance(user_id, str) or not user_id:
+        raise BadRequest("user_id: expected the userId, a non-empty string")
+    return user_id
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

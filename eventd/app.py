@@ -26,6 +26,7 @@ from eventd.metrics import Metrics
 from eventd.outbox import Outbox
 from eventd.plugins import check_destinations, destination_types, transforms
 from eventd.retention import Retention
+from eventd.suppressions import Suppressions
 
 log = structlog.get_logger("eventd.app")
 
@@ -38,6 +39,7 @@ class Runtime:
     outbox: Outbox
     dispatcher: Dispatcher
     retention: Retention
+    suppressions: Suppressions
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -63,17 +65,24 @@ def create_app(
         max_size=config.storage.max_size,
         metrics=metrics,
     )
-    dispatcher = Dispatcher(config, types, outbox, metrics, installed_transforms)
-    retention = Retention(
-        config.storage, outbox, lambda: passed_seq(dispatcher, outbox), retention_interval
+    suppressions = Suppressions(outbox)
+    dispatcher = Dispatcher(
+        config, types, outbox, metrics, installed_transforms, suppressions.user_ids
     )
-    rt = Runtime(config, metrics, live, outbox, dispatcher, retention)
+    retention = Retention(
+        config.storage,
+        outbox,
+        lambda: passed_seq(dispatcher, outbox),
+        retention_interval,
+        suppressions.erase_pending,
+    )
+    rt = Runtime(config, metrics, live, outbox, dispatcher, retention, suppressions)
 
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[RUNTIME] = rt
-    Ingest(config, outbox, metrics, live).add_routes(app)
+    Ingest(config, outbox, metrics, live, suppressions.user_ids).add_routes(app)
     bundle.add_routes(app, config)
-    Admin(config, outbox, dispatcher, metrics, live, time.time()).add_routes(app)
+    Admin(config, outbox, dispatcher, metrics, live, suppressions, time.time()).add_routes(app)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/openapi.json", openapi)
@@ -89,6 +98,7 @@ def passed_seq(dispatcher: Dispatcher, outbox: Outbox) -> int:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     await rt.outbox.open()
+    await rt.suppressions.load()
     await rt.dispatcher.start()
     retention = asyncio.create_task(rt.retention.run(), name="retention")
     log.info(
@@ -103,6 +113,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     rt.retention.stop()
     await rt.dispatcher.stop(rt.config.server.shutdown_timeout)
     await retention
+    await rt.suppressions.close()
     await rt.outbox.close()
     log.info("eventd stopped", last_seq=rt.outbox.last_seq)
 

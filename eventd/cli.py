@@ -67,28 +67,53 @@ def _parser() -> argparse.ArgumentParser:
     verb("plugins", cmd_plugins, "list installed destination types and their settings")
     verb("status", cmd_status, "per destination: cursor, lag, delivered, retrying, dead")
 
-    dl = sub.add_parser("dead-letters", help="list, show, redrive or purge dead letters")
-    dls = dl.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, run, help in (
-        ("list", cmd_dl_list, "list dead letters"),
-        ("show", cmd_dl_show, "show one dead letter with its event"),
-        ("redrive", cmd_dl_redrive, "put dead letters back in front of their destination"),
-        ("purge", cmd_dl_purge, "delete dead letters"),
-    ):
-        a = dls.add_parser(name, help=help, description=help)
-        a.set_defaults(run=run, verb="dead-letters")
-        a.add_argument("--config", metavar="PATH")
-        if name == "show":
-            a.add_argument("id", type=int)
-        else:
-            a.add_argument("--destination", metavar="NAME")
-        if name == "list":
-            a.add_argument("--since", metavar="T", help="ISO-8601 time or a duration ago (2h)")
-            a.add_argument("--limit", type=int, default=100)
-        if name == "redrive":
-            a.add_argument("--id", type=int, action="append", dest="ids", metavar="ID")
-        if name == "purge":
-            a.add_argument("--before", metavar="T", help="ISO-8601 time or a duration ago (7d)")
+    def group(
+        name: str, help: str, actions: tuple[tuple[str, Any, str], ...]
+    ) -> dict[str, argparse.ArgumentParser]:
+        """A verb with actions (``eventd dead-letters list``), each taking --config."""
+        g = sub.add_parser(name, help=help).add_subparsers(
+            dest="action", metavar="ACTION", required=True
+        )
+        parsers = {}
+        for action, run, action_help in actions:
+            a = g.add_parser(action, help=action_help, description=action_help)
+            a.set_defaults(run=run, verb=name)
+            a.add_argument("--config", metavar="PATH")
+            parsers[action] = a
+        return parsers
+
+    dl = group(
+        "dead-letters",
+        "list, show, redrive or purge dead letters",
+        (
+            ("list", cmd_dl_list, "list dead letters"),
+            ("show", cmd_dl_show, "show one dead letter with its event"),
+            ("redrive", cmd_dl_redrive, "put dead letters back in front of their destination"),
+            ("purge", cmd_dl_purge, "delete dead letters"),
+        ),
+    )
+    dl["show"].add_argument("id", type=int)
+    for action in ("list", "redrive", "purge"):
+        dl[action].add_argument("--destination", metavar="NAME")
+    dl["list"].add_argument("--since", metavar="T", help="ISO-8601 time or a duration ago (2h)")
+    dl["list"].add_argument("--limit", type=int, default=100)
+    dl["redrive"].add_argument("--id", type=int, action="append", dest="ids", metavar="ID")
+    dl["purge"].add_argument("--before", metavar="T", help="ISO-8601 time or a duration ago (7d)")
+
+    su = group(
+        "suppressions",
+        "stop taking a user's events, and erase what is stored of them",
+        (
+            ("list", cmd_sup_list, "list suppressed users"),
+            ("add", cmd_sup_add, "suppress a userId: its events are acknowledged, not stored"),
+            ("remove", cmd_sup_remove, "take a userId's events again"),
+        ),
+    )
+    for action in ("add", "remove"):
+        su[action].add_argument("user_id", metavar="USER_ID")
+    su["add"].add_argument(
+        "--erase", action="store_true", help="also delete the user's stored events and dead letters"
+    )
 
     r = verb("replay", cmd_replay, "re-send stored events to one destination")
     r.add_argument("destination")
@@ -334,6 +359,32 @@ def cmd_dl_purge(args: argparse.Namespace) -> int:
         {"destination": args.destination, "before": args.before},
     )
     print(f"purged: {res['purged']}")
+    return 0
+
+
+def cmd_sup_list(args: argparse.Namespace) -> int:
+    rows = _client(args).request("GET", "/admin/suppressions")
+    if not rows:
+        print("no suppressed users")
+        return 0
+    _table(rows, ["user_id", "created_at", "erase", "erased_events", "erased_at"])
+    return 0
+
+
+def cmd_sup_add(args: argparse.Namespace) -> int:
+    res = _client(args).request(
+        "POST", "/admin/suppressions", {"user_id": args.user_id, "erase": args.erase}
+    )
+    print(f"suppressed: {res['user_id']}")
+    if res["erase"]:
+        state = "done" if res["erased_at"] else "pending (their event is the newest)"
+        print(f"erased events: {res['erased_events']}, erasure {state}")
+    return 0
+
+
+def cmd_sup_remove(args: argparse.Namespace) -> int:
+    res = _client(args).request("POST", "/admin/suppressions/remove", {"user_id": args.user_id})
+    print(f"no longer suppressed: {args.user_id}" if res["removed"] else "was not suppressed")
     return 0
 
 

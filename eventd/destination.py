@@ -62,7 +62,7 @@ class Event:
     destination that forwards the JSON as it is (a batching webhook) never parse it.
     """
 
-    __slots__ = ("_body", "_message", "received_at", "seq", "size", "source")
+    __slots__ = ("_body", "_message", "received_at", "seq", "size", "source", "user_id")
 
     def __init__(
         self,
@@ -73,12 +73,14 @@ class Event:
         size: int | None = None,  # bytes of its JSON
         *,
         body: bytes | None = None,
+        user_id: str | None = None,  # as stored beside it: checked without parsing
     ) -> None:
         if message is None and body is None:
             raise TypeError("an Event needs its message or its JSON body")
         self.seq = seq
         self.source = source
         self.received_at = received_at
+        self.user_id = user_id
         self._message = message
         self._body = body
         self.size = size if size is not None else len(self.body)

@@ -28,6 +28,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,10 +87,13 @@ class Worker:
         outbox: Outbox,
         metrics: Metrics,
         transforms: Sequence[tuple[str, Transform]] = (),
+        suppressed: AbstractSet[str] = frozenset(),
     ) -> None:
         self.config = config
         self.name = config.name
         self.transforms = transforms
+        # userIds not to deliver: their events still in the log stay there (suppressions.py)
+        self.suppressed = suppressed
         self.destination = destination
         self.outbox = outbox
         self.metrics = metrics
@@ -177,13 +181,14 @@ class Worker:
         assert self._reader is not None
         rows = await fetch(
             self._reader,
-            "SELECT seq, source, received_at, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, source, received_at, body, user_id FROM events WHERE seq > ?"
+            " ORDER BY seq LIMIT ?",
             (self.read_pos, PAGE_EVENTS),
         )
         if not rows:
             return False
         self.idle.clear()
-        events = self._route(_events(rows))
+        events = self._route(self._stored(rows))
         end = rows[-1][0]
         for batch in self._batches(events):
             await self._slots.acquire()
@@ -251,6 +256,26 @@ class Worker:
                 return bool(integrations[key])
         return bool(integrations.get("All", True))
 
+    def _stored(self, rows: Iterable[Any]) -> list[Event]:
+        """Events from (seq, source, received_at, body, user_id) rows."""
+        return [Event(r[0], r[1], r[2], body=r[3], user_id=r[4]) for r in rows]
+
+    def _skip(self, settled: Settled, event: Event, reason: str) -> None:
+        """``event`` is done with, not delivered: counted as skipped, by reason."""
+        self.metrics.skipped.labels(self.name, reason).inc()
+        settled.ok.append(event)
+        settled.skipped += 1
+
+    def _not_suppressed(self, events: list[Event], settled: Settled) -> list[Event]:
+        """``events`` without a suppressed user's: those are done with, counted as skipped."""
+        kept: list[Event] = []
+        for event in events:
+            if event.user_id in self.suppressed:
+                self._skip(settled, event, "suppressed user")
+            else:
+                kept.append(event)
+        return kept
+
     @property
     def filtering(self) -> bool:
         c = self.config
@@ -304,8 +329,15 @@ class Worker:
     async def _settle(self, batch: list[Event], born: Callable[[Event], int]) -> Settled:
         """Deliver until every event is ok, skipped or dead; ``born`` starts its retry clock."""
         settled = Settled()
-        pending = await self._transform(batch, settled) if self.transforms else batch
+        pending = self._not_suppressed(batch, settled) if self.suppressed else batch
+        if self.transforms:
+            pending = await self._transform(pending, settled)
         while pending:
+            if self.suppressed and settled.attempts:
+                # A user suppressed while their events are retried gets none delivered.
+                pending = self._not_suppressed(pending, settled)
+                if not pending:
+                    break
             wait = self.limiter.reserve(len(pending))
             if (wait and not await self._pause(wait)) or self._stopping.is_set():
                 settled.finished = False
@@ -319,9 +351,7 @@ class Worker:
                 if isinstance(outcome, Ok):
                     settled.ok.append(event)
                 elif isinstance(outcome, Skip):
-                    self.metrics.skipped.labels(self.name, outcome.reason).inc()
-                    settled.ok.append(event)
-                    settled.skipped += 1
+                    self._skip(settled, event, outcome.reason)
                 elif isinstance(outcome, Permanent):
                     settled.dead.append((event, outcome.reason))
                 elif now_ms() - born(event) >= max_age_ms:
@@ -364,9 +394,7 @@ class Worker:
                 settled.dead.append((event, str(exc)))
                 continue
             if changed is None:
-                self.metrics.skipped.labels(self.name, "dropped by a transform").inc()
-                settled.ok.append(event)
-                settled.skipped += 1
+                self._skip(settled, event, "dropped by a transform")
             else:
                 out.append(changed)
         return out
@@ -462,7 +490,13 @@ class Worker:
         if not rows:
             return False
         ids = {r[1]: r[0] for r in rows}
-        batch = list(_events([(r[1], r[2], r[3], r[4]) for r in rows]))
+        batch = []
+        for _, seq, source, received_at, body in rows:
+            event = Event(seq, source, received_at, body=body)
+            if self.suppressed:  # a dead letter keeps no user_id column: rare, so parsed
+                user_id = event.message.get("userId")
+                event.user_id = user_id if isinstance(user_id, str) else None
+            batch.append(event)
         started = now_ms()
         await self._slots.acquire()
         try:
@@ -499,15 +533,15 @@ class Worker:
         replay_id, next_seq, until_seq = replays[0]
         rows = await fetch(
             self._reader,
-            "SELECT seq, source, received_at, body FROM events WHERE seq >= ? AND seq <= ? "
-            "ORDER BY seq LIMIT ?",
+            "SELECT seq, source, received_at, body, user_id FROM events"
+            " WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?",
             (next_seq, until_seq, self.max_events),
         )
         if not rows:
             await self._write_until_stored("DELETE FROM replays WHERE id = ?", [(replay_id,)])
             log.info("replay finished", destination=self.name)
             return True
-        batch = self._route(_events(rows))
+        batch = self._route(self._stored(rows))
         if batch:
             started = now_ms()
             await self._slots.acquire()
@@ -524,11 +558,6 @@ class Worker:
         return True
 
 
-def _events(rows: Iterable[Any]) -> Iterable[Event]:
-    for seq, source, received_at, body in rows:
-        yield Event(seq, source, received_at, body=body)
-
-
 class Dispatcher:
     """Starts a worker per enabled destination and stops them on shutdown."""
 
@@ -539,10 +568,12 @@ class Dispatcher:
         outbox: Outbox,
         metrics: Metrics,
         transforms: Mapping[str, Transform] | None = None,
+        suppressed: AbstractSet[str] = frozenset(),
     ) -> None:
         self.config = config
         self.types = destination_types
         self.transforms = transforms or {}
+        self.suppressed = suppressed
         self.outbox = outbox
         self.metrics = metrics
         self.workers: dict[str, Worker] = {}
@@ -560,7 +591,7 @@ class Dispatcher:
                 continue
             destination = self.types[cfg.type](name, cfg.settings, self.session)
             chain = [(t, self.transforms[t]) for t in cfg.transforms]
-            worker = Worker(cfg, destination, self.outbox, self.metrics, chain)
+            worker = Worker(cfg, destination, self.outbox, self.metrics, chain, self.suppressed)
             await worker.start()
             self.workers[name] = worker
         for worker in self.workers.values():

@@ -19,6 +19,7 @@ import functools
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,11 +93,20 @@ def _ok() -> web.Response:
 
 
 class Ingest:
-    def __init__(self, config: Config, outbox: Outbox, metrics: Metrics, live: LiveHub) -> None:
+    def __init__(
+        self,
+        config: Config,
+        outbox: Outbox,
+        metrics: Metrics,
+        live: LiveHub,
+        suppressed: AbstractSet[str] = frozenset(),
+    ) -> None:
         self.config = config
         self.outbox = outbox
         self.metrics = metrics
         self.live = live
+        # userIds whose events are acknowledged and not stored (suppressions.py keeps it)
+        self.suppressed = suppressed
         self.sources_by_key = config.source_by_key()
         self.trusted = [
             ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies
@@ -107,6 +117,7 @@ class Ingest:
         # the label sets here are few (sources x types, paths), so their children are kept.
         self._ingested = functools.cache(metrics.ingested.labels)
         self._request_seconds = functools.cache(metrics.request_seconds.labels)
+        self._suppressed = functools.cache(metrics.suppressed.labels)
 
     def add_routes(self, app: web.Application) -> None:
         # Each route is wrapped rather than the app given a middleware: a middleware
@@ -240,6 +251,7 @@ class Ingest:
         errors: list[InvalidMessage] = []
         received_ms = int(env.received_at.timestamp() * 1000)
         live = self.live if self.live else None  # asked once per request, not per event
+        suppressed = self.suppressed
         for index, item in enumerate(items):
             try:
                 try:
@@ -282,6 +294,9 @@ class Ingest:
                             "message": item,
                         },
                     )
+                continue
+            if suppressed and msg.get("userId") in suppressed:
+                self._suppressed(source).inc()
                 continue
             rows.append(
                 (

@@ -36,6 +36,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.suppressed = Counter(
+            "eventd_suppressed_events",
+            "Events of suppressed users, acknowledged and not stored, by source",
+            ["source"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "eventd_request_seconds",
             "Tracking API request latency",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -31,9 +31,12 @@ class Retention:
         outbox: Outbox,
         passed_seq: Callable[[], int],
         interval: float = 60.0,
+        erase_pending: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
+        # Erasures of suppressed users that could not finish yet (see suppressions.py).
+        self.erase_pending = erase_pending
         # The highest seq every running destination has passed.
         self.passed_seq = passed_seq
         self.interval = interval
@@ -68,7 +71,10 @@ class Retention:
             " LIMIT ?)",
             (now - int(self.config.dead_letter_retention * 1000), DELETE_BATCH),
         )
+        erased = await self.erase_pending() if self.erase_pending is not None else 0
         await self.outbox.checkpoint()
+        if erased:
+            log.info("pending erasures finished", users=erased)
         if events or dead:
             log.info("retention sweep", events_deleted=events, dead_letters_deleted=dead)
         return {"events": events, "dead_letters": dead}

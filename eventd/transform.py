@@ -50,4 +50,12 @@ async def transform(event: Event, transforms: Sequence[tuple[str, Transform]]) -
         body = orjson.dumps(message)
     except TypeError as exc:
         raise TransformError(f"the transformed message is not JSON: {exc}") from exc
-    return Event(event.seq, event.source, event.received_at, message, len(body), body=body)
+    return Event(
+        event.seq,
+        event.source,
+        event.received_at,
+        message,
+        len(body),
+        body=body,
+        user_id=event.user_id,  # whose event it is does not change with its form
+    )

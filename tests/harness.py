@@ -150,7 +150,7 @@ class EventdProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         verb, rest = args[0], args[1:]
-        extra = [rest[0]] if verb == "dead-letters" and rest else []
+        extra = [rest[0]] if verb in ("dead-letters", "suppressions") and rest else []
         tail = list(rest[1:]) if extra else list(rest)
         return subprocess.run(
             [

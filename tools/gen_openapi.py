@@ -425,6 +425,41 @@ def response_schemas() -> dict[str, Schema]:
                 },
             },
         },
+        "SuppressRequest": {
+            "type": "object",
+            "required": ["user_id"],
+            "properties": {
+                "user_id": {"type": "string", "minLength": 1},
+                "erase": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Also delete the user's stored events and dead letters.",
+                },
+            },
+        },
+        "UnsuppressRequest": {
+            "type": "object",
+            "required": ["user_id"],
+            "properties": {"user_id": {"type": "string", "minLength": 1}},
+        },
+        "Suppression": {
+            "type": "object",
+            "required": ["user_id", "created_at", "erase", "erased_events", "erased_at"],
+            "properties": {
+                "user_id": {"type": "string"},
+                "created_at": {"type": "string", "format": "date-time"},
+                "erase": {"type": "boolean"},
+                "erased_events": {"type": "integer"},
+                "erased_at": {
+                    "type": ["string", "null"],
+                    "format": "date-time",
+                    "description": (
+                        "When none of the user's events was left; null while the erasure"
+                        " is pending (the user's event is the newest in the log)."
+                    ),
+                },
+            },
+        },
         "ReplayRequest": {
             "type": "object",
             "required": ["destination", "since"],
@@ -961,6 +996,37 @@ def admin_paths() -> dict[str, Schema]:
                     },
                 ),
                 body="PurgeRequest",
+            )
+        },
+        "/admin/suppressions": {
+            "get": admin_op(
+                "listSuppressions",
+                "Suppressed users",
+                ok_json(
+                    "Every suppressed userId.", {"type": "array", "items": schema("Suppression")}
+                ),
+            ),
+            "post": admin_op(
+                "suppress",
+                "Suppress a userId: its events are acknowledged and not stored or delivered;"
+                " with erase, what is stored of it is deleted",
+                ok_json("The suppression, after any erasure.", schema("Suppression")),
+                body="SuppressRequest",
+            ),
+        },
+        "/admin/suppressions/remove": {
+            "post": admin_op(
+                "unsuppress",
+                "Take a userId's events again",
+                ok_json(
+                    "Whether it was suppressed.",
+                    {
+                        "type": "object",
+                        "required": ["removed"],
+                        "properties": {"removed": {"type": "boolean"}},
+                    },
+                ),
+                body="UnsuppressRequest",
             )
         },
         "/admin/replay": {
