@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from eventd.normalize import TYPES
+from eventd.tracking_plan import ACTIONS, PlanError, TrackingPlan, load_plan
 
 DEFAULT_DATA_DIR = Path("eventd-data")
+EMBEDDED_ORIGIN = "<embedded default>"  # a Config's origin when no file was read
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$", re.I)
@@ -103,6 +105,8 @@ class SourceConfig:
     write_key: str
     # CORS: browser origins allowed to send with this key; empty means any origin.
     allowed_origins: tuple[str, ...] = ()
+    # What its events may carry (tracking_plan.py); None: anything the spec allows.
+    tracking_plan: TrackingPlan | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,7 +136,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     destinations: dict[str, DestinationConfig] = field(default_factory=dict)
-    origin: str = "<embedded default>"
+    origin: str = EMBEDDED_ORIGIN
 
     def source_by_key(self) -> dict[str, SourceConfig]:
         return {s.write_key: s for s in self.sources.values()}
@@ -292,7 +296,10 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
             t.fail("write_key", "***", f"a key not already used by sources.{keys[key]}")
         keys[key] = name
         sources[name] = SourceConfig(
-            name=name, write_key=key, allowed_origins=t.strings("allowed_origins") or ()
+            name=name,
+            write_key=key,
+            allowed_origins=t.strings("allowed_origins") or (),
+            tracking_plan=_tracking_plan(t, origin),
         )
         t.finish()
 
@@ -348,6 +355,31 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
         destinations=destinations,
         origin=origin,
     )
+
+
+def _tracking_plan(t: _Table, origin: str) -> TrackingPlan | None:
+    """A source's plan: ``tracking_plan`` (a path, relative to the config file's
+    directory), and what to do with ``unplanned_events`` and ``violations``."""
+    actions = f"one of {', '.join(repr(a) for a in ACTIONS)}"
+    choices = {}
+    for key in ("unplanned_events", "violations"):
+        value = t.get(key, str, actions)
+        if value is not None and value not in ACTIONS:
+            t.fail(key, value, actions)
+        choices[key] = value or "forward"
+    value = t.get("tracking_plan", str, "a JSON file path")
+    if value is None:
+        for key in ("unplanned_events", "violations"):
+            if key in t.data:
+                t.fail(key, t.data[key], "tracking_plan set beside it")
+        return None
+    path = Path(value)
+    if not path.is_absolute() and origin != EMBEDDED_ORIGIN:
+        path = Path(origin).parent / path
+    try:
+        return load_plan(path, choices["unplanned_events"], choices["violations"])
+    except PlanError as exc:
+        t.fail("tracking_plan", value, f"a tracking plan ({path}: {exc})")
 
 
 def _optional_path(value: str | None) -> Path | None:

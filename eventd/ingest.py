@@ -118,6 +118,7 @@ class Ingest:
         self._ingested = functools.cache(metrics.ingested.labels)
         self._request_seconds = functools.cache(metrics.request_seconds.labels)
         self._suppressed = functools.cache(metrics.suppressed.labels)
+        self._plan_findings = functools.cache(metrics.plan_findings.labels)
 
     def add_routes(self, app: web.Application) -> None:
         # Each route is wrapped rather than the app given a middleware: a middleware
@@ -216,10 +217,10 @@ class Ingest:
                 context=_dict_or_none(payload.get("context")),
                 integrations=_dict_or_none(payload.get("integrations")),
             )
-            rows, errors = self._rows(source.name, items, None, env, check_size=True)
+            rows, errors = self._rows(source, items, None, env, check_size=True)
         else:
             env = Envelope(received_at=received_at, ip=ip)
-            rows, errors = self._rows(source.name, [payload], SINGLE_PATHS[name], env)
+            rows, errors = self._rows(source, [payload], SINGLE_PATHS[name], env)
         del payload, body  # parsed objects are garbage while we await the commit
         if errors and not rows:
             raise ApiError(400, errors[0].code, errors[0].message, counted=True)
@@ -241,7 +242,7 @@ class Ingest:
 
     def _rows(
         self,
-        source: str,
+        src: SourceConfig,
         items: list[Any],
         call_type: str | None,
         env: Envelope,
@@ -252,6 +253,7 @@ class Ingest:
         received_ms = int(env.received_at.timestamp() * 1000)
         live = self.live if self.live else None  # asked once per request, not per event
         suppressed = self.suppressed
+        source, plan = src.name, src.tracking_plan
         for index, item in enumerate(items):
             try:
                 try:
@@ -262,6 +264,15 @@ class Ingest:
                     raise InvalidMessage(
                         "invalid_timestamp", "a timestamp is out of range"
                     ) from None
+                if plan is not None and (found := plan.check(msg)):
+                    self._plan_findings(source, found[0]["type"]).inc()
+                    # Forwarded with what was found, where Segment's Protocols puts it.
+                    context = msg.setdefault("context", {})
+                    prior = context.get("protocols")
+                    context["protocols"] = {
+                        **(prior if isinstance(prior, dict) else {}),
+                        "violations": found,
+                    }
                 body = _dumps(msg)
                 # The limit is on what the client sent; the stored form is a little
                 # larger, so only a large one is measured again as sent.

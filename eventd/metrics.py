@@ -36,6 +36,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.plan_findings = Counter(
+            "eventd_tracking_plan_findings",
+            "Events forwarded off their source's tracking plan, by source and kind"
+            " (unplanned_event, schema); blocked ones count as rejected",
+            ["source", "kind"],
+            registry=r,
+        )
         self.suppressed = Counter(
             "eventd_suppressed_events",
             "Events of suppressed users, acknowledged and not stored, by source",
