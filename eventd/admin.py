@@ -142,6 +142,7 @@ class Admin:
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         self.metrics.outbox_bytes.set(self.outbox.file_bytes())
+        self.metrics.pending_events.set(self.outbox.pending_events)
         resp = web.Response(body=self.metrics.exposition())
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp

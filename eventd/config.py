@@ -77,6 +77,9 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     # Seconds a SIGTERM waits for in-flight deliveries before cancelling them.
     shutdown_timeout: float = 10.0
+    # Events received and not yet committed past which ingest answers 429 +
+    # Retry-After (clients wait and resend) rather than queue without bound.
+    max_pending_events: int = 20_000
     # analytics.js (@segment/analytics-next's dist/umd/standalone.js) to serve at
     # /analytics.js/v1/{writeKey}/analytics.min.js, so a site needs no CDN.
     analytics_js: Path | None = None
@@ -253,6 +256,9 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
         port=_default(srv.convert("port", _port), ServerConfig.port),
         trusted_proxies=proxies,
         shutdown_timeout=_default(srv.convert("shutdown_timeout", parse_duration), 10.0),
+        max_pending_events=_default(
+            srv.convert("max_pending_events", _positive(int)), ServerConfig.max_pending_events
+        ),
         analytics_js=_optional_path(srv.get("analytics_js", str, "a file path")),
     )
     srv.finish()

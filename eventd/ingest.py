@@ -217,8 +217,10 @@ class Ingest:
                 context=_dict_or_none(payload.get("context")),
                 integrations=_dict_or_none(payload.get("integrations")),
             )
+            self._shed_load(len(items))
             rows, errors = self._rows(source, items, None, env, check_size=True)
         else:
+            self._shed_load(1)
             env = Envelope(received_at=received_at, ip=ip)
             rows, errors = self._rows(source, [payload], SINGLE_PATHS[name], env)
         del payload, body  # parsed objects are garbage while we await the commit
@@ -239,6 +241,19 @@ class Ingest:
         if errors:
             response.headers["X-Eventd-Rejected"] = str(len(errors))
         return response
+
+    def _shed_load(self, incoming: int) -> None:
+        """429 + Retry-After when too many events already wait for their commit, before
+        memory and latency grow without bound. An idle store takes any batch, so one
+        larger than the limit is not refused forever."""
+        pending = self.outbox.pending_events
+        if pending and pending + incoming > self.config.server.max_pending_events:
+            raise ApiError(
+                429,
+                "overloaded",
+                f"{pending} events are waiting to be written; retry after 1 s",
+                {"Retry-After": "1"},
+            )
 
     def _rows(
         self,

@@ -117,6 +117,12 @@ class Metrics:
         self.outbox_bytes = Gauge(
             "eventd_outbox_bytes", "Size of the database files on disk", registry=r
         )
+        self.pending_events = Gauge(
+            "eventd_pending_events",
+            "Events received and waiting for their commit (ingest answers 429 past"
+            " server.max_pending_events)",
+            registry=r,
+        )
         self.storage_writable = Gauge(
             "eventd_storage_writable", "1 when the last commit succeeded", registry=r
         )

@@ -156,6 +156,8 @@ class Outbox:
         self.last_error: str | None = None
         self.writable = True  # false while the last commit failed; /ready and metrics say so
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        # Events handed to append() and not yet committed: ingest sheds load on it.
+        self.pending_events = 0
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventd-writer")
         self._conn: sqlite3.Connection | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -225,7 +227,11 @@ class Outbox:
         Returns only after COMMIT. Raises :class:`StorageUnavailable` when the
         store cannot take them; then none of them was stored.
         """
-        return await self._submit(INSERT_EVENT, rows, is_ingest=True)
+        self.pending_events += len(rows)
+        try:
+            return await self._submit(INSERT_EVENT, rows, is_ingest=True)
+        finally:
+            self.pending_events -= len(rows)
 
     async def execute(self, sql: str, rows: Iterable[Sequence[Any]] = ((),)) -> int:
         """Run one statement per row inside the next group commit; returns rows changed."""

@@ -8,8 +8,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import sqlite3
 import subprocess
 import threading
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.contract.fixtures import counters
 from tests.harness import EventdProcess, basic
 
 
@@ -141,3 +146,61 @@ def test_full_disk_answers_503_loses_nothing_and_recovers(
     ev.start()
     stored = stored_ids(ev)
     assert sender.acked <= stored and again.acked <= stored
+
+
+def test_overload_answers_429_stores_nothing_of_it_and_recovers(tmp_path: Path) -> None:
+    """A store that cannot keep up (here: another process holds SQLite's write lock)
+    makes ingest shed load with 429 + Retry-After once server.max_pending_events wait,
+    instead of queueing without bound; the waiting events are committed afterwards."""
+
+    def batch(n: int) -> tuple[list[str], dict[str, Any]]:
+        ids = [str(uuid.uuid4()) for _ in range(n)]
+        items = [{"type": "track", "event": "E", "userId": "u", "messageId": i} for i in ids]
+        return ids, {"batch": items}
+
+    def pending(ev: EventdProcess) -> float:
+        req = urllib.request.Request(
+            ev.url + "/metrics", headers={"Authorization": f"Bearer {ev.admin_token}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("eventd_pending_events "):
+                    return float(line.split()[1])
+        raise AssertionError("no eventd_pending_events gauge")
+
+    with EventdProcess(tmp_path, {"server": {"max_pending_events": 150}}) as ev:
+        first_ids, first = batch(100)
+        lock = sqlite3.connect(ev.db_path, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # eventd's writer now waits (busy_timeout 5 s)
+        answers: list[int] = []
+        waiting = threading.Thread(
+            target=lambda: answers.append(ev.post("/v1/batch", first, key=ev.write_key)[0])
+        )
+        waiting.start()
+        deadline = time.monotonic() + 4
+        while pending(ev) < 100:  # the gauge is the signal that the writer is stuck
+            assert time.monotonic() < deadline, "the first batch never queued"
+        shed_ids, shed = batch(100)
+        req = urllib.request.Request(
+            ev.url + "/v1/batch",
+            data=json.dumps(shed).encode(),
+            headers={"Authorization": basic(ev.write_key), "Content-Type": "application/json"},
+        )
+        try:
+            urllib.request.urlopen(req, timeout=10)
+            raise AssertionError("expected 429")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 429 and exc.headers["Retry-After"] == "1"
+            assert json.loads(exc.read())["code"] == "overloaded"
+        lock.execute("ROLLBACK")
+        lock.close()
+        waiting.join(30)
+        assert answers == [200]
+
+        stored = {m["messageId"] for m in ev.stored()}
+        assert stored == set(first_ids)  # the shed batch stored nothing
+        assert ev.post("/v1/batch", shed, key=ev.write_key)[0] == 200  # the client's retry
+        assert {m["messageId"] for m in ev.stored()} == {*first_ids, *shed_ids}
+        rejected = {labels["reason"]: v for labels, v in counters(ev, "eventd_rejected_events")}
+        assert rejected == {"overloaded": 1.0}
+        assert pending(ev) == 0

@@ -291,7 +291,8 @@ def response_schemas() -> dict[str, Schema]:
                 " missing_alias_ids, invalid_field, invalid_timestamp, unplanned_event,"
                 " tracking_plan_violation (400, a source's tracking plan blocking it);"
                 " missing_write_key, invalid_write_key (401); origin_not_allowed (403);"
-                " body_too_large (413); storage_unavailable (503); http_error (other"
+                " body_too_large (413); overloaded (429); storage_unavailable (503);"
+                " http_error (other"
                 " HTTP errors while a /v1 request is read). Admin codes: bad_request (400),"
                 " unauthorized (401), admin_disabled (403), not_found (404),"
                 " drain_timeout (504)."
@@ -528,8 +529,9 @@ def responses() -> dict[str, Schema]:
             " server reads at all."
         ),
         "TooManyRequests": error(
-            "Overloaded: wait Retry-After seconds and retry. (Reserved: no handler"
-            " answers 429 yet; clients handle it as Segment's API does.)",
+            "overloaded: more than server.max_pending_events events already wait for"
+            " their commit. Nothing of this request was stored; wait Retry-After seconds"
+            " and retry (the SDKs do).",
             **{"Retry-After": retry_after},
         ),
         "StorageUnavailable": error(
@@ -592,6 +594,7 @@ def tracking_paths() -> dict[str, Schema]:
         "401": response("WriteKeyRequired"),
         "403": response("OriginNotAllowed"),
         "413": response("PayloadTooLarge"),
+        "429": response("TooManyRequests"),
         "503": response("StorageUnavailable"),
     }
     for t in CALL_TYPES:
