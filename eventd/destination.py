@@ -144,7 +144,15 @@ class Destination:
         key = ".".join(str(p) for p in e.path)
         where = f"destinations.{name}.settings" + (f".{key}" if key else "")
         secrets = [str(v) for k, v in settings.items() if _is_secret(k)]
-        message = redact(e.message.replace(repr(e.instance), "value"), secrets)
+        # jsonschema's message starts with the value; only that occurrence is the value
+        # (the same number may be the limit too: "0 is less than the minimum of 0").
+        value_repr = repr(e.instance)
+        text = (
+            "value" + e.message[len(value_repr) :]
+            if e.message.startswith(value_repr)
+            else e.message
+        )
+        message = redact(text, secrets)
         if not key:
             raise ConfigError(f"{where}: {message}")
         shown = "***" if _is_secret(key) else repr(e.instance)

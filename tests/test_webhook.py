@@ -260,3 +260,11 @@ def test_bad_settings_name_the_key(settings: dict[str, Any], expected: str) -> N
     with pytest.raises(ConfigError) as err:
         Webhook.validate_settings("hook", settings)
     assert expected in str(err.value)
+
+
+def test_a_settings_error_shows_the_limit_even_when_it_equals_the_value() -> None:
+    with pytest.raises(ConfigError) as exc:
+        Webhook.validate_settings("w", {"url": "http://x", "timeout": 0})
+    assert str(exc.value) == (
+        "destinations.w.settings.timeout = 0: value is less than or equal to the minimum of 0"
+    )
