@@ -183,7 +183,8 @@ class Worker:
             self._reader,
             "SELECT seq, source, received_at, body, user_id FROM events WHERE seq > ?"
             " ORDER BY seq LIMIT ?",
-            (self.read_pos, PAGE_EVENTS),
+            # A page holds at least one full batch of the largest size the plugin takes.
+            (self.read_pos, max(PAGE_EVENTS, self.max_events)),
         )
         if not rows:
             return False
@@ -478,6 +479,25 @@ class Worker:
 
     # -- redrive and replay -----------------------------------------------------
 
+    async def _settle_aside(self, events: list[Event]) -> Settled | None:
+        """Deliver events taken out of the log's order (redrive, replay) in batches within
+        the plugin's limits, one after another; None when shutdown cut it short."""
+        started = now_ms()  # their retry clock starts now, not when they first arrived
+        total = Settled()
+        for batch in self._batches(events):
+            await self._slots.acquire()
+            try:
+                settled = await self._settle(batch, lambda e: started)
+            finally:
+                self._slots.release()
+            if not settled.finished:
+                return None
+            total.ok += settled.ok
+            total.dead += settled.dead
+            total.skipped += settled.skipped
+            total.attempts = max(total.attempts, settled.attempts)
+        return total
+
     async def _redrive_some(self) -> bool:
         """Put dead letters marked for redrive back in front of the destination."""
         assert self._reader is not None
@@ -497,13 +517,8 @@ class Worker:
                 user_id = event.message.get("userId")
                 event.user_id = user_id if isinstance(user_id, str) else None
             batch.append(event)
-        started = now_ms()
-        await self._slots.acquire()
-        try:
-            settled = await self._settle(batch, lambda e: started)
-        finally:
-            self._slots.release()
-        if not settled.finished:
+        settled = await self._settle_aside(batch)
+        if settled is None:
             return False
         await self._write_until_stored(
             "DELETE FROM dead_letters WHERE id = ?", [(ids[e.seq],) for e in settled.ok]
@@ -543,13 +558,8 @@ class Worker:
             return True
         batch = self._route(self._stored(rows))
         if batch:
-            started = now_ms()
-            await self._slots.acquire()
-            try:
-                settled = await self._settle(batch, lambda e: started)
-            finally:
-                self._slots.release()
-            if not settled.finished:
+            settled = await self._settle_aside(batch)
+            if settled is None:
                 return False
             await self._bury(settled)
         await self._write_until_stored(

@@ -3,11 +3,13 @@ and how eventd turns those reports into ``eventd_adjusted_events_total``."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -87,3 +89,72 @@ async def test_a_worker_points_its_destination_at_the_counter(
     await dest.deliver(one_event(1))
     await dest.deliver(one_event(2))
     assert adjusted(metrics) == {("fix", "name_changed"): 2.0}
+
+
+class Recorder(Destination):
+    """Takes batches of at most 2,000 bytes and remembers each one."""
+
+    type_name = "recorder"
+    max_batch_bytes = 2000
+
+    def __init__(self, name: str, settings: dict[str, object], s: aiohttp.ClientSession) -> None:
+        super().__init__(name, settings, s)
+        self.batches: list[list[str]] = []
+
+    async def deliver(self, batch: Sequence[Event]) -> Outcome:
+        assert sum(e.size for e in batch) <= self.max_batch_bytes
+        self.batches.append([e.message["messageId"] for e in batch])
+        return OK
+
+
+async def test_replay_and_redrive_keep_to_the_plugins_byte_limit(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """Events taken out of the log's order are cut to the plugin's limits like the log's."""
+    outbox = Outbox(tmp_path / "db")
+    await outbox.open()
+    body = {"type": "track", "event": "E", "userId": "u", "properties": {"pad": "x" * 500}}
+    rows = [
+        ("web", f"m{i}", "track", "E", "u", None, i, orjson.dumps({**body, "messageId": f"m{i}"}))
+        for i in range(30)
+    ]
+    await outbox.append(rows)
+    dead = [(f"d{i}", orjson.dumps({**body, "messageId": f"d{i}"})) for i in range(12)]
+    await outbox.execute(
+        "INSERT INTO dead_letters (destination, seq, source, message_id, received_at, body,"
+        " attempts, error, failed_at, state) VALUES ('rec', ?, 'web', ?, 0, ?, 1, 'x', 0,"
+        " 'redrive')",
+        [(100 + i, mid, b) for i, (mid, b) in enumerate(dead)],
+    )
+    await outbox.execute(
+        "INSERT INTO replays (destination, next_seq, until_seq, created_at)"
+        " VALUES ('rec', 1, 30, 0)"
+    )
+    dest = Recorder("rec", {}, session)
+    worker = Worker(DestinationConfig(name="rec", type="recorder"), dest, outbox, Metrics())
+    await worker.start()
+    run = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.idle.wait(), 30)
+        while await fetch_one(outbox, "SELECT count(*) FROM replays") or await fetch_one(
+            outbox, "SELECT count(*) FROM dead_letters"
+        ):
+            worker.wake()
+            await asyncio.wait_for(worker.idle.wait(), 30)
+    finally:
+        await worker.stop(0)
+        run.cancel()
+        await outbox.close()
+    delivered = [m for b in dest.batches for m in b]
+    assert sorted(delivered) == sorted([f"m{i}" for i in range(30)] + [f"d{i}" for i in range(12)])
+    assert len(dest.batches) >= (30 + 12) * 560 // 2000  # cut by bytes, not one big batch
+
+
+async def fetch_one(outbox: Outbox, sql: str) -> int:
+    reader = await outbox.reader()
+    try:
+        cursor = await reader.execute(sql)
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        await reader.close()
