@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -144,6 +145,10 @@ class Destination:
         key = ".".join(str(p) for p in e.path)
         where = f"destinations.{name}.settings" + (f".{key}" if key else "")
         secrets = [str(v) for k, v in settings.items() if _is_secret(k)]
+        # A password inside a URL (https://user:pass@host) is a secret whatever the key.
+        secrets += [
+            m for v in settings.values() if isinstance(v, str) for m in _URL_PASS.findall(v)
+        ]
         # jsonschema's message starts with the value; only that occurrence is the value
         # (the same number may be the limit too: "0 is less than the minimum of 0").
         value_repr = repr(e.instance)
@@ -155,7 +160,7 @@ class Destination:
         message = redact(text, secrets)
         if not key:
             raise ConfigError(f"{where}: {message}")
-        shown = "***" if _is_secret(key) else repr(e.instance)
+        shown = "***" if _is_secret(key) else redact(repr(e.instance), secrets)
         raise ConfigError(f"{where} = {shown}: {message}")
 
     @classmethod
@@ -184,6 +189,9 @@ class Destination:
 
 def _not_counted(reason: str, events: int) -> None:
     """count_adjusted() of a destination that no dispatcher runs (a plugin's own tests)."""
+
+
+_URL_PASS = re.compile(r"://[^/@:\s]*:([^/@\s]+)@")
 
 
 def _is_secret(key: str) -> bool:

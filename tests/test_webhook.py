@@ -268,3 +268,12 @@ def test_a_settings_error_shows_the_limit_even_when_it_equals_the_value() -> Non
     assert str(exc.value) == (
         "destinations.w.settings.timeout = 0: value is less than or equal to the minimum of 0"
     )
+
+
+def test_a_password_inside_a_url_is_never_printed() -> None:
+    with pytest.raises(ConfigError) as exc:
+        Webhook.validate_settings("w", {"url": "ftp://ops:hunter2secret@hooks.example/x"})
+    assert "hunter2secret" not in str(exc.value)
+    assert str(exc.value).startswith(
+        "destinations.w.settings.url = 'ftp://ops:***@hooks.example/x'"
+    )
