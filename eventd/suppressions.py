@@ -30,6 +30,7 @@ from eventd.outbox import Outbox, fetch, iso_ms, now_ms
 log = structlog.get_logger("eventd.suppressions")
 
 DELETE_BATCH = 5000
+SELECT_RECORD = "SELECT user_id, created_at, erase, erased_events, erased_at FROM suppressions"
 
 
 class Suppressions:
@@ -51,21 +52,12 @@ class Suppressions:
 
     async def list(self) -> list[dict[str, Any]]:
         assert self._reader is not None
-        rows = await fetch(
-            self._reader,
-            "SELECT user_id, created_at, erase, erased_events, erased_at FROM suppressions"
-            " ORDER BY created_at, user_id",
-        )
+        rows = await fetch(self._reader, f"{SELECT_RECORD} ORDER BY created_at, user_id")
         return [_record(r) for r in rows]
 
     async def get(self, user_id: str) -> dict[str, Any] | None:
         assert self._reader is not None
-        rows = await fetch(
-            self._reader,
-            "SELECT user_id, created_at, erase, erased_events, erased_at FROM suppressions"
-            " WHERE user_id = ?",
-            (user_id,),
-        )
+        rows = await fetch(self._reader, f"{SELECT_RECORD} WHERE user_id = ?", (user_id,))
         return _record(rows[0]) if rows else None
 
     async def suppress(self, user_id: str, erase: bool) -> dict[str, Any]:
@@ -99,16 +91,18 @@ class Suppressions:
     async def erase(self, user_id: str) -> bool:
         """Delete the user's stored events and dead letters; True when none is left."""
         assert self._reader is not None
+        # Every event of the user is committed by now: ingest checks the set and queues
+        # its write without awaiting in between, so what passed the check before the
+        # user was added was queued before the suppression's own write, and committed.
         newest = self.outbox.last_seq
-        # Found with the reader (a scan, off the writer), deleted by seq (fast, batched).
-        seqs = [
+        # Found with the reader (one scan, off the writer), deleted by seq (fast, batched).
+        found = [
             r[0]
             for r in await fetch(
-                self._reader,
-                "SELECT seq FROM events WHERE user_id = ? AND seq < ?",
-                (user_id, newest),
+                self._reader, "SELECT seq FROM events WHERE user_id = ?", (user_id,)
             )
         ]
+        seqs = [s for s in found if s < newest]
         erased = 0
         for i in range(0, len(seqs), DELETE_BATCH):
             chunk = seqs[i : i + DELETE_BATCH]
@@ -126,10 +120,7 @@ class Suppressions:
         ]
         if dead:
             await self.outbox.execute("DELETE FROM dead_letters WHERE id = ?", [(d,) for d in dead])
-        held = await fetch(
-            self._reader, "SELECT 1 FROM events WHERE user_id = ? LIMIT 1", (user_id,)
-        )
-        done = not held
+        done = len(seqs) == len(found)  # else the newest event is theirs: kept for now
         await self.outbox.execute(
             "UPDATE suppressions SET erased_events = erased_events + ?,"
             " erased_at = CASE WHEN ? THEN ? ELSE NULL END WHERE user_id = ?",
