@@ -52,9 +52,7 @@ def create_app(
     retention_interval: float = 60.0,
 ) -> web.Application:
     types = destination_types() if types is None else types
-    installed_transforms = (
-        transforms() if any(d.transforms for d in config.destinations.values()) else {}
-    )
+    installed_transforms = transforms()  # the plugin manager is loaded once per process
     check_destinations(config, types, installed_transforms)
     metrics = Metrics()
     live = LiveHub()
