@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, ClassVar
 
 import aiohttp
@@ -185,6 +187,19 @@ class Destination:
 
     async def close(self) -> None:
         """Release what the destination holds (files, ...); the session is shared."""
+
+
+def optional_import(module: str, extra: str, where: str) -> ModuleType:
+    """``module``, a library only some destinations need, imported when one is checked
+    or used (a plugin module is imported at every start, so eventd runs without it);
+    missing, a ConfigError saying ``where`` needs it and which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        library = module.split(".")[0]
+        raise ConfigError(
+            f"{where} needs {library}, which is not installed: pip install 'eventd[{extra}]'"
+        ) from None
 
 
 def _not_counted(reason: str, events: int) -> None:

@@ -15,7 +15,6 @@ eventd starts with its other destinations where asyncpg is not installed.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import itertools
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,7 @@ import aiohttp
 
 from eventd import OK, Destination, Event, Ok, Outcome, Permanent, Retry, hookimpl
 from eventd.config import ConfigError
-from eventd.destination import scrub
+from eventd.destination import optional_import, scrub
 
 from .rows import Planned, Row, plan, schema_name
 from .warehouse import (
@@ -39,17 +38,9 @@ from .warehouse import (
     upsert_users_sql,
 )
 
-INSTALL_HINT = "pip install 'eventd[postgres]'"
-
 
 def _asyncpg(where: str = "the postgres destination") -> ModuleType:
-    """asyncpg, or ConfigError saying how to install it."""
-    try:
-        return importlib.import_module("asyncpg")
-    except ImportError:
-        raise ConfigError(
-            f"{where} needs asyncpg, which is not installed: {INSTALL_HINT}"
-        ) from None
+    return optional_import("asyncpg", "postgres", where)
 
 
 def masked_dsn(dsn: str) -> str:

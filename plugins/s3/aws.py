@@ -15,24 +15,17 @@ refreshes are picked up without a restart.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
 from eventd.config import ConfigError
-
-INSTALL_HINT = "pip install 'eventd[s3]'"
+from eventd.destination import optional_import
 
 
 def botocore_module(name: str) -> ModuleType:
     """``botocore.<name>``, or a ConfigError naming what to install."""
-    try:
-        return importlib.import_module(f"botocore.{name}")
-    except ImportError as exc:
-        raise ConfigError(
-            f"the s3 destination needs botocore, which is not installed ({exc}): {INSTALL_HINT}"
-        ) from None
+    return optional_import(f"botocore.{name}", "s3", "the s3 destination")
 
 
 def require_botocore(where: str) -> None:
