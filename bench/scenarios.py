@@ -196,6 +196,8 @@ def _run_json(argv: list[str], cpus: frozenset[int] | None, timeout: float) -> d
 def _loadgen(ctx: Context, mode: str, port: int, **opts: Any) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench.loadgen", mode, "--port", str(port)]
     for key, value in opts.items():
+        if value is False:  # a flag left off
+            continue
         argv += [f"--{key}"] if value is True else [f"--{key}", str(value)]
     return _run_json(argv, ctx.cores.load, timeout=300)
 
@@ -275,28 +277,23 @@ def ingest(ctx: Context, *, batch: bool = True) -> Metrics:
         _check(track, "eventd /v1/track")
         if not batch:
             return {"track_rps": track["requests_per_s"]}
-        batches = _loadgen(
-            ctx,
-            "closed",
-            proc.port,
-            conns=plan.batch_conns,
-            events=plan.batch_events,
-            duration=plan.duration,
-            warmup=plan.warmup,
-            tag=ctx.tag("batch"),
-        )
+
+        def batch_load(uuids: bool) -> dict[str, Any]:
+            return _loadgen(
+                ctx,
+                "closed",
+                proc.port,
+                conns=plan.batch_conns,
+                events=plan.batch_events,
+                duration=plan.duration,
+                warmup=plan.warmup,
+                tag=ctx.tag("batch"),
+                uuids=uuids,
+            )
+
+        batches = batch_load(uuids=False)
         _check(batches, "eventd /v1/batch")
-        uuid_batches = _loadgen(
-            ctx,
-            "closed",
-            proc.port,
-            conns=plan.batch_conns,
-            events=plan.batch_events,
-            duration=plan.duration,
-            warmup=plan.warmup,
-            tag=ctx.tag("batch"),
-            uuids=True,
-        )
+        uuid_batches = batch_load(uuids=True)
         _check(uuid_batches, "eventd /v1/batch, UUID messageIds")
     stored = proc.query("SELECT count(*) FROM events")[0][0]
     acked = track["requests"] + (batches["requests"] + uuid_batches["requests"]) * plan.batch_events
