@@ -1,0 +1,1 @@
+"""Identity resolution: the identity graph, profiles and stitched delivery."""
