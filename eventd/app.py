@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import structlog
@@ -20,11 +20,12 @@ from eventd.admin import Admin
 from eventd.config import Config
 from eventd.destination import Destination
 from eventd.dispatcher import Dispatcher
+from eventd.hookspecs import Service
 from eventd.ingest import CLIENT_MAX_SIZE, Ingest
 from eventd.live import LiveHub
 from eventd.metrics import Metrics
 from eventd.outbox import Outbox
-from eventd.plugins import check_destinations, destination_types, transforms
+from eventd.plugins import check_destinations, destination_types, plugin_manager, transforms
 from eventd.retention import Retention
 from eventd.suppressions import Suppressions
 
@@ -40,6 +41,7 @@ class Runtime:
     dispatcher: Dispatcher
     retention: Retention
     suppressions: Suppressions
+    services: list[Service] = field(default_factory=list)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -84,6 +86,11 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/openapi.json", openapi)
+    # Features (identity, reports, the console, sources, third-party plugins) add
+    # their routes and services through the same hooks.
+    pm = plugin_manager()
+    pm.hook.eventd_routes(app=app, runtime=rt)
+    rt.services = [s for provided in pm.hook.eventd_services(runtime=rt) for s in provided]
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -98,6 +105,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await rt.outbox.open()
     await rt.suppressions.load()
     await rt.dispatcher.start()
+    for service in rt.services:
+        await service.start()
     retention = asyncio.create_task(rt.retention.run(), name="retention")
     log.info(
         "eventd started",
@@ -109,6 +118,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     # Requests have finished by now (aiohttp stops the sites and waits for
     # handlers first); deliveries get until the deadline, then the store closes.
     rt.retention.stop()
+    for service in reversed(rt.services):
+        await service.stop()
     await rt.dispatcher.stop(rt.config.server.shutdown_timeout)
     await retention
     await rt.suppressions.close()

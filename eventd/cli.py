@@ -124,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--type", metavar="T")
     t.add_argument("--event", metavar="NAME")
     verb("version", cmd_version, "print the version")
+    from eventd.plugins import plugin_manager  # features add their verbs (report, profiles)
+
+    plugin_manager().hook.eventd_commands(subparsers=sub, verb=verb)
     return p
 
 

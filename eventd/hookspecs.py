@@ -1,18 +1,45 @@
 """Every hook eventd calls. A plugin module implements them with ``@hookimpl``.
 
 pluggy is synchronous, so hooks only *register* things (return destination
-classes and transform functions); eventd then calls and awaits them directly.
+classes, transform functions, services; add routes and CLI verbs); eventd then
+calls and awaits what they registered directly. Built-in features (identity,
+reports, the console, cloud-app sources) arrive through these same hooks, the
+way datasette's own features are plugins.
+
+A plugin may implement a hook with fewer arguments than its spec (pluggy passes
+only those it names), so hooks can grow without breaking plugins.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Protocol
+
 import pluggy
+from aiohttp import web
 
 from eventd.destination import Destination
 from eventd.transform import Transform
 
+if TYPE_CHECKING:
+    from eventd.app import Runtime
+
 hookspec = pluggy.HookspecMarker("eventd")
 hookimpl = pluggy.HookimplMarker("eventd")
+
+
+class Service(Protocol):
+    """A background task that lives as long as the server (a log consumer, a sampler).
+
+    ``start`` is awaited after the store opens and before the first request; ``stop``
+    is awaited at shut-down, before the store closes, and must return once the
+    service has saved what it needs (its cursor).
+    """
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @hookspec
@@ -23,3 +50,27 @@ def eventd_destinations() -> list[type[Destination]]:  # type: ignore[empty-body
 @hookspec
 def eventd_transforms() -> dict[str, Transform]:  # type: ignore[empty-body]
     """Return the transforms this plugin provides, by the name a config uses."""
+
+
+@hookspec
+def eventd_services(runtime: Runtime) -> list[Service]:  # type: ignore[empty-body]
+    """Return the background services this plugin runs for this server (may be empty)."""
+
+
+@hookspec
+def eventd_routes(app: web.Application, runtime: Runtime) -> None:
+    """Add HTTP routes (``app.router.add_*``) for this server."""
+
+
+@hookspec
+def eventd_commands(subparsers: Any, verb: Any) -> None:
+    """Add CLI verbs.
+
+    ``subparsers`` is the ``eventd`` command's ``argparse`` sub-parsers action;
+    ``verb(name, run, help) -> argparse.ArgumentParser`` adds a verb that takes
+    ``--config`` like every other (``run(args) -> int`` is called with the parsed
+    arguments).
+    """
+
+
+__all__ = ["Service", "hookimpl", "hookspec"]

@@ -1,5 +1,5 @@
-"""The plugin manager: loads the ``eventd.destinations`` and ``eventd.transforms``
-entry-point groups.
+"""The plugin manager: loads the ``eventd.destinations``, ``eventd.transforms`` and
+``eventd.plugins`` (features: services, routes, CLI verbs) entry-point groups.
 
 First-party destinations and transforms (``plugins/``) are found through the
 same groups as a third-party package's, so the plugin API is exercised by
@@ -20,6 +20,7 @@ from eventd.transform import Transform
 
 ENTRY_POINT_GROUP = "eventd.destinations"
 TRANSFORMS_GROUP = "eventd.transforms"
+FEATURES_GROUP = "eventd.plugins"
 
 
 @functools.cache
@@ -29,6 +30,7 @@ def plugin_manager() -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     pm.load_setuptools_entrypoints(TRANSFORMS_GROUP)
+    pm.load_setuptools_entrypoints(FEATURES_GROUP)
     pm.check_pending()  # an @hookimpl that matches no hookspec is an error, not silence
     return pm
 
