@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     i = verb("init", cmd_init, "write a commented starter config with fresh keys")
     i.add_argument("path", nargs="?", default="eventd.toml")
     verb("check", cmd_check, "validate the config; exit 1 naming the key on error")
-    verb("plugins", cmd_plugins, "list installed destination types and their settings")
+    verb("plugins", cmd_plugins, "list installed destination and source types and their settings")
     verb("status", cmd_status, "per destination: cursor, lag, delivered, retrying, dead")
 
     def group(
@@ -145,9 +145,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from eventd.plugins import check_destinations, destination_types
+    from eventd.plugins import check_destinations, check_sources, destination_types, source_types
 
     config = load(args.config)
+    check_sources(config, source_types())
     check_destinations(config, destination_types())
     print(
         f"{config.origin}: ok ({len(config.sources)} sources, "
@@ -157,24 +158,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from eventd.plugins import destination_types, transforms
+    from eventd.config import TRACKING_API
+    from eventd.plugins import destination_types, source_types, transforms
 
     for name, cls in sorted(destination_types().items()):
-        print(f"{name}  ({cls.__module__})")
-        if cls.description:
-            print(f"  {cls.description}")
-        schema = cls.settings_schema
-        required = set(schema.get("required", ()))
-        for key, prop in schema.get("properties", {}).items():
-            kind = prop.get("type", "")
-            flag = (
-                "required"
-                if key in required
-                else f"default {prop['default']!r}"
-                if ("default" in prop)
-                else "optional"
-            )
-            print(f"    {key:<28} {kind!s:<8} {flag:<16} {prop.get('description', '')}")
+        _print_type(name, cls.__module__, cls.description, cls.settings_schema)
+    print("\nsource types (a source's `type`):")
+    print(f"{TRACKING_API}  (eventd)\n  the Tracking API (/v1/*), the default")
+    for name, source in sorted(source_types().items()):
+        _print_type(name, source.__module__, source.description, source.settings_schema)
     installed = transforms()
     if installed:
         print("\ntransforms (a destination's `transforms` list):")
@@ -182,6 +174,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             doc = (fn.__doc__ or "").strip().splitlines()
             print(f"  {name}  ({fn.__module__})" + (f"  {doc[0]}" if doc else ""))
     return 0
+
+
+def _print_type(name: str, module: str, description: str, schema: dict[str, Any]) -> None:
+    """A plugin type and its settings, one line each: name, JSON type, required or default."""
+    print(f"{name}  ({module})")
+    if description:
+        print(f"  {description}")
+    required = set(schema.get("required", ()))
+    for key, prop in schema.get("properties", {}).items():
+        kind = prop.get("type", "")
+        flag = (
+            "required"
+            if key in required
+            else f"default {prop['default']!r}"
+            if ("default" in prop)
+            else "optional"
+        )
+        print(f"    {key:<28} {kind!s:<8} {flag:<16} {prop.get('description', '')}")
 
 
 def cmd_version(args: argparse.Namespace) -> int:

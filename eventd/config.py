@@ -40,6 +40,9 @@ _SIZE_UNITS = {
     None: 1,
 }
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# The source type of the Tracking API (/v1/*): SDKs send with its write key. Every other
+# type is a cloud-app source (eventd/source.py), reached only at /v1/webhooks/{write_key}.
+TRACKING_API = "segment"
 
 
 class ConfigError(Exception):
@@ -110,6 +113,10 @@ class SourceConfig:
     allowed_origins: tuple[str, ...] = ()
     # What its events may carry (tracking_plan.py); None: anything the spec allows.
     tracking_plan: TrackingPlan | None = None
+    # TRACKING_API, or a cloud-app source type (`eventd plugins` lists them) whose own
+    # keys (client_secret, ...) are in settings, validated by the type's settings_schema.
+    type: str = TRACKING_API
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,8 +148,12 @@ class Config:
     destinations: dict[str, DestinationConfig] = field(default_factory=dict)
     origin: str = EMBEDDED_ORIGIN
 
-    def source_by_key(self) -> dict[str, SourceConfig]:
-        return {s.write_key: s for s in self.sources.values()}
+    def source_by_key(self, type: str | None = TRACKING_API) -> dict[str, SourceConfig]:
+        """Sources of one type (default: the Tracking API's; None: every type) by write key.
+
+        A cloud-app source's key is refused at /v1/*: its events must pass its signature
+        check at /v1/webhooks/{write_key}."""
+        return {s.write_key: s for s in self.sources.values() if type in (None, s.type)}
 
     @property
     def data_dir(self) -> Path:
@@ -301,11 +312,14 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
         if key in keys:
             t.fail("write_key", "***", f"a key not already used by sources.{keys[key]}")
         keys[key] = name
+        stype = t.get("type", str, "a source type (see `eventd plugins`)") or TRACKING_API
         sources[name] = SourceConfig(
             name=name,
             write_key=key,
             allowed_origins=t.strings("allowed_origins") or (),
             tracking_plan=_tracking_plan(t, origin),
+            type=stype,
+            settings=_source_settings(t, stype),
         )
         t.finish()
 
@@ -386,6 +400,17 @@ def _tracking_plan(t: _Table, origin: str) -> TrackingPlan | None:
         return load_plan(path, choices["unplanned_events"], choices["violations"])
     except PlanError as exc:
         t.fail("tracking_plan", value, f"a tracking plan ({path}: {exc})")
+
+
+def _source_settings(t: _Table, stype: str) -> dict[str, Any]:
+    """A cloud-app source's own keys: every key of its table not read above. Its type
+    validates them (plugins.check_sources); a Tracking API source has none, so an
+    unknown key there stays an error."""
+    if stype == TRACKING_API:
+        return {}
+    settings = {k: v for k, v in t.data.items() if k not in t.seen}
+    t.seen.update(settings)
+    return settings
 
 
 def _optional_path(value: str | None) -> Path | None:

@@ -138,32 +138,8 @@ class Destination:
 
         Never prints a secret: an error on the whole table (a missing or unknown
         key) shows no value, since that value is the table, secrets included."""
-        validator = jsonschema.Draft202012Validator(cls.settings_schema)
-        errors = sorted(validator.iter_errors(dict(settings)), key=lambda e: list(e.path))
-        if not errors:
-            cls.check_settings(name, settings)
-            return
-        e = errors[0]
-        key = ".".join(str(p) for p in e.path)
-        where = f"destinations.{name}.settings" + (f".{key}" if key else "")
-        secrets = [str(v) for k, v in settings.items() if _is_secret(k)]
-        # A password inside a URL (https://user:pass@host) is a secret whatever the key.
-        secrets += [
-            m for v in settings.values() if isinstance(v, str) for m in _URL_PASS.findall(v)
-        ]
-        # jsonschema's message starts with the value; only that occurrence is the value
-        # (the same number may be the limit too: "0 is less than the minimum of 0").
-        value_repr = repr(e.instance)
-        text = (
-            "value" + e.message[len(value_repr) :]
-            if e.message.startswith(value_repr)
-            else e.message
-        )
-        message = redact(text, secrets)
-        if not key:
-            raise ConfigError(f"{where}: {message}")
-        shown = "***" if _is_secret(key) else redact(repr(e.instance), secrets)
-        raise ConfigError(f"{where} = {shown}: {message}")
+        validate_schema(cls.settings_schema, settings, f"destinations.{name}.settings")
+        cls.check_settings(name, settings)
 
     @classmethod
     def check_settings(cls, name: str, settings: Mapping[str, Any]) -> None:
@@ -187,6 +163,33 @@ class Destination:
 
     async def close(self) -> None:
         """Release what the destination holds (files, ...); the session is shared."""
+
+
+def validate_schema(schema: Mapping[str, Any], settings: Mapping[str, Any], where: str) -> None:
+    """Raise ConfigError naming ``WHERE.KEY`` when ``settings`` break the JSON Schema.
+
+    Never prints a secret: an error on the whole table (a missing or unknown key)
+    shows no value, since that value is the table, secrets included; a key whose
+    name says secret, token, key or password shows ``***``."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(dict(settings)), key=lambda e: list(e.path))
+    if not errors:
+        return
+    e = errors[0]
+    key = ".".join(str(p) for p in e.path)
+    where = where + (f".{key}" if key else "")
+    secrets = [str(v) for k, v in settings.items() if _is_secret(k)]
+    # A password inside a URL (https://user:pass@host) is a secret whatever the key.
+    secrets += [m for v in settings.values() if isinstance(v, str) for m in _URL_PASS.findall(v)]
+    # jsonschema's message starts with the value; only that occurrence is the value
+    # (the same number may be the limit too: "0 is less than the minimum of 0").
+    value_repr = repr(e.instance)
+    text = "value" + e.message[len(value_repr) :] if e.message.startswith(value_repr) else e.message
+    message = redact(text, secrets)
+    if not key:
+        raise ConfigError(f"{where}: {message}")
+    shown = "***" if _is_secret(key) else redact(repr(e.instance), secrets)
+    raise ConfigError(f"{where} = {shown}: {message}")
 
 
 def optional_import(module: str, extra: str, where: str) -> ModuleType:

@@ -18,6 +18,7 @@ import pluggy
 from aiohttp import web
 
 from eventd.destination import Destination
+from eventd.source import Source
 from eventd.transform import Transform
 
 if TYPE_CHECKING:
@@ -45,6 +46,11 @@ class Service(Protocol):
 @hookspec
 def eventd_destinations() -> list[type[Destination]]:  # type: ignore[empty-body]
     """Return the destination classes this plugin provides."""
+
+
+@hookspec
+def eventd_source_types() -> list[type[Source]]:  # type: ignore[empty-body]
+    """Return the cloud-app source types this plugin provides (``[sources.NAME] type``)."""
 
 
 @hookspec

@@ -227,20 +227,38 @@ class Ingest:
         if errors and not rows:
             raise ApiError(400, errors[0].code, errors[0].message, counted=True)
         if rows:
-            try:
-                await self.outbox.append(rows)
-            except StorageUnavailable as exc:
-                log.warning("ingest refused: storage unavailable", error=str(exc))
-                raise ApiError(503, "storage_unavailable", str(exc), {"Retry-After": "5"}) from exc
-            by_type: dict[str, int] = {}
-            for row in rows:
-                by_type[row[2]] = by_type.get(row[2], 0) + 1
-            for msg_type, count in by_type.items():
-                self._ingested(source.name, msg_type).inc(count)
+            await self._commit(source, rows)
         response = _ok()
         if errors:
             response.headers["X-Eventd-Rejected"] = str(len(errors))
         return response
+
+    async def accept(
+        self, source: SourceConfig, messages: list[Any], env: Envelope
+    ) -> tuple[int, list[InvalidMessage]]:
+        """The message pipeline for messages eventd built itself (a cloud-app source's,
+        eventd/webhooks.py), each with its own ``type``: the same load shedding,
+        normalization, tracking plan, suppression check, live stream, commit and
+        metrics as a /v1/batch. Returns (events stored, messages rejected); raises
+        ApiError (429 overloaded, 503 storage unavailable) as the Tracking API does."""
+        self._shed_load(len(messages))
+        rows, errors = self._rows(source, messages, None, env)
+        if rows:
+            await self._commit(source, rows)
+        return len(rows), errors
+
+    async def _commit(self, source: SourceConfig, rows: list[EventRow]) -> None:
+        """Append ``rows`` (one group commit) and count them as ingested."""
+        try:
+            await self.outbox.append(rows)
+        except StorageUnavailable as exc:
+            log.warning("ingest refused: storage unavailable", error=str(exc))
+            raise ApiError(503, "storage_unavailable", str(exc), {"Retry-After": "5"}) from exc
+        by_type: dict[str, int] = {}
+        for row in rows:
+            by_type[row[2]] = by_type.get(row[2], 0) + 1
+        for msg_type, count in by_type.items():
+            self._ingested(source.name, msg_type).inc(count)
 
     def _shed_load(self, incoming: int) -> None:
         """429 + Retry-After when too many events already wait for their commit, before

@@ -1,24 +1,31 @@
-"""The plugin manager: loads the ``eventd.destinations``, ``eventd.transforms`` and
-``eventd.plugins`` (features: services, routes, CLI verbs) entry-point groups.
+"""The plugin manager: loads the ``eventd.destinations``, ``eventd.sources``,
+``eventd.transforms`` and ``eventd.plugins`` (features: services, routes, CLI verbs)
+entry-point groups.
 
-First-party destinations and transforms (``plugins/``) are found through the
-same groups as a third-party package's, so the plugin API is exercised by
-eventd's own code.
+First-party destinations, source types and transforms (``plugins/``) are found
+through the same groups as a third-party package's, so the plugin API is
+exercised by eventd's own code. Source types have a group of their own, like
+destinations, rather than riding on ``eventd.plugins``: a package that only adds
+a source type says so in its metadata, and ``eventd.plugins`` stays the group of
+features that hook into the server itself.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 import pluggy
 
 from eventd import hookspecs
-from eventd.config import Config, ConfigError
+from eventd.config import TRACKING_API, Config, ConfigError
 from eventd.destination import Destination
+from eventd.source import Source
 from eventd.transform import Transform
 
 ENTRY_POINT_GROUP = "eventd.destinations"
+SOURCES_GROUP = "eventd.sources"
 TRANSFORMS_GROUP = "eventd.transforms"
 FEATURES_GROUP = "eventd.plugins"
 
@@ -29,6 +36,7 @@ def plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("eventd")
     pm.add_hookspecs(hookspecs)
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    pm.load_setuptools_entrypoints(SOURCES_GROUP)
     pm.load_setuptools_entrypoints(TRANSFORMS_GROUP)
     pm.load_setuptools_entrypoints(FEATURES_GROUP)
     pm.check_pending()  # an @hookimpl that matches no hookspec is an error, not silence
@@ -38,16 +46,57 @@ def plugin_manager() -> pluggy.PluginManager:
 def destination_types(pm: pluggy.PluginManager | None = None) -> dict[str, type[Destination]]:
     """Installed destination classes by ``type`` name."""
     pm = pm or plugin_manager()
-    types: dict[str, type[Destination]] = {}
-    for classes in pm.hook.eventd_destinations():
+    return _by_type_name("destination", pm.hook.eventd_destinations())
+
+
+def source_types(pm: pluggy.PluginManager | None = None) -> dict[str, type[Source]]:
+    """Installed cloud-app source classes by ``type`` name (the Tracking API's own
+    type, ``segment``, is eventd itself and never a plugin)."""
+    pm = pm or plugin_manager()
+    return _by_type_name("source", pm.hook.eventd_source_types(), reserved=TRACKING_API)
+
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def _by_type_name(
+    kind: str, provided: Iterable[Iterable[_Class]], reserved: str | None = None
+) -> dict[str, _Class]:
+    """The classes every plugin returned, by their ``type_name``; a name two plugins
+    (or a plugin and eventd, ``reserved``) claim is an error naming both."""
+    types: dict[str, _Class] = {}
+    for classes in provided:
         for cls in classes:
-            if cls.type_name in types and types[cls.type_name] is not cls:
+            name: str = getattr(cls, "type_name")  # noqa: B009 - a ClassVar of each kind's base
+            if name == reserved or (name in types and types[name] is not cls):
+                other = "eventd" if name == reserved else types[name].__module__
                 raise ConfigError(
-                    f"destination type {cls.type_name!r} is provided twice: by "
-                    f"{types[cls.type_name].__module__} and {cls.__module__}"
+                    f"{kind} type {name!r} is provided twice: by {other} and {cls.__module__}"
                 )
-            types[cls.type_name] = cls
+            types[name] = cls
     return types
+
+
+def check_sources(config: Config, types: Mapping[str, type[Source]]) -> dict[str, Source]:
+    """Every cloud-app source names an installed type and valid settings; returns one
+    instance of each by source name (the Tracking API's sources have none)."""
+    built: dict[str, Source] = {}
+    for name, src in config.sources.items():
+        if src.type == TRACKING_API:
+            continue
+        cls = types.get(src.type)
+        if cls is None:
+            known = ", ".join(sorted([TRACKING_API, *types]))
+            raise ConfigError(
+                f"{config.origin}: sources.{name}.type = {src.type!r}: expected an "
+                f"installed source type ({known})"
+            )
+        try:
+            cls.validate_settings(name, src.settings)
+            built[name] = cls(name, src.settings)
+        except ConfigError as exc:
+            raise ConfigError(f"{config.origin}: {exc}") from None
+    return built
 
 
 def transforms(pm: pluggy.PluginManager | None = None) -> dict[str, Transform]:

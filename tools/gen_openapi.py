@@ -9,8 +9,8 @@ this script produces, so edit this script, then run::
     python tools/gen_openapi.py          # rewrite eventd/openapi.json
     python tools/gen_openapi.py --check  # exit 1 if the file is stale
 
-Everything here is read off the handlers (eventd/ingest.py, eventd/admin.py,
-eventd/app.py, eventd/bundle.py): statuses, error codes, limits and shapes.
+Everything here is read off the handlers (eventd/ingest.py, eventd/webhooks.py,
+eventd/admin.py, eventd/app.py, eventd/bundle.py): statuses, error codes, limits and shapes.
 """
 
 from __future__ import annotations
@@ -1090,6 +1090,85 @@ def admin_paths() -> dict[str, Schema]:
     }
 
 
+def webhook_paths() -> dict[str, Schema]:
+    """eventd/webhooks.py: the cloud-app sources' endpoint."""
+
+    def error(description: str) -> Schema:
+        return {"description": description, "content": json_content(schema("Error"))}
+
+    return {
+        "/v1/webhooks/{write_key}": {
+            "post": {
+                "operationId": "webhook",
+                "tags": ["sources"],
+                "summary": "A cloud-app source's notification (Intercom, Stripe, any webhook)",
+                "description": (
+                    "The write key in the path names a source whose `type` is not"
+                    " `segment` (senders of webhooks cannot set Basic auth). Its type checks"
+                    " the signature (Intercom: X-Hub-Signature; Stripe: Stripe-Signature,"
+                    " at most 300 s old; webhook: its signature_header, when set) and maps"
+                    " the JSON body to Segment messages, with the provider's event id as"
+                    " messageId so a retried notification is stored once. The messages go"
+                    " through the Tracking API's pipeline (tracking plan, suppressions)."
+                ),
+                "parameters": [
+                    {
+                        "name": "write_key",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "description": "The provider's notification, as it sent it (signed bytes).",
+                    "content": {"application/json": {"schema": {}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": (
+                            "Stored (committed), or already stored (a retry). `events` is"
+                            " how many messages the notification became (0: a topic the"
+                            " source does not map, acknowledged so the sender does not"
+                            " retry, counted as ignored). Messages the pipeline refused"
+                            " are counted in X-Eventd-Rejected."
+                        ),
+                        "headers": {
+                            "X-Eventd-Rejected": {
+                                "description": "How many messages were invalid or blocked.",
+                                "schema": {"type": "integer", "minimum": 1},
+                            }
+                        },
+                        "content": json_content(
+                            {
+                                "type": "object",
+                                "required": ["success", "events"],
+                                "properties": {
+                                    "success": {"const": True},
+                                    "events": {"type": "integer", "minimum": 0},
+                                },
+                            }
+                        ),
+                    },
+                    "400": error("invalid_json: a correctly signed body that is not JSON."),
+                    "401": error(
+                        "invalid_signature: the body is not signed with the source's secret"
+                        " (or, for Stripe, the signature is over 300 s old). Counted."
+                    ),
+                    "404": error("unknown_write_key: no cloud-app source has this write key."),
+                    "413": response("PayloadTooLarge"),
+                    "429": response("TooManyRequests"),
+                    "500": error(
+                        "mapping_failed: the source's mapper raised. Not acknowledged, so"
+                        " the sender retries; the error is logged."
+                    ),
+                    "503": response("StorageUnavailable"),
+                },
+            }
+        }
+    }
+
+
 def build(version: str) -> Schema:
     return {
         "openapi": "3.1.0",
@@ -1110,10 +1189,11 @@ def build(version: str) -> Schema:
         "tags": [
             {"name": "tracking", "description": "Segment's Tracking API."},
             {"name": "browser", "description": "What analytics-next needs besides tracking."},
+            {"name": "sources", "description": "Cloud-app sources: apps that send webhooks."},
             {"name": "operations", "description": "Health, readiness, metrics."},
             {"name": "admin", "description": "The admin API the CLI's daemon verbs use."},
         ],
-        "paths": {**tracking_paths(), **operations_paths(), **admin_paths()},
+        "paths": {**tracking_paths(), **webhook_paths(), **operations_paths(), **admin_paths()},
         "components": {
             "schemas": {**message_schemas(), **response_schemas()},
             "responses": responses(),
