@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from eventd_plugins.mixpanel.mapping import insert_id
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventd import hookimpl
@@ -27,7 +28,9 @@ from eventd.config import ConfigError, parse_config
 from eventd.plugins import check_sources, plugin_manager, source_types
 from eventd.source import Message, Source
 from tests import webhook_fixtures as fx
-from tests.harness import basic
+from tests.contract.fixtures import dead_letters, destination, post, skipped
+from tests.contract.mixpanel_server import MixpanelServer
+from tests.harness import EventdProcess, basic
 
 Client = TestClient[web.Request, web.Application]
 TOKEN = "adm_sources_test"
@@ -781,3 +784,66 @@ def test_eventd_plugins_lists_source_types(capsys: pytest.CaptureFixture[str]) -
         "    mapper ",
     ):
         assert line in listed, line
+
+
+# -- end to end: Intercom -> eventd (a subprocess) -> Mixpanel's contract server ---------
+
+
+def test_intercom_conversation_reaches_mixpanel_as_the_known_users_event(
+    eventd: Callable[..., EventdProcess], mixpanel: MixpanelServer
+) -> None:
+    """The story: a user of the app starts a chat in Intercom, and the chat shows in
+    Mixpanel as that user's "Conversation Started", next to their product events."""
+    ev = eventd(
+        {
+            "sources": {
+                "intercom": {
+                    "type": "intercom",
+                    "write_key": KEYS["intercom"],
+                    "client_secret": fx.INTERCOM_SECRET,
+                }
+            },
+            "destinations": {
+                "mp": destination(
+                    "mixpanel", {"project_token": mixpanel.project_token, "endpoint": mixpanel.url}
+                )
+            },
+        }
+    )
+    # The app knows the user: their own events come through the Tracking API.
+    post(ev, [{"type": "track", "event": "Signed Up", "userId": "u-70", "messageId": "app-1"}])
+    notif_id = "notif_ccd8a4d0-f965-11e3-a367-c779cae3e1b3"
+    for attempt in (1, 2):  # Intercom's retry of the same notification
+        raw = fx.body(
+            fx.notification(
+                "conversation.user.created",
+                fx.conversation("6571f1c2a9e5", "u-70"),
+                notif_id,
+                attempt,
+            )
+        )
+        status, answer = ev.post(
+            f"/v1/webhooks/{KEYS['intercom']}", raw, headers=fx.intercom_signature(raw)
+        )
+        assert (status, answer) == (200, {"success": True, "events": 1})
+    forged = fx.body(
+        fx.notification("conversation.user.created", fx.conversation("x", "u-70"), "n2")
+    )
+    assert (
+        ev.post(f"/v1/webhooks/{KEYS['intercom']}", forged, headers=fx.intercom_signature(b"x"))[0]
+        == 401
+    )
+    ev.drain()
+
+    by_insert_id = {e["properties"]["$insert_id"]: e for e in mixpanel.imported}
+    assert mixpanel.insert_ids() == {"app-1": 1, insert_id(notif_id): 1}
+    started = by_insert_id[insert_id(notif_id)]
+    assert started["event"] == "Conversation Started"
+    props = started["properties"]
+    assert (props["distinct_id"], props["$user_id"], props["time"]) == (
+        by_insert_id["app-1"]["properties"]["distinct_id"],
+        "u-70",
+        fx.NOW * 1000,
+    )
+    assert {k: props[k] for k in CONVERSATION} == CONVERSATION
+    assert dead_letters(ev, "mp") == {} and skipped(ev, "mp") == {}
