@@ -14,7 +14,7 @@ from eventd.config import (
     StorageConfig,
     parse_config,
 )
-from eventd.plugins import check_destinations, destination_types
+from eventd.plugins import check_destinations, check_sources, destination_types, source_types
 
 EXAMPLE = Path(__file__).parent.parent / "eventd.toml.example"
 
@@ -27,6 +27,7 @@ def test_example_loads_and_its_destinations_check() -> None:
     data = tomllib.loads(EXAMPLE.read_text())
     cfg = parse_config(data, str(EXAMPLE))
     check_destinations(cfg, destination_types())
+    check_sources(cfg, source_types())
 
 
 def test_example_lists_every_key() -> None:
@@ -35,7 +36,9 @@ def test_example_lists_every_key() -> None:
     assert set(data["storage"]) == _keys(StorageConfig)
     assert set(data["admin"]) == _keys(AdminConfig)
     # A tracking plan needs its file: its three keys are shown commented out.
-    assert set(data["sources"]["web"]) == _keys(SourceConfig) - {"tracking_plan"}
+    # A source's `settings` are the other keys of a cloud-app source's table.
+    assert set(data["sources"]["web"]) == _keys(SourceConfig) - {"tracking_plan", "settings"}
+    assert set(data["sources"]["intercom"]) == {"type", "write_key", "client_secret"}
     text = EXAMPLE.read_text()
     for key in ("tracking_plan", "unplanned_events", "violations"):
         assert f"\n# {key} = " in text
