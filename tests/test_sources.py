@@ -9,6 +9,8 @@ import hashlib
 import hmac
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import tomli_w
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from eventd_plugins.mixpanel.mapping import insert_id
@@ -755,8 +758,6 @@ def test_tracking_api_sources_keep_refusing_unknown_keys(tmp_path: Path) -> None
 
 
 def test_eventd_check_validates_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import tomli_w
-
     path = tmp_path / "eventd.toml"
     path.write_text(tomli_w.dumps({"sources": sources_table(tmp_path)}))
     assert main(["check", "--config", str(path)]) == 0
@@ -847,3 +848,22 @@ def test_intercom_conversation_reaches_mixpanel_as_the_known_users_event(
     )
     assert {k: props[k] for k in CONVERSATION} == CONVERSATION
     assert dead_letters(ev, "mp") == {} and skipped(ev, "mp") == {}
+
+
+def test_serve_refuses_to_start_naming_the_bad_source_key(tmp_path: Path) -> None:
+    path = tmp_path / "eventd.toml"
+    sources = sources_table(tmp_path)
+    sources["crm"]["signature_algorithm"] = "md5"
+    path.write_text(
+        tomli_w.dumps({"storage": {"path": str(tmp_path / "e.db")}, "sources": sources})
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "eventd.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1].startswith(
+        f"eventd: {path}: sources.crm.signature_algorithm = 'md5': value is not one of"
+    )
