@@ -111,8 +111,9 @@ class Ingest:
         self.trusted = [
             ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies
         ]
-        self.any_origin = any(not s.allowed_origins for s in config.sources.values())
-        self.all_origins = {o for s in config.sources.values() for o in s.allowed_origins}
+        # Browsers send only to Tracking API sources: a webhook source opens no origin.
+        self.any_origin = any(not s.allowed_origins for s in self.sources_by_key.values())
+        self.all_origins = {o for s in self.sources_by_key.values() for o in s.allowed_origins}
         # prometheus-client's labels() costs more than the rest of a counter update;
         # the label sets here are few (sources x types, paths), so their children are kept.
         self._ingested = functools.cache(metrics.ingested.labels)

@@ -867,3 +867,19 @@ def test_serve_refuses_to_start_naming_the_bad_source_key(tmp_path: Path) -> Non
     assert done.stderr.splitlines()[-1].startswith(
         f"eventd: {path}: sources.crm.signature_algorithm = 'md5': value is not one of"
     )
+
+
+async def test_a_cloud_app_source_opens_no_browser_origin(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    sources = {
+        "shop": {"write_key": "wk_shop", "allowed_origins": ["https://shop.example"]},
+        "intercom": sources_table(tmp_path)["intercom"],
+    }
+    client = await aiohttp_client(create_app(make_config(tmp_path, sources), {}))
+    for origin, status in (("https://shop.example", 204), ("https://evil.example", 403)):
+        resp = await client.options(
+            "/v1/track",
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        )
+        assert resp.status == status, origin
