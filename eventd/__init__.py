@@ -1,9 +1,9 @@
 """eventd: a self-hosted, Segment-compatible customer-data router."""
 
+from eventd.delivery.transform import Transform
 from eventd.destination import (
     OK,
     Destination,
-    Event,
     HttpDestination,
     Ok,
     Outcome,
@@ -11,12 +11,15 @@ from eventd.destination import (
     Retry,
     Skip,
 )
+from eventd.errors import ConfigError
+from eventd.event import Event
 from eventd.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OK",
+    "ConfigError",
     "Destination",
     "Event",
     "HttpDestination",
@@ -25,6 +28,7 @@ __all__ = [
     "Permanent",
     "Retry",
     "Skip",
+    "Transform",
     "__version__",
     "hookimpl",
 ]

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 from aiohttp import web
 
+from eventd.delivery.transform import Transform
 from eventd.destination import Destination
-from eventd.transform import Transform
 
 if TYPE_CHECKING:
     from eventd.app import Runtime
