@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from eventd.errors import ConfigError as ConfigError  # re-exported: its old home
 from eventd.normalize import TYPES
 from eventd.tracking_plan import ACTIONS, PlanError, TrackingPlan, load_plan
 
@@ -43,10 +44,6 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # The source type of the Tracking API (/v1/*): SDKs send with its write key. Every other
 # type is a cloud-app source (eventd/source.py), reached only at /v1/webhooks/{write_key}.
 TRACKING_API = "segment"
-
-
-class ConfigError(Exception):
-    """A configuration value is missing or wrong; the message says which and why."""
 
 
 def parse_duration(value: object) -> float:

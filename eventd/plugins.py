@@ -20,9 +20,9 @@ import pluggy
 
 from eventd import hookspecs
 from eventd.config import TRACKING_API, Config, ConfigError
+from eventd.delivery.transform import Transform
 from eventd.destination import Destination
 from eventd.source import Source
-from eventd.transform import Transform
 
 ENTRY_POINT_GROUP = "eventd.destinations"
 SOURCES_GROUP = "eventd.sources"

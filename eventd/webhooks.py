@@ -59,7 +59,7 @@ class Webhooks:
     def __init__(self, runtime: Runtime, sources: dict[str, Source]) -> None:
         config = runtime.config
         self.ingest = Ingest(
-            config, runtime.outbox, runtime.metrics, runtime.live, runtime.suppressions.user_ids
+            config, runtime.store, runtime.metrics, runtime.live, runtime.suppressions.user_ids
         )
         self.by_key: dict[str, tuple[SourceConfig, Source]] = {
             key: (src, sources[src.name])

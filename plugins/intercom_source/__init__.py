@@ -18,8 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from eventd import hookimpl
-from eventd.source import Message, Source, compact, hmac_matches, iso_time, message
+from eventd import Message, Source, compact, hmac_matches, hookimpl, iso_time, message
 
 SIGNATURE_HEADER = "X-Hub-Signature"
 

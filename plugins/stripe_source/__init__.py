@@ -22,9 +22,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from eventd import hookimpl
-from eventd.destination import optional_import
-from eventd.source import Message, Source, compact, iso_time, message
+from eventd import Message, Source, compact, hookimpl, iso_time, message, optional_import
 
 SIGNATURE_HEADER = "Stripe-Signature"
 TOLERANCE_SECONDS = 300

@@ -21,8 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from eventd import hookimpl
-from eventd.source import Message, Source, hmac_matches, load_mapper
+from eventd import Message, Source, hmac_matches, hookimpl, load_mapper
 
 ALGORITHMS = ("sha1", "sha256", "sha512")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from eventd.source import Message
+from eventd import Message
 
 
 def segment(payload: Any) -> Iterable[Message]:
