@@ -10,7 +10,7 @@ point group ``eventd.sources``), does two things with a request:
 ``map(payload) -> list[message]``
     The parsed JSON body as Segment messages (track, identify, ...), each with the
     provider's event id as ``messageId`` so the provider's retries are stored once
-    (the outbox's dedup). An empty list means "nothing eventd takes" (a topic it does
+    (the store's dedup). An empty list means "nothing eventd takes" (a topic it does
     not map): answered 200 so the sender does not retry, and counted as ignored.
 
 Settings are the source's own keys in its ``[sources.NAME]`` table beside ``type``
@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar
 
-from eventd.config import ConfigError
 from eventd.destination import validate_schema, with_defaults
+from eventd.errors import ConfigError
 from eventd.normalize import format_ts
 
 MAPPERS_GROUP = "eventd.source_mappers"
