@@ -252,10 +252,20 @@ class Worker:
         integrations = event.message.get("integrations")
         if not isinstance(integrations, dict) or not integrations:
             return True
-        for key in (self.name, self.destination.integration_name):
-            if key is not None and key in integrations:
-                return bool(integrations[key])
-        return bool(integrations.get("All", True))
+        # As analytics.js reads it: only false disables a destination (an options
+        # object, {} included, enables it); "All": false disables the ones not named
+        # with a truthy value (in JavaScript's sense: {} and [] are truthy).
+        value = next(
+            (
+                integrations[k]
+                for k in (self.name, self.destination.integration_name)
+                if k in integrations
+            ),
+            None,
+        )
+        if value is False:
+            return False
+        return integrations.get("All") is not False or value not in (None, 0, "")
 
     def _stored(self, rows: Iterable[Any]) -> list[Event]:
         """Events from (seq, source, received_at, body, user_id) rows."""
@@ -300,7 +310,14 @@ class Worker:
 
     def _route(self, events: Iterable[Event]) -> list[Event]:
         """The events for this destination: routed, then through its filters."""
-        routed = [e for e in events if self.routes(e)]
+        routed = []
+        for event in events:
+            if self.routes(event):
+                routed.append(event)
+            elif self.config.sources is None or event.source in self.config.sources:
+                # Its own source, turned off by the event's integrations: skipped, counted.
+                self.metrics.skipped.labels(self.name, "integrations").inc()
+                self.skipped += 1
         if not self.filtering:
             return routed
         # Filtered events are counted as skipped (with the filter as the reason), so
