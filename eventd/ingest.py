@@ -45,6 +45,7 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from eventd.config import Config, SourceConfig
 from eventd.live import LiveHub
@@ -195,14 +196,27 @@ class Ingest:
             )
         except web.HTTPException as exc:
             response = error_response(exc.status, "http_error", exc.reason)
-        except HttpProcessingError as exc:
+        except (HttpProcessingError, RequestPayloadError) as exc:
             # The body could not be read: corrupt gzip/deflate, a chunked or
             # Content-Length body cut short. The client's fault, and final.
+            # (aiohttp raises the parser's error wrapped in RequestPayloadError.)
+            cause = exc if isinstance(exc, HttpProcessingError) else exc.__cause__
+            reason = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
             self.metrics.rejected.labels("unreadable_body").inc()
-            log.info("request body unreadable", path=request.path, error=exc.message)
+            log.info("request body unreadable", path=request.path, error=reason)
             response = error_response(
-                400, "unreadable_body", f"the request body cannot be read: {exc.message}"
+                400, "unreadable_body", f"the request body cannot be read: {reason}"
             )
+            response.force_close()
+            # The stream holds the error: marked ended, aiohttp does not read the rest
+            # of it after the answer (and log the same error again with a traceback).
+            request.content.feed_eof()
+        except ConnectionResetError:
+            # The client closed before its body was complete (Content-Length not
+            # reached): nobody to answer, nothing to store, nothing to log loudly.
+            log.info("client closed mid-body", path=request.path)
+            response = error_response(400, "unreadable_body", "the request body was cut short")
+            response.force_close()
         origin = request.headers.get("Origin")
         if origin and request.method != "OPTIONS":
             source = request.get(SOURCE)
