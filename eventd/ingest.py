@@ -483,7 +483,9 @@ class Ingest:
                     source,
                     msg["messageId"],
                     msg["type"],
-                    msg.get("event"),
+                    # the event column: a track's name; what another type carries
+                    # under "event" (an object, a number) stays in the body only
+                    event if isinstance(event := msg.get("event"), str) else None,
                     msg.get("userId"),
                     msg.get("anonymousId"),
                     received_ms,

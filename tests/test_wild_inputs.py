@@ -334,3 +334,14 @@ def test_integrations_route_as_analytics_js_reads_them(eventd: StartEventd, sink
     assert metric(ev, "eventd_skipped_events_total", destination="hook", reason="integrations") == (
         len(result["skipped"])
     )
+
+
+def test_event_field_that_is_not_a_string_on_another_type(eventd: StartEventd) -> None:
+    """The fuzzer's find: ``"event": {}`` on an identify went to the store's event
+    column and failed the commit (a 503, as if the disk were full)."""
+    ev = eventd()
+    for value in ({}, [1], 5, True):
+        status, body = ev.post("/v1/identify", {"userId": "u", "event": value}, key=ev.write_key)
+        assert (status, body) == (200, {"success": True}), value
+    assert [m["event"] for m in ev.stored()] == [{}, [1], 5, True]
+    assert "Traceback" not in ev.log()
