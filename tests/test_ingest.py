@@ -346,3 +346,158 @@ async def test_health_and_ready(client: Client) -> None:
     assert (await client.get("/health")).status == 200
     resp = await client.get("/ready")
     assert resp.status == 200 and (await resp.json())["ready"] is True
+
+
+FORWARDED_CASES: list[tuple[dict[str, str], str]] = [
+    # 5. X-Forwarded-For with a port (rudder-server #459)
+    ({"X-Forwarded-For": "203.0.113.7:54321"}, "203.0.113.7"),
+    ({"X-Forwarded-For": "203.0.113.7:54321, 127.0.0.5:443"}, "203.0.113.7"),
+    ({"X-Forwarded-For": "[2001:db8::7]:443"}, "2001:db8::7"),
+    ({"X-Forwarded-For": "[2001:db8::7]"}, "2001:db8::7"),
+    ({"X-Forwarded-For": "2001:db8::7"}, "2001:db8::7"),
+    # the nearest untrusted hop, not a client's claim before it
+    ({"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}, "203.0.113.7"),
+    # an entry that is not an address: what lies beyond cannot be vouched for
+    ({"X-Forwarded-For": "203.0.113.7, unknown"}, "127.0.0.1"),
+    # RFC 7239 Forwarded, preferred to X-Forwarded-For
+    ({"Forwarded": "for=203.0.113.7;proto=https;by=127.0.0.1"}, "203.0.113.7"),
+    ({"Forwarded": 'for="[2001:db8:cafe::17]:4711"'}, "2001:db8:cafe::17"),
+    ({"Forwarded": 'for=198.51.100.1, for="203.0.113.7:80"'}, "203.0.113.7"),
+    ({"Forwarded": "For=203.0.113.9", "X-Forwarded-For": "198.51.100.1"}, "203.0.113.9"),
+    ({"Forwarded": "for=_hidden"}, "127.0.0.1"),
+    ({"Forwarded": "proto=https"}, "127.0.0.1"),
+    # all hops trusted: the first one
+    ({"X-Forwarded-For": "127.0.0.9, 127.0.0.5"}, "127.0.0.9"),
+]
+
+
+@pytest.mark.parametrize(("headers", "ip"), FORWARDED_CASES)
+async def test_client_ip_behind_trusted_proxies(
+    tmp_path: Path,
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    headers: dict[str, str],
+    ip: str,
+) -> None:
+    cfg = make_config(tmp_path, server={"trusted_proxies": ["127.0.0.0/8"]})
+    client = await aiohttp_client(create_app(cfg, {}))
+    body = {"userId": "u", "event": "E", "writeKey": KEY}
+    status, _, _ = await post(client, "/v1/track", body, headers=headers)
+    assert status == 200
+    assert stored(tmp_path)[-1]["context"]["ip"] == ip
+
+
+async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(
+    client: Client, tmp_path: Path
+) -> None:
+    for headers in ({"X-Forwarded-For": "203.0.113.7:1"}, {"Forwarded": "for=203.0.113.7"}):
+        body = {"userId": "u", "event": "E", "writeKey": KEY}
+        await post(client, "/v1/track", body, headers=headers)
+        assert stored(tmp_path)[-1]["context"]["ip"] == "127.0.0.1"
+
+
+async def test_rudderstack_source_config(client: Client) -> None:
+    """The shape @rudderstack/analytics-js 3.x checks (isValidSourceConfig) and reads."""
+    for path, kw in (
+        (f"/sourceConfig/?p=npm&v=3.34.1&writeKey={KEY}", {}),
+        ("/sourceConfig?p=npm", {"headers": {"Authorization": basic(KEY)}}),
+    ):
+        resp = await client.get(path, **kw)
+        assert resp.status == 200, path
+        source = (await resp.json())["source"]
+        assert (source["id"], source["name"], source["enabled"]) == ("web", "web", True)
+        assert source["destinations"] == [] and isinstance(source["config"], dict)
+        assert source["config"]["statsCollection"]["errors"]["enabled"] is False
+    resp = await client.get("/sourceConfig/?writeKey=nope")
+    assert (resp.status, (await resp.json())["code"]) == (401, "invalid_write_key")
+    # Its preflight, from a page on another origin, reflecting the asked headers.
+    resp = await client.options(
+        "/sourceConfig/",
+        headers={
+            "Origin": "https://site.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://site.example"
+
+
+async def test_preflight_allows_the_headers_rudderstack_sends(client: Client) -> None:
+    asked = (
+        "anonymousid,authorization,content-type,sentat,rsa-retry-attempt,"
+        "rsa-since-last-attempt,rsa-since-first-attempt,rsa-retry-reason,rsa-recovered"
+    )
+    resp = await client.options(
+        "/v1/track",
+        headers={
+            "Origin": "https://site.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": asked,
+        },
+    )
+    assert resp.status == 204
+    allowed = {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
+    assert set(asked.split(",")) <= allowed
+    # Not a header list: not reflected (the defaults only).
+    resp = await client.options(
+        "/v1/track",
+        headers={"Origin": "https://x.example", "Access-Control-Request-Headers": "a b; c=d"},
+    )
+    assert (
+        resp.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type, X-Retry-Count"
+    )
+
+
+async def test_rudderstack_beacon_pixel_and_query_write_key(client: Client, tmp_path: Path) -> None:
+    batch = {
+        "batch": [{"type": "track", "anonymousId": "a", "event": "B", "messageId": "beacon-1"}],
+        "sentAt": "2026-11-25T12:00:00.000Z",
+    }
+    # sendBeacon: text/plain, no Authorization, the key in the query
+    resp = await client.post(
+        f"/beacon/v1/batch?writeKey={KEY}",
+        data=json.dumps(batch),
+        headers={"Content-Type": "text/plain;charset=UTF-8"},
+    )
+    assert (resp.status, await resp.json()) == (200, {"success": True})
+    batch["batch"][0]["messageId"] = "query-1"
+    status, answer, _ = await post(client, f"/v1/batch?writeKey={KEY}", batch)
+    assert (status, answer) == (200, {"success": True})
+    status, answer, _ = await post(client, "/beacon/v1/batch", batch)
+    assert (status, answer["code"]) == (401, "missing_write_key")
+
+    resp = await client.get(
+        "/pixel/v1/page",
+        params={
+            "writeKey": KEY,
+            "anonymousId": '"anon-1"',
+            "name": "Newsletter",
+            "properties.campaign": "nov",
+            "context.campaign.source": "email",
+            "messageId": "px-1",
+        },
+    )
+    assert (resp.status, resp.content_type) == (200, "image/gif")
+    assert (await resp.read()).startswith(b"GIF89a")
+    resp = await client.get(
+        "/pixel/v1/track",
+        params={"writeKey": KEY, "anonymousId": "anon-1", "event": "Opened", "messageId": "px-2"},
+    )
+    assert resp.status == 200
+    resp = await client.get("/pixel/v1/page", params={"writeKey": KEY, "anonymousId": "a2"})
+    assert resp.status == 200  # no name: "Unknown Page"
+    resp = await client.get("/pixel/v1/track", params={"writeKey": KEY, "anonymousId": "a"})
+    assert (resp.status, (await resp.json())["code"]) == (400, "missing_event")
+    resp = await client.get("/pixel/v1/track", params={"anonymousId": "a", "event": "E"})
+    assert (resp.status, (await resp.json())["code"]) == (401, "missing_write_key")
+
+    by_id = {m["messageId"]: m for m in stored(tmp_path)}
+    assert by_id["beacon-1"]["event"] == by_id["query-1"]["event"] == "B"
+    page = by_id["px-1"]
+    assert (page["type"], page["anonymousId"], page["name"]) == ("page", "anon-1", "Newsletter")
+    assert page["properties"] == {"campaign": "nov"}
+    assert page["context"]["campaign"] == {"source": "email"}
+    assert page["channel"] == "web"
+    assert (by_id["px-2"]["type"], by_id["px-2"]["event"]) == ("track", "Opened")
+    assert [m["name"] for m in by_id.values() if m.get("anonymousId") == "a2"] == ["Unknown Page"]
+    assert len(by_id) == 5
