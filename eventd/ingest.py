@@ -160,7 +160,8 @@ class Ingest:
             app.router.add_post(f"/v1/{path}", self._wrap(self.handle))
         app.router.add_post("/beacon/v1/batch", self._wrap(self.handle))
         for call_type in PIXEL_TYPES:
-            app.router.add_get(f"/pixel/v1/{call_type}", self._wrap(self.pixel))
+            # GET only: a HEAD (a link checker, a prefetch) must not store an event
+            app.router.add_route("GET", f"/pixel/v1/{call_type}", self._wrap(self.pixel))
         app.router.add_post("/v1/m", self._wrap(self.telemetry))
         app.router.add_get("/v1/projects/{write_key}/settings", self._wrap(self.project_settings))
         app.router.add_get("/sourceConfig", self._wrap(self.source_config))

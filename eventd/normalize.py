@@ -82,7 +82,7 @@ class Envelope:
 
     received_at: datetime
     ip: str | None = None
-    sent_at: str | None = None  # a batch-level sentAt
+    sent_at: Any = None  # a batch-level sentAt, as sent (perhaps not a string)
     context: dict[str, Any] | None = None  # batch-level context, merged under each item's
     integrations: dict[str, Any] | None = None
     # Worked out once per request from the fields above:
