@@ -338,8 +338,10 @@ class Ingest:
                 f"Content-Encoding {encoding[:40]!r} is not supported: send gzip, deflate or none",
             )
         too_large = f"request body is over {limit} bytes, the limit for {request.path}"
-        # Content-Length is the encoded size: over the limit, the decoded one is too.
-        if request.content_length is not None and request.content_length > limit:
+        # Unencoded, Content-Length is the size: refused before reading. (An encoded
+        # body may decode smaller than it is, gzip of random bytes: read it.)
+        length = request.content_length
+        if encoding in ("", "identity") and length is not None and length > limit:
             raise ApiError(413, "body_too_large", too_large)
         body = await request.read()
         if len(body) > limit:
