@@ -64,7 +64,15 @@ CLIENT_MAX_SIZE = MAX_BATCH_BYTES
 # Content-Encodings aiohttp decodes here (br and zstd need libraries not installed).
 ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 # A run of 19 digits may be an integer past 64 bits, which orjson reads as a float.
-_WIDE_INT = re.compile(rb"\d{19}")
+# Found by mapping digits to "1" and the rest to "0" and looking for 19 ones: a few
+# times faster than a regular expression, whose search here cost more than the parse.
+_DIGITS = bytes(0x31 if 0x30 <= c <= 0x39 else 0x30 for c in range(256))
+_WIDE_RUN = b"1" * 19
+
+
+def _may_hold_wide_int(body: bytes) -> bool:
+    return body.translate(_DIGITS).find(_WIDE_RUN) >= 0
+
 
 SINGLE_PATHS = {
     "track": "track",
@@ -675,7 +683,7 @@ def _parse_json(body: bytes) -> tuple[dict[str, Any], bool]:
     parser instead, which keeps every digit and every character (invalid bytes as
     lone surrogates, by ``surrogateescape``). Both refuse NaN and Infinity.
     """
-    if not _WIDE_INT.search(body):
+    if not _may_hold_wide_int(body):
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
