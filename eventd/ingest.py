@@ -484,7 +484,10 @@ class Ingest:
                     source=source,
                     index=index,
                     message_id=msg["messageId"],
-                    **repair,
+                    # as text, cut short: the value as sent may be anything (an
+                    # integer past 64 bits, which the JSON log cannot write, a
+                    # long string); the stored event keeps it whole
+                    **{k: str(v)[:200] for k, v in repair.items()},
                 )
             if suppressed and msg.get("userId") in suppressed:
                 self._suppressed(source).inc()

@@ -18,6 +18,7 @@ code, not on luck. A longer randomized run is opt-in (README, "Fuzzing")::
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -172,6 +173,9 @@ class Fuzzer:
     problems: list[str] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)  # "POST /v1/track 200" -> n
     suppressed: set[str] = field(default_factory=set)  # user_ids any case suppressed
+    # Every case sent, hashed in order: printed, so runs can be compared (derandomized
+    # runs must print the same digest).
+    digest: Any = field(default_factory=hashlib.sha256)
 
     def auth(self, path: str) -> dict[str, str]:
         if path.startswith("/v1/"):
@@ -204,6 +208,11 @@ class Fuzzer:
         if isinstance(case.body, dict) and "writeKey" in case.body:
             case.body["writeKey"] = self.ev.write_key  # else most such bodies are 401s
         auth = self.auth(op.path)
+        self.digest.update(
+            repr((op.label, case.path_parameters, case.query, case.body, case.media_type)).encode(
+                "utf-8", "surrogatepass"
+            )
+        )
         if op.path == "/admin/suppressions" and isinstance(case.body, dict):
             # Sent before the answer is known: a suppression may apply even if the
             # answer is lost. Its user's events are then skipped (or erased).
@@ -293,6 +302,9 @@ def test_fuzz_every_operation(eventd: StartEventd, tmp_path: Path) -> None:
             fuzzer.fuzz(op, schemathesis.GenerationMode.POSITIVE, positive=True)
             fuzzer.fuzz(op, schemathesis.GenerationMode.NEGATIVE, positive=False)
 
+    print(
+        f"\nfuzz cases digest: {fuzzer.digest.hexdigest()} ({sum(fuzzer.statuses.values())} cases)"
+    )
     assert fuzzer.problems == [], "\n\n".join(fuzzer.problems[:20])
     with urllib.request.urlopen(ev.url + "/health", timeout=5) as r:
         assert r.status == 200

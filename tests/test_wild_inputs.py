@@ -345,3 +345,21 @@ def test_event_field_that_is_not_a_string_on_another_type(eventd: StartEventd) -
         assert (status, body) == (200, {"success": True}), value
     assert [m["event"] for m in ev.stored()] == [{}, [1], 5, True]
     assert "Traceback" not in ev.log()
+
+
+def test_wide_integer_as_a_timestamp_is_repaired_and_logged(eventd: StartEventd) -> None:
+    """The randomized fuzz's find: an unreadable timestamp that is an integer past 64
+    bits went into the warning log line, which orjson (the JSON log) cannot write: 500."""
+    ev = eventd()
+    body = (
+        b'{"event":"x","originalTimestamp":-25994846351291932234219520,'
+        b'"timestamp":52388472632941903872,"userId":"0","messageId":"w1"}'
+    )
+    assert post_raw(ev, "/v1/t", body)[::2] == (200, {"success": True})
+    (stored,) = ev.stored()
+    assert [r["sent"] for r in stored["context"]["repaired"]] == [
+        52388472632941903872,
+        -25994846351291932234219520,
+    ]
+    log = ev.log()
+    assert '"sent":"52388472632941903872"' in log and "Traceback" not in log
