@@ -208,7 +208,10 @@ class Fuzzer:
         if isinstance(case.body, dict) and "writeKey" in case.body:
             case.body["writeKey"] = self.ev.write_key  # else most such bodies are 401s
         auth = self.auth(op.path)
-        sent = repr((op.label, case.path_parameters, case.query, case.body, case.media_type))
+        sent = json.dumps(  # not repr(): schemathesis's NotSet shows its memory address
+            [op.label, case.path_parameters, case.query, case.body, case.media_type],
+            default=lambda o: type(o).__name__,
+        )
         # the process's write key is random; the cases are what must not be
         sent = sent.replace(self.ev.write_key, "<key>")
         self.digest.update(sent.encode("utf-8", "surrogatepass"))
