@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What tests/test_browser.py needs: Debian's chromium (apt) and, in tests/browser,
-# the pinned npm packages (@segment/analytics-next, playwright-core) from
+# What tests/test_browser.py and tests/test_browser_rudderstack.py need: Debian's
+# chromium (apt) and, in tests/browser, the pinned npm packages
+# (@segment/analytics-next, @rudderstack/analytics-js, playwright-core) from
 # package-lock.json. Idempotent: installs only what is missing; `npm ci` re-creates
 # node_modules from the lock file each run (a few seconds).
 #
@@ -39,5 +40,5 @@ cd tests/browser
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 say "installed: $(node -e '
 const v = (p) => require(`./node_modules/${p}/package.json`).version
-console.log(["@segment/analytics-next", "playwright-core"].map((p) => `${p}@${v(p)}`).join(", "))
+console.log(["@segment/analytics-next", "@rudderstack/analytics-js", "playwright-core"].map((p) => `${p}@${v(p)}`).join(", "))
 ')"

@@ -84,7 +84,8 @@ def create_app(
 
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[RUNTIME] = rt
-    Ingest(config, store, metrics, live, suppressions.user_ids).add_routes(app)
+    ingest = Ingest(config, store, metrics, live, suppressions.user_ids)
+    ingest.add_routes(app)
     bundle.add_routes(app, config)
     Admin(config, store, dispatcher, metrics, live, suppressions, time.time()).add_routes(app)
     app.router.add_get("/health", health)
@@ -95,6 +96,7 @@ def create_app(
     pm = plugin_manager()
     pm.hook.eventd_routes(app=app, runtime=rt)
     services.extend(s for provided in pm.hook.eventd_services(runtime=rt) for s in provided)
+    ingest.add_fallback_routes(app)  # last: any /v1/... no route above serves
     app.cleanup_ctx.append(_lifecycle)
     return app
 

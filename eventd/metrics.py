@@ -37,6 +37,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.repaired = Counter(
+            "eventd_repaired_events",
+            "Events stored with a part repaired (invalid_unicode, unreadable_timestamp,"
+            " unreadable_sent_at, skew_out_of_range), by reason; see context.repaired",
+            ["reason"],
+            registry=r,
+        )
         self.plan_findings = Counter(
             "eventd_tracking_plan_findings",
             "Events forwarded off their source's tracking plan, by source and kind"

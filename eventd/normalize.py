@@ -7,10 +7,20 @@ Checks are written out rather than run through JSON Schema because they also
 coerce (numbers to strings, timestamps) and run on every event of the hot path:
 what is the same for every message of a request (receivedAt, a batch's sentAt,
 the clock skew) is worked out once, in :class:`Envelope`.
+
+Repairs: what Segment tolerates in one part of a message costs neither the message
+nor its batch. A lone UTF-16 surrogate (or an invalid UTF-8 byte) becomes U+FFFD
+(:func:`scrub_unicode`); an unreadable ``sentAt`` means no skew correction; an
+unreadable ``timestamp``/``originalTimestamp`` falls back to ``receivedAt``; a
+skew correction out of datetime's range keeps the client's time. Each repair is
+listed in the stored event's ``context.repaired`` (``[{"reason", "field", "sent"}]``,
+the value as sent kept visible there) and returned to the caller, which counts and
+logs it (:mod:`eventd.ingest`).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +31,40 @@ MAX_MESSAGE_ID = 100
 # Fields a client sends that are not part of the stored event.
 _DROPPED = ("writeKey", "_metadata")
 _OBJECT_FIELDS = ("context", "integrations", "properties", "traits")
+# Characters that carry no id: whitespace, controls (NUL), format characters (zero-width
+# space, BOM, joiners); an id made only of them is missing, and a messageId is trimmed
+# of them (rudder-server's gateway tests send "   " and "\u0000" as messageIds).
+_INVISIBLE = "".join(
+    chr(c)
+    for c in (
+        *range(0x00, 0x21),
+        *range(0x7F, 0xA1),
+        0xAD,
+        0x034F,
+        0x061C,
+        0x115F,
+        0x1160,
+        0x1680,
+        0x17B4,
+        0x17B5,
+        0x180E,
+        *range(0x2000, 0x2010),
+        *range(0x2028, 0x2030),
+        *range(0x205F, 0x2070),
+        0x3000,
+        0x3164,
+        0xFEFF,
+        0xFFA0,
+    )
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+# Repair reasons (the ``reason`` label of eventd_repaired_events).
+INVALID_UNICODE = "invalid_unicode"
+UNREADABLE_TIMESTAMP = "unreadable_timestamp"
+UNREADABLE_SENT_AT = "unreadable_sent_at"
+SKEW_OUT_OF_RANGE = "skew_out_of_range"
 
 
 class InvalidMessage(ValueError):
@@ -38,21 +82,18 @@ class Envelope:
 
     received_at: datetime
     ip: str | None = None
-    sent_at: str | None = None  # a batch-level sentAt
+    sent_at: Any = None  # a batch-level sentAt, as sent (perhaps not a string)
     context: dict[str, Any] | None = None  # batch-level context, merged under each item's
     integrations: dict[str, Any] | None = None
     # Worked out once per request from the fields above:
     received_text: str = field(init=False, repr=False, compare=False)
-    sent: datetime | InvalidMessage | None = field(init=False, repr=False, compare=False)
+    sent: datetime | None = field(init=False, repr=False, compare=False)
+    sent_unreadable: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.received_text = format_ts(self.received_at)
-        self.sent = None
-        if self.sent_at is not None:
-            try:
-                self.sent = parse_ts(self.sent_at, "sentAt")
-            except InvalidMessage as exc:  # raised for each message that needs it
-                self.sent = exc
+        self.sent = _readable(self.sent_at)
+        self.sent_unreadable = self.sent_at is not None and self.sent is None
 
 
 def format_ts(dt: datetime) -> str:
@@ -89,31 +130,103 @@ def _is_canonical(value: str) -> bool:
 
 
 def parse_ts(value: object, field: str) -> datetime:
+    """An ISO-8601 string as an aware datetime (UTC when it has no offset) whose UTC form
+    is in datetime's range; else :class:`InvalidMessage` (``invalid_timestamp``)."""
     if not isinstance(value, str):
         raise InvalidMessage("invalid_timestamp", f"{field} must be an ISO-8601 string")
     try:
         dt = datetime.fromisoformat(value)
-    except ValueError:
+        if dt.tzinfo is None:
+            return dt.replace(tzinfo=UTC)
+        dt.astimezone(UTC)  # 0001-01-01T00:00+01:00 has no UTC form
+    except (ValueError, OverflowError):
         raise InvalidMessage(
-            "invalid_timestamp", f"{field} is not an ISO-8601 timestamp: {value[:40]!r}"
+            "invalid_timestamp", f"{field} is not an ISO-8601 timestamp: {str(value)[:40]!r}"
         ) from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    return dt
+
+
+def _readable(value: object) -> datetime | None:
+    """``value`` as a timestamp, or None when it is absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        return parse_ts(value, "")
+    except InvalidMessage:
+        return None
+
+
+def scrub_unicode(value: Any) -> tuple[Any, int]:
+    """``value`` (parsed JSON) with every lone surrogate, in keys and strings alike,
+    replaced by U+FFFD; and how many were replaced.
+
+    A string cut in the middle of an emoji (``"\\ud83c"``) is valid JSON but not
+    Unicode; an invalid UTF-8 byte arrives here as a lone surrogate too (the body is
+    decoded with ``surrogateescape``). Neither can be stored or sent on as UTF-8.
+    """
+    if isinstance(value, str):
+        fixed, n = _SURROGATE.subn(REPLACEMENT, value)
+        return fixed, n
+    if isinstance(value, dict):
+        total = 0
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            k2, n1 = scrub_unicode(k)
+            v2, n2 = scrub_unicode(v)
+            out[k2] = v2
+            total += n1 + n2
+        return (out, total) if total else (value, 0)
+    if isinstance(value, list):
+        total = 0
+        items = []
+        for v in value:
+            v2, n = scrub_unicode(v)
+            items.append(v2)
+            total += n
+        return (items, total) if total else (value, 0)
+    return value, 0
 
 
 def _id(msg: dict[str, Any], field: str) -> str | None:
+    """An id as a string: numbers are written exactly (an int of any width keeps every
+    digit); an id of only invisible characters is missing."""
     value = msg.get(field)
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise InvalidMessage("invalid_field", f"{field} must be a string or a number")
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        return value if value.strip(_INVISIBLE) else None
+    return str(value)
 
 
-def normalize(raw: object, call_type: str | None, env: Envelope) -> dict[str, Any]:
+def _message_id(raw: dict[str, Any]) -> str:
+    """The client's messageId trimmed of invisible characters, or a new one when it
+    has none (missing, empty or only invisible characters)."""
+    message_id = raw.get("messageId")
+    if isinstance(message_id, str):
+        message_id = message_id.strip(_INVISIBLE)
+    if message_id is None or message_id == "":
+        return str(uuid.uuid4())
+    if not isinstance(message_id, str):
+        raise InvalidMessage("invalid_field", "messageId must be a string")
+    if len(message_id) > MAX_MESSAGE_ID:
+        raise InvalidMessage("invalid_field", f"messageId is longer than {MAX_MESSAGE_ID}")
+    return message_id
+
+
+def normalize(
+    raw: object,
+    call_type: str | None,
+    env: Envelope,
+    repairs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Return the stored form of one message or raise :class:`InvalidMessage`.
 
     ``call_type`` comes from the path (``/v1/track``); for batch items it is
-    None and the item's own ``type`` is used.
+    None and the item's own ``type`` is used. ``repairs`` (when given) already holds
+    what the caller repaired before (invalid Unicode); what is repaired here is
+    appended, and a non-empty list is stored as ``context.repaired``.
     """
     if not isinstance(raw, dict):
         raise InvalidMessage("invalid_message", "each message must be a JSON object")
@@ -155,14 +268,7 @@ def normalize(raw: object, call_type: str | None, env: Envelope) -> dict[str, An
             if raw.get(field) is not None and not isinstance(raw[field], str):
                 raise InvalidMessage("invalid_field", f"{field} must be a string")
 
-    message_id = raw.get("messageId")
-    if message_id is None or message_id == "":
-        message_id = str(uuid.uuid4())
-    elif not isinstance(message_id, str):
-        raise InvalidMessage("invalid_field", "messageId must be a string")
-    elif len(message_id) > MAX_MESSAGE_ID:
-        raise InvalidMessage("invalid_field", f"messageId is longer than {MAX_MESSAGE_ID}")
-    out["messageId"] = message_id
+    out["messageId"] = _message_id(raw)
 
     if env.context:
         out["context"] = {**env.context, **(out.get("context") or {})}
@@ -171,7 +277,10 @@ def normalize(raw: object, call_type: str | None, env: Envelope) -> dict[str, An
     if env.ip and not (out.get("context") or {}).get("ip"):
         out["context"] = {**(out.get("context") or {}), "ip": env.ip}
 
-    _timestamps(raw, out, env)
+    found = repairs if repairs is not None else []
+    _timestamps(raw, out, env, found)
+    if found:
+        out["context"] = {**(out.get("context") or {}), "repaired": found}
     return out
 
 
@@ -182,30 +291,60 @@ def _set(out: dict[str, Any], key: str, value: str | None) -> None:
         out[key] = value
 
 
-def _timestamps(raw: dict[str, Any], out: dict[str, Any], env: Envelope) -> None:
+def _timestamps(
+    raw: dict[str, Any], out: dict[str, Any], env: Envelope, repairs: list[dict[str, Any]]
+) -> None:
     """receivedAt is ours; timestamp is corrected for the client clock's skew.
 
     timestamp = receivedAt - (sentAt - originalTimestamp), where originalTimestamp
     is what the client called the event's time. Without sentAt the client's time
-    is kept; without any client time, receivedAt is used.
+    is kept; without any client time, receivedAt is used. What cannot be read is
+    repaired (see the module docstring), never a reason to refuse the message.
     """
     out["receivedAt"] = env.received_text
-    client_ts = raw.get("timestamp") or raw.get("originalTimestamp")
+    out.pop("sentAt", None)
     own_sent = raw.get("sentAt")
-    sent = parse_ts(own_sent, "sentAt") if own_sent else env.sent
-    if isinstance(sent, InvalidMessage):
-        raise sent
-    if client_ts is None:
+    if own_sent:
+        sent = _readable(own_sent)
+        if sent is None:
+            repairs.append({"reason": UNREADABLE_SENT_AT, "field": "sentAt", "sent": own_sent})
+    else:
+        sent = env.sent
+        if env.sent_unreadable:
+            repairs.append({"reason": UNREADABLE_SENT_AT, "field": "sentAt", "sent": env.sent_at})
+    if sent is not None:
+        out["sentAt"] = format_ts(sent)
+
+    # timestamp first (analytics.js writes both), then originalTimestamp (the mobile SDKs)
+    client_ts: object = None
+    original = None
+    for name in ("timestamp", "originalTimestamp"):
+        value = raw.get(name)
+        if not value:
+            continue
+        original = _readable(value)
+        if original is not None:
+            client_ts = value
+            break
+        repairs.append({"reason": UNREADABLE_TIMESTAMP, "field": name, "sent": value})
+    if original is None:
         out["timestamp"] = env.received_text
         out.pop("originalTimestamp", None)
-        if sent is not None:
-            out["sentAt"] = format_ts(sent)
         return
-    original = parse_ts(client_ts, "timestamp")  # validates a canonical string kept as is
     canonical = isinstance(client_ts, str) and _is_canonical(client_ts)
     out["originalTimestamp"] = client_ts if canonical else format_ts(original)
+    out["timestamp"] = out["originalTimestamp"]
     if sent is None:
-        out["timestamp"] = out["originalTimestamp"]
         return
-    out["sentAt"] = format_ts(sent)
-    out["timestamp"] = format_ts(env.received_at - (sent - original))
+    try:
+        out["timestamp"] = format_ts(env.received_at - (sent - original))
+    except OverflowError:
+        # receivedAt - (sentAt - timestamp) before year 1 or after 9999: the clocks
+        # disagree by millennia, so the client's own time is the better guess.
+        repairs.append(
+            {
+                "reason": SKEW_OUT_OF_RANGE,
+                "field": "sentAt",
+                "sent": raw.get("sentAt") or env.sent_at,
+            }
+        )

@@ -16,9 +16,12 @@ import sys
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from eventd.app import RUNTIME, create_app
 from eventd.config import Config
+from eventd.ingest import error_response
 from eventd.sdnotify import Notifier
 
 log = structlog.get_logger("eventd.server")
@@ -32,7 +35,7 @@ async def serve(config: Config, *, announce_write_key: bool = False) -> None:
         loop.add_signal_handler(sig, stop.set)
     app = create_app(config)
     notifier = Notifier()
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
+    runner = Runner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
     await runner.setup()  # opens the store, starts the dispatcher
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)
@@ -79,3 +82,71 @@ async def _watchdog(notifier: Notifier, app: web.Application) -> None:
             f"STATUS=last_seq={rt.store.last_seq} writable={rt.store.writable}",
         )
         await asyncio.sleep(interval)
+
+
+# -- requests aiohttp refuses before any handler runs ------------------------------------
+
+
+class ClientFaultHandler(RequestHandler):
+    """aiohttp's connection handler, answering what it cannot parse as a JSON 4xx.
+
+    A request line or header over aiohttp's limits (8190 bytes, 128 headers), a
+    malformed request or an undecodable Content-Encoding (br without brotli) never
+    reaches a route: aiohttp answers them itself, in text, and logs each with a full
+    traceback at error level ("Error handling request"), so anyone could fill the
+    journal. These are the client's fault: answered ``{"code", "message"}`` like
+    every other refusal and logged in one line at info. A server-side 5xx keeps
+    aiohttp's handling (and its traceback).
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not (isinstance(exc, HttpProcessingError) and 400 <= status < 500):
+            return super().handle_error(request, status, exc, message)
+        log.info(
+            "request refused before routing",
+            status=status,
+            error=type(exc).__name__,
+            peer=request.remote,
+        )
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot answer the error")
+        code = _FAULT_CODES.get(type(exc).__name__, "bad_request")
+        text = (exc.message if isinstance(exc.message, str) else "") or "bad request"
+        response = error_response(status, code, text[:200])
+        response.force_close()
+        return response
+
+
+# aiohttp's exception names (aiohttp.http_exceptions) -> the code answered.
+_FAULT_CODES = {
+    "LineTooLong": "request_too_large",
+    "ContentEncodingError": "unreadable_body",
+    "TransferEncodingError": "unreadable_body",
+    "ContentLengthError": "unreadable_body",
+    "BadHttpMethod": "bad_request",
+    "BadStatusLine": "bad_request",
+    "InvalidHeader": "bad_request",
+    "InvalidURLError": "bad_request",
+}
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        # web.Server.__call__ builds a RequestHandler from these same attributes;
+        # aiohttp offers no public hook for the handler's class.
+        return ClientFaultHandler(self, loop=self._loop, **self._kwargs)
+
+
+class Runner(web.AppRunner):
+    """An AppRunner whose connections answer unparseable requests as JSON 4xx."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # the same object, only __call__ differs
+        return server

@@ -291,3 +291,41 @@ def running(server: Any, routes: Callable[[web.Application], None] | None = None
         assert stop is not None
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
+
+
+# -- the delivery invariant -------------------------------------------------------------
+
+
+def account_for_every_event(
+    ev: EventdProcess,
+    destination: str,
+    delivered: set[str],
+    skip_reason: Callable[[dict[str, Any]], str | None],
+) -> dict[str, set[str]]:
+    """Assert that every stored event of ``destination`` ended delivered, skipped,
+    dead-lettered or pending, and nothing else, after a drain.
+
+    ``delivered`` is what the destination's receiving end saw (messageIds);
+    ``skip_reason(event)`` is the test's own reading of why the destination must not
+    get a stored event (its integrations, a suppression, a filter), None if it must.
+    Skips carry no messageId in eventd's answers, so they are checked by count: the
+    events the test expects skipped must be exactly those neither delivered nor
+    dead, and their number what ``/admin/destinations`` counts as skipped.
+    Returns the sets, by outcome.
+    """
+    status = {d["name"]: d for d in ev.drain(timeout=60)}[destination]
+    stored = {m["messageId"]: m for m in ev.stored()}
+    dead = {
+        d["message_id"]
+        for d in ev.admin("GET", f"/admin/dead-letters?destination={destination}&limit=10000")
+    }
+    expected_skipped = {mid for mid, m in stored.items() if skip_reason(m) is not None}
+    assert status["lag_events"] == 0, status  # drained: nothing pending
+    assert not delivered & dead, "delivered and dead-lettered both"
+    assert delivered | dead <= set(stored), "delivered something never stored"
+    assert delivered & expected_skipped == set(), "delivered what it should have skipped"
+    left = set(stored) - delivered - dead
+    assert left == expected_skipped, "stored events neither delivered, dead nor skipped"
+    assert status["skipped"] == len(expected_skipped), status
+    assert status["dead"] == len(dead), status
+    return {"delivered": delivered, "dead": dead, "skipped": left}

@@ -74,16 +74,19 @@ def browser_ready() -> str:
     return chromium
 
 
-def _run_browser(plan: dict[str, Any], *servers: EventdProcess) -> dict[str, Any]:
+def _run_browser(
+    plan: dict[str, Any], *servers: EventdProcess, script: str = "run.mjs"
+) -> dict[str, Any]:
+    """``node <script> '<plan>'`` in tests/browser; its stdout, parsed."""
     proc = subprocess.run(
-        ["node", "run.mjs", json.dumps(plan)],
+        ["node", script, json.dumps(plan)],
         cwd=BROWSER_DIR,
         capture_output=True,
         text=True,
         timeout=110,
     )
     logs = "\n".join(f"--- eventd {s.url} ---\n{s.log()[-4000:]}" for s in servers)
-    assert proc.returncode == 0, f"run.mjs exited {proc.returncode}:\n{proc.stderr}\n{logs}"
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr}\n{logs}"
     out: dict[str, Any] = json.loads(proc.stdout)
     return out
 

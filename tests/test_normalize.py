@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from eventd.normalize import Envelope, InvalidMessage, format_ts, normalize
+from eventd.normalize import Envelope, InvalidMessage, format_ts, normalize, scrub_unicode
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, 500000, tzinfo=UTC)
 ENV = Envelope(received_at=NOW, ip="203.0.113.9")
@@ -116,8 +116,6 @@ def test_nulls_write_key_and_metadata_are_dropped() -> None:
         ({"userId": "u", "context": "x"}, "identify", "invalid_field"),
         ({"userId": "u", "messageId": "m" * 101}, "identify", "invalid_field"),
         ({"userId": "u", "messageId": 5}, "identify", "invalid_field"),
-        ({"userId": "u", "timestamp": "yesterday"}, "identify", "invalid_timestamp"),
-        ({"userId": "u", "timestamp": 5}, "identify", "invalid_timestamp"),
         ({"userId": "u", "name": 5}, "page", "invalid_field"),
         ("not an object", "track", "invalid_message"),
     ],
@@ -132,3 +130,124 @@ def test_path_type_wins_over_body_type() -> None:
     assert normalize({"type": "identify", "userId": "u", "event": "E"}, "track", ENV)["type"] == (
         "track"
     )
+
+
+# -- repairs: a part Segment tolerates costs neither the message nor its batch ---------------
+
+SWIFT_TS = "2021-10-16T16:00:27.029:Z"  # analytics-swift #75 shipped this format
+
+
+@pytest.mark.parametrize(
+    ("fields", "repaired"),
+    [
+        ({"timestamp": "yesterday"}, [("unreadable_timestamp", "timestamp", "yesterday")]),
+        ({"timestamp": 5}, [("unreadable_timestamp", "timestamp", 5)]),
+        (
+            {"originalTimestamp": SWIFT_TS},
+            [("unreadable_timestamp", "originalTimestamp", SWIFT_TS)],
+        ),
+        # UTC form before year 1
+        (
+            {"timestamp": "0001-01-01T00:00:00+01:00"},
+            [("unreadable_timestamp", "timestamp", "0001-01-01T00:00:00+01:00")],
+        ),
+        ({"timestamp": [], "originalTimestamp": {}}, []),  # empty: absent, nothing to repair
+    ],
+)
+def test_unreadable_client_time_falls_back_to_received_at(
+    fields: dict[str, object], repaired: list[tuple[str, str, object]]
+) -> None:
+    repairs: list[dict[str, object]] = []
+    msg = normalize({"userId": "u", **fields}, "identify", ENV, repairs)
+    assert msg["timestamp"] == msg["receivedAt"] == format_ts(NOW)
+    assert "originalTimestamp" not in msg
+    assert [(r["reason"], r["field"], r["sent"]) for r in repairs] == repaired
+    assert msg.get("context", {}).get("repaired", []) == repairs
+
+
+def test_unreadable_sent_at_means_no_skew_correction() -> None:
+    env = Envelope(received_at=NOW, sent_at=SWIFT_TS)
+    repairs: list[dict[str, object]] = []
+    msg = normalize(
+        {"type": "track", "userId": "u", "event": "E", "originalTimestamp": SWIFT_TS},
+        None,
+        env,
+        repairs,
+    )
+    assert msg["timestamp"] == format_ts(NOW)  # both unreadable: receivedAt
+    assert "sentAt" not in msg
+    assert sorted(r["reason"] for r in repairs) == ["unreadable_sent_at", "unreadable_timestamp"]
+    assert {r["sent"] for r in repairs} == {SWIFT_TS}
+
+    kept = normalize(
+        {"userId": "u", "timestamp": "2026-11-25T11:00:00Z", "sentAt": "soon"}, "identify", ENV
+    )
+    assert kept["timestamp"] == "2026-11-25T11:00:00.000Z"  # the client's, uncorrected
+    assert kept["context"]["repaired"] == [
+        {"reason": "unreadable_sent_at", "field": "sentAt", "sent": "soon"}
+    ]
+
+
+def test_timestamp_unreadable_but_original_timestamp_readable() -> None:
+    msg = normalize(
+        {"userId": "u", "timestamp": "x", "originalTimestamp": "2026-11-25T10:00:00Z"},
+        "identify",
+        ENV,
+    )
+    assert msg["timestamp"] == msg["originalTimestamp"] == "2026-11-25T10:00:00.000Z"
+    assert [r["field"] for r in msg["context"]["repaired"]] == ["timestamp"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z"},
+        {"timestamp": "9999-12-31T00:00:00Z", "sentAt": "0001-01-02T00:00:00Z"},
+    ],
+)
+def test_skew_correction_out_of_range_keeps_the_client_time(fields: dict[str, str]) -> None:
+    msg = normalize({"userId": "u", **fields}, "identify", ENV)
+    assert (
+        msg["timestamp"]
+        == msg["originalTimestamp"]
+        == format_ts(datetime.fromisoformat(fields["timestamp"]))
+    )
+    assert [r["reason"] for r in msg["context"]["repaired"]] == ["skew_out_of_range"]
+
+
+def test_readable_message_has_no_repairs() -> None:
+    msg = normalize(
+        {"userId": "u", "timestamp": "2026-11-25T11:00:00Z", "sentAt": "2026-11-25T11:00:10Z"},
+        "identify",
+        ENV,
+    )
+    assert "repaired" not in msg.get("context", {})
+
+
+def test_scrub_unicode_replaces_lone_surrogates_in_keys_and_values() -> None:
+    raw = {"title": "deal \ud83c", "k\udc80": ["a\udfff", {"x": "ok \U0001f389"}], "n": 5}
+    fixed, n = scrub_unicode(raw)
+    assert fixed == {"title": "deal \ufffd", "k\ufffd": ["a\ufffd", {"x": "ok \U0001f389"}], "n": 5}
+    assert n == 3
+    clean = {"a": "fine \U0001f389"}
+    assert scrub_unicode(clean) == (clean, 0)
+
+
+@pytest.mark.parametrize("blank", ["   ", "\u0000", "\u200b\ufeff", "\t\n", "\u3000"])
+def test_invisible_message_id_is_missing_and_ids_are_trimmed(blank: str) -> None:
+    first = normalize({"userId": "u", "messageId": blank}, "identify", ENV)
+    second = normalize({"userId": "u", "messageId": blank}, "identify", ENV)
+    assert first["messageId"] != second["messageId"]
+    assert len(first["messageId"]) == 36
+    trimmed = normalize({"userId": "u", "messageId": f"{blank}m-1{blank}"}, "identify", ENV)
+    assert trimmed["messageId"] == "m-1"
+    with pytest.raises(InvalidMessage) as exc:
+        normalize({"userId": blank}, "identify", ENV)
+    assert exc.value.code == "missing_user"
+
+
+def test_wide_integer_ids_are_exact_strings() -> None:
+    msg = normalize({"userId": 123456789012345678901, "event": "Big"}, "track", ENV)
+    assert msg["userId"] == "123456789012345678901"
+    neg = normalize({"anonymousId": -(2**70), "groupId": 2**64}, "group", ENV)
+    assert (neg["anonymousId"], neg["groupId"]) == (str(-(2**70)), "18446744073709551616")

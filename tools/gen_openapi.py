@@ -54,7 +54,11 @@ def json_content(s: Schema) -> Schema:
 
 CALL_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 
-ID_DOC = "A string or a number (numbers are stored as strings); null or empty means absent."
+ID_DOC = (
+    "A string or a number (numbers are stored as strings, integers of any width with"
+    " every digit); null, empty or only invisible characters (whitespace, NUL,"
+    " zero-width) means absent."
+)
 
 
 def message_schemas() -> dict[str, Schema]:
@@ -70,9 +74,13 @@ def message_schemas() -> dict[str, Schema]:
         },
         "Timestamp": {
             "description": (
-                "An ISO-8601 time. Without a timezone it is taken as UTC. Any other"
-                " type, or a string that is not ISO-8601, makes the message invalid"
-                " (invalid_timestamp)."
+                "An ISO-8601 time. Without a timezone it is taken as UTC. A value"
+                " that cannot be read (another type, not ISO-8601, out of range) does"
+                " not make the message invalid: it is repaired (an unreadable sentAt"
+                " means no skew correction; an unreadable timestamp/originalTimestamp"
+                " falls back to receivedAt), the value as sent is kept in"
+                " context.repaired and the repair is counted in"
+                " eventd_repaired_events_total{reason}."
             ),
             "type": ["string", "null"],
             "format": "date-time",
@@ -82,6 +90,8 @@ def message_schemas() -> dict[str, Schema]:
                 "Free-form context. eventd fills context.ip from the request (the"
                 " peer, or X-Forwarded-For from a server.trusted_proxies peer) when"
                 " it is absent. Batch-level context is merged under each item's."
+                " eventd adds context.repaired, a list of {reason, field, sent} (or"
+                " {reason: invalid_unicode, replaced: N}), when it repaired the message."
             ),
             "type": ["object", "null"],
             "properties": {
@@ -95,12 +105,15 @@ def message_schemas() -> dict[str, Schema]:
         },
         "Integrations": {
             "description": (
-                "Destination name -> true/false or an options object. 'All' is the"
-                " default for names not listed (true when absent); a destination is"
-                " skipped for this message when its name resolves to false."
+                "Destination name (the destination's config name or its integration"
+                " name, e.g. Webhooks) -> true/false or an options object, read as"
+                " analytics.js reads it: only false disables a destination; an options"
+                " object (even {}) enables it; 'All': false disables the destinations"
+                " not named with a truthy value. A destination skipped this way counts"
+                ' the event in eventd_skipped_events_total{reason="integrations"}.'
             ),
             "type": ["object", "null"],
-            "additionalProperties": {"type": ["boolean", "object"]},
+            "additionalProperties": True,
         },
         "Properties": {"description": "Free-form properties.", "type": ["object", "null"]},
         "Traits": {"description": "Free-form traits.", "type": ["object", "null"]},
@@ -116,7 +129,8 @@ def message_schemas() -> dict[str, Schema]:
                     "description": (
                         "Deduplication key: a repeat of (source, messageId) inside"
                         " storage.dedup_window is acknowledged but not stored again."
-                        " Generated when absent."
+                        " Trimmed of invisible characters (whitespace, NUL, zero-width);"
+                        " generated when absent, empty or only invisible characters."
                     ),
                     "type": ["string", "null"],
                     "maxLength": MAX_MESSAGE_ID,
@@ -210,13 +224,15 @@ def message_schemas() -> dict[str, Schema]:
         "BatchItem": {
             "description": (
                 "One message of a batch; its `type` says which call it is."
-                f" At most {MAX_MESSAGE_BYTES} bytes once serialized."
+                f" At most {MAX_MESSAGE_BYTES} bytes once serialized (a larger item is"
+                " dropped as message_too_large, like any invalid item)."
             ),
             "oneOf": [schema(f"{t.capitalize()}Item") for t in CALL_TYPES],
         },
         "Batch": {
             "description": (
-                f"At most {MAX_BATCH_EVENTS} messages and {MAX_BATCH_BYTES} bytes. Batch-level"
+                f"1 to {MAX_BATCH_EVENTS} messages and at most {MAX_BATCH_BYTES} bytes"
+                " (decompressed). Batch-level"
                 " sentAt applies to every item; batch-level context and integrations are"
                 " merged under each item's own."
             ),
@@ -225,6 +241,7 @@ def message_schemas() -> dict[str, Schema]:
             "properties": {
                 "batch": {
                     "type": "array",
+                    "minItems": 1,
                     "maxItems": MAX_BATCH_EVENTS,
                     "items": schema("BatchItem"),
                 },
@@ -286,14 +303,19 @@ def response_schemas() -> dict[str, Schema]:
         "Error": {
             "description": (
                 "Segment's error body. Tracking API codes: invalid_json, invalid_batch,"
-                " batch_too_large, body_too_large, message_too_large, invalid_message,"
+                " empty_batch, batch_too_large, message_too_large, invalid_message,"
                 " invalid_type, missing_user, missing_event, missing_group,"
-                " missing_alias_ids, invalid_field, invalid_timestamp, unplanned_event,"
-                " tracking_plan_violation (400, a source's tracking plan blocking it);"
+                " missing_alias_ids, invalid_field, unplanned_event,"
+                " tracking_plan_violation (400, a source's tracking plan blocking it),"
+                " unsupported_encoding, unreadable_body (400: a Content-Encoding other"
+                " than gzip/deflate, or a body that cannot be decoded or was cut short);"
                 " missing_write_key, invalid_write_key (401); origin_not_allowed (403);"
+                " not_found (404: no such /v1 path); method_not_allowed (405);"
                 " body_too_large (413); overloaded (429); storage_unavailable (503);"
-                " http_error (other"
-                " HTTP errors while a /v1 request is read). Admin codes: bad_request (400),"
+                " http_error (other HTTP errors while a /v1 request is read)."
+                " Before any route (any path): request_too_large (400: a request line or"
+                " header over 8190 bytes), bad_request (400: not parseable HTTP)."
+                " Admin codes: bad_request (400),"
                 " unauthorized (401), admin_disabled (403), not_found (404),"
                 " drain_timeout (504)."
             ),
@@ -330,6 +352,30 @@ def response_schemas() -> dict[str, Schema]:
                 "metrics": {"type": "object"},
                 "remotePlugins": {"type": "array"},
                 "enabledMiddleware": {"type": "object"},
+            },
+        },
+        "SourceConfig": {
+            "description": "What @rudderstack/analytics-js 3.x reads from its config URL.",
+            "type": "object",
+            "required": ["source"],
+            "properties": {
+                "isHosted": {"type": "boolean"},
+                "source": {
+                    "type": "object",
+                    "required": ["id", "name", "enabled", "config", "destinations"],
+                    "properties": {
+                        "id": {"type": "string", "description": "The source's name."},
+                        "name": {"type": "string"},
+                        "writeKey": {"type": "string"},
+                        "enabled": {"const": True},
+                        "workspaceId": {"type": "string"},
+                        "config": {
+                            "type": "object",
+                            "description": "statsCollection: the SDK's own reports, off.",
+                        },
+                        "destinations": {"type": "array", "maxItems": 0},
+                    },
+                },
             },
         },
         "Health": {
@@ -525,8 +571,9 @@ def responses() -> dict[str, Schema]:
             "origin_not_allowed: the request's Origin is not in the source's allowed_origins."
         ),
         "PayloadTooLarge": error(
-            f"body_too_large: over {MAX_BATCH_BYTES} bytes (a batch), or over what the"
-            " server reads at all."
+            "body_too_large: the body (decompressed) is over its path's limit,"
+            f" {MAX_MESSAGE_BYTES} bytes for one message and {MAX_BATCH_BYTES} for a batch,"
+            " whatever its size."
         ),
         "TooManyRequests": error(
             "overloaded: more than server.max_pending_events events already wait for"
@@ -579,13 +626,153 @@ def tracking_body(s: Schema, what: str) -> Schema:
         "required": True,
         "description": (
             f"{what} Parsed as JSON whatever the Content-Type (analytics-next sends"
-            " text/plain); `Content-Encoding: gzip` is accepted."
+            " text/plain); `Content-Encoding: gzip` or `deflate` is accepted. Integers"
+            " of any width keep every digit; a lone UTF-16 surrogate or an invalid"
+            " UTF-8 byte becomes U+FFFD (counted as invalid_unicode)."
         ),
         "content": {
             "application/json": {"schema": s},
             "text/plain": {"schema": {"type": "string", "description": "The same JSON, as text."}},
         },
     }
+
+
+WRITE_KEY_QUERY: Schema = {
+    "name": "writeKey",
+    "in": "query",
+    "required": False,
+    "description": "The source's write key, when neither the body nor Basic auth has it.",
+    "schema": {"type": "string"},
+}
+
+
+def unknown_v1_operations() -> dict[str, Schema]:
+    """Any method but OPTIONS on a /v1 path no other route serves."""
+    out: dict[str, Schema] = {}
+    for method in ("get", "post", "put", "patch", "delete"):
+        out[method] = {
+            "operationId": f"unknownV1{method.capitalize()}",
+            "tags": ["tracking"],
+            "summary": "Any other /v1 path: a JSON 404 (405 for a known path's wrong method)",
+            "parameters": [
+                {
+                    "name": "tail",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[^\\n]*$"},
+                }
+            ],
+            "responses": {
+                "404": {
+                    "description": "not_found: no such Tracking API path.",
+                    "content": json_content(schema("Error")),
+                },
+                "405": {
+                    "description": "method_not_allowed: a Tracking API path, another method.",
+                    "headers": {"Allow": {"schema": {"type": "string"}}},
+                    "content": json_content(schema("Error")),
+                },
+            },
+        }
+    return out
+
+
+def preflight_operation(op_id: str) -> Schema:
+    return {
+        "operationId": op_id,
+        "tags": ["browser"],
+        "summary": "CORS preflight (as for /v1 paths)",
+        "parameters": [
+            {"name": "Origin", "in": "header", "required": False, "schema": {"type": "string"}}
+        ],
+        "responses": {
+            "204": {"description": "Allowed."},
+            "403": {
+                "description": "origin_not_allowed: the Origin is not allowed by any source.",
+                "content": json_content(schema("Error")),
+            },
+        },
+    }
+
+
+def rudderstack_paths(common_errors: Schema) -> dict[str, Schema]:
+    """RudderStack's browser SDK (@rudderstack/analytics-js 3.x): beacon, pixel, config."""
+    paths: dict[str, Schema] = {}
+    paths["/beacon/v1/batch"] = {
+        "post": {
+            "operationId": "beaconBatch",
+            "tags": ["tracking"],
+            "summary": "RudderStack's beacon mode: a batch by navigator.sendBeacon",
+            "description": (
+                "The same as /v1/batch; the write key comes as ?writeKey= (a beacon"
+                " sends no Authorization header), the body as text/plain."
+            ),
+            "security": WRITE_KEY,
+            "parameters": [WRITE_KEY_QUERY],
+            "requestBody": tracking_body(schema("Batch"), "A batch of messages."),
+            "responses": {
+                "200": response("BatchSuccess"),
+                "400": response("BadRequest"),
+                **common_errors,
+            },
+        }
+    }
+    for t in ("page", "track"):
+        named = "name (default 'Unknown Page')" if t == "page" else "event (required)"
+        paths[f"/pixel/v1/{t}"] = {
+            "get": {
+                "operationId": f"pixel{t.capitalize()}",
+                "tags": ["tracking"],
+                "summary": f"RudderStack's pixel: a {t} from a query string",
+                "description": (
+                    "For e-mails and pages without JavaScript. writeKey, anonymousId"
+                    f" or userId, {named}; any other parameter is a field, dotted"
+                    " names nested (properties.plan=pro), values strings. Answers a"
+                    " 1x1 GIF once the event is stored."
+                ),
+                "security": WRITE_KEY,
+                "parameters": [
+                    WRITE_KEY_QUERY,
+                    {"name": "anonymousId", "in": "query", "schema": {"type": "string"}},
+                    {"name": "userId", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "name" if t == "page" else "event",
+                        "in": "query",
+                        "required": t == "track",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Stored.",
+                        "content": {"image/gif": {"schema": {"type": "string"}}},
+                    },
+                    "400": response("BadRequest"),
+                    **{k: v for k, v in common_errors.items() if k != "413"},
+                },
+            }
+        }
+    config_op: Schema = {
+        "tags": ["browser"],
+        "summary": "RudderStack's source configuration (the SDK's configUrl points here)",
+        "description": (
+            "What @rudderstack/analytics-js 3.x fetches before it sends anything"
+            " (`{configUrl}/sourceConfig/?p=npm&v=...&writeKey=...`, Basic auth). No"
+            " device-mode destinations: eventd routes events itself."
+        ),
+        "security": WRITE_KEY,
+        "parameters": [WRITE_KEY_QUERY],
+        "responses": {
+            "200": {
+                "description": "The source, enabled.",
+                "content": json_content(schema("SourceConfig")),
+            },
+            "401": response("WriteKeyRequired"),
+        },
+    }
+    paths["/sourceConfig"] = {"get": {"operationId": "sourceConfig", **config_op}}
+    paths["/sourceConfig/"] = {"get": {"operationId": "sourceConfigSlash", **config_op}}
+    return paths
 
 
 def tracking_paths() -> dict[str, Schema]:
@@ -614,13 +801,7 @@ def tracking_paths() -> dict[str, Schema]:
                     "requestBody": tracking_body(schema(name), what),
                     "responses": {
                         "200": response("Success"),
-                        "400": {
-                            "description": (
-                                f"Invalid JSON or message, or a body over {MAX_MESSAGE_BYTES}"
-                                " bytes (body_too_large)."
-                            ),
-                            "content": json_content(schema("Error")),
-                        },
+                        "400": response("BadRequest"),
                         **common_errors,
                     },
                 }
@@ -637,7 +818,8 @@ def tracking_paths() -> dict[str, Schema]:
                 "summary": summary,
                 "description": (
                     "Valid items are stored and invalid ones dropped (see X-Eventd-Rejected);"
-                    " a batch whose items are all invalid is a 400 naming the first error."
+                    " a batch whose items are all invalid is a 400 naming the first error,"
+                    " an empty one a 400 (empty_batch)."
                 ),
                 "security": WRITE_KEY,
                 "requestBody": tracking_body(schema("Batch"), "A batch of messages."),
@@ -715,19 +897,27 @@ def tracking_paths() -> dict[str, Schema]:
                         },
                         "Access-Control-Allow-Methods": {"schema": {"type": "string"}},
                         "Access-Control-Allow-Headers": {
-                            "description": "Authorization, Content-Type, X-Retry-Count.",
+                            "description": (
+                                "Authorization, Content-Type, X-Retry-Count, and the"
+                                " headers Access-Control-Request-Headers asked for"
+                                " (RudderStack's SDK sends AnonymousId, SentAt, Rsa-*)."
+                            ),
                             "schema": {"type": "string"},
                         },
                         "Access-Control-Max-Age": {"schema": {"type": "integer"}},
                     },
                 },
                 "403": {
-                    "description": "The Origin is not allowed by any source.",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                    "description": "origin_not_allowed: the Origin is not allowed by any source.",
+                    "content": json_content(schema("Error")),
                 },
             },
         }
     }
+    paths["/v1/{tail}"].update(unknown_v1_operations())
+    paths.update(rudderstack_paths(common_errors))
+    paths["/sourceConfig"]["options"] = preflight_operation("sourceConfigPreflight")
+    paths["/sourceConfig/"]["options"] = preflight_operation("sourceConfigSlashPreflight")
     js = {"application/javascript": {"schema": {"type": "string"}}}
     not_configured = (
         " analytics_js_not_configured: server.analytics_js is not set (the message says how)."

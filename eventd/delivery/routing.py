@@ -31,27 +31,36 @@ class Route:
 
 def integration_enabled(integrations: object, keys: Iterable[str | None]) -> bool:
     """Does an event's ``integrations`` object send it to the destination named by any
-    of ``keys``? As analytics.js and Segment read it: the destination's own key
-    decides when present (any value but ``false`` enables it, an options object
-    included, with or without ``"All": false``); otherwise ``All`` (default true)."""
+    of ``keys``? As analytics.js and Segment read it: only ``false`` disables a
+    destination (an options object, ``{}`` included, enables it); ``"All": false``
+    disables the ones not named with a truthy value (JavaScript's sense: ``{}`` and
+    ``[]`` are truthy, ``0`` and ``""`` are not)."""
     if not isinstance(integrations, dict) or not integrations:
         return True
-    for key in keys:
-        if key is not None and key in integrations:
-            return integrations[key] is not False
-    return bool(integrations.get("All", True))
-
-
-def routes(route: Route, event: Event) -> bool:
-    """Does this event go to this destination (sources, then integrations)?"""
-    sources = route.config.sources
-    if sources is not None and event.source not in sources:
+    value = next((integrations[k] for k in keys if k is not None and k in integrations), None)
+    if value is False:
         return False
+    return integrations.get("All") is not False or value not in (None, 0, "")
+
+
+def from_its_sources(route: Route, event: Event) -> bool:
+    """Is the event from one of the destination's ``sources`` (default: every source)?"""
+    sources = route.config.sources
+    return sources is None or event.source in sources
+
+
+def integrations_allow(route: Route, event: Event) -> bool:
+    """Does the event's ``integrations`` object let it go to this destination?"""
     if b'"integrations"' not in event.body:  # most events: routed without parsing
         return True
     return integration_enabled(
         event.message.get("integrations"), (route.name, route.integration_name)
     )
+
+
+def routes(route: Route, event: Event) -> bool:
+    """Does this event go to this destination (sources, then integrations)?"""
+    return from_its_sources(route, event) and integrations_allow(route, event)
 
 
 def filtered_out(config: DestinationConfig, event: Event) -> str | None:
@@ -72,20 +81,23 @@ def filtered_out(config: DestinationConfig, event: Event) -> str | None:
 
 
 def route(r: Route, events: Iterable[Event]) -> tuple[list[Event], list[tuple[Event, str]]]:
-    """The events for this destination, and those its filters keep out (with why).
-    Events routed elsewhere (sources, integrations) are in neither list."""
-    routed = [e for e in events if routes(r, e)]
-    if not r.filtering:
-        return routed, []
+    """The events for this destination, and those it skips, with why: turned off by
+    their ``integrations`` object, or kept out by its filters. Events from sources it
+    does not take are in neither list (they were never its)."""
     kept: list[Event] = []
-    filtered: list[tuple[Event, str]] = []
-    for event in routed:
-        reason = filtered_out(r.config, event)
+    skipped: list[tuple[Event, str]] = []
+    for event in events:
+        if not from_its_sources(r, event):
+            continue
+        if not integrations_allow(r, event):
+            skipped.append((event, "integrations"))
+            continue
+        reason = filtered_out(r.config, event) if r.filtering else None
         if reason is None:
             kept.append(event)
         else:
-            filtered.append((event, reason))
-    return kept, filtered
+            skipped.append((event, reason))
+    return kept, skipped
 
 
 def batches(events: Iterable[Event], max_events: int, max_bytes: int) -> Iterable[list[Event]]:

@@ -198,8 +198,8 @@ class Worker:
         return True
 
     def routed(self, events: Sequence[Event]) -> list[Event]:
-        """The events for this destination; those its filters keep out are counted as
-        skipped (with the filter as the reason), so `eventd status` shows them."""
+        """The events for this destination; those its ``integrations`` or filters keep
+        out are counted as skipped (with the reason), so `eventd status` shows them."""
         kept, filtered = routing.route(self.route, events)
         for _, reason in filtered:
             self.metrics.skipped.labels(self.name, reason).inc()

@@ -47,9 +47,13 @@ def hooks(**config: Any) -> Route:
         ({"All": False, "Webhooks": {}}, True),
         ({"All": False, "Webhooks": {"option": 1}}, True),
         ({"hooks": {}, "All": True}, True),
-        # only false disables
-        ({"All": False, "Webhooks": 0}, True),
+        # only false disables a named destination; under "All": false a destination
+        # needs a truthy value (JavaScript's sense) to be on
+        ({"Webhooks": 0}, True),
         ({"Webhooks": None}, True),
+        ({"All": False, "Webhooks": 0}, False),
+        ({"All": False, "Webhooks": ""}, False),
+        ({"All": False, "Webhooks": []}, True),
     ],
 )
 def test_integrations_as_segment_reads_them(integrations: object, expected: bool) -> None:
@@ -98,9 +102,13 @@ def test_route_keeps_splits_and_drops() -> None:
         event(3, event="B", integrations={"Webhooks": False}),
         event(4, event="C"),
     ]
-    kept, filtered = route(r, evs)
+    kept, skipped = route(r, evs)
     assert [e.seq for e in kept] == [1, 4]
-    assert [(e.seq, why) for e, why in filtered] == [(2, "filtered: event in exclude_events")]
+    # turned off by its integrations or kept out by a filter: skipped, with why
+    assert [(e.seq, why) for e, why in skipped] == [
+        (2, "filtered: event in exclude_events"),
+        (3, "integrations"),
+    ]
 
 
 def test_batches_are_cut_by_count_and_bytes_in_order() -> None:
