@@ -21,6 +21,7 @@ from aiohttp import web
 
 from eventd import __version__
 from eventd.config import Config, parse_duration
+from eventd.console.session import admin_session_ok
 from eventd.dispatcher import Dispatcher
 from eventd.live import LiveHub
 from eventd.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -106,6 +107,7 @@ class Admin:
         r.add_post("/admin/suppressions", self._guard(self.suppress))
         r.add_post("/admin/suppressions/remove", self._guard(self.unsuppress))
         r.add_get("/admin/live", self._guard(self.live_stream))
+        r.add_get("/admin/outcomes", self._guard(self.outcomes))
         r.add_post("/admin/drain", self._guard(self.drain))
         if not self.token:
             log.warning("admin API disabled: no admin.token configured")
@@ -127,7 +129,9 @@ class Admin:
             return _error(403, "admin_disabled", "the admin API is off: set admin.token")
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {self.token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not (
+            hmac.compare_digest(given.encode(), expected.encode()) or admin_session_ok(request)
+        ):
             return _error(401, "unauthorized", "send Authorization: Bearer <admin.token>")
         try:
             return await handler(request)
@@ -370,6 +374,41 @@ class Admin:
         except TimeoutError:
             return _error(504, "drain_timeout", f"destinations still behind after {timeout:g}s")
         return _json(await self.destination_status())
+
+    async def outcomes(self, request: web.Request) -> web.Response:
+        """What each running destination did with one stored event (the live debugger's
+        detail): delivered, skipped or dead_lettered (from eventd.outcomes, recent events
+        only), pending (its cursor is before the event), not_routed (its ``sources``
+        exclude the event's), not_recorded (passed, but before the record began), or
+        not_stored for every destination while no such event is stored (``seq`` null: not
+        committed yet, or never sent)."""
+        source, message_id = request.query.get("source"), request.query.get("message_id")
+        if not source or not message_id:
+            raise BadRequest("source and message_id: both required")
+        rows = await fetch(
+            await self.reader(),
+            "SELECT max(seq) FROM events WHERE source = ? AND message_id = ?",
+            (source, message_id),
+        )
+        seq = rows[0][0]  # None: not stored (not committed yet, or never sent)
+        recorded = {o["destination"]: o for o in self.dispatcher.outcomes.get(seq)}
+        out: list[Any] = []
+        for name, w in sorted(self.dispatcher.workers.items()):
+            if name in recorded:
+                out.append(recorded[name])
+                continue
+            routed = w.config.sources is None or source in w.config.sources
+            state = (
+                "not_stored"
+                if seq is None
+                else "not_routed"
+                if not routed
+                else "pending"
+                if w.cursor < seq
+                else "not_recorded"
+            )
+            out.append({"destination": name, "outcome": state, "reason": None, "at": None})
+        return _json({"source": source, "message_id": message_id, "seq": seq, "destinations": out})
 
     async def live_stream(self, request: web.Request) -> web.StreamResponse:
         """Accepted (and rejected) events as they arrive: SSE, or JSON lines with ?format=json."""

@@ -40,6 +40,7 @@ from eventd.config import Config, DestinationConfig
 from eventd.destination import Destination, Event, Ok, Outcome, Permanent, Retry, Skip
 from eventd.metrics import Metrics
 from eventd.outbox import Outbox, StorageUnavailable, fetch, now_ms
+from eventd.outcomes import RecentOutcomes
 from eventd.ratelimit import RateLimiter
 from eventd.transform import Transform, TransformError, transform
 
@@ -88,9 +89,11 @@ class Worker:
         metrics: Metrics,
         transforms: Sequence[tuple[str, Transform]] = (),
         suppressed: AbstractSet[str] = frozenset(),
+        outcomes: RecentOutcomes | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
+        self.outcomes = RecentOutcomes() if outcomes is None else outcomes  # live debugger
         self.transforms = transforms
         # userIds not to deliver: their events still in the log stay there (suppressions.py)
         self.suppressed = suppressed
@@ -264,6 +267,7 @@ class Worker:
     def _skip(self, settled: Settled, event: Event, reason: str) -> None:
         """``event`` is done with, not delivered: counted as skipped, by reason."""
         self.metrics.skipped.labels(self.name, reason).inc()
+        self.outcomes.record(event.seq, self.name, "skipped", reason)
         settled.ok.append(event)
         settled.skipped += 1
 
@@ -312,6 +316,7 @@ class Worker:
                 kept.append(event)
             else:
                 self.metrics.skipped.labels(self.name, reason).inc()
+                self.outcomes.record(event.seq, self.name, "skipped", reason)
                 self.skipped += 1
         return kept
 
@@ -351,6 +356,7 @@ class Worker:
             for event, outcome in zip(pending, outcomes, strict=True):
                 if isinstance(outcome, Ok):
                     settled.ok.append(event)
+                    self.outcomes.record(event.seq, self.name, "delivered")
                 elif isinstance(outcome, Skip):
                     self._skip(settled, event, outcome.reason)
                 elif isinstance(outcome, Permanent):
@@ -378,6 +384,8 @@ class Worker:
             stored = {e.seq: e for e in batch}
             settled.ok = [stored[e.seq] for e in settled.ok]
             settled.dead = [(stored[e.seq], why) for e, why in settled.dead]
+        for event, why in settled.dead:
+            self.outcomes.record(event.seq, self.name, "dead_lettered", why)
         delivered = len(settled.ok) - settled.skipped
         self.delivered += delivered
         self.skipped += settled.skipped
@@ -587,6 +595,7 @@ class Dispatcher:
         self.outbox = outbox
         self.metrics = metrics
         self.workers: dict[str, Worker] = {}
+        self.outcomes = RecentOutcomes()  # what each worker did with recent events
         self.session: aiohttp.ClientSession | None = None
         self._runs: list[asyncio.Task[None]] = []
         self.running = False
@@ -601,7 +610,9 @@ class Dispatcher:
                 continue
             destination = self.types[cfg.type](name, cfg.settings, self.session)
             chain = [(t, self.transforms[t]) for t in cfg.transforms]
-            worker = Worker(cfg, destination, self.outbox, self.metrics, chain, self.suppressed)
+            worker = Worker(
+                cfg, destination, self.outbox, self.metrics, chain, self.suppressed, self.outcomes
+            )
             await worker.start()
             self.workers[name] = worker
         for worker in self.workers.values():
