@@ -137,6 +137,15 @@ async def test_a_wrong_token_or_a_forged_form_signs_nobody_in(client: Client) ->
     assert (await client.get("/console", allow_redirects=False)).status == 303
 
 
+async def test_a_token_in_the_url_signs_nobody_in_and_is_not_echoed(client: Client) -> None:
+    for path in (f"/console/login?token={TOKEN}", f"/console?token={TOKEN}"):
+        resp = await client.get(path)
+        assert resp.url.path == "/console/login", path
+        assert TOKEN not in await resp.text()
+    assert not any(c.key == "eventd_session" for c in client.session.cookie_jar)
+    assert (await client.get("/admin/runtime")).status == 401
+
+
 async def test_secure_cookie_over_https_from_a_trusted_proxy_only(
     tmp_path: Path, aiohttp_client: MakeClient
 ) -> None:

@@ -39,9 +39,10 @@ page.on('console', (m) => {
 })
 page.on('pageerror', (e) => seen.pageErrors.push(String(e)))
 page.on('requestfailed', (r) => {
-  // An EventSource closed by navigation is not a failure of the page.
+  // A request cut off by leaving the page (a fetch in flight, the live EventSource)
+  // is not a failure of the page.
   const why = r.failure()?.errorText || ''
-  if (!(why === 'net::ERR_ABORTED' && r.url().includes('/admin/live'))) seen.failed.push(`${r.url()} ${why}`)
+  if (why !== 'net::ERR_ABORTED') seen.failed.push(`${r.url()} ${why}`)
 })
 page.on('request', (r) => {
   if (!r.url().startsWith(origin + '/') && !r.url().startsWith('data:')) seen.foreign.push(r.url())

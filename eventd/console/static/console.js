@@ -483,7 +483,8 @@
       const list = Array.isArray(events) ? events : events.events || [];
       const pre = $('#event-json');
       $('#timeline tbody').replaceChildren(...list.map((stored) => {
-        const m = stored.message || stored.event || stored.body || stored;
+        // "each event as stored": the message itself, or wrapped beside its seq/source
+        const m = [stored.message, stored.body, stored.event].find((v) => v && typeof v === 'object') || stored;
         const tr = el('tr', {}, el('td', {}, m.timestamp || m.receivedAt || ''), el('td', {}, m.type || ''),
           el('td', {}, eventName(m)), el('td', {}, stored.source || ''));
         tr.addEventListener('click', () => { pre.hidden = false; setText(pre, pretty(stored)); });
@@ -518,6 +519,11 @@
     const t = $('#report-table');
     t.tHead.replaceChildren(el('tr', {}, ...head.map((h) => el('th', { scope: 'col' }, h))));
     t.tBodies[0].replaceChildren(...rows.map((cells) => el('tr', {}, ...cells.map((c) => (c instanceof Node ? c : el('td', { className: typeof c === 'number' ? 'num' : '' }, typeof c === 'number' ? num(c) : c))))));
+    // a column of numbers has its heading over them (right-aligned)
+    Array.from(t.tHead.rows[0].cells).forEach((th, i) => {
+      const cells = Array.from(t.tBodies[0].rows, (tr) => tr.cells[i]).filter(Boolean);
+      th.classList.toggle('num', cells.length > 0 && cells.every((td) => td.classList.contains('num') || td.classList.contains('heat')));
+    });
   }
 
   function funnel(data) {
@@ -525,7 +531,8 @@
     const total = data.total || [];
     const by = Object.entries(data.by || {});
     const conv = total.map((n) => (total[0] ? Math.round((1000 * n) / total[0]) / 10 : 0));
-    chart('bar', steps.map((s, i) => `${i + 1}. ${s} (${conv[i]}%)`), [{ label: 'users', data: total }], 'users');
+    const series = [{ label: 'all users', data: total }, ...by.map(([value, counts]) => ({ label: value, data: counts }))];
+    chart('bar', steps.map((s, i) => `${i + 1}. ${s} (${conv[i]}%)`), series, 'users');
     table(
       ['Step', 'Users', 'Of step 1', 'Of previous step', ...by.map(([v]) => `by: ${v}`)],
       steps.map((s, i) => [`${i + 1}. ${s}`, total[i], pct(total[i], total[0]), i ? pct(total[i], total[i - 1]) : '–', ...by.map(([, counts]) => counts[i])]),
