@@ -377,11 +377,7 @@ class Admin:
 
     async def outcomes(self, request: web.Request) -> web.Response:
         """What each running destination did with one stored event (the live debugger's
-        detail): delivered, skipped or dead_lettered (from eventd.outcomes, recent events
-        only), pending (its cursor is before the event), not_routed (its ``sources``
-        exclude the event's), not_recorded (passed, but before the record began), or
-        not_stored for every destination while no such event is stored (``seq`` null: not
-        committed yet, or never sent)."""
+        detail; the outcomes are described in eventd.outcomes.RecentOutcomes.describe)."""
         source, message_id = request.query.get("source"), request.query.get("message_id")
         if not source or not message_id:
             raise BadRequest("source and message_id: both required")
@@ -391,24 +387,13 @@ class Admin:
             (source, message_id),
         )
         seq = rows[0][0]  # None: not stored (not committed yet, or never sent)
-        recorded = {o["destination"]: o for o in self.dispatcher.outcomes.get(seq)}
-        out: list[Any] = []
-        for name, w in sorted(self.dispatcher.workers.items()):
-            if name in recorded:
-                out.append(recorded[name])
-                continue
-            routed = w.config.sources is None or source in w.config.sources
-            state = (
-                "not_stored"
-                if seq is None
-                else "not_routed"
-                if not routed
-                else "pending"
-                if w.cursor < seq
-                else "not_recorded"
-            )
-            out.append({"destination": name, "outcome": state, "reason": None, "at": None})
-        return _json({"source": source, "message_id": message_id, "seq": seq, "destinations": out})
+        workers = [
+            (n, w.cursor, w.config.sources) for n, w in sorted(self.dispatcher.workers.items())
+        ]
+        outcomes = self.dispatcher.outcomes.describe(seq, source, workers)
+        return _json(
+            {"source": source, "message_id": message_id, "seq": seq, "destinations": outcomes}
+        )
 
     async def live_stream(self, request: web.Request) -> web.StreamResponse:
         """Accepted (and rejected) events as they arrive: SSE, or JSON lines with ?format=json."""

@@ -277,6 +277,21 @@ def test_recent_outcomes_are_bounded_and_the_latest_wins() -> None:
     assert got == {"a": ("delivered", None), "b": ("delivered", None)}
 
 
+def test_describe_names_what_was_not_recorded() -> None:
+    rec = RecentOutcomes()
+    rec.record(5, "a", "skipped", "filtered: type")
+    dests = [("a", 5, None), ("b", 4, None), ("c", 9, None), ("d", 9, ["ios"]), ("e", 9, ["web"])]
+    got = {o["destination"]: (o["outcome"], o["reason"]) for o in rec.describe(5, "web", dests)}
+    assert got == {
+        "a": ("skipped", "filtered: type"),
+        "b": ("pending", None),  # its cursor (4) is before the event (5)
+        "c": ("not_recorded", None),
+        "d": ("not_routed", None),
+        "e": ("not_recorded", None),
+    }
+    assert {o["outcome"] for o in rec.describe(None, "web", dests)} == {"not_stored"}
+
+
 @pytest.fixture
 def bouncer() -> Iterator[Sink]:
     """A webhook that refuses (400, permanent) any event whose properties say so."""
