@@ -11,7 +11,8 @@ One story, one browser session (tests/console_driver.py):
    get it (another source); a rejected request appears with its reason;
 3. an event the webhook refuses with a 400 (permanent) is on the dead-letters page with
    its error; after the webhook recovers, "Redrive" and the confirmation deliver it:
-   the webhook receives exactly that messageId and the dead letter is gone;
+   the webhook receives exactly that messageId and the dead letter is gone; another
+   is purged (a cancelled confirmation first deletes nothing) and never delivered;
 4. the browser saw no console error, no failed request, no request to another origin.
 
 Screenshots (overview, live, dead letters; 1280 and 390 px wide) go to a temporary
@@ -173,6 +174,23 @@ def test_console_in_chromium(
         page.do("click", sel="#confirm-ok")
         page.wait("#dl-state", text="Redriven: 1")
         webhook.sink.wait_for(lambda s: s.message_ids()["m-dead"] == 1)
+        page.wait("#dead-letters tbody", text="No dead letters match.")
+        assert ev.admin("GET", "/admin/dead-letters") == []
+
+        # ... and a purge, after its confirmation (cancelled first: nothing deleted)
+        webhook.recovered.clear()
+        sdk.track("user-4", "Refund Requested", {"bounce": True}, message_id="m-purged")
+        sdk.flush()
+        ev.drain()
+        page.goto("/console/dead-letters?destination=hook")
+        page.wait("#dead-letters tbody tr[data-message-id='m-purged']")
+        page.do("click", sel="#purge-all")
+        page.wait("#confirm", text="of destination hook")
+        page.do("click", sel="#confirm button[value=cancel]")
+        assert [d["message_id"] for d in ev.admin("GET", "/admin/dead-letters")] == ["m-purged"]
+        page.do("click", sel="#purge-all")
+        page.do("click", sel="#confirm-ok")
+        page.wait("#dl-state", text="Purged: 1")
         page.wait("#dead-letters tbody", text="No dead letters match.")
         assert ev.admin("GET", "/admin/dead-letters") == []
         ev.drain()
