@@ -89,6 +89,13 @@ async def client(tmp_path: Path, aiohttp_client: MakeClient) -> Client:
 # -- signing in ----------------------------------------------------------------------
 
 
+def test_the_console_arrives_as_a_plugin_from_its_entry_point() -> None:
+    from eventd.console import plugin
+    from eventd.plugins import plugin_manager
+
+    assert plugin_manager().get_plugin("console") is plugin
+
+
 async def test_root_redirects_and_every_page_needs_the_session(client: Client) -> None:
     resp = await client.get("/", allow_redirects=False)
     assert (resp.status, resp.headers["Location"]) == (303, "/console")
