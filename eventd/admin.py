@@ -22,6 +22,7 @@ from aiohttp import web
 from eventd import __version__
 from eventd.config import Config, parse_duration
 from eventd.console.session import admin_session_ok
+from eventd.destination import Event
 from eventd.dispatcher import Dispatcher
 from eventd.live import LiveHub
 from eventd.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -383,14 +384,17 @@ class Admin:
             raise BadRequest("source and message_id: both required")
         rows = await fetch(
             await self.reader(),
-            "SELECT max(seq) FROM events WHERE source = ? AND message_id = ?",
+            "SELECT seq, received_at, body FROM events WHERE source = ? AND message_id = ?"
+            " ORDER BY seq DESC LIMIT 1",
             (source, message_id),
         )
-        seq = rows[0][0]  # None: not stored (not committed yet, or never sent)
+        event = Event(rows[0][0], source, rows[0][1], body=rows[0][2]) if rows else None
+        seq = event.seq if event else None  # None: not stored (not committed yet, or never)
         workers = [
-            (n, w.cursor, w.config.sources) for n, w in sorted(self.dispatcher.workers.items())
+            (n, w.cursor, event is not None and w.routes(event))
+            for n, w in sorted(self.dispatcher.workers.items())
         ]
-        outcomes = self.dispatcher.outcomes.describe(seq, source, workers)
+        outcomes = self.dispatcher.outcomes.describe(seq, workers)
         return _json(
             {"source": source, "message_id": message_id, "seq": seq, "destinations": outcomes}
         )

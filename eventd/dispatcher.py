@@ -214,6 +214,7 @@ class Worker:
             if not settled.finished:
                 return
             await self._bury(settled)
+            self.outcomes.delivered(self.name, batch[0].seq, batch[-1].seq)
             rng.done = True
             self._advance()
         finally:
@@ -356,7 +357,6 @@ class Worker:
             for event, outcome in zip(pending, outcomes, strict=True):
                 if isinstance(outcome, Ok):
                     settled.ok.append(event)
-                    self.outcomes.record(event.seq, self.name, "delivered")
                 elif isinstance(outcome, Skip):
                     self._skip(settled, event, outcome.reason)
                 elif isinstance(outcome, Permanent):
@@ -504,6 +504,7 @@ class Worker:
             total.dead += settled.dead
             total.skipped += settled.skipped
             total.attempts = max(total.attempts, settled.attempts)
+        self.outcomes.delivered_aside(self.name, [e.seq for e in total.ok], started)
         return total
 
     async def _redrive_some(self) -> bool:

@@ -1,11 +1,20 @@
 """Recent delivery outcomes, per event and destination, kept in memory for the live debugger.
 
-The dispatcher records how each destination settled an event (delivered, skipped
-with the reason, dead-lettered with the error); ``GET /admin/outcomes`` answers
-"which destinations took, skipped or dead-lettered this event" from it. Only the
-newest ``capacity`` events are kept (oldest seq forgotten first), so memory stays
-bounded whatever the traffic; nothing here is durable (a restart forgets it, and the
-dead-letter table stays the record of failures).
+``GET /admin/outcomes`` answers "which destinations took, skipped or dead-lettered
+this event" from what the dispatcher tells this record:
+
+- per event, the exceptions: skipped (with the reason: a filter, a transform, a
+  suppressed user, the plugin), dead-lettered (with the error), and delivered out of
+  the log's order (a redrive, a replay); they are rare, and the newest ``capacity``
+  events with one are kept;
+- per batch read from the log, one entry: the seq span it covered and when (the
+  newest ``BATCHES`` per destination). Delivery is the hot path, so it costs one
+  append per batch, not a write per event.
+
+An event inside a settled span, routed to the destination (the caller says so, from
+the same routing code) and without an exception, was delivered. Nothing
+here is durable: a restart forgets it (the dead-letter table stays the record of
+failures), and :meth:`describe` says ``not_recorded`` rather than guess.
 
 Keyed by the log's ``seq`` (the dispatcher has it without parsing the event); the
 admin endpoint finds the seq of a ``(source, messageId)``.
@@ -13,8 +22,8 @@ admin endpoint finds the seq of a ``(source, messageId)``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Collection, Iterable
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from typing import Literal, TypedDict
 
 from eventd.outbox import iso_ms, now_ms
@@ -22,7 +31,8 @@ from eventd.outbox import iso_ms, now_ms
 Kind = Literal["delivered", "skipped", "dead_lettered"]
 # What describe() says of a destination with nothing recorded for the event.
 Unrecorded = Literal["pending", "not_routed", "not_recorded", "not_stored"]
-CAPACITY = 10_000  # events; at most a few hundred bytes each
+CAPACITY = 10_000  # events with a skip or a dead letter
+BATCHES = 2_000  # delivered batches per destination
 
 
 class Outcome(TypedDict):
@@ -35,58 +45,82 @@ class Outcome(TypedDict):
 
 
 class RecentOutcomes:
-    """seq -> {destination: (outcome, reason, unix ms)}, bounded to ``capacity`` seqs."""
+    """Exceptions by seq (bounded to ``capacity`` seqs) and delivered seq ranges by
+    destination (bounded to ``batches`` each)."""
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int = CAPACITY, batches: int = BATCHES) -> None:
         self.capacity = capacity
-        self._by_seq: OrderedDict[int, dict[str, tuple[Kind, str | None, int]]] = OrderedDict()
+        self.batches = batches
+        self._exceptions: OrderedDict[int, dict[str, tuple[Kind, str | None, int]]] = OrderedDict()
+        self._delivered: dict[str, deque[tuple[int, int, int]]] = {}
 
-    def record(self, seq: int, destination: str, outcome: Kind, reason: str | None = None) -> None:
-        """The latest outcome wins (a redriven dead letter later delivered reads delivered)."""
-        entry = self._by_seq.get(seq)
+    def record(self, seq: int, destination: str, outcome: Kind, reason: str | None) -> None:
+        """Event ``seq`` was skipped or dead-lettered (or, out of the log's order, delivered)
+        by ``destination``, because ``reason``."""
+        entry = self._exceptions.get(seq)
         if entry is None:
-            entry = self._by_seq[seq] = {}
-            if len(self._by_seq) > self.capacity:
-                # seqs arrive nearly in order, so the oldest inserted is the oldest event
-                self._by_seq.popitem(last=False)
+            entry = self._exceptions[seq] = {}
+            if len(self._exceptions) > self.capacity:
+                self._exceptions.popitem(last=False)  # the oldest recorded
         entry[destination] = (outcome, reason, now_ms())
 
-    def get(self, seq: int) -> list[Outcome]:
-        """What each destination did with event ``seq``, by destination name."""
-        entry = self._by_seq.get(seq, {})
-        return [
-            Outcome(destination=d, outcome=o, reason=why, at=iso_ms(at))
-            for d, (o, why, at) in sorted(entry.items())
-        ]
+    def delivered(self, destination: str, first: int, last: int) -> None:
+        """A batch read from the log, seqs ``first`` to ``last``, is settled: every event of
+        it routed to ``destination`` and not recorded as skipped or dead was delivered.
+        (A log batch is a contiguous run of the events routed there, so the span holds
+        no other batch's.)"""
+        ranges = self._delivered.get(destination)
+        if ranges is None:
+            ranges = self._delivered[destination] = deque(maxlen=self.batches)
+        ranges.append((first, last, now_ms()))
+
+    def delivered_aside(self, destination: str, seqs: Iterable[int], since: int) -> None:
+        """Events sent out of the log's order (redrive, replay) from unix ms ``since``, now
+        done with: delivered, unless skipped during this attempt (a redriven dead letter
+        that got through reads delivered)."""
+        for seq in seqs:
+            found = self._exceptions.get(seq, {}).get(destination)
+            if found is None or found[0] != "skipped" or found[2] < since:
+                self.record(seq, destination, "delivered", None)
+
+    def _outcome(self, seq: int, destination: str) -> Outcome | None:
+        found = self._exceptions.get(seq, {}).get(destination)
+        if found is None:
+            found = next(
+                (
+                    ("delivered", None, at)
+                    for lo, hi, at in reversed(self._delivered.get(destination, ()))
+                    if lo <= seq <= hi
+                ),
+                None,
+            )
+        if found is None:
+            return None
+        kind, reason, at = found
+        return Outcome(destination=destination, outcome=kind, reason=reason, at=iso_ms(at))
 
     def describe(
-        self,
-        seq: int | None,
-        source: str,
-        destinations: Iterable[tuple[str, int, Collection[str] | None]],
+        self, seq: int | None, destinations: Iterable[tuple[str, int, bool]]
     ) -> list[Outcome]:
-        """One outcome per destination ``(name, cursor, sources or None)`` for event ``seq``
-        of ``source``: what was recorded (delivered, skipped, dead_lettered, with the
-        reason), else ``not_stored`` (``seq`` is None: not committed yet, or never sent),
-        ``not_routed`` (its ``sources`` exclude the event's), ``pending`` (its cursor is
-        before the event) or ``not_recorded`` (passed before this record began, e.g. a
-        restart, or forgotten past ``capacity``; also events its ``integrations`` kept
-        from it, which routing drops without a record)."""
-        recorded = {o["destination"]: o for o in self.get(seq)} if seq is not None else {}
+        """One outcome per destination ``(name, cursor, routed)`` for event ``seq``.
+
+        ``routed``: whether the destination's routing (its ``sources``, the event's
+        ``integrations``) sends the event there. Recorded outcomes come first
+        (delivered, skipped, dead_lettered, with the reason), else ``not_stored``
+        (``seq`` is None: not committed yet, or never sent), ``not_routed``,
+        ``pending`` (its cursor is before the event) or ``not_recorded`` (passed
+        before this record began, e.g. a restart, or forgotten past its bounds).
+        """
         out: list[Outcome] = []
-        for name, cursor, sources in destinations:
-            if name in recorded:
-                out.append(recorded[name])
-                continue
-            state: Unrecorded
+        for name, cursor, routed in destinations:
             if seq is None:
-                state = "not_stored"
-            elif sources is not None and source not in sources:
+                state: Unrecorded = "not_stored"
+            elif not routed:
                 state = "not_routed"
+            elif (found := self._outcome(seq, name)) is not None:
+                out.append(found)
+                continue
             else:
                 state = "pending" if cursor < seq else "not_recorded"
             out.append(Outcome(destination=name, outcome=state, reason=None, at=None))
         return out
-
-    def __len__(self) -> int:
-        return len(self._by_seq)

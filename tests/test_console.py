@@ -272,31 +272,49 @@ async def test_report_pages_keep_their_parameters_and_refuse_unknown_reports(
 # -- outcomes (the live debugger's "which destinations took it") ----------------------
 
 
-def test_recent_outcomes_are_bounded_and_the_latest_wins() -> None:
-    rec = RecentOutcomes(capacity=3)
-    for seq in range(1, 6):
-        rec.record(seq, "a", "delivered")
-    assert len(rec) == 3
-    assert rec.get(1) == [] and rec.get(2) == []
-    rec.record(5, "b", "dead_lettered", "400 Bad Request")
-    rec.record(5, "b", "delivered")  # redriven later
-    got = {o["destination"]: (o["outcome"], o["reason"]) for o in rec.get(5)}
-    assert got == {"a": ("delivered", None), "b": ("delivered", None)}
+def outcome_of(rec: RecentOutcomes, seq: int, name: str = "a") -> tuple[str, str | None]:
+    (o,) = rec.describe(seq, [(name, 10**9, True)])
+    return o["outcome"], o["reason"]
+
+
+def test_recent_outcomes_spans_exceptions_and_their_bounds() -> None:
+    rec = RecentOutcomes(capacity=3, batches=2)
+    rec.delivered("a", 10, 19)  # a log batch: seqs 10..19
+    rec.record(12, "a", "skipped", "filtered: type")
+    rec.record(13, "a", "dead_lettered", "HTTP 400")
+    assert outcome_of(rec, 11) == ("delivered", None)
+    assert outcome_of(rec, 12) == ("skipped", "filtered: type")
+    assert outcome_of(rec, 13) == ("dead_lettered", "HTTP 400")
+    assert outcome_of(rec, 20) == ("not_recorded", None)
+    assert outcome_of(rec, 11, "b") == ("not_recorded", None)  # another destination's span
+    # a redrive delivers 13 (now delivered) and skips 12 again (still skipped)
+    since = 0
+    rec.record(12, "a", "skipped", "suppressed user")
+    rec.delivered_aside("a", [12, 13], since)
+    assert outcome_of(rec, 13) == ("delivered", None)
+    assert outcome_of(rec, 12) == ("skipped", "suppressed user")
+    # bounds: the oldest exception and the oldest span are forgotten first
+    rec.record(30, "a", "skipped", "x")
+    rec.record(31, "a", "skipped", "y")
+    assert outcome_of(rec, 12) == ("delivered", None)  # its skip is gone; the span remains
+    rec.delivered("a", 40, 49)
+    rec.delivered("a", 50, 59)
+    assert outcome_of(rec, 11) == ("not_recorded", None)
+    assert outcome_of(rec, 45) == ("delivered", None)
 
 
 def test_describe_names_what_was_not_recorded() -> None:
     rec = RecentOutcomes()
     rec.record(5, "a", "skipped", "filtered: type")
-    dests = [("a", 5, None), ("b", 4, None), ("c", 9, None), ("d", 9, ["ios"]), ("e", 9, ["web"])]
-    got = {o["destination"]: (o["outcome"], o["reason"]) for o in rec.describe(5, "web", dests)}
+    dests = [("a", 5, True), ("b", 4, True), ("c", 9, True), ("d", 9, False)]
+    got = {o["destination"]: (o["outcome"], o["reason"]) for o in rec.describe(5, dests)}
     assert got == {
         "a": ("skipped", "filtered: type"),
         "b": ("pending", None),  # its cursor (4) is before the event (5)
         "c": ("not_recorded", None),
         "d": ("not_routed", None),
-        "e": ("not_recorded", None),
     }
-    assert {o["outcome"] for o in rec.describe(None, "web", dests)} == {"not_stored"}
+    assert {o["outcome"] for o in rec.describe(None, dests)} == {"not_stored"}
 
 
 @pytest.fixture
@@ -341,6 +359,13 @@ async def test_outcomes_say_what_each_destination_did(
             "messageId": "m-bad",
             "properties": {"bounce": True},
         },
+        {
+            "type": "track",
+            "event": "Quiet",
+            "userId": "u3",
+            "messageId": "m-quiet",
+            "integrations": {"hook": False},
+        },
     ]
     resp = await client.post("/v1/batch", json={"batch": batch, "writeKey": KEY})
     assert resp.status == 200
@@ -356,6 +381,12 @@ async def test_outcomes_say_what_each_destination_did(
     assert await outcomes("m-ok") == {
         "file": ("delivered", None),
         "hook": ("delivered", None),
+        "ios_only": ("not_routed", None),
+        "no_tracks": ("skipped", "filtered: type"),
+    }
+    assert await outcomes("m-quiet") == {
+        "file": ("delivered", None),
+        "hook": ("not_routed", None),  # its integrations keep it from the hook
         "ios_only": ("not_routed", None),
         "no_tracks": ("skipped", "filtered: type"),
     }
