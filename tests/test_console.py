@@ -24,8 +24,8 @@ from aiohttp import web
 from eventd.app import create_app
 from eventd.console.sampler import Sampler, sample
 from eventd.console.session import SESSIONS, admin_session_ok
+from eventd.delivery.outcomes import RecentOutcomes
 from eventd.metrics import Metrics
-from eventd.outcomes import RecentOutcomes
 from tests.harness import EventdProcess, Sink, running
 from tests.test_operations import KEY, TOKEN, Client, MakeClient, config
 
@@ -426,12 +426,16 @@ def test_sample_reads_the_exposition() -> None:
 async def test_sampler_keeps_an_hour_and_answers_with_one_taken_now() -> None:
     m = Metrics()
     clock = iter(range(100000)).__next__
-    sampler = Sampler(m.exposition, interval=10.0, clock=lambda: float(clock()))
+
+    async def exposition() -> bytes:
+        return m.exposition()
+
+    sampler = Sampler(exposition, interval=10.0, clock=lambda: float(clock()))
     assert sampler.samples.maxlen == 361
     for _ in range(400):
-        sampler.samples.append(sampler.take())
+        sampler.samples.append(await sampler.take())
     m.ingested.labels("web", "track").inc(9)
-    hist = sampler.history()
+    hist = await sampler.history()
     assert hist["interval"] == 10.0 and len(hist["samples"]) == 362
     assert hist["samples"][0]["t"] == 39.0  # the 39 oldest were dropped
     assert hist["samples"][-1]["ingested"] == {"web": 9}

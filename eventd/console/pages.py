@@ -246,7 +246,9 @@ class Console:
         return self._shell(request, session, "report", report=report, params=params)
 
     async def history(self, request: web.Request, session: Session) -> web.Response:
-        return web.json_response(self.sampler.history(), headers={"Cache-Control": "no-store"})
+        return web.json_response(
+            await self.sampler.history(), headers={"Cache-Control": "no-store"}
+        )
 
     async def asset(self, request: web.Request) -> web.Response:
         found = self.static.get(request.match_info["path"])

@@ -24,11 +24,15 @@ _SAMPLERS: weakref.WeakKeyDictionary[Metrics, Sampler] = weakref.WeakKeyDictiona
 def _sampler(runtime: Runtime) -> Sampler:
     found = _SAMPLERS.get(runtime.metrics)
     if found is None:
-        ref = weakref.ref(runtime.metrics)  # a strong one would keep the entry forever
+        # strong references would keep the entry forever
+        metrics_ref, dispatcher_ref = weakref.ref(runtime.metrics), weakref.ref(runtime.dispatcher)
 
-        def exposition() -> bytes:
-            metrics = ref()
-            return metrics.exposition() if metrics is not None else b""
+        async def exposition() -> bytes:
+            metrics, dispatcher = metrics_ref(), dispatcher_ref()
+            if metrics is None or dispatcher is None:
+                return b""
+            await dispatcher.status()  # fills the lag gauges, as /metrics does
+            return metrics.exposition()
 
         found = _SAMPLERS[runtime.metrics] = Sampler(exposition)
     return found

@@ -1,9 +1,10 @@
 """Recent history for the console's small charts: ingest per source, rejects, lag.
 
 A background service (``eventd_services``) that every ``interval`` seconds reads the
-server's Prometheus exposition (the same text ``/metrics`` serves, so it depends on
-the metric names eventd documents, not on internals) and keeps the last hour of
-samples in memory. The overview turns them into events per minute and lag sparklines.
+server's Prometheus exposition (the same text ``/metrics`` serves, lag gauges filled
+first as ``/metrics`` fills them, so it depends on the metric names eventd
+documents, not on internals) and keeps the last hour of samples in memory. The
+overview turns them into events per minute and lag sparklines.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,13 +49,14 @@ def sample(exposition: bytes, at: float) -> dict[str, Any]:
 
 
 class Sampler:
-    """Keeps :func:`sample` of ``exposition()`` every ``interval`` s, for ``KEEP`` seconds."""
+    """Keeps :func:`sample` of ``await exposition()`` every ``interval`` s, for ``KEEP``
+    seconds."""
 
     name = "console-sampler"
 
     def __init__(
         self,
-        exposition: Callable[[], bytes],
+        exposition: Callable[[], Awaitable[bytes]],
         interval: float = INTERVAL,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -64,12 +66,12 @@ class Sampler:
         self.samples: deque[dict[str, Any]] = deque(maxlen=int(KEEP / interval) + 1)
         self._task: asyncio.Task[None] | None = None
 
-    def take(self) -> dict[str, Any]:
-        return sample(self.exposition(), self.clock())
+    async def take(self) -> dict[str, Any]:
+        return sample(await self.exposition(), self.clock())
 
-    def history(self) -> dict[str, Any]:
+    async def history(self) -> dict[str, Any]:
         """Kept samples, oldest first, then one taken now (so a fresh server has two)."""
-        return {"interval": self.interval, "samples": [*self.samples, self.take()]}
+        return {"interval": self.interval, "samples": [*self.samples, await self.take()]}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
@@ -82,5 +84,5 @@ class Sampler:
 
     async def _run(self) -> None:
         while True:
-            self.samples.append(self.take())
+            self.samples.append(await self.take())
             await asyncio.sleep(self.interval)  # a period, not a wait for a condition

@@ -1,7 +1,8 @@
 """Recent delivery outcomes, per event and destination, kept in memory for the live debugger.
 
 ``GET /admin/outcomes`` answers "which destinations took, skipped or dead-lettered
-this event" from what the dispatcher tells this record:
+this event" from what the workers tell this record (one per dispatcher, shared by
+its workers; :meth:`~eventd.delivery.dispatcher.Dispatcher.outcomes_of` asks it):
 
 - per event, the exceptions: skipped (with the reason: a filter, a transform, a
   suppressed user, the plugin), dead-lettered (with the error), and delivered out of
@@ -16,8 +17,8 @@ the same routing code) and without an exception, was delivered. Nothing
 here is durable: a restart forgets it (the dead-letter table stays the record of
 failures), and :meth:`describe` says ``not_recorded`` rather than guess.
 
-Keyed by the log's ``seq`` (the dispatcher has it without parsing the event); the
-admin endpoint finds the seq of a ``(source, messageId)``.
+Keyed by the log's ``seq`` (the worker has it without parsing the event); the
+admin endpoint finds the event of a ``(source, messageId)`` with ``Store.find_event``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Literal, TypedDict
 
-from eventd.outbox import iso_ms, now_ms
+from eventd.store import iso_ms, now_ms
 
 Kind = Literal["delivered", "skipped", "dead_lettered"]
 # What describe() says of a destination with nothing recorded for the event.
