@@ -7,6 +7,7 @@ in a browser (XSS, live events, redrive) is tests/test_console_browser.py.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import urllib.error
@@ -18,14 +19,19 @@ from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from eventd.app import create_app
+from eventd.config import DestinationConfig
 from eventd.console.sampler import Sampler, sample
 from eventd.console.session import SESSIONS, admin_session_ok
 from eventd.delivery.outcomes import RecentOutcomes
+from eventd.delivery.worker import Worker
 from eventd.metrics import Metrics
+from eventd.store import MemoryStore
+from tests.delivery.test_worker import Scripted, rows, until_idle
 from tests.harness import EventdProcess, Sink, running
 from tests.test_operations import KEY, TOKEN, Client, MakeClient, config
 
@@ -315,6 +321,42 @@ def test_describe_names_what_was_not_recorded() -> None:
         "d": ("not_routed", None),
     }
     assert {o["outcome"] for o in rec.describe(None, dests)} == {"not_stored"}
+
+
+async def test_a_worker_records_delivered_dead_lettered_and_redriven() -> None:
+    """The worker's own records (log batches, dead letters, a redrive through the aside
+    loop) as describe() reads them, over the in-memory store."""
+    rec = RecentOutcomes()
+    store = MemoryStore()
+    await store.open()
+    config = DestinationConfig(name="s", type="scripted", retry_backoff=0.001)
+    async with aiohttp.ClientSession() as session:
+        dest = Scripted("s", {}, session)
+        worker = Worker(config, dest, store, Metrics(), outcomes=rec)
+        await worker.start()
+        run = asyncio.create_task(worker.run())
+        try:
+            await store.append(rows("a", "bad1", "b"))
+            await until_idle(worker)
+            stored = await store.read(0, 9)
+            seq = {m: e.seq for m, e in zip(("a", "bad1", "b"), stored, strict=True)}
+
+            def got(mid: str) -> tuple[str, str | None]:
+                (o,) = rec.describe(seq[mid], [("s", worker.cursor, True)])
+                return o["outcome"], o["reason"]
+
+            assert {m: got(m) for m in seq} == {
+                "a": ("delivered", None),
+                "bad1": ("dead_lettered", "refused bad1"),
+                "b": ("delivered", None),
+            }
+            dest.refuse = False
+            assert await store.request_redrive("s") == 1
+            await until_idle(worker)
+            assert got("bad1") == ("delivered", None)  # through the redrive loop
+        finally:
+            await worker.stop(0)
+            run.cancel()
 
 
 @pytest.fixture
