@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What tests/test_browser.py and tests/test_browser_rudderstack.py need: Debian's
-# chromium (apt) and, in tests/browser, the pinned npm packages
-# (@segment/analytics-next, @rudderstack/analytics-js, playwright-core) from
+# What tests/test_browser.py, tests/test_browser_rudderstack.py and the console's
+# browser tests need: Debian's chromium (apt) and, in tests/browser and tests/console,
+# the pinned npm packages (@segment/analytics-next, @rudderstack/analytics-js,
+# playwright-core) from
 # package-lock.json. Idempotent: installs only what is missing; `npm ci` re-creates
 # node_modules from the lock file each run (a few seconds).
 #
@@ -42,3 +43,9 @@ say "installed: $(node -e '
 const v = (p) => require(`./node_modules/${p}/package.json`).version
 console.log(["@segment/analytics-next", "@rudderstack/analytics-js", "playwright-core"].map((p) => `${p}@${v(p)}`).join(", "))
 ')"
+
+# The web console's tests (tests/test_console_browser.py) drive chromium from their own
+# folder, with only playwright-core.
+say "npm ci in tests/console"
+cd ../console
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error

@@ -610,11 +610,21 @@ def security_schemes() -> dict[str, Schema]:
             "scheme": "bearer",
             "description": "`admin.token` from the config. Without one the admin API is off (403).",
         },
+        "consoleSession": {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "eventd_session",
+            "description": (
+                "The web console's session (set by POST /console/login), instead of the"
+                " bearer token. A request that changes something (POST) must also send the"
+                " session's CSRF token (the page's csrf-token meta tag) in X-CSRF-Token."
+            ),
+        },
     }
 
 
 WRITE_KEY: list[Schema] = [{"writeKeyBasic": []}, {}]
-ADMIN: list[Schema] = [{"adminToken": []}]
+ADMIN: list[Schema] = [{"adminToken": []}, {"consoleSession": []}]
 ADMIN_ERRORS: Schema = {"401": response("AdminUnauthorized"), "403": response("AdminDisabled")}
 
 
@@ -1257,6 +1267,20 @@ def admin_paths() -> dict[str, Schema]:
                 ],
             )
         },
+        "/admin/outcomes": {
+            "get": admin_op(
+                "eventOutcomes",
+                "What each destination did with one stored event (the live debugger's detail)",
+                ok_json(
+                    "The event's seq and an outcome per running destination.",
+                    schema("EventOutcomes"),
+                ),
+                params=[
+                    query("source", {"type": "string"}, "The event's source (required)."),
+                    query("message_id", {"type": "string"}, "Its messageId (required)."),
+                ],
+            )
+        },
         "/admin/drain": {
             "post": admin_op(
                 "drain",
@@ -1359,6 +1383,253 @@ def webhook_paths() -> dict[str, Schema]:
     }
 
 
+def outcome_schemas() -> dict[str, Schema]:
+    outcomes = [
+        "delivered",
+        "skipped",
+        "dead_lettered",
+        "pending",
+        "not_routed",
+        "not_recorded",
+        "not_stored",
+    ]
+    return {
+        "EventOutcomes": {
+            "type": "object",
+            "required": ["source", "message_id", "seq", "destinations"],
+            "properties": {
+                "source": {"type": "string"},
+                "message_id": {"type": "string"},
+                "seq": {
+                    "type": ["integer", "null"],
+                    "description": (
+                        "null: no such event is stored (not committed yet, or never sent)."
+                    ),
+                },
+                "destinations": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["destination", "outcome", "reason", "at"],
+                        "properties": {
+                            "destination": {"type": "string"},
+                            "outcome": {
+                                "type": "string",
+                                "enum": outcomes,
+                                "description": (
+                                    "delivered, skipped (reason) and dead_lettered (error) are"
+                                    " remembered for the newest 10,000 events, in memory;"
+                                    " pending: the destination has not reached it; not_routed:"
+                                    " its sources exclude the event's; not_recorded: passed"
+                                    " before the record began (a restart) or forgotten;"
+                                    " not_stored: seq is null."
+                                ),
+                            },
+                            "reason": {"type": ["string", "null"]},
+                            "at": {"type": ["string", "null"], "format": "date-time"},
+                        },
+                    },
+                },
+            },
+        },
+        "ConsoleHistory": {
+            "type": "object",
+            "required": ["interval", "samples"],
+            "properties": {
+                "interval": {"type": "number", "description": "Seconds between samples."},
+                "samples": {
+                    "type": "array",
+                    "description": "The last hour, oldest first, then one taken now.",
+                    "items": {
+                        "type": "object",
+                        "required": ["t", "ingested", "rejected", "lag_events", "lag_seconds"],
+                        "properties": {
+                            "t": {"type": "number", "description": "Unix seconds."},
+                            "ingested": {
+                                "type": "object",
+                                "additionalProperties": {"type": "integer"},
+                                "description": "Events stored so far, by source (a running total).",
+                            },
+                            "rejected": {"type": "integer", "description": "Running total."},
+                            "lag_events": {
+                                "type": "object",
+                                "additionalProperties": {"type": "number"},
+                            },
+                            "lag_seconds": {
+                                "type": "object",
+                                "additionalProperties": {"type": "number"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+HTML = {"text/html": {"schema": {"type": "string"}}}
+TO_LOGIN = {
+    "description": "Not signed in: to /console/login.",
+    "headers": {"Location": {"schema": {"type": "string", "const": "/console/login"}}},
+}
+
+
+def console_page(op_id: str, summary: str, params: list[Schema] | None = None) -> Schema:
+    op: Schema = {
+        "operationId": op_id,
+        "tags": ["console"],
+        "summary": summary,
+        "security": [{"consoleSession": []}, {}],
+        "responses": {
+            "200": {
+                "description": "The page (its data is fetched from /admin/*).",
+                "content": HTML,
+            },
+            "303": TO_LOGIN,
+        },
+    }
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def path_param(name: str, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+def console_paths() -> dict[str, Schema]:
+    form = {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"token": {"type": "string"}, "csrf": {"type": "string"}},
+                }
+            }
+        },
+    }
+    report = console_page(
+        "consoleReport",
+        "A report's chart and table; the query is GET /admin/reports/{report}'s",
+        [path_param("report", "funnel, retention, engagement, churn or revenue")],
+    )
+    report["responses"]["404"] = {
+        "description": "No such report.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    return {
+        "/": {
+            "get": {
+                "operationId": "root",
+                "tags": ["console"],
+                "summary": "To the console",
+                "responses": {"303": {"description": "To /console."}},
+            }
+        },
+        "/console": {"get": console_page("console", "Overview: sources, destinations, storage")},
+        "/console/login": {
+            "get": {
+                "operationId": "consoleLoginForm",
+                "tags": ["console"],
+                "summary": "The sign-in form (sets its own CSRF cookie, eventd_login)",
+                "responses": {
+                    "200": {"description": "The form.", "content": HTML},
+                    "303": {"description": "Already signed in: to /console."},
+                },
+            },
+            "post": {
+                "operationId": "consoleLogin",
+                "tags": ["console"],
+                "summary": "Sign in with the admin token (form field token)",
+                "requestBody": form,
+                "responses": {
+                    "303": {
+                        "description": (
+                            "Signed in (HttpOnly, SameSite=Strict cookie eventd_session):"
+                            " to /console."
+                        )
+                    },
+                    "400": {
+                        "description": "The form's csrf does not match its cookie.",
+                        "content": HTML,
+                    },
+                    "401": {"description": "Not the admin token.", "content": HTML},
+                    "403": {"description": "No admin.token is configured.", "content": HTML},
+                },
+            },
+        },
+        "/console/logout": {
+            "post": {
+                "operationId": "consoleLogout",
+                "tags": ["console"],
+                "summary": "Sign out (form field csrf: the session's CSRF token)",
+                "requestBody": form,
+                "responses": {
+                    "303": {"description": "Signed out: to /console/login."},
+                    "403": {
+                        "description": "csrf: the form's token is not the session's.",
+                        "content": json_content(schema("Error")),
+                    },
+                },
+            }
+        },
+        "/console/live": {
+            "get": console_page("consoleLive", "Live debugger (query: source, type, event)")
+        },
+        "/console/dead-letters": {
+            "get": console_page(
+                "consoleDeadLetters", "Dead letters (query: destination, since, limit)"
+            )
+        },
+        "/console/profiles/{id}": {
+            "get": console_page(
+                "consoleProfile", "One profile", [path_param("id", "A userId or anonymousId.")]
+            )
+        },
+        "/console/reports/{report}": {"get": report},
+        "/console/api/history": {
+            "get": {
+                "operationId": "consoleHistory",
+                "tags": ["console"],
+                "summary": "The overview's last hour of samples (ingest by source, rejects, lag)",
+                "security": [{"consoleSession": []}],
+                "responses": {
+                    "200": ok_json("Samples.", schema("ConsoleHistory")),
+                    "401": {
+                        "description": "unauthorized: not signed in.",
+                        "content": json_content(schema("Error")),
+                    },
+                },
+            }
+        },
+        "/console/static/{path}": {
+            "get": {
+                "operationId": "consoleAsset",
+                "tags": ["console"],
+                "summary": "The console's scripts, styles and vendored Chart.js (with its licence)",
+                "parameters": [path_param("path", "A file under eventd/console/static/.")],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {"*/*": {"schema": {"type": "string"}}},
+                    },
+                    "404": {
+                        "description": "No such asset.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                },
+            }
+        },
+    }
+
+
 def build(version: str) -> Schema:
     return {
         "openapi": "3.1.0",
@@ -1371,8 +1642,9 @@ def build(version: str) -> Schema:
                 " RudderStack SDKs work by changing their host. A 200 means the events"
                 ' are committed to disk. Errors are `{"code", "message"}`; 400 is'
                 " dropped by clients, 429 and 5xx are retried. Operations endpoints"
-                " (`/health`, `/ready`, `/metrics`) and the admin API (`/admin/*`,"
-                " bearer token) are described here too."
+                " (`/health`, `/ready`, `/metrics`), the admin API (`/admin/*`,"
+                " bearer token or the console's session) and the web console's pages"
+                " (`/console/*`) are described here too."
             ),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
@@ -1382,10 +1654,17 @@ def build(version: str) -> Schema:
             {"name": "sources", "description": "Cloud-app sources: apps that send webhooks."},
             {"name": "operations", "description": "Health, readiness, metrics."},
             {"name": "admin", "description": "The admin API the CLI's daemon verbs use."},
+            {"name": "console", "description": "The web console's pages (HTML)."},
         ],
-        "paths": {**tracking_paths(), **webhook_paths(), **operations_paths(), **admin_paths()},
+        "paths": {
+            **tracking_paths(),
+            **webhook_paths(),
+            **operations_paths(),
+            **admin_paths(),
+            **console_paths(),
+        },
         "components": {
-            "schemas": {**message_schemas(), **response_schemas()},
+            "schemas": {**message_schemas(), **response_schemas(), **outcome_schemas()},
             "responses": responses(),
             "securitySchemes": security_schemes(),
         },

@@ -21,6 +21,7 @@ from aiohttp import web
 from eventd import __version__
 from eventd.admin.params import BadRequest, json_body, parse_time, redrive_ids, user_id
 from eventd.config import Config
+from eventd.console.session import admin_session_ok
 from eventd.delivery.dispatcher import Dispatcher
 from eventd.live import LiveHub
 from eventd.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -94,6 +95,7 @@ class Admin:
         r.add_post("/admin/suppressions", self._guard(self.suppress))
         r.add_post("/admin/suppressions/remove", self._guard(self.unsuppress))
         r.add_get("/admin/live", self._guard(self.live_stream))
+        r.add_get("/admin/outcomes", self._guard(self.outcomes))
         r.add_post("/admin/drain", self._guard(self.drain))
         if not self.token:
             log.warning("admin API disabled: no admin.token configured")
@@ -110,7 +112,9 @@ class Admin:
             return _error(403, "admin_disabled", "the admin API is off: set admin.token")
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {self.token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not (
+            hmac.compare_digest(given.encode(), expected.encode()) or admin_session_ok(request)
+        ):
             return _error(401, "unauthorized", "send Authorization: Bearer <admin.token>")
         try:
             return await handler(request)
@@ -257,6 +261,20 @@ class Admin:
         except TimeoutError:
             return _error(504, "drain_timeout", f"destinations still behind after {timeout:g}s")
         return _json(await self.destination_status())
+
+    async def outcomes(self, request: web.Request) -> web.Response:
+        """What each running destination did with one stored event (the live debugger's
+        detail; the outcomes are described in
+        eventd.delivery.outcomes.RecentOutcomes.describe)."""
+        source, message_id = request.query.get("source"), request.query.get("message_id")
+        if not source or not message_id:
+            raise BadRequest("source and message_id: both required")
+        event = await self.store.find_event(source, message_id)
+        seq = event.seq if event else None  # None: not stored (not committed yet, or never)
+        outcomes = self.dispatcher.outcomes_of(event)
+        return _json(
+            {"source": source, "message_id": message_id, "seq": seq, "destinations": outcomes}
+        )
 
     async def live_stream(self, request: web.Request) -> web.StreamResponse:
         """Accepted (and rejected) events as they arrive: SSE, or JSON lines with ?format=json."""

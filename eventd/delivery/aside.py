@@ -72,6 +72,7 @@ class Aside:
             total.dead += settled.dead
             total.skipped += settled.skipped
             total.attempts = max(total.attempts, settled.attempts)
+        w.outcomes.delivered_aside(w.name, [e.seq for e in total.ok], started)
         return total
 
     async def _write(self, write: Callable[[], Awaitable[object]]) -> None:

@@ -3,9 +3,10 @@ each with its own cursor into the log, so a destination that is down or slow
 holds back only itself.
 
 It is also the delivery side's one public face for the rest of eventd: the admin
-API reads :meth:`Dispatcher.status` (where lag is computed, once) and asks for
-redrives and replays through :meth:`Dispatcher.redrive` and
-:meth:`Dispatcher.replay`; it never reads worker fields.
+API reads :meth:`Dispatcher.status` (where lag is computed, once) and
+:meth:`Dispatcher.outcomes_of` (the live debugger), and asks for redrives and
+replays through :meth:`Dispatcher.redrive` and :meth:`Dispatcher.replay`; it
+never reads worker fields.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ import aiohttp
 import structlog
 
 from eventd.config import Config
+from eventd.delivery import routing
+from eventd.delivery.outcomes import Outcome as EventOutcome
+from eventd.delivery.outcomes import RecentOutcomes
 from eventd.delivery.transform import Transform
 from eventd.delivery.worker import Worker
 from eventd.destination import Destination
+from eventd.event import Event
 from eventd.metrics import Metrics
 from eventd.store import SeqRange, Store, now_ms
 
@@ -78,6 +83,7 @@ class Dispatcher:
         self.store = store
         self.metrics = metrics
         self.workers: dict[str, Worker] = {}
+        self.outcomes = RecentOutcomes()  # what each worker did with recent events
         self.session: aiohttp.ClientSession | None = None
         self._runs: list[asyncio.Task[None]] = []
         self.running = False
@@ -92,7 +98,9 @@ class Dispatcher:
                 continue
             destination = self.types[cfg.type](name, cfg.settings, self.session)
             chain = [(t, self.transforms[t]) for t in cfg.transforms]
-            worker = Worker(cfg, destination, self.store, self.metrics, chain, self.suppressed)
+            worker = Worker(
+                cfg, destination, self.store, self.metrics, chain, self.suppressed, self.outcomes
+            )
             await worker.start()
             self.workers[name] = worker
         for worker in self.workers.values():
@@ -159,6 +167,19 @@ class Dispatcher:
                 )
             )
         return out
+
+    def outcomes_of(self, event: Event | None) -> list[EventOutcome]:
+        """What each running destination (by name) did with a stored ``event`` (None:
+        not stored), as :meth:`RecentOutcomes.describe` tells it: routed there or not
+        by the same :func:`routing.routes` the workers use, pending before its cursor."""
+        seq = event.seq if event is not None else None
+        return self.outcomes.describe(
+            seq,
+            [
+                (name, w.cursor, event is not None and routing.routes(w.route, event))
+                for name, w in sorted(self.workers.items())
+            ],
+        )
 
     def _worker(self, destination: str) -> Worker:
         worker = self.workers.get(destination)

@@ -28,6 +28,7 @@ import structlog
 from eventd.config import DestinationConfig
 from eventd.delivery import routing, settle
 from eventd.delivery.deadletters import bury
+from eventd.delivery.outcomes import RecentOutcomes
 from eventd.delivery.ratelimit import RateLimiter
 from eventd.delivery.transform import Transform, TransformError, transform
 from eventd.destination import Destination, Outcome, Retry
@@ -71,11 +72,14 @@ class Worker:
         metrics: Metrics,
         transforms: Sequence[tuple[str, Transform]] = (),
         suppressed: AbstractSet[str] = frozenset(),
+        outcomes: RecentOutcomes | None = None,
     ) -> None:
         from eventd.delivery.aside import Aside  # its own loop, through this worker
 
         self.config = config
         self.name = config.name
+        # what this worker did with recent events (the live debugger); the dispatcher's
+        self.outcomes = RecentOutcomes() if outcomes is None else outcomes
         self.transforms = transforms
         # userIds not to deliver: their events still in the log stay there (suppressions.py)
         self.suppressed = suppressed
@@ -201,8 +205,9 @@ class Worker:
         """The events for this destination; those its ``integrations`` or filters keep
         out are counted as skipped (with the reason), so `eventd status` shows them."""
         kept, filtered = routing.route(self.route, events)
-        for _, reason in filtered:
+        for event, reason in filtered:
             self.metrics.skipped.labels(self.name, reason).inc()
+            self.outcomes.record(event.seq, self.name, "skipped", reason)
         self.skipped += len(filtered)
         return kept
 
@@ -212,6 +217,8 @@ class Worker:
             if not settled.finished:
                 return
             await self.bury(settled)
+            # one span per batch, not a write per event: delivery is the hot path
+            self.outcomes.delivered(self.name, batch[0].seq, batch[-1].seq)
             rng.done = True
             self._advance()
         finally:
@@ -252,6 +259,7 @@ class Worker:
     def _skip(self, settled: Settled, event: Event, reason: str) -> None:
         """``event`` is done with, not delivered: counted as skipped, by reason."""
         self.metrics.skipped.labels(self.name, reason).inc()
+        self.outcomes.record(event.seq, self.name, "skipped", reason)
         settled.ok.append(event)
         settled.skipped += 1
 
@@ -313,6 +321,8 @@ class Worker:
             stored = {e.seq: e for e in batch}
             settled.ok = [stored[e.seq] for e in settled.ok]
             settled.dead = [(stored[e.seq], why) for e, why in settled.dead]
+        for event, why in settled.dead:
+            self.outcomes.record(event.seq, self.name, "dead_lettered", why)
         delivered = len(settled.ok) - settled.skipped
         self.delivered += delivered
         self.skipped += settled.skipped

@@ -186,6 +186,11 @@ class Store(Protocol):
         """Up to ``limit`` events with ``first`` <= seq <= ``last``, in seq order."""
         ...
 
+    async def find_event(self, source: str, message_id: str) -> Event | None:
+        """The newest stored event with this ``(source, messageId)``, or None (not
+        stored: not committed yet, never sent, or deleted by retention or erasure)."""
+        ...
+
     async def received_at_after(self, seq: int) -> int | None:
         """When the first event after ``seq`` was received (a consumer's lag), or None."""
         ...

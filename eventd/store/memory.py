@@ -164,6 +164,10 @@ class MemoryStore:
         i = self._index(first)
         return [self._event(s) for s in self.data.events[i : i + limit] if s.seq <= last]
 
+    async def find_event(self, source: str, message_id: str) -> Event | None:
+        found = [s for s in self.data.events if s.row[0] == source and s.row[1] == message_id]
+        return self._event(found[-1]) if found else None
+
     async def received_at_after(self, seq: int) -> int | None:
         i = self._index(seq + 1)
         return self.data.events[i].row[6] if i < len(self.data.events) else None

@@ -201,17 +201,24 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"storage cannot read: {exc}") from exc
 
-    async def read(self, after: int, limit: int) -> list[Event]:
-        rows = await self._fetch(
-            f"{READ_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        )
+    async def _events(self, where: str, params: Sequence[Any]) -> list[Event]:
+        rows = await self._fetch(f"{READ_EVENTS} {where}", params)
         return [Event(r[0], r[1], r[2], body=r[3], user_id=r[4]) for r in rows]
 
+    async def read(self, after: int, limit: int) -> list[Event]:
+        return await self._events("WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+
     async def read_range(self, first: int, last: int, limit: int) -> list[Event]:
-        rows = await self._fetch(
-            f"{READ_EVENTS} WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?", (first, last, limit)
+        return await self._events(
+            "WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?", (first, last, limit)
         )
-        return [Event(r[0], r[1], r[2], body=r[3], user_id=r[4]) for r in rows]
+
+    async def find_event(self, source: str, message_id: str) -> Event | None:
+        # index events_message_id (source, message_id)
+        found = await self._events(
+            "WHERE source = ? AND message_id = ? ORDER BY seq DESC LIMIT 1", (source, message_id)
+        )
+        return found[0] if found else None
 
     async def received_at_after(self, seq: int) -> int | None:
         rows = await self._fetch(

@@ -55,6 +55,26 @@ async def test_append_then_read_after_a_position_in_order(store: Store) -> None:
     assert (first.source, first.received_at, first.user_id) == ("web", T0, "u")
 
 
+async def test_find_event_gives_the_newest_stored_with_that_source_and_message_id(
+    backend: Backend,
+) -> None:
+    store = backend.store(dedup_window=1.0)
+    await store.open()
+    try:
+        await store.append([row("a"), row("b"), row("a", source="ios")])
+        await store.append([row("a", at=T0 + 5000)])  # past the window: stored again
+        seqs = [e.seq for e in await store.read(0, 10)]
+        found = await store.find_event("web", "a")
+        assert found is not None and (found.seq, found.received_at) == (seqs[3], T0 + 5000)
+        assert ids([found]) == ["a"] and (found.source, found.user_id) == ("web", "u")
+        ios = await store.find_event("ios", "a")
+        assert ios is not None and ios.seq == seqs[2]
+        assert await store.find_event("web", "c") is None
+        assert await store.find_event("android", "a") is None
+    finally:
+        await store.close()
+
+
 async def test_an_acknowledged_append_survives_a_crash(backend: Backend) -> None:
     acked = await backend.append_then_crash()
     store = backend.store()
