@@ -385,7 +385,7 @@ def _report_store(t: _Table, destinations: dict[str, DestinationConfig]) -> str 
     """``reports.store``: a duckdb or postgres destination's name; default the only duckdb
     destination (None when there is none, or several: reports then say to set it)."""
     stores = sorted(n for n, d in destinations.items() if d.type in REPORT_STORE_TYPES)
-    name = t.get("store", str, "a duckdb or postgres destination's name")
+    name: str | None = t.get("store", str, "a duckdb or postgres destination's name")
     if name is None:
         duckdbs = [n for n in stores if destinations[n].type == "duckdb"]
         return duckdbs[0] if len(duckdbs) == 1 else None

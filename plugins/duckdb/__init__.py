@@ -52,6 +52,7 @@ from ..warehouse.rows import (
     TEXT,
     TIMESTAMP,
     Planned,
+    column_name,
     infer_type,
     plan,
     qualified,
@@ -125,6 +126,8 @@ class Duckdb(Destination):
         self._open_lock = threading.Lock()
         # one writer thread: batches and identity upserts never interleave their DDL
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"duckdb-{name}")
+
+    column_name = staticmethod(column_name)
 
     @property
     def identities_schema(self) -> str:

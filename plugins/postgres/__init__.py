@@ -37,7 +37,7 @@ from ..warehouse.batches import (
     grouped,
     identity_rows,
 )
-from ..warehouse.rows import Planned, plan, schema_name
+from ..warehouse.rows import Planned, column_name, plan, schema_name
 from .warehouse import (
     Connection,
     Warehouse,
@@ -241,6 +241,8 @@ class Postgres(Destination):
     # -- the store reports read, and the identity graph writes ------------------------
 
     dialect = "postgres"
+
+    column_name = staticmethod(column_name)
 
     @property
     def identities_schema(self) -> str:

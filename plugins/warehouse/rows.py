@@ -122,6 +122,13 @@ def identifier(name: str) -> tuple[str, tuple[str, ...]]:
     return ident, tuple(adjusted)
 
 
+def column_name(path: str) -> str:
+    """The column (or table) a property path or event name lands in: ``"car.make"`` and
+    ``"car_make"`` → ``car_make``, ``"Order Completed"`` → ``order_completed`` ("" when
+    none is usable). What reports use to find a ``--by`` or ``--property`` column."""
+    return identifier(path.replace(".", "_"))[0]
+
+
 def schema_name(source: str) -> str:
     """The schema of a source's tables, named from the source as Segment does."""
     return identifier(source)[0] or "eventd"
