@@ -342,3 +342,11 @@ def test_cli_says_when_no_daemon_answers(tmp_path: Path) -> None:
     ev = EventdProcess(tmp_path)  # configured, never started
     done = ev.cli("report", "engagement")
     assert done.returncode == 1 and "eventd is not running" in done.stderr
+
+
+def test_the_openapi_document_lists_each_reports_parameters() -> None:
+    doc = json.loads((Path(__file__).parent.parent / "eventd" / "openapi.json").read_text())
+    for name, module in REPORTS.items():
+        op = doc["paths"][f"/admin/reports/{name}"]["get"]
+        documented = {p["name"]: p["required"] for p in op["parameters"]}
+        assert documented == {p.name: p.required for p in module.PARAMS}, name

@@ -36,7 +36,7 @@ act AS (SELECT DISTINCT person, {period_sql(period)} AS pn FROM pe),
 nx AS (SELECT pn, LEAD(pn) OVER (PARTITION BY person ORDER BY pn) AS nxt FROM act)
 SELECT pn, COUNT(*), SUM(CASE WHEN nxt IS NULL OR nxt > pn + {q.param(n)} THEN 1 ELSE 0 END)
 FROM nx GROUP BY pn"""
-    rows = {int(pn): (int(a), int(c)) for pn, a, c in await store.query(sql, q.params)}
+    rows = {int(pn): (int(a), int(c)) for pn, a, c in await store.query(*q.bind(sql))}
     if not rows:
         return {"period": period, "inactive": n, "periods": []}
     last = max(rows)

@@ -36,7 +36,7 @@ SELECT 'd', {period_sql("day")}, COUNT(DISTINCT person), COUNT(*) FROM pe
 GROUP BY {period_sql("day")}"""
     periods: dict[int, tuple[int, int]] = {}
     daily: dict[int, int] = {}
-    for kind, pn, people, events_n in await store.query(sql, q.params):
+    for kind, pn, people, events_n in await store.query(*q.bind(sql)):
         if kind == "p":
             periods[int(pn)] = (int(people), int(events_n))
         else:

@@ -68,7 +68,7 @@ async def run(store: Store, args: dict[str, Any]) -> dict[str, Any]:
         f"WITH {', '.join(ctes)} SELECT {by_sql} AS v, {counts} FROM s1{by_join}{joins}"
         f" GROUP BY {by_sql}"
     )
-    rows = await store.query(sql, q.params)
+    rows = await store.query(*q.bind(sql))
     total = [0] * len(steps)
     by: dict[str, list[int]] = {}
     for v, *numbers in rows:

@@ -58,7 +58,7 @@ UNION ALL
 SELECT c.c, r.pn - c.c AS k, COUNT(*) FROM c JOIN r ON r.person = c.person
   AND r.pn > c.c AND r.pn <= c.c + {q.param(n)} GROUP BY c.c, r.pn - c.c"""
     cohorts: dict[int, dict[str, Any]] = {}
-    for c, k, people in await store.query(sql, q.params):
+    for c, k, people in await store.query(*q.bind(sql)):
         cohort = cohorts.setdefault(
             int(c),
             {"start": period_start(period, int(c)).isoformat(), "size": 0, "returned": [0] * n},

@@ -71,7 +71,7 @@ FROM fs LEFT JOIN spent ON spent.person = fs.person GROUP BY fs.c"""
     active: dict[int, int] = {}
     revenue: dict[int, tuple[float, int]] = {}
     cohorts: dict[int, tuple[int, float]] = {}
-    for kind, n, a, b in await store.query(sql, q.params):
+    for kind, n, a, b in await store.query(*q.bind(sql)):
         if kind == "a":
             active[int(n)] = int(a)
         elif kind == "r":

@@ -12,6 +12,7 @@ zone is UTC (the stores' ``query`` sets it), so one report gives one answer on e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -70,6 +71,9 @@ def quote(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
 
+_PARAM = re.compile(r"\$(\d+)")
+
+
 class Query:
     """A SQL text being built and its ``$n`` parameters."""
 
@@ -79,6 +83,20 @@ class Query:
     def param(self, value: Any) -> str:
         self.params.append(value)
         return f"${len(self.params)}"
+
+    def bind(self, sql: str) -> tuple[str, list[Any]]:
+        """``sql`` with its parameters numbered in order of use, and their values: a
+        parameter made for a part of the query that was then left out (no table of
+        that kind yet) is dropped, since both engines refuse unused parameters. (The
+        SQL holds no ``$`` but parameters: values never go into its text.)"""
+        order: dict[int, int] = {}
+
+        def renumber(m: re.Match[str]) -> str:
+            old = int(m.group(1))
+            return f"${order.setdefault(old, len(order) + 1)}"
+
+        text = _PARAM.sub(renumber, sql)
+        return text, [self.params[old - 1] for old in order]
 
 
 @dataclass(frozen=True)
