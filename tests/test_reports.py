@@ -27,6 +27,7 @@ from eventd_plugins.duckdb import Duckdb
 from eventd_plugins.postgres import Postgres
 
 from eventd import OK, Destination, Event
+from eventd.identity.links import IdentityLink
 from eventd.reports import REPORTS
 from eventd.reports.params import BadParameter, parse
 from tests import reports_data as data
@@ -350,3 +351,32 @@ def test_the_openapi_document_lists_each_reports_parameters() -> None:
         op = doc["paths"][f"/admin/reports/{name}"]["get"]
         documented = {p["name"]: p["required"] for p in op["parameters"]}
         assert documented == {p.name: p.required for p in module.PARAMS}, name
+
+
+async def test_postgres_upserts_identity_links_like_duckdb(
+    pg: PostgresServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    t0 = data.START
+    later = t0 + timedelta(hours=1)
+    first = [
+        IdentityLink("a1", "u1", "p1", later),
+        IdentityLink("a1", "u1", "p1", t0),  # the same key in one batch: the first time
+        IdentityLink(None, "u1", "p1", t0),
+    ]
+    merged = [IdentityLink("a1", "u1", "p2", later), IdentityLink(None, "u1", "p2", later)]
+    db = await asyncio.to_thread(pg.create_database)
+    async with aiohttp.ClientSession() as s:
+        stores: list[Any] = [
+            Postgres("wh", {"dsn": pg.dsn(db), "password": pg.password}, s),
+            Duckdb("analytics", {"path": str(tmp_path / "a.duckdb")}, s),
+        ]
+        for store in stores:
+            await store.write_identities(first)
+            await store.write_identities(merged)  # the profile merged: rows re-sent
+            rows = await store.query(
+                f"SELECT anonymous_id, user_id, profile_id, linked_at"
+                f" FROM {store.identities_schema}.identities ORDER BY anonymous_id NULLS FIRST"
+            )
+            assert rows == [(None, "u1", "p2", t0), ("a1", "u1", "p2", t0)], store.dialect
+            await store.close()
