@@ -20,8 +20,7 @@ def eventd_routes(app: web.Application, runtime: Runtime) -> None:
     def store() -> Store | None:
         """The ``[reports] store`` destination, once the dispatcher runs it."""
         name = runtime.config.reports.store
-        worker = runtime.dispatcher.workers.get(name) if name else None
-        found: Any = worker.destination if worker is not None else None
+        found: Any = runtime.dispatcher.destination(name) if name else None
         return found if found is not None and hasattr(found, "query") else None
 
     http.add_routes(app, runtime.config.admin.token, store)

@@ -27,8 +27,7 @@ import aiohttp
 import duckdb
 import pyarrow as pa
 
-from eventd import OK, Destination, Event, Outcome, Permanent, Retry, hookimpl
-from eventd.identity.links import IdentityLink
+from eventd import OK, Destination, Event, IdentityLink, Outcome, Permanent, Retry, hookimpl
 
 from ..warehouse.batches import (
     IDENTITIES,

@@ -23,10 +23,19 @@ from typing import Any
 
 import aiohttp
 
-from eventd import OK, Destination, Event, Outcome, Permanent, Retry, hookimpl
-from eventd.config import ConfigError
-from eventd.destination import optional_import, scrub
-from eventd.identity.links import IdentityLink
+from eventd import (
+    OK,
+    ConfigError,
+    Destination,
+    Event,
+    IdentityLink,
+    Outcome,
+    Permanent,
+    Retry,
+    hookimpl,
+    optional_import,
+    scrub,
+)
 
 from ..warehouse.batches import (
     IDENTITY_COLUMNS,

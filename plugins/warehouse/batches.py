@@ -15,8 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventd import Ok, Outcome
-from eventd.identity.links import IdentityLink
+from eventd import IdentityLink, Ok, Outcome
 
 from .rows import ADJUSTED_CAST, ADJUSTED_DROPPED, CAST, DROP, Planned, Row, fit, quote
 from .rows import standard_columns as standard_columns
