@@ -100,6 +100,18 @@ async def test_a_batch_lands_in_segments_tables_once(store: Duckdb) -> None:
     assert read(path, "SELECT count(*) FROM app.identifies") == [(1,)]
 
 
+async def test_a_batch_with_some_ids_loaded_adds_only_the_new_ones(store: Duckdb) -> None:
+    # the plain insert fails on m1's key; the batch is loaded again skipping loaded ids
+    assert await store.deliver(events(track("m1", revenue=12.5))) == [OK]
+    assert await store.deliver(events(track("m2", revenue=3), track("m1", revenue=99))) == [OK] * 2
+    await store.close()
+    assert read(store.path, "SELECT id, revenue FROM app.order_completed ORDER BY id") == [
+        ("m1", 12.5),
+        ("m2", 3.0),
+    ]
+    assert read(store.path, "SELECT id FROM app.tracks ORDER BY id") == [("m1",), ("m2",)]
+
+
 async def test_new_keys_add_columns_and_misfits_are_dropped_and_counted(store: Duckdb) -> None:
     counted: dict[str, int] = {}
     store.on_adjusted = lambda reason, n: counted.__setitem__(reason, counted.get(reason, 0) + n)
