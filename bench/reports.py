@@ -2,7 +2,7 @@
 and a 14-period retention over millions of events, against the targets of issue 16.
 
 Load: SDK-shaped track events (a dozen properties, the usual context) handed to the
-destination's ``deliver`` in batches of 1,000 as the dispatcher does with the default
+destination's ``deliver`` in batches of 5,000 as the dispatcher does with the default
 config; the rate counts only ``deliver`` (no HTTP, no outbox). Reports: ``--events``
 rows written straight into the destination's own ``tracks`` table by DuckDB SQL
 (200,000 people over 60 days, a third of the events anonymous, half of those linked in
@@ -64,7 +64,7 @@ def message(i: int) -> dict[str, Any]:
     }
 
 
-async def load_rate(path: Path, n: int, batch: int = 1000) -> float:
+async def load_rate(path: Path, n: int, batch: int = 5000) -> float:
     bodies = [orjson.dumps(message(i)) for i in range(n)]
     events = [Event(i, "app", 0, body=b) for i, b in enumerate(bodies, 1)]
     async with aiohttp.ClientSession() as session:

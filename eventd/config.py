@@ -475,11 +475,12 @@ def embedded_default(data_dir: Path, *, create_secrets: bool) -> Config:
 
 def default_analytics(data_dir: Path) -> DestinationConfig:
     """The embedded analytics store: every event into ``DATA_DIR/analytics.duckdb``, in
-    batches of up to 1,000 (DuckDB loads a batch as one bulk insert)."""
+    batches of up to 5,000: DuckDB loads a batch as one bulk insert with a fixed cost per
+    transaction (bench.reports: ~30 % more events per CPU-second than 1,000)."""
     return DestinationConfig(
         name=DEFAULT_ANALYTICS,
         type="duckdb",
-        batch_size=1000,
+        batch_size=5000,
         settings={"path": str(data_dir / "analytics.duckdb")},
     )
 
