@@ -34,6 +34,7 @@ from eventd.http import (
     retry_after,
     scrub,
 )
+from eventd.identity.links import IdentityLink
 from eventd.redact import SECRET_WORDS, is_secret, redact
 from eventd.source import Message, Source, compact, hmac_matches, iso_time, load_mapper, message
 from eventd.store.base import Store, service_cursor
@@ -49,6 +50,7 @@ __all__ = [
     "Destination",
     "Event",
     "HttpDestination",
+    "IdentityLink",
     "Message",
     "Ok",
     "Outcome",

@@ -234,6 +234,23 @@ def starter_config() -> str:
                 }
             },
         ),
+        (
+            "An embedded analytics store (a DuckDB file) that `eventd report` reads.",
+            {
+                "destinations": {
+                    "analytics": {
+                        "type": "duckdb",
+                        "batch_size": 1000,
+                        "settings": {"path": "eventd-data/analytics.duckdb"},
+                    }
+                }
+            },
+        ),
+        (
+            "Reports (eventd report funnel|retention|engagement|churn|revenue) read this\n"
+            "duckdb or postgres destination's tables.",
+            {"reports": {"store": "analytics"}},
+        ),
     ]
     out = ["# eventd configuration. Every key: eventd.toml.example. Check: eventd check.\n"]
     for comment, data in blocks:

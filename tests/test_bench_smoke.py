@@ -19,3 +19,16 @@ def test_bench_smoke_prints_the_table() -> None:
     for row in ("ceiling A", "/v1/batch", "delivery", "e2e latency p99", "RSS"):
         assert row in done.stdout, row
     assert "| target | goal | median | met |" in done.stdout
+
+
+def test_reports_bench_smoke_prints_its_table() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.reports", "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ("duckdb load", "funnel (4 steps, 1d)", "retention (14 days)"):
+        assert row in done.stdout, row

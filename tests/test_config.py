@@ -151,6 +151,34 @@ def test_embedded_default_keeps_its_write_key(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "write_key").stat().st_mode & 0o077 == 0
 
 
+def test_embedded_default_has_an_analytics_store_reports_read(tmp_path: Path) -> None:
+    cfg = embedded_default(tmp_path / "d", create_secrets=True)
+    analytics = cfg.destinations["analytics"]
+    assert analytics.type == "duckdb"
+    assert analytics.settings == {"path": str(tmp_path / "d" / "analytics.duckdb")}
+    assert cfg.reports.store == "analytics"
+
+
+def test_reports_store_names_a_warehouse_destination() -> None:
+    def cfg(reports: dict[str, object] | None, **types: str) -> object:
+        data: dict[str, object] = {
+            "destinations": {n: {"type": t, "settings": {}} for n, t in types.items()}
+        }
+        if reports is not None:
+            data["reports"] = reports
+        return parse_config(data, "x.toml").reports.store  # type: ignore[arg-type]
+
+    assert cfg(None, a="duckdb", h="webhook") == "a"  # the only duckdb destination
+    assert cfg(None, a="duckdb", b="duckdb") is None  # two: say which
+    assert cfg({"store": "w"}, w="postgres", a="duckdb") == "w"
+    with pytest.raises(ConfigError, match=r"reports\.store = 'h': expected a duckdb or postgres"):
+        cfg({"store": "h"}, h="webhook")
+    with pytest.raises(ConfigError, match=r"reports\.store = 'nope'.*\(a, w\)"):
+        cfg({"store": "nope"}, a="duckdb", w="postgres")
+    with pytest.raises(ConfigError, match=r"reports\.colour"):
+        cfg({"colour": "red"}, a="duckdb")
+
+
 def test_init_writes_a_valid_commented_config_and_never_overwrites(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -161,6 +189,8 @@ def test_init_writes_a_valid_commented_config_and_never_overwrites(
     cfg = parse_config(tomllib.loads(text), str(target))
     assert cfg.sources["web"].write_key.startswith("wk_")
     assert cfg.admin.token and cfg.destinations["file"].type == "jsonl"
+    assert cfg.destinations["analytics"].type == "duckdb"
+    assert cfg.reports.store == "analytics"
     assert main(["init", str(target)]) == 1
     assert "exists; not overwriting" in capsys.readouterr().err
     assert target.read_text() == text

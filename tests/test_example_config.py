@@ -9,6 +9,7 @@ from pathlib import Path
 from eventd.config import (
     AdminConfig,
     DestinationConfig,
+    ReportsConfig,
     ServerConfig,
     SourceConfig,
     StorageConfig,
@@ -35,6 +36,7 @@ def test_example_lists_every_key() -> None:
     assert set(data["server"]) == _keys(ServerConfig)
     assert set(data["storage"]) == _keys(StorageConfig)
     assert set(data["admin"]) == _keys(AdminConfig)
+    assert set(data["reports"]) == _keys(ReportsConfig)
     # A tracking plan needs its file: its three keys are shown commented out.
     # A source's `settings` are the other keys of a cloud-app source's table.
     assert set(data["sources"]["web"]) == _keys(SourceConfig) - {"tracking_plan", "settings"}

@@ -243,7 +243,12 @@ def test_fuzz_every_operation(eventd: StartEventd, tmp_path: Path) -> None:
     ev = eventd(
         {
             "destinations": {
-                "file": {"type": "jsonl", "settings": {"path": str(tmp_path / "out.jsonl")}}
+                "file": {"type": "jsonl", "settings": {"path": str(tmp_path / "out.jsonl")}},
+                # the report store, so /admin/reports/* answer from real DuckDB tables
+                "analytics": {
+                    "type": "duckdb",
+                    "settings": {"path": str(tmp_path / "analytics.duckdb")},
+                },
             }
         }
     )
@@ -293,6 +298,8 @@ def test_fuzz_every_operation(eventd: StartEventd, tmp_path: Path) -> None:
         ),
         ("POST", "/admin/drain", {"query": {"timeout": 30}}, 200),
         ("GET", "/admin/runtime", {}, 200),
+        ("GET", "/admin/reports/funnel", {"query": {"steps": "e", "by": "x"}}, 200),
+        ("GET", "/admin/reports/retention", {"query": {"start": "e"}}, 200),
         ("GET", "/metrics", {}, 200),
     ]
     for method, path, kwargs, expected in examples:
@@ -320,7 +327,10 @@ def test_fuzz_every_operation(eventd: StartEventd, tmp_path: Path) -> None:
     assert len(stored) >= FUZZ_EXAMPLES, fuzzer.statuses
     assert fuzzer.statuses["GET /admin/destinations 200"] > 0, fuzzer.statuses
     destinations = ev.drain(timeout=30)
-    assert [(d["name"], d["lag_events"], d["dead"]) for d in destinations] == [("file", 0, 0)]
+    assert [(d["name"], d["lag_events"], d["dead"]) for d in destinations] == [
+        ("analytics", 0, 0),
+        ("file", 0, 0),
+    ]
     lines = (tmp_path / "out.jsonl").read_bytes().splitlines()
     delivered = {json.loads(line)["messageId"]: json.loads(line) for line in lines}
     off = {mid for mid, m in stored.items() if not routed_to_file(m.get("integrations"))}

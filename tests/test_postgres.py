@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from eventd_plugins.postgres import masked_dsn
-from eventd_plugins.postgres.rows import (
+from eventd_plugins.warehouse.rows import (
     ADJUSTED_CAST,
     ADJUSTED_DROPPED,
     ADJUSTED_NO_EVENT_TABLE,

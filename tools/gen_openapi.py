@@ -317,11 +317,19 @@ def response_schemas() -> dict[str, Schema]:
                 " header over 8190 bytes), bad_request (400: not parseable HTTP)."
                 " Admin codes: bad_request (400),"
                 " unauthorized (401), admin_disabled (403), not_found (404),"
-                " drain_timeout (504)."
+                " drain_timeout (504); reports: bad_parameter (400, with `parameter`),"
+                " no_report_store and report_store_unavailable (503)."
             ),
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "parameter": {
+                    "type": "string",
+                    "description": "bad_parameter: the query parameter at fault.",
+                },
+            },
         },
         "ProjectSettings": {
             "description": "The settings analytics-next fetches from its cdnURL.",
@@ -587,6 +595,14 @@ def responses() -> dict[str, Schema]:
             **{"Retry-After": retry_after},
         ),
         "AdminBadRequest": error("bad_request: a parameter is wrong; the message says which."),
+        "ReportBadParameter": error(
+            "bad_parameter: a query parameter is unknown, missing or wrong; `parameter`"
+            " names it and the message says what was expected."
+        ),
+        "ReportStoreUnavailable": error(
+            "no_report_store: no [reports] store is configured or running;"
+            " report_store_unavailable: the store failed (the message says how)."
+        ),
         "AdminUnauthorized": error("unauthorized: send Authorization: Bearer <admin.token>."),
         "AdminDisabled": error("admin_disabled: no admin.token is configured."),
     }
@@ -1630,6 +1646,137 @@ def console_paths() -> dict[str, Schema]:
     }
 
 
+# -- reports (eventd/reports/: each module's PARAMS and run(); test_reports checks the
+# parameter names agree) ------------------------------------------------------------
+
+_T = "A duration back from now ('2h', '7d') or an ISO-8601 date or date-time."
+_RANGE = [
+    ("since", {"type": "string"}, f"Only events at or after this time. {_T}"),
+    ("until", {"type": "string"}, f"Only events before this time. {_T}"),
+]
+_COUNT = {"type": "integer", "minimum": 1, "maximum": 366}
+REPORT_PARAMS: dict[str, list[tuple[str, Schema, str]]] = {
+    "funnel": [
+        ("steps", {"type": "string"}, "Required: 1 to 20 distinct event names, comma-separated."),
+        ("by", {"type": "string"}, "Split by this property of each person's step-1 event."),
+        ("within", {"type": "string", "default": "1d"}, "All steps within this of step 1."),
+        *_RANGE,
+    ],
+    "retention": [
+        ("start", {"type": "string"}, "Required: the event that puts a person in a cohort."),
+        ("return", {"type": "string", "default": "any"}, "The return event, or 'any'."),
+        ("period", {"type": "string", "enum": ["day", "week"], "default": "day"}, "Periods."),
+        ("periods", {**_COUNT, "default": 7}, "Periods after the cohort's."),
+        *_RANGE,
+    ],
+    "engagement": [
+        (
+            "period",
+            {"type": "string", "enum": ["day", "week", "month"], "default": "day"},
+            "Periods.",
+        ),
+        *_RANGE,
+    ],
+    "churn": [
+        (
+            "period",
+            {"type": "string", "enum": ["day", "week", "month"], "default": "week"},
+            "Periods.",
+        ),
+        ("inactive", {**_COUNT, "default": 1}, "Inactive periods that make a person churned."),
+        *_RANGE,
+    ],
+    "revenue": [
+        ("event", {"type": "string", "default": "Order Completed"}, "The purchase event."),
+        ("property", {"type": "string", "default": "revenue"}, "Its numeric amount property."),
+        (
+            "period",
+            {"type": "string", "enum": ["day", "week", "month"], "default": "month"},
+            "Periods.",
+        ),
+        *_RANGE,
+    ],
+}
+REPORT_SUMMARIES = {
+    "funnel": "People who did the steps in order within a window, split by a property",
+    "retention": "Cohorts by first start event, and who returned in each period after",
+    "engagement": "Active people per period, events per active person, stickiness",
+    "churn": "Per period: active people, and those inactive for the next N periods",
+    "revenue": "Revenue, paying people, ARPU, ARPPU per period; revenue per person by cohort",
+}
+
+
+def report_schemas() -> dict[str, Schema]:
+    def obj(**props: Schema) -> Schema:
+        return {"type": "object", "required": list(props), "properties": props}
+
+    def rows(**props: Schema) -> Schema:
+        return {"type": "array", "items": obj(**props)}
+
+    counts = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+    day = {"type": "string", "format": "date"}
+    num = {"type": "number"}
+    count = {"type": "integer", "minimum": 0}
+    text = {"type": "string"}
+    return {
+        "FunnelReport": obj(
+            steps={"type": "array", "items": text},
+            total=counts,
+            by={
+                "type": "object",
+                "additionalProperties": counts,
+                "description": "Per value of the by property; a missing value is '(none)'.",
+            },
+        ),
+        "RetentionReport": obj(period=text, cohorts=rows(start=day, size=count, returned=counts)),
+        "EngagementReport": obj(
+            period=text,
+            periods=rows(
+                start=day, active_users=count, events=count, events_per_user=num, stickiness=num
+            ),
+        ),
+        "ChurnReport": obj(
+            period=text,
+            inactive=count,
+            periods=rows(start=day, active_users=count, churned=count, churn_rate=num),
+        ),
+        "RevenueReport": obj(
+            period=text,
+            event=text,
+            property=text,
+            periods=rows(
+                start=day,
+                revenue=num,
+                paying_users=count,
+                active_users=count,
+                arpu=num,
+                arppu=num,
+            ),
+            cohorts=rows(start=day, users=count, revenue=num, revenue_per_user=num),
+        ),
+    }
+
+
+def report_paths() -> dict[str, Schema]:
+    paths = {}
+    for name, params in REPORT_PARAMS.items():
+        op = admin_op(
+            f"{name}Report",
+            REPORT_SUMMARIES[name],
+            ok_json(
+                "The report, as `eventd report " + name + " --format json` prints it.",
+                schema(name.capitalize() + "Report"),
+            ),
+            params=[{**query(n, s, d), "required": d.startswith("Required")} for n, s, d in params],
+            bad_request=False,
+            extra={"503": response("ReportStoreUnavailable")},
+        )
+        op["tags"] = ["reports"]
+        op["responses"]["400"] = response("ReportBadParameter")
+        paths[f"/admin/reports/{name}"] = {"get": op}
+    return paths
+
+
 def build(version: str) -> Schema:
     return {
         "openapi": "3.1.0",
@@ -1655,16 +1802,26 @@ def build(version: str) -> Schema:
             {"name": "operations", "description": "Health, readiness, metrics."},
             {"name": "admin", "description": "The admin API the CLI's daemon verbs use."},
             {"name": "console", "description": "The web console's pages (HTML)."},
+            {
+                "name": "reports",
+                "description": "eventd report's answers, from the [reports] store (admin token).",
+            },
         ],
         "paths": {
             **tracking_paths(),
             **webhook_paths(),
             **operations_paths(),
             **admin_paths(),
+            **report_paths(),
             **console_paths(),
         },
         "components": {
-            "schemas": {**message_schemas(), **response_schemas(), **outcome_schemas()},
+            "schemas": {
+                **message_schemas(),
+                **response_schemas(),
+                **outcome_schemas(),
+                **report_schemas(),
+            },
             "responses": responses(),
             "securitySchemes": security_schemes(),
         },

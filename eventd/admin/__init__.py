@@ -3,7 +3,7 @@
 never a worker's fields. ``api.py`` holds the routes, ``params.py`` request parsing.
 """
 
-from eventd.admin.api import Admin
+from eventd.admin.api import Admin, guarded
 from eventd.admin.params import BadRequest, parse_time
 
-__all__ = ["Admin", "BadRequest", "parse_time"]
+__all__ = ["Admin", "BadRequest", "guarded", "parse_time"]

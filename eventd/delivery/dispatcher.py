@@ -4,9 +4,10 @@ holds back only itself.
 
 It is also the delivery side's one public face for the rest of eventd: the admin
 API reads :meth:`Dispatcher.status` (where lag is computed, once) and
-:meth:`Dispatcher.outcomes_of` (the live debugger), and asks for redrives and
-replays through :meth:`Dispatcher.redrive` and :meth:`Dispatcher.replay`; it
-never reads worker fields.
+:meth:`Dispatcher.outcomes_of` (the live debugger), asks for redrives and replays
+through :meth:`Dispatcher.redrive` and :meth:`Dispatcher.replay`, and a feature
+finds a running destination through :meth:`Dispatcher.destination`; it never
+reads worker fields.
 """
 
 from __future__ import annotations
@@ -123,6 +124,12 @@ class Dispatcher:
     def names(self) -> list[str]:
         """The running destinations, sorted."""
         return sorted(self.workers)
+
+    def destination(self, name: str) -> Destination | None:
+        """The running destination named ``name`` (None when none runs under it), for
+        features that read a destination's own store (reports query a duckdb one)."""
+        worker = self.workers.get(name)
+        return worker.destination if worker is not None else None
 
     def passed_seq(self) -> int:
         """The highest seq every running destination has passed (retention keeps the rest)."""

@@ -15,7 +15,6 @@ eventd starts with its other destinations where asyncpg is not installed.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from eventd import (
     ConfigError,
     Destination,
     Event,
-    Ok,
+    IdentityLink,
     Outcome,
     Permanent,
     Retry,
@@ -38,13 +37,21 @@ from eventd import (
     scrub,
 )
 
-from .rows import Planned, Row, plan, schema_name
+from ..warehouse.batches import (
+    IDENTITY_COLUMNS,
+    SCHEMA_SETTING,
+    adjusted_counts,
+    columnar,
+    first_values,
+    grouped,
+    identity_rows,
+)
+from ..warehouse.rows import Planned, column_name, plan, schema_name
 from .warehouse import (
     Connection,
     Warehouse,
-    columnar,
-    first_values,
     insert_sql,
+    upsert_identities_sql,
     upsert_users_sql,
 )
 
@@ -115,12 +122,7 @@ class Postgres(Destination):
                 "type": "string",
                 "description": "the password, when the DSN leaves it out",
             },
-            "schema": {
-                "type": "string",
-                "pattern": "^[a-z_][a-z0-9_]{0,62}$",
-                "description": "one schema for every source (default: one per source, "
-                "named from the source)",
-            },
+            "schema": SCHEMA_SETTING,
             "pool_size": {
                 "type": "integer",
                 "minimum": 1,
@@ -188,12 +190,7 @@ class Postgres(Destination):
         planned = [plan(e.message, self.schema or schema_name(e.source), loaded_at) for e in batch]
         outcomes = scrub(await self._load(planned), self.secrets)
         assert outcomes is not None
-        results = list(outcomes) if isinstance(outcomes, Sequence) else [outcomes] * len(batch)
-        counts: dict[str, int] = {}
-        for p, outcome in zip(planned, results, strict=True):
-            if isinstance(outcome, Ok):
-                for reason in p.adjusted:
-                    counts[reason] = counts.get(reason, 0) + 1
+        results, counts = adjusted_counts(planned, outcomes)
         self.count_adjusted(counts)
         return results
 
@@ -228,32 +225,16 @@ class Postgres(Destination):
     async def _write(self, conn: Connection, planned: list[Planned]) -> None:
         """Every row of ``planned`` in one transaction; RowRefused when PostgreSQL refuses
         one (the transaction then rolled back)."""
-        tables: dict[tuple[str, str], list[tuple[Row, set[str]]]] = {}
-        users: dict[tuple[str, str], tuple[Row, set[str]]] = {}
-        for p in planned:
-            for row in p.rows:
-                tables.setdefault((p.schema, row.table), []).append((row, p.adjusted))
-            if p.user is not None:
-                # one upsert row per user: a statement may not update a row twice
-                key = (p.schema, str(p.user.values["id"]))
-                row = _merged(users[key][0], p.user) if key in users else p.user
-                users[key] = (row, p.adjusted)
-        user_tables: dict[str, list[tuple[Row, set[str]]]] = {}
-        # sorted by id: concurrent batches upserting the same users lock them in one order
-        for (schema, _), entry in sorted(users.items(), key=lambda item: item[0]):
-            user_tables.setdefault(schema, []).append(entry)
-
         statements: list[tuple[str, list[list[Any]]]] = []
-        for (schema, table), entries in itertools.chain(
-            tables.items(), (((s, "users"), e) for s, e in user_tables.items())
-        ):
-            rows = [r for r, _ in entries]
-            types = await self.warehouse.ensure(conn, schema, table, first_values(rows))
-            columns, arrays = columnar(rows, types, [a for _, a in entries])
+        for group in grouped(planned):
+            types = await self.warehouse.ensure(
+                conn, group.schema, group.table, first_values(group.rows)
+            )
+            columns, arrays = columnar(group.rows, types, group.adjusted)
             sql = (
-                upsert_users_sql(schema, columns, types)
-                if table == "users"
-                else insert_sql(schema, table, columns, types)
+                upsert_users_sql(group.schema, columns, types)
+                if group.table == "users"
+                else insert_sql(group.schema, group.table, columns, types)
             )
             statements.append((sql, arrays))
         try:
@@ -265,6 +246,45 @@ class Postgres(Destination):
             if str(getattr(exc, "sqlstate", ""))[:2] in _ROW_CLASSES:
                 raise RowRefused(str(exc)) from exc
             raise
+
+    # -- the store reports read, and the identity graph writes ------------------------
+
+    dialect = "postgres"
+
+    column_name = staticmethod(column_name)
+
+    @property
+    def identities_schema(self) -> str:
+        """Where the ``identities`` table lives: the ``schema`` setting, else ``public``."""
+        return self.schema or "public"
+
+    async def write_identities(self, links: Sequence[IdentityLink]) -> None:
+        """Upsert identity links into ``identities`` (eventd.identity.links: a repeated
+        (anonymous_id, user_id) keeps its first linked_at, takes the new profile_id).
+        Raises what asyncpg raises; the caller (the identity graph) retries."""
+        rows = identity_rows(links)
+        if not rows:
+            return
+        arrays = [[getattr(r, c) for r in rows] for c in IDENTITY_COLUMNS]
+        pool = await self._get_pool()
+        async with pool.acquire(timeout=self.timeout) as conn:
+            await self.warehouse.ensure_identities(conn, self.identities_schema)
+            async with conn.transaction():
+                # one writer at a time: two upserts of a new key would both insert it
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))",
+                    f"eventd {self.identities_schema}.identities",
+                )
+                for sql in upsert_identities_sql(self.identities_schema):
+                    await conn.execute(sql, *arrays, timeout=self.timeout)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query (``$1``... parameters), in a session whose time
+        zone is UTC (reports' calendar periods are UTC's)."""
+        pool = await self._get_pool()
+        async with pool.acquire(timeout=self.timeout) as conn, conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL TimeZone = 'UTC'")
+            return [tuple(r) for r in await conn.fetch(sql, *params)]
 
     def _classify(self, exc: BaseException) -> Outcome:
         asyncpg = self.asyncpg
@@ -324,16 +344,6 @@ def masked_dsn_or_hidden(dsn: str) -> str:
         return masked_dsn(dsn)
     except ValueError:
         return "***"
-
-
-def _merged(older: Row, newer: Row) -> Row:
-    """Two identifies of one user in a batch as one upsert row: the newer one's values,
-    the older one's where the newer has none."""
-    values = {**older.values, **{k: v for k, v in newer.values.items() if v is not None}}
-    received = [v for v in (older.values.get("received_at"), newer.values.get("received_at")) if v]
-    if received:
-        values["received_at"] = max(received)
-    return Row("users", values)
 
 
 @hookimpl

@@ -18,18 +18,10 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .rows import (
-    ADJUSTED_CAST,
-    ADJUSTED_DROPPED,
-    CAST,
-    DROP,
-    INFERRED_TYPES,
-    Row,
-    fit,
-    infer_type,
-    quote,
-    standard_columns,
-)
+from ..warehouse.batches import IDENTITIES, identities_ddl
+from ..warehouse.batches import upsert_identities_sql as shared_upsert_identities_sql
+from ..warehouse.batches import upsert_users_sql as shared_upsert_users_sql
+from ..warehouse.rows import INFERRED_TYPES, infer_type, qualified, quote, standard_columns
 
 Connection = Any  # asyncpg.Connection: asyncpg ships no type information
 
@@ -41,10 +33,6 @@ SELECT attname, format_type(atttypid, NULL) FROM pg_attribute
 WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
 """
 _SCHEMA_EXISTS = "SELECT true FROM pg_namespace WHERE nspname = $1"
-
-
-def qualified(schema: str, table: str) -> str:
-    return f"{quote(schema)}.{quote(table)}"
 
 
 class Warehouse:
@@ -75,6 +63,22 @@ class Warehouse:
                 known = await self._evolve(conn, schema, table, first_values)
             self.columns[key] = known
             return known
+
+    async def ensure_identities(self, conn: Connection, schema: str) -> None:
+        """Create ``schema.identities`` unless it is known to exist."""
+        if (schema, IDENTITIES) in self.columns:
+            return
+        async with self._ddl, conn.transaction():
+            name = qualified(schema, IDENTITIES)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", "eventd " + name)
+            if not await self._read(conn, schema, IDENTITIES):
+                if not await conn.fetchval(_SCHEMA_EXISTS, schema):
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+                await conn.execute(identities_ddl(name, "timestamp with time zone"))
+                await conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS identities_user_id ON {name} (user_id)"
+                )
+            self.columns[(schema, IDENTITIES)] = await self._read(conn, schema, IDENTITIES)
 
     async def _read(self, conn: Connection, schema: str, table: str) -> dict[str, str]:
         rows = await conn.fetch(_COLUMNS, qualified(schema, table))
@@ -113,15 +117,6 @@ class Warehouse:
         return known
 
 
-def first_values(rows: Sequence[Row]) -> dict[str, Any]:
-    """Every column of ``rows`` with its first value, in the order first seen."""
-    seen: dict[str, Any] = {}
-    for row in rows:
-        for column, value in row.values.items():
-            seen.setdefault(column, value)
-    return seen
-
-
 def _param_type(column_type: str) -> str:
     # Types eventd does not create travel as text and are cast by the server.
     return column_type if column_type in INFERRED_TYPES else "text"
@@ -138,31 +133,6 @@ def _select(columns: Sequence[str], types: Mapping[str, str]) -> tuple[str, str]
     return picks, f"unnest({params}) AS u({names})"
 
 
-def columnar(
-    rows: Sequence[Row], types: Mapping[str, str], adjusted: Sequence[set[str]]
-) -> tuple[list[str], list[list[Any]]]:
-    """The rows as one array per column (what ``unnest`` takes), every value fitted to its
-    column's type; what was cast or dropped is added to the row's ``adjusted`` set."""
-    columns = list(first_values(rows))
-    arrays: list[list[Any]] = [[] for _ in columns]
-    for row, changes in zip(rows, adjusted, strict=True):
-        for i, column in enumerate(columns):
-            if column not in row.values or row.values[column] is None:
-                arrays[i].append(None)
-                continue
-            value = row.values[column]
-            if column in standard_columns(row.table):
-                arrays[i].append(value)  # already str / datetime
-                continue
-            fitted, how = fit(value, types[column])
-            if how == CAST:
-                changes.add(ADJUSTED_CAST)
-            elif how == DROP:
-                changes.add(ADJUSTED_DROPPED)
-            arrays[i].append(fitted)
-    return columns, arrays
-
-
 def insert_sql(schema: str, table: str, columns: Sequence[str], types: Mapping[str, str]) -> str:
     """Append rows, each once: a row whose ``id`` is there already (a redelivery, a
     replay) is left as it is."""
@@ -175,22 +145,18 @@ def insert_sql(schema: str, table: str, columns: Sequence[str], types: Mapping[s
 
 
 def upsert_users_sql(schema: str, columns: Sequence[str], types: Mapping[str, str]) -> str:
-    """Upsert users by id: each trait takes the newer identify's value (by received_at)
-    when it has one and keeps the stored value otherwise, so neither a replayed older
-    identify nor one that lacks a trait erases what a newer one set."""
+    """Upsert users by id from ``unnest`` of one array per column (see batches.py)."""
     picks, source = _select(columns, types)
-    names = ", ".join(quote(c) for c in columns)
-    newer = "EXCLUDED.received_at >= t.received_at OR t.received_at IS NULL"
-    sets = ["received_at = GREATEST(t.received_at, EXCLUDED.received_at)"]
-    for c in columns:
-        if c in ("id", "received_at"):
-            continue
-        q = quote(c)
-        sets.append(
-            f"{q} = CASE WHEN {newer} THEN COALESCE(EXCLUDED.{q}, t.{q})"
-            f" ELSE COALESCE(t.{q}, EXCLUDED.{q}) END"
-        )
-    return (
-        f"INSERT INTO {qualified(schema, 'users')} AS t ({names}) SELECT {picks} FROM {source}"
-        f" ON CONFLICT (id) DO UPDATE SET {', '.join(sets)}"
+    return shared_upsert_users_sql(
+        qualified(schema, "users"), columns, f"SELECT {picks} FROM {source}"
     )
+
+
+def upsert_identities_sql(schema: str) -> list[str]:
+    """Upsert identity links from four arrays ($1 anonymous_id, $2 user_id, $3
+    profile_id, $4 linked_at) into ``schema.identities`` (see batches.py)."""
+    source = (
+        "(SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])"
+        " AS u(anonymous_id, user_id, profile_id, linked_at))"
+    )
+    return shared_upsert_identities_sql(qualified(schema, IDENTITIES), source)

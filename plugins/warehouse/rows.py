@@ -10,6 +10,10 @@ from the first value seen, and how a later value is fitted to a column's type.
 
 Whatever it changes or drops to fit is reported as one of the fixed ``ADJUSTED_*``
 reasons, so the destination can count it.
+
+Shared by every warehouse destination (postgres, duckdb): the same event gets the
+same tables, columns and values in each, which is what lets a report give one
+answer on either store.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from ..segment_message import lookup, number, text
 
 # -- column types ----------------------------------------------------------------
 # Spelled the way PostgreSQL's format_type() prints them, so a type read back from
-# the catalog compares equal to the one the column was created with.
+# the catalog compares equal to the one the column was created with (DuckDB accepts
+# these spellings too; its catalog's own are mapped back by the duckdb destination).
 BOOLEAN = "boolean"
 BIGINT = "bigint"
 DOUBLE = "double precision"
@@ -35,7 +40,8 @@ TIMESTAMP = "timestamp with time zone"
 TEXT = "text"
 INFERRED_TYPES = frozenset({BOOLEAN, BIGINT, DOUBLE, TIMESTAMP, TEXT})
 
-MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1 (bytes; our names are ASCII)
+MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1 (bytes; our names are ASCII); DuckDB too,
+# so a name is the same in either store
 _INT64 = (-(2**63), 2**63 - 1)
 
 # -- what is counted (eventd_adjusted_events_total{reason}) ----------------------
@@ -116,6 +122,13 @@ def identifier(name: str) -> tuple[str, tuple[str, ...]]:
     return ident, tuple(adjusted)
 
 
+def column_name(path: str) -> str:
+    """The column (or table) a property path or event name lands in: ``"car.make"`` and
+    ``"car_make"`` → ``car_make``, ``"Order Completed"`` → ``order_completed`` ("" when
+    none is usable). What reports use to find a ``--by`` or ``--property`` column."""
+    return identifier(path.replace(".", "_"))[0]
+
+
 def schema_name(source: str) -> str:
     """The schema of a source's tables, named from the source as Segment does."""
     return identifier(source)[0] or "eventd"
@@ -124,6 +137,11 @@ def schema_name(source: str) -> str:
 def quote(ident: str) -> str:
     """An identifier quoted for SQL: reserved words ("user", "order") stay usable."""
     return '"' + ident.replace('"', '""') + '"'
+
+
+def qualified(schema: str, table: str) -> str:
+    """``"schema"."table"``."""
+    return f"{quote(schema)}.{quote(table)}"
 
 
 # -- types ------------------------------------------------------------------------
@@ -164,7 +182,7 @@ OK, CAST, DROP = "ok", "cast", "drop"
 
 
 def fit(value: Any, column_type: str) -> tuple[Any, str]:
-    """``value`` as the Python value asyncpg sends for a column of ``column_type``,
+    """``value`` as the Python value a driver sends for a column of ``column_type``,
     and whether it went in as it is (``ok``), converted (``cast``) or not at all
     (``drop``: None goes in).
 
@@ -214,7 +232,7 @@ def _json(value: Any) -> str:
 
 @dataclass
 class Row:
-    """One row for one table: column → value. Standard columns hold what asyncpg sends
+    """One row for one table: column → value. Standard columns hold what a driver sends
     (str, datetime); the others the flattened JSON value, fitted when the column's type
     is known."""
 

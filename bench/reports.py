@@ -1,0 +1,166 @@
+"""``python -m bench.reports``: the duckdb destination's load rate, and a 4-step funnel
+and a 14-period retention over millions of events, against the targets of issue 16.
+
+Load: SDK-shaped track events (a dozen properties, the usual context) handed to the
+destination's ``deliver`` in batches of 5,000 as the dispatcher does with the default
+config; the rate counts only ``deliver`` (no HTTP, no outbox). Reports: ``--events``
+rows written straight into the destination's own ``tracks`` table by DuckDB SQL
+(200,000 people over 60 days, a third of the events anonymous, half of those linked in
+``identities``), then each report's ``run`` timed through the destination's ``query``
+as the daemon runs it. ``--smoke`` is a few seconds with tiny sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from eventd import OK, Event
+from eventd.reports import REPORTS
+from eventd.reports.params import parse
+from plugins.duckdb import Duckdb
+
+NAMES = ["Viewed Car", "Booked Test Drive", "Started Checkout", "Order Completed"]
+LOAD_TARGET = 100_000.0  # events/s
+QUERY_TARGET = 2.0  # seconds
+
+
+def message(i: int) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "event": NAMES[i % 4],
+        "userId": f"user-{i % 50_000}",
+        "anonymousId": str(uuid.uuid4()),
+        "messageId": str(uuid.uuid4()),
+        "timestamp": "2026-11-02T09:00:00.000Z",
+        "receivedAt": "2026-11-02T09:00:00.120Z",
+        "sentAt": "2026-11-02T09:00:00.050Z",
+        "context": {
+            "ip": "203.0.113.9",
+            "library": {"name": "analytics.js", "version": "2.11.1"},
+            "page": {"path": "/cars/42", "url": "https://shop.example/cars/42"},
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64)",
+        },
+        "properties": {
+            "car": ["vw", "bmw", "fiat"][i % 3],
+            "price": 18000.5 + i % 100,
+            "currency": "EUR",
+            "revenue": 99.5,
+            "quantity": 1 + i % 3,
+            "coupon": None if i % 2 else "WINTER",
+            "dealer": {"id": f"d{i % 40}", "city": "Oslo"},
+            "electric": bool(i % 2),
+        },
+    }
+
+
+async def load_rate(path: Path, n: int, batch: int = 5000) -> float:
+    bodies = [orjson.dumps(message(i)) for i in range(n)]
+    events = [Event(i, "app", 0, body=b) for i, b in enumerate(bodies, 1)]
+    async with aiohttp.ClientSession() as session:
+        store = Duckdb("bench", {"path": str(path)}, session)
+        await store.deliver(events[:batch])  # tables and columns made outside the timing
+        start = time.perf_counter()
+        for k in range(batch, n, batch):
+            outcome = await store.deliver(events[k : k + batch])
+            assert outcome == OK or outcome == [OK] * len(events[k : k + batch]), outcome
+        elapsed = time.perf_counter() - start
+        await store.close()
+    return (n - batch) / elapsed
+
+
+FILL = """
+INSERT INTO app.tracks (id, "timestamp", received_at, user_id, anonymous_id, event, event_text)
+SELECT 'e' || i,
+       TIMESTAMPTZ '2026-09-01 00:00:00+00' + to_microseconds(
+           CAST(((i * 7919) % 60) * 86400000000 + ((i * 104729) % 86400000000) AS BIGINT)),
+       TIMESTAMPTZ '2026-09-01 00:00:00+00',
+       CASE WHEN i % 3 = 0 THEN NULL ELSE 'u' || ((i * 31) % $people) END,
+       'a' || ((i * 31) % $people),
+       lower(replace(['Viewed Car','Booked Test Drive','Started Checkout','Order Completed']
+             [1 + CAST((i // 7) % 4 AS INTEGER)], ' ', '_')),
+       ['Viewed Car','Booked Test Drive','Started Checkout','Order Completed']
+             [1 + CAST((i // 7) % 4 AS INTEGER)]
+FROM range($n) AS r(i)
+"""
+LINKS = """
+INSERT INTO main.identities
+SELECT 'a' || p, 'u' || p, 'p' || (p // 2), TIMESTAMPTZ '2026-09-15 00:00:00+00'
+FROM range($people) AS r(p) WHERE p % 2 = 0
+"""
+
+
+async def reports(path: Path, n: int, people: int, runs: int) -> dict[str, list[float]]:
+    async with aiohttp.ClientSession() as session:
+        store = Duckdb("bench", {"path": str(path)}, session)
+        await store.deliver([Event(1, "app", 0, body=orjson.dumps(message(0)))])
+        await store.write_identities([])  # no-op; the table is made below
+        con = store._connection()  # the bench fills the destination's own file
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS main.identities (anonymous_id TEXT,"
+            " user_id TEXT NOT NULL, profile_id TEXT NOT NULL,"
+            " linked_at TIMESTAMP WITH TIME ZONE NOT NULL)"
+        )
+        start = time.perf_counter()
+        con.execute(FILL.replace("$people", str(people)).replace("$n", str(n)))
+        con.execute(LINKS.replace("$people", str(people)))
+        con.execute("CHECKPOINT")
+        print(f"  filled {n:,} events in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+        cases = {
+            "funnel (4 steps, 1d)": ("funnel", {"steps": ",".join(NAMES), "within": "1d"}),
+            "retention (14 days)": ("retention", {"start": "Viewed Car", "periods": "14"}),
+        }
+        times: dict[str, list[float]] = {}
+        for label, (name, given) in cases.items():
+            module = REPORTS[name]
+            args = parse(module.PARAMS, given)
+            for _ in range(runs):
+                start = time.perf_counter()
+                await module.run(store, args)
+                times.setdefault(label, []).append(time.perf_counter() - start)
+        await store.close()
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.reports", description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: the harness works")
+    p.add_argument("--load-events", type=int, default=200_000)
+    p.add_argument("--events", type=int, default=10_000_000)
+    p.add_argument("--people", type=int, default=200_000)
+    p.add_argument("--runs", type=int, default=3)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.load_events, args.events, args.people, args.runs = 3000, 20_000, 500, 1
+    with tempfile.TemporaryDirectory(prefix="eventd-bench-reports-") as tmp:
+        rate = asyncio.run(load_rate(Path(tmp) / "load.duckdb", args.load_events))
+        times = asyncio.run(
+            reports(Path(tmp) / "reports.duckdb", args.events, args.people, args.runs)
+        )
+    print("| measure | target | median | met |")
+    print("|---|---|---|---|")
+    print(
+        f"| duckdb load ({args.load_events:,} events) | >= {LOAD_TARGET:,.0f}/s |"
+        f" {rate:,.0f}/s | {'yes' if rate >= LOAD_TARGET else 'no'} |"
+    )
+    for label, ts in times.items():
+        med = statistics.median(ts)
+        print(
+            f"| {label} over {args.events:,} events | < {QUERY_TARGET:g} s | {med:.2f} s |"
+            f" {'yes' if med < QUERY_TARGET else 'no'} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

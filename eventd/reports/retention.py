@@ -1,0 +1,79 @@
+"""The retention report: cohorts of people by the period of their first ``start`` event,
+and how many of each came back in each of the ``periods`` periods after.
+
+``returned[k-1]`` counts cohort members with a ``return`` event (any track, page or
+screen with ``any``) in the k-th period after the cohort's own (k = 1..N). Periods are
+UTC calendar days or ISO weeks (Monday first).
+
+JSON: ``{"period": "day", "cohorts": [{"start": "2026-11-02", "size": 33,
+"returned": [r1, ..., rN]}]}``, cohorts oldest first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventd.reports import params as p
+from eventd.reports.output import Section
+from eventd.reports.store import Store, period_sql, period_start, person_events
+
+NAME = "retention"
+HELP = "cohorts by first START event, and who returned in each period after"
+PARAMS = [
+    p.Param(
+        "start",
+        "the event that puts a person in a cohort",
+        p.event_name,
+        required=True,
+        metavar="EVENT",
+    ),
+    p.Param(
+        "return",
+        "the event that counts as coming back, or 'any' (default)",
+        p.event_name,
+        "any",
+        metavar="EVENT|any",
+    ),
+    p.period("day", "day", "week"),
+    p.number("periods", "periods after the cohort's", "7"),
+    *p.RANGE,
+]
+
+
+async def run(store: Store, args: dict[str, Any]) -> dict[str, Any]:
+    period, n, start, back = args["period"], args["periods"], args["start"], args["return"]
+    if back == "any":
+        q, _, pe = await person_events(store, args)
+        returns = "TRUE"
+    else:
+        q, _, pe = await person_events(store, args, sorted({start, back}))
+        returns = f"event = {q.param(back)}"
+    sql = f"""
+WITH pe AS MATERIALIZED ({pe}),
+c AS (SELECT person, MIN({period_sql(period)}) AS c FROM pe WHERE event = {q.param(start)}
+      GROUP BY person),
+r AS (SELECT DISTINCT person, {period_sql(period)} AS pn FROM pe WHERE {returns})
+SELECT c, 0 AS k, COUNT(*) FROM c GROUP BY c
+UNION ALL
+SELECT c.c, r.pn - c.c AS k, COUNT(*) FROM c JOIN r ON r.person = c.person
+  AND r.pn > c.c AND r.pn <= c.c + {q.param(n)} GROUP BY c.c, r.pn - c.c"""
+    cohorts: dict[int, dict[str, Any]] = {}
+    for c, k, people in await store.query(*q.bind(sql)):
+        cohort = cohorts.setdefault(
+            int(c),
+            {"start": period_start(period, int(c)).isoformat(), "size": 0, "returned": [0] * n},
+        )
+        if int(k) == 0:
+            cohort["size"] = int(people)
+        else:
+            cohort["returned"][int(k) - 1] = int(people)
+    return {"period": period, "cohorts": [cohorts[c] for c in sorted(cohorts)]}
+
+
+def table(result: dict[str, Any]) -> list[Section]:
+    """One row per cohort: its start, size, and returned people per period after."""
+    n = max((len(c["returned"]) for c in result["cohorts"]), default=0)
+    header = ["cohort", "people", *(f"+{k}" for k in range(1, n + 1))]
+    return [
+        ("retention", header, [[c["start"], c["size"], *c["returned"]] for c in result["cohorts"]])
+    ]

@@ -1,0 +1,169 @@
+"""The duckdb destination on its own: deliver() into a real DuckDB file under tmp_path,
+read back with DuckDB; identity links upserted by the rule of eventd.identity.links."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import duckdb
+import orjson
+import pytest
+from eventd_plugins.duckdb import Duckdb
+from eventd_plugins.warehouse.rows import ADJUSTED_DROPPED
+
+from eventd import OK, Event, Permanent
+from eventd.config import ConfigError
+from eventd.identity.links import IdentityLink
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+def events(*messages: dict[str, Any], source: str = "app") -> list[Event]:
+    return [
+        Event(seq, source, 1_700_000_000_000, body=orjson.dumps(m))
+        for seq, m in enumerate(messages, 1)
+    ]
+
+
+def track(mid: str, event: str = "Order Completed", **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "event": event,
+        "userId": "u1",
+        "messageId": mid,
+        "timestamp": T0.isoformat(),
+        "receivedAt": T0.isoformat(),
+        "context": {"ip": "203.0.113.9"},
+        "properties": properties,
+    }
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def store(tmp_path: Path, session: aiohttp.ClientSession) -> AsyncIterator[Duckdb]:
+    settings = {"path": str(tmp_path / "data" / "analytics.duckdb")}
+    Duckdb.validate_settings("analytics", settings)
+    dest = Duckdb("analytics", settings, session)
+    yield dest
+    await dest.close()
+
+
+def read(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+async def test_a_batch_lands_in_segments_tables_once(store: Duckdb) -> None:
+    batch = events(
+        track("m1", revenue=12.5, plan="pro"),
+        track("m2", revenue=3, plan="free"),  # 3 fits the double column as it is
+        {
+            "type": "identify",
+            "userId": "u1",
+            "messageId": "m3",
+            "timestamp": T0.isoformat(),
+            "receivedAt": T0.isoformat(),
+            "traits": {"email": "a@example.com", "address": {"city": "Oslo"}},
+        },
+        {"type": "page", "anonymousId": "a1", "messageId": "m4", "name": "Home"},
+    )
+    assert await store.deliver(batch) == [OK] * 4
+    assert await store.deliver(batch) == [OK] * 4  # a redelivery adds nothing
+    await store.close()
+    path = store.path
+    assert read(path, "SELECT id, event_text, user_id FROM app.tracks ORDER BY id") == [
+        ("m1", "Order Completed", "u1"),
+        ("m2", "Order Completed", "u1"),
+    ]
+    assert read(
+        path, "SELECT id, revenue, plan, context_ip FROM app.order_completed ORDER BY id"
+    ) == [
+        ("m1", 12.5, "pro", "203.0.113.9"),
+        ("m2", 3.0, "free", "203.0.113.9"),
+    ]
+    assert read(path, "SELECT id, email, address_city FROM app.users") == [
+        ("u1", "a@example.com", "Oslo")
+    ]
+    assert read(path, "SELECT id, anonymous_id, name FROM app.pages") == [("m4", "a1", "Home")]
+    assert read(path, "SELECT count(*) FROM app.identifies") == [(1,)]
+
+
+async def test_a_batch_with_some_ids_loaded_adds_only_the_new_ones(store: Duckdb) -> None:
+    # the plain insert fails on m1's key; the batch is loaded again skipping loaded ids
+    assert await store.deliver(events(track("m1", revenue=12.5))) == [OK]
+    assert await store.deliver(events(track("m2", revenue=3), track("m1", revenue=99))) == [OK] * 2
+    await store.close()
+    assert read(store.path, "SELECT id, revenue FROM app.order_completed ORDER BY id") == [
+        ("m1", 12.5),
+        ("m2", 3.0),
+    ]
+    assert read(store.path, "SELECT id FROM app.tracks ORDER BY id") == [("m1",), ("m2",)]
+
+
+async def test_new_keys_add_columns_and_misfits_are_dropped_and_counted(store: Duckdb) -> None:
+    counted: dict[str, int] = {}
+    store.on_adjusted = lambda reason, n: counted.__setitem__(reason, counted.get(reason, 0) + n)
+    assert await store.deliver(events(track("m1", size=2))) == [OK]
+    assert await store.deliver(events(track("m2", size="large", colour="red"))) == [OK]
+    await store.close()
+    assert read(store.path, "SELECT id, size, colour FROM app.order_completed ORDER BY id") == [
+        ("m1", 2, None),
+        ("m2", None, "red"),
+    ]
+    assert counted == {ADJUSTED_DROPPED: 1}
+
+
+async def test_a_row_duckdb_refuses_fails_alone(store: Duckdb) -> None:
+    assert await store.deliver(events(track("m1", code="1"))) == [OK]
+    await store.close()
+    con = duckdb.connect(str(store.path))
+    con.execute("ALTER TABLE app.order_completed ALTER code TYPE INTEGER")  # by hand
+    con.close()
+    outcomes = await store.deliver(events(track("m2", code="7"), track("m3", code="x")))
+    assert isinstance(outcomes, list)
+    assert outcomes[0] == OK
+    assert isinstance(outcomes[1], Permanent) and "DuckDB refused the row" in outcomes[1].reason
+    await store.close()
+    assert read(store.path, "SELECT id, code FROM app.order_completed ORDER BY id") == [
+        ("m1", 1),
+        ("m2", 7),
+    ]
+
+
+async def test_identity_links_upsert_keeping_the_first_linked_at(store: Duckdb) -> None:
+    later = T0 + timedelta(hours=1)
+    await store.write_identities(
+        [
+            IdentityLink("a1", "u1", "p1", later),
+            IdentityLink("a1", "u1", "p1", T0),  # the same key in one batch: the first time
+            IdentityLink(None, "u1", "p1", T0),
+        ]
+    )
+    # the profile merged into p2: the graph re-sends its rows
+    await store.write_identities(
+        [IdentityLink("a1", "u1", "p2", later), IdentityLink(None, "u1", "p2", later)]
+    )
+    rows = await store.query(
+        "SELECT anonymous_id, user_id, profile_id, linked_at FROM main.identities"
+        " ORDER BY anonymous_id NULLS FIRST"
+    )
+    assert rows == [(None, "u1", "p2", T0), ("a1", "u1", "p2", T0)]
+
+
+def test_settings_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"destinations\.analytics\.settings: .*'path'"):
+        Duckdb.validate_settings("analytics", {})
+    with pytest.raises(ConfigError, match=r"destinations\.analytics\.settings\.schema"):
+        Duckdb.validate_settings("analytics", {"path": "x.duckdb", "schema": "Bad-Name"})
