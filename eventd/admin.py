@@ -67,6 +67,28 @@ def parse_time(value: object, name: str) -> int | None:
     return int(ms)
 
 
+def guarded(token: str | None, handler: Handler) -> Handler:
+    """``handler`` behind the admin bearer token, with the admin API's error bodies
+    (features' routes, such as /admin/profiles, use it too)."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        if not token:
+            return _error(403, "admin_disabled", "the admin API is off: set admin.token")
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return _error(401, "unauthorized", "send Authorization: Bearer <admin.token>")
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return _error(400, "bad_request", str(exc))
+        except StorageUnavailable as exc:
+            resp = _error(503, "storage_unavailable", str(exc))
+            resp.headers["Retry-After"] = "5"
+            return resp
+
+    return route
+
+
 class Admin:
     def __init__(
         self,
@@ -116,27 +138,7 @@ class Admin:
         return self._reader
 
     def _guard(self, handler: Handler) -> Handler:
-        async def route(request: web.Request) -> web.StreamResponse:
-            return await self.auth(request, handler)
-
-        return route
-
-    async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """The bearer-token check and the admin API's error bodies."""
-        if not self.token:
-            return _error(403, "admin_disabled", "the admin API is off: set admin.token")
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {self.token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return _error(401, "unauthorized", "send Authorization: Bearer <admin.token>")
-        try:
-            return await handler(request)
-        except BadRequest as exc:
-            return _error(400, "bad_request", str(exc))
-        except StorageUnavailable as exc:
-            resp = _error(503, "storage_unavailable", str(exc))
-            resp.headers["Retry-After"] = "5"
-            return resp
+        return guarded(self.token, handler)
 
     # -- routes -----------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -72,7 +72,7 @@ def create_app(
     retention = Retention(
         config.storage,
         outbox,
-        lambda: passed_seq(dispatcher, outbox),
+        lambda: passed_seq(dispatcher, outbox, rt.services),
         retention_interval,
         suppressions.erase_pending,
     )
@@ -95,8 +95,11 @@ def create_app(
     return app
 
 
-def passed_seq(dispatcher: Dispatcher, outbox: Outbox) -> int:
+def passed_seq(dispatcher: Dispatcher, outbox: Outbox, services: Sequence[Service] = ()) -> int:
+    """The highest seq every destination and every log-consuming service (one with an
+    int ``cursor``, such as the identity graph) has passed."""
     cursors = [w.cursor for w in dispatcher.workers.values()]
+    cursors += [c for s in services if isinstance(c := getattr(s, "cursor", None), int)]
     return min(cursors) if cursors else outbox.last_seq
 
 

@@ -27,7 +27,7 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +46,9 @@ from eventd.transform import Transform, TransformError, transform
 log = structlog.get_logger("eventd.dispatcher")
 
 PAGE_EVENTS = 1000
+# A batch as a destination should get it (identity/stitch.py: resolved userIds, profile
+# traits); None when it cannot say yet (the identity graph stopped first).
+Stitch = Callable[[DestinationConfig, list[Event]], Awaitable[list[Event] | None]]
 MAX_ERROR_CHARS = 1000
 SAVE_CURSOR = (
     "INSERT INTO cursors (destination, seq, updated_at) VALUES (?, ?, ?) "
@@ -88,9 +91,11 @@ class Worker:
         metrics: Metrics,
         transforms: Sequence[tuple[str, Transform]] = (),
         suppressed: AbstractSet[str] = frozenset(),
+        stitch: Stitch | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
+        self.stitch = stitch
         self.transforms = transforms
         # userIds not to deliver: their events still in the log stay there (suppressions.py)
         self.suppressed = suppressed
@@ -330,7 +335,14 @@ class Worker:
     async def _settle(self, batch: list[Event], born: Callable[[Event], int]) -> Settled:
         """Deliver until every event is ok, skipped or dead; ``born`` starts its retry clock."""
         settled = Settled()
-        pending = self._not_suppressed(batch, settled) if self.suppressed else batch
+        if self.stitch is not None:
+            stitched = await self.stitch(self.config, batch)
+            if stitched is None:  # left for the next start, with the cursor before it
+                settled.finished = False
+                return settled
+        else:
+            stitched = batch
+        pending = self._not_suppressed(stitched, settled) if self.suppressed else stitched
         if self.transforms:
             pending = await self._transform(pending, settled)
         while pending:
@@ -373,7 +385,7 @@ class Worker:
                 if not resumed:
                     settled.finished = False
                     return settled
-        if self.transforms:
+        if self.transforms or self.stitch is not None:
             # Dead letters keep the stored event: a redrive transforms it again.
             stored = {e.seq: e for e in batch}
             settled.ok = [stored[e.seq] for e in settled.ok]
@@ -586,6 +598,7 @@ class Dispatcher:
         self.suppressed = suppressed
         self.outbox = outbox
         self.metrics = metrics
+        self.stitch: Stitch | None = None  # set by the identity feature before start()
         self.workers: dict[str, Worker] = {}
         self.session: aiohttp.ClientSession | None = None
         self._runs: list[asyncio.Task[None]] = []
@@ -601,7 +614,10 @@ class Dispatcher:
                 continue
             destination = self.types[cfg.type](name, cfg.settings, self.session)
             chain = [(t, self.transforms[t]) for t in cfg.transforms]
-            worker = Worker(cfg, destination, self.outbox, self.metrics, chain, self.suppressed)
+            stitch = self.stitch if cfg.resolve_identity or cfg.enrich_traits else None
+            worker = Worker(
+                cfg, destination, self.outbox, self.metrics, chain, self.suppressed, stitch
+            )
             await worker.start()
             self.workers[name] = worker
         for worker in self.workers.values():

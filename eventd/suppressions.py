@@ -20,6 +20,7 @@ costs one set lookup per message, and nothing while the set is empty.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiosqlite
@@ -38,6 +39,9 @@ class Suppressions:
         self.outbox = outbox
         # Read by ingest and the dispatcher; changed only here, in place.
         self.user_ids: set[str] = set()
+        # Features holding more of a user (identity: the profile and its anonymous
+        # events) erase it and return the seqs of further events to delete.
+        self.erasers: list[Callable[[str], Awaitable[list[int]]]] = []
         self._reader: aiosqlite.Connection | None = None
 
     async def load(self) -> None:
@@ -102,6 +106,8 @@ class Suppressions:
                 self._reader, "SELECT seq FROM events WHERE user_id = ?", (user_id,)
             )
         ]
+        for eraser in self.erasers:
+            found += await eraser(user_id)
         seqs = [s for s in found if s < newest]
         erased = 0
         for i in range(0, len(seqs), DELETE_BATCH):

@@ -1,0 +1,64 @@
+"""The event log as the identity graph reads it: the one place identity touches the outbox.
+
+A small adapter so that, when the Store protocol lands (issue 13: cursors per
+consumer, read-after-position, subscribe), only this class is re-pointed at it.
+It reads on its own connection, beside ingest and the destinations (WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NamedTuple
+
+import aiosqlite
+
+from eventd.outbox import Outbox, StoredEvent, fetch
+
+
+class LogRow(NamedTuple):
+    seq: int
+    user_id: str | None
+    anonymous_id: str | None
+    body: bytes  # the normalized message, JSON
+
+
+class OutboxLog:
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        self._db = await self.outbox.reader()
+
+    @property
+    def last_seq(self) -> int:
+        """The newest committed seq."""
+        return self.outbox.last_seq
+
+    def subscribe(self) -> asyncio.Event:
+        """Set after every commit that stored new events."""
+        return self.outbox.subscribe()
+
+    async def read_after(self, seq: int, limit: int) -> list[LogRow]:
+        """Up to ``limit`` events after ``seq``, in log order."""
+        assert self._db is not None
+        rows = await fetch(
+            self._db,
+            "SELECT seq, user_id, anonymous_id, body FROM events WHERE seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [LogRow(*r) for r in rows]
+
+    async def events(self, seqs: list[int]) -> list[StoredEvent]:
+        """The stored events at these seqs that are still in the log (retention), by seq."""
+        assert self._db is not None
+        if not seqs:
+            return []
+        rows = await fetch(
+            self._db,
+            "SELECT seq, source, received_at, body FROM events WHERE seq IN"
+            f" ({','.join('?' * len(seqs))}) ORDER BY seq DESC",
+            seqs,
+        )
+        return [StoredEvent(*r) for r in rows]

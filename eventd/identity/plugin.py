@@ -1,0 +1,56 @@
+"""Identity as a feature plugin: registered in the ``eventd.plugins`` entry-point group
+(pyproject.toml), so it arrives through the same hooks a third-party plugin uses."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from eventd.hookspecs import Service, hookimpl
+
+if TYPE_CHECKING:
+    from eventd.app import Runtime
+
+
+@hookimpl
+def eventd_services(runtime: Runtime) -> list[Service]:
+    if not runtime.config.identity.enabled:
+        return []
+    from eventd.identity.feed import LinkFeed, writer_of
+    from eventd.identity.log import OutboxLog
+    from eventd.identity.service import IdentityService
+    from eventd.identity.stitch import Stitcher
+    from eventd.store.identity import IdentityStore
+
+    config = runtime.config
+    store = IdentityStore(config.data_dir / "identity.db", config.storage.synchronous)
+    service = IdentityService(config.identity, OutboxLog(runtime.outbox), store, runtime.metrics)
+
+    def feeds() -> list[LinkFeed]:
+        """Destinations that store identities (their instances exist once the dispatcher runs)."""
+        found = []
+        for name, worker in runtime.dispatcher.workers.items():
+            write = writer_of(worker.destination)
+            if write is not None:
+                found.append(LinkFeed(name, write, store))
+        return found
+
+    service.find_feeds = feeds
+    runtime.dispatcher.stitch = Stitcher(service)
+    runtime.suppressions.erasers.append(service.erase)
+    return [service]
+
+
+@hookimpl
+def eventd_routes(app: web.Application, runtime: Runtime) -> None:
+    from eventd.identity.api import add_routes
+
+    add_routes(app, runtime.config.admin.token)
+
+
+@hookimpl
+def eventd_commands(subparsers: Any, verb: Any) -> None:
+    from eventd.identity.cli import add_commands
+
+    add_commands(subparsers)

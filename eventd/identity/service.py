@@ -1,0 +1,198 @@
+"""The identity service: keeps the graph up with the log, off the ingest hot path.
+
+A log consumer with its own cursor (kept in identity.db with what each page
+changed): it reads pages after the cursor, applies them to the graph
+(:mod:`eventd.identity.graph`) on identity.db's writer thread, and then
+- releases deliveries waiting for it (:meth:`IdentityService.wait_past`, for
+  stitched delivery),
+- wakes the warehouse feeds (:mod:`eventd.identity.feed`), which send new and
+  changed links to every destination that stores identities.
+
+It also answers profile lookups (the API) and erases a suppressed user's profile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+from prometheus_client import Counter, Gauge
+
+from eventd.config import IdentityConfig
+from eventd.identity.feed import LinkFeed
+from eventd.identity.graph import ANONYMOUS, REFUSAL_REASONS, USER, Changes, Graph, Profile, Rules
+from eventd.identity.log import LogRow, OutboxLog
+from eventd.metrics import Metrics
+from eventd.outbox import StoredEvent
+from eventd.store.identity import IdentityStore
+
+log = structlog.get_logger("eventd.identity")
+
+PAGE_EVENTS = 5000
+
+
+class IdentityService:
+    name = "identity"
+
+    def __init__(
+        self,
+        config: IdentityConfig,
+        events: OutboxLog,
+        store: IdentityStore,
+        metrics: Metrics,
+    ) -> None:
+        self.rules = Rules.of(config.blocked_values, config.max_anonymous_ids)
+        self.log = events
+        self.store = store
+        self.feeds: list[LinkFeed] = []
+        # Which destinations store identities: asked at start, once their instances exist.
+        self.find_feeds: Callable[[], list[LinkFeed]] = list
+        self.graph = Graph(self.rules, backing=store)
+        self.cursor = 0  # the last log seq applied to the graph
+        self._advanced = asyncio.Condition()
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._feed_tasks: list[asyncio.Task[None]] = []
+        r = metrics.registry
+        self.refused = Counter(
+            "eventd_identity_links_refused",
+            "Identity links refused by the merge protection, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REFUSAL_REASONS:
+            self.refused.labels(reason)  # every reason shows, at 0 until it happens
+        self.applied = Counter(
+            "eventd_identity_events", "Events applied to the identity graph", registry=r
+        )
+        lag = Gauge(
+            "eventd_identity_lag_events",
+            "Events stored and not yet applied to the identity graph",
+            registry=r,
+        )
+        metrics.on_scrape(lambda: lag.set(max(0, self.log.last_seq - self.cursor)))
+        self._wake = asyncio.Event()  # the log's, from start()
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.log.open()
+        self.cursor = await self.store.write(self.store.cursor)
+        self.feeds = self.find_feeds()
+        self._wake = self.log.subscribe()
+        self._task = asyncio.create_task(self._run(), name="identity")
+        for feed in self.feeds:
+            self._feed_tasks.append(asyncio.create_task(feed.run(), name=f"identity-{feed.name}"))
+        log.info("identity graph started", cursor=self.cursor, feeds=[f.name for f in self.feeds])
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._stop.set()
+        async with self._advanced:
+            self._advanced.notify_all()  # deliveries waiting on the graph leave their batch
+        for feed in self.feeds:
+            feed.stop()
+        if self._task is not None:
+            await self._task
+        await asyncio.gather(*self._feed_tasks)
+        await self.store.close()
+        log.info("identity graph stopped", cursor=self.cursor)
+
+    # -- the consumer ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            if await self.step():
+                continue
+            wake = asyncio.create_task(self._wake.wait())
+            stop = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({wake, stop}, return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
+            stop.cancel()
+
+    async def step(self) -> bool:
+        """Apply one page of the log; False when there was nothing after the cursor."""
+        newest = self.log.last_seq
+        if self.cursor >= newest:
+            return False
+        rows = await self.log.read_after(self.cursor, PAGE_EVENTS)
+        if not rows:
+            await self._advance(newest)  # what was there has been deleted (erasure)
+            return False
+        changes = await self.store.write(self._apply, rows)
+        for reason, n in changes.refused.items():
+            self.refused.labels(reason).inc(n)
+        self.applied.inc(len(rows))
+        await self._advance(rows[-1].seq)
+        if changes.links or changes.resend_users:
+            for feed in self.feeds:
+                feed.wake()
+        return True
+
+    def _apply(self, rows: list[LogRow]) -> Changes:
+        """On the writer thread: a page through the graph, written with the cursor."""
+        usable = self.rules.usable
+        wanted = [(USER, u) for r in rows if (u := usable(r.user_id)) is not None]
+        wanted += [(ANONYMOUS, a) for r in rows if (a := usable(r.anonymous_id)) is not None]
+        self.store.prefetch(self.graph, wanted)
+        try:
+            for row in rows:
+                self.graph.apply(row.seq, orjson.loads(row.body))
+            changes = self.graph.take_changes()
+            self.store.apply(changes, rows[-1].seq)
+        finally:
+            self.graph.forget()
+        return changes
+
+    async def _advance(self, seq: int) -> None:
+        async with self._advanced:
+            self.cursor = max(self.cursor, seq)
+            self._advanced.notify_all()
+
+    async def wait_past(self, seq: int) -> bool:
+        """Wait until the graph has applied the log up to ``seq``; False when it stopped first."""
+        if self.cursor >= seq:
+            return True
+        async with self._advanced:
+            await self._advanced.wait_for(lambda: self.cursor >= seq or self._stopping)
+        return self.cursor >= seq
+
+    async def drain(self) -> None:
+        """Apply everything stored so far (tests, benchmarks, erasure)."""
+        await self.wait_past(self.log.last_seq)
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def find(self, id: str, kind: str | None = None) -> Profile | None:
+        """The profile of a userId (tried first) or an anonymousId; ``kind`` forces one."""
+        kinds = [USER, ANONYMOUS] if kind is None else [kind]
+        for k in kinds:
+            found = await self.store.read(self.store.find, k, id)
+            if found is not None:
+                return found
+        return None
+
+    async def timeline(self, profile: Profile, before: int | None, limit: int) -> list[StoredEvent]:
+        """The profile's stored events, newest first, below seq ``before``."""
+        top = 2**63 - 1 if before is None else before
+        seqs = await self.store.read(self.store.timeline, profile, top, limit)
+        return await self.log.events(seqs)
+
+    # -- privacy ---------------------------------------------------------------------
+
+    async def erase(self, user_id: str) -> list[int]:
+        """Delete the profile of ``user_id`` and every identity linked to it; returns the
+        seqs of its anonymous events for the caller (suppressions.py) to delete."""
+        await self.drain()  # every event of theirs stored so far is in the graph
+        seqs = await self.store.write(self.store.erase, user_id)
+        log.info("profile erased", anonymous_events=len(seqs))  # no ids: personal data
+        return seqs
+
+    def status(self) -> dict[str, Any]:
+        return {"cursor": self.cursor, "lag_events": max(0, self.log.last_seq - self.cursor)}

@@ -1,0 +1,1 @@
+"""Storage: the stores eventd keeps its state in (identity.db: identity.py)."""
