@@ -308,13 +308,18 @@ class Graph:
         return None if pid is None else self.profile(pid)
 
     def seed(
-        self, ids: Mapping[tuple[str, str], str | None], profiles: Mapping[str, Profile | None]
+        self,
+        ids: Mapping[tuple[str, str], str | None],
+        profiles: Mapping[str, Profile | None],
+        links: Mapping[str, list[Link]],
     ) -> None:
         """Cache what the store read in bulk ahead of a page (absent ones as None)."""
         for key, pid in ids.items():
             self._ids.setdefault(key, pid)
         for pid, profile in profiles.items():
             self._profiles.setdefault(pid, profile)
+        for anon, found in links.items():
+            self._links.setdefault(anon, found)
 
     def forget(self) -> None:
         """Drop the cache (after the store wrote the changes), keeping memory bounded."""

@@ -138,9 +138,17 @@ class IdentityService:
     def _apply(self, rows: list[LogRow]) -> Changes:
         """On the writer thread: a page through the graph, written with the cursor."""
         usable = self.rules.usable
-        wanted = [(USER, u) for r in rows if (u := usable(r.user_id)) is not None]
-        wanted += [(ANONYMOUS, a) for r in rows if (a := usable(r.anonymous_id)) is not None]
-        self.store.prefetch(self.graph, wanted)
+        wanted: list[tuple[str, str]] = []
+        linking: list[str] = []
+        for r in rows:
+            user, anon = usable(r.user_id), usable(r.anonymous_id)
+            if user is not None:
+                wanted.append((USER, user))
+            if anon is not None:
+                wanted.append((ANONYMOUS, anon))
+                if user is not None:
+                    linking.append(anon)
+        self.store.prefetch(self.graph, wanted, linking)
         try:
             for row in rows:
                 self.graph.apply(row.seq, orjson.loads(row.body))

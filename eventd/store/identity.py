@@ -45,7 +45,6 @@ CREATE TABLE identifiers (
     kind TEXT NOT NULL, value TEXT NOT NULL, profile_id TEXT NOT NULL,
     PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
-CREATE INDEX identifiers_profile ON identifiers (profile_id);
 CREATE TABLE links (
     anonymous_id TEXT NOT NULL, user_id TEXT NOT NULL, linked_at TEXT NOT NULL,
     seq INTEGER NOT NULL, version INTEGER NOT NULL,
@@ -161,11 +160,22 @@ class IdentityStore:
             )
         ]
 
-    def prefetch(self, graph: Graph, ids: Iterable[tuple[str, str]]) -> None:
-        """Read the identifiers and profiles a page will need in a few queries."""
+    def prefetch(
+        self, graph: Graph, ids: Iterable[tuple[str, str]], linking: Iterable[str] = ()
+    ) -> None:
+        """Read the identifiers and profiles a page will need, and the links of the
+        anonymousIds it may link (``linking``), in a few queries."""
         wanted: dict[str, set[str]] = {USER: set(), ANONYMOUS: set()}
         for kind, value in ids:
             wanted[kind].add(value)
+        links: dict[str, list[Link]] = {a: [] for a in linking}
+        for chunk in _chunks(links):
+            for row in self.w.execute(
+                f"SELECT {LINK_COLUMNS} FROM links WHERE anonymous_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                links[row[0]].append(_link(row))
         found: dict[tuple[str, str], str | None] = {}
         for kind, values in wanted.items():
             for chunk in _chunks(values):
@@ -184,7 +194,7 @@ class IdentityStore:
                 chunk,
             )
             profiles.update({pid: Profile.from_record(orjson.loads(body)) for pid, body in rows})
-        graph.seed(found, profiles)
+        graph.seed(found, profiles, links)
 
     def apply(self, changes: Changes, cursor: int) -> None:
         """Write what a page changed and the cursor past it, in one transaction."""
@@ -260,7 +270,12 @@ class IdentityStore:
         w.execute("BEGIN IMMEDIATE")
         try:
             w.execute("DELETE FROM profiles WHERE profile_id = ?", (pid,))
-            w.execute("DELETE FROM identifiers WHERE profile_id = ?", (pid,))
+            # Its userIds, and the anonymousIds it owns (a shared one may be another's now).
+            w.executemany(
+                "DELETE FROM identifiers WHERE kind = ? AND value = ? AND profile_id = ?",
+                [(USER, u, pid) for u in profile.user_ids]
+                + [(ANONYMOUS, a, pid) for a in profile.anonymous_ids],
+            )
             w.executemany("DELETE FROM links WHERE user_id = ?", [(u,) for u in profile.user_ids])
             w.executemany(
                 "DELETE FROM timeline WHERE key = ?",
