@@ -5,6 +5,7 @@ and erasure."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -259,3 +260,22 @@ async def test_erase_deletes_the_profile_links_and_its_anonymous_events(env: Env
     assert bob["user_ids"] == ["bob"]
     assert await svc.store.read(svc.store.counts) == {"profiles": 1, "identifiers": 2, "links": 2}
     assert await svc.erase("alice") == []
+
+
+async def test_a_page_that_cannot_be_written_is_retried_not_skipped(env: Env) -> None:
+    svc = await env.start()
+    real = svc.store.apply
+    failures = []
+
+    def full_disk(changes: Any, cursor: int) -> None:
+        if not failures:
+            failures.append(cursor)
+            raise sqlite3.OperationalError("database or disk is full")
+        real(changes, cursor)
+
+    svc.store.apply = full_disk  # type: ignore[method-assign]
+    await env.send("identify", anonymousId="a1", userId="u1")
+    await env.send(anonymousId="a1")
+    await svc.drain()
+    assert len(failures) == 1  # one refused page (seq 1 alone, or 1-2)
+    assert (await profile(svc, "u1"))["event_count"] == 2  # the page applied once, whole

@@ -86,10 +86,15 @@ class LinkFeed:
             await self.store.write(self.store.save_position, self.name, self.position)
 
     async def _pause(self, seconds: float | None) -> None:
-        """Until woken or stopped (or ``seconds`` pass, for a retry)."""
-        waits = {asyncio.ensure_future(self._stop.wait())}
-        if seconds is None:
-            waits.add(asyncio.ensure_future(self._wake.wait()))
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        for w in waits:
-            w.cancel()
+        await pause(self._stop, self._wake, seconds)
+
+
+async def pause(stop: asyncio.Event, wake: asyncio.Event, seconds: float | None) -> None:
+    """Until ``stop`` is set, or ``wake`` when ``seconds`` is None, else ``seconds`` pass
+    (a retry's backoff, which only stopping cuts short)."""
+    waits = {asyncio.ensure_future(stop.wait())}
+    if seconds is None:
+        waits.add(asyncio.ensure_future(wake.wait()))
+    await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()

@@ -22,7 +22,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from eventd.config import IdentityConfig
-from eventd.identity.feed import LinkFeed
+from eventd.identity.feed import LinkFeed, pause
 from eventd.identity.graph import ANONYMOUS, REFUSAL_REASONS, USER, Changes, Graph, Profile, Rules
 from eventd.identity.log import LogRow, OutboxLog
 from eventd.metrics import Metrics
@@ -106,15 +106,22 @@ class IdentityService:
     # -- the consumer ------------------------------------------------------------------
 
     async def _run(self) -> None:
+        failures = 0
         while not self._stopping:
             self._wake.clear()
-            if await self.step():
+            try:
+                if await self.step():
+                    failures = 0
+                    continue
+            except Exception:  # identity.db cannot write (disk full...): the page is retried
+                failures += 1
+                log.exception("identity page not applied; will retry", cursor=self.cursor)
+                await self._pause(min(60.0, 0.5 * 2**failures))
                 continue
-            wake = asyncio.create_task(self._wake.wait())
-            stop = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({wake, stop}, return_when=asyncio.FIRST_COMPLETED)
-            wake.cancel()
-            stop.cancel()
+            await self._pause(None)
+
+    async def _pause(self, seconds: float | None) -> None:
+        await pause(self._stop, self._wake, seconds)  # the log's wake: new events stored
 
     async def step(self) -> bool:
         """Apply one page of the log; False when there was nothing after the cursor."""
