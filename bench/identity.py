@@ -24,6 +24,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,11 @@ from aiohttp import web
 
 from eventd.app import create_app
 from eventd.config import AdminConfig, Config, IdentityConfig, ServerConfig, StorageConfig
+from eventd.identity import writer
 from eventd.identity.log import OutboxLog
 from eventd.identity.service import IdentityService
 from eventd.metrics import Metrics
 from eventd.outbox import INSERT_EVENT, EventRow, Outbox, migrate
-from eventd.store.identity import IdentityStore
 
 TOKEN = "bench-token"
 
@@ -65,7 +66,7 @@ def _row(seq: int, msg: dict[str, Any]) -> EventRow:
 
 def mixed(people: int) -> Iterator[dict[str, Any]]:
     for i in range(people):
-        anon, user = f"anon-{i}", f"user-{i}"
+        anon, user = str(uuid.UUID(int=i)), f"user-{i:012d}"
         props = {"step": 1, "make": "Volvo"}
         for _ in range(3):
             yield {"type": "track", "event": "Viewed Car List", "anonymousId": anon,
@@ -75,13 +76,13 @@ def mixed(people: int) -> Iterator[dict[str, Any]]:
         for _ in range(5):
             yield {"type": "track", "event": "Entered VIN", "userId": user, "anonymousId": anon,
                    "properties": {**props, "revenue": 1.5}}  # fmt: skip
-        second = f"anon-{i}-phone" if i % 10 == 0 else anon
+        second = str(uuid.UUID(int=i + 2**64)) if i % 10 == 0 else anon
         yield {"type": "track", "event": "Car Connected", "anonymousId": second}
 
 
 def new_people(people: int) -> Iterator[dict[str, Any]]:
     for i in range(people):
-        yield {"type": "identify", "userId": f"user-{i}", "anonymousId": f"anon-{i}",
+        yield {"type": "identify", "userId": f"user-{i:012d}", "anonymousId": str(uuid.UUID(int=i)),
                "traits": {"car_make": "Volvo", "email": f"user-{i}@example.com"}}  # fmt: skip
 
 
@@ -109,8 +110,8 @@ async def consume(data: Path) -> float:
     """Seconds the graph takes to apply the whole log."""
     outbox = Outbox(data / "eventd.db", synchronous="normal")
     await outbox.open()
-    store = IdentityStore(data / "identity.db")
-    svc = IdentityService(IdentityConfig(), OutboxLog(outbox), store, Metrics())
+    svc = IdentityService(IdentityConfig(), OutboxLog(outbox), data / "identity.db", Metrics())
+    await svc.writer.call(writer.cursor)  # the writer process up before the clock starts
     started = time.perf_counter()
     await svc.start()
     await svc.drain()
@@ -139,7 +140,7 @@ async def lookups(data: Path, people: int, requests: int) -> list[float]:
     async with aiohttp.ClientSession(headers=headers) as http:
         for k in range(requests + 200):
             i = rng.randrange(people)
-            id = f"user-{i}" if k % 2 else f"anon-{i}"
+            id = f"user-{i:012d}" if k % 2 else str(uuid.UUID(int=i))
             started = time.perf_counter()
             async with http.get(f"http://127.0.0.1:{port}/admin/profiles/{id}") as resp:
                 body = await resp.read()
@@ -160,41 +161,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=5000)
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="eventd-bench-identity-"))
-    rows = []
+
+    def row(name: str, figure: str, detail: str) -> None:
+        print(f"{name:<48}  {figure:>18}  {detail}", flush=True)  # as each is measured
+
     try:
         mix = work / "mix"
         mix.mkdir()
         n = prefill(mix / "eventd.db", mixed(args.people))
         s = asyncio.run(consume(mix))
-        rows.append(
-            ("identity consumer (mix)", f"{n / s:,.0f} events/s", f"{n:,} events, {s:.1f} s")
-        )
+        row("identity consumer (mix)", f"{n / s:,.0f} events/s", f"{n:,} events, {s:.1f} s")
         big = work / "big"
         big.mkdir()
         n = prefill(big / "eventd.db", new_people(args.profiles))
         s = asyncio.run(consume(big))
-        rows.append(
-            (
-                "identity consumer (new profiles)",
-                f"{n / s:,.0f} events/s",
-                f"{n:,} events, {s:.1f} s",
-            )
+        row(
+            "identity consumer (new profiles)", f"{n / s:,.0f} events/s", f"{n:,} events, {s:.1f} s"
         )
         lat = sorted(asyncio.run(lookups(big, args.profiles, args.requests)))
-        p99 = lat[int(len(lat) * 0.99) - 1]
-        rows.append(
-            (
-                f"GET /admin/profiles/{{id}} ({args.profiles:,} profiles)",
-                f"p99 {p99 * 1000:.2f} ms",
-                f"p50 {statistics.median(lat) * 1000:.2f} ms, max {lat[-1] * 1000:.2f} ms,"
-                f" {len(lat):,} requests",
-            )
+        row(
+            f"GET /admin/profiles/{{id}} ({args.profiles:,} profiles)",
+            f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.2f} ms",
+            f"p50 {statistics.median(lat) * 1000:.2f} ms, max {lat[-1] * 1000:.2f} ms,"
+            f" {len(lat):,} requests",
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    width = max(len(r[0]) for r in rows)
-    for name, figure, detail in rows:
-        print(f"{name:<{width}}  {figure:>20}  {detail}")
     return 0
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from eventd.config import DestinationConfig, IdentityConfig
 from eventd.destination import Event
+from eventd.identity import writer
 from eventd.identity.feed import LinkFeed, WriteIdentities, writer_of
 from eventd.identity.graph import ANONYMOUS, USER, profile_id_for
 from eventd.identity.links import IdentityLink
@@ -24,7 +25,6 @@ from eventd.identity.service import IdentityService
 from eventd.identity.stitch import Stitcher
 from eventd.metrics import Metrics
 from eventd.outbox import Outbox, now_ms
-from eventd.store.identity import IdentityStore
 
 
 class Env:
@@ -38,12 +38,22 @@ class Env:
         self.clock = 0
 
     async def start(
-        self, warehouses: Mapping[str, WriteIdentities] | None = None, **config: Any
+        self,
+        warehouses: Mapping[str, WriteIdentities] | None = None,
+        process: bool = True,
+        **config: Any,
     ) -> IdentityService:
-        store = IdentityStore(self.tmp / "identity.db")
         self.metrics = Metrics()
-        svc = IdentityService(IdentityConfig(**config), OutboxLog(self.outbox), store, self.metrics)
-        svc.find_feeds = lambda: [LinkFeed(n, w, store) for n, w in (warehouses or {}).items()]
+        svc = IdentityService(
+            IdentityConfig(**config),
+            OutboxLog(self.outbox),
+            self.tmp / "identity.db",
+            self.metrics,
+            process=process,
+        )
+        svc.find_feeds = lambda: [
+            LinkFeed(n, w, svc.store, svc.save_position) for n, w in (warehouses or {}).items()
+        ]
         await svc.start()
         self.service = svc
         return svc
@@ -263,8 +273,10 @@ async def test_erase_deletes_the_profile_links_and_its_anonymous_events(env: Env
 
 
 async def test_a_page_that_cannot_be_written_is_retried_not_skipped(env: Env) -> None:
-    svc = await env.start()
-    real = svc.store.apply
+    svc = await env.start(process=False)  # the writer on a thread: its store can be patched
+    store = writer._store
+    assert store is not None
+    real = store.apply
     failures = []
 
     def full_disk(changes: Any, cursor: int) -> None:
@@ -273,7 +285,7 @@ async def test_a_page_that_cannot_be_written_is_retried_not_skipped(env: Env) ->
             raise sqlite3.OperationalError("database or disk is full")
         real(changes, cursor)
 
-    svc.store.apply = full_disk  # type: ignore[method-assign]
+    store.apply = full_disk  # type: ignore[method-assign]
     await env.send("identify", anonymousId="a1", userId="u1")
     await env.send(anonymousId="a1")
     await svc.drain()

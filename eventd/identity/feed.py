@@ -38,10 +38,17 @@ def writer_of(destination: Any) -> WriteIdentities | None:
 class LinkFeed:
     """Sends links to one destination, after its position."""
 
-    def __init__(self, name: str, write: WriteIdentities, store: IdentityStore) -> None:
+    def __init__(
+        self,
+        name: str,
+        write: WriteIdentities,
+        store: IdentityStore,
+        save: Callable[[str, int], Awaitable[None]],
+    ) -> None:
         self.name = name
         self.write = write
-        self.store = store
+        self.store = store  # read: links after the position
+        self.save = save  # write: the position, through the identity writer
         self.position = 0
         self.sent = 0  # links stored by the destination since start
         self.failures = 0
@@ -83,7 +90,7 @@ class LinkFeed:
             attempt = 0
             self.position = page[-1][0]
             self.sent += len(page)
-            await self.store.write(self.store.save_position, self.name, self.position)
+            await self.save(self.name, self.position)
 
     async def _pause(self, seconds: float | None) -> None:
         await pause(self._stop, self._wake, seconds)

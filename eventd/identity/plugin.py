@@ -21,11 +21,15 @@ def eventd_services(runtime: Runtime) -> list[Service]:
     from eventd.identity.log import OutboxLog
     from eventd.identity.service import IdentityService
     from eventd.identity.stitch import Stitcher
-    from eventd.store.identity import IdentityStore
 
     config = runtime.config
-    store = IdentityStore(config.data_dir / "identity.db", config.storage.synchronous)
-    service = IdentityService(config.identity, OutboxLog(runtime.outbox), store, runtime.metrics)
+    service = IdentityService(
+        config.identity,
+        OutboxLog(runtime.outbox),
+        config.data_dir / "identity.db",
+        runtime.metrics,
+        synchronous=config.storage.synchronous,
+    )
 
     def feeds() -> list[LinkFeed]:
         """Destinations that store identities (their instances exist once the dispatcher runs)."""
@@ -33,7 +37,7 @@ def eventd_services(runtime: Runtime) -> list[Service]:
         for name, worker in runtime.dispatcher.workers.items():
             write = writer_of(worker.destination)
             if write is not None:
-                found.append(LinkFeed(name, write, store))
+                found.append(LinkFeed(name, write, service.store, service.save_position))
         return found
 
     service.find_feeds = feeds

@@ -1,8 +1,10 @@
 """The identity service: keeps the graph up with the log, off the ingest hot path.
 
 A log consumer with its own cursor (kept in identity.db with what each page
-changed): it reads pages after the cursor, applies them to the graph
-(:mod:`eventd.identity.graph`) on identity.db's writer thread, and then
+changed): it reads pages after the cursor and hands them to the identity writer
+(:mod:`eventd.identity.writer`, a process of its own, so the graph's Python work
+never takes the GIL from ingest), which applies them to the graph
+(:mod:`eventd.identity.graph`) and writes identity.db; then
 - releases deliveries waiting for it (:meth:`IdentityService.wait_past`, for
   stitched delivery),
 - wakes the warehouse feeds (:mod:`eventd.identity.feed`), which send new and
@@ -15,16 +17,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import orjson
 import structlog
 from prometheus_client import Counter, Gauge
 
 from eventd.config import IdentityConfig
+from eventd.identity import writer
 from eventd.identity.feed import LinkFeed, pause
-from eventd.identity.graph import ANONYMOUS, REFUSAL_REASONS, USER, Changes, Graph, Profile, Rules
-from eventd.identity.log import LogRow, OutboxLog
+from eventd.identity.graph import ANONYMOUS, REFUSAL_REASONS, USER, Profile, Rules
+from eventd.identity.log import OutboxLog
+from eventd.identity.writer import Writer
 from eventd.metrics import Metrics
 from eventd.outbox import StoredEvent
 from eventd.store.identity import IdentityStore
@@ -41,16 +45,19 @@ class IdentityService:
         self,
         config: IdentityConfig,
         events: OutboxLog,
-        store: IdentityStore,
+        path: Path,
         metrics: Metrics,
+        *,
+        synchronous: str = "normal",
+        process: bool = True,
     ) -> None:
         self.rules = Rules.of(config.blocked_values, config.max_anonymous_ids)
         self.log = events
-        self.store = store
+        self.store = IdentityStore(path, synchronous)  # this process's reads
+        self.writer = Writer(path, synchronous, self.rules, process=process)
         self.feeds: list[LinkFeed] = []
         # Which destinations store identities: asked at start, once their instances exist.
         self.find_feeds: Callable[[], list[LinkFeed]] = list
-        self.graph = Graph(self.rules, backing=store)
         self.cursor = 0  # the last log seq applied to the graph
         self._advanced = asyncio.Condition()
         self._stopping = False
@@ -80,9 +87,9 @@ class IdentityService:
     # -- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.store.open()
+        self.cursor = await self.writer.call(writer.cursor)  # creates identity.db when new
+        await self.store.open_reader()
         await self.log.open()
-        self.cursor = await self.store.write(self.store.cursor)
         self.feeds = self.find_feeds()
         self._wake = self.log.subscribe()
         self._task = asyncio.create_task(self._run(), name="identity")
@@ -100,7 +107,8 @@ class IdentityService:
         if self._task is not None:
             await self._task
         await asyncio.gather(*self._feed_tasks)
-        await self.store.close()
+        await self.writer.close()
+        await self.store.close_reader()
         log.info("identity graph stopped", cursor=self.cursor)
 
     # -- the consumer ------------------------------------------------------------------
@@ -132,38 +140,15 @@ class IdentityService:
         if not rows:
             await self._advance(newest)  # what was there has been deleted (erasure)
             return False
-        changes = await self.store.write(self._apply, rows)
-        for reason, n in changes.refused.items():
+        result = await self.writer.call(writer.apply_page, rows)
+        for reason, n in result.refused.items():
             self.refused.labels(reason).inc(n)
         self.applied.inc(len(rows))
         await self._advance(rows[-1].seq)
-        if changes.links or changes.resend_users:
+        if result.links_changed:
             for feed in self.feeds:
                 feed.wake()
         return True
-
-    def _apply(self, rows: list[LogRow]) -> Changes:
-        """On the writer thread: a page through the graph, written with the cursor."""
-        usable = self.rules.usable
-        wanted: list[tuple[str, str]] = []
-        linking: list[str] = []
-        for r in rows:
-            user, anon = usable(r.user_id), usable(r.anonymous_id)
-            if user is not None:
-                wanted.append((USER, user))
-            if anon is not None:
-                wanted.append((ANONYMOUS, anon))
-                if user is not None:
-                    linking.append(anon)
-        self.store.prefetch(self.graph, wanted, linking)
-        try:
-            for row in rows:
-                self.graph.apply(row.seq, orjson.loads(row.body))
-            changes = self.graph.take_changes()
-            self.store.apply(changes, rows[-1].seq)
-        finally:
-            self.graph.forget()
-        return changes
 
     async def _advance(self, seq: int) -> None:
         async with self._advanced:
@@ -205,9 +190,13 @@ class IdentityService:
         """Delete the profile of ``user_id`` and every identity linked to it; returns the
         seqs of its anonymous events for the caller (suppressions.py) to delete."""
         await self.drain()  # every event of theirs stored so far is in the graph
-        seqs = await self.store.write(self.store.erase, user_id)
+        seqs = await self.writer.call(writer.erase, user_id)
         log.info("profile erased", anonymous_events=len(seqs))  # no ids: personal data
         return seqs
+
+    async def save_position(self, destination: str, version: int) -> None:
+        """A warehouse feed's position (eventd/identity/feed.py), through the writer."""
+        await self.writer.call(writer.save_position, destination, version)
 
     def status(self) -> dict[str, Any]:
         return {"cursor": self.cursor, "lag_events": max(0, self.log.last_seq - self.cursor)}

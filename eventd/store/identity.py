@@ -17,8 +17,9 @@ up) the ingest group commit. Tables::
 The graph's cursor is written in the same transaction as what the page changed,
 so a crash re-applies nothing twice and misses nothing.
 
-Writes (and the graph's reads while applying a page) run on one writer thread;
-API and delivery reads on a reader thread of their own, beside it (WAL).
+Writes (and the graph's reads while applying a page) run in the identity writer
+(eventd/identity/writer.py, a process of its own); API and delivery reads on a
+reader thread in eventd's process, beside it (WAL).
 """
 
 from __future__ import annotations
@@ -81,61 +82,66 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 class IdentityStore:
-    """Owns identity.db: a writer connection and thread, a reader connection and thread."""
+    """Owns identity.db's connections: the writer's (eventd/identity/writer.py opens it,
+    in the writer process) and a reader on a thread of its own (in eventd's process)."""
 
     def __init__(self, path: Path, synchronous: str = "normal") -> None:
         self.path = path
         self.synchronous = synchronous
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="eventd-identity-writer")
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventd-identity-reader")
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
+        self._reader: ThreadPoolExecutor | None = None
 
     # -- life cycle ----------------------------------------------------------------
 
-    async def open(self) -> None:
-        def open_writer() -> None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = _connect(self.path, self.synchronous)
-            if conn.execute("PRAGMA user_version").fetchone()[0] < 1:
-                conn.executescript(SCHEMA)
-            self._w = conn
+    def open_writer(self) -> None:
+        """Open the write connection, creating the file and its tables when new."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path, self.synchronous)
+        if conn.execute("PRAGMA user_version").fetchone()[0] < 1:
+            conn.executescript(SCHEMA)
+        self._w = conn
 
-        await self.write(open_writer)
+    def close(self) -> None:
+        if self._w is not None:
+            self._w.close()
+            self._w = None
 
-        def open_reader() -> None:
+    async def open_reader(self) -> None:
+        """Open the reader (after the writer made the file)."""
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventd-identity-reader")
+
+        def connect() -> None:
             self._r = _connect(self.path, self.synchronous)
             self._r.execute("PRAGMA query_only=1")
 
-        await self.read(open_reader)
+        await self.read(connect)
 
-    async def close(self) -> None:
-        for pool, attr in ((self._reader, "_r"), (self._writer, "_w")):
-            conn = getattr(self, attr)
-            if conn is not None:
-                await asyncio.get_running_loop().run_in_executor(pool, conn.close)
-                setattr(self, attr, None)
-            pool.shutdown(wait=True)
-
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the writer thread (it may use :attr:`w`)."""
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+    async def close_reader(self) -> None:
+        if self._reader is None:
+            return
+        if self._r is not None:
+            await self.read(self._r.close)
+            self._r = None
+        self._reader.shutdown(wait=True)
+        self._reader = None
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the reader thread (it may use :attr:`r`)."""
+        assert self._reader is not None, "identity store reader not open"
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
 
     @property
     def w(self) -> sqlite3.Connection:
-        assert self._w is not None, "identity store not open"
+        assert self._w is not None, "identity store writer not open"
         return self._w
 
     @property
     def r(self) -> sqlite3.Connection:
-        assert self._r is not None, "identity store not open"
+        assert self._r is not None, "identity store reader not open"
         return self._r
 
-    # -- the graph's backing (writer thread) -----------------------------------------
+    # -- the graph's backing (the writer) ---------------------------------------------
 
     def cursor(self) -> int:
         return int(self.w.execute("SELECT value FROM state WHERE key = 'cursor'").fetchone()[0])
