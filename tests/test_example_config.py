@@ -9,6 +9,7 @@ from pathlib import Path
 from eventd.config import (
     AdminConfig,
     DestinationConfig,
+    IdentityConfig,
     ServerConfig,
     SourceConfig,
     StorageConfig,
@@ -34,6 +35,7 @@ def test_example_lists_every_key() -> None:
     assert set(data["server"]) == _keys(ServerConfig)
     assert set(data["storage"]) == _keys(StorageConfig)
     assert set(data["admin"]) == _keys(AdminConfig)
+    assert set(data["identity"]) == _keys(IdentityConfig)
     # A tracking plan needs its file: its three keys are shown commented out.
     assert set(data["sources"]["web"]) == _keys(SourceConfig) - {"tracking_plan"}
     text = EXAMPLE.read_text()
