@@ -3,19 +3,16 @@ identity off, through a real eventd subprocess."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.harness import EventdProcess
+from tests.harness import EventdProcess, admin_get
 
 Start = Callable[..., EventdProcess]
 
@@ -29,14 +26,7 @@ def send(ev: EventdProcess, *messages: dict[str, Any]) -> list[str]:
 
 
 def get(ev: EventdProcess, path: str) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        ev.url + path, headers={"Authorization": f"Bearer {ev.admin_token}"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return admin_get(ev.url + path, ev.admin_token)
 
 
 def test_erase_deletes_the_profile_its_identities_and_its_anonymous_events(eventd: Start) -> None:

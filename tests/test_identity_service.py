@@ -291,3 +291,15 @@ async def test_a_page_that_cannot_be_written_is_retried_not_skipped(env: Env) ->
     await svc.drain()
     assert len(failures) == 1  # one refused page (seq 1 alone, or 1-2)
     assert (await profile(svc, "u1"))["event_count"] == 2  # the page applied once, whole
+
+
+def test_retention_passes_only_what_the_graph_has_applied() -> None:
+    from types import SimpleNamespace as NS
+
+    from eventd.app import passed_seq
+
+    dispatcher = NS(workers={"hook": NS(cursor=9)})
+    outbox = NS(last_seq=10)
+    assert passed_seq(dispatcher, outbox, [NS(cursor=4)]) == 4  # type: ignore[arg-type]
+    assert passed_seq(dispatcher, outbox, [NS()]) == 9  # type: ignore[arg-type]
+    assert passed_seq(NS(workers={}), outbox, []) == 10  # type: ignore[arg-type]

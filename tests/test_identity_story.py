@@ -21,8 +21,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -42,7 +40,7 @@ from eventd.identity.service import IdentityService
 from eventd.plugins import destination_types
 from tests.contract.fixtures import destination
 from tests.contract.postgres_server import PostgresServer
-from tests.harness import Sink, free_port, running
+from tests.harness import Sink, admin_get, free_port, running
 from tests.test_postgres import db, pg  # noqa: F401 (fixtures)
 
 T = TypeVar("T")
@@ -131,14 +129,7 @@ class Server:
         self.thread.join(10)
 
     def admin(self, path: str) -> tuple[int, Any]:
-        req = urllib.request.Request(
-            self.url + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return admin_get(self.url + path, self.token)
 
 
 class Story:

@@ -16,6 +16,7 @@ the writer's state).
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -40,6 +41,15 @@ _graph: Graph | None = None
 class PageResult:
     refused: dict[str, int] = field(default_factory=dict)  # reason -> links refused
     links_changed: bool = False  # new links, or links whose profile_id changed
+
+
+def start_process(*args: Any) -> None:
+    """:func:`start` in the writer's own process, with its garbage collector tuned: a page
+    allocates a dict per event and frees it, so young objects are collected less often
+    (measured: +40 % events per CPU-second), and what start-up loaded is never scanned."""
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    start(*args)
 
 
 def start(path: str, synchronous: str, blocked_values: tuple[str, ...], max_ids: int) -> None:
@@ -110,7 +120,7 @@ class Writer:
         if self.process:
             # spawn, not fork: eventd's process has threads (SQLite, executors) to not copy.
             ctx = multiprocessing.get_context("spawn")
-            return ProcessPoolExecutor(1, ctx, initializer=start, initargs=self.args)
+            return ProcessPoolExecutor(1, ctx, initializer=start_process, initargs=self.args)
         return ThreadPoolExecutor(
             1, "eventd-identity-writer", initializer=start, initargs=self.args
         )
