@@ -144,7 +144,7 @@ class IdentityService:
         for reason, n in result.refused.items():
             self.refused.labels(reason).inc(n)
         self.applied.inc(len(rows))
-        await self._advance(rows[-1].seq)
+        await self._advance(rows[-1][0])
         if result.links_changed:
             for feed in self.feeds:
                 feed.wake()

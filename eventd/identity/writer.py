@@ -74,8 +74,8 @@ def apply_page(rows: list[LogRow]) -> PageResult:
     usable = graph.rules.usable
     wanted: list[tuple[str, str]] = []
     linking: list[str] = []
-    for r in rows:
-        user, anon = usable(r.user_id), usable(r.anonymous_id)
+    for _, raw_user, raw_anon, _ in rows:
+        user, anon = usable(raw_user), usable(raw_anon)
         if user is not None:
             wanted.append((USER, user))
         if anon is not None:
@@ -84,10 +84,10 @@ def apply_page(rows: list[LogRow]) -> PageResult:
                 linking.append(anon)
     store.prefetch(graph, wanted, linking)
     try:
-        for row in rows:
-            graph.apply(row.seq, orjson.loads(row.body))
+        for seq, _, _, body in rows:
+            graph.apply(seq, orjson.loads(body))
         changes = graph.take_changes()
-        store.apply(changes, rows[-1].seq)
+        store.apply(changes, rows[-1][0])
     finally:
         graph.forget()  # also what a failed page left half-applied in memory
     return PageResult(dict(changes.refused), bool(changes.links or changes.resend_users))
