@@ -37,10 +37,10 @@ from aiohttp import web
 from eventd.app import create_app
 from eventd.config import AdminConfig, Config, IdentityConfig, ServerConfig, StorageConfig
 from eventd.identity import writer
-from eventd.identity.log import OutboxLog
 from eventd.identity.service import IdentityService
 from eventd.metrics import Metrics
-from eventd.outbox import INSERT_EVENT, EventRow, Outbox, migrate
+from eventd.store import EventRow, SqliteStore
+from eventd.store.schema import INSERT_EVENT, migrate
 
 TOKEN = "bench-token"
 
@@ -111,9 +111,9 @@ async def consume(data: Path) -> tuple[float, float]:
     """Seconds the graph takes to apply the whole log: wall-clock, and CPU (the busier of
     eventd's process and the writer's, each of which has a core of its own when the
     machine is idle: the rate a quiet 2-core machine would see)."""
-    outbox = Outbox(data / "eventd.db", synchronous="normal")
-    await outbox.open()
-    svc = IdentityService(IdentityConfig(), OutboxLog(outbox), data / "identity.db", Metrics())
+    store = SqliteStore(data / "eventd.db", synchronous="normal")
+    await store.open()
+    svc = IdentityService(IdentityConfig(), store, data / "identity.db", Metrics())
     await svc.writer.call(writer.cursor)  # the writer process up before the clock starts
     child = _cpu_seconds(await svc.writer.call(os.getpid))
     parent = time.process_time()
@@ -125,7 +125,7 @@ async def consume(data: Path) -> tuple[float, float]:
     child = _cpu_seconds(await svc.writer.call(os.getpid)) - child
     print(f"  (CPU seconds: eventd's process {parent:.1f}, the writer {child:.1f})", flush=True)
     await svc.stop()
-    await outbox.close()
+    await store.close()
     return seconds, max(parent, child)
 
 

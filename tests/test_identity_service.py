@@ -1,4 +1,4 @@
-"""The identity service on a real outbox and a real identity.db: the consumer and its
+"""The identity service on a real SQLite store and a real identity.db: the consumer and its
 cursor, stitched delivery without a race, warehouse feeds that never lose a link,
 and erasure."""
 
@@ -15,24 +15,23 @@ import orjson
 import pytest
 
 from eventd.config import DestinationConfig, IdentityConfig
-from eventd.destination import Event
+from eventd.event import Event
 from eventd.identity import writer
 from eventd.identity.feed import LinkFeed, WriteIdentities, writer_of
 from eventd.identity.graph import ANONYMOUS, USER, profile_id_for
 from eventd.identity.links import IdentityLink
-from eventd.identity.log import OutboxLog
 from eventd.identity.service import IdentityService
 from eventd.identity.stitch import Stitcher
 from eventd.metrics import Metrics
-from eventd.outbox import Outbox, now_ms
+from eventd.store import SqliteStore, now_ms, service_cursor
 
 
 class Env:
-    """An outbox, an identity service over it, and a way to append events."""
+    """A store, an identity service over it, and a way to append events."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.outbox = Outbox(tmp / "eventd.db", synchronous="normal")
+        self.store = SqliteStore(tmp / "eventd.db", synchronous="normal")
         self.metrics = Metrics()
         self.service: IdentityService | None = None
         self.clock = 0
@@ -46,7 +45,7 @@ class Env:
         self.metrics = Metrics()
         svc = IdentityService(
             IdentityConfig(**config),
-            OutboxLog(self.outbox),
+            self.store,
             self.tmp / "identity.db",
             self.metrics,
             process=process,
@@ -77,8 +76,8 @@ class Env:
             now_ms(),
             orjson.dumps(msg),
         )
-        await self.outbox.append([row])
-        return self.outbox.last_seq
+        await self.store.append([row])
+        return self.store.last_seq
 
     def refused(self) -> dict[str, float]:
         return {
@@ -93,11 +92,11 @@ class Env:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     e = Env(tmp_path)
-    await e.outbox.open()
+    await e.store.open()
     yield e
     if e.service is not None:
         await e.service.stop()
-    await e.outbox.close()
+    await e.store.close()
 
 
 async def profile(svc: IdentityService, id: str, kind: str | None = None) -> dict[str, Any]:
@@ -121,7 +120,7 @@ async def test_the_graph_follows_the_log_and_resumes_after_a_restart(env: Env) -
     p = await profile(svc, "a1")
     assert p["profile_id"] == profile_id_for(USER, "u1")
     assert (p["event_count"], p["traits"]) == (3, {"make": "Volvo"})  # nothing applied twice
-    assert svc.cursor == env.outbox.last_seq
+    assert svc.cursor == env.store.last_seq
     assert await svc.find("a1", USER) is None
     assert await svc.find("u1", ANONYMOUS) is None
 
@@ -172,12 +171,7 @@ async def test_an_anonymous_event_after_the_identify_is_always_resolved(env: Env
 
 
 async def stored(env: Env, *seqs: int) -> list[tuple[int, bytes]]:
-    db = await env.outbox.reader()
-    rows = await db.execute_fetchall(
-        f"SELECT seq, body FROM events WHERE seq IN ({','.join('?' * len(seqs))}) ORDER BY seq",
-        seqs,
-    )
-    return [(r[0], r[1]) for r in rows]
+    return [(e.seq, e.body) for e in await env.store.read_seqs(seqs)]
 
 
 async def test_a_stitcher_leaves_its_batch_when_the_graph_stops(env: Env) -> None:
@@ -293,13 +287,24 @@ async def test_a_page_that_cannot_be_written_is_retried_not_skipped(env: Env) ->
     assert (await profile(svc, "u1"))["event_count"] == 2  # the page applied once, whole
 
 
-def test_retention_passes_only_what_the_graph_has_applied() -> None:
+async def test_retention_passes_only_what_the_graph_has_applied(env: Env) -> None:
+    """The graph's cursor (identity.db's) is copied to the store, where app.passed_seq
+    sees it: events the graph has not applied are kept, even while it is stopped."""
     from types import SimpleNamespace as NS
 
     from eventd.app import passed_seq
 
-    dispatcher = NS(workers={"hook": NS(cursor=9)})
-    outbox = NS(last_seq=10)
-    assert passed_seq(dispatcher, outbox, [NS(cursor=4)]) == 4  # type: ignore[arg-type]
-    assert passed_seq(dispatcher, outbox, [NS()]) == 9  # type: ignore[arg-type]
-    assert passed_seq(NS(workers={}), outbox, []) == 10  # type: ignore[arg-type]
+    dispatcher = NS(passed_seq=lambda: env.store.last_seq)  # destinations passed it all
+    svc = await env.start()
+    first = await env.send("identify", anonymousId="a1", userId="u1")
+    await svc.drain()
+    assert await env.store.cursor(service_cursor("identity")) == first
+    await svc.stop()
+    env.service = None
+    await env.send(anonymousId="a1")  # stored while the graph is stopped
+    assert await passed_seq(dispatcher, env.store, [svc]) == first  # type: ignore[arg-type]
+
+    svc = await env.start()
+    await svc.drain()
+    assert svc.cursor == env.store.last_seq
+    assert await passed_seq(dispatcher, env.store, [svc]) == env.store.last_seq  # type: ignore[arg-type]

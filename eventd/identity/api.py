@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from eventd.admin import BadRequest, _error, _json, guarded
+from eventd.admin import BadRequest, guarded
+from eventd.admin.api import _error, _json
 from eventd.app import RUNTIME
 from eventd.identity.graph import ANONYMOUS, USER, Profile
 from eventd.identity.service import IdentityService
-from eventd.outbox import iso_ms
+from eventd.store import iso_ms
 
 KINDS = {"user_id": USER, "anonymous_id": ANONYMOUS}
 MAX_LIMIT = 1000
@@ -81,7 +81,7 @@ async def events(request: web.Request) -> web.Response:
             "seq": e.seq,
             "source": e.source,
             "received_at": iso_ms(e.received_at),
-            "event": orjson.loads(e.body),
+            "event": e.message,
         }
         for e in stored
     ]

@@ -18,14 +18,13 @@ def eventd_services(runtime: Runtime) -> list[Service]:
     if not runtime.config.identity.enabled:
         return []
     from eventd.identity.feed import LinkFeed, writer_of
-    from eventd.identity.log import OutboxLog
     from eventd.identity.service import IdentityService
     from eventd.identity.stitch import Stitcher
 
     config = runtime.config
     service = IdentityService(
         config.identity,
-        OutboxLog(runtime.outbox),
+        runtime.store,
         config.data_dir / "identity.db",
         runtime.metrics,
         synchronous=config.storage.synchronous,
@@ -34,8 +33,8 @@ def eventd_services(runtime: Runtime) -> list[Service]:
     def feeds() -> list[LinkFeed]:
         """Destinations that store identities (their instances exist once the dispatcher runs)."""
         found = []
-        for name, worker in runtime.dispatcher.workers.items():
-            write = writer_of(worker.destination)
+        for name, destination in runtime.dispatcher.destinations().items():
+            write = writer_of(destination)
             if write is not None:
                 found.append(LinkFeed(name, write, service.store, service.save_position))
         return found

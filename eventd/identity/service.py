@@ -1,7 +1,11 @@
 """The identity service: keeps the graph up with the log, off the ingest hot path.
 
-A log consumer with its own cursor (kept in identity.db with what each page
-changed): it reads pages after the cursor and hands them to the identity writer
+A log consumer with its own cursor, kept in identity.db in the same transaction
+as what each page changed (so a crash re-applies nothing twice) and copied to the
+Store under ``service_cursor("identity")`` after each page, where retention sees
+it (``app.passed_seq``: events the graph has not applied are kept; the copy may lag
+identity.db's, never lead it). It reads pages after the cursor (``Store.read``)
+and hands them to the identity writer
 (:mod:`eventd.identity.writer`, a process of its own, so the graph's Python work
 never takes the GIL from ingest), which applies them to the graph
 (:mod:`eventd.identity.graph`) and writes identity.db; then
@@ -24,13 +28,13 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from eventd.config import IdentityConfig
+from eventd.event import Event
 from eventd.identity import writer
 from eventd.identity.feed import LinkFeed, pause
 from eventd.identity.graph import ANONYMOUS, REFUSAL_REASONS, USER, Profile, Rules
-from eventd.identity.log import OutboxLog
 from eventd.identity.writer import Writer
 from eventd.metrics import Metrics
-from eventd.outbox import StoredEvent
+from eventd.store import StorageUnavailable, Store, service_cursor
 from eventd.store.identity import IdentityStore
 
 log = structlog.get_logger("eventd.identity")
@@ -44,7 +48,7 @@ class IdentityService:
     def __init__(
         self,
         config: IdentityConfig,
-        events: OutboxLog,
+        events: Store,
         path: Path,
         metrics: Metrics,
         *,
@@ -52,7 +56,7 @@ class IdentityService:
         process: bool = True,
     ) -> None:
         self.rules = Rules.of(config.blocked_values, config.max_anonymous_ids)
-        self.log = events
+        self.log = events  # the event log (opened by its owner before start())
         self.store = IdentityStore(path, synchronous)  # this process's reads
         self.writer = Writer(path, synchronous, self.rules, process=process)
         self.feeds: list[LinkFeed] = []
@@ -88,8 +92,8 @@ class IdentityService:
 
     async def start(self) -> None:
         self.cursor = await self.writer.call(writer.cursor)  # creates identity.db when new
+        await self._save_cursor()  # retention holds from now on, before the first page
         await self.store.open_reader()
-        await self.log.open()
         self.feeds = self.find_feeds()
         self._wake = self.log.subscribe()
         self._task = asyncio.create_task(self._run(), name="identity")
@@ -107,6 +111,7 @@ class IdentityService:
         if self._task is not None:
             await self._task
         await asyncio.gather(*self._feed_tasks)
+        await self._save_cursor()
         await self.writer.close()
         await self.store.close_reader()
         log.info("identity graph stopped", cursor=self.cursor)
@@ -136,24 +141,38 @@ class IdentityService:
         newest = self.log.last_seq
         if self.cursor >= newest:
             return False
-        rows = await self.log.read_after(self.cursor, PAGE_EVENTS)
-        if not rows:
+        events = await self.log.read(self.cursor, PAGE_EVENTS)
+        if not events:
             await self._advance(newest)  # what was there has been deleted (erasure)
             return False
-        result = await self.writer.call(writer.apply_page, rows)
+        # Plain (seq, body) tuples: pickled to the writer, a few hundred bytes each.
+        result = await self.writer.call(writer.apply_page, [(e.seq, e.body) for e in events])
         for reason, n in result.refused.items():
             self.refused.labels(reason).inc(n)
-        self.applied.inc(len(rows))
-        await self._advance(rows[-1][0])
+        self.applied.inc(len(events))
+        await self._advance(events[-1].seq)
         if result.links_changed:
             for feed in self.feeds:
                 feed.wake()
         return True
 
     async def _advance(self, seq: int) -> None:
+        if seq > self.cursor:
+            await self._save_cursor(seq)  # first: who waits past seq finds it saved too
+            self.cursor = seq
         async with self._advanced:
-            self.cursor = max(self.cursor, seq)
             self._advanced.notify_all()
+
+    async def _save_cursor(self, seq: int | None = None) -> None:
+        """identity.db's cursor (``seq``: the one just written there), copied to the
+        Store for retention (``app.passed_seq``)."""
+        try:
+            await self.log.save_cursor(
+                service_cursor(self.name), self.cursor if seq is None else seq
+            )
+        except StorageUnavailable as exc:
+            # Behind is safe: retention keeps more until the next page saves it.
+            log.warning("identity cursor not copied to the store", error=str(exc))
 
     async def wait_past(self, seq: int) -> bool:
         """Wait until the graph has applied the log up to ``seq``; False when it stopped first."""
@@ -178,11 +197,11 @@ class IdentityService:
                 return found
         return None
 
-    async def timeline(self, profile: Profile, before: int | None, limit: int) -> list[StoredEvent]:
+    async def timeline(self, profile: Profile, before: int | None, limit: int) -> list[Event]:
         """The profile's stored events, newest first, below seq ``before``."""
         top = 2**63 - 1 if before is None else before
         seqs = await self.store.read(self.store.timeline, profile, top, limit)
-        return await self.log.events(seqs)
+        return (await self.log.read_seqs(seqs))[::-1]
 
     # -- privacy ---------------------------------------------------------------------
 

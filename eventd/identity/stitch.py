@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from eventd.config import DestinationConfig
-from eventd.destination import Event
+from eventd.event import Event
 from eventd.identity.graph import ANONYMOUS, USER, Link, Profile, owner_at
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 class Stitcher:
-    """The dispatcher's ``stitch`` call (eventd/dispatcher.py: Worker._settle)."""
+    """The dispatcher's ``stitch`` call (eventd/delivery/worker.py: Worker.settle)."""
 
     def __init__(self, service: IdentityService) -> None:
         self.service = service

@@ -256,7 +256,7 @@ class IdentityStore:
 
     def erase(self, user_id: str) -> list[int]:
         """Delete the profile of ``user_id`` and every identity linked to it; returns the
-        log seqs of its anonymous events (links.py's rule), for the outbox to delete."""
+        log seqs of its anonymous events (links.py's rule), for the event store to delete."""
         pid = self.profile_of(USER, user_id)
         profile = None if pid is None else self.profile(pid)
         if pid is None or profile is None:
