@@ -453,4 +453,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m eventd.cli` runs this file as __main__, a second copy of the module:
+    # run the real one, so a feature's verb that raises eventd.cli.CliError is caught.
+    from eventd.cli import main as real_main
+
+    sys.exit(real_main())

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from eventd.errors import ConfigError as ConfigError  # re-exported: its old home
+from eventd.identity.graph import DEFAULT_BLOCKED_VALUES, DEFAULT_MAX_ANONYMOUS_IDS
 from eventd.normalize import TYPES
 from eventd.tracking_plan import ACTIONS, PlanError, TrackingPlan, load_plan
 
@@ -145,7 +146,20 @@ class DestinationConfig:
     events: tuple[str, ...] | None = None  # None: every track event
     exclude_events: tuple[str, ...] = ()
     transforms: tuple[str, ...] = ()  # names of installed transforms, applied in order
+    # Stitched delivery (eventd/identity/stitch.py): anonymous events with the linked
+    # userId, and these profile traits copied into context.traits.
+    resolve_identity: bool = False
+    enrich_traits: tuple[str, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdentityConfig:
+    """``[identity]``: the identity graph and its merge protection (eventd/identity/graph.py)."""
+
+    enabled: bool = True
+    blocked_values: tuple[str, ...] = DEFAULT_BLOCKED_VALUES
+    max_anonymous_ids: int = DEFAULT_MAX_ANONYMOUS_IDS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +170,7 @@ class Config:
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     destinations: dict[str, DestinationConfig] = field(default_factory=dict)
     reports: ReportsConfig = ReportsConfig()
+    identity: IdentityConfig = IdentityConfig()
     origin: str = EMBEDDED_ORIGIN
 
     def source_by_key(self, type: str | None = TRACKING_API) -> dict[str, SourceConfig]:
@@ -302,6 +317,16 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
     )
     st.finish()
 
+    idn = section("identity")
+    identity = IdentityConfig(
+        enabled=_default(idn.get("enabled", bool, "true or false"), True),
+        blocked_values=_default(idn.strings("blocked_values"), DEFAULT_BLOCKED_VALUES),
+        max_anonymous_ids=_default(
+            idn.convert("max_anonymous_ids", _positive(int)), DEFAULT_MAX_ANONYMOUS_IDS
+        ),
+    )
+    idn.finish()
+
     adm = section("admin")
     admin = AdminConfig(
         token=adm.get("token", str, "a string"),
@@ -372,8 +397,14 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
             events=events,
             exclude_events=exclude_events or (),
             transforms=t.strings("transforms") or (),
+            resolve_identity=_default(t.get("resolve_identity", bool, "true or false"), False),
+            enrich_traits=t.strings("enrich_traits") or (),
             settings=settings,
         )
+        if not identity.enabled:
+            for key in ("resolve_identity", "enrich_traits"):
+                if t.data.get(key):
+                    t.fail(key, t.data[key], "identity.enabled = true beside it")
         t.finish()
 
     rep = section("reports")
@@ -388,6 +419,7 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
         sources=sources,
         destinations=destinations,
         reports=reports,
+        identity=identity,
         origin=origin,
     )
 

@@ -20,6 +20,7 @@ costs one set lookup per message, and nothing while the set is empty.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -34,6 +35,9 @@ class Suppressions:
         self.store = store
         # Read by ingest and the dispatcher; changed only here, in place.
         self.user_ids: set[str] = set()
+        # Features holding more of a user (identity: the profile and its anonymous
+        # events) erase it and return the seqs of further events to delete.
+        self.erasers: list[Callable[[str], Awaitable[list[int]]]] = []
 
     async def load(self) -> None:
         self.user_ids.update(s.user_id for s in await self.store.suppressions())
@@ -75,7 +79,8 @@ class Suppressions:
         # its write without awaiting in between, so what passed the check before the
         # user was added was queued before the suppression's own write, and committed.
         # The newest event is kept (its seq would be handed out again, see retention).
-        events, dead, done = await self.store.erase_user(user_id, self.store.last_seq)
+        also = [seq for eraser in self.erasers for seq in await eraser(user_id)]
+        events, dead, done = await self.store.erase_user(user_id, self.store.last_seq, also)
         if events or dead:
             await self.store.compact()  # and out of the WAL
         log.info(

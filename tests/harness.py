@@ -43,6 +43,16 @@ def basic(key: str) -> str:
     return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
 
 
+def admin_get(url: str, token: str | None) -> tuple[int, Any]:
+    """GET an admin route with the bearer token: (status, JSON body), errors included."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 class EventdProcess:
     """``eventd serve`` as a subprocess on a free port, with its own data directory."""
 

@@ -96,6 +96,25 @@ def test_defaults() -> None:
         ({"serverr": {}}, "serverr = {}: expected one of the known keys"),
         ({"server": {"trusted_proxies": ["bogus"]}}, "server.trusted_proxies = 'bogus'"),
         ({"admin": {"metrics_auth": "yes"}}, "admin.metrics_auth = 'yes': expected true or false"),
+        ({"identity": {"enabled": 1}}, "identity.enabled = 1: expected true or false"),
+        ({"identity": {"max_anonymous_ids": 0}}, "identity.max_anonymous_ids = 0: expected a"),
+        ({"identity": {"blocked_values": "null"}}, "identity.blocked_values = 'null': expected a"),
+        ({"identity": {"blocked": []}}, "identity.blocked = []: expected one of the known keys"),
+        (
+            {"destinations": {"d": {"type": "webhook", "resolve_identity": "yes"}}},
+            "destinations.d.resolve_identity = 'yes': expected true or false",
+        ),
+        (
+            {"destinations": {"d": {"type": "webhook", "enrich_traits": "plan"}}},
+            "destinations.d.enrich_traits = 'plan': expected a list of strings",
+        ),
+        (
+            {
+                "identity": {"enabled": False},
+                "destinations": {"d": {"type": "webhook", "resolve_identity": True}},
+            },
+            "destinations.d.resolve_identity = True: expected identity.enabled = true beside it",
+        ),
     ],
 )
 def test_errors_name_key_value_and_expectation(data: dict[str, object], message: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from eventd.config import (
     AdminConfig,
     DestinationConfig,
+    IdentityConfig,
     ReportsConfig,
     ServerConfig,
     SourceConfig,
@@ -37,6 +38,7 @@ def test_example_lists_every_key() -> None:
     assert set(data["storage"]) == _keys(StorageConfig)
     assert set(data["admin"]) == _keys(AdminConfig)
     assert set(data["reports"]) == _keys(ReportsConfig)
+    assert set(data["identity"]) == _keys(IdentityConfig)
     # A tracking plan needs its file: its three keys are shown commented out.
     # A source's `settings` are the other keys of a cloud-app source's table.
     assert set(data["sources"]["web"]) == _keys(SourceConfig) - {"tracking_plan", "settings"}

@@ -1777,6 +1777,132 @@ def report_paths() -> dict[str, Schema]:
     return paths
 
 
+def identity_schemas() -> dict[str, Schema]:
+    ids = {"type": "array", "items": {"type": "string"}}
+    when = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "Profile": {
+            "type": "object",
+            "description": (
+                "One person as the identity graph knows them: the userIds and anonymousIds"
+                " linked together (only alias merges two userIds), traits merged from"
+                " identify traits and context.traits (latest timestamp wins per trait)."
+            ),
+            "required": [
+                "profile_id",
+                "user_ids",
+                "anonymous_ids",
+                "traits",
+                "first_seen",
+                "last_seen",
+                "event_count",
+                "events_by_type",
+                "revenue",
+                "groups",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "profile_id": {"type": "string"},
+                "user_ids": ids,
+                "anonymous_ids": ids,
+                "traits": {"type": "object"},
+                "first_seen": {**when, "description": "The earliest event timestamp."},
+                "last_seen": {**when, "description": "The latest event timestamp."},
+                "event_count": {"type": "integer", "minimum": 0},
+                "events_by_type": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer", "minimum": 0},
+                },
+                "revenue": {
+                    "type": "number",
+                    "description": "The sum of properties.revenue of track events.",
+                },
+                "groups": {**ids, "description": "groupIds of group calls."},
+            },
+        },
+        "ProfileEvents": {
+            "type": "object",
+            "required": ["profile_id", "events", "next_before"],
+            "properties": {
+                "profile_id": {"type": "string"},
+                "events": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["seq", "source", "received_at", "event"],
+                        "properties": {
+                            "seq": {"type": "integer"},
+                            "source": {"type": "string"},
+                            "received_at": {"type": "string", "format": "date-time"},
+                            "event": {"type": "object", "description": "The event as stored."},
+                        },
+                    },
+                },
+                "next_before": {
+                    "type": ["integer", "null"],
+                    "description": "Pass as before= for the next page; null on the last.",
+                },
+            },
+        },
+    }
+
+
+def identity_paths() -> dict[str, Schema]:
+    path_id: Schema = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": "A userId (tried first) or an anonymousId.",
+        "schema": {"type": "string"},
+    }
+    kind = query(
+        "kind",
+        {"type": "string", "enum": ["user_id", "anonymous_id"]},
+        "Look the id up as this kind only.",
+    )
+    not_found = {
+        "404": {
+            "description": (
+                "not_found: no profile has this id; identity_disabled: identity.enabled is false."
+            ),
+            "content": json_content(schema("Error")),
+        }
+    }
+    return {
+        "/admin/profiles/{id}": {
+            "get": admin_op(
+                "showProfile",
+                "The profile of a userId or an anonymousId",
+                ok_json("The profile.", schema("Profile")),
+                params=[path_id, kind],
+                extra=not_found,
+            )
+        },
+        "/admin/profiles/{id}/events": {
+            "get": admin_op(
+                "profileEvents",
+                "A profile's stitched timeline: its stored events (within retention), newest first",
+                ok_json("The events.", schema("ProfileEvents")),
+                params=[
+                    path_id,
+                    kind,
+                    query(
+                        "limit",
+                        {"type": "integer", "default": 100, "minimum": 1, "maximum": 1000},
+                        "At most this many.",
+                    ),
+                    query(
+                        "before",
+                        {"type": "integer", "minimum": 1},
+                        "Only events with a seq below this one.",
+                    ),
+                ],
+                extra=not_found,
+            )
+        },
+    }
+
+
 def build(version: str) -> Schema:
     return {
         "openapi": "3.1.0",
@@ -1813,6 +1939,7 @@ def build(version: str) -> Schema:
             **operations_paths(),
             **admin_paths(),
             **report_paths(),
+            **identity_paths(),
             **console_paths(),
         },
         "components": {
@@ -1821,6 +1948,7 @@ def build(version: str) -> Schema:
                 **response_schemas(),
                 **outcome_schemas(),
                 **report_schemas(),
+                **identity_schemas(),
             },
             "responses": responses(),
             "securitySchemes": security_schemes(),

@@ -1,6 +1,7 @@
 """The admin API (``/admin/*``, ``/metrics``): reads the Store and
 ``Dispatcher.status()``, asks the Dispatcher for redrives and replays; never SQL,
-never a worker's fields. ``api.py`` holds the routes, ``params.py`` request parsing.
+never a worker's fields. ``api.py`` holds the routes, ``params.py`` request parsing;
+``guarded`` puts a feature's route (``/admin/profiles``) behind the same token.
 """
 
 from eventd.admin.api import Admin, guarded

@@ -26,7 +26,7 @@ from eventd.delivery import routing
 from eventd.delivery.outcomes import Outcome as EventOutcome
 from eventd.delivery.outcomes import RecentOutcomes
 from eventd.delivery.transform import Transform
-from eventd.delivery.worker import Worker
+from eventd.delivery.worker import Stitch, Worker
 from eventd.destination import Destination
 from eventd.event import Event
 from eventd.metrics import Metrics
@@ -83,6 +83,9 @@ class Dispatcher:
         self.suppressed = suppressed
         self.store = store
         self.metrics = metrics
+        # Set by the identity feature before start(): given to the workers of
+        # destinations with resolve_identity or enrich_traits.
+        self.stitch: Stitch | None = None
         self.workers: dict[str, Worker] = {}
         self.outcomes = RecentOutcomes()  # what each worker did with recent events
         self.session: aiohttp.ClientSession | None = None
@@ -99,8 +102,16 @@ class Dispatcher:
                 continue
             destination = self.types[cfg.type](name, cfg.settings, self.session)
             chain = [(t, self.transforms[t]) for t in cfg.transforms]
+            stitch = self.stitch if cfg.resolve_identity or cfg.enrich_traits else None
             worker = Worker(
-                cfg, destination, self.store, self.metrics, chain, self.suppressed, self.outcomes
+                cfg,
+                destination,
+                self.store,
+                self.metrics,
+                chain,
+                self.suppressed,
+                self.outcomes,
+                stitch,
             )
             await worker.start()
             self.workers[name] = worker
@@ -130,6 +141,11 @@ class Dispatcher:
         features that read a destination's own store (reports query a duckdb one)."""
         worker = self.workers.get(name)
         return worker.destination if worker is not None else None
+
+    def destinations(self) -> dict[str, Destination]:
+        """The running destinations' plugin instances by name (features that hand them
+        more than events: identity's warehouse feeds call ``write_identities``)."""
+        return {name: w.destination for name, w in self.workers.items()}
 
     def passed_seq(self) -> int:
         """The highest seq every running destination has passed (retention keeps the rest)."""

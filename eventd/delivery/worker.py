@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +39,9 @@ from eventd.store import StorageUnavailable, Store, now_ms
 log = structlog.get_logger("eventd.delivery")
 
 PAGE_EVENTS = 1000
+# A batch as a destination should get it (identity/stitch.py: resolved userIds, profile
+# traits); None when it cannot say yet (the identity graph stopped first).
+Stitch = Callable[[DestinationConfig, list[Event]], Awaitable[list[Event] | None]]
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Worker:
         transforms: Sequence[tuple[str, Transform]] = (),
         suppressed: AbstractSet[str] = frozenset(),
         outcomes: RecentOutcomes | None = None,
+        stitch: Stitch | None = None,
     ) -> None:
         from eventd.delivery.aside import Aside  # its own loop, through this worker
 
@@ -80,6 +84,7 @@ class Worker:
         self.name = config.name
         # what this worker did with recent events (the live debugger); the dispatcher's
         self.outcomes = RecentOutcomes() if outcomes is None else outcomes
+        self.stitch = stitch
         self.transforms = transforms
         # userIds not to deliver: their events still in the log stay there (suppressions.py)
         self.suppressed = suppressed
@@ -276,7 +281,14 @@ class Worker:
     async def settle(self, batch: list[Event], born: Callable[[Event], int]) -> Settled:
         """Deliver until every event is ok, skipped or dead; ``born`` starts its retry clock."""
         settled = Settled()
-        pending = self._not_suppressed(batch, settled) if self.suppressed else batch
+        if self.stitch is not None:
+            stitched = await self.stitch(self.config, batch)
+            if stitched is None:  # left for the next start, with the cursor before it
+                settled.finished = False
+                return settled
+        else:
+            stitched = batch
+        pending = self._not_suppressed(stitched, settled) if self.suppressed else stitched
         if self.transforms:
             pending = await self._transform(pending, settled)
         c = self.config
@@ -316,8 +328,8 @@ class Worker:
                 if not resumed:
                     settled.finished = False
                     return settled
-        if self.transforms:
-            # Dead letters keep the stored event: a redrive transforms it again.
+        if self.transforms or self.stitch is not None:
+            # Dead letters keep the stored event: a redrive transforms (stitches) it again.
             stored = {e.seq: e for e in batch}
             settled.ok = [stored[e.seq] for e in settled.ok]
             settled.dead = [(stored[e.seq], why) for e, why in settled.dead]

@@ -189,6 +189,10 @@ class Store(Protocol):
     async def find_event(self, source: str, message_id: str) -> Event | None:
         """The newest stored event with this ``(source, messageId)``, or None (not
         stored: not committed yet, never sent, or deleted by retention or erasure)."""
+
+    async def read_seqs(self, seqs: Sequence[int]) -> list[Event]:
+        """The events at ``seqs`` still stored (retention, erasure), in seq order: a
+        feature's index into the log (identity's stitched timeline) reads them back."""
         ...
 
     async def received_at_after(self, seq: int) -> int | None:
@@ -292,11 +296,15 @@ class Store(Protocol):
         """Remove a suppression; False when there was none."""
         ...
 
-    async def erase_user(self, user_id: str, below_seq: int) -> tuple[int, int, bool]:
+    async def erase_user(
+        self, user_id: str, below_seq: int, also: Sequence[int] = ()
+    ) -> tuple[int, int, bool]:
         """Delete the user's stored events with seq < ``below_seq`` and every dead
-        letter of theirs (by the body's ``userId``); count the events on the
-        suppression and mark it erased when none of theirs is left. Returns
-        (events deleted, dead letters deleted, done)."""
+        letter of theirs (by the body's ``userId``); the events at the seqs ``also``
+        too, by the same bound (what a feature found of theirs without their userId:
+        identity's anonymous events). Count the events on the suppression and mark it
+        erased when none of theirs (nor of ``also``) is left. Returns (events deleted,
+        dead letters deleted, done)."""
         ...
 
     async def pending_erasures(self) -> list[str]:

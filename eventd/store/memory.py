@@ -168,6 +168,10 @@ class MemoryStore:
         found = [s for s in self.data.events if s.row[0] == source and s.row[1] == message_id]
         return self._event(found[-1]) if found else None
 
+    async def read_seqs(self, seqs: Sequence[int]) -> list[Event]:
+        wanted = set(seqs)
+        return [self._event(s) for s in self.data.events if s.seq in wanted]
+
     async def received_at_after(self, seq: int) -> int | None:
         i = self._index(seq + 1)
         return self.data.events[i].row[6] if i < len(self.data.events) else None
@@ -319,10 +323,13 @@ class MemoryStore:
         await self._write()
         return self.data.suppressions.pop(user_id, None) is not None
 
-    async def erase_user(self, user_id: str, below_seq: int) -> tuple[int, int, bool]:
+    async def erase_user(
+        self, user_id: str, below_seq: int, also: Sequence[int] = ()
+    ) -> tuple[int, int, bool]:
         await self._write()
         d = self.data
-        theirs = [s for s in d.events if s.row[4] == user_id]
+        extra = set(also)
+        theirs = [s for s in d.events if s.row[4] == user_id or s.seq in extra]
         gone = {s.seq for s in theirs if s.seq < below_seq}
         d.events = [s for s in d.events if s.seq not in gone]
         dead = [i for i, x in d.dead.items() if _user_id(x.body) == user_id]

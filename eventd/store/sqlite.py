@@ -220,6 +220,17 @@ class SqliteStore:
         )
         return found[0] if found else None
 
+    async def read_seqs(self, seqs: Sequence[int]) -> list[Event]:
+        found: list[Event] = []
+        wanted = sorted(set(seqs))
+        for i in range(0, len(wanted), MAX_IDS):
+            chunk = wanted[i : i + MAX_IDS]
+            rows = await self._fetch(
+                f"{READ_EVENTS} WHERE seq IN ({','.join('?' * len(chunk))}) ORDER BY seq", chunk
+            )
+            found += [Event(r[0], r[1], r[2], body=r[3], user_id=r[4]) for r in rows]
+        return found
+
     async def received_at_after(self, seq: int) -> int | None:
         rows = await self._fetch(
             "SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (seq,)
@@ -374,12 +385,15 @@ class SqliteStore:
     async def unsuppress(self, user_id: str) -> bool:
         return await self._execute("DELETE FROM suppressions WHERE user_id = ?", [(user_id,)]) > 0
 
-    async def erase_user(self, user_id: str, below_seq: int) -> tuple[int, int, bool]:
+    async def erase_user(
+        self, user_id: str, below_seq: int, also: Sequence[int] = ()
+    ) -> tuple[int, int, bool]:
         # Found with a reader (one scan, off the writer), deleted by seq (fast, batched).
-        found = [
+        found = {
             r[0] for r in await self._fetch("SELECT seq FROM events WHERE user_id = ?", (user_id,))
-        ]
-        seqs = [s for s in found if s < below_seq]
+        }
+        found.update(e.seq for e in await self.read_seqs(also))
+        seqs = sorted(s for s in found if s < below_seq)
         erased = 0
         for i in range(0, len(seqs), ERASE_BATCH):
             chunk = seqs[i : i + ERASE_BATCH]

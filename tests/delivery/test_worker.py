@@ -112,3 +112,69 @@ def test_lag_is_events_after_the_cursor_and_the_age_of_the_oldest() -> None:
     assert lag(10, 10, None, 5000) == (0, 0.0)
     assert lag(10, 4, 1000, 3500) == (6, 2.5)
     assert lag(10, 12, None, 0) == (0, 0.0)  # a cursor ahead (retention reused seqs)
+
+
+class Recording(Destination):
+    """Refuses messageIds starting with ``bad``; remembers (messageId, userId) it took."""
+
+    type_name = "recording"
+
+    def __init__(self, name: str, settings: dict[str, object], s: aiohttp.ClientSession) -> None:
+        super().__init__(name, settings, s)
+        self.took: list[tuple[str, str | None]] = []
+
+    async def deliver(self, batch: Sequence[Event]) -> list[Outcome]:
+        out: list[Outcome] = []
+        for e in batch:
+            mid = e.message["messageId"]
+            if mid.startswith("bad"):
+                out.append(Permanent(f"refused {mid}"))
+            else:
+                self.took.append((mid, e.message.get("userId")))
+                out.append(OK)
+        return out
+
+
+async def test_a_stitched_batch_is_delivered_stitched_and_settled_as_stored(
+    session: aiohttp.ClientSession,
+) -> None:
+    """stitch (identity's resolve_identity) runs first: suppression sees the resolved
+    userId, the destination gets the stitched events, dead letters keep the stored ones;
+    a stitch that cannot answer (None) leaves the batch unfinished."""
+    store = MemoryStore()
+    await store.open()
+    anonymous = [
+        ("web", m, "track", "E", None, "anon", now_ms(), orjson.dumps({"messageId": m}))
+        for m in ("a", "bad1", "hidden", "b")
+    ]
+    await store.append(anonymous)
+    batch = await store.read(0, 10)
+    ready = False
+
+    async def stitch(config: DestinationConfig, events: list[Event]) -> list[Event] | None:
+        if not ready:
+            return None  # the identity graph stopped before it got there
+        out = []
+        for e in events:
+            user = "gone" if e.message["messageId"] == "hidden" else "u1"
+            msg = {**e.message, "userId": user}
+            out.append(Event(e.seq, e.source, e.received_at, msg, user_id=user))
+        return out
+
+    dest = Recording("r", {}, session)
+    config = DestinationConfig(name="r", type="recording", resolve_identity=True)
+    worker = Worker(config, dest, store, Metrics(), suppressed={"gone"}, stitch=stitch)
+
+    settled = await worker.settle(batch, lambda e: e.received_at)
+    assert not settled.finished and dest.took == [] and settled.ok == []
+
+    ready = True
+    settled = await worker.settle(batch, lambda e: e.received_at)
+    assert settled.finished
+    assert dest.took == [("a", "u1"), ("b", "u1")]
+    assert settled.skipped == 1  # "hidden": its resolved user is suppressed
+    assert sorted(e.message["messageId"] for e in settled.ok) == ["a", "b", "hidden"]
+    assert [(e.message, why) for e, why in settled.dead] == [
+        ({"messageId": "bad1"}, "refused bad1")  # the stored event, not the stitched one
+    ]
+    assert all(e.user_id is None and "userId" not in e.message for e in settled.ok)

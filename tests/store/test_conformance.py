@@ -75,6 +75,19 @@ async def test_find_event_gives_the_newest_stored_with_that_source_and_message_i
         await store.close()
 
 
+async def test_events_are_read_back_by_seq(store: Store) -> None:
+    await store.append([row(m) for m in "abcde"])
+    seqs = [e.seq for e in await store.read(0, 10)]
+    assert await store.read_seqs([]) == []
+    # any order, repeats once, in seq order; a seq never stored (or deleted) is absent
+    got = await store.read_seqs([seqs[3], seqs[0], seqs[3], seqs[-1] + 100])
+    assert ids(got) == ["a", "d"] and [e.seq for e in got] == [seqs[0], seqs[3]]
+    assert got[0].source == "web" and got[0].received_at == T0 and got[0].user_id == "u"
+    await store.suppress("u", erase=True)
+    await store.erase_user("u", seqs[2])  # a and b
+    assert ids(await store.read_seqs(seqs)) == ["c", "d", "e"]
+
+
 async def test_an_acknowledged_append_survives_a_crash(backend: Backend) -> None:
     acked = await backend.append_then_crash()
     store = backend.store()
@@ -330,6 +343,25 @@ async def test_erasure_deletes_events_below_a_seq_and_dead_letters(store: Store)
     assert s is not None and s.erased_events == 2 and s.erased_at is not None
     assert await store.pending_erasures() == []
     assert ids(await store.read(0, 10)) == ["h1", "h2"]
+
+
+async def test_erasure_deletes_the_seqs_a_feature_found_too(store: Store) -> None:
+    # a1, a2: the user's anonymous events (no userId), found by a feature (identity)
+    await store.append(
+        [row("a1", user=None), row("g1", user="gina"), row("x", user=None), row("a2", user=None)]
+    )
+    seqs = {ids([e])[0]: e.seq for e in await store.read(0, 10)}
+    await store.suppress("gina", erase=True)
+
+    # the newest event (a2) is kept, and the erasure is unfinished: it is one of theirs
+    also = [seqs["a1"], seqs["a2"], seqs["g1"]]  # g1 twice: counted once
+    assert await store.erase_user("gina", seqs["a2"], also) == (2, 0, False)
+    assert ids(await store.read(0, 10)) == ["x", "a2"]
+    await store.append([row("h", user="hal")])
+    assert await store.erase_user("gina", store.last_seq, [seqs["a2"]]) == (1, 0, True)
+    assert ids(await store.read(0, 10)) == ["x", "h"]
+    s = await store.suppression("gina")
+    assert s is not None and s.erased_events == 3 and s.erased_at is not None
 
 
 # -- retention --------------------------------------------------------------------

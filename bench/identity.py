@@ -1,0 +1,208 @@
+"""``python -m bench.identity``: the identity graph's figures (issue 15), as table rows.
+
+- ``consumer (mix)``: events/s the graph applies from a prefilled log, a realistic
+  mix per person: 3 anonymous tracks, an identify (userId + anonymousId, traits),
+  5 tracks with both ids, 1 anonymous track (10 events; 1 in 10 people come back
+  on a second device, identified there too).
+- ``consumer (new profiles)``: the worst case, every event a new person (one
+  identify each), which is also how the lookup's profiles are made.
+- ``GET /admin/profiles/{id}``: latency (p50, p99, max) with that many profiles,
+  over HTTP on loopback, userIds and anonymousIds at random, one request at a time.
+
+Targets: consumer >= 100,000 events/s; lookup p99 < 5 ms with 1,000,000 profiles.
+Run from the repository root; other load on the machine disturbs the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import socket
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from eventd.app import create_app
+from eventd.config import AdminConfig, Config, IdentityConfig, ServerConfig, StorageConfig
+from eventd.identity import writer
+from eventd.identity.service import IdentityService
+from eventd.metrics import Metrics
+from eventd.store import EventRow, SqliteStore
+from eventd.store.schema import INSERT_EVENT, migrate
+
+TOKEN = "bench-token"
+
+
+def _row(seq: int, msg: dict[str, Any]) -> EventRow:
+    msg = {
+        "messageId": f"m{seq}",
+        "timestamp": f"2026-11-01T{seq // 3_600_000 % 24:02d}:{seq // 60000 % 60:02d}:"
+        f"{seq // 1000 % 60:02d}.{seq % 1000:03d}Z",
+        "context": {"library": {"name": "analytics-python", "version": "2.3.2"}},
+        **msg,
+    }
+    return (
+        "app",
+        msg["messageId"],
+        msg["type"],
+        msg.get("event"),
+        msg.get("userId"),
+        msg.get("anonymousId"),
+        1_790_000_000_000 + seq,
+        orjson.dumps(msg),
+    )
+
+
+def mixed(people: int) -> Iterator[dict[str, Any]]:
+    for i in range(people):
+        anon, user = str(uuid.UUID(int=i)), f"user-{i:012d}"
+        props = {"step": 1, "make": "Volvo"}
+        for _ in range(3):
+            yield {"type": "track", "event": "Viewed Car List", "anonymousId": anon,
+                   "properties": props}  # fmt: skip
+        yield {"type": "identify", "userId": user, "anonymousId": anon,
+               "traits": {"car_make": "Volvo", "plan": "pro"}}  # fmt: skip
+        for _ in range(5):
+            yield {"type": "track", "event": "Entered VIN", "userId": user, "anonymousId": anon,
+                   "properties": {**props, "revenue": 1.5}}  # fmt: skip
+        second = str(uuid.UUID(int=i + 2**64)) if i % 10 == 0 else anon
+        yield {"type": "track", "event": "Car Connected", "anonymousId": second}
+
+
+def new_people(people: int) -> Iterator[dict[str, Any]]:
+    for i in range(people):
+        yield {"type": "identify", "userId": f"user-{i:012d}", "anonymousId": str(uuid.UUID(int=i)),
+               "traits": {"car_make": "Volvo", "email": f"user-{i}@example.com"}}  # fmt: skip
+
+
+def prefill(path: Path, messages: Iterator[dict[str, Any]]) -> int:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    migrate(conn)
+    n = 0
+    batch: list[EventRow] = []
+    conn.execute("BEGIN")
+    for msg in messages:
+        n += 1
+        batch.append(_row(n, msg))
+        if len(batch) == 10000:
+            conn.executemany(INSERT_EVENT, batch)
+            batch.clear()
+    conn.executemany(INSERT_EVENT, batch)
+    conn.execute("COMMIT")
+    conn.close()
+    return n
+
+
+async def consume(data: Path) -> tuple[float, float]:
+    """Seconds the graph takes to apply the whole log: wall-clock, and CPU (the busier of
+    eventd's process and the writer's, each of which has a core of its own when the
+    machine is idle: the rate a quiet 2-core machine would see)."""
+    store = SqliteStore(data / "eventd.db", synchronous="normal")
+    await store.open()
+    svc = IdentityService(IdentityConfig(), store, data / "identity.db", Metrics())
+    await svc.writer.call(writer.cursor)  # the writer process up before the clock starts
+    child = _cpu_seconds(await svc.writer.call(os.getpid))
+    parent = time.process_time()
+    started = time.perf_counter()
+    await svc.start()
+    await svc.drain()
+    seconds = time.perf_counter() - started
+    parent = time.process_time() - parent
+    child = _cpu_seconds(await svc.writer.call(os.getpid)) - child
+    print(f"  (CPU seconds: eventd's process {parent:.1f}, the writer {child:.1f})", flush=True)
+    await svc.stop()
+    await store.close()
+    return seconds, max(parent, child)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def lookups(data: Path, people: int, requests: int) -> list[float]:
+    """Latencies (s) of GET /admin/profiles/{id} on a server over ``data``."""
+    with socket.socket() as sock:  # a free port
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    config = Config(
+        server=ServerConfig(host="127.0.0.1", port=port),
+        storage=StorageConfig(path=data / "eventd.db", synchronous="normal"),
+        admin=AdminConfig(token=TOKEN),
+    )
+    runner = web.AppRunner(create_app(config, {}))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    rng = random.Random(15)
+    out = []
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for k in range(requests + 200):
+            i = rng.randrange(people)
+            id = f"user-{i:012d}" if k % 2 else str(uuid.UUID(int=i))
+            started = time.perf_counter()
+            async with http.get(f"http://127.0.0.1:{port}/admin/profiles/{id}") as resp:
+                body = await resp.read()
+            if resp.status != 200:
+                raise SystemExit(f"GET /admin/profiles/{id}: {resp.status} {body[:200]!r}")
+            if k >= 200:  # after warming up
+                out.append(time.perf_counter() - started)
+    await runner.cleanup()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.identity", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--people", type=int, default=50_000, help="people in the mixed log (x10 events)"
+    )
+    p.add_argument("--profiles", type=int, default=1_000_000, help="profiles for the lookup")
+    p.add_argument("--requests", type=int, default=5000)
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="eventd-bench-identity-"))
+
+    def row(name: str, figure: str, detail: str) -> None:
+        print(f"{name:<48}  {figure:>18}  {detail}", flush=True)  # as each is measured
+
+    try:
+        for name, path, messages in (
+            ("mix", work / "mix", mixed(args.people)),
+            ("new profiles", work / "big", new_people(args.profiles)),
+        ):
+            path.mkdir()
+            n = prefill(path / "eventd.db", messages)
+            s, cpu = asyncio.run(consume(path))
+            row(
+                f"identity consumer ({name})",
+                f"{n / s:,.0f} events/s",
+                f"{n:,} events, {s:.1f} s; {n / cpu:,.0f} events per CPU-second",
+            )
+        lat = sorted(asyncio.run(lookups(work / "big", args.profiles, args.requests)))
+        row(
+            f"GET /admin/profiles/{{id}} ({args.profiles:,} profiles)",
+            f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.2f} ms",
+            f"p50 {statistics.median(lat) * 1000:.2f} ms, max {lat[-1] * 1000:.2f} ms,"
+            f" {len(lat):,} requests",
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,470 @@
+"""The identity graph's merge rules: pure logic over profiles, no I/O.
+
+A :class:`Graph` takes stored events in log order (:meth:`Graph.apply`) and keeps
+who is who: which userIds and anonymousIds make one person (a profile), and that
+person's traits and counters. It reads what it does not hold through a
+:class:`Backing` (the identity store, or nothing in tests) and hands back what
+changed (:meth:`Graph.take_changes`) for the store to write in one transaction.
+
+Rules (issue 15; the attribution rule is the one in :mod:`eventd.identity.links`):
+
+- A link is asked for by an event carrying both a userId and an anonymousId (any
+  type, identify above all) and by ``alias`` (previousId -> userId).
+- Blocked values (``[identity] blocked_values``, compared case-insensitively after
+  trimming: "null", "undefined", "0", ...) never link anything: such an id is
+  treated as absent, and a link asked for with one is refused (``blocked_value``).
+- Two different userIds never merge through a shared anonymousId (a shared
+  laptop): the anonymousId's history before the first sign-in belongs to the first
+  user; once another user signs in on it, it is linked to that user too and its new
+  anonymous events go to them; the merge is refused (``shared_anonymous_id``).
+- Only ``alias`` merges two userIds' profiles. An alias whose previousId is no known
+  userId is read as an anonymousId (analytics.js sends its anonymousId there).
+- A profile takes at most ``max_anonymous_ids`` anonymousIds; a further one is not
+  linked (``max_anonymous_ids``), and its events stay on its own anonymous profile.
+- Refusals are counted per event that asked for the refused link.
+
+Profiles: traits merge identify traits and every event's ``context.traits``, the
+latest event timestamp winning per trait; ``revenue`` sums ``properties.revenue``
+of track events; timestamps are the normalized ``timestamp`` (ISO-8601 UTC with
+milliseconds, as normalize.py writes it, so they compare as strings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
+    "",
+    "null",
+    "undefined",
+    "0",
+    "-1",
+    "nil",
+    "none",
+    "anonymous",
+    "guest",
+    "unknown",
+    "[object Object]",
+)
+DEFAULT_MAX_ANONYMOUS_IDS = 100
+
+BLOCKED_VALUE = "blocked_value"
+SHARED_ANONYMOUS_ID = "shared_anonymous_id"
+MAX_ANONYMOUS_IDS = "max_anonymous_ids"
+REFUSAL_REASONS = (BLOCKED_VALUE, MAX_ANONYMOUS_IDS, SHARED_ANONYMOUS_ID)
+
+USER = "u"  # identifier kinds, as the store keeps them
+ANONYMOUS = "a"
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The ``[identity]`` merge protection."""
+
+    blocked_values: frozenset[str] = frozenset(v.strip().lower() for v in DEFAULT_BLOCKED_VALUES)
+    max_anonymous_ids: int = DEFAULT_MAX_ANONYMOUS_IDS
+    longest: int = field(init=False, default=0)  # of the blocked values
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "longest", max(map(len, self.blocked_values), default=0))
+
+    @classmethod
+    def of(cls, blocked_values: Iterable[str], max_anonymous_ids: int) -> Rules:
+        return cls(frozenset(v.strip().lower() for v in blocked_values), max_anonymous_ids)
+
+    def usable(self, value: object) -> str | None:
+        """``value`` as an id, or None when absent or blocked."""
+        if not isinstance(value, str):
+            return None
+        # Most ids (UUIDs, database ids) are longer than any blocked value and untrimmed:
+        # they skip the strip and lower (this runs 4 times per event).
+        if len(value) > self.longest and not value[0].isspace() and not value[-1].isspace():
+            return value
+        return None if value.strip().lower() in self.blocked_values else value
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """anonymousId -> userId, made by the event at ``seq`` (``linked_at``: its timestamp).
+
+    ``anonymous_id`` is None on the row recording a userId's membership of its profile.
+    """
+
+    anonymous_id: str | None
+    user_id: str
+    linked_at: str
+    seq: int
+
+
+def owner_at(links: Iterable[Link], seq: int) -> Link | None:
+    """The link an anonymous-only event at ``seq`` belongs to (links.py's rule, by log
+    order): the latest link made before it; None when none was made before it."""
+    best: Link | None = None
+    for link in links:
+        if link.seq < seq and (best is None or link.seq > best.seq):
+            best = link
+    return best
+
+
+def anonymous_ranges(links: Iterable[Link], user_ids: Iterable[str]) -> list[tuple[int, int]]:
+    """The seq ranges [lo, hi) in which an anonymousId's anonymous-only events belong
+    to a profile with ``user_ids``, from that anonymousId's links (links.py's rule:
+    before its first link, to the first user; then to the latest user linked)."""
+    ordered = sorted((x for x in links if x.anonymous_id is not None), key=lambda x: x.seq)
+    mine = set(user_ids)
+    ranges: list[tuple[int, int]] = []
+    for i, link in enumerate(ordered):
+        if link.user_id not in mine:
+            continue
+        lo = 0 if i == 0 else link.seq
+        hi = ordered[i + 1].seq if i + 1 < len(ordered) else 2**63 - 1
+        if ranges and ranges[-1][1] == lo:
+            ranges[-1] = (ranges[-1][0], hi)
+        else:
+            ranges.append((lo, hi))
+    return ranges
+
+
+def profile_id_for(kind: str, value: str) -> str:
+    """A profile's id, from the identifier that created it: the same log builds the same ids."""
+    return "prof_" + hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=10).hexdigest()
+
+
+@dataclass
+class Profile:
+    """One person. ``traits`` keep each value with the timestamp that set it."""
+
+    profile_id: str
+    created_seq: int
+    user_ids: list[str] = field(default_factory=list)
+    anonymous_ids: list[str] = field(default_factory=list)
+    traits: dict[str, list[Any]] = field(default_factory=dict)  # name -> [value, timestamp]
+    first_seen: str | None = None
+    last_seen: str | None = None
+    event_count: int = 0
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    revenue: float = 0
+    groups: list[str] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        """The profile as the API shows it (DESIGN.md: profile JSON keys)."""
+        return {
+            "profile_id": self.profile_id,
+            "user_ids": list(self.user_ids),
+            "anonymous_ids": list(self.anonymous_ids),
+            "traits": {k: v[0] for k, v in self.traits.items()},
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "event_count": self.event_count,
+            "events_by_type": dict(self.events_by_type),
+            "revenue": round(self.revenue, 6),
+            "groups": list(self.groups),
+        }
+
+    def record(self) -> dict[str, Any]:
+        """Everything, for the store (:meth:`from_record` reads it back)."""
+        return {
+            "profile_id": self.profile_id,
+            "created_seq": self.created_seq,
+            "user_ids": self.user_ids,
+            "anonymous_ids": self.anonymous_ids,
+            "traits": self.traits,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "event_count": self.event_count,
+            "events_by_type": self.events_by_type,
+            "revenue": self.revenue,
+            "groups": self.groups,
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Profile:
+        return cls(**r)
+
+    def absorb(self, other: Profile) -> None:
+        """Take ``other``'s ids, traits (latest wins) and counters."""
+        self.user_ids += [u for u in other.user_ids if u not in self.user_ids]
+        self.anonymous_ids += [a for a in other.anonymous_ids if a not in self.anonymous_ids]
+        for name, (value, ts) in other.traits.items():
+            mine = self.traits.get(name)
+            if mine is None or (ts or "") > (mine[1] or ""):
+                self.traits[name] = [value, ts]
+        self.first_seen = _earliest(self.first_seen, other.first_seen)
+        self.last_seen = _latest(self.last_seen, other.last_seen)
+        self.event_count += other.event_count
+        for t, n in other.events_by_type.items():
+            self.events_by_type[t] = self.events_by_type.get(t, 0) + n
+        self.revenue += other.revenue
+        self.groups += [g for g in other.groups if g not in self.groups]
+
+    def count(self, msg: Mapping[str, Any], ts: str | None) -> None:
+        """Add one event to the counters and traits."""
+        kind = msg.get("type")
+        self.event_count += 1
+        if isinstance(kind, str):
+            self.events_by_type[kind] = self.events_by_type.get(kind, 0) + 1
+        if ts is not None:
+            if self.first_seen is None or ts < self.first_seen:
+                self.first_seen = ts
+            if self.last_seen is None or ts > self.last_seen:
+                self.last_seen = ts
+        context = msg.get("context")
+        if isinstance(context, dict):
+            self._traits(context.get("traits"), ts)
+        if kind == "identify":
+            self._traits(msg.get("traits"), ts)
+        elif kind == "track":
+            props = msg.get("properties")
+            revenue = props.get("revenue") if isinstance(props, dict) else None
+            if isinstance(revenue, int | float) and not isinstance(revenue, bool):
+                self.revenue += revenue
+        elif kind == "group":
+            group = msg.get("groupId")
+            if isinstance(group, str) and group not in self.groups:
+                self.groups.append(group)
+
+    def _traits(self, traits: object, ts: str | None) -> None:
+        if not isinstance(traits, dict):
+            return
+        for name, value in traits.items():
+            mine = self.traits.get(name)
+            # Ties go to the later event in the log: it is the newer statement.
+            if mine is None or (ts or "") >= (mine[1] or ""):
+                self.traits[name] = [value, ts]
+
+
+def _earliest(a: str | None, b: str | None) -> str | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: str | None, b: str | None) -> str | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+class Backing(Protocol):
+    """What the graph does not hold yet: the store's current state."""
+
+    def profile_of(self, kind: str, value: str) -> str | None:
+        """The profile an identifier points at (an anonymousId: its current owner)."""
+
+    def profile(self, profile_id: str) -> Profile | None: ...
+
+    def links_of(self, anonymous_id: str) -> list[Link]: ...
+
+
+class Empty:
+    """A backing with nothing in it (a new graph; the unit tests)."""
+
+    def profile_of(self, kind: str, value: str) -> str | None:
+        return None
+
+    def profile(self, profile_id: str) -> Profile | None:
+        return None
+
+    def links_of(self, anonymous_id: str) -> list[Link]:
+        return []
+
+
+@dataclass
+class Changes:
+    """What :meth:`Graph.apply` changed since the last :meth:`Graph.take_changes`."""
+
+    profiles: dict[str, Profile] = field(default_factory=dict)  # to upsert
+    removed: set[str] = field(default_factory=set)  # merged away
+    ids: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, value) -> profile_id
+    links: list[Link] = field(default_factory=list)  # new links
+    resend_users: set[str] = field(default_factory=set)  # their links changed profile_id
+    refused: Counter[str] = field(default_factory=Counter)  # reason -> links refused
+    events: list[tuple[int, str, str]] = field(default_factory=list)  # (seq, kind, id) per event
+
+
+class Graph:
+    """The merge rules over a :class:`Backing`, caching what it read (see module docstring)."""
+
+    def __init__(self, rules: Rules | None = None, backing: Backing | None = None) -> None:
+        self.rules = rules or Rules()
+        self.backing: Backing = backing or Empty()
+        self._ids: dict[tuple[str, str], str | None] = {}
+        self._profiles: dict[str, Profile | None] = {}
+        self._links: dict[str, list[Link]] = {}
+        self._changes = Changes()
+
+    # -- reads (cached) ----------------------------------------------------------
+
+    def profile_of(self, kind: str, value: str) -> str | None:
+        key = (kind, value)
+        if key not in self._ids:
+            self._ids[key] = self.backing.profile_of(kind, value)
+        return self._ids[key]
+
+    def profile(self, profile_id: str) -> Profile | None:
+        if profile_id not in self._profiles:
+            self._profiles[profile_id] = self.backing.profile(profile_id)
+        return self._profiles[profile_id]
+
+    def links_of(self, anonymous_id: str) -> list[Link]:
+        if anonymous_id not in self._links:
+            self._links[anonymous_id] = list(self.backing.links_of(anonymous_id))
+        return self._links[anonymous_id]
+
+    def lookup(self, kind: str, value: str) -> Profile | None:
+        pid = self.profile_of(kind, value)
+        return None if pid is None else self.profile(pid)
+
+    def seed(
+        self,
+        ids: Mapping[tuple[str, str], str | None],
+        profiles: Mapping[str, Profile | None],
+        links: Mapping[str, list[Link]],
+    ) -> None:
+        """Cache what the store read in bulk ahead of a page (absent ones as None)."""
+        for key, pid in ids.items():
+            self._ids.setdefault(key, pid)
+        for pid, profile in profiles.items():
+            self._profiles.setdefault(pid, profile)
+        for anon, found in links.items():
+            self._links.setdefault(anon, found)
+
+    def forget(self) -> None:
+        """Drop the cache (after the store wrote the changes), keeping memory bounded."""
+        self._ids.clear()
+        self._profiles.clear()
+        self._links.clear()
+
+    # -- writes ------------------------------------------------------------------
+
+    def take_changes(self) -> Changes:
+        changes, self._changes = self._changes, Changes()
+        return changes
+
+    def _set_id(self, kind: str, value: str, pid: str) -> None:
+        self._ids[(kind, value)] = pid
+        self._changes.ids[(kind, value)] = pid
+
+    def _dirty(self, profile: Profile) -> None:
+        self._changes.profiles[profile.profile_id] = profile
+
+    def _refuse(self, reason: str) -> None:
+        self._changes.refused[reason] += 1
+
+    def _new_profile(self, kind: str, value: str, seq: int) -> Profile:
+        pid = profile_id_for(kind, value)
+        profile = Profile(pid, seq)
+        self._profiles[pid] = profile
+        self._changes.removed.discard(pid)
+        self._set_id(kind, value, pid)
+        return profile
+
+    def _user_profile(self, user_id: str, seq: int, ts: str) -> Profile:
+        found = self.lookup(USER, user_id)
+        if found is not None:
+            return found
+        profile = self._new_profile(USER, user_id, seq)
+        profile.user_ids.append(user_id)
+        self._changes.links.append(Link(None, user_id, ts, seq))
+        self._dirty(profile)
+        return profile
+
+    # -- the rules ---------------------------------------------------------------
+
+    def apply(self, seq: int, msg: Mapping[str, Any]) -> Profile | None:
+        """Take one stored event; returns the profile it was counted on (None: no usable id)."""
+        raw_ts = msg.get("timestamp")
+        ts = raw_ts if isinstance(raw_ts, str) else ""
+        raw_user, raw_anon = msg.get("userId"), msg.get("anonymousId")
+        user, anon = self.rules.usable(raw_user), self.rules.usable(raw_anon)
+        if msg.get("type") == "alias":
+            raw_prev = msg.get("previousId")
+            previous = self.rules.usable(raw_prev)
+            if user is not None and previous is not None:
+                self._alias(previous, user, seq, ts)
+            elif raw_user is not None and raw_prev is not None:
+                self._refuse(BLOCKED_VALUE)
+        if user is not None and anon is not None:
+            self._link(anon, user, seq, ts)
+        elif raw_user is not None and raw_anon is not None:
+            self._refuse(BLOCKED_VALUE)  # both sent, one blocked: the link is refused
+
+        if user is not None:
+            profile = self._user_profile(user, seq, ts)
+            self._changes.events.append((seq, USER, user))
+        elif anon is not None:
+            profile = self.lookup(ANONYMOUS, anon) or self._anonymous_profile(anon, seq)
+            self._changes.events.append((seq, ANONYMOUS, anon))
+        else:
+            return None
+        profile.count(msg, ts or None)
+        self._dirty(profile)
+        return profile
+
+    def _anonymous_profile(self, anon: str, seq: int) -> Profile:
+        profile = self._new_profile(ANONYMOUS, anon, seq)
+        profile.anonymous_ids.append(anon)
+        return profile
+
+    def _link(self, anon: str, user: str, seq: int, ts: str) -> None:
+        links = self.links_of(anon)
+        if any(x.user_id == user for x in links):
+            return  # known pair: nothing changes
+        profile = self._user_profile(user, seq, ts)
+        current = self.lookup(ANONYMOUS, anon)
+        if current is profile:
+            self._add_link(links, Link(anon, user, ts, seq), profile)  # via an aliased userId
+            return
+        if len(profile.anonymous_ids) >= self.rules.max_anonymous_ids:
+            self._refuse(MAX_ANONYMOUS_IDS)
+            return
+        if current is not None and current.user_ids:
+            # A shared device: another person signed in on it before. Both keep it; its
+            # new anonymous events go to this user from now on.
+            self._refuse(SHARED_ANONYMOUS_ID)
+        elif current is not None:
+            self._merge(profile, current)  # the visitor's history before signing in
+        self._add_link(links, Link(anon, user, ts, seq), profile)
+
+    def _add_link(self, links: list[Link], link: Link, profile: Profile) -> None:
+        assert link.anonymous_id is not None
+        links.append(link)
+        self._changes.links.append(link)
+        if link.anonymous_id not in profile.anonymous_ids:
+            profile.anonymous_ids.append(link.anonymous_id)
+        self._set_id(ANONYMOUS, link.anonymous_id, profile.profile_id)
+        self._dirty(profile)
+
+    def _alias(self, previous: str, user: str, seq: int, ts: str) -> None:
+        if previous == user:
+            return
+        if self.profile_of(USER, previous) is None:
+            self._link(previous, user, seq, ts)  # previousId was the visitor's anonymousId
+            return
+        older = self._user_profile(previous, seq, ts)
+        found = self.lookup(USER, user)
+        if found is None:
+            older.user_ids.append(user)
+            self._set_id(USER, user, older.profile_id)
+            self._changes.links.append(Link(None, user, ts, seq))
+            self._dirty(older)
+            return
+        if found is older:
+            return
+        keep, gone = sorted((older, found), key=lambda p: (p.created_seq, p.profile_id))
+        self._merge(keep, gone)
+
+    def _merge(self, keep: Profile, gone: Profile) -> None:
+        """``gone`` becomes part of ``keep``: its ids point at ``keep`` from now on."""
+        keep.absorb(gone)
+        for user in gone.user_ids:
+            self._set_id(USER, user, keep.profile_id)
+        for anon in gone.anonymous_ids:
+            # A shared anonymousId another person owns now stays theirs.
+            if self.profile_of(ANONYMOUS, anon) == gone.profile_id:
+                self._set_id(ANONYMOUS, anon, keep.profile_id)
+        self._changes.resend_users.update(gone.user_ids)
+        self._changes.profiles.pop(gone.profile_id, None)
+        self._changes.removed.add(gone.profile_id)
+        self._profiles[gone.profile_id] = None
+        self._dirty(keep)

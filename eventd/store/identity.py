@@ -1,0 +1,394 @@
+"""identity.db: the identity graph's own SQLite file (all of its SQL).
+
+Beside eventd.db, with its own writer, so identity writes never wait on (or hold
+up) the ingest group commit. Tables::
+
+    profiles     profile_id -> the profile's record (JSON: graph.Profile.record())
+    identifiers  (kind 'u'|'a', value) -> profile_id (an anonymousId: its current owner)
+    links        (anonymous_id, user_id): linked_at, seq (the event that made it) and
+                 version (a counter bumped when the row is new or its profile_id
+                 changed: what warehouse feeds send after their position);
+                 anonymous_id '' is the row recording a userId's membership
+    timeline     (key 'u:ID'|'a:ID', seq): each event's identifier, for the stitched
+                 timeline and erasure without an index on the ingest hot path
+    state        cursor (the last log seq applied) and version (the links counter)
+    positions    per warehouse destination: the links version it has stored
+
+The graph's cursor is written in the same transaction as what the page changed,
+so a crash re-applies nothing twice and misses nothing.
+
+Writes (and the graph's reads while applying a page) run in the identity writer
+(eventd/identity/writer.py, a process of its own); API and delivery reads on a
+reader thread in eventd's process, beside it (WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from eventd.identity.graph import ANONYMOUS, USER, Changes, Graph, Link, Profile, anonymous_ranges
+from eventd.identity.links import IdentityLink
+
+T = TypeVar("T")
+CHUNK = 500  # ids per IN (...) list: under SQLite's variable limit
+SCHEMA = """
+BEGIN;
+CREATE TABLE profiles (profile_id TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE identifiers (
+    kind TEXT NOT NULL, value TEXT NOT NULL, profile_id TEXT NOT NULL,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+CREATE TABLE links (
+    anonymous_id TEXT NOT NULL, user_id TEXT NOT NULL, linked_at TEXT NOT NULL,
+    seq INTEGER NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (anonymous_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX links_user ON links (user_id);
+CREATE UNIQUE INDEX links_version ON links (version);
+CREATE TABLE timeline (key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (key, seq))
+    WITHOUT ROWID;
+CREATE TABLE state (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO state VALUES ('cursor', 0), ('version', 0);
+CREATE TABLE positions (destination TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
+PRAGMA user_version = 1;
+COMMIT;
+"""
+LINK_COLUMNS = "anonymous_id, user_id, linked_at, seq"
+
+
+def _key(kind: str, value: str) -> str:
+    return f"{kind}:{value}"
+
+
+def _link(row: Sequence[Any]) -> Link:
+    return Link(row[0] or None, row[1], row[2], row[3])
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA secure_delete=ON")  # erased profiles do not linger in free pages
+    return conn
+
+
+class IdentityStore:
+    """Owns identity.db's connections: the writer's (eventd/identity/writer.py opens it,
+    in the writer process) and a reader on a thread of its own (in eventd's process)."""
+
+    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._w: sqlite3.Connection | None = None
+        self._r: sqlite3.Connection | None = None
+        self._reader: ThreadPoolExecutor | None = None
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def open_writer(self) -> None:
+        """Open the write connection, creating the file and its tables when new."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path, self.synchronous)
+        if conn.execute("PRAGMA user_version").fetchone()[0] < 1:
+            conn.executescript(SCHEMA)
+        self._w = conn
+
+    def close(self) -> None:
+        if self._w is not None:
+            self._w.close()
+            self._w = None
+
+    async def open_reader(self) -> None:
+        """Open the reader (after the writer made the file)."""
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventd-identity-reader")
+
+        def connect() -> None:
+            self._r = _connect(self.path, self.synchronous)
+            self._r.execute("PRAGMA query_only=1")
+
+        await self.read(connect)
+
+    async def close_reader(self) -> None:
+        if self._reader is None:
+            return
+        if self._r is not None:
+            await self.read(self._r.close)
+            self._r = None
+        self._reader.shutdown(wait=True)
+        self._reader = None
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the reader thread (it may use :attr:`r`)."""
+        assert self._reader is not None, "identity store reader not open"
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
+
+    @property
+    def w(self) -> sqlite3.Connection:
+        assert self._w is not None, "identity store writer not open"
+        return self._w
+
+    @property
+    def r(self) -> sqlite3.Connection:
+        assert self._r is not None, "identity store reader not open"
+        return self._r
+
+    # -- the graph's backing (the writer) ---------------------------------------------
+
+    def cursor(self) -> int:
+        return int(self.w.execute("SELECT value FROM state WHERE key = 'cursor'").fetchone()[0])
+
+    def profile_of(self, kind: str, value: str) -> str | None:
+        row = self.w.execute(
+            "SELECT profile_id FROM identifiers WHERE kind = ? AND value = ?", (kind, value)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def profile(self, profile_id: str) -> Profile | None:
+        row = self.w.execute(
+            "SELECT body FROM profiles WHERE profile_id = ?", (profile_id,)
+        ).fetchone()
+        return None if row is None else Profile.from_record(orjson.loads(row[0]))
+
+    def links_of(self, anonymous_id: str) -> list[Link]:
+        return [
+            _link(r)
+            for r in self.w.execute(
+                f"SELECT {LINK_COLUMNS} FROM links WHERE anonymous_id = ?", (anonymous_id,)
+            )
+        ]
+
+    def prefetch(
+        self, graph: Graph, ids: Iterable[tuple[str, str]], linking: Iterable[str] = ()
+    ) -> None:
+        """Read the identifiers and profiles a page will need, and the links of the
+        anonymousIds it may link (``linking``), in a few queries."""
+        wanted: dict[str, set[str]] = {USER: set(), ANONYMOUS: set()}
+        for kind, value in ids:
+            wanted[kind].add(value)
+        links: dict[str, list[Link]] = {a: [] for a in linking}
+        for chunk in _chunks(links):
+            for row in self.w.execute(
+                f"SELECT {LINK_COLUMNS} FROM links WHERE anonymous_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                links[row[0]].append(_link(row))
+        found: dict[tuple[str, str], str | None] = {}
+        for kind, values in wanted.items():
+            for chunk in _chunks(values):
+                found.update({(kind, v): None for v in chunk})
+                rows = self.w.execute(
+                    "SELECT value, profile_id FROM identifiers WHERE kind = ? AND value IN"
+                    f" ({','.join('?' * len(chunk))})",
+                    (kind, *chunk),
+                )
+                found.update({(kind, v): pid for v, pid in rows})
+        profiles: dict[str, Profile | None] = {}
+        for chunk in _chunks({pid for pid in found.values() if pid is not None}):
+            rows = self.w.execute(
+                f"SELECT profile_id, body FROM profiles WHERE profile_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            profiles.update({pid: Profile.from_record(orjson.loads(body)) for pid, body in rows})
+        graph.seed(found, profiles, links)
+
+    def apply(self, changes: Changes, cursor: int) -> None:
+        """Write what a page changed and the cursor past it, in one transaction."""
+        w = self.w
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            w.executemany(
+                "INSERT OR REPLACE INTO profiles (profile_id, body) VALUES (?, ?)",
+                [(pid, orjson.dumps(p.record())) for pid, p in changes.profiles.items()],
+            )
+            w.executemany(
+                "DELETE FROM profiles WHERE profile_id = ?",
+                [(pid,) for pid in changes.removed - changes.profiles.keys()],
+            )
+            w.executemany(
+                "INSERT OR REPLACE INTO identifiers (kind, value, profile_id) VALUES (?, ?, ?)",
+                [(k, v, pid) for (k, v), pid in changes.ids.items()],
+            )
+            version = int(w.execute("SELECT value FROM state WHERE key = 'version'").fetchone()[0])
+            new = []
+            for link in changes.links:
+                version += 1
+                new.append(
+                    (link.anonymous_id or "", link.user_id, link.linked_at, link.seq, version)
+                )
+            w.executemany(
+                f"INSERT INTO links ({LINK_COLUMNS}, version) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                new,
+            )
+            bumped = []
+            for user in changes.resend_users:
+                for (anon,) in w.execute(
+                    "SELECT anonymous_id FROM links WHERE user_id = ?", (user,)
+                ).fetchall():
+                    version += 1
+                    bumped.append((version, anon, user))
+            w.executemany(
+                "UPDATE links SET version = ? WHERE anonymous_id = ? AND user_id = ?", bumped
+            )
+            w.executemany(
+                "INSERT OR IGNORE INTO timeline (key, seq) VALUES (?, ?)",
+                [(_key(kind, value), seq) for seq, kind, value in changes.events],
+            )
+            w.executemany(
+                "UPDATE state SET value = ? WHERE key = ?",
+                [(cursor, "cursor"), (version, "version")],
+            )
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+
+    def erase(self, user_id: str) -> list[int]:
+        """Delete the profile of ``user_id`` and every identity linked to it; returns the
+        log seqs of its anonymous events (links.py's rule), for the event store to delete."""
+        pid = self.profile_of(USER, user_id)
+        profile = None if pid is None else self.profile(pid)
+        if pid is None or profile is None:
+            return []
+        w = self.w
+        seqs: list[int] = []
+        for anon in profile.anonymous_ids:
+            key = _key(ANONYMOUS, anon)
+            for lo, hi in anonymous_ranges(self.links_of(anon), profile.user_ids):
+                seqs += [
+                    r[0]
+                    for r in w.execute(
+                        "SELECT seq FROM timeline WHERE key = ? AND seq >= ? AND seq < ?",
+                        (key, lo, hi),
+                    )
+                ]
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            w.execute("DELETE FROM profiles WHERE profile_id = ?", (pid,))
+            # Its userIds, and the anonymousIds it owns (a shared one may be another's now).
+            w.executemany(
+                "DELETE FROM identifiers WHERE kind = ? AND value = ? AND profile_id = ?",
+                [(USER, u, pid) for u in profile.user_ids]
+                + [(ANONYMOUS, a, pid) for a in profile.anonymous_ids],
+            )
+            w.executemany("DELETE FROM links WHERE user_id = ?", [(u,) for u in profile.user_ids])
+            w.executemany(
+                "DELETE FROM timeline WHERE key = ?",
+                [(_key(USER, u),) for u in profile.user_ids],
+            )
+            anon_keys = {_key(ANONYMOUS, a) for a in profile.anonymous_ids}
+            w.executemany(
+                "DELETE FROM timeline WHERE key = ? AND seq = ?",
+                [(k, s) for k in anon_keys for s in seqs],
+            )
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        return sorted(seqs)
+
+    def save_position(self, destination: str, version: int) -> None:
+        self.w.execute(
+            "INSERT INTO positions VALUES (?, ?) ON CONFLICT (destination) DO UPDATE"
+            " SET version = excluded.version",
+            (destination, version),
+        )
+
+    # -- reads beside the writer (reader thread) --------------------------------------
+
+    def find(self, kind: str, value: str) -> Profile | None:
+        row = self.r.execute(
+            "SELECT p.body FROM identifiers i JOIN profiles p ON p.profile_id = i.profile_id"
+            " WHERE i.kind = ? AND i.value = ?",
+            (kind, value),
+        ).fetchone()
+        return None if row is None else Profile.from_record(orjson.loads(row[0]))
+
+    def find_many(self, ids: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Profile]:
+        """Profiles by identifier, for a delivery batch."""
+        out: dict[tuple[str, str], Profile] = {}
+        for kind, value in set(ids):
+            found = self.find(kind, value)
+            if found is not None:
+                out[(kind, value)] = found
+        return out
+
+    def links(self, anonymous_ids: Iterable[str]) -> dict[str, list[Link]]:
+        out: dict[str, list[Link]] = {}
+        for chunk in _chunks(set(anonymous_ids)):
+            for row in self.r.execute(
+                f"SELECT {LINK_COLUMNS} FROM links WHERE anonymous_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                out.setdefault(row[0], []).append(_link(row))
+        return out
+
+    def timeline(self, profile: Profile, before: int, limit: int) -> list[int]:
+        """The log seqs of a profile's events below ``before``, newest first."""
+        seqs: list[int] = []
+        query = (
+            "SELECT seq FROM timeline WHERE key = ? AND seq >= ? AND seq < ?"
+            " ORDER BY seq DESC LIMIT ?"
+        )
+        for user in profile.user_ids:
+            seqs += [r[0] for r in self.r.execute(query, (_key(USER, user), 0, before, limit))]
+        links = self.links(profile.anonymous_ids)
+        for anon in profile.anonymous_ids:
+            ranges = (
+                anonymous_ranges(links.get(anon, []), profile.user_ids)
+                if profile.user_ids
+                else [(0, 2**63 - 1)]  # an anonymous profile: all of its events
+            )
+            for lo, hi in ranges:
+                args = (_key(ANONYMOUS, anon), lo, min(hi, before), limit)
+                seqs += [r[0] for r in self.r.execute(query, args)]
+        return sorted(set(seqs), reverse=True)[:limit]
+
+    def links_after(self, version: int, limit: int) -> list[tuple[int, IdentityLink]]:
+        """Links whose version is past ``version`` (with the profile they belong to now)."""
+        rows = self.r.execute(
+            "SELECT l.version, l.anonymous_id, l.user_id, i.profile_id, l.linked_at FROM links l"
+            " JOIN identifiers i ON i.kind = 'u' AND i.value = l.user_id"
+            " WHERE l.version > ? ORDER BY l.version LIMIT ?",
+            (version, limit),
+        ).fetchall()
+        return [
+            (v, IdentityLink(anon or None, user, pid, _timestamp(linked_at)))
+            for v, anon, user, pid, linked_at in rows
+        ]
+
+    def position(self, destination: str) -> int:
+        row = self.r.execute(
+            "SELECT version FROM positions WHERE destination = ?", (destination,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (tests, metrics)."""
+        return {
+            t: int(self.r.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+            for t in ("profiles", "identifiers", "links")
+        }
+
+
+def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
+    items = list(values)
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]
+
+
+def _timestamp(text: str) -> datetime:
+    # An event without a timestamp cannot exist after normalize; the epoch says "unknown".
+    return datetime.fromisoformat(text) if text else datetime.fromtimestamp(0, UTC)
