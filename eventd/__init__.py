@@ -2,7 +2,9 @@
 
 from eventd.destination import (
     OK,
+    DeletionOutcome,
     Destination,
+    Erasure,
     Event,
     HttpDestination,
     Ok,
@@ -10,6 +12,8 @@ from eventd.destination import (
     Permanent,
     Retry,
     Skip,
+    StoredRef,
+    Unsupported,
 )
 from eventd.hookspecs import hookimpl
 
@@ -17,7 +21,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OK",
+    "DeletionOutcome",
     "Destination",
+    "Erasure",
     "Event",
     "HttpDestination",
     "Ok",
@@ -25,6 +31,8 @@ __all__ = [
     "Permanent",
     "Retry",
     "Skip",
+    "StoredRef",
+    "Unsupported",
     "__version__",
     "hookimpl",
 ]

@@ -67,6 +67,36 @@ def parse_time(value: object, name: str) -> int | None:
     return int(ms)
 
 
+async def authorized(
+    token: str | None, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """The bearer-token check and the admin API's error bodies (BadRequest: 400,
+    StorageUnavailable: 503)."""
+    if not token:
+        return _error(403, "admin_disabled", "the admin API is off: set admin.token")
+    given = request.headers.get("Authorization", "")
+    expected = f"Bearer {token}"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return _error(401, "unauthorized", "send Authorization: Bearer <admin.token>")
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return _error(400, "bad_request", str(exc))
+    except StorageUnavailable as exc:
+        resp = _error(503, "storage_unavailable", str(exc))
+        resp.headers["Retry-After"] = "5"
+        return resp
+
+
+def guard(token: str | None, handler: Handler) -> Handler:
+    """``handler`` behind the admin token: what features' ``/admin/*`` routes use too."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        return await authorized(token, request, handler)
+
+    return route
+
+
 class Admin:
     def __init__(
         self,
@@ -116,27 +146,10 @@ class Admin:
         return self._reader
 
     def _guard(self, handler: Handler) -> Handler:
-        async def route(request: web.Request) -> web.StreamResponse:
-            return await self.auth(request, handler)
-
-        return route
+        return guard(self.token, handler)
 
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """The bearer-token check and the admin API's error bodies."""
-        if not self.token:
-            return _error(403, "admin_disabled", "the admin API is off: set admin.token")
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {self.token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return _error(401, "unauthorized", "send Authorization: Bearer <admin.token>")
-        try:
-            return await handler(request)
-        except BadRequest as exc:
-            return _error(400, "bad_request", str(exc))
-        except StorageUnavailable as exc:
-            resp = _error(503, "storage_unavailable", str(exc))
-            resp.headers["Retry-After"] = "5"
-            return resp
+        return await authorized(self.token, request, handler)
 
     # -- routes -----------------------------------------------------------------
 

@@ -20,6 +20,7 @@ costs one set lookup per message, and nothing while the set is empty.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiosqlite
@@ -39,6 +40,9 @@ class Suppressions:
         # Read by ingest and the dispatcher; changed only here, in place.
         self.user_ids: set[str] = set()
         self._reader: aiosqlite.Connection | None = None
+        # Called with the userId before its stored events are erased (eventd/privacy/
+        # forwards the erasure to destinations and reads the person's events first).
+        self.before_erase: list[Callable[[str], Awaitable[None]]] = []
 
     async def load(self) -> None:
         self._reader = await self.outbox.reader()
@@ -73,6 +77,8 @@ class Suppressions:
         )
         log.info("user suppressed", erase=erase)  # the id itself is personal data: not logged
         if erase:
+            for hook in self.before_erase:
+                await hook(user_id)
             await self.erase(user_id)
         record = await self.get(user_id)
         assert record is not None

@@ -16,6 +16,10 @@ secret) are permanent, naming the settings to check.
 Events delivered with changes made to fit GA4's rules are counted per reason
 (``rules.ADJUSTED_*``) in ``eventd_adjusted_events_total``; a retried event counts
 once, when it gets through.
+
+Erasure: the Measurement Protocol cannot delete, so ``delete_user`` answers
+*unsupported*, naming the ids to delete through Google's User Deletion API or
+the property's Admin > Data deletion requests.
 """
 
 from __future__ import annotations
@@ -31,7 +35,20 @@ from typing import Any
 import aiohttp
 import orjson
 
-from eventd import OK, Event, HttpDestination, Ok, Outcome, Permanent, Retry, Skip, hookimpl
+from eventd import (
+    OK,
+    DeletionOutcome,
+    Erasure,
+    Event,
+    HttpDestination,
+    Ok,
+    Outcome,
+    Permanent,
+    Retry,
+    Skip,
+    Unsupported,
+    hookimpl,
+)
 from eventd.destination import HTTP_SETTINGS, TOO_LARGE, Response, classify, deliver_halving
 
 from .mapping import Ga4Event, map_message
@@ -105,6 +122,18 @@ class GoogleAnalytics4(HttpDestination):
     def endpoint(self) -> str:
         explicit = self.settings.get("endpoint")
         return str(explicit or REGION_ENDPOINTS[self.settings["region"]]).rstrip("/")
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        anonymous = ", ".join(erasure.anonymous_ids) or "none known"
+        return Unsupported(
+            "GA4's Measurement Protocol cannot delete: in Google Analytics, property "
+            f"{self.settings['measurement_id']}'s stream, delete the user with the User "
+            "Deletion API (userDeletionRequests:upsert, OAuth scope analytics.user.deletion) "
+            "or the user explorer, by user_id: "
+            + ", ".join(erasure.user_ids)
+            + f"; and by client_id ({self.client_id_from or 'the anonymousId'}, as eventd "
+            f"sends it): {anonymous}"
+        )
 
     async def deliver(self, batch: Sequence[Event]) -> Sequence[Outcome]:
         now = time.time()

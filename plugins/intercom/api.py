@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from eventd import Outcome, Permanent, Retry
+from eventd import Permanent, Retry
 from eventd.destination import Response, retry_after
 
 Send = Callable[..., Awaitable[Response | Retry]]
@@ -107,7 +107,7 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
-def failure(reply: Reply, doing: str) -> Outcome:
+def failure(reply: Reply, doing: str) -> Retry | Permanent:
     """The outcome of a call that did not succeed, with a reason a person can act on."""
     details = reply.errors()
     if reply.status == 401:

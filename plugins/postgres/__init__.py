@@ -24,17 +24,29 @@ from typing import Any
 
 import aiohttp
 
-from eventd import OK, Destination, Event, Ok, Outcome, Permanent, Retry, hookimpl
+from eventd import (
+    OK,
+    DeletionOutcome,
+    Destination,
+    Erasure,
+    Event,
+    Ok,
+    Outcome,
+    Permanent,
+    Retry,
+    hookimpl,
+)
 from eventd.config import ConfigError
 from eventd.destination import optional_import, scrub
 
-from .rows import Planned, Row, plan, schema_name
+from .rows import STANDARD_COLUMNS, Planned, Row, plan, schema_name
 from .warehouse import (
     Connection,
     Warehouse,
     columnar,
     first_values,
     insert_sql,
+    qualified,
     upsert_users_sql,
 )
 
@@ -255,6 +267,55 @@ class Postgres(Destination):
             if str(getattr(exc, "sqlstate", ""))[:2] in _ROW_CLASSES:
                 raise RowRefused(str(exc)) from exc
             raise
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        """Delete the person's rows from every table of eventd's schemas (those holding
+        one of its standard tables; ``schema`` alone when set), in one transaction:
+        rows whose ``user_id`` is one of their userIds or ``anonymous_id`` one of their
+        anonymousIds (every event table, ``identities``), ``aliases`` rows whose
+        ``previous_id`` is either, and their ``users`` rows (``id``)."""
+        users, anonymous = list(erasure.user_ids), list(erasure.anonymous_ids)
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=self.timeout) as conn, conn.transaction():
+                tables = await conn.fetch(
+                    "SELECT table_schema, table_name, array_agg(column_name::text)"
+                    " FROM information_schema.columns"
+                    " WHERE column_name IN ('user_id', 'anonymous_id', 'previous_id', 'id')"
+                    " AND table_schema IN (SELECT table_schema FROM information_schema.tables"
+                    "  WHERE table_name = ANY($1::text[])"
+                    "  AND ($2::text IS NULL OR table_schema = $2))"
+                    " GROUP BY 1, 2 ORDER BY 1, 2",
+                    sorted(STANDARD_COLUMNS),
+                    self.schema,
+                    timeout=self.timeout,
+                )
+                for schema, table, columns in tables:
+                    where = (
+                        ["id = ANY($1::text[])"]
+                        if table == "users"
+                        else [
+                            f"{c} = ANY({arg})"
+                            for c, arg in (
+                                ("user_id", "$1::text[]"),
+                                ("anonymous_id", "$2::text[]"),
+                                ("previous_id", "$1::text[] || $2::text[]"),
+                            )
+                            if c in columns
+                        ]
+                    )
+                    if where:
+                        await conn.execute(
+                            f"DELETE FROM {qualified(schema, table)} WHERE {' OR '.join(where)}",
+                            users,
+                            anonymous,
+                            timeout=self.timeout,
+                        )
+            return OK
+        except Exception as exc:
+            outcome = scrub(self._classify(exc), self.secrets)
+            assert isinstance(outcome, Retry | Permanent)
+            return outcome
 
     def _classify(self, exc: BaseException) -> Outcome:
         asyncpg = self.asyncpg
