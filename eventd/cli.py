@@ -263,7 +263,10 @@ class AdminClient:
         if not self.token:
             raise CliError(f"{config.origin}: admin.token is not set, so the admin API is off")
 
-    def request(self, method: str, path: str, body: Any = None, stream: bool = False) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, stream: bool = False, wait: float = 0
+    ) -> Any:
+        """The admin API's JSON answer; ``wait``: seconds the server may take on purpose."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.base + path,
@@ -272,7 +275,7 @@ class AdminClient:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         try:
-            resp = urllib.request.urlopen(req, timeout=None if stream else 30)
+            resp = urllib.request.urlopen(req, timeout=None if stream else 30 + wait)
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read()).get("message", exc.reason)
@@ -399,7 +402,7 @@ def cmd_sup_remove(args: argparse.Namespace) -> int:
 
 def cmd_sup_show(args: argparse.Namespace) -> int:
     path = "/admin/suppressions/" + urllib.parse.quote(args.user_id, safe="")
-    res = _client(args).request("GET", path + _query(wait=args.wait or None))
+    res = _client(args).request("GET", path + _query(wait=args.wait or None), wait=args.wait)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0

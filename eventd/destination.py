@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import aiohttp
 import jsonschema
 import orjson
+import yarl
 
 from eventd.config import ConfigError
 
@@ -331,7 +332,7 @@ class HttpDestination(Destination):
     def endpoint(self) -> str:
         return str(self.settings.get("endpoint") or self.default_endpoint).rstrip("/")
 
-    async def send(self, method: str, url: str, **kwargs: Any) -> Response | Retry:
+    async def send(self, method: str, url: str | yarl.URL, **kwargs: Any) -> Response | Retry:
         """Make one request; a network error or timeout is a Retry, anything else a Response."""
         timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout", 10)))
         try:

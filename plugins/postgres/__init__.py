@@ -39,7 +39,7 @@ from eventd import (
 from eventd.config import ConfigError
 from eventd.destination import optional_import, scrub
 
-from .rows import STANDARD_COLUMNS, Planned, Row, plan, schema_name
+from .rows import STANDARD_COLUMNS, Planned, Row, plan, quote, schema_name
 from .warehouse import (
     Connection,
     Warehouse,
@@ -291,24 +291,23 @@ class Postgres(Destination):
                     timeout=self.timeout,
                 )
                 for schema, table, columns in tables:
-                    where = (
-                        ["id = ANY($1::text[])"]
+                    by = (
+                        {"id": users}
                         if table == "users"
-                        else [
-                            f"{c} = ANY({arg})"
-                            for c, arg in (
-                                ("user_id", "$1::text[]"),
-                                ("anonymous_id", "$2::text[]"),
-                                ("previous_id", "$1::text[] || $2::text[]"),
-                            )
-                            if c in columns
-                        ]
+                        else {
+                            "user_id": users,
+                            "anonymous_id": anonymous,
+                            "previous_id": users + anonymous,
+                        }
                     )
-                    if where:
+                    wanted = [(c, ids) for c, ids in by.items() if c in columns]
+                    if wanted:
+                        where = " OR ".join(
+                            f"{quote(c)} = ANY(${i}::text[])" for i, (c, _) in enumerate(wanted, 1)
+                        )
                         await conn.execute(
-                            f"DELETE FROM {qualified(schema, table)} WHERE {' OR '.join(where)}",
-                            users,
-                            anonymous,
+                            f"DELETE FROM {qualified(schema, table)} WHERE {where}",
+                            *(ids for _, ids in wanted),
                             timeout=self.timeout,
                         )
             return OK

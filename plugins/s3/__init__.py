@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
+import yarl
 
 from eventd import (
     OK,
@@ -298,10 +299,13 @@ class S3(HttpDestination):
                 bounds = seq_range(key)
                 if bounds and any(bounds[0] <= s <= bounds[1] for s in wanted):
                     keys.append(key)
-        return Unsupported(
-            f"S3 objects are not rewritten by eventd: delete or rewrite (without the lines "
-            f"of {ids}) these {len(keys)} object(s) of {where}: {', '.join(keys)}. {older}"
+        found = (
+            f"delete or rewrite (without the lines of {ids}) these {len(keys)} object(s) of "
+            f"{where}: {', '.join(keys)}."
+            if keys
+            else f"no object of {where} holds the events eventd knew of (deleted already?)."
         )
+        return Unsupported(f"S3 objects are not rewritten by eventd: {found} {older}")
 
     async def _list(self, prefix: str) -> list[str] | Retry | Permanent:
         """Every key under ``prefix`` (ListObjectsV2, page by page)."""
@@ -314,14 +318,15 @@ class S3(HttpDestination):
         keys: list[str] = []
         token: str | None = None
         while True:
-            query = {
-                "list-type": "2",
-                "prefix": prefix,
-                **({"continuation-token": token} if token else {}),
-            }
-            url = f"{self.base_url}/?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
+            query = {"list-type": "2", "prefix": prefix}
+            if token:
+                query["continuation-token"] = token
+            # Encoded as SigV4 canonicalizes it (RFC 3986, '/' too) and sent as it is, so
+            # what was signed is what S3 reads.
+            encoded = urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
+            url = f"{self.base_url}?{encoded}"
             headers = self.signer.sign(frozen, "GET", url, {}, b"")
-            resp = await self.send("GET", url, headers=headers, allow_redirects=False)
+            resp = await self.send("GET", yarl.URL(url, encoded=True), headers=headers)
             if isinstance(resp, Retry):
                 return resp
             if not 200 <= resp.status < 300:
