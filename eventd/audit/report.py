@@ -23,7 +23,7 @@ its keys paths of their own; arrays are not entered). ``types`` count JSON types
 call's volume, rounded to 4 places. Distinct values are counted exactly up to
 ``EXACT_DISTINCT``, then estimated with HyperLogLog (datasketch, p=14: about
 0.8 % standard error) in bounded memory. ``violations`` are those of the source's
-tracking plan as it is now (null without a plan); ``never_seen`` the track
+tracking plan as it is now (null when no plan has a rule for the call); ``never_seen`` the track
 events a plan names that no stored event of that source has.
 """
 
@@ -153,7 +153,10 @@ class Audit:
         if root is not None and isinstance(msg.get(root), dict):
             self._walk(call, root, msg[root], 1)
         plan = self.plans.get(source)
-        if plan is not None:
+        # Null for calls the plan says nothing about (page, screen, alias...).
+        if plan is not None and (
+            (kind == "track" and plan.events is not None) or kind in plan.traits
+        ):
             call.checked = True
             found = plan.check(msg)
             if found:
