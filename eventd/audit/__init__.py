@@ -124,8 +124,11 @@ def print_table(res: dict[str, Any]) -> None:
     if findings:
         print("\ntracking plan violations:")
         _table(
-            [{"type": c["type"], "event": c["event"] or "", **f} for c, f in findings],
-            ["type", "event", "field", "count", "example"],
+            [
+                {**f, "type": c["type"], "event": c["event"] or "", "finding": f["type"]}
+                for c, f in findings
+            ],
+            ["type", "event", "finding", "field", "count", "example"],
         )
     if res["never_seen"]:
         print("\nplanned events never seen:")
