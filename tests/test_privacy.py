@@ -12,11 +12,10 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import tomli_w
 
 from tests.contract.amplitude_server import DELETIONS as AMPLITUDE_DELETIONS
@@ -29,7 +28,7 @@ from tests.contract.postgres_server import PostgresServer
 from tests.contract.s3_server import MotoS3
 from tests.harness import EventdProcess, Sink
 from tests.test_postgres import db, pg  # noqa: F401  (the real PostgreSQL fixtures)
-from tests.test_s3 import moto  # noqa: F401  (moto's S3 server, session-wide)
+from tests.test_s3 import moto, s3_settings  # noqa: F401  (moto's S3 server, session-wide)
 
 Start = Callable[..., EventdProcess]
 MakeSink = Callable[..., Sink]
@@ -83,14 +82,23 @@ def by_destination(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {d["destination"]: d for d in status["deletions"]}
 
 
+def to_mixpanel(server: MixpanelServer, **settings: Any) -> dict[str, Any]:
+    return destination(
+        "mixpanel", {"project_token": server.project_token, "endpoint": server.url, **settings}
+    )
+
+
+def to_amplitude(server: AmplitudeServer, **settings: Any) -> dict[str, Any]:
+    return destination("amplitude", {"api_key": server.api_key, "endpoint": server.url, **settings})
+
+
 def erase(ev: EventdProcess, user_id: str) -> None:
     added = ev.cli("suppressions", "add", user_id, "--erase")
     assert added.returncode == 0, added.stderr
     assert f"eventd suppressions show {user_id}" in added.stdout
 
 
-@pytest.fixture
-def everything(
+def test_an_erased_user_is_deleted_wherever_a_destination_can_and_the_rest_say_how(
     eventd: Start,
     tmp_path: Path,
     mixpanel: MixpanelServer,
@@ -101,36 +109,16 @@ def everything(
     pg: PostgresServer,  # noqa: F811
     db: str,  # noqa: F811
     moto: MotoS3,  # noqa: F811
-) -> Iterator[tuple[EventdProcess, str, Path]]:
+) -> None:
     bucket = moto.bucket(f"erase-{uuid.uuid4().hex[:12]}")
     jsonl = tmp_path / "out" / "events.jsonl"
+    ga4_settings = {"measurement_id": ga4.measurement_id, "api_secret": ga4.api_secret}
     ev = eventd(
         {
             "destinations": {
-                "mixpanel": destination(
-                    "mixpanel",
-                    {
-                        "project_token": mixpanel.project_token,
-                        "gdpr_oauth_token": mixpanel.gdpr_token,
-                        "endpoint": mixpanel.url,
-                    },
-                ),
-                "amplitude": destination(
-                    "amplitude",
-                    {
-                        "api_key": amplitude.api_key,
-                        "secret_key": amplitude.secret_key,
-                        "endpoint": amplitude.url,
-                    },
-                ),
-                "ga4": destination(
-                    "ga4",
-                    {
-                        "measurement_id": ga4.measurement_id,
-                        "api_secret": ga4.api_secret,
-                        "endpoint": ga4.url,
-                    },
-                ),
+                "mixpanel": to_mixpanel(mixpanel, gdpr_oauth_token=mixpanel.gdpr_token),
+                "amplitude": to_amplitude(amplitude, secret_key=amplitude.secret_key),
+                "ga4": destination("ga4", {**ga4_settings, "endpoint": ga4.url}),
                 "intercom": destination(
                     "intercom", {"access_token": intercom.token, "endpoint": intercom.url}
                 ),
@@ -138,33 +126,11 @@ def everything(
                 "hook": destination(
                     "webhook", {"url": sink.url + "/hook", "forward_deletions": True}
                 ),
-                "archive": destination(
-                    "s3",
-                    {
-                        "bucket": bucket,
-                        "endpoint": moto.url,
-                        "access_key_id": moto.keys.access_key_id,
-                        "secret_access_key": moto.keys.secret_access_key,
-                    },
-                ),
+                "archive": destination("s3", s3_settings(moto, bucket)),
                 "file": destination("jsonl", {"path": str(jsonl)}),
             }
         }
     )
-    yield ev, bucket, jsonl
-
-
-def test_an_erased_user_is_deleted_wherever_a_destination_can_and_the_rest_say_how(
-    everything: tuple[EventdProcess, str, Path],
-    mixpanel: MixpanelServer,
-    amplitude: AmplitudeServer,
-    intercom: IntercomServer,
-    sink: Sink,
-    pg: PostgresServer,  # noqa: F811
-    db: str,  # noqa: F811
-    moto: MotoS3,  # noqa: F811
-) -> None:
-    ev, bucket, jsonl = everything
     theirs, kept = calls(USER, ANON), calls(OTHER, OTHER_ANON)
     post(ev, theirs + kept)
     status = {d["name"]: d for d in ev.drain()}
@@ -257,22 +223,8 @@ def test_429_and_5xx_answers_are_retried_with_backoff_until_done(
     ev = eventd(
         {
             "destinations": {
-                "amplitude": destination(
-                    "amplitude",
-                    {
-                        "api_key": amplitude.api_key,
-                        "secret_key": amplitude.secret_key,
-                        "endpoint": amplitude.url,
-                    },
-                ),
-                "mixpanel": destination(
-                    "mixpanel",
-                    {
-                        "project_token": mixpanel.project_token,
-                        "gdpr_oauth_token": mixpanel.gdpr_token,
-                        "endpoint": mixpanel.url,
-                    },
-                ),
+                "amplitude": to_amplitude(amplitude, secret_key=amplitude.secret_key),
+                "mixpanel": to_mixpanel(mixpanel, gdpr_oauth_token=mixpanel.gdpr_token),
             }
         }
     )
@@ -299,18 +251,9 @@ def test_a_permanent_refusal_is_failed_with_its_reason_until_erased_again(
     def config(gdpr_token: str) -> dict[str, Any]:
         return {
             "destinations": {
-                "mixpanel": destination(
-                    "mixpanel",
-                    {
-                        "project_token": mixpanel.project_token,
-                        "gdpr_oauth_token": gdpr_token,
-                        "endpoint": mixpanel.url,
-                    },
-                ),
+                "mixpanel": to_mixpanel(mixpanel, gdpr_oauth_token=gdpr_token),
                 # Without secret_key: Amplitude says what to set.
-                "amplitude": destination(
-                    "amplitude", {"api_key": amplitude.api_key, "endpoint": amplitude.url}
-                ),
+                "amplitude": to_amplitude(amplitude),
             }
         }
 

@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("eventd.privacy")
 
-MAX_REASON_CHARS = 1000
-
 
 def encode(erasure: Erasure) -> bytes:
     return orjson.dumps(
@@ -154,7 +152,8 @@ class Erasures:
             if isinstance(outcome, Retry):
                 # The dispatcher's own policy: exponential with jitter, or Retry-After.
                 delay = worker._backoff(attempts, outcome.after)
-                await self._save(
+                await sql.save(
+                    self.runtime.outbox,
                     user_id,
                     destination,
                     sql.REQUESTED,
@@ -162,27 +161,17 @@ class Erasures:
                     outcome.reason,
                     now_ms() + int(delay * 1000),
                 )
+                self._changed_now()
                 await asyncio.sleep(delay)
                 continue
             state, reason = _final(outcome)
-            await self._save(user_id, destination, state, attempts, reason)
+            await sql.save(self.runtime.outbox, user_id, destination, state, attempts, reason)
+            self._changed_now()
             log.info("deletion finished", destination=destination, state=state)
             return
 
-    async def _save(
-        self,
-        user_id: str,
-        destination: str,
-        state: str,
-        attempts: int,
-        reason: str | None,
-        next_attempt_at: int | None = None,
-    ) -> None:
-        if reason is not None:
-            reason = reason[:MAX_REASON_CHARS]
-        await sql.save(
-            self.runtime.outbox, user_id, destination, state, attempts, reason, next_attempt_at
-        )
+    def _changed_now(self) -> None:
+        """Wake every status() waiting for a change."""
         self._changed.set()
         self._changed = asyncio.Event()
 

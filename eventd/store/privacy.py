@@ -16,6 +16,7 @@ import aiosqlite
 from eventd.outbox import Outbox, fetch, now_ms
 
 REQUESTED, DONE, FAILED, UNSUPPORTED = "requested", "done", "failed", "unsupported"
+MAX_REASON_CHARS = 1000
 STATES = (REQUESTED, DONE, FAILED, UNSUPPORTED)
 
 _COLUMNS = (
@@ -83,6 +84,8 @@ async def save(
     reason: str | None,
     next_attempt_at: int | None = None,
 ) -> None:
+    """Record how a request stands; ``reason`` is cut to MAX_REASON_CHARS."""
+    reason = reason[:MAX_REASON_CHARS] if reason is not None else None
     await outbox.execute(
         _SAVE, [(state, attempts, reason, next_attempt_at, now_ms(), user_id, destination)]
     )
