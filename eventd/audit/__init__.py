@@ -14,6 +14,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+import aiosqlite
 import orjson
 from aiohttp import web
 
@@ -30,28 +31,30 @@ FORMATS = ("table", "json", "csv")
 COLUMNS = ["type", "event", "volume", "path", "types", "null_share", "missing_share", "distinct"]
 
 
-async def audit(runtime: Runtime, source: str | None, since_ms: int | None) -> dict[str, Any]:
+async def audit(
+    runtime: Runtime, reader: aiosqlite.Connection, source: str | None, since_ms: int | None
+) -> dict[str, Any]:
     """The audit of the stored events of ``source`` (all) since ``since_ms`` (all)."""
     plans = {name: s.tracking_plan for name, s in runtime.config.sources.items()}
     report = Audit(plans, source)
-    reader = await runtime.outbox.reader()
-    try:
-        async for page in stored_events(reader, source, since_ms):
-            # Parsing and counting a page is CPU work: off the event loop that ingests.
-            await asyncio.to_thread(report.add, page)
-    finally:
-        await reader.close()
+    async for page in stored_events(reader, source, since_ms):
+        # Parsing and counting a page is CPU work: off the event loop that ingests.
+        await asyncio.to_thread(report.add, page)
     return report.result(since_ms)
 
 
 @hookimpl
 def eventd_routes(app: web.Application, runtime: Runtime) -> None:
+    readers: list[aiosqlite.Connection] = []  # one, opened on first use, closed with the store
+
     async def handler(request: web.Request) -> web.Response:
         source = request.query.get("source") or None
         if source is not None and source not in runtime.config.sources:
             raise BadRequest(f"source={source!r}: no such source")
         since = parse_time(request.query.get("since"), "since")
-        body = orjson.dumps(await audit(runtime, source, since))
+        if not readers:
+            readers.append(await runtime.outbox.reader())
+        body = orjson.dumps(await audit(runtime, readers[0], source, since))
         return web.Response(body=body, content_type="application/json")
 
     app.router.add_get("/admin/audit", guard(runtime.config.admin.token, handler))

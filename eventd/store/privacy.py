@@ -23,13 +23,14 @@ _COLUMNS = (
     "user_id, destination, type, state, erasure, attempts, reason, requested_at, updated_at,"
     " next_attempt_at"
 )
-# A new request; asked again, only a failed one starts over (done, unsupported and
-# one still being retried stay as they are, with the ids first asked for).
+# A new request; asked again, only a failed one starts over, with the ids asked for now
+# (the caller merges them with those of the first request); done, unsupported and one
+# still being retried stay as they are.
 _REQUEST = (
     f"INSERT INTO deletions ({_COLUMNS}) VALUES (?, ?, ?, 'requested', ?, 0, NULL, ?, ?, NULL)"
     " ON CONFLICT (user_id, destination) DO UPDATE SET state = 'requested', attempts = 0,"
-    " reason = NULL, requested_at = excluded.requested_at, updated_at = excluded.updated_at,"
-    " next_attempt_at = NULL WHERE deletions.state = 'failed'"
+    " erasure = excluded.erasure, reason = NULL, requested_at = excluded.requested_at,"
+    " updated_at = excluded.updated_at, next_attempt_at = NULL WHERE deletions.state = 'failed'"
 )
 _SAVE = (
     "UPDATE deletions SET state = ?, attempts = ?, reason = ?, next_attempt_at = ?,"
