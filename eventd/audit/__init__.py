@@ -1,8 +1,9 @@
 """Data audits: ``eventd audit`` and ``GET /admin/audit`` (a feature plugin).
 
-Reads the stored events (so what ``storage.retention`` kept) through
-:mod:`eventd.store.audit` and reports them with :class:`.report.Audit`; the CLI
-prints the admin API's JSON, or a table or CSV of it.
+Reads the stored events (so what ``storage.retention`` kept) through the Store
+(``seq_range`` finds where ``since`` starts, ``read`` pages the log from there)
+and reports them with :class:`.report.Audit`; the CLI prints the admin API's
+JSON, or a table or CSV of it.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import asyncio
 import csv
 import json
 import sys
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
 import orjson
 from aiohttp import web
 
-from eventd.admin import BadRequest, guard, parse_time
+from eventd.admin import BadRequest, guarded, parse_time
 from eventd.hookspecs import hookimpl
-from eventd.store.audit import stored_events
+from eventd.store import Store, now_ms
 
 from .report import Audit
 
@@ -28,16 +29,39 @@ if TYPE_CHECKING:
     from eventd.app import Runtime
 
 FORMATS = ("table", "json", "csv")
+PAGE = 5000  # events per read of the log
 COLUMNS = ["type", "event", "volume", "path", "types", "null_share", "missing_share", "distinct"]
 
 
-async def audit(
-    runtime: Runtime, reader: aiosqlite.Connection, source: str | None, since_ms: int | None
-) -> dict[str, Any]:
+async def stored_events(
+    store: Store, source: str | None, since_ms: int | None
+) -> AsyncIterator[list[tuple[str, int, bytes]]]:
+    """Pages of (source, received_at ms, body JSON) of the stored events of ``source``
+    (every source when None) received at or after ``since_ms`` (all when None)."""
+    after = 0
+    if since_ms is not None:
+        found = await store.seq_range(since_ms, max(since_ms, now_ms()))
+        if found is None:
+            return
+        after = found.first - 1
+    while True:
+        events = await store.read(after, PAGE)
+        if not events:
+            return
+        after = events[-1].seq
+        yield [
+            (e.source, e.received_at, e.body)
+            for e in events
+            if (source is None or e.source == source)
+            and (since_ms is None or e.received_at >= since_ms)
+        ]
+
+
+async def audit(runtime: Runtime, source: str | None, since_ms: int | None) -> dict[str, Any]:
     """The audit of the stored events of ``source`` (all) since ``since_ms`` (all)."""
     plans = {name: s.tracking_plan for name, s in runtime.config.sources.items()}
     report = Audit(plans, source)
-    async for page in stored_events(reader, source, since_ms):
+    async for page in stored_events(runtime.store, source, since_ms):
         # Parsing and counting a page is CPU work: off the event loop that ingests.
         await asyncio.to_thread(report.add, page)
     return report.result(since_ms)
@@ -45,19 +69,15 @@ async def audit(
 
 @hookimpl
 def eventd_routes(app: web.Application, runtime: Runtime) -> None:
-    readers: list[aiosqlite.Connection] = []  # one, opened on first use, closed with the store
-
     async def handler(request: web.Request) -> web.Response:
         source = request.query.get("source") or None
         if source is not None and source not in runtime.config.sources:
             raise BadRequest(f"source={source!r}: no such source")
         since = parse_time(request.query.get("since"), "since")
-        if not readers:
-            readers.append(await runtime.outbox.reader())
-        body = orjson.dumps(await audit(runtime, readers[0], source, since))
+        body = orjson.dumps(await audit(runtime, source, since))
         return web.Response(body=body, content_type="application/json")
 
-    app.router.add_get("/admin/audit", guard(runtime.config.admin.token, handler))
+    app.router.add_get("/admin/audit", guarded(runtime.config.admin.token, handler))
 
 
 @hookimpl

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 from datasketch import HyperLogLogPlusPlus
 
-from eventd.outbox import iso_ms
+from eventd.store import iso_ms
 from eventd.tracking_plan import TrackingPlan
 
 EXACT_DISTINCT = 1000

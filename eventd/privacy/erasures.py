@@ -15,7 +15,11 @@ from the log. Per destination, a task calls the plugin's ``delete_user``::
                      (the dispatcher's, honouring Retry-After), through its rate
                      limit; past its ``retry_max_age`` since asked, failed
 
-State lives in the ``deletions`` table (SQL in :mod:`eventd.store.privacy`).
+State lives in the store (:class:`eventd.store.DeletionStore`: the SQLite and
+memory stores keep it); the plugins are asked through
+:meth:`eventd.delivery.dispatcher.Dispatcher.delete_user` (their rate limit), with
+delivery's backoff (:func:`eventd.delivery.settle.backoff`) and each destination's
+``retry_*`` settings.
 """
 
 from __future__ import annotations
@@ -26,17 +30,24 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
 import orjson
 import structlog
 
+from eventd.delivery.settle import backoff
 from eventd.destination import Erasure, Ok, Permanent, Retry, StoredRef, Unsupported
-from eventd.outbox import iso_ms, now_ms
-from eventd.store import privacy as sql
+from eventd.store import (
+    DONE,
+    FAILED,
+    REQUESTED,
+    UNSUPPORTED,
+    Deletion,
+    DeletionStore,
+    iso_ms,
+    now_ms,
+)
 
 if TYPE_CHECKING:
     from eventd.app import Runtime
-    from eventd.dispatcher import Worker
 
 log = structlog.get_logger("eventd.privacy")
 
@@ -65,23 +76,24 @@ class Erasures:
 
     name = "privacy"
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, store: DeletionStore) -> None:
         self.runtime = runtime
-        self._reader: aiosqlite.Connection | None = None
+        self.store = store
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
         # Asked before eventd erases its own copy of the person's events.
         runtime.suppressions.before_erase.append(self.request)
 
     @property
-    def workers(self) -> dict[str, Worker]:
-        return self.runtime.dispatcher.workers
+    def destinations(self) -> list[str]:
+        """The running destinations (a disabled one is asked once it runs again)."""
+        return self.runtime.dispatcher.names
 
     async def start(self) -> None:
-        self._reader = await self.runtime.outbox.reader()
-        for row in await sql.pending(self._reader):
-            if row.destination in self.workers:
-                self._spawn(row.user_id, row.destination, decode(row.erasure), row)
+        running = set(self.destinations)
+        for row in await self.store.pending_deletions():
+            if row.destination in running:
+                self._spawn(row)
             else:
                 log.warning("deletion waits for its destination", destination=row.destination)
 
@@ -94,16 +106,15 @@ class Erasures:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def request(self, user_id: str, user_ids: Sequence[str] = ()) -> None:
-        """Ask every configured destination to delete ``user_id`` (and ``user_ids``, the
+        """Ask every running destination to delete ``user_id`` (and ``user_ids``, the
         other userIds of their profile), with the anonymousIds and events stored of them."""
-        assert self._reader is not None
         ids = tuple(dict.fromkeys([user_id, *user_ids]))
-        rows = await sql.user_events(self._reader, ids)
-        known = await sql.of_user(self._reader, user_id)
+        found = await self.store.user_events(ids)
+        known = await self.store.deletions(user_id)
         erasure = Erasure(
             ids,
-            tuple(dict.fromkeys(a for *_, a in rows if a)),
-            tuple(StoredRef(seq, source, at) for seq, source, at, _ in rows),
+            tuple(dict.fromkeys(e.anonymous_id for e in found if e.anonymous_id)),
+            tuple(StoredRef(e.seq, e.source, e.received_at) for e in found),
         )
         if known:  # asked before: its events are erased by now, keep what was found then
             before = decode(known[0].erasure)
@@ -112,51 +123,44 @@ class Erasures:
                 tuple(dict.fromkeys(before.anonymous_ids + erasure.anonymous_ids)),
                 before.events + erasure.events,
             )
-        targets = [(name, w.config.type) for name, w in sorted(self.workers.items())]
-        await sql.request(self.runtime.outbox, user_id, targets, encode(erasure))
-        for row in await sql.of_user(self._reader, user_id):
+        destinations = self.runtime.config.destinations
+        targets = [(name, destinations[name].type) for name in self.destinations]
+        await self.store.request_deletions(user_id, targets, encode(erasure))
+        running = set(self.destinations)
+        for row in await self.store.deletions(user_id):
             runs = (user_id, row.destination) in self._tasks
-            if row.state == sql.REQUESTED and not runs and row.destination in self.workers:
-                self._spawn(user_id, row.destination, decode(row.erasure), row)
+            if row.state == REQUESTED and not runs and row.destination in running:
+                self._spawn(row)
         log.info("deletion requested", destinations=len(targets))  # the id is personal data
 
-    def _spawn(self, user_id: str, destination: str, erasure: Erasure, row: sql.Deletion) -> None:
-        key = (user_id, destination)
-        task = asyncio.create_task(self._run(user_id, destination, erasure, row))
+    def _spawn(self, row: Deletion) -> None:
+        key = (row.user_id, row.destination)
+        task = asyncio.create_task(self._run(row))
         self._tasks[key] = task
         task.add_done_callback(lambda _: self._tasks.pop(key, None))
 
-    async def _run(
-        self, user_id: str, destination: str, erasure: Erasure, row: sql.Deletion
-    ) -> None:
-        worker = self.workers[destination]
+    async def _run(self, row: Deletion) -> None:
+        user_id, destination, erasure = row.user_id, row.destination, decode(row.erasure)
+        config = self.runtime.config.destinations[destination]
         attempts = row.attempts
         if row.next_attempt_at is not None:  # resumed after a restart, mid-backoff
             await asyncio.sleep(max(0.0, (row.next_attempt_at - now_ms()) / 1000))
         while True:
-            wait = worker.limiter.reserve(1)
-            if wait:
-                await asyncio.sleep(wait)
             attempts += 1
-            try:
-                outcome = await worker.destination.delete_user(erasure)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a plugin bug must not end the task: retry, loudly
-                log.exception("delete_user raised", destination=destination)
-                outcome = Retry(f"delete_user raised {type(exc).__name__}: {exc}")
+            outcome = await self.runtime.dispatcher.delete_user(destination, erasure)
             if isinstance(outcome, Retry) and (
-                now_ms() - row.requested_at >= worker.config.retry_max_age * 1000
+                now_ms() - row.requested_at >= config.retry_max_age * 1000
             ):
                 outcome = Permanent(f"retry_max_age passed; last: {outcome.reason}")
             if isinstance(outcome, Retry):
-                # The dispatcher's own policy: exponential with jitter, or Retry-After.
-                delay = worker._backoff(attempts, outcome.after)
-                await sql.save(
-                    self.runtime.outbox,
+                # Delivery's own policy: exponential with jitter, or Retry-After.
+                delay = backoff(
+                    attempts, outcome.after, config.retry_backoff, config.retry_backoff_max
+                )
+                await self.store.save_deletion(
                     user_id,
                     destination,
-                    sql.REQUESTED,
+                    REQUESTED,
                     attempts,
                     outcome.reason,
                     now_ms() + int(delay * 1000),
@@ -165,7 +169,7 @@ class Erasures:
                 await asyncio.sleep(delay)
                 continue
             state, reason = _final(outcome)
-            await sql.save(self.runtime.outbox, user_id, destination, state, attempts, reason)
+            await self.store.save_deletion(user_id, destination, state, attempts, reason)
             self._changed_now()
             log.info("deletion finished", destination=destination, state=state)
             return
@@ -180,13 +184,12 @@ class Erasures:
 
         With ``wait`` (seconds), answers once none is ``requested`` any more, or when
         the time is up (the states are then shown as they are)."""
-        assert self._reader is not None
         deadline = time.monotonic() + wait
         while True:
             changed = self._changed
-            rows = await sql.of_user(self._reader, user_id)
+            rows = await self.store.deletions(user_id)
             left = deadline - time.monotonic()
-            if left <= 0 or all(r.state != sql.REQUESTED for r in rows):
+            if left <= 0 or all(r.state != REQUESTED for r in rows):
                 return [_shown(r) for r in rows]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), left)
@@ -194,13 +197,13 @@ class Erasures:
 
 def _final(outcome: Ok | Permanent | Unsupported) -> tuple[str, str | None]:
     if isinstance(outcome, Ok):
-        return sql.DONE, None
+        return DONE, None
     if isinstance(outcome, Unsupported):
-        return sql.UNSUPPORTED, outcome.instructions
-    return sql.FAILED, outcome.reason
+        return UNSUPPORTED, outcome.instructions
+    return FAILED, outcome.reason
 
 
-def _shown(row: sql.Deletion) -> dict[str, Any]:
+def _shown(row: Deletion) -> dict[str, Any]:
     erasure = decode(row.erasure)
     return {
         "destination": row.destination,
@@ -208,8 +211,8 @@ def _shown(row: sql.Deletion) -> dict[str, Any]:
         "state": row.state,
         "attempts": row.attempts,
         # failed: why; requested: the last retry's reason (None before the first answer)
-        "reason": row.reason if row.state != sql.UNSUPPORTED else None,
-        "instructions": row.reason if row.state == sql.UNSUPPORTED else None,
+        "reason": row.reason if row.state != UNSUPPORTED else None,
+        "instructions": row.reason if row.state == UNSUPPORTED else None,
         "requested_at": iso_ms(row.requested_at),
         "updated_at": iso_ms(row.updated_at),
         "next_attempt_at": iso_ms(row.next_attempt_at),

@@ -37,7 +37,9 @@ import aiohttp
 import orjson
 
 from eventd import (
+    HTTP_SETTINGS,
     OK,
+    TOO_LARGE,
     DeletionOutcome,
     Erasure,
     Event,
@@ -45,18 +47,14 @@ from eventd import (
     Ok,
     Outcome,
     Permanent,
+    Response,
     Retry,
     Skip,
     Unsupported,
-    hookimpl,
-)
-from eventd.destination import (
-    HTTP_SETTINGS,
-    TOO_LARGE,
-    Response,
     classify,
     deliver_halving,
     fold,
+    hookimpl,
     json_body,
     redact,
     retry_after,
@@ -83,6 +81,7 @@ _REFUSALS = {
 
 
 class Amplitude(HttpDestination):
+    regions = REGIONS
     type_name = "amplitude"
     integration_name = "Amplitude"
     description = "Amplitude: events, user and group properties via the HTTP V2 or Batch API"
@@ -147,10 +146,6 @@ class Amplitude(HttpDestination):
     @classmethod
     def check_settings(cls, name: str, settings: Mapping[str, Any]) -> None:
         check_page_event_name(name, settings)
-
-    @property
-    def endpoint(self) -> str:
-        return str(self.settings.get("endpoint") or REGIONS[self.settings["region"]]).rstrip("/")
 
     async def deliver(self, batch: Sequence[Event]) -> list[Outcome]:
         outcomes: list[Outcome] = [OK] * len(batch)

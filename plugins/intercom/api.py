@@ -18,8 +18,7 @@ from typing import Any
 
 import orjson
 
-from eventd import Permanent, Retry
-from eventd.destination import Response, retry_after
+from eventd import Permanent, Response, Retry, retry_after
 
 Send = Callable[..., Awaitable[Response | Retry]]
 

@@ -35,7 +35,10 @@ import aiohttp
 import orjson
 
 from eventd import (
+    HTTP_SETTINGS,
     OK,
+    TOO_LARGE,
+    ConfigError,
     DeletionOutcome,
     Erasure,
     Event,
@@ -43,18 +46,13 @@ from eventd import (
     Ok,
     Outcome,
     Permanent,
+    Response,
     Retry,
     Skip,
     Unsupported,
-    hookimpl,
-)
-from eventd.config import ConfigError
-from eventd.destination import (
-    HTTP_SETTINGS,
-    TOO_LARGE,
-    Response,
     classify,
     deliver_halving,
+    hookimpl,
     json_body,
     scrub,
     worst,
@@ -81,6 +79,7 @@ _SERVICE_ACCOUNT = ("service_account_username", "service_account_secret", "proje
 
 
 class Mixpanel(HttpDestination):
+    regions = REGIONS
     type_name = "mixpanel"
     integration_name = "Mixpanel"
     description = "Mixpanel: events via /import, user and group profiles via /engage, /groups"
@@ -171,10 +170,6 @@ class Mixpanel(HttpDestination):
                 "only from a service account: set service_account_username, "
                 "service_account_secret and project_id"
             )
-
-    @property
-    def endpoint(self) -> str:
-        return str(self.settings.get("endpoint") or REGIONS[self.settings["region"]]).rstrip("/")
 
     async def deliver(self, batch: Sequence[Event]) -> list[Outcome]:
         parts: list[list[Outcome]] = [[] for _ in batch]
@@ -305,11 +300,9 @@ class Mixpanel(HttpDestination):
                         )
                 return outcomes
             return Permanent(f"Mixpanel /import refused the request (HTTP 400): {error}")
-        if status in (401, 403):
-            return self._credentials_refused(status, error)
-        if status == 413:
-            return TOO_LARGE
-        return classify(resp)
+        return classify(
+            resp, refused=lambda r: self._credentials_refused(r.status, error), halve=True
+        )
 
     def _profile_answer(self, endpoint: str, resp: Response) -> Outcome | None:
         if 200 <= resp.status < 300:
@@ -320,11 +313,11 @@ class Mixpanel(HttpDestination):
                 return OK
             error = body.get("error") or "no valid update in the request"
             return Permanent(f"Mixpanel /{endpoint} rejected the update: {error}")
-        if resp.status in (401, 403):
-            return self._credentials_refused(resp.status, json_body(resp.body).get("error"))
-        if resp.status == 413:
-            return TOO_LARGE
-        return classify(resp)
+        return classify(
+            resp,
+            refused=lambda r: self._credentials_refused(r.status, json_body(r.body).get("error")),
+            halve=True,
+        )
 
     def _credentials_refused(self, status: int, error: Any) -> Permanent:
         return Permanent(

@@ -26,6 +26,7 @@ import aiohttp
 
 from eventd import (
     OK,
+    ConfigError,
     DeletionOutcome,
     Destination,
     Erasure,
@@ -35,9 +36,9 @@ from eventd import (
     Permanent,
     Retry,
     hookimpl,
+    optional_import,
+    scrub,
 )
-from eventd.config import ConfigError
-from eventd.destination import optional_import, scrub
 
 from .rows import STANDARD_COLUMNS, Planned, Row, plan, quote, schema_name
 from .warehouse import (

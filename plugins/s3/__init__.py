@@ -40,19 +40,24 @@ import aiohttp
 import yarl
 
 from eventd import (
+    HTTP_SETTINGS,
     OK,
+    ConfigError,
     DeletionOutcome,
     Erasure,
     Event,
     HttpDestination,
     Outcome,
     Permanent,
+    Response,
     Retry,
     Unsupported,
+    classify,
     hookimpl,
+    redact,
+    retry_after,
+    scrub,
 )
-from eventd.config import ConfigError
-from eventd.destination import HTTP_SETTINGS, Response, classify, redact, retry_after, scrub
 
 from .aws import NoCredentials, Signer, require_botocore
 from .layout import Group, day, day_prefix, group, object_body, seq_range

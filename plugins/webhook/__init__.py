@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 
 from eventd import (
+    HTTP_SETTINGS,
     OK,
     DeletionOutcome,
     Erasure,
@@ -36,9 +37,9 @@ from eventd import (
     Permanent,
     Retry,
     Unsupported,
+    classify,
     hookimpl,
 )
-from eventd.destination import HTTP_SETTINGS, classify
 
 
 class Webhook(HttpDestination):

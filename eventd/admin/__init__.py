@@ -1,0 +1,10 @@
+"""The admin API (``/admin/*``, ``/metrics``): reads the Store and
+``Dispatcher.status()``, asks the Dispatcher for redrives and replays; never SQL,
+never a worker's fields. ``api.py`` holds the routes and :func:`guarded` (the token
+check features' ``/admin/*`` routes use too), ``params.py`` request parsing.
+"""
+
+from eventd.admin.api import Admin, guarded
+from eventd.admin.params import BadRequest, parse_time
+
+__all__ = ["Admin", "BadRequest", "guarded", "parse_time"]
