@@ -14,10 +14,16 @@ import signal
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import tomli_w
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from eventd import privacy
+from eventd.store import DeletionStore, MemoryStore
+from eventd.suppressions import Suppressions
 from tests.contract.amplitude_server import DELETIONS as AMPLITUDE_DELETIONS
 from tests.contract.amplitude_server import AmplitudeServer
 from tests.contract.fixtures import destination
@@ -331,3 +337,41 @@ def test_show_says_clearly_when_a_user_is_not_suppressed_or_not_erased(eventd: S
     assert shown.returncode == 0
     assert "no deletion forwarded to destinations" in shown.stdout
     assert ev.admin("GET", "/admin/suppressions/quiet")["deletions"] == []
+
+
+async def test_a_store_without_deletion_requests_forwards_none_and_show_says_so() -> None:
+    """A backend that does not implement DeletionStore (a future one): the privacy
+    service does not run, eventd still erases its own copy, and the status route
+    answers 501 naming why instead of an empty list that would read as "nothing to do"."""
+
+    class LogOnly:  # the Store protocol's suppressions, nothing of DeletionStore
+        def __init__(self) -> None:
+            self.memory = MemoryStore()
+
+        def __getattr__(self, name: str) -> Any:
+            if name in {"user_events", "request_deletions", "deletions"}:
+                raise AttributeError(name)
+            return getattr(self.memory, name)
+
+    store = LogOnly()
+    await store.memory.open()
+    suppressions = Suppressions(store)  # type: ignore[arg-type]
+    runtime: Any = SimpleNamespace(
+        store=store,
+        suppressions=suppressions,
+        services=[],
+        config=SimpleNamespace(admin=SimpleNamespace(token="t0ken")),
+    )
+    assert not isinstance(store, DeletionStore)
+    assert privacy.eventd_services(runtime) == []
+    await suppressions.suppress(USER, erase=True)
+    app = web.Application()
+    privacy.eventd_routes(app, runtime)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get(
+            f"/admin/suppressions/{USER}", headers={"Authorization": "Bearer t0ken"}
+        )
+        assert resp.status == 501
+        body = await resp.json()
+    assert body["code"] == "not_supported"
+    assert "erasures are not forwarded to destinations" in body["message"]

@@ -1150,7 +1150,12 @@ def admin_paths() -> dict[str, Schema]:
                     "404": {
                         "description": "not_found: the userId is not suppressed.",
                         "content": json_content(schema("Error")),
-                    }
+                    },
+                    "501": {
+                        "description": "not_supported: the storage backend keeps no deletion"
+                        " requests, so erasures are not forwarded to destinations.",
+                        "content": json_content(schema("Error")),
+                    },
                 },
             )
         },

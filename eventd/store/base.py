@@ -10,6 +10,8 @@ backend (every SQL statement eventd runs lives under ``eventd/store/``);
 ``eventd/store/memory.py`` keeps the same contract in memory for unit tests.
 A new backend passes ``tests/store/`` (the conformance suite) and is chosen in
 ``eventd.store.open_store``.
+:class:`DeletionStore` is an optional part (erasures forwarded to destinations,
+``eventd/privacy/``) that the SQLite and memory stores implement too.
 
 Contract every backend keeps (the suite checks each):
 
