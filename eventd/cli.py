@@ -107,10 +107,15 @@ def _parser() -> argparse.ArgumentParser:
             ("list", cmd_sup_list, "list suppressed users"),
             ("add", cmd_sup_add, "suppress a userId: its events are acknowledged, not stored"),
             ("remove", cmd_sup_remove, "take a userId's events again"),
+            ("show", cmd_sup_show, "a suppression and its deletion status per destination"),
         ),
     )
-    for action in ("add", "remove"):
+    for action in ("add", "remove", "show"):
         su[action].add_argument("user_id", metavar="USER_ID")
+    su["show"].add_argument(
+        "--wait", type=float, default=0, metavar="S", help="wait until no deletion is requested"
+    )
+    su["show"].add_argument("--json", action="store_true", help="print the admin API's JSON")
     su["add"].add_argument(
         "--erase", action="store_true", help="also delete the user's stored events and dead letters"
     )
@@ -285,7 +290,10 @@ class AdminClient:
         if not self.token:
             raise CliError(f"{config.origin}: admin.token is not set, so the admin API is off")
 
-    def request(self, method: str, path: str, body: Any = None, stream: bool = False) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, stream: bool = False, wait: float = 0
+    ) -> Any:
+        """The admin API's JSON answer; ``wait``: seconds the server may take on purpose."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.base + path,
@@ -294,7 +302,7 @@ class AdminClient:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         try:
-            resp = urllib.request.urlopen(req, timeout=None if stream else 30)
+            resp = urllib.request.urlopen(req, timeout=None if stream else 30 + wait)
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read()).get("message", exc.reason)
@@ -409,12 +417,31 @@ def cmd_sup_add(args: argparse.Namespace) -> int:
     if res["erase"]:
         state = "done" if res["erased_at"] else "pending (their event is the newest)"
         print(f"erased events: {res['erased_events']}, erasure {state}")
+        print(f"deletions forwarded to destinations: eventd suppressions show {args.user_id}")
     return 0
 
 
 def cmd_sup_remove(args: argparse.Namespace) -> int:
     res = _client(args).request("POST", "/admin/suppressions/remove", {"user_id": args.user_id})
     print(f"no longer suppressed: {args.user_id}" if res["removed"] else "was not suppressed")
+    return 0
+
+
+def cmd_sup_show(args: argparse.Namespace) -> int:
+    path = "/admin/suppressions/" + urllib.parse.quote(args.user_id, safe="")
+    res = _client(args).request("GET", path + _query(wait=args.wait or None), wait=args.wait)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"suppressed: {res['user_id']} since {res['created_at']}")
+    if res["erase"]:
+        state = "done" if res["erased_at"] else "pending (their event is the newest)"
+        print(f"erased events: {res['erased_events']}, erasure in eventd {state}")
+    if not res["deletions"]:
+        print("no deletion forwarded to destinations (suppressed without --erase)")
+        return 0
+    rows = [{**d, "detail": d["reason"] or d["instructions"] or ""} for d in res["deletions"]]
+    _table(rows, ["destination", "type", "state", "attempts", "updated_at", "detail"])
     return 0
 
 

@@ -9,6 +9,15 @@ every destination the same way. Outcomes::
     Permanent(reason)  will never succeed: dead-lettered at once
     Skip(reason)       this destination does not take this kind of event (counted)
 
+A destination that can delete a person's data implements :meth:`Destination.delete_user`
+(GDPR's right to erasure, asked by ``eventd suppressions add USER --erase``), which
+answers once for the whole request::
+
+    Ok                 the API took the deletion request (or deleted)
+    Retry(reason, after=None)   try again later: the same backoff as delivery
+    Permanent(reason)  will never succeed (the credentials lack the right...): shown failed
+    Unsupported(instructions)   the API cannot delete: what the operator must do by hand
+
 Settings are declared as JSON Schema (``settings_schema``) and validated at
 ``eventd check`` and at start; errors name the destination and the key (never a
 secret's value: ``eventd/redact.py``). HTTP destinations build on ``eventd/http.py``.
@@ -51,8 +60,42 @@ class Skip:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Unsupported:
+    """The destination cannot delete through its API; ``instructions`` tell the operator
+    what to do by hand (where the data is, which console page or request deletes it)."""
+
+    instructions: str
+
+
 Outcome = Ok | Retry | Permanent | Skip
+DeletionOutcome = Ok | Retry | Permanent | Unsupported
 OK = Ok()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRef:
+    """Where one of the person's events was in eventd's log: what a destination that
+    lays events out by seq, source and day (s3) needs to find it again."""
+
+    seq: int
+    source: str
+    received_at: int  # unix ms
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """Whom :meth:`Destination.delete_user` deletes: every id of the person.
+
+    ``user_ids`` is never empty (the suppressed userId first; every userId of their
+    profile once profiles link them); ``anonymous_ids`` are the anonymousIds seen with
+    them. ``events`` are the person's events eventd still held when the erasure was
+    asked (events past ``storage.retention`` are no longer known), in seq order.
+    """
+
+    user_ids: tuple[str, ...]
+    anonymous_ids: tuple[str, ...] = ()
+    events: tuple[StoredRef, ...] = ()
 
 
 class Destination:
@@ -97,6 +140,20 @@ class Destination:
     async def deliver(self, batch: Sequence[Event]) -> Sequence[Outcome] | Outcome:
         """Send a batch; return one outcome per event, or one for all of them."""
         raise NotImplementedError
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        """Ask the destination to delete everything it holds of the person ``erasure``
+        names; called once per erasure, again after a Retry (eventd backs off and gives
+        up at ``retry_max_age`` as for delivery, through the same rate limit). Must be
+        idempotent: a restart may ask again. Return Ok once the API has taken the
+        request (a vendor that deletes asynchronously still answers Ok), Unsupported
+        with what the operator must do by hand when the API cannot delete.
+
+        This default is for destinations that cannot delete."""
+        return Unsupported(
+            f"the {self.type_name} destination cannot delete through its API: delete the "
+            f"user's data in {self.integration_name or self.type_name} by hand"
+        )
 
     def count_adjusted(self, counts: Mapping[str, int]) -> None:
         """Report events delivered with changes made to fit the API's rules (fields

@@ -26,8 +26,9 @@ from typing import Any, ClassVar, Literal, overload
 
 import aiohttp
 import orjson
+import yarl
 
-from eventd.destination import OK, Destination, Outcome, Permanent, Retry, Skip
+from eventd.destination import OK, Destination, Ok, Outcome, Permanent, Retry, Skip
 from eventd.event import Event
 from eventd.redact import SECRET_WORDS, is_secret, redact
 
@@ -115,7 +116,7 @@ class HttpDestination(Destination):
         """``outcome`` with this destination's secrets out of its reasons."""
         return scrub(outcome, self.secret_values)
 
-    async def send(self, method: str, url: str, **kwargs: Any) -> Response | Retry:
+    async def send(self, method: str, url: str | yarl.URL, **kwargs: Any) -> Response | Retry:
         """Make one request; a network error or timeout is a Retry, anything else a Response."""
         timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout", 10)))
         try:
@@ -196,30 +197,35 @@ def scrub(
     return [one(o) for o in outcome] if isinstance(outcome, Sequence) else one(outcome)
 
 
+# What classify answers: never a Skip, so a deletion request (whose outcomes are
+# Ok | Retry | Permanent | Unsupported) can return it as it is.
+Answer = Ok | Retry | Permanent
+
+
 @overload
 def classify(
     resp: Response,
     *,
-    refused: Callable[[Response], Outcome] | None = None,
+    refused: Callable[[Response], Answer] | None = None,
     halve: Literal[False] = False,
-) -> Outcome: ...
+) -> Answer: ...
 
 
 @overload
 def classify(
     resp: Response,
     *,
-    refused: Callable[[Response], Outcome] | None = None,
+    refused: Callable[[Response], Answer] | None = None,
     halve: bool,
-) -> Outcome | None: ...
+) -> Answer | None: ...
 
 
 def classify(
     resp: Response,
     *,
-    refused: Callable[[Response], Outcome] | None = None,
+    refused: Callable[[Response], Answer] | None = None,
     halve: bool = False,
-) -> Outcome | None:
+) -> Answer | None:
     """The usual HTTP contract: 2xx ok; 408, 429 and 5xx retry; other 4xx permanent.
 
     ``refused`` gives a 401 or 403 the destination's own reason (which settings to

@@ -38,6 +38,9 @@ class Suppressions:
         # Features holding more of a user (identity: the profile and its anonymous
         # events) erase it and return the seqs of further events to delete.
         self.erasers: list[Callable[[str], Awaitable[list[int]]]] = []
+        # Called with the userId before its stored events are erased (eventd/privacy/
+        # forwards the erasure to destinations and reads the person's events first).
+        self.before_erase: list[Callable[[str], Awaitable[None]]] = []
 
     async def load(self) -> None:
         self.user_ids.update(s.user_id for s in await self.store.suppressions())
@@ -60,6 +63,8 @@ class Suppressions:
         await self.store.suppress(user_id, erase)
         log.info("user suppressed", erase=erase)  # the id itself is personal data: not logged
         if erase:
+            for hook in self.before_erase:
+                await hook(user_id)
             await self.erase(user_id)
         record = await self.get(user_id)
         assert record is not None

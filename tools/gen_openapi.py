@@ -516,6 +516,116 @@ def response_schemas() -> dict[str, Schema]:
                 },
             },
         },
+        "SuppressionStatus": {
+            "allOf": [schema("Suppression")],
+            "type": "object",
+            "required": ["deletions"],
+            "properties": {
+                "deletions": {
+                    "type": "array",
+                    "items": schema("Deletion"),
+                    "description": "The erasure forwarded to each destination (empty without"
+                    " erase).",
+                }
+            },
+        },
+        "Deletion": {
+            "type": "object",
+            "required": ["destination", "type", "state", "attempts", "requested_at"],
+            "properties": {
+                "destination": {"type": "string"},
+                "type": {"type": "string"},
+                "state": {"enum": ["requested", "done", "failed", "unsupported"]},
+                "attempts": {"type": "integer"},
+                "reason": {
+                    "type": ["string", "null"],
+                    "description": "failed: why; requested: the last retry's reason.",
+                },
+                "instructions": {
+                    "type": ["string", "null"],
+                    "description": "unsupported: what the operator must do by hand.",
+                },
+                "requested_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
+                "user_ids": {"type": "array", "items": {"type": "string"}},
+                "anonymous_ids": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "Audit": {
+            "type": "object",
+            "required": ["source", "since", "events", "calls", "never_seen"],
+            "properties": {
+                "source": {"type": ["string", "null"]},
+                "since": {"type": ["string", "null"], "format": "date-time"},
+                "events": {"type": "integer", "description": "Stored events read."},
+                "calls": {"type": "array", "items": schema("AuditCall")},
+                "never_seen": {
+                    "type": "array",
+                    "description": "Track events a source's tracking plan names, never stored.",
+                    "items": {
+                        "type": "object",
+                        "required": ["source", "event"],
+                        "properties": {"source": {"type": "string"}, "event": {"type": "string"}},
+                    },
+                },
+            },
+        },
+        "AuditCall": {
+            "type": "object",
+            "required": ["type", "event", "volume", "first_seen", "last_seen", "properties"],
+            "properties": {
+                "type": {"type": "string"},
+                "event": {
+                    "type": ["string", "null"],
+                    "description": "track: the event; page, screen: the name.",
+                },
+                "volume": {"type": "integer"},
+                "first_seen": {"type": "string", "format": "date-time"},
+                "last_seen": {"type": "string", "format": "date-time"},
+                "sources": {"type": "array", "items": {"type": "string"}},
+                "properties": {"type": "array", "items": schema("AuditProperty")},
+                "violations": {
+                    "type": ["object", "null"],
+                    "description": "Against the source's tracking plan; null without one.",
+                    "properties": {
+                        "events": {"type": "integer"},
+                        "findings": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "type": {"type": "string"},
+                                    "field": {"type": "string"},
+                                    "count": {"type": "integer"},
+                                    "example": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "AuditProperty": {
+            "type": "object",
+            "required": ["path", "types", "null_share", "missing_share", "distinct"],
+            "properties": {
+                "path": {"type": "string", "examples": ["properties.total"]},
+                "types": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                    "description": "JSON type -> how many values had it.",
+                },
+                "null_share": {"type": "number", "minimum": 0, "maximum": 1},
+                "missing_share": {"type": "number", "minimum": 0, "maximum": 1},
+                "distinct": {"type": "integer"},
+                "distinct_exact": {
+                    "type": "boolean",
+                    "description": "false: a HyperLogLog estimate (past 1,000 values).",
+                },
+                "examples": {"type": "array", "items": {"type": "string"}},
+            },
+        },
         "ReplayRequest": {
             "type": "object",
             "required": ["destination", "since"],
@@ -1233,6 +1343,54 @@ def admin_paths() -> dict[str, Schema]:
                 ok_json("The suppression, after any erasure.", schema("Suppression")),
                 body="SuppressRequest",
             ),
+        },
+        "/admin/suppressions/{user_id}": {
+            "get": admin_op(
+                "showSuppression",
+                "A suppression and its erasure's deletion status per destination",
+                ok_json("The suppression with its deletions.", schema("SuppressionStatus")),
+                params=[
+                    {
+                        "name": "user_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                    },
+                    query(
+                        "wait",
+                        {"type": "number", "minimum": 0, "maximum": 300, "default": 0},
+                        "Seconds to wait until no deletion is still requested.",
+                    ),
+                ],
+                extra={
+                    "404": {
+                        "description": "not_found: the userId is not suppressed.",
+                        "content": json_content(schema("Error")),
+                    },
+                    "501": {
+                        "description": "not_supported: the storage backend keeps no deletion"
+                        " requests, so erasures are not forwarded to destinations.",
+                        "content": json_content(schema("Error")),
+                    },
+                },
+            )
+        },
+        "/admin/audit": {
+            "get": admin_op(
+                "audit",
+                "A data audit of the stored events: per call type and event, volume and"
+                " every property's types, null/missing shares, distinct values, examples;"
+                " tracking plan violations",
+                ok_json("The audit.", schema("Audit")),
+                params=[
+                    query("source", {"type": "string"}, "One source (default: every source)."),
+                    query(
+                        "since",
+                        {"type": "string"},
+                        "Received at or after: ISO-8601 time or a duration ago ('7d').",
+                    ),
+                ],
+            )
         },
         "/admin/suppressions/remove": {
             "post": admin_op(

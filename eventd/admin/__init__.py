@@ -1,7 +1,7 @@
 """The admin API (``/admin/*``, ``/metrics``): reads the Store and
 ``Dispatcher.status()``, asks the Dispatcher for redrives and replays; never SQL,
-never a worker's fields. ``api.py`` holds the routes, ``params.py`` request parsing;
-``guarded`` puts a feature's route (``/admin/profiles``) behind the same token.
+never a worker's fields. ``api.py`` holds the routes and :func:`guarded` (the token
+check features' ``/admin/*`` routes use too), ``params.py`` request parsing.
 """
 
 from eventd.admin.api import Admin, guarded

@@ -5,9 +5,10 @@ holds back only itself.
 It is also the delivery side's one public face for the rest of eventd: the admin
 API reads :meth:`Dispatcher.status` (where lag is computed, once) and
 :meth:`Dispatcher.outcomes_of` (the live debugger), asks for redrives and replays
-through :meth:`Dispatcher.redrive` and :meth:`Dispatcher.replay`, and a feature
-finds a running destination through :meth:`Dispatcher.destination`; it never
-reads worker fields.
+through :meth:`Dispatcher.redrive` and :meth:`Dispatcher.replay`; a feature finds a
+running destination through :meth:`Dispatcher.destination`, and the privacy feature
+asks a destination to delete a person through :meth:`Dispatcher.delete_user`. None
+of them reads worker fields.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from eventd.delivery.outcomes import Outcome as EventOutcome
 from eventd.delivery.outcomes import RecentOutcomes
 from eventd.delivery.transform import Transform
 from eventd.delivery.worker import Stitch, Worker
-from eventd.destination import Destination
+from eventd.destination import DeletionOutcome, Destination, Erasure, Retry
 from eventd.event import Event
 from eventd.metrics import Metrics
 from eventd.store import SeqRange, Store, now_ms
@@ -233,3 +234,20 @@ class Dispatcher:
             "replay queued", destination=destination, from_seq=found.first, until_seq=found.last
         )
         return found
+
+    async def delete_user(self, destination: str, erasure: Erasure) -> DeletionOutcome:
+        """Ask ``destination``'s plugin once to delete the person ``erasure`` names, after
+        its rate limit allows one request; a plugin that raises answers Retry (a plugin
+        bug must not end the erasure). Raises UnknownDestination. The caller keeps the
+        retry policy (``settle.backoff``, ``retry_max_age``) and the state."""
+        worker = self._worker(destination)
+        wait = worker.limiter.reserve(1)
+        if wait:
+            await asyncio.sleep(wait)
+        try:
+            return await worker.destination.delete_user(erasure)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("delete_user raised", destination=destination)
+            return Retry(f"delete_user raised {type(exc).__name__}: {exc}")

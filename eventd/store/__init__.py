@@ -1,6 +1,7 @@
 """Storage: the :class:`Store` protocol and its backends.
 
-``base.py`` defines the contract, ``sqlite.py`` the SQLite outbox (with
+``base.py`` defines the contract (and ``DeletionStore``, the optional part the
+privacy feature needs), ``sqlite.py`` the SQLite outbox (with
 ``schema.py``, its migrations), ``memory.py`` an in-memory store for unit tests.
 ``backends.open_store`` picks the backend a config names; a new backend is
 added there and passes the conformance suite in ``tests/store/``.
@@ -9,8 +10,14 @@ added there and passes the conformance suite in ``tests/store/``.
 from __future__ import annotations
 
 from eventd.store.base import (
+    DONE,
+    FAILED,
     MAX_ERROR_CHARS,
+    REQUESTED,
+    UNSUPPORTED,
     DeadLetter,
+    Deletion,
+    DeletionStore,
     EventRow,
     NewDeadLetter,
     Replay,
@@ -19,6 +26,7 @@ from eventd.store.base import (
     Store,
     StoreStats,
     Suppression,
+    UserEvent,
     iso_ms,
     now_ms,
     service_cursor,
@@ -27,8 +35,14 @@ from eventd.store.memory import MemoryStore
 from eventd.store.sqlite import SqliteStore
 
 __all__ = [
+    "DONE",
+    "FAILED",
     "MAX_ERROR_CHARS",
+    "REQUESTED",
+    "UNSUPPORTED",
     "DeadLetter",
+    "Deletion",
+    "DeletionStore",
     "EventRow",
     "MemoryStore",
     "NewDeadLetter",
@@ -39,6 +53,7 @@ __all__ = [
     "Store",
     "StoreStats",
     "Suppression",
+    "UserEvent",
     "iso_ms",
     "now_ms",
     "service_cursor",

@@ -10,6 +10,8 @@ backend (every SQL statement eventd runs lives under ``eventd/store/``);
 ``eventd/store/memory.py`` keeps the same contract in memory for unit tests.
 A new backend passes ``tests/store/`` (the conformance suite) and is chosen in
 ``eventd.store.open_store``.
+:class:`DeletionStore` is an optional part (erasures forwarded to destinations,
+``eventd/privacy/``) that the SQLite and memory stores implement too.
 
 Contract every backend keeps (the suite checks each):
 
@@ -132,6 +134,37 @@ class Suppression:
     erase: bool  # the user's stored events are to be deleted too
     erased_events: int
     erased_at: int | None  # when none was left; None while some are
+
+
+# A forwarded erasure's states (eventd/privacy/): asked and not finished (retried
+# after a Retry), the destination deleted, it gave up or failed, it cannot delete.
+REQUESTED, DONE, FAILED, UNSUPPORTED = "requested", "done", "failed", "unsupported"
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """An erasure forwarded to one destination: one per (suppressed user, destination)."""
+
+    user_id: str  # the suppression's userId
+    destination: str
+    type: str  # the destination's type when asked
+    state: str  # REQUESTED, DONE, FAILED or UNSUPPORTED
+    erasure: bytes  # whom to delete, as the caller encoded it (eventd.privacy: JSON)
+    attempts: int
+    reason: str | None  # failed: why; requested: the last retry's; unsupported: what to do
+    requested_at: int  # starts the retry_max_age clock
+    updated_at: int
+    next_attempt_at: int | None  # requested, after a Retry: not before
+
+
+@dataclass(frozen=True, slots=True)
+class UserEvent:
+    """Where one of a user's events is in the log, and the anonymousId stored with it."""
+
+    seq: int
+    source: str
+    received_at: int
+    anonymous_id: str | None
 
 
 @runtime_checkable
@@ -324,4 +357,45 @@ class Store(Protocol):
 
     async def compact(self) -> None:
         """Give back space deleted rows left (SQLite: truncate the WAL). Never raises."""
+        ...
+
+
+@runtime_checkable
+class DeletionStore(Protocol):
+    """What a store keeps for erasures forwarded to destinations (``eventd/privacy/``).
+
+    Optional beside :class:`Store`: the SQLite and memory stores implement it (the
+    suite in ``tests/store/test_deletions.py`` checks every backend that does); the
+    privacy feature forwards no erasure on a store that does not, and says so."""
+
+    async def user_events(self, user_ids: Sequence[str]) -> list[UserEvent]:
+        """Every stored event of these userIds, in seq order (a scan of the log)."""
+        ...
+
+    async def request_deletions(
+        self, user_id: str, destinations: Sequence[tuple[str, str]], erasure: bytes
+    ) -> None:
+        """Record an erasure of ``user_id`` asked of each ``(destination, type)``, state
+        REQUESTED. Asked again, only a FAILED one starts over (attempts 0, this
+        ``erasure``, requested now); the others stay as they are."""
+        ...
+
+    async def save_deletion(
+        self,
+        user_id: str,
+        destination: str,
+        state: str,
+        attempts: int,
+        reason: str | None,
+        next_attempt_at: int | None = None,
+    ) -> None:
+        """Record how one stands now (``reason`` cut to MAX_ERROR_CHARS)."""
+        ...
+
+    async def pending_deletions(self) -> list[Deletion]:
+        """Every REQUESTED one (what a restart resumes), oldest request first."""
+        ...
+
+    async def deletions(self, user_id: str) -> list[Deletion]:
+        """The user's, by destination name."""
         ...

@@ -17,8 +17,11 @@ import orjson
 
 from eventd.event import Event
 from eventd.store.base import (
+    FAILED,
     MAX_ERROR_CHARS,
+    REQUESTED,
     DeadLetter,
+    Deletion,
     EventRow,
     NewDeadLetter,
     Replay,
@@ -26,6 +29,7 @@ from eventd.store.base import (
     StorageUnavailable,
     StoreStats,
     Suppression,
+    UserEvent,
     now_ms,
 )
 
@@ -48,6 +52,7 @@ class MemoryData:
     replays: dict[int, Replay] = field(default_factory=dict)
     next_replay: int = 1
     suppressions: dict[str, Suppression] = field(default_factory=dict)
+    deletions: dict[tuple[str, str], Deletion] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -347,6 +352,66 @@ class MemoryStore:
 
     async def pending_erasures(self) -> list[str]:
         return [s.user_id for s in self.data.suppressions.values() if s.erase and not s.erased_at]
+
+    # -- erasures forwarded to destinations (DeletionStore) ---------------------
+
+    async def user_events(self, user_ids: Sequence[str]) -> list[UserEvent]:
+        ids = set(user_ids)
+        return [
+            UserEvent(s.seq, s.row[0], s.row[6], s.row[5])
+            for s in self.data.events
+            if s.row[4] in ids
+        ]
+
+    async def request_deletions(
+        self, user_id: str, destinations: Sequence[tuple[str, str]], erasure: bytes
+    ) -> None:
+        await self._write()
+        at = now_ms()
+        for destination, type_ in destinations:
+            old = self.data.deletions.get((user_id, destination))
+            if old is None or old.state == FAILED:
+                self.data.deletions[(user_id, destination)] = Deletion(
+                    user_id,
+                    destination,
+                    old.type if old else type_,
+                    REQUESTED,
+                    erasure,
+                    0,
+                    None,
+                    at,
+                    at,
+                    None,
+                )
+
+    async def save_deletion(
+        self,
+        user_id: str,
+        destination: str,
+        state: str,
+        attempts: int,
+        reason: str | None,
+        next_attempt_at: int | None = None,
+    ) -> None:
+        await self._write()
+        old = self.data.deletions.get((user_id, destination))
+        if old is not None:
+            self.data.deletions[(user_id, destination)] = replace(
+                old,
+                state=state,
+                attempts=attempts,
+                reason=reason[:MAX_ERROR_CHARS] if reason is not None else None,
+                next_attempt_at=next_attempt_at,
+                updated_at=now_ms(),
+            )
+
+    async def pending_deletions(self) -> list[Deletion]:
+        found = [d for d in self.data.deletions.values() if d.state == REQUESTED]
+        return sorted(found, key=lambda d: d.requested_at)
+
+    async def deletions(self, user_id: str) -> list[Deletion]:
+        found = [d for (u, _), d in self.data.deletions.items() if u == user_id]
+        return sorted(found, key=lambda d: d.destination)
 
     # -- retention --------------------------------------------------------------
 

@@ -77,6 +77,24 @@ MIGRATIONS: tuple[str, ...] = (
         erased_at INTEGER               -- when none was left; NULL while some are
     ) WITHOUT ROWID;
     """,
+    """
+    -- Erasures forwarded to destinations (eventd/privacy/): one row per suppressed
+    -- user and destination, so a restart resumes what is not finished.
+    CREATE TABLE deletions (
+        user_id TEXT NOT NULL,          -- the suppression's userId
+        destination TEXT NOT NULL,
+        type TEXT NOT NULL,             -- the destination's type when asked
+        state TEXT NOT NULL,            -- requested | done | failed | unsupported
+        erasure BLOB NOT NULL,          -- JSON: user_ids, anonymous_ids, events [seq, source, ms]
+        attempts INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,                    -- failed: why; requested: the last retry's reason;
+                                        -- unsupported: what to do by hand
+        requested_at INTEGER NOT NULL,  -- unix ms, starts the retry_max_age clock
+        updated_at INTEGER NOT NULL,
+        next_attempt_at INTEGER,        -- requested after a Retry: not before
+        PRIMARY KEY (user_id, destination)
+    ) WITHOUT ROWID;
+    """,
 )
 
 EVENT_COLUMNS = "source, message_id, type, event, user_id, anonymous_id, received_at, body"

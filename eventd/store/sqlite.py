@@ -34,7 +34,9 @@ from eventd.event import Event
 from eventd.metrics import Metrics
 from eventd.store.base import (
     MAX_ERROR_CHARS,
+    REQUESTED,
     DeadLetter,
+    Deletion,
     EventRow,
     NewDeadLetter,
     Replay,
@@ -42,6 +44,7 @@ from eventd.store.base import (
     StorageUnavailable,
     StoreStats,
     Suppression,
+    UserEvent,
     now_ms,
 )
 from eventd.store.schema import INSERT_EVENT, migrate
@@ -68,6 +71,18 @@ DEAD_COLUMNS = (
     "id, destination, seq, source, message_id, received_at, body, attempts, error, failed_at, state"
 )
 SELECT_SUPPRESSION = "SELECT user_id, created_at, erase, erased_events, erased_at FROM suppressions"
+DELETION_COLUMNS = (
+    "user_id, destination, type, state, erasure, attempts, reason, requested_at, updated_at,"
+    " next_attempt_at"
+)
+# A new request; asked again, only a failed one starts over (DeletionStore.request_deletions).
+REQUEST_DELETION = (
+    f"INSERT INTO deletions ({DELETION_COLUMNS})"
+    " VALUES (?, ?, ?, 'requested', ?, 0, NULL, ?, ?, NULL)"
+    " ON CONFLICT (user_id, destination) DO UPDATE SET state = 'requested', attempts = 0,"
+    " erasure = excluded.erasure, reason = NULL, requested_at = excluded.requested_at,"
+    " updated_at = excluded.updated_at, next_attempt_at = NULL WHERE deletions.state = 'failed'"
+)
 
 
 @dataclass
@@ -421,6 +436,64 @@ class SqliteStore:
             "SELECT user_id FROM suppressions WHERE erase = 1 AND erased_at IS NULL"
         )
         return [r[0] for r in rows]
+
+    # -- erasures forwarded to destinations (DeletionStore) ---------------------
+
+    async def user_events(self, user_ids: Sequence[str]) -> list[UserEvent]:
+        # One scan of the log, as for erase_user: there is no index on user_id.
+        rows = await self._fetch(
+            "SELECT seq, source, received_at, anonymous_id FROM events"
+            f" WHERE user_id IN ({', '.join('?' * len(user_ids))}) ORDER BY seq",
+            tuple(user_ids),
+        )
+        return [UserEvent(*r) for r in rows]
+
+    async def request_deletions(
+        self, user_id: str, destinations: Sequence[tuple[str, str]], erasure: bytes
+    ) -> None:
+        at = now_ms()
+        await self._execute(
+            REQUEST_DELETION, [(user_id, d, t, erasure, at, at) for d, t in destinations]
+        )
+
+    async def save_deletion(
+        self,
+        user_id: str,
+        destination: str,
+        state: str,
+        attempts: int,
+        reason: str | None,
+        next_attempt_at: int | None = None,
+    ) -> None:
+        await self._execute(
+            "UPDATE deletions SET state = ?, attempts = ?, reason = ?, next_attempt_at = ?,"
+            " updated_at = ? WHERE user_id = ? AND destination = ?",
+            [
+                (
+                    state,
+                    attempts,
+                    reason[:MAX_ERROR_CHARS] if reason is not None else None,
+                    next_attempt_at,
+                    now_ms(),
+                    user_id,
+                    destination,
+                )
+            ],
+        )
+
+    async def pending_deletions(self) -> list[Deletion]:
+        rows = await self._fetch(
+            f"SELECT {DELETION_COLUMNS} FROM deletions WHERE state = ? ORDER BY requested_at",
+            (REQUESTED,),
+        )
+        return [Deletion(*r) for r in rows]
+
+    async def deletions(self, user_id: str) -> list[Deletion]:
+        rows = await self._fetch(
+            f"SELECT {DELETION_COLUMNS} FROM deletions WHERE user_id = ? ORDER BY destination",
+            (user_id,),
+        )
+        return [Deletion(*r) for r in rows]
 
     # -- retention --------------------------------------------------------------
 

@@ -17,6 +17,14 @@ answers for the whole request, naming the events it refused:
 
 A call that is several Amplitude events (group) gets the most pressing outcome
 of its events.
+
+Erasure (``delete_user``) goes to the User Privacy API (v1,
+``POST /api/2/deletions/users`` on amplitude.com or analytics.eu.amplitude.com,
+Basic auth with the API key and ``secret_key``, 100 user_ids a request,
+``ignore_invalid_id`` so a user Amplitude never saw is no error): done once
+Amplitude has scheduled the job. It deletes by user_id (and so every device
+Amplitude merged into that user); events only ever sent with a device_id are not
+covered. Without ``secret_key`` the erasure is reported unsupported.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from eventd import (
     HTTP_SETTINGS,
     OK,
     TOO_LARGE,
+    DeletionOutcome,
+    Erasure,
     Event,
     HttpDestination,
     Ok,
@@ -40,6 +50,7 @@ from eventd import (
     Response,
     Retry,
     Skip,
+    Unsupported,
     classify,
     deliver_halving,
     fold,
@@ -54,6 +65,10 @@ from ..segment_message import PAGE_EVENT_NAME_SETTING, check_page_event_name
 from .mapping import Options, map_message
 
 REGIONS = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
+# The User Privacy API is on the application's hosts, not the ingestion ones.
+PRIVACY_HOSTS = {"us": "https://amplitude.com", "eu": "https://analytics.eu.amplitude.com"}
+DELETIONS = "/api/2/deletions/users"
+MAX_DELETION_IDS = 100
 JSON = {"Content-Type": "application/json", "Accept": "*/*"}
 Planned = dict[int, list[dict[str, Any]]]  # event seq -> its Amplitude events
 
@@ -76,6 +91,11 @@ class Amplitude(HttpDestination):
         "additionalProperties": False,
         "properties": {
             "api_key": {"type": "string", "minLength": 1, "description": "project API key"},
+            "secret_key": {
+                "type": "string",
+                "minLength": 1,
+                "description": "project secret key: erasures use the User Privacy API",
+            },
             "region": {
                 "type": "string",
                 "enum": sorted(REGIONS),
@@ -121,7 +141,7 @@ class Amplitude(HttpDestination):
         self.request_options = (
             {"min_id_length": s["min_id_length"]} if "min_id_length" in s else None
         )
-        self.secrets = [s["api_key"]]
+        self.secrets = [s["api_key"], s.get("secret_key") or ""]
 
     @classmethod
     def check_settings(cls, name: str, settings: Mapping[str, Any]) -> None:
@@ -144,6 +164,53 @@ class Amplitude(HttpDestination):
             for i, answer in zip(sendable, answers, strict=True):
                 outcomes[i] = answer
         return outcomes
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        secret = self.settings.get("secret_key")
+        if not secret:
+            return Unsupported(
+                "Amplitude deletes users only through its User Privacy API, which needs the "
+                f"project's secret key: set destinations.{self.name}.settings.secret_key and "
+                "erase again, or delete these user_ids in Amplitude (Settings > Privacy > "
+                "User Deletions): " + ", ".join(erasure.user_ids)
+            )
+        base = self.settings.get("endpoint") or PRIVACY_HOSTS[self.settings["region"]]
+        auth = aiohttp.encode_basic_auth(self.settings["api_key"], secret)
+        ids = list(erasure.user_ids)
+        for i in range(0, len(ids), MAX_DELETION_IDS):
+            # Amplitude reads its boolean parameters as the strings "True"/"False".
+            body = {
+                "user_ids": ids[i : i + MAX_DELETION_IDS],
+                "requester": "eventd",
+                "ignore_invalid_id": "True",
+            }
+            resp = await self.send(
+                "POST",
+                base.rstrip("/") + DELETIONS,
+                data=orjson.dumps(body),
+                headers={**JSON, "Authorization": auth},
+            )
+            outcome = resp if isinstance(resp, Retry) else self._deletion_answer(resp)
+            if not isinstance(outcome, Ok):
+                return outcome
+        return OK
+
+    def _deletion_answer(self, resp: Response) -> Ok | Retry | Permanent:
+        if resp.status in (401, 403):
+            return Permanent(
+                f"Amplitude's User Privacy API refused the keys (HTTP {resp.status}): check "
+                f"destinations.{self.name}.settings.api_key, secret_key and region"
+            )
+        if resp.status == 429 and retry_after(resp.headers) is None:
+            # Amplitude allows about one deletion request a second.
+            return Retry("Amplitude's User Privacy API is rate limited (HTTP 429)", 1.0)
+        outcome = classify(resp)
+        if isinstance(outcome, Permanent):
+            reason = redact(outcome.reason, self.secrets)
+            return Permanent(f"Amplitude's User Privacy API refused the deletion: {reason}")
+        if isinstance(outcome, Retry):
+            return Retry(redact(outcome.reason, self.secrets), outcome.after)
+        return outcome
 
     async def _send(
         self, planned: Planned, events: Sequence[Event]

@@ -16,6 +16,10 @@ secret) are permanent, naming the settings to check.
 Events delivered with changes made to fit GA4's rules are counted per reason
 (``rules.ADJUSTED_*``) in ``eventd_adjusted_events_total``; a retried event counts
 once, when it gets through.
+
+Erasure: the Measurement Protocol cannot delete, so ``delete_user`` answers
+*unsupported*, naming the ids to delete through Google's User Deletion API or
+the property's Admin > Data deletion requests.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from eventd import (
     HTTP_SETTINGS,
     OK,
     TOO_LARGE,
+    DeletionOutcome,
+    Erasure,
     Event,
     HttpDestination,
     Ok,
@@ -42,6 +48,7 @@ from eventd import (
     Permanent,
     Response,
     Retry,
+    Unsupported,
     classify,
     deliver_halving,
     hookimpl,
@@ -112,6 +119,18 @@ class GoogleAnalytics4(HttpDestination):
         self._secret = str(self.settings["api_secret"])
         self._query = urllib.parse.urlencode(
             {"measurement_id": self.settings["measurement_id"], "api_secret": self._secret}
+        )
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        anonymous = ", ".join(erasure.anonymous_ids) or "none known"
+        return Unsupported(
+            "GA4's Measurement Protocol cannot delete: in Google Analytics, property "
+            f"{self.settings['measurement_id']}'s stream, delete the user with the User "
+            "Deletion API (userDeletionRequests:upsert, OAuth scope analytics.user.deletion) "
+            "or the user explorer, by user_id: "
+            + ", ".join(erasure.user_ids)
+            + f"; and by client_id ({self.client_id_from or 'the anonymousId'}, as eventd "
+            f"sends it): {anonymous}"
         )
 
     async def deliver(self, batch: Sequence[Event]) -> Sequence[Outcome]:
@@ -216,7 +235,7 @@ class GoogleAnalytics4(HttpDestination):
     def _classify(self, resp: Response) -> Outcome | None:
         return classify(resp, refused=self._refused, halve=True)
 
-    def _refused(self, resp: Response) -> Outcome:
+    def _refused(self, resp: Response) -> Permanent:
         return Permanent(
             f"HTTP {resp.status} from {self.endpoint}: the request was refused; check"
             f" measurement_id and api_secret (and any proxy in between): {resp.text(200)}"

@@ -20,6 +20,12 @@ When an event of a user must be retried, that user's later events in the batch
 wait with it, except after one waiting for its contact: the user's later events
 go on (an identify among them makes the contact), then it is tried once more.
 Mapping is in ``mapping.py``, the HTTP details in ``api.py``.
+
+Erasure (``delete_user``): each userId's contacts are found with
+``POST /contacts/search`` by external_id, and each is permanently deleted with
+``POST /user_delete_requests`` ``{"intercom_user_id": id}`` (Intercom's data
+privacy deletion: the contact and their conversations). No contact is done
+(nothing to delete); contacts made from an email alone are not found this way.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import aiohttp
 from eventd import (
     HTTP_SETTINGS,
     OK,
+    DeletionOutcome,
+    Erasure,
     Event,
     HttpDestination,
     Outcome,
@@ -214,22 +222,44 @@ class Intercom(HttpDestination):
             return reply
         return OK if reply.ok else failure(reply, "attaching a contact to a company")
 
+    # -- erasure ---------------------------------------------------------------------------
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        for user_id in erasure.user_ids:
+            found = await self._search("external_id", user_id, "searching the contact to delete")
+            if not isinstance(found, list):
+                return found
+            for contact in found:
+                body = {"intercom_user_id": contact}
+                deleted = await self.api.call("POST", "/user_delete_requests", body)
+                if isinstance(deleted, Retry):
+                    return deleted
+                if not deleted.ok:
+                    return failure(deleted, "asking to delete the contact")
+        return OK
+
     # -- contacts -------------------------------------------------------------------------
 
     async def _find_contact(self, body: Mapping[str, Any]) -> str | Outcome | None:
         """The id of the one contact with this external_id (else email); None if none."""
         field = "external_id" if body.get("external_id") else "email"
-        query = {"query": {"field": field, "operator": "=", "value": body.get(field)}}
+        matches = await self._search(field, body.get(field), "searching contacts")
+        if not isinstance(matches, list):
+            return matches
+        if len(matches) > 1:
+            return Permanent(f"{len(matches)} Intercom contacts have that {field}; expected one")
+        return matches[0] if matches else None
+
+    async def _search(self, field: str, value: Any, doing: str) -> list[str] | Retry | Permanent:
+        """The ids of the contacts whose ``field`` is ``value``."""
+        query = {"query": {"field": field, "operator": "=", "value": value}}
         reply = await self.api.call("POST", "/contacts/search", query)
         if isinstance(reply, Retry):
             return reply
         if not reply.ok:
-            return failure(reply, "searching contacts")
+            return failure(reply, doing)
         data = reply.data.get("data") if isinstance(reply.data, Mapping) else None
-        matches = [c["id"] for c in data or [] if isinstance(c, Mapping) and "id" in c]
-        if len(matches) > 1:
-            return Permanent(f"{len(matches)} Intercom contacts have that {field}; expected one")
-        return str(matches[0]) if matches else None
+        return [str(c["id"]) for c in data or [] if isinstance(c, Mapping) and "id" in c]
 
 
 def _existing_id(reply: Reply) -> str | None:

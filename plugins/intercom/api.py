@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from eventd import Outcome, Permanent, Response, Retry, retry_after
+from eventd import Permanent, Response, Retry, retry_after
 
 Send = Callable[..., Awaitable[Response | Retry]]
 
@@ -106,7 +106,7 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
-def failure(reply: Reply, doing: str) -> Outcome:
+def failure(reply: Reply, doing: str) -> Retry | Permanent:
     """The outcome of a call that did not succeed, with a reason a person can act on."""
     details = reply.errors()
     if reply.status == 401:

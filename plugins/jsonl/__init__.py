@@ -4,6 +4,9 @@ For local use and debugging. The file is rotated by size (``max_bytes``):
 ``events.jsonl`` becomes ``events.jsonl.1``, the previous ``.1`` becomes ``.2``,
 and so on up to ``keep`` files. Each batch is written and fsynced before it
 counts as delivered.
+
+Erasure: the file is an append-only log eventd never rewrites, so ``delete_user``
+answers *unsupported* with a command that removes the person's lines.
 """
 
 from __future__ import annotations
@@ -17,7 +20,17 @@ from typing import Any
 import aiohttp
 import orjson
 
-from eventd import OK, Destination, Event, Outcome, Retry, hookimpl
+from eventd import (
+    OK,
+    DeletionOutcome,
+    Destination,
+    Erasure,
+    Event,
+    Outcome,
+    Retry,
+    Unsupported,
+    hookimpl,
+)
 
 
 class JsonLines(Destination):
@@ -58,6 +71,17 @@ class JsonLines(Destination):
         except OSError as exc:
             return Retry(f"cannot write {self.path}: {exc.strerror}")
         return OK
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        users = orjson.dumps(list(erasure.user_ids)).decode()
+        anonymous = orjson.dumps(list(erasure.anonymous_ids)).decode()
+        return Unsupported(
+            f"eventd does not rewrite {self.path}: remove the user's lines from it and its "
+            f"rotated copies ({self.path.name}.1 ... .{self.settings['keep']}), e.g. for each "
+            f"file: jq -c --argjson u '{users}' --argjson a '{anonymous}' "
+            "'select((.userId as $x | $u | index($x) | not) and "
+            "(.anonymousId as $y | $a | index($y) | not))' FILE > FILE.new && mv FILE.new FILE"
+        )
 
     def _append(self, data: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,14 @@ Events go to ``/import`` (``strict=1``, Basic auth: the service account with
 
 A call that is several items (identify: $set and $identify) gets the most
 pressing of its items' outcomes. Secrets never appear in reasons.
+
+Erasure (``delete_user``): every distinct_id of the person (their userIds and
+anonymousIds, as events carry them). With ``gdpr_oauth_token``, Mixpanel's GDPR
+API deletes events and profiles (``POST /api/app/data-deletions/v3.0/?token=``,
+Bearer token, 2,000 ids a request): done once Mixpanel has the task. Without it
+only the profiles can go (``$delete`` on ``/engage`` with the project token):
+they are deleted and the erasure is reported *unsupported*, saying the events
+stay until someone deletes them in Mixpanel or sets the token.
 """
 
 from __future__ import annotations
@@ -29,14 +37,19 @@ import orjson
 from eventd import (
     HTTP_SETTINGS,
     OK,
+    TOO_LARGE,
     ConfigError,
+    DeletionOutcome,
+    Erasure,
     Event,
     HttpDestination,
+    Ok,
     Outcome,
     Permanent,
     Response,
     Retry,
     Skip,
+    Unsupported,
     classify,
     deliver_halving,
     hookimpl,
@@ -46,13 +59,21 @@ from eventd import (
 )
 
 from ..segment_message import PAGE_EVENT_NAME_SETTING, check_page_event_name
-from .mapping import ENDPOINTS, IMPORT, Mapped, Options, map_message
+from .mapping import ENDPOINTS, ENGAGE, IMPORT, Mapped, Options, map_message
 
 REGIONS = {
     "us": "https://api.mixpanel.com",
     "eu": "https://api-eu.mixpanel.com",
     "in": "https://api-in.mixpanel.com",
 }
+# The GDPR API is on the application's hosts, not the ingestion ones.
+GDPR_HOSTS = {
+    "us": "https://mixpanel.com",
+    "eu": "https://eu.mixpanel.com",
+    "in": "https://in.mixpanel.com",
+}
+GDPR_DELETIONS = "/api/app/data-deletions/v3.0/"
+MAX_DELETION_IDS = 2000  # distinct_ids per deletion task
 JSON = {"Content-Type": "application/json"}
 _SERVICE_ACCOUNT = ("service_account_username", "service_account_secret", "project_id")
 
@@ -89,6 +110,12 @@ class Mixpanel(HttpDestination):
                 "enum": sorted(REGIONS),
                 "default": "us",
                 "description": "data residency: api, api-eu or api-in.mixpanel.com",
+            },
+            "gdpr_oauth_token": {
+                "type": "string",
+                "minLength": 1,
+                "description": "GDPR API OAuth token: erasures delete events and profiles "
+                "(else only profiles, with $delete)",
             },
             "page_event_name": PAGE_EVENT_NAME_SETTING,
             "group_key": {
@@ -128,7 +155,11 @@ class Mixpanel(HttpDestination):
             authorization = aiohttp.encode_basic_auth(s["project_token"], "")
             self.credentials = "project_token"
         self.import_headers = {**JSON, "Authorization": authorization}
-        self.secrets = [s["project_token"], s.get("service_account_secret") or ""]
+        self.secrets = [
+            s["project_token"],
+            s.get("service_account_secret") or "",
+            s.get("gdpr_oauth_token") or "",
+        ]
 
     @classmethod
     def check_settings(cls, name: str, settings: Mapping[str, Any]) -> None:
@@ -184,6 +215,70 @@ class Mixpanel(HttpDestination):
         if isinstance(resp, Retry):
             return resp
         return scrub(self._profile_answer(endpoint, resp), self.secrets)
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        ids = list(dict.fromkeys([*erasure.user_ids, *erasure.anonymous_ids]))
+        token = self.settings.get("gdpr_oauth_token")
+        if token:
+            for i in range(0, len(ids), MAX_DELETION_IDS):
+                outcome = await self._gdpr_delete(token, ids[i : i + MAX_DELETION_IDS])
+                if outcome is not OK:
+                    return outcome
+            return OK
+        updates = [
+            {
+                "$token": self.options.project_token,
+                "$distinct_id": d,
+                "$delete": "",
+                "$ignore_alias": False,
+            }
+            for d in ids
+        ]
+        resp = await self.send(
+            "POST",
+            f"{self.endpoint}/{ENGAGE}",
+            params={"verbose": "1"},
+            data=orjson.dumps(updates),
+            headers=JSON,
+        )
+        answer = resp if isinstance(resp, Retry) else self._profile_answer(ENGAGE, resp)
+        if answer is TOO_LARGE:  # not with a person's few ids
+            answer = Permanent("Mixpanel /engage refused the $delete request as too large")
+        scrubbed = scrub(answer, self.secrets)
+        if isinstance(scrubbed, Retry | Permanent):
+            return scrubbed
+        return Unsupported(
+            f"Mixpanel deleted the {len(ids)} profile(s) ($delete), not the events: Mixpanel "
+            "deletes events only through its GDPR API, which takes a GDPR OAuth token (set "
+            f"destinations.{self.name}.settings.gdpr_oauth_token and erase again), or in "
+            "Mixpanel's Data & Privacy settings (Delete End User Data) for these distinct_ids: "
+            + ", ".join(ids)
+        )
+
+    async def _gdpr_delete(self, token: str, ids: list[str]) -> DeletionOutcome:
+        base = self.settings.get("endpoint") or GDPR_HOSTS[self.settings["region"]]
+        resp = await self.send(
+            "POST",
+            base.rstrip("/") + GDPR_DELETIONS,
+            params={"token": self.options.project_token},
+            data=orjson.dumps({"distinct_ids": ids, "compliance_type": "GDPR"}),
+            headers={**JSON, "Authorization": f"Bearer {token}"},
+        )
+        if isinstance(resp, Retry):
+            return resp
+        error = json_body(resp.body).get("error") or resp.text(300)
+        if resp.status in (401, 403):
+            return Permanent(
+                f"Mixpanel's GDPR API refused the token (HTTP {resp.status}: {error}): check "
+                f"destinations.{self.name}.settings.gdpr_oauth_token (it expires after a year) "
+                "and that its owner administers the project"
+            )
+        outcome = classify(resp)
+        if isinstance(outcome, Permanent):
+            outcome = Permanent(f"Mixpanel's GDPR API refused the deletion: {outcome.reason}")
+        scrubbed = scrub(outcome, self.secrets)
+        assert isinstance(scrubbed, Ok | Retry | Permanent)
+        return scrubbed
 
     def _import_answer(self, resp: Response, count: int) -> Sequence[Outcome] | Outcome | None:
         status = resp.status

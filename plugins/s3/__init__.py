@@ -16,6 +16,13 @@ per object (so per event):
     ServiceUnavailable, 408, 429, 5xx, network  retry (Retry-After honoured)
 
 Reasons never contain the secret access key or the session token.
+
+Erasure: eventd does not rewrite archived objects, so ``delete_user`` answers
+*unsupported* with the keys of the objects that hold the person's events: for
+each of their events eventd still held, the objects under
+``{prefix}/{source}/{day}/`` (found with ``ListObjectsV2``; it needs
+``s3:ListBucket``) whose seq range contains the event's seq. Without the list
+permission it names the day prefixes and the rule instead.
 """
 
 from __future__ import annotations
@@ -25,29 +32,35 @@ import base64
 import hashlib
 import html
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
+import yarl
 
 from eventd import (
     HTTP_SETTINGS,
     OK,
     ConfigError,
+    DeletionOutcome,
+    Erasure,
     Event,
     HttpDestination,
     Outcome,
     Permanent,
     Response,
     Retry,
+    Unsupported,
     classify,
     hookimpl,
+    redact,
     retry_after,
     scrub,
 )
 
 from .aws import NoCredentials, Signer, require_botocore
-from .layout import Group, group, object_body
+from .layout import Group, day, day_prefix, group, object_body, seq_range
 
 # S3's rules for bucket names (general purpose buckets); the rest is in check_settings.
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
@@ -63,6 +76,8 @@ RETRY_CODES = frozenset(
 _CODE = re.compile(rb"<Code>([^<]{1,200})</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]{0,1000})</Message>")
 _REGION = re.compile(rb"<Region>([a-z0-9-]{1,50})</Region>")
+_LISTED_KEY = re.compile(rb"<Key>([^<]{1,1100})</Key>")
+_NEXT_TOKEN = re.compile(rb"<NextContinuationToken>([^<]{1,2000})</NextContinuationToken>")
 
 
 def s3_error(body: bytes) -> tuple[str | None, str]:
@@ -254,6 +269,84 @@ class S3(HttpDestination):
         if isinstance(resp, Retry):
             return resp
         return self.answer(resp, key)
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        where = f"s3://{self.bucket}/"
+        ids = ", ".join([*erasure.user_ids, *erasure.anonymous_ids])
+        older = (
+            f"Events older than eventd's retention are not listed: search {where}"
+            + (f"{self.prefix}/" if self.prefix else "")
+            + f" for the ids ({ids})."
+        )
+        if not erasure.events:
+            return Unsupported(
+                f"S3 objects are not rewritten by eventd; eventd held none of the user's "
+                f"events when asked. {older}"
+            )
+        seqs: dict[str, list[int]] = {}  # day prefix -> the user's seqs under it
+        for e in erasure.events:
+            seqs.setdefault(day_prefix(self.prefix, e.source, day(e.received_at)), []).append(e.seq)
+        keys: list[str] = []
+        for prefix, wanted in sorted(seqs.items()):
+            listed = await self._list(prefix)
+            if isinstance(listed, Retry):
+                return listed
+            if isinstance(listed, Permanent):
+                rule = ", ".join(f"{where}{p} ({len(s)} events)" for p, s in sorted(seqs.items()))
+                return Unsupported(
+                    f"S3 objects are not rewritten by eventd; listing them failed "
+                    f"({listed.reason}). Delete or rewrite, under {rule}, the objects whose "
+                    "name's seq range FIRST-LAST ({received_at}-{FIRST}-{LAST}.jsonl.gz) holds "
+                    f"one of the user's seqs: {', '.join(str(e.seq) for e in erasure.events)}. "
+                    + older
+                )
+            for key in listed:
+                bounds = seq_range(key)
+                if bounds and any(bounds[0] <= s <= bounds[1] for s in wanted):
+                    keys.append(key)
+        found = (
+            f"delete or rewrite (without the lines of {ids}) these {len(keys)} object(s) of "
+            f"{where}: {', '.join(keys)}."
+            if keys
+            else f"no object of {where} holds the events eventd knew of (deleted already?)."
+        )
+        return Unsupported(f"S3 objects are not rewritten by eventd: {found} {older}")
+
+    async def _list(self, prefix: str) -> list[str] | Retry | Permanent:
+        """Every key under ``prefix`` (ListObjectsV2, page by page)."""
+        try:
+            frozen = await self.signer.frozen()
+        except NoCredentials as exc:
+            return Permanent(str(exc))
+        except Exception as exc:
+            return Retry(f"cannot get AWS credentials: {type(exc).__name__}: {exc}"[:300])
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix}
+            if token:
+                query["continuation-token"] = token
+            # Encoded as SigV4 canonicalizes it (RFC 3986, '/' too) and sent as it is, so
+            # what was signed is what S3 reads.
+            encoded = urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
+            url = f"{self.base_url}?{encoded}"
+            headers = self.signer.sign(frozen, "GET", url, {}, b"")
+            resp = await self.send("GET", yarl.URL(url, encoded=True), headers=headers)
+            if isinstance(resp, Retry):
+                return resp
+            if not 200 <= resp.status < 300:
+                code, message = s3_error(resp.body)
+                said = redact(f"S3 {code} (HTTP {resp.status}): {message}", self.secrets)
+                if code in RETRY_CODES or resp.status in (408, 429) or resp.status >= 500:
+                    return Retry(said, retry_after(resp.headers))
+                return Permanent(
+                    f"{said}; listing needs s3:ListBucket on arn:aws:s3:::{self.bucket}"
+                )
+            keys += [html.unescape(k.decode()) for k in _LISTED_KEY.findall(resp.body)]
+            found = _NEXT_TOKEN.search(resp.body)
+            if not found:
+                return keys
+            token = html.unescape(found.group(1).decode())
 
     def _prepare(
         self, events: Sequence[Event], frozen: Any, url: str

@@ -13,6 +13,7 @@ events again (the dispatcher retries a group as it was) writes the same key.
 from __future__ import annotations
 
 import gzip
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,22 @@ class Group:
     def key(self, prefix: str, gzipped: bool) -> str:
         first, last = self.events[0], self.events[-1]
         name = f"{first.received_at}-{first.seq}-{last.seq}.jsonl" + (".gz" if gzipped else "")
-        return "/".join(p for p in (prefix, self.source, self.day, name) if p)
+        return day_prefix(prefix, self.source, self.day) + name
+
+
+def day_prefix(prefix: str, source: str, day: str) -> str:
+    """The key prefix of a source's objects of one UTC day, ending in ``/``."""
+    return "/".join(p for p in (prefix, source, day) if p) + "/"
+
+
+_NAME = re.compile(r"/\d+-(\d+)-(\d+)\.jsonl(?:\.gz)?$")
+
+
+def seq_range(key: str) -> tuple[int, int] | None:
+    """(first seq, last seq) of the events in the object at ``key``; None for a key
+    this layout did not make."""
+    found = _NAME.search("/" + key)
+    return (int(found.group(1)), int(found.group(2))) if found else None
 
 
 def group(batch: Sequence[Event]) -> list[Group]:

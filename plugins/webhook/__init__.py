@@ -4,6 +4,13 @@ One event per request (or a JSON array of them with ``batch = true``), custom
 headers, and an optional ``X-Signature``: hex HMAC-SHA1 of the body with
 ``shared_secret``. 2xx is delivered; 408, 429, 5xx and network errors are
 retried (Retry-After honoured); any other 4xx is permanent.
+
+With ``forward_deletions = true``, an erasure (``eventd suppressions add USER
+--erase``) is POSTed too, one message per userId of the person (an array of them
+with ``batch = true``), signed the same way, answered the same way::
+
+    {"type": "delete", "userId": "u1", "anonymousIds": ["a1"],
+     "messageId": "delete-<sha256 of the ids>", "timestamp": "<ISO-8601>"}
 """
 
 from __future__ import annotations
@@ -12,11 +19,27 @@ import hashlib
 import hmac
 import urllib.parse
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import orjson
 
-from eventd import HTTP_SETTINGS, Event, HttpDestination, Outcome, Retry, classify, hookimpl
+from eventd import (
+    HTTP_SETTINGS,
+    OK,
+    DeletionOutcome,
+    Erasure,
+    Event,
+    HttpDestination,
+    Ok,
+    Outcome,
+    Permanent,
+    Retry,
+    Unsupported,
+    classify,
+    hookimpl,
+)
 
 
 class Webhook(HttpDestination):
@@ -44,6 +67,11 @@ class Webhook(HttpDestination):
                 "default": False,
                 "description": "POST a JSON array of events per request",
             },
+            "forward_deletions": {
+                "type": "boolean",
+                "default": False,
+                "description": 'POST {"type": "delete", "userId": ...} when a user is erased',
+            },
             **HTTP_SETTINGS,
         },
     }
@@ -66,6 +94,38 @@ class Webhook(HttpDestination):
     async def deliver(self, batch: Sequence[Event]) -> Outcome:
         # The stored JSON as it is: a webhook gets what was stored, without a re-encode.
         body = b"[" + b",".join(e.body for e in batch) + b"]" if self.batch else batch[0].body
+        return await self._post(body)
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        if not self.settings["forward_deletions"]:
+            return Unsupported(
+                f"forward_deletions is off: ask the receiver of {self.url} to delete the user "
+                f"by hand, or set destinations.{self.name}.settings.forward_deletions = true "
+                "and erase again"
+            )
+        ids = ",".join([*erasure.user_ids, "|", *erasure.anonymous_ids])
+        message_id = "delete-" + hashlib.sha256(ids.encode()).hexdigest()[:32]
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        messages = [
+            {
+                "type": "delete",
+                "userId": user_id,
+                "anonymousIds": list(erasure.anonymous_ids),
+                # the same on every retry, so a receiver can drop a repeat
+                "messageId": f"{message_id}-{i}",
+                "timestamp": now,
+            }
+            for i, user_id in enumerate(erasure.user_ids)
+        ]
+        if self.batch:
+            return await self._post(orjson.dumps(messages))
+        for message in messages:
+            outcome = await self._post(orjson.dumps(message))
+            if not isinstance(outcome, Ok):
+                return outcome
+        return OK
+
+    async def _post(self, body: bytes) -> Ok | Retry | Permanent:
         headers = dict(self.headers)
         if self.secret is not None:
             headers["X-Signature"] = hmac.new(self.secret, body, hashlib.sha1).hexdigest()

@@ -26,6 +26,20 @@ answers (Amplitude-Python ``http_client.py``/``processor.py``):
   "throttled_devices", "throttled_events": [indices]}``; ``over_quota(id)`` adds
   ``exceeded_daily_quota_users``/``_devices`` for good. A 429 ingests nothing.
 
+The User Privacy API (v1, amplitude.com/docs/apis/analytics/user-privacy),
+``POST /api/2/deletions/users``:
+
+- HTTP Basic auth with the project's API key and secret key, else 401.
+- A JSON object with ``user_ids`` and/or ``amplitude_ids`` (at most 100 ids in
+  all, at least one), ``requester`` a string; ``ignore_invalid_id`` and
+  ``delete_from_org`` are the *strings* ``"True"``/``"False"`` (Amplitude reads
+  its booleans that way); else 400. A user_id never ingested is a 400 naming it
+  unless ``ignore_invalid_id`` is ``"True"``.
+- One request a second per project: sooner is a 429.
+- 200 with the job: ``{"day": "YYYY-MM-DD", "status": "staging",
+  "amplitude_ids": [...], "user_ids": [...]}``; the users' events are deleted
+  from ``ingested`` and the job recorded in ``deletions``.
+
 ``fail_next(path, status)`` scripts other failures (503...). Accepted events are
 recorded in ``ingested`` (by insert_id) and ``deliveries`` (times received in an
 accepted request); every answer in ``requests``.
@@ -33,6 +47,7 @@ accepted request); every answer in ``requests``.
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import threading
@@ -45,6 +60,8 @@ from aiohttp import web
 from tests.harness import free_port
 
 HTTP_API, BATCH_API = "/2/httpapi", "/batch"
+DELETIONS = "/api/2/deletions/users"
+MAX_DELETION_IDS = 100
 LIMITS = {HTTP_API: 1024 * 1024, BATCH_API: 20 * 1024 * 1024}
 EPS_THRESHOLD = {HTTP_API: 30, BATCH_API: 1000}
 ZERO_DEVICE = "00000000-0000-0000-0000-000000000000"
@@ -63,11 +80,15 @@ class Request:
 @dataclass
 class AmplitudeServer:
     api_key: str = "amp_key_3c5e7a9b1d"
+    secret_key: str = "amp_secret_8f2e4d6c0b"
+    deletion_interval: float = 1.0  # seconds between deletion requests, at least
     max_events: int = 2000
     port: int = field(default_factory=free_port)
     ingested: dict[str, dict[str, Any]] = field(default_factory=dict)
     deliveries: collections.Counter[str] = field(default_factory=collections.Counter)
     requests: list[Request] = field(default_factory=list)
+    deletions: list[dict[str, Any]] = field(default_factory=list)
+    _last_deletion: float = 0.0
     _throttled: dict[str, int] = field(default_factory=dict)
     _over_quota: set[str] = field(default_factory=set)
     _script: dict[str, collections.deque[tuple[int, dict[str, str]]]] = field(
@@ -107,6 +128,7 @@ class AmplitudeServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post(HTTP_API, self._upload)
         app.router.add_post(BATCH_API, self._upload)
+        app.router.add_post(DELETIONS, self._delete_users)
         return app
 
     def _answer(self, path: str, status: int, body: dict[str, Any], events: int) -> web.Response:
@@ -168,6 +190,65 @@ class AmplitudeServer:
             "server_upload_time": int(time.time() * 1000),
         }
         return self._answer(path, 200, body, len(events))
+
+    async def _delete_users(self, request: web.Request) -> web.StreamResponse:
+        def error(status: int, message: str) -> web.Response:
+            return self._answer(DELETIONS, status, {"code": status, "error": message}, 0)
+
+        expected = base64.b64encode(f"{self.api_key}:{self.secret_key}".encode()).decode()
+        if request.headers.get("Authorization") != f"Basic {expected}":
+            return error(401, "Invalid API key or secret key")
+        with self._lock:
+            scripted = self._script[DELETIONS].popleft() if self._script.get(DELETIONS) else None
+        if scripted:
+            status, headers = scripted
+            resp = error(status, "Internal server error" if status >= 500 else "error")
+            resp.headers.update(headers)
+            return resp
+        now = time.monotonic()
+        if now - self._last_deletion < self.deletion_interval:
+            return error(429, "Too many requests: one deletion request a second")
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return error(400, "Invalid JSON request body")
+        if not isinstance(body, dict):
+            return error(400, "The body must be a JSON object")
+        user_ids = body.get("user_ids", [])
+        amplitude_ids = body.get("amplitude_ids", [])
+        if not isinstance(user_ids, list) or not all(isinstance(u, str) and u for u in user_ids):
+            return error(400, "user_ids must be an array of strings")
+        if not isinstance(amplitude_ids, list) or not all(
+            isinstance(a, int) for a in amplitude_ids
+        ):
+            return error(400, "amplitude_ids must be an array of integers")
+        if not user_ids and not amplitude_ids:
+            return error(400, "Request missing required field: user_ids or amplitude_ids")
+        if len(user_ids) + len(amplitude_ids) > MAX_DELETION_IDS:
+            return error(400, f"At most {MAX_DELETION_IDS} ids per request")
+        if "requester" in body and not isinstance(body["requester"], str):
+            return error(400, "requester must be a string")
+        for flag in ("ignore_invalid_id", "delete_from_org"):
+            if flag in body and body[flag] not in ("True", "False"):
+                return error(400, f"{flag} must be the string 'True' or 'False'")
+        with self._lock:
+            known = {e.get("user_id") for e in self.ingested.values()}
+            unknown = [u for u in user_ids if u not in known]
+            if unknown and body.get("ignore_invalid_id") != "True":
+                return error(400, f"Invalid user_ids: {', '.join(unknown)}")
+            self._last_deletion = now
+            gone = set(user_ids)
+            for key in [k for k, e in self.ingested.items() if e.get("user_id") in gone]:
+                del self.ingested[key]
+            job = {
+                "day": time.strftime("%Y-%m-%d", time.gmtime(time.time() + 3 * 86400)),
+                "status": "staging",
+                "amplitude_ids": amplitude_ids,
+                "user_ids": user_ids,
+                "requester": body.get("requester"),
+            }
+            self.deletions.append(job)
+        return self._answer(DELETIONS, 200, job, 0)
 
     def _throttle_answer(self, path: str, events: list[dict[str, Any]]) -> dict[str, Any] | None:
         with self._lock:

@@ -18,7 +18,11 @@ What it enforces, as Intercom's API reference describes it:
   metadata (rich links and monetary amounts aside); 202 with no body. Like
   Intercom it keeps only 10 metadata keys, and notes it in ``problems``;
 - companies: ``POST /companies`` creates or updates by ``company_id``;
-  ``POST /contacts/{id}/companies`` with ``{"id": company}`` attaches.
+  ``POST /contacts/{id}/companies`` with ``{"id": company}`` attaches;
+- data privacy: ``POST /user_delete_requests`` with ``{"intercom_user_id": id}``
+  permanently deletes that contact with its events and company links (404 "User
+  Not Found" for an unknown id, 400 without the id) and answers ``{"id": n}``
+  (the request's id); ``deleted`` lists the contacts deleted.
 
 State is kept (``contacts``, ``companies``, ``attached``, ``events``) so tests
 assert exact results. ``problems`` lists what Intercom would accept but
@@ -118,6 +122,7 @@ class IntercomServer:
     companies: dict[str, dict[str, Any]] = field(default_factory=dict)
     attached: set[tuple[str, str]] = field(default_factory=set)  # (contact id, company id)
     events: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[dict[str, Any]] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -234,6 +239,8 @@ class IntercomServer:
             return 202, None
         if method == "POST" and parts == ["companies"]:
             return 200, self._company(body)
+        if method == "POST" and parts == ["user_delete_requests"]:
+            return 200, self._delete_user(body)
         raise Refused(404, "route_not_found", f"{method} {path} is not a route")
 
     # -- contacts --------------------------------------------------------------------------
@@ -378,6 +385,18 @@ class IntercomServer:
         self.events.append(
             {**body, "event_name": name, "metadata": metadata, "contact": contact["id"]}
         )
+
+    def _delete_user(self, body: Any) -> dict[str, Any]:
+        cid = body.get("intercom_user_id") if isinstance(body, dict) else None
+        if not isinstance(cid, str) or not cid:
+            raise Refused(400, "parameter_invalid", "intercom_user_id is required")
+        contact = self.contacts.pop(cid, None)
+        if contact is None:
+            raise Refused(404, "not_found", "User Not Found")
+        self.events[:] = [e for e in self.events if e["contact"] != cid]
+        self.attached = {(c, company) for c, company in self.attached if c != cid}
+        self.deleted.append(contact)
+        return {"id": len(self.deleted)}
 
     # -- companies -----------------------------------------------------------------------
 

@@ -28,6 +28,16 @@ reads Mixpanel's answers right:
     else ``1``/``0``; 0 means no update was valid. Invalid updates beside valid
     ones are dropped silently (Mixpanel's documented behaviour).
 
+``POST /api/app/data-deletions/v3.0/`` (the GDPR API, gdpr.openapi.yaml)
+  - ``Authorization: Bearer <GDPR OAuth token>`` (401 without or with another);
+    ``?token=`` the project token (400 without, 403 for another project's).
+  - JSON ``{"distinct_ids": [1-2,000 non-empty strings], "compliance_type":
+    "GDPR"|"CCPA"}`` (default GDPR), else 400; answers
+    ``{"status": "ok", "results": {"task_id": "<uuid>"}}`` and deletes the
+    events and profile updates of those distinct_ids (``deletions`` records it).
+  - A ``$delete`` update on ``/engage`` removes that profile's earlier updates
+    (``deleted_profiles`` records it).
+
 Beyond the rules, tests script failures: ``fail_next(path, status, headers=...)``
 answers the next requests to ``path`` with that status and Mixpanel's error body
 (a 429 with ``Retry-After``, a 503, ...). Everything accepted is recorded
@@ -44,6 +54,7 @@ import json
 import threading
 import time
 import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +103,8 @@ PLACEHOLDER_IDS = frozenset(
     }
 )
 PROFILE_OPERATIONS = ("$set", "$set_once", "$add", "$union", "$append", "$remove", "$unset")
+GDPR_DELETIONS = "/api/app/data-deletions/v3.0/"
+MAX_DELETION_IDS = 2000
 MIN_TIME_S = 31_536_000  # 1971-01-01
 MAX_EVENT_BYTES = 1024 * 1024
 
@@ -120,6 +133,9 @@ class MixpanelServer:
     profiles: list[dict[str, Any]] = field(default_factory=list)
     group_profiles: list[dict[str, Any]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
+    gdpr_token: str = "gdpr_oauth_7e6d5c4b3a"
+    deletions: list[dict[str, Any]] = field(default_factory=list)
+    deleted_profiles: list[str] = field(default_factory=list)
     _script: dict[str, collections.deque[tuple[int, dict[str, str]]]] = field(
         default_factory=lambda: collections.defaultdict(collections.deque)
     )
@@ -154,6 +170,7 @@ class MixpanelServer:
         app.router.add_post("/import", self._import)
         app.router.add_post("/engage", self._engage)
         app.router.add_post("/groups", self._groups)
+        app.router.add_post(GDPR_DELETIONS, self._gdpr_delete)
         return app
 
     def _answer(
@@ -298,8 +315,55 @@ class MixpanelServer:
                 first_error = problem
         with self._lock:
             store.extend(good)
+            for update in good:
+                if "$delete" in update:  # the profile goes, with every update made to it
+                    gone = update["$distinct_id"]
+                    self.deleted_profiles.append(gone)
+                    store[:] = [u for u in store if u.get("$distinct_id") != gone]
         answer = self._received(verbose, None if good else first_error)
         return self._answer(request, 200, answer, len(updates), None)
+
+    async def _gdpr_delete(self, request: web.Request) -> web.StreamResponse:
+        def error(status: int, message: str) -> web.Response:
+            return self._answer(request, status, {"status": "error", "error": message}, 0, None)
+
+        if request.headers.get("Authorization") != f"Bearer {self.gdpr_token}":
+            return error(401, "Invalid or expired OAuth token")
+        token = request.query.get("token")
+        if not token:
+            return error(400, "token query parameter is required")
+        if token != self.project_token:
+            return error(403, "the OAuth token has no access to this project")
+        scripted = self._scripted(GDPR_DELETIONS)
+        if scripted:
+            status, headers = scripted
+            resp = error(status, ERRORS.get(status, STATUS_TEXT.get(status, "error")))
+            resp.headers.update(headers)
+            return resp
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return error(400, "the body must be JSON")
+        ids = body.get("distinct_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+            return error(400, "distinct_ids must be a non-empty array of strings")
+        if len(ids) > MAX_DELETION_IDS:
+            return error(400, f"at most {MAX_DELETION_IDS} distinct_ids per request")
+        compliance = body.get("compliance_type", "GDPR")
+        if compliance not in ("GDPR", "CCPA"):
+            return error(400, "compliance_type must be GDPR or CCPA")
+        task = str(uuid.uuid4())
+        gone = set(ids)
+        with self._lock:
+            self.imported[:] = [
+                e for e in self.imported if e["properties"].get("distinct_id") not in gone
+            ]
+            self.profiles[:] = [u for u in self.profiles if u.get("$distinct_id") not in gone]
+            self.deletions.append(
+                {"task_id": task, "distinct_ids": ids, "compliance_type": compliance}
+            )
+        answer = {"status": "ok", "results": {"task_id": task}}
+        return self._answer(request, 200, answer, len(ids), "gdpr_oauth_token")
 
     @staticmethod
     def _received(verbose: bool, error: str | None) -> Any:
