@@ -114,20 +114,21 @@ class DedupSet:
 
     def rebuild(self, log: Iterable[tuple[int, bytes, int]]) -> int:
         """Add the keys of log entries (seq, key, received_at ms) read after the
-        watermark, in log order; returns how many were added."""
+        watermark, in log order; returns how many were added. A log message holds
+        a group of events, so several entries share one seq."""
+        start = last = self.watermark
         added = 0
         chunk: list[tuple[bytes, int]] = []
-        last = self.watermark
         for seq, key, received_at in log:
-            if seq <= last:
+            if seq <= start:
                 continue
             chunk.append((key, received_at))
-            last = seq
+            last = max(last, seq)
             if len(chunk) >= 10_000:
                 self.add(chunk, last)
                 added += len(chunk)
                 chunk = []
-        if chunk or last != self.watermark:
+        if chunk or last != start:
             self.add(chunk, last)
             added += len(chunk)
         return added
