@@ -79,7 +79,11 @@ class Nodes:
         self.open: list[JetStreamStore] = []
 
     async def start(
-        self, name: str, destinations: tuple[str, ...] = ("hook",), **kw: object
+        self,
+        name: str,
+        destinations: tuple[str, ...] = ("hook",),
+        ordered: tuple[str, ...] = (),
+        **kw: object,
     ) -> JetStreamStore:
         store = JetStreamStore(
             self.cfg,
@@ -88,7 +92,7 @@ class Nodes:
             lease_ttl=2.0,
             **kw,  # type: ignore[arg-type]
         )
-        await store.open(destinations)
+        await store.open(destinations, ordered=ordered)
         self.open.append(store)
         return store
 
@@ -168,6 +172,38 @@ async def test_two_nodes_share_a_destination_cursor_and_a_dead_nodes_batch_goes_
     assert held_ids <= {e.message_id for e in got}
     lag = await b.lag("hook")
     assert (lag["pending"], lag["in_flight"]) == (0, 0)
+
+
+async def test_an_ordered_destination_gets_each_users_events_in_the_order_taken(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a", destinations=("crm",), ordered=("crm",))
+    b = await nodes.start("b", destinations=("crm",), ordered=("crm",))
+    users = [f"user{i}" for i in range(12)]
+
+    async def send(store: JetStreamStore, user: str) -> None:
+        # A user's calls one after another (each acknowledged before the next),
+        # half through each node, several users' requests grouped together.
+        for i in range(30):
+            await (a if i % 2 else store).append([row(f"{user}-{i}", user=user)])
+
+    await asyncio.gather(*(send(b, u) for u in users))
+    await until(lambda: a.forwarded + b.forwarded == 360)
+    got: list[LogEvent] = []
+    # One fetcher per partition (here all on this task; across nodes, one each).
+    for p in range(a.cfg.partitions):
+        reader = await (a if p % 2 else b).reader("crm", partition=p)
+        pending = 1
+        while pending:
+            for msg, events in await reader.fetch(16):
+                got += events
+                await reader.settle(msg)
+            pending = (await a.js.consumer_info(a.names.stream, f"dest-crm-p{p}")).num_pending
+    by_user: dict[str, list[int]] = {}
+    for e in got:
+        user, i = e.message_id.rsplit("-", 1)
+        by_user.setdefault(user, []).append(int(i))
+    assert by_user == {u: list(range(30)) for u in users}
 
 
 async def test_dead_letters_are_copies_and_retention_keeps_what_a_destination_has_not_passed(

@@ -5,8 +5,13 @@ in RAM on every replica (measured: ~200 bytes per id, +226 MB RSS per server for
 1,000,000 ids), so a 24 h window at 7 K events/s would need over 100 GB of RAM per
 replica. The stream's window is kept for what it is good at (a publisher retrying
 the same publish, minutes); the 24 h rule lives here, the way Segment runs it at its
-scale: messages are partitioned by a hash of (source, messageId), and each
-partition has one dedup stage at a time owning an on-disk set.
+scale: messages are partitioned, and each partition has one dedup stage at a
+time owning an on-disk set. The jetstream store partitions by a hash of the
+event's user (userId, else anonymousId), not of its messageId: a retry is the
+same payload, so it lands in the same partition as the first copy, and one
+partition then also carries one user's events in order (per-user ordering needs
+exactly that; partitioning by messageId would let two stages forward a user's
+events in either order).
 
 Shape of the set: key ``source \\x00 messageId`` (UTF-8) -> ``received_at`` (unix
 ms, 8 bytes big-endian). A key counts as seen when it was stored less than the
@@ -36,13 +41,11 @@ from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch
 _WATERMARK = b"\xff\xffwatermark"  # sorts after every key; no source name starts with 0xff
 
 
-def partition_of(source: str, message_id: str, partitions: int) -> int:
-    """The dedup partition of an event: a stable hash (CRC-32) of source and messageId.
-
-    Stable across processes and versions (Python's ``hash`` is salted per process),
-    so every node routes a retried message to the same partition.
-    """
-    return zlib.crc32(dedup_key(source, message_id)) % partitions
+def partition_of(key: str, partitions: int) -> int:
+    """The partition of ``key`` (the jetstream store uses the event's user): a
+    stable hash (CRC-32). Stable across processes and versions (Python's ``hash``
+    is salted per process), so every node routes a retried message alike."""
+    return zlib.crc32(key.encode()) % partitions
 
 
 def dedup_key(source: str, message_id: str) -> bytes:

@@ -3,11 +3,16 @@
 Names, all derived from ``storage.stream`` (S, default ``EVENTD``):
 
 ``S_IN``    stream, work-queue retention, subjects ``S.in.<p>``: what ingest
-            publishes, one message per (group of requests, dedup partition p); a
+            publishes, one message per (group of requests, partition p); a
             message leaves once its partition's dedup stage has forwarded it.
-``S``       stream, the log, subjects ``S.log.<p>.<u>`` (u: a hash of the user,
-            for per-user ordering): one message per forwarded group of events.
-            Each destination is a durable pull consumer ``dest-<name>`` on it.
+            p is a hash of the event's user (userId, else anonymousId): a retry
+            carries the same user, so it meets its first copy's dedup set, and
+            one user's events keep their order through one partition.
+``S``       stream, the log, subjects ``S.log.<p>``: one message per forwarded
+            group of events. Each destination is a durable pull consumer
+            ``dest-<name>`` on it (any node fetches; the order between users is
+            not kept); an ordered destination has one consumer per partition,
+            ``dest-<name>-p<p>``, each with one fetcher at a time.
 ``S_DEAD``  stream, subjects ``S.dead.<destination>``: dead letters, each a copy
             of the event (the log's copy goes at retention; a dead letter
             outlives it), its id the message's sequence in this stream.
@@ -26,7 +31,7 @@ nothing is acknowledged before the stream did.
 
 Dedup (24 h, Segment's rule): see eventd/store/dedup.py. The stage of partition p
 pulls ``S.in.p`` in order, drops repeats, publishes the rest to the log with
-``Nats-Msg-Id = in-<S_IN seq>-<u>`` (a stage that crashed after publishing and
+``Nats-Msg-Id = in-<S_IN seq>`` (a stage that crashed after publishing and
 before acking republishes the same ids: the stream's window drops them; past the
 window, the set rebuilt from the log already holds their keys), records the keys
 with the log sequence as watermark, then acks the S_IN message.
@@ -39,7 +44,6 @@ import contextlib
 import os
 import ssl
 import time
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,8 +113,8 @@ class Names:
     def in_subject(self, p: int) -> str:
         return f"{self.stream}.in.{p}"
 
-    def log_subject(self, p: int | str, u: int | str) -> str:
-        return f"{self.stream}.log.{p}.{u}"
+    def log_subject(self, p: int | str) -> str:
+        return f"{self.stream}.log.{p}"
 
     def dead_subject(self, destination: str) -> str:
         return f"{self.stream}.dead.{destination}"
@@ -120,8 +124,8 @@ class Names:
         return f"dedup-{p}"
 
     @staticmethod
-    def destination_consumer(destination: str, u: int | None = None) -> str:
-        return f"dest-{destination}" if u is None else f"dest-{destination}-u{u}"
+    def destination_consumer(destination: str, p: int | None = None) -> str:
+        return f"dest-{destination}" if p is None else f"dest-{destination}-p{p}"
 
 
 @dataclass(frozen=True)
@@ -138,11 +142,10 @@ class LogEvent:
     body: bytes
 
 
-def user_partition(user_id: str | None, anonymous_id: str | None, partitions: int) -> int:
-    """The ordering partition of an event: a stable hash (CRC-32) of its user
-    (userId, else anonymousId), so one user's events share one subject."""
-    who = user_id or anonymous_id or ""
-    return zlib.crc32(who.encode()) % partitions
+def user_partition(row: EventRow, partitions: int) -> int:
+    """The partition of an event: a stable hash of its user (userId, else
+    anonymousId), so one user's events, and any retry of one, share a subject."""
+    return partition_of(row[4] or row[5] or "", partitions)
 
 
 def encode_rows(rows: Sequence[EventRow]) -> bytes:
@@ -251,6 +254,7 @@ class JetStreamStore:
         self._stages: dict[int, asyncio.Task[None]] = {}
         self._claimer: asyncio.Task[None] | None = None
         self._publish_count = 0
+        self.ordered: set[str] = set()
         self.pending_events = 0
         self.duplicates = 0  # counted by this node's dedup stages
         self.forwarded = 0
@@ -263,11 +267,20 @@ class JetStreamStore:
 
     # -- life cycle -------------------------------------------------------------
 
-    async def open(self, destinations: Sequence[str] = (), *, run_dedup: bool = True) -> None:
+    async def open(
+        self,
+        destinations: Sequence[str] = (),
+        *,
+        ordered: Sequence[str] = (),
+        run_dedup: bool = True,
+    ) -> None:
         """Connect, create or update streams, buckets and consumers, start the
-        publisher and (``run_dedup``) this node's bid for dedup partitions."""
+        publisher and (``run_dedup``) this node's bid for dedup partitions.
+        ``ordered``: the destinations (among ``destinations``) that keep each
+        user's order: one consumer per partition instead of one."""
         self.nc = await connect(self.cfg, self.node_id)
         self._js = self.nc.jetstream(timeout=self.cfg.publish_timeout)
+        self.ordered = set(ordered)
         await self.ensure(destinations)
         self._publisher = asyncio.create_task(self._publish_loop(), name="jetstream-publisher")
         if run_dedup:
@@ -313,19 +326,30 @@ class JetStreamStore:
                 ),
             )
         for name in destinations:
-            await _ensure_consumer(
-                self.js,
-                n.stream,
-                ConsumerConfig(
-                    durable_name=n.destination_consumer(name),
-                    filter_subject=f"{n.stream}.log.>",
-                    ack_policy=AckPolicy.EXPLICIT,
-                    # A batch held for a retry is kept with in_progress(); a node that
-                    # dies holding it lets it go after ack_wait to another node.
-                    ack_wait=self.ack_wait,
-                    max_ack_pending=10_000,
-                ),
-            )
+            for durable, subject in self._consumers(name):
+                await _ensure_consumer(
+                    self.js,
+                    n.stream,
+                    ConsumerConfig(
+                        durable_name=durable,
+                        filter_subject=subject,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        # A batch held for a retry is kept with in_progress(); a node that
+                        # dies holding it lets it go after ack_wait to another node.
+                        ack_wait=self.ack_wait,
+                        max_ack_pending=10_000,
+                    ),
+                )
+
+    def _consumers(self, destination: str) -> list[tuple[str, str]]:
+        """(durable name, filter subject) of each consumer of a destination."""
+        n = self.names
+        if destination in self.ordered:
+            return [
+                (n.destination_consumer(destination, p), n.log_subject(p))
+                for p in range(self.cfg.partitions)
+            ]
+        return [(n.destination_consumer(destination), f"{n.stream}.log.>")]
 
     async def close(self) -> None:
         """Publish what is queued, stop the dedup stages (leases let go), disconnect."""
@@ -371,7 +395,15 @@ class JetStreamStore:
         self.pending_events += len(rows)
         try:
             self._queue.put_nowait((rows, fut))
-            return await fut
+            # A hard bound even when the publisher is behind: the caller answers 503
+            # and retries; if the group does reach the stream later, dedup drops the
+            # retry. (shield: the group's future is not ours alone to cancel.)
+            return await asyncio.wait_for(asyncio.shield(fut), self.cfg.publish_timeout + 1.0)
+        except TimeoutError:
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise StorageUnavailable(
+                f"no acknowledgement from the cluster in {self.cfg.publish_timeout:g}s"
+            ) from None
         finally:
             self.pending_events -= len(rows)
 
@@ -396,7 +428,7 @@ class JetStreamStore:
         by_partition: dict[int, list[EventRow]] = {}
         for rows, _ in group:
             for row in rows:
-                p = partition_of(row[0], row[1], self.cfg.partitions)
+                p = user_partition(row, self.cfg.partitions)
                 by_partition.setdefault(p, []).append(row)
         self._publish_count += 1
         base = f"{self.node_id}-{self._publish_count}"
@@ -504,18 +536,12 @@ class JetStreamStore:
         keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
         new = dedup.filter_new(keys)
         self.duplicates += len(rows) - len(new)
-        by_user: dict[int, list[EventRow]] = {}
-        for i in new:
-            row = rows[i]
-            by_user.setdefault(user_partition(row[4], row[5], self.cfg.partitions), []).append(row)
-        in_seq = msg.metadata.sequence.stream
-        seqs = await asyncio.gather(
-            *(
-                self._publish(self.names.log_subject(p, u), encode_rows(group), f"in-{in_seq}-{u}")
-                for u, group in sorted(by_user.items())
-            )
-        )
-        dedup.add([keys[i] for i in new], watermark=max(seqs, default=None))
+        seq = None
+        if new:
+            data = encode_rows([rows[i] for i in new])
+            in_seq = msg.metadata.sequence.stream
+            seq = await self._publish(self.names.log_subject(p), data, f"in-{in_seq}")
+        dedup.add([keys[i] for i in new], watermark=seq)
         self.forwarded += len(new)
         await msg.ack_sync()
 
@@ -535,7 +561,7 @@ class JetStreamStore:
         config.ack_policy = AckPolicy.NONE
         config.inactive_threshold = 30
         entries: list[tuple[int, bytes, int]] = []
-        async for msg in self._read_all(self.names.log_subject(p, "*"), config):
+        async for msg in self._read_all(self.names.log_subject(p), config):
             seq = msg.metadata.sequence.stream
             entries.extend((seq, dedup_key(r[0], r[1]), r[6]) for r in decode_rows(msg.data))
         return await asyncio.to_thread(dedup.rebuild, entries)
@@ -561,24 +587,29 @@ class JetStreamStore:
 
     # -- destinations -----------------------------------------------------------------
 
-    async def reader(self, destination: str) -> DestinationReader:
+    async def reader(self, destination: str, partition: int | None = None) -> DestinationReader:
+        """A pull on the destination's consumer (an ordered destination's
+        ``partition``: hold it with one fetcher at a time to keep users' order)."""
         sub = await self.js.pull_subscribe_bind(
-            self.names.destination_consumer(destination), stream=self.names.stream
+            self.names.destination_consumer(destination, partition), stream=self.names.stream
         )
         return DestinationReader(destination, sub)
 
     async def lag(self, destination: str) -> dict[str, int]:
-        """The consumer's truth, the same from any node: log messages not yet
+        """The consumers' truth, the same from any node: log messages not yet
         delivered (``pending``), delivered and not yet settled (``in_flight``),
-        and the stream sequence below which everything is settled (``ack_floor``)."""
-        info = await self.js.consumer_info(
-            self.names.stream, self.names.destination_consumer(destination)
-        )
-        return {
-            "pending": int(info.num_pending or 0),
-            "in_flight": int(info.num_ack_pending or 0),
-            "ack_floor": int(info.ack_floor.stream_seq if info.ack_floor else 0),
-        }
+        and the stream sequence below which everything is settled (``settled_below``)."""
+        last = (await self.js.stream_info(self.names.stream)).state.last_seq
+        pending = in_flight = 0
+        settled_below = last + 1
+        for durable, _ in self._consumers(destination):
+            info = await self.js.consumer_info(self.names.stream, durable)
+            pending += int(info.num_pending or 0)
+            in_flight += int(info.num_ack_pending or 0)
+            if info.num_pending or info.num_ack_pending:
+                floor = info.ack_floor.stream_seq if info.ack_floor else 0
+                settled_below = min(settled_below, int(floor or 0) + 1)
+        return {"pending": pending, "in_flight": in_flight, "settled_below": settled_below}
 
     # -- dead letters --------------------------------------------------------------
 
@@ -623,8 +654,9 @@ class JetStreamStore:
     async def sweep(self, destinations: Sequence[str], now: float | None = None) -> int:
         """Purge log messages every destination has settled and older than
         ``retention`` (SQLite's rule); returns the first sequence kept."""
-        floors = [(await self.lag(d))["ack_floor"] for d in destinations]
-        settled_below = min(floors, default=0) + 1
+        last = (await self.js.stream_info(self.names.stream)).state.last_seq
+        floors = [(await self.lag(d))["settled_below"] for d in destinations]
+        settled_below = min(floors, default=last + 1)
         cutoff = datetime.fromtimestamp((now or time.time()) - self.retention, UTC)
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME,
@@ -637,7 +669,6 @@ class JetStreamStore:
         )
         try:
             info = await sub.consumer_info()
-            last = (await self.js.stream_info(self.names.stream)).state.last_seq
             # The first message at or after the cutoff, or past the end when none is.
             young = last + 1 if not info.num_pending else None
             if young is None:
