@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from eventd.normalize import Envelope, normalize
-from eventd.outbox import EventRow
+from eventd.store import EventRow
 
 SOURCE = "bench"
 WRITE_KEY = "wk_bench_0123456789"

@@ -16,8 +16,9 @@ from pathlib import Path
 import structlog
 
 from bench import events
-from eventd.dispatcher import SAVE_CURSOR
-from eventd.outbox import INSERT_EVENT, migrate, now_ms
+from eventd.store import now_ms
+from eventd.store.schema import INSERT_EVENT, migrate
+from eventd.store.sqlite import SAVE_CURSOR
 
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # quiet migrate()
 

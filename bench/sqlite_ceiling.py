@@ -30,7 +30,8 @@ import orjson
 import structlog
 
 from bench import events
-from eventd.outbox import INSERT_EVENT, EventRow, migrate, now_ms
+from eventd.store import EventRow, now_ms
+from eventd.store.schema import INSERT_EVENT, migrate
 
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # quiet migrate()
 

@@ -1,6 +1,6 @@
-"""The aiohttp application: wires config, outbox, dispatcher, ingest and admin together.
+"""The aiohttp application: wires config, store, dispatcher, ingest and admin together.
 
-Start-up and shut-down order live here (one ``cleanup_ctx``): the outbox opens
+Start-up and shut-down order live here (one ``cleanup_ctx``): the store opens
 first and closes last, so every request and delivery in flight can still commit.
 """
 
@@ -18,15 +18,16 @@ from aiohttp import web
 from eventd import bundle
 from eventd.admin import Admin
 from eventd.config import Config
+from eventd.delivery.dispatcher import Dispatcher
 from eventd.destination import Destination
-from eventd.dispatcher import Dispatcher
 from eventd.hookspecs import Service
 from eventd.ingest import CLIENT_MAX_SIZE, Ingest
 from eventd.live import LiveHub
 from eventd.metrics import Metrics
-from eventd.outbox import Outbox
 from eventd.plugins import check_destinations, destination_types, plugin_manager, transforms
 from eventd.retention import Retention
+from eventd.store import Store, service_cursor
+from eventd.store.backends import open_store
 from eventd.suppressions import Suppressions
 
 log = structlog.get_logger("eventd.app")
@@ -34,10 +35,18 @@ log = structlog.get_logger("eventd.app")
 
 @dataclass
 class Runtime:
+    """What a running server is made of; features get it through their hooks.
+
+    ``store`` is the log and its bookkeeping (a service reads the log with
+    ``store.read(after, limit)``, waits on ``store.subscribe()`` and keeps its
+    position with ``store.cursor/save_cursor(service_cursor(name), ...)``);
+    ``dispatcher`` answers for destinations (``status()``, ``redrive``, ``replay``).
+    """
+
     config: Config
     metrics: Metrics
     live: LiveHub
-    outbox: Outbox
+    store: Store
     dispatcher: Dispatcher
     retention: Retention
     suppressions: Suppressions
@@ -58,31 +67,26 @@ def create_app(
     check_destinations(config, types, installed_transforms)
     metrics = Metrics()
     live = LiveHub()
-    outbox = Outbox(
-        config.storage.path,
-        synchronous=config.storage.synchronous,
-        dedup_window=config.storage.dedup_window,
-        max_size=config.storage.max_size,
-        metrics=metrics,
-    )
-    suppressions = Suppressions(outbox)
+    store = open_store(config.storage, metrics)
+    suppressions = Suppressions(store)
     dispatcher = Dispatcher(
-        config, types, outbox, metrics, installed_transforms, suppressions.user_ids
+        config, types, store, metrics, installed_transforms, suppressions.user_ids
     )
+    services: list[Service] = []  # filled below, from the eventd_services hook
     retention = Retention(
         config.storage,
-        outbox,
-        lambda: passed_seq(dispatcher, outbox),
+        store,
+        lambda: passed_seq(dispatcher, store, services),
         retention_interval,
         suppressions.erase_pending,
     )
-    rt = Runtime(config, metrics, live, outbox, dispatcher, retention, suppressions)
+    rt = Runtime(config, metrics, live, store, dispatcher, retention, suppressions, services)
 
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[RUNTIME] = rt
-    Ingest(config, outbox, metrics, live, suppressions.user_ids).add_routes(app)
+    Ingest(config, store, metrics, live, suppressions.user_ids).add_routes(app)
     bundle.add_routes(app, config)
-    Admin(config, outbox, dispatcher, metrics, live, suppressions, time.time()).add_routes(app)
+    Admin(config, store, dispatcher, metrics, live, suppressions, time.time()).add_routes(app)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/openapi.json", openapi)
@@ -90,19 +94,27 @@ def create_app(
     # their routes and services through the same hooks.
     pm = plugin_manager()
     pm.hook.eventd_routes(app=app, runtime=rt)
-    rt.services = [s for provided in pm.hook.eventd_services(runtime=rt) for s in provided]
+    services.extend(s for provided in pm.hook.eventd_services(runtime=rt) for s in provided)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
 
-def passed_seq(dispatcher: Dispatcher, outbox: Outbox) -> int:
-    cursors = [w.cursor for w in dispatcher.workers.values()]
-    return min(cursors) if cursors else outbox.last_seq
+async def passed_seq(dispatcher: Dispatcher, store: Store, services: list[Service]) -> int:
+    """The highest seq every running destination and every running service that keeps
+    a cursor (``service_cursor(service.name)``) has passed: retention keeps the rest."""
+    passed = dispatcher.passed_seq()
+    if services:
+        saved = await store.cursors()
+        for service in services:
+            seq = saved.get(service_cursor(service.name))
+            if seq is not None:
+                passed = min(passed, seq)
+    return passed
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
-    await rt.outbox.open()
+    await rt.store.open()
     await rt.suppressions.load()
     await rt.dispatcher.start()
     for service in rt.services:
@@ -123,8 +135,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await rt.dispatcher.stop(rt.config.server.shutdown_timeout)
     await retention
     await rt.suppressions.close()
-    await rt.outbox.close()
-    log.info("eventd stopped", last_seq=rt.outbox.last_seq)
+    await rt.store.close()
+    log.info("eventd stopped", last_seq=rt.store.last_seq)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -133,7 +145,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    checks = {"storage_writable": rt.outbox.writable, "dispatcher_running": rt.dispatcher.running}
+    checks = {"storage_writable": rt.store.writable, "dispatcher_running": rt.dispatcher.running}
     ok = all(checks.values())
     return web.json_response({"ready": ok, **checks}, status=200 if ok else 503)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from eventd.errors import ConfigError as ConfigError  # re-exported: its old home
 from eventd.normalize import TYPES
 from eventd.tracking_plan import ACTIONS, PlanError, TrackingPlan, load_plan
 
@@ -40,10 +41,6 @@ _SIZE_UNITS = {
     None: 1,
 }
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class ConfigError(Exception):
-    """A configuration value is missing or wrong; the message says which and why."""
 
 
 def parse_duration(value: object) -> float:

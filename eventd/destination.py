@@ -1,4 +1,4 @@
-"""The destination plugin API: the base class, delivery outcomes and the shared HTTP helper.
+"""The destination plugin API: the base class, delivery outcomes and their combination.
 
 A destination maps a batch of stored events to its API and reports one outcome
 per event. It never sleeps, retries or throttles: the dispatcher does that for
@@ -10,26 +10,24 @@ every destination the same way. Outcomes::
     Skip(reason)       this destination does not take this kind of event (counted)
 
 Settings are declared as JSON Schema (``settings_schema``) and validated at
-``eventd check`` and at start; errors name the destination and the key.
+``eventd check`` and at start; errors name the destination and the key (never a
+secret's value: ``eventd/redact.py``). HTTP destinations build on ``eventd/http.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import importlib
-import re
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
 
 import aiohttp
 import jsonschema
-import orjson
 
-from eventd.config import ConfigError
+from eventd.errors import ConfigError
+from eventd.event import Event as Event  # re-exported: its old home
+from eventd.redact import URL_PASSWORD, is_secret, redact
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,55 +53,6 @@ class Skip:
 
 Outcome = Ok | Retry | Permanent | Skip
 OK = Ok()
-
-
-class Event:
-    """One stored event as a destination sees it.
-
-    ``body`` is its JSON as stored; ``message``, the normalized Segment message, is
-    parsed from it on first use, so routing an event without ``integrations`` and a
-    destination that forwards the JSON as it is (a batching webhook) never parse it.
-    """
-
-    __slots__ = ("_body", "_message", "received_at", "seq", "size", "source", "user_id")
-
-    def __init__(
-        self,
-        seq: int,
-        source: str,
-        received_at: int,  # unix ms
-        message: dict[str, Any] | None = None,
-        size: int | None = None,  # bytes of its JSON
-        *,
-        body: bytes | None = None,
-        user_id: str | None = None,  # as stored beside it: checked without parsing
-    ) -> None:
-        if message is None and body is None:
-            raise TypeError("an Event needs its message or its JSON body")
-        self.seq = seq
-        self.source = source
-        self.received_at = received_at
-        self.user_id = user_id
-        self._message = message
-        self._body = body
-        self.size = size if size is not None else len(self.body)
-
-    @property
-    def message(self) -> dict[str, Any]:
-        if self._message is None:
-            assert self._body is not None
-            self._message = orjson.loads(self._body)
-        return self._message
-
-    @property
-    def body(self) -> bytes:
-        """Its JSON: as stored, or serialized from a message built in memory."""
-        if self._body is None:
-            self._body = orjson.dumps(self._message)
-        return self._body
-
-    def __repr__(self) -> str:
-        return f"Event(seq={self.seq}, source={self.source!r}, size={self.size})"
 
 
 class Destination:
@@ -146,10 +95,10 @@ class Destination:
         e = errors[0]
         key = ".".join(str(p) for p in e.path)
         where = f"destinations.{name}.settings" + (f".{key}" if key else "")
-        secrets = [str(v) for k, v in settings.items() if _is_secret(k)]
+        secrets = [str(v) for k, v in settings.items() if is_secret(k)]
         # A password inside a URL (https://user:pass@host) is a secret whatever the key.
         secrets += [
-            m for v in settings.values() if isinstance(v, str) for m in _URL_PASS.findall(v)
+            m for v in settings.values() if isinstance(v, str) for m in URL_PASSWORD.findall(v)
         ]
         # jsonschema's message starts with the value; only that occurrence is the value
         # (the same number may be the limit too: "0 is less than the minimum of 0").
@@ -162,7 +111,7 @@ class Destination:
         message = redact(text, secrets)
         if not key:
             raise ConfigError(f"{where}: {message}")
-        shown = "***" if _is_secret(key) else redact(repr(e.instance), secrets)
+        shown = "***" if is_secret(key) else redact(repr(e.instance), secrets)
         raise ConfigError(f"{where} = {shown}: {message}")
 
     @classmethod
@@ -206,126 +155,12 @@ def _not_counted(reason: str, events: int) -> None:
     """count_adjusted() of a destination that no dispatcher runs (a plugin's own tests)."""
 
 
-_URL_PASS = re.compile(r"://[^/@:\s]*:([^/@\s]+)@")
-
-
-def _is_secret(key: str) -> bool:
-    return any(w in key.lower() for w in ("secret", "token", "key", "password"))
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret value replaced by ``***`` (vendors echo keys in errors)."""
-    # Values under 6 characters are no real secret, and replacing them would mangle text.
-    for secret in sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
 def with_defaults(schema: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
     out = {
         k: prop["default"] for k, prop in schema.get("properties", {}).items() if "default" in prop
     }
     out.update(settings)
     return out
-
-
-# -- HTTP destinations ---------------------------------------------------------
-
-HTTP_SETTINGS: dict[str, Any] = {
-    "endpoint": {
-        "type": "string",
-        "pattern": "^https?://",
-        "description": "Base URL of the API (tests, proxies, regional hosts)",
-    },
-    "timeout": {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "default": 10,
-        "description": "Seconds to wait for a response",
-    },
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    def text(self, limit: int = 500) -> str:
-        return self.body[:limit].decode("utf-8", "replace")
-
-
-def json_body(body: bytes) -> dict[str, Any]:
-    """A response body as a JSON object; anything else (HTML from a proxy...) as {}."""
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-class HttpDestination(Destination):
-    """A destination that talks HTTP: ``endpoint`` and ``timeout`` settings, one way to send."""
-
-    default_endpoint: ClassVar[str] = ""
-
-    @property
-    def endpoint(self) -> str:
-        return str(self.settings.get("endpoint") or self.default_endpoint).rstrip("/")
-
-    async def send(self, method: str, url: str, **kwargs: Any) -> Response | Retry:
-        """Make one request; a network error or timeout is a Retry, anything else a Response."""
-        timeout = aiohttp.ClientTimeout(total=float(self.settings.get("timeout", 10)))
-        try:
-            async with self.session.request(method, url, timeout=timeout, **kwargs) as resp:
-                body = await resp.read()
-                return Response(resp.status, resp.headers, body)
-        except TimeoutError:
-            return Retry(f"no response within {timeout.total:g}s")
-        except aiohttp.ClientError as exc:
-            return Retry(f"network error: {type(exc).__name__}: {exc}"[:300])
-        except asyncio.CancelledError:
-            raise
-
-
-TOO_LARGE = None
-
-
-async def deliver_halving(
-    batch: Sequence[Event],
-    send: Callable[[Sequence[Event]], Awaitable[Sequence[Outcome] | Outcome | None]],
-) -> list[Outcome]:
-    """Send ``batch`` with ``send``; when it answers ``TOO_LARGE`` (None, e.g. HTTP 413),
-    send each half the same way. One event that is still too large is permanent."""
-    result = await send(batch)
-    if result is TOO_LARGE:
-        if len(batch) == 1:
-            return [Permanent("the API refused the event as too large (413)")]
-        mid = len(batch) // 2
-        return [
-            *await deliver_halving(batch[:mid], send),
-            *await deliver_halving(batch[mid:], send),
-        ]
-    if isinstance(result, Sequence):
-        return list(result)
-    return [result] * len(batch)
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in seconds or as an HTTP date."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def worst(outcomes: Iterable[Outcome]) -> Outcome:
@@ -352,31 +187,3 @@ def fold(count: int, owners: Sequence[int], answers: Sequence[Outcome]) -> list[
     for owner, answer in zip(owners, answers, strict=True):
         parts[owner].append(answer)
     return [worst(p) for p in parts]
-
-
-def scrub(
-    outcome: Sequence[Outcome] | Outcome | None, secrets: Iterable[str]
-) -> Sequence[Outcome] | Outcome | None:
-    """The same outcome(s) with every secret removed from the reasons."""
-    secrets = list(secrets)
-
-    def one(o: Outcome) -> Outcome:
-        if isinstance(o, Permanent):
-            return Permanent(redact(o.reason, secrets))
-        if isinstance(o, Retry):
-            return Retry(redact(o.reason, secrets), o.after)
-        return o
-
-    if outcome is None:
-        return None
-    return [one(o) for o in outcome] if isinstance(outcome, Sequence) else one(outcome)
-
-
-def classify(resp: Response) -> Outcome:
-    """The usual HTTP contract: 2xx ok; 408, 429 and 5xx retry; other 4xx permanent."""
-    if 200 <= resp.status < 300:
-        return OK
-    reason = f"HTTP {resp.status}: {resp.text(300)}"
-    if resp.status in (408, 429) or resp.status >= 500:
-        return Retry(reason, retry_after(resp.headers))
-    return Permanent(reason)

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 from aiohttp import web
 
+from eventd.delivery.transform import Transform
 from eventd.destination import Destination
-from eventd.transform import Transform
 
 if TYPE_CHECKING:
     from eventd.app import Runtime
@@ -33,6 +33,13 @@ class Service(Protocol):
     ``start`` is awaited after the store opens and before the first request; ``stop``
     is awaited at shut-down, before the store closes, and must return once the
     service has saved what it needs (its cursor).
+
+    A log consumer keeps its position in the store under ``service_cursor(name)``
+    (``"service:identity"``): ``await runtime.store.cursor(...)`` at start (None: it
+    has none yet), ``runtime.store.read(after, limit)`` for pages in seq order,
+    ``runtime.store.subscribe()`` for an event set on every commit of new events, and
+    ``runtime.store.save_cursor(...)`` as it goes. Retention keeps every event a
+    running service has not passed, so a service must move its cursor.
     """
 
     name: str
@@ -54,12 +61,17 @@ def eventd_transforms() -> dict[str, Transform]:  # type: ignore[empty-body]
 
 @hookspec
 def eventd_services(runtime: Runtime) -> list[Service]:  # type: ignore[empty-body]
-    """Return the background services this plugin runs for this server (may be empty)."""
+    """Return the background services this plugin runs for this server (may be empty).
+
+    ``runtime`` (``eventd.app.Runtime``) gives ``config``, ``metrics``, ``live``, ``store``
+    (the log: :class:`eventd.Store`), ``dispatcher`` (``status()``) and ``suppressions``.
+    """
 
 
 @hookspec
 def eventd_routes(app: web.Application, runtime: Runtime) -> None:
-    """Add HTTP routes (``app.router.add_*``) for this server."""
+    """Add HTTP routes (``app.router.add_*``) for this server; ``runtime`` as for
+    :func:`eventd_services`. Routes under ``/admin/`` check the admin token themselves."""
 
 
 @hookspec

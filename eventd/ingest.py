@@ -31,7 +31,7 @@ from eventd.config import Config, SourceConfig
 from eventd.live import LiveHub
 from eventd.metrics import Metrics
 from eventd.normalize import Envelope, InvalidMessage, normalize
-from eventd.outbox import EventRow, Outbox, StorageUnavailable
+from eventd.store import EventRow, StorageUnavailable, Store
 
 log = structlog.get_logger("eventd.ingest")
 
@@ -96,7 +96,7 @@ class Ingest:
     def __init__(
         self,
         config: Config,
-        outbox: Outbox,
+        outbox: Store,
         metrics: Metrics,
         live: LiveHub,
         suppressed: AbstractSet[str] = frozenset(),

@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 import structlog
 
-_SECRET_WORDS = ("write_key", "writekey", "token", "secret", "password", "authorization")
+from eventd.redact import is_secret
 
 
 def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in event:
-        if any(word in key.lower() for word in _SECRET_WORDS):
+        if is_secret(key):
             event[key] = "***"
     return event
 

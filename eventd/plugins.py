@@ -15,8 +15,8 @@ import pluggy
 
 from eventd import hookspecs
 from eventd.config import Config, ConfigError
+from eventd.delivery.transform import Transform
 from eventd.destination import Destination
-from eventd.transform import Transform
 
 ENTRY_POINT_GROUP = "eventd.destinations"
 TRANSFORMS_GROUP = "eventd.transforms"

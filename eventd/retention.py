@@ -17,27 +17,27 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from eventd.config import StorageConfig
-from eventd.outbox import Outbox, StorageUnavailable, now_ms
+from eventd.store import StorageUnavailable, Store, now_ms
 
 log = structlog.get_logger("eventd.retention")
 
-DELETE_BATCH = 5000
+SWEEP_BATCH = 5000
 
 
 class Retention:
     def __init__(
         self,
         config: StorageConfig,
-        outbox: Outbox,
-        passed_seq: Callable[[], int],
+        store: Store,
+        passed_seq: Callable[[], Awaitable[int]],
         interval: float = 60.0,
         erase_pending: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.config = config
-        self.outbox = outbox
+        self.store = store
         # Erasures of suppressed users that could not finish yet (see suppressions.py).
         self.erase_pending = erase_pending
-        # The highest seq every running destination has passed.
+        # The highest seq every running destination and log-consuming service has passed.
         self.passed_seq = passed_seq
         self.interval = interval
         self._stop = asyncio.Event()
@@ -59,31 +59,30 @@ class Retention:
         now = now_ms()
         # Never delete the newest event: without AUTOINCREMENT, SQLite would hand its
         # seq out again and cursors past it would skip the new event.
-        limit_seq = min(self.passed_seq(), self.outbox.last_seq - 1)
+        limit_seq = min(await self.passed_seq(), self.store.last_seq - 1)
         events_before = now - int(self.config.retention * 1000)
         events = await self._delete_batches(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? AND"
-            " received_at < ? ORDER BY seq LIMIT ?)",
-            (limit_seq, events_before, DELETE_BATCH),
+            lambda: self.store.delete_events(
+                upto_seq=limit_seq, received_before=events_before, limit=SWEEP_BATCH
+            )
         )
+        dead_before = now - int(self.config.dead_letter_retention * 1000)
         dead = await self._delete_batches(
-            "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE failed_at < ?"
-            " LIMIT ?)",
-            (now - int(self.config.dead_letter_retention * 1000), DELETE_BATCH),
+            lambda: self.store.delete_dead_letters(failed_before=dead_before, limit=SWEEP_BATCH)
         )
         erased = await self.erase_pending() if self.erase_pending is not None else 0
-        await self.outbox.checkpoint()
+        await self.store.compact()
         if erased:
             log.info("pending erasures finished", users=erased)
         if events or dead:
             log.info("retention sweep", events_deleted=events, dead_letters_deleted=dead)
         return {"events": events, "dead_letters": dead}
 
-    async def _delete_batches(self, sql: str, args: tuple[int, ...]) -> int:
+    async def _delete_batches(self, delete: Callable[[], Awaitable[int]]) -> int:
         total = 0
         while not self._stop.is_set():
-            n = await self.outbox.execute(sql, [args])
+            n = await delete()
             total += n
-            if n < DELETE_BATCH:
+            if n < SWEEP_BATCH:
                 break
         return total

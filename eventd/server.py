@@ -76,6 +76,6 @@ async def _watchdog(notifier: Notifier, app: web.Application) -> None:
     while True:
         notifier.notify(
             "WATCHDOG=1",
-            f"STATUS=last_seq={rt.outbox.last_seq} writable={rt.outbox.writable}",
+            f"STATUS=last_seq={rt.store.last_seq} writable={rt.store.writable}",
         )
         await asyncio.sleep(interval)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from eventd.config import ConfigError
+from eventd import ConfigError
 
 # -- lookups -------------------------------------------------------------------
 

@@ -13,9 +13,8 @@ import pytest
 from eventd_plugins.amplitude import Amplitude
 from eventd_plugins.amplitude.mapping import SKIP_ALIAS, SKIP_GROUP, Options, map_message, revenue
 
-from eventd import OK, Event, Permanent, Retry, Skip
+from eventd import OK, Event, Permanent, Retry, Skip, fold, worst
 from eventd.config import ConfigError
-from eventd.destination import fold, worst
 from eventd.normalize import Envelope, normalize
 from tests.contract.amplitude_server import BATCH_API, HTTP_API, AmplitudeServer
 from tests.contract.fixtures import dead_letters, destination, send, skipped

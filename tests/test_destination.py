@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eventd import OK, Destination, Event, Outcome
 from eventd.config import DestinationConfig
-from eventd.dispatcher import Worker
+from eventd.delivery.worker import Worker
 from eventd.metrics import Metrics
-from eventd.outbox import Outbox
+from eventd.store import MemoryStore, NewDeadLetter, SqliteStore
 
 
 class Fixer(Destination):
@@ -85,7 +85,7 @@ async def test_a_worker_points_its_destination_at_the_counter(
 ) -> None:
     metrics = Metrics()
     dest = Fixer("fix", {}, session)
-    Worker(DestinationConfig(name="fix", type="fixer"), dest, Outbox(tmp_path / "db"), metrics)
+    Worker(DestinationConfig(name="fix", type="fixer"), dest, MemoryStore(), metrics)
     await dest.deliver(one_event(1))
     await dest.deliver(one_event(2))
     assert adjusted(metrics) == {("fix", "name_changed"): 2.0}
@@ -111,7 +111,7 @@ async def test_replay_and_redrive_keep_to_the_plugins_byte_limit(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
     """Events taken out of the log's order are cut to the plugin's limits like the log's."""
-    outbox = Outbox(tmp_path / "db")
+    outbox = SqliteStore(tmp_path / "db")
     await outbox.open()
     body = {"type": "track", "event": "E", "userId": "u", "properties": {"pad": "x" * 500}}
     rows = [
@@ -120,25 +120,20 @@ async def test_replay_and_redrive_keep_to_the_plugins_byte_limit(
     ]
     await outbox.append(rows)
     dead = [(f"d{i}", orjson.dumps({**body, "messageId": f"d{i}"})) for i in range(12)]
-    await outbox.execute(
-        "INSERT INTO dead_letters (destination, seq, source, message_id, received_at, body,"
-        " attempts, error, failed_at, state) VALUES ('rec', ?, 'web', ?, 0, ?, 1, 'x', 0,"
-        " 'redrive')",
-        [(100 + i, mid, b) for i, (mid, b) in enumerate(dead)],
+    await outbox.add_dead_letters(
+        "rec",
+        [NewDeadLetter(100 + i, "web", mid, 0, b, "x") for i, (mid, b) in enumerate(dead)],
+        1,
     )
-    await outbox.execute(
-        "INSERT INTO replays (destination, next_seq, until_seq, created_at)"
-        " VALUES ('rec', 1, 30, 0)"
-    )
+    assert await outbox.request_redrive("rec") == 12
+    await outbox.request_replay("rec", 1, 30)
     dest = Recorder("rec", {}, session)
     worker = Worker(DestinationConfig(name="rec", type="recorder"), dest, outbox, Metrics())
     await worker.start()
     run = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(worker.idle.wait(), 30)
-        while await fetch_one(outbox, "SELECT count(*) FROM replays") or await fetch_one(
-            outbox, "SELECT count(*) FROM dead_letters"
-        ):
+        while await outbox.next_replay("rec") or await outbox.dead_letters():
             worker.wake()
             await asyncio.wait_for(worker.idle.wait(), 30)
     finally:
@@ -148,13 +143,3 @@ async def test_replay_and_redrive_keep_to_the_plugins_byte_limit(
     delivered = [m for b in dest.batches for m in b]
     assert sorted(delivered) == sorted([f"m{i}" for i in range(30)] + [f"d{i}" for i in range(12)])
     assert len(dest.batches) >= (30 + 12) * 560 // 2000  # cut by bytes, not one big batch
-
-
-async def fetch_one(outbox: Outbox, sql: str) -> int:
-    reader = await outbox.reader()
-    try:
-        cursor = await reader.execute(sql)
-        row = await cursor.fetchone()
-        return int(row[0]) if row else 0
-    finally:
-        await reader.close()

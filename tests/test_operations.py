@@ -152,7 +152,7 @@ async def test_a_reader_that_never_reads_cannot_stall_ingest(
     stalled = await client.get("/admin/live?format=json", headers=AUTH)  # never read
     for _ in range(30):
         await track(client, 100)  # 3,000 events: three times the subscriber's queue
-    assert app[RUNTIME].outbox.last_seq == 3000
+    assert app[RUNTIME].store.last_seq == 3000
     stalled.close()
 
 
@@ -226,8 +226,8 @@ async def test_retention_keeps_the_database_size_level(
         await rt.dispatcher.drain()
         swept = await rt.retention.sweep()
         assert swept["events"] > 0
-        sizes.append(rt.outbox.file_bytes())
-    total = rt.outbox.last_seq
+        sizes.append(rt.store.stats().size)
+    total = rt.store.last_seq
     assert total == 12 * 2000
     left = await asyncio.to_thread(_count, tmp_path / "e.db")
     assert left == 1, "only the newest event is kept (its seq must not be reused)"

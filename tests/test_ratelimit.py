@@ -1,4 +1,4 @@
-"""eventd.ratelimit: the GCRA limiter on a fake clock, so every wait is exact and nothing sleeps.
+"""eventd.delivery.ratelimit: the GCRA limiter on a fake clock: every wait exact, no sleeps.
 
 A "caller" here does what a dispatcher worker does: ``reserve(n)``, wait what it
 was told (by moving the fake clock), then send.
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventd.ratelimit import RateLimiter
+from eventd.delivery.ratelimit import RateLimiter
 
 START = 1000.0  # like time.monotonic(): some point far from zero
 

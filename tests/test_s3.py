@@ -34,9 +34,8 @@ import pytest
 from eventd_plugins.s3 import S3, s3_error
 from eventd_plugins.s3.layout import day, group, object_body
 
-from eventd import OK, Event, Permanent, Retry
+from eventd import OK, Event, Permanent, Response, Retry
 from eventd.config import ConfigError
-from eventd.destination import Response
 from tests.contract.fixtures import counters, dead_letters, destination
 from tests.contract.s3_server import MotoS3
 from tests.harness import EventdProcess, Received, Sink, running

@@ -1,4 +1,4 @@
-"""eventd.transform.transform() and the first-party transforms, on real Events."""
+"""eventd.delivery.transform.transform() and the first-party transforms, on real Events."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import orjson
 import pytest
 from eventd_plugins.transforms import anonymize_ip, drop_ip
 
-from eventd.destination import Event
+from eventd.delivery.transform import Transform, TransformError, transform
+from eventd.event import Event
 from eventd.plugins import transforms
-from eventd.transform import Transform, TransformError, transform
 
 
 def stored(message: dict[str, Any]) -> Event:

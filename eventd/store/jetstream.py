@@ -41,14 +41,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import orjson
@@ -76,20 +77,15 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from eventd.config import JetStreamConfig
+from eventd.store.base import EventRow, StorageUnavailable
 from eventd.store.dedup import DedupSet, dedup_key, partition_of
 
 log = structlog.get_logger("eventd.store.jetstream")
 
-# Row of an event as ingest hands it over (eventd/outbox.py's EventRow):
-# source, message_id, type, event, user_id, anonymous_id, received_at (unix ms), body.
-EventRow = tuple[str, str, str, str | None, str | None, str | None, int, bytes]
 _TRANSIENT = (NatsTimeout, NoStreamResponseError, NoRespondersError, asyncio.TimeoutError)
+T = TypeVar("T")
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
-
-
-class StorageUnavailable(Exception):
-    """The cluster did not acknowledge in time (no quorum, leader election, partition)."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +243,7 @@ class JetStreamStore:
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self.leases: KeyValue | None = None
-        self._queue: asyncio.Queue[tuple[list[EventRow], asyncio.Future[int]] | None] = (
+        self._queue: asyncio.Queue[tuple[Sequence[EventRow], asyncio.Future[int]] | None] = (
             asyncio.Queue()
         )
         self._publisher: asyncio.Task[None] | None = None
@@ -383,7 +379,7 @@ class JetStreamStore:
 
     # -- ingest -------------------------------------------------------------------
 
-    async def append(self, rows: list[EventRow]) -> int:
+    async def append(self, rows: Sequence[EventRow]) -> int:
         """Publish events; returns how many were taken (repeats are dropped later,
         by the dedup stage). Returns only after the stream's acknowledgement;
         raises :class:`StorageUnavailable` when it did not come in
@@ -424,7 +420,9 @@ class JetStreamStore:
             if group:
                 await self._publish_group(group)
 
-    async def _publish_group(self, group: list[tuple[list[EventRow], asyncio.Future[int]]]) -> None:
+    async def _publish_group(
+        self, group: list[tuple[Sequence[EventRow], asyncio.Future[int]]]
+    ) -> None:
         by_partition: dict[int, list[EventRow]] = {}
         for rows, _ in group:
             for row in rows:
@@ -472,7 +470,8 @@ class JetStreamStore:
     # -- dedup stages ---------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        """Bid for every partition without a live stage; renew the ones held."""
+        """Bid for every partition nobody holds; renew the ones held; run a stage
+        for each partition held (again, if it stopped)."""
         assert self.leases is not None
         revisions: dict[int, int] = {}
         while True:
@@ -480,13 +479,12 @@ class JetStreamStore:
                 key = f"dedup-{p}"
                 task = self._stages.get(p)
                 try:
-                    if p in revisions and task is not None and not task.done():
+                    if p in revisions:
                         revisions[p] = await self.leases.update(
                             key, self.node_id.encode(), last=revisions[p]
                         )
-                        continue
-                    revisions.pop(p, None)
-                    revisions[p] = await self.leases.create(key, self.node_id.encode())
+                    else:
+                        revisions[p] = await self.leases.create(key, self.node_id.encode())
                 except KeyWrongLastSequenceError:
                     # Held by another node, or our lease lapsed: stop our stage.
                     revisions.pop(p, None)
@@ -507,27 +505,27 @@ class JetStreamStore:
         return sorted(p for p, t in self._stages.items() if not t.done())
 
     async def _stage(self, p: int) -> None:
-        """Partition p's dedup stage, while this node holds its lease."""
+        """Partition p's dedup stage, while this node holds its lease. A cluster
+        that stalls is waited out: the stage retries the same message (never the
+        next one first: that would reorder a user's events) until it is forwarded."""
         path = self.data_dir / "dedup" / f"{self.cfg.stream}-{p}"
         dedup = await asyncio.to_thread(DedupSet, path, self.dedup_window_ms)
         try:
-            added = await self.rebuild(p, dedup)
+            added = await _retrying(lambda: self.rebuild(p, dedup), f"dedup-{p} rebuild")
             log.info("dedup stage started", partition=p, rebuilt_keys=added)
-            sub = await self.js.pull_subscribe_bind(
-                self.names.dedup_consumer(p), stream=self.names.ingest
+            sub = await _retrying(
+                lambda: self.js.pull_subscribe_bind(
+                    self.names.dedup_consumer(p), stream=self.names.ingest
+                ),
+                f"dedup-{p} subscribe",
             )
             while True:
                 try:
                     msgs = await sub.fetch(64, timeout=1)
-                except NatsTimeout:
+                except (*_TRANSIENT, ConnectionClosedError):
                     continue
                 for msg in msgs:
-                    await self._forward(p, msg, dedup)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("dedup stage stopped", partition=p)
-            raise
+                    await _retrying(functools.partial(self._forward, p, msg, dedup), f"dedup-{p}")
         finally:
             await asyncio.to_thread(dedup.close)
 
@@ -696,6 +694,19 @@ class JetStreamStore:
         except NotFoundError:
             return 1
         return max(1, sum(1 for k in keys if k.startswith("node-")))
+
+
+async def _retrying(step: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``step`` until it succeeds through transient cluster errors (a leader
+    election, a lost server), with a capped backoff; other errors propagate."""
+    delay = 0.1
+    while True:
+        try:
+            return await step()
+        except (*_TRANSIENT, ConnectionClosedError, StorageUnavailable) as exc:
+            log.info("cluster stalled; retrying", step=what, error=repr(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 class DestinationReader:

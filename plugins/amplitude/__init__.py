@@ -28,14 +28,22 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
-from eventd import OK, Event, HttpDestination, Ok, Outcome, Permanent, Retry, Skip, hookimpl
-from eventd.destination import (
+from eventd import (
     HTTP_SETTINGS,
+    OK,
     TOO_LARGE,
+    Event,
+    HttpDestination,
+    Ok,
+    Outcome,
+    Permanent,
     Response,
+    Retry,
+    Skip,
     classify,
     deliver_halving,
     fold,
+    hookimpl,
     json_body,
     redact,
     retry_after,
@@ -58,6 +66,7 @@ _REFUSALS = {
 
 
 class Amplitude(HttpDestination):
+    regions = REGIONS
     type_name = "amplitude"
     integration_name = "Amplitude"
     description = "Amplitude: events, user and group properties via the HTTP V2 or Batch API"
@@ -117,10 +126,6 @@ class Amplitude(HttpDestination):
     @classmethod
     def check_settings(cls, name: str, settings: Mapping[str, Any]) -> None:
         check_page_event_name(name, settings)
-
-    @property
-    def endpoint(self) -> str:
-        return str(self.settings.get("endpoint") or REGIONS[self.settings["region"]]).rstrip("/")
 
     async def deliver(self, batch: Sequence[Event]) -> list[Outcome]:
         outcomes: list[Outcome] = [OK] * len(batch)

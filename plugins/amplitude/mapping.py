@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from eventd.destination import Skip
+from eventd import Skip
 
 from ..segment_message import (
     DEFAULT_PAGE_TEMPLATE,

@@ -31,8 +31,21 @@ from typing import Any
 import aiohttp
 import orjson
 
-from eventd import OK, Event, HttpDestination, Ok, Outcome, Permanent, Retry, Skip, hookimpl
-from eventd.destination import HTTP_SETTINGS, TOO_LARGE, Response, classify, deliver_halving
+from eventd import (
+    HTTP_SETTINGS,
+    OK,
+    TOO_LARGE,
+    Event,
+    HttpDestination,
+    Ok,
+    Outcome,
+    Permanent,
+    Response,
+    Retry,
+    classify,
+    deliver_halving,
+    hookimpl,
+)
 
 from .mapping import Ga4Event, map_message
 from .rules import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST
@@ -52,7 +65,7 @@ class GoogleAnalytics4(HttpDestination):
     type_name = "ga4"
     integration_name = "Google Analytics 4"
     description = "Google Analytics 4 Measurement Protocol: events, ecommerce, page views"
-    default_endpoint = REGION_ENDPOINTS["global"]
+    regions = REGION_ENDPOINTS
     max_batch_events = MAX_EVENTS_PER_REQUEST
     max_batch_bytes = MAX_BODY_BYTES
     settings_schema = {
@@ -101,11 +114,6 @@ class GoogleAnalytics4(HttpDestination):
             {"measurement_id": self.settings["measurement_id"], "api_secret": self._secret}
         )
 
-    @property
-    def endpoint(self) -> str:
-        explicit = self.settings.get("endpoint")
-        return str(explicit or REGION_ENDPOINTS[self.settings["region"]]).rstrip("/")
-
     async def deliver(self, batch: Sequence[Event]) -> Sequence[Outcome]:
         now = time.time()
         outcomes: dict[int, Outcome] = {}
@@ -140,7 +148,7 @@ class GoogleAnalytics4(HttpDestination):
                 for reason in event.adjustments
             )
         )
-        return [self._scrub(outcomes[e.seq]) for e in batch]
+        return [self.scrub(outcomes[e.seq]) for e in batch]
 
     # -- one request ------------------------------------------------------------------
 
@@ -206,29 +214,15 @@ class GoogleAnalytics4(HttpDestination):
         }
 
     def _classify(self, resp: Response) -> Outcome | None:
-        if resp.status == 413:
-            return TOO_LARGE
-        if resp.status in (401, 403):
-            return Permanent(
-                f"HTTP {resp.status} from {self.endpoint}: the request was refused; check"
-                f" measurement_id and api_secret (and any proxy in between): {resp.text(200)}"
-            )
-        return classify(resp)
+        return classify(resp, refused=self._refused, halve=True)
+
+    def _refused(self, resp: Response) -> Outcome:
+        return Permanent(
+            f"HTTP {resp.status} from {self.endpoint}: the request was refused; check"
+            f" measurement_id and api_secret (and any proxy in between): {resp.text(200)}"
+        )
 
     # -- helpers ------------------------------------------------------------------------
-
-    def _scrub(self, outcome: Outcome) -> Outcome:
-        """Reasons end up in dead letters and logs: never with the API secret in them."""
-        if not isinstance(outcome, Permanent | Retry | Skip):
-            return outcome
-        reason = outcome.reason
-        for form in {self._secret, urllib.parse.quote_plus(self._secret)}:
-            reason = reason.replace(form, "***")
-        if reason != outcome.reason:
-            if isinstance(outcome, Retry):
-                return Retry(reason, outcome.after)
-            return type(outcome)(reason)
-        return outcome
 
 
 def _body(events: list[Ga4Event]) -> bytes:

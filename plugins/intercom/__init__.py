@@ -32,8 +32,17 @@ from typing import Any
 
 import aiohttp
 
-from eventd import OK, Event, HttpDestination, Outcome, Permanent, Retry, Skip, hookimpl
-from eventd.destination import HTTP_SETTINGS
+from eventd import (
+    HTTP_SETTINGS,
+    OK,
+    Event,
+    HttpDestination,
+    Outcome,
+    Permanent,
+    Retry,
+    Skip,
+    hookimpl,
+)
 
 from .api import IntercomApi, Reply, failure
 from .mapping import company_body, contact_body, event_body
@@ -62,7 +71,7 @@ class Intercom(HttpDestination):
     type_name = "intercom"
     integration_name = "Intercom"
     description = "Intercom: identify -> contacts, track -> data events, group -> companies"
-    default_endpoint = REGION_ENDPOINTS["us"]
+    regions = REGION_ENDPOINTS
     # One request (or two, three) per event: a batch is a unit of work, not a request.
     max_batch_events = 50
     settings_schema = {
@@ -102,11 +111,6 @@ class Intercom(HttpDestination):
         token = str(self.settings["access_token"])
         self.api = IntercomApi(self.send, self.endpoint, token, self.settings["api_version"])
         self.grace_ms = float(self.settings["contact_grace_seconds"]) * 1000
-
-    @property
-    def endpoint(self) -> str:
-        explicit = self.settings.get("endpoint")
-        return str(explicit or REGION_ENDPOINTS[self.settings["region"]]).rstrip("/")
 
     async def deliver(self, batch: Sequence[Event]) -> Sequence[Outcome]:
         outcomes: list[Outcome] = [OK] * len(batch)

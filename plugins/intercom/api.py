@@ -18,8 +18,7 @@ from typing import Any
 
 import orjson
 
-from eventd import Outcome, Permanent, Retry
-from eventd.destination import Response, retry_after
+from eventd import Outcome, Permanent, Response, Retry, retry_after
 
 Send = Callable[..., Awaitable[Response | Retry]]
 

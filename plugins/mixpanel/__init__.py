@@ -26,14 +26,20 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
-from eventd import OK, Event, HttpDestination, Outcome, Permanent, Retry, Skip, hookimpl
-from eventd.config import ConfigError
-from eventd.destination import (
+from eventd import (
     HTTP_SETTINGS,
-    TOO_LARGE,
+    OK,
+    ConfigError,
+    Event,
+    HttpDestination,
+    Outcome,
+    Permanent,
     Response,
+    Retry,
+    Skip,
     classify,
     deliver_halving,
+    hookimpl,
     json_body,
     scrub,
     worst,
@@ -52,6 +58,7 @@ _SERVICE_ACCOUNT = ("service_account_username", "service_account_secret", "proje
 
 
 class Mixpanel(HttpDestination):
+    regions = REGIONS
     type_name = "mixpanel"
     integration_name = "Mixpanel"
     description = "Mixpanel: events via /import, user and group profiles via /engage, /groups"
@@ -133,10 +140,6 @@ class Mixpanel(HttpDestination):
                 "service_account_secret and project_id"
             )
 
-    @property
-    def endpoint(self) -> str:
-        return str(self.settings.get("endpoint") or REGIONS[self.settings["region"]]).rstrip("/")
-
     async def deliver(self, batch: Sequence[Event]) -> list[Outcome]:
         parts: list[list[Outcome]] = [[] for _ in batch]
         todo: dict[str, list[int]] = {endpoint: [] for endpoint in ENDPOINTS}
@@ -202,11 +205,9 @@ class Mixpanel(HttpDestination):
                         )
                 return outcomes
             return Permanent(f"Mixpanel /import refused the request (HTTP 400): {error}")
-        if status in (401, 403):
-            return self._credentials_refused(status, error)
-        if status == 413:
-            return TOO_LARGE
-        return classify(resp)
+        return classify(
+            resp, refused=lambda r: self._credentials_refused(r.status, error), halve=True
+        )
 
     def _profile_answer(self, endpoint: str, resp: Response) -> Outcome | None:
         if 200 <= resp.status < 300:
@@ -217,11 +218,11 @@ class Mixpanel(HttpDestination):
                 return OK
             error = body.get("error") or "no valid update in the request"
             return Permanent(f"Mixpanel /{endpoint} rejected the update: {error}")
-        if resp.status in (401, 403):
-            return self._credentials_refused(resp.status, json_body(resp.body).get("error"))
-        if resp.status == 413:
-            return TOO_LARGE
-        return classify(resp)
+        return classify(
+            resp,
+            refused=lambda r: self._credentials_refused(r.status, json_body(r.body).get("error")),
+            halve=True,
+        )
 
     def _credentials_refused(self, status: int, error: Any) -> Permanent:
         return Permanent(

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from eventd.destination import Skip
+from eventd import Skip
 
 from ..segment_message import (
     DEFAULT_PAGE_TEMPLATE,

@@ -24,9 +24,19 @@ from typing import Any
 
 import aiohttp
 
-from eventd import OK, Destination, Event, Ok, Outcome, Permanent, Retry, hookimpl
-from eventd.config import ConfigError
-from eventd.destination import optional_import, scrub
+from eventd import (
+    OK,
+    ConfigError,
+    Destination,
+    Event,
+    Ok,
+    Outcome,
+    Permanent,
+    Retry,
+    hookimpl,
+    optional_import,
+    scrub,
+)
 
 from .rows import Planned, Row, plan, schema_name
 from .warehouse import (

@@ -30,9 +30,21 @@ from typing import Any, ClassVar
 
 import aiohttp
 
-from eventd import OK, Event, HttpDestination, Outcome, Permanent, Retry, hookimpl
-from eventd.config import ConfigError
-from eventd.destination import HTTP_SETTINGS, Response, classify, retry_after, scrub
+from eventd import (
+    HTTP_SETTINGS,
+    OK,
+    ConfigError,
+    Event,
+    HttpDestination,
+    Outcome,
+    Permanent,
+    Response,
+    Retry,
+    classify,
+    hookimpl,
+    retry_after,
+    scrub,
+)
 
 from .aws import NoCredentials, Signer, require_botocore
 from .layout import Group, group, object_body

@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from eventd.config import ConfigError
-from eventd.destination import optional_import
+from eventd import ConfigError, optional_import
 
 
 def botocore_module(name: str) -> ModuleType:

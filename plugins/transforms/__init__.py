@@ -10,8 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from eventd import hookimpl
-from eventd.transform import Transform
+from eventd import Transform, hookimpl
 
 Message = dict[str, Any]
 

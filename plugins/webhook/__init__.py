@@ -16,8 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from eventd import Event, HttpDestination, Outcome, Retry, hookimpl
-from eventd.destination import HTTP_SETTINGS, classify
+from eventd import HTTP_SETTINGS, Event, HttpDestination, Outcome, Retry, classify, hookimpl
 
 
 class Webhook(HttpDestination):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from eventd import hookimpl
-from eventd.transform import Transform
+from eventd import Transform, hookimpl
 
 
 def tag_team(message: dict[str, Any]) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from eventd.destination import Event
+from eventd.event import Event
 
 Message = dict[str, Any]
 Transform = Callable[[Message], Message | Awaitable[Message | None] | None]

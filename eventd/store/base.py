@@ -1,0 +1,314 @@
+"""The Store protocol: the one seam between eventd and where its data lives.
+
+Everything eventd keeps goes through a :class:`Store`: the event log (append with
+dedup, read after a position, wake-ups on new events), a cursor per consumer
+(each destination by its name, each log-consuming service by
+:func:`service_cursor`), dead letters with their redrive requests, replay
+requests, suppressed users and their erasure, retention deletes and the store's
+health (:meth:`Store.stats`). ``eventd/store/sqlite.py`` is the single-machine
+backend (every SQL statement eventd runs lives under ``eventd/store/``);
+``eventd/store/memory.py`` keeps the same contract in memory for unit tests.
+A new backend passes ``tests/store/`` (the conformance suite) and is chosen in
+``eventd.store.open_store``.
+
+Contract every backend keeps (the suite checks each):
+
+- ``append`` returns only once its events are durable; a repeat of
+  ``(source, message_id)`` whose earlier copy was received within the dedup
+  window before it is acknowledged and not stored again. Seqs grow strictly.
+- A consumer's cursor is the highest seq it has passed; it survives a restart.
+- A dead letter keeps the stored body, so a redrive delivers what was stored.
+- Nothing here decides policy (what to retry, what retention keeps): callers do.
+
+Times are unix milliseconds (``int``) throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from eventd.event import Event
+
+# (source, message_id, type, event, user_id, anonymous_id, received_at ms, body JSON)
+EventRow = tuple[str, str, str, str | None, str | None, str | None, int, bytes]
+
+# Bytes of a dead letter's error kept (a vendor can answer with a whole HTML page).
+MAX_ERROR_CHARS = 1000
+
+
+class StorageUnavailable(Exception):
+    """The store cannot take writes now (disk full, read-only, locked, over max_size).
+
+    Nothing of the refused write was stored; ingest answers 503, the dispatcher
+    retries its own writes."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def iso_ms(ms: int | None) -> str | None:
+    """A stored unix-ms time as ISO-8601 UTC (what the admin API shows)."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def service_cursor(service: str) -> str:
+    """The cursor name of a log-consuming service (``service:identity``): apart from
+    every destination's, since a destination name cannot contain a colon."""
+    return f"service:{service}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """A store's health, for /ready, /admin/runtime and /metrics."""
+
+    size: int  # bytes the store occupies (file, WAL, ...)
+    max_size: int | None  # storage.max_size: appends refused at or past it
+    writable: bool  # false while the last write failed
+    last_seq: int  # the newest event's seq (0: none yet)
+    last_error: str | None = None  # why the last write failed
+    location: str = ""  # a path or a URL, for humans
+
+
+@dataclass(frozen=True, slots=True)
+class NewDeadLetter:
+    """An event a destination gave up on, to be written with its reason."""
+
+    seq: int
+    source: str
+    message_id: str
+    received_at: int
+    body: bytes  # as stored, whatever a transform made of it
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A stored dead letter; ``state`` is ``dead`` or ``redrive`` (asked back)."""
+
+    id: int
+    destination: str
+    seq: int
+    source: str
+    message_id: str
+    received_at: int
+    body: bytes
+    attempts: int
+    error: str
+    failed_at: int
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A stored range ``[next_seq, until_seq]`` still to resend to ``destination``."""
+
+    id: int
+    destination: str
+    next_seq: int
+    until_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeqRange:
+    """The stored events received in a time range: first and last seq, how many."""
+
+    first: int
+    last: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    user_id: str
+    created_at: int
+    erase: bool  # the user's stored events are to be deleted too
+    erased_events: int
+    erased_at: int | None  # when none was left; None while some are
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where eventd keeps its log and bookkeeping. Every method may raise
+    :class:`StorageUnavailable`; reads never block writes."""
+
+    # -- life cycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or migrate, then load what the properties below report."""
+
+    async def close(self) -> None:
+        """Commit everything accepted, then release every resource."""
+
+    # -- the log ---------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The newest stored event's seq (0 when none), without I/O."""
+        ...
+
+    @property
+    def pending_events(self) -> int:
+        """Events handed to :meth:`append` and not yet durable (ingest sheds load on it)."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """False while the last write failed."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Size, limit, health and position, without awaiting."""
+        ...
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set after every write that stored new events (clear it, then read)."""
+        ...
+
+    async def append(self, rows: Sequence[EventRow]) -> int:
+        """Store events durably; returns how many were new (the rest were duplicates
+        within the dedup window). Raises StorageUnavailable and stores none of them
+        when it cannot take them (over ``max_size`` too)."""
+        ...
+
+    async def read(self, after: int, limit: int) -> list[Event]:
+        """Up to ``limit`` events with seq > ``after``, in seq order."""
+        ...
+
+    async def read_range(self, first: int, last: int, limit: int) -> list[Event]:
+        """Up to ``limit`` events with ``first`` <= seq <= ``last``, in seq order."""
+        ...
+
+    async def received_at_after(self, seq: int) -> int | None:
+        """When the first event after ``seq`` was received (a consumer's lag), or None."""
+        ...
+
+    async def seq_range(self, since: int, until: int) -> SeqRange | None:
+        """The events received in ``[since, until]`` (ms), or None when there are none."""
+        ...
+
+    # -- cursors (destinations by name; services by service_cursor(name)) ------
+
+    async def cursor(self, name: str) -> int | None:
+        """The consumer's saved position, or None when it has none yet."""
+        ...
+
+    async def save_cursor(self, name: str, seq: int) -> None:
+        """Save the consumer's position (durable when it returns)."""
+        ...
+
+    async def cursors(self) -> dict[str, int]:
+        """Every saved cursor by consumer name."""
+        ...
+
+    # -- dead letters ----------------------------------------------------------
+
+    async def add_dead_letters(
+        self, destination: str, letters: Sequence[NewDeadLetter], attempts: int
+    ) -> None:
+        """Write dead letters (state ``dead``, failed now; error cut to MAX_ERROR_CHARS)."""
+        ...
+
+    async def dead_letters(
+        self, *, destination: str | None = None, since: int | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Dead letters by id, optionally of one destination and failed at or after ``since``."""
+        ...
+
+    async def dead_letter(self, dead_id: int) -> DeadLetter | None:
+        """One dead letter, or None."""
+        ...
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters in state ``dead`` by destination."""
+        ...
+
+    async def request_redrive(self, destination: str | None, ids: Sequence[int] = ()) -> int:
+        """Mark dead letters (of ``destination`` if given; only ``ids`` if any) for
+        redrive; returns how many were marked."""
+        ...
+
+    async def redrive_batch(self, destination: str, limit: int) -> list[DeadLetter]:
+        """Up to ``limit`` of the destination's dead letters marked for redrive, by id."""
+        ...
+
+    async def settle_redrive(
+        self, delivered: Sequence[int], failed: Sequence[tuple[int, int, str]]
+    ) -> None:
+        """After a redrive: delete the ``delivered`` ids; put each ``(id, attempts, error)``
+        of ``failed`` back to ``dead`` with its attempts added and its new error."""
+        ...
+
+    async def purge_dead_letters(
+        self, destination: str | None = None, before: int | None = None
+    ) -> int:
+        """Delete dead letters (of one destination, failed before ``before``); how many."""
+        ...
+
+    # -- replay ----------------------------------------------------------------
+
+    async def request_replay(self, destination: str, first: int, last: int) -> None:
+        """Ask for the stored range [first, last] to be resent to ``destination``."""
+        ...
+
+    async def next_replay(self, destination: str) -> Replay | None:
+        """The destination's oldest unfinished replay request."""
+        ...
+
+    async def advance_replay(self, replay_id: int, next_seq: int) -> None:
+        """Record that the replay has resent everything before ``next_seq``."""
+        ...
+
+    async def finish_replay(self, replay_id: int) -> None:
+        """Forget a finished replay request."""
+        ...
+
+    # -- suppressed users ------------------------------------------------------
+
+    async def suppressions(self) -> list[Suppression]:
+        """Every suppression, oldest first."""
+        ...
+
+    async def suppression(self, user_id: str) -> Suppression | None: ...
+
+    async def suppress(self, user_id: str, erase: bool) -> None:
+        """Add a suppression or update one: ``erase`` can be turned on, never off
+        (turning it on marks the erasure unfinished)."""
+        ...
+
+    async def unsuppress(self, user_id: str) -> bool:
+        """Remove a suppression; False when there was none."""
+        ...
+
+    async def erase_user(self, user_id: str, below_seq: int) -> tuple[int, int, bool]:
+        """Delete the user's stored events with seq < ``below_seq`` and every dead
+        letter of theirs (by the body's ``userId``); count the events on the
+        suppression and mark it erased when none of theirs is left. Returns
+        (events deleted, dead letters deleted, done)."""
+        ...
+
+    async def pending_erasures(self) -> list[str]:
+        """Users whose erasure is asked and not finished."""
+        ...
+
+    # -- retention -------------------------------------------------------------
+
+    async def delete_events(self, *, upto_seq: int, received_before: int, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest events with seq <= ``upto_seq`` received
+        before ``received_before``; returns how many (call again while it is ``limit``)."""
+        ...
+
+    async def delete_dead_letters(self, *, failed_before: int, limit: int) -> int:
+        """Delete up to ``limit`` dead letters that failed before ``failed_before``."""
+        ...
+
+    async def compact(self) -> None:
+        """Give back space deleted rows left (SQLite: truncate the WAL). Never raises."""
+        ...
