@@ -83,7 +83,7 @@ class NatsServer:
         try:
             url = f"http://127.0.0.1:{self.monitor_port}/healthz"
             with urllib.request.urlopen(url, timeout=1) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
