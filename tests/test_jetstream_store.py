@@ -114,6 +114,8 @@ async def test_acknowledged_events_reach_the_log_once_whichever_node_took_them(
     a = await nodes.start("a")
     b = await nodes.start("b")
     await until(lambda: len(a.held_partitions()) + len(b.held_partitions()) == 4)
+    # Both nodes beat: each takes half of a destination's limits.
+    assert await a.live_nodes() == 2 and await b.live_nodes() == 2
     first = [row(f"m{i}") for i in range(300)]
     # Every 3rd event is sent again to the other node (an SDK retrying elsewhere
     # behind the load balancer), and 50 within one request.

@@ -475,6 +475,8 @@ class JetStreamStore:
         assert self.leases is not None
         revisions: dict[int, int] = {}
         while True:
+            with contextlib.suppress(Exception):  # a stalled cluster: next round
+                await self.heartbeat()
             for p in range(self.cfg.partitions):
                 key = f"dedup-{p}"
                 task = self._stages.get(p)
@@ -683,11 +685,13 @@ class JetStreamStore:
     # -- shared limits ------------------------------------------------------------
 
     async def heartbeat(self) -> None:
+        """Say this node is alive (every lease round); the key expires with the TTL."""
         assert self.leases is not None
         await self.leases.put(f"node-{self.node_id}", str(time.time()).encode())
 
     async def live_nodes(self) -> int:
-        """Nodes that beat in the last LEASE_TTL (expired keys are gone)."""
+        """Nodes that beat within the lease TTL (expired keys are gone): a
+        destination's max_in_flight and rate_limit are shared as limit / this."""
         assert self.leases is not None
         try:
             keys = await self.leases.keys()
