@@ -89,14 +89,30 @@ def test_errors_name_key_value_and_expectation(data: dict[str, Any], message: st
     assert "s3cret" not in str(exc.value)
 
 
-def test_eventd_check_names_the_key(tmp_path: Path) -> None:
-    path = tmp_path / "eventd.toml"
-    path.write_text(tomli_w.dumps(js(servers=["nats://127.0.0.1:4222"], replicas=9)))
-    run = subprocess.run(
-        [sys.executable, "-m", "eventd.cli", "check", "--config", str(path)],
+def eventd(verb: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventd.cli", verb, "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_eventd_check_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "eventd.toml"
+    path.write_text(tomli_w.dumps(js(servers=["nats://127.0.0.1:4222"], replicas=9)))
+    run = eventd("check", path)
     assert run.returncode == 1
     assert "storage.replicas = 9: expected 1 to 5" in run.stderr + run.stdout
+
+
+def test_serve_refuses_the_backend_it_cannot_serve_yet_instead_of_using_sqlite(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "eventd.toml"
+    storage = {"path": str(tmp_path / "data" / "eventd.db"), "backend": "jetstream"}
+    path.write_text(tomli_w.dumps({"storage": storage, "server": {"port": 0}}))
+    run = eventd("serve", path)
+    assert run.returncode == 1
+    assert "storage.backend = 'jetstream': not yet served" in run.stderr
+    assert not (tmp_path / "data" / "eventd.db").exists()
