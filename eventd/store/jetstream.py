@@ -250,6 +250,10 @@ class JetStreamStore:
         self._stages: dict[int, asyncio.Task[None]] = {}
         self._claimer: asyncio.Task[None] | None = None
         self._publish_count = 0
+        # Publish ids must never repeat within the stream's window, or the stream would
+        # drop a new group as a copy of an old one: a restarted node keeps its node id
+        # (and in a container its pid, 1), so each process adds a random token.
+        self._publish_prefix = f"{self.node_id}-{os.urandom(6).hex()}"
         self.ordered: set[str] = set()
         self.pending_events = 0
         self.duplicates = 0  # counted by this node's dedup stages
@@ -429,7 +433,7 @@ class JetStreamStore:
                 p = user_partition(row, self.cfg.partitions)
                 by_partition.setdefault(p, []).append(row)
         self._publish_count += 1
-        base = f"{self.node_id}-{self._publish_count}"
+        base = f"{self._publish_prefix}-{self._publish_count}"
         try:
             await asyncio.gather(
                 *(
