@@ -191,6 +191,29 @@ async def test_a_restarted_node_with_the_same_id_is_not_taken_for_its_past_self(
     assert sorted(e.message_id for e in got) == ["first-life", "second-life"]
 
 
+async def test_a_group_larger_than_a_message_goes_out_in_order_in_several(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a")
+    big = "x" * 20_000
+    rows = [
+        (
+            "web",
+            f"big{i}",
+            "track",
+            "E",
+            "u1",
+            None,
+            int(time.time() * 1000),
+            f'{{"messageId":"big{i}","pad":"{big}"}}'.encode(),
+        )
+        for i in range(120)
+    ]  # 2.4 MB for one user, one partition: over the server's 1 MB max_payload
+    assert await a.append(rows) == 120
+    got = await drain(await a.reader("hook"), 120)
+    assert [e.message_id for e in got] == [f"big{i}" for i in range(120)]
+
+
 async def test_an_ordered_destination_gets_each_users_events_in_the_order_taken(
     nodes: Nodes,
 ) -> None:

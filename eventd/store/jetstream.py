@@ -148,6 +148,22 @@ def encode_rows(rows: Sequence[EventRow]) -> bytes:
     return orjson.dumps([[*row[:7], row[7].decode()] for row in rows])
 
 
+def chunked(rows: Sequence[EventRow], max_bytes: int) -> list[bytes]:
+    """``rows`` encoded as messages of at most ~``max_bytes`` each (a message holds
+    at least one event, whatever its size: ingest limits a request's size)."""
+    out: list[bytes] = []
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        row_bytes = len(row[7]) + len(row[1]) + 64  # body + id + the other fields, JSON
+        if i > start and size + row_bytes > max_bytes:
+            out.append(encode_rows(rows[start:i]))
+            start, size = i, 0
+        size += row_bytes
+    if start < len(rows):
+        out.append(encode_rows(rows[start:]))
+    return out
+
+
 def decode_rows(data: bytes) -> list[EventRow]:
     return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7].encode()) for r in orjson.loads(data)]
 
@@ -255,6 +271,7 @@ class JetStreamStore:
         # (and in a container its pid, 1), so each process adds a random token.
         self._publish_prefix = f"{self.node_id}-{os.urandom(6).hex()}"
         self.ordered: set[str] = set()
+        self.max_message_bytes = 512 * 1024
         self.pending_events = 0
         self.duplicates = 0  # counted by this node's dedup stages
         self.forwarded = 0
@@ -280,6 +297,9 @@ class JetStreamStore:
         user's order: one consumer per partition instead of one."""
         self.nc = await connect(self.cfg, self.node_id)
         self._js = self.nc.jetstream(timeout=self.cfg.publish_timeout)
+        # The server's max_payload (1 MB by default), less room for headers and
+        # for JSON escaping of the bodies (a body is a JSON string inside the message).
+        self.max_message_bytes = self.nc.max_payload // 2
         self.ordered = set(ordered)
         await self.ensure(destinations)
         self._publisher = asyncio.create_task(self._publish_loop(), name="jetstream-publisher")
@@ -434,17 +454,24 @@ class JetStreamStore:
                 by_partition.setdefault(p, []).append(row)
         self._publish_count += 1
         base = f"{self._publish_prefix}-{self._publish_count}"
+
+        async def publish_partition(p: int, rows: list[EventRow]) -> None:
+            # In order: chunks of one partition published together could be stored
+            # in either order, and one user's events with them.
+            for i, chunk in enumerate(chunked(rows, self.max_message_bytes)):
+                await self._publish(self.names.in_subject(p), chunk, f"{base}-{p}-{i}")
+
         try:
-            await asyncio.gather(
-                *(
-                    self._publish(self.names.in_subject(p), encode_rows(rows), f"{base}-{p}")
-                    for p, rows in by_partition.items()
-                )
-            )
-        except StorageUnavailable as exc:
+            await asyncio.gather(*(publish_partition(p, r) for p, r in by_partition.items()))
+        except Exception as exc:
+            # Whatever went wrong, the waiting requests get it (a 503) and the
+            # publisher lives on for the next group.
+            failure = exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(repr(exc))
+            if not isinstance(exc, StorageUnavailable):
+                log.exception("publish failed")
             for _, fut in group:
                 if not fut.done():
-                    fut.set_exception(exc)
+                    fut.set_exception(failure)
             return
         for rows, fut in group:
             if not fut.done():
