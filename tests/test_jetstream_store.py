@@ -8,6 +8,7 @@ cut off from the cluster refuses (StorageUnavailable) rather than acknowledging.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections import Counter
@@ -212,6 +213,28 @@ async def test_a_group_larger_than_a_message_goes_out_in_order_in_several(
     assert await a.append(rows) == 120
     got = await drain(await a.reader("hook"), 120)
     assert [e.message_id for e in got] == [f"big{i}" for i in range(120)]
+
+
+async def test_serve_creates_then_updates_streams_and_keeps_consumers_cursors(
+    nodes: Nodes,
+) -> None:
+    nodes.cfg = dataclasses.replace(nodes.cfg, replicas=1)
+    a = await nodes.start("a")
+    await a.append([row(f"r{i}") for i in range(10)])
+    await drain(await a.reader("hook"), 10)
+    await a.close()
+    nodes.open.remove(a)
+    # The same names, opened again with R3 (and by two nodes at once): the streams
+    # are scaled up, the destination's consumer keeps its place.
+    nodes.cfg = dataclasses.replace(nodes.cfg, replicas=3)
+    b = await nodes.start("b")
+    c = await nodes.start("c")
+    for name in (b.names.ingest, b.names.stream, b.names.dead):
+        assert (await b.js.stream_info(name)).config.num_replicas == 3
+    assert (await c.lag("hook"))["pending"] == 0
+    await c.append([row("after")])
+    got = await drain(await b.reader("hook"), 1)
+    assert [e.message_id for e in got] == ["after"]
 
 
 async def test_an_ordered_destination_gets_each_users_events_in_the_order_taken(

@@ -84,6 +84,8 @@ log = structlog.get_logger("eventd.store.jetstream")
 
 _TRANSIENT = (NatsTimeout, NoStreamResponseError, NoRespondersError, asyncio.TimeoutError)
 T = TypeVar("T")
+CLOSE_TIMEOUT = 10.0  # seconds close() waits for the stages and the connection
+MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
 
@@ -217,7 +219,11 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         or (config.duplicate_window and current.duplicate_window != config.duplicate_window)
         or current.num_replicas != config.num_replicas
     ):
-        await js.update_stream(config)
+        try:
+            await js.update_stream(config)
+        except BadRequestError as exc:  # another node is updating it to the same config
+            log.info("stream update refused", stream=config.name, error=str(exc))
+            return
         log.info("stream updated", stream=config.name)
 
 
@@ -310,6 +316,9 @@ class JetStreamStore:
         """Streams, the lease bucket, dedup consumers and one durable consumer per
         destination, each created or brought to this config (idempotent)."""
         n, r = self.names, self.cfg.replicas
+        # Creating, scaling or moving a stream waits on the cluster's meta leader and
+        # new replicas catching up: longer than a publish may wait.
+        js = self.js if self.nc is None else self.nc.jetstream(timeout=MANAGE_TIMEOUT)
         # (name, subjects, retention): the work queue ingest fills, the log (eventd's
         # retention sweep purges it: limits retention with no limit), the dead letters.
         streams = (
@@ -326,16 +335,16 @@ class JetStreamStore:
                 num_replicas=r,
                 duplicate_window=self.cfg.publish_dedup_window,
             )
-            await _ensure_stream(self.js, config)
+            await _ensure_stream(js, config)
         try:
-            self.leases = await self.js.key_value(n.leases)
+            self.leases = await js.key_value(n.leases)
         except NotFoundError:  # nats-py's BucketNotFoundError
-            self.leases = await self.js.create_key_value(
+            self.leases = await js.create_key_value(
                 KeyValueConfig(bucket=n.leases, ttl=self.lease_ttl, history=1, replicas=r)
             )
         for p in range(self.cfg.partitions):
             await _ensure_consumer(
-                self.js,
+                js,
                 n.ingest,
                 ConsumerConfig(
                     durable_name=n.dedup_consumer(p),
@@ -348,7 +357,7 @@ class JetStreamStore:
         for name in destinations:
             for durable, subject in self._consumers(name):
                 await _ensure_consumer(
-                    self.js,
+                    js,
                     n.stream,
                     ConsumerConfig(
                         durable_name=durable,
@@ -380,14 +389,14 @@ class JetStreamStore:
         tasks = [t for t in (self._claimer, *self._stages.values()) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            # Bounded: a stage closing its RocksDB set finishes on a thread.
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
         self._stages.clear()
         if self.nc is not None:
             # close, not drain: unsettled messages go back to the consumer at ack_wait.
             with contextlib.suppress(Exception):
-                await self.nc.close()
+                await asyncio.wait_for(self.nc.close(), CLOSE_TIMEOUT)
             self.nc = None
             self._js = None
 
@@ -608,7 +617,7 @@ class JetStreamStore:
                     return
                 try:
                     msgs = await sub.fetch(min(pending, 256), timeout=2)
-                except NatsTimeout:
+                except (TimeoutError, NatsTimeout):
                     continue
                 for msg in msgs:
                     yield msg
@@ -762,7 +771,7 @@ class DestinationReader:
         """Up to ``max_messages`` log messages (each a group of events); [] when none came."""
         try:
             msgs = await self.sub.fetch(max_messages, timeout=wait)
-        except NatsTimeout:
+        except (TimeoutError, NatsTimeout):
             return []
         out = []
         for msg in msgs:
