@@ -2,8 +2,9 @@
 
 A registry per app (not the global one) keeps test apps in one process apart.
 Modules receive a :class:`Metrics` and only observe into it; gauges that are
-cheaper to read than to maintain (lag, outbox size) are filled at scrape time by
-callbacks registered with :meth:`Metrics.on_scrape`.
+cheaper to read than to maintain are filled at scrape time: lag by
+``Dispatcher.status()`` and the store's size by the admin's ``/metrics`` handler,
+a plugin's own by a callback registered with :meth:`Metrics.on_scrape`.
 """
 
 from __future__ import annotations
