@@ -86,8 +86,37 @@ class ServerConfig:
     analytics_js: Path | None = None
 
 
+_STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_NATS_URL = re.compile(r"^(nats|tls)://[^\s/:@]+(:\d{1,5})?$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JetStreamConfig:
+    """``storage.*`` keys of ``backend = "jetstream"`` (DESIGN.md, "Past one machine")."""
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    stream: str = "EVENTD"  # the log; the other streams and buckets derive their names from it
+    replicas: int = 3
+    # Dedup and per-user ordering partitions: subjects carry a partition number, a
+    # partition has one dedup stage (and, for ordered destinations, one fetcher) at a time.
+    partitions: int = 8
+    # The stream's own message-id window: covers a publisher retrying one publish.
+    publish_dedup_window: float = 120.0
+    # How long ingest waits for the stream's acknowledgement before answering 503.
+    publish_timeout: float = 5.0
+    creds: Path | None = None
+    token: str | None = field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class StorageConfig:
+    backend: str = "sqlite"
+    jetstream: JetStreamConfig | None = None  # set when backend = "jetstream"
     path: Path = DEFAULT_DATA_DIR / "eventd.db"
     synchronous: str = "full"
     retention: float = 7 * 86400.0
@@ -305,7 +334,12 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
     sync = st.get("synchronous", str, "'full' or 'normal'") or "full"
     if sync not in ("full", "normal"):
         st.fail("synchronous", sync, "'full' or 'normal'")
+    backend = st.get("backend", str, "'sqlite' or 'jetstream'") or "sqlite"
+    if backend not in ("sqlite", "jetstream"):
+        st.fail("backend", backend, "'sqlite' or 'jetstream'")
     storage = StorageConfig(
+        backend=backend,
+        jetstream=_jetstream(st, origin) if backend == "jetstream" else _no_jetstream(st),
         path=path,
         synchronous=sync,
         retention=_default(st.convert("retention", parse_duration), StorageConfig.retention),
@@ -471,6 +505,107 @@ def _source_settings(t: _Table, stype: str) -> dict[str, Any]:
     settings = {k: v for k, v in t.data.items() if k not in t.seen}
     t.seen.update(settings)
     return settings
+
+
+_JETSTREAM_KEYS = (
+    "servers",
+    "stream",
+    "replicas",
+    "partitions",
+    "publish_dedup_window",
+    "publish_timeout",
+    "creds",
+    "token",
+    "user",
+    "password",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+)
+
+
+def _no_jetstream(st: _Table) -> JetStreamConfig | None:
+    """None, after refusing any jetstream key given without the backend."""
+    for key in _JETSTREAM_KEYS:
+        if key in st.data:
+            shown = "***" if key in ("token", "password") else st.data[key]
+            st.fail(key, shown, "storage.backend = 'jetstream' beside it")
+    return None
+
+
+def _jetstream(st: _Table, origin: str) -> JetStreamConfig:
+    """The jetstream keys of ``[storage]``: the cluster, names, and one way to log in."""
+    servers = st.strings("servers")
+    if servers is not None:
+        if not servers:
+            st.fail("servers", [], "at least one nats://host:port URL")
+        for url in servers:
+            if not _NATS_URL.match(url):
+                st.fail("servers", url, "a nats://host:port or tls://host:port URL")
+    stream = st.get("stream", str, "a stream name") or JetStreamConfig.stream
+    if not _STREAM_NAME.match(stream):
+        st.fail("stream", stream, "a stream name of 1-32 letters, digits, '-' or '_'")
+    replicas = _default(st.convert("replicas", _positive(int)), JetStreamConfig.replicas)
+    if replicas > 5:
+        st.fail("replicas", replicas, "1 to 5 (JetStream's limit)")
+    partitions = _default(st.convert("partitions", _positive(int)), JetStreamConfig.partitions)
+    if partitions > 1024:
+        st.fail("partitions", partitions, "1 to 1024")
+
+    def file(key: str) -> Path | None:
+        value = st.get(key, str, "a file path")
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_absolute() and origin != EMBEDDED_ORIGIN:
+            path = Path(origin).parent / path
+        if not path.is_file():
+            st.fail(key, value, f"a readable file ({path} does not exist)")
+        return path
+
+    creds = file("creds")
+    token = st.get("token", str, "a string")
+    user = st.get("user", str, "a string")
+    password = st.get("password", str, "a string")
+    if (user is None) != (password is None):
+        missing, given = ("password", "user") if user is not None else ("user", "password")
+        raise ConfigError(
+            f"{origin}: storage.{missing} is missing: expected it beside storage.{given}"
+        )
+    ways = [k for k, v in (("creds", creds), ("token", token), ("user", user)) if v is not None]
+    if len(ways) > 1:
+        shown = "***" if ways[1] == "token" else st.data[ways[1]]
+        st.fail(ways[1], shown, f"one way to log in; storage.{ways[0]} is already set")
+    tls_cert, tls_key = file("tls_cert"), file("tls_key")
+    if (tls_cert is None) != (tls_key is None):
+        missing, given = (
+            ("tls_key", "tls_cert") if tls_cert is not None else ("tls_cert", "tls_key")
+        )
+        raise ConfigError(
+            f"{origin}: storage.{missing} is missing: expected it beside storage.{given}"
+            " (a client certificate and its key)"
+        )
+    for key in _JETSTREAM_KEYS:
+        st.seen.add(key)
+    return JetStreamConfig(
+        servers=servers or JetStreamConfig.servers,
+        stream=stream,
+        replicas=replicas,
+        partitions=partitions,
+        publish_dedup_window=_default(
+            st.convert("publish_dedup_window", parse_duration), JetStreamConfig.publish_dedup_window
+        ),
+        publish_timeout=_default(
+            st.convert("publish_timeout", parse_duration), JetStreamConfig.publish_timeout
+        ),
+        creds=creds,
+        token=token,
+        user=user,
+        password=password,
+        tls_ca=file("tls_ca"),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
 
 
 def _optional_path(value: str | None) -> Path | None:

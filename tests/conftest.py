@@ -10,8 +10,9 @@ import pytest
 
 from tests.harness import EventdProcess, Sink, running
 
-# The contract servers (mixpanel, amplitude, ga4, intercom) and what their tests share.
-pytest_plugins = ["tests.contract.fixtures"]
+# The contract servers (mixpanel, amplitude, ga4, intercom) and what their tests share;
+# a real NATS JetStream cluster for the jetstream store.
+pytest_plugins = ["tests.contract.fixtures", "tests.nats_fixtures"]
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ fi
 if [ -f .ci/browser-setup.sh ]; then
     bash .ci/browser-setup.sh || echo "browser setup failed: the browser test will be skipped"
 fi
+# Debian's nats-server, for the jetstream store's cluster tests.
+bash .ci/nats-setup.sh || echo "nats setup failed: the JetStream tests will be skipped (in CI: failed)"
 bash .ci/node-setup.sh || echo "node setup failed: the Node SDK test will be skipped (in CI: failed)"
 
 .venv/bin/ruff check .

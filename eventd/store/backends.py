@@ -6,7 +6,7 @@ and passes the conformance suite in ``tests/store/``.
 
 from __future__ import annotations
 
-from eventd.config import StorageConfig
+from eventd.config import ConfigError, StorageConfig
 from eventd.metrics import Metrics
 from eventd.store.base import Store
 from eventd.store.sqlite import SqliteStore
@@ -17,6 +17,14 @@ def open_store(config: StorageConfig, metrics: Metrics) -> Store:
 
     A new backend (``storage.backend = "jetstream"``) is constructed here from its
     own keys of ``[storage]``."""
+    if config.backend == "jetstream":
+        # Refused rather than quietly served from SQLite: the cluster store exists
+        # (eventd/store/jetstream.py) but the dispatcher cannot yet read through
+        # consumers shared by nodes (docs/scaling.md, "What is left").
+        raise ConfigError(
+            "storage.backend = 'jetstream': not yet served by `eventd serve` (the cluster"
+            " store is built, its dispatcher wiring is not: docs/scaling.md); use 'sqlite'"
+        )
     return SqliteStore(
         config.path,
         synchronous=config.synchronous,

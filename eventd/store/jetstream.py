@@ -1,0 +1,794 @@
+"""The cluster store: eventd's log, cursors, dead letters and dedup on NATS JetStream.
+
+Names, all derived from ``storage.stream`` (S, default ``EVENTD``):
+
+``S_IN``    stream, work-queue retention, subjects ``S.in.<p>``: what ingest
+            publishes, one message per (group of requests, partition p); a
+            message leaves once its partition's dedup stage has forwarded it.
+            p is a hash of the event's user (userId, else anonymousId): a retry
+            carries the same user, so it meets its first copy's dedup set, and
+            one user's events keep their order through one partition.
+``S``       stream, the log, subjects ``S.log.<p>``: one message per forwarded
+            group of events. Each destination is a durable pull consumer
+            ``dest-<name>`` on it (any node fetches; the order between users is
+            not kept); an ordered destination has one consumer per partition,
+            ``dest-<name>-p<p>``, each with one fetcher at a time.
+``S_DEAD``  stream, subjects ``S.dead.<destination>``: dead letters, each a copy
+            of the event (the log's copy goes at retention; a dead letter
+            outlives it), its id the message's sequence in this stream.
+``S_LEASES`` key-value bucket: ``dedup-<p>`` -> the node running partition p's
+            dedup stage (a lease renewed every few seconds, lost with its TTL),
+            ``node-<id>`` -> heartbeats (the live nodes share rate limits).
+
+Acknowledgement: :meth:`JetStreamStore.append` returns only after the S_IN
+stream acknowledged every message of the group, i.e. after a quorum of replicas
+holds it (R3: two servers). That is not an fsync (nats-server's default
+``sync_interval`` is 2 minutes): durability comes from replication. A leader
+change stalls publishing for ~5 s: the same message is republished with the same
+``Nats-Msg-Id`` (the stream's window drops the copy) until ``publish_timeout``,
+then :class:`StorageUnavailable` is raised (ingest answers 503 + Retry-After):
+nothing is acknowledged before the stream did.
+
+Dedup (24 h, Segment's rule): see eventd/store/dedup.py. The stage of partition p
+pulls ``S.in.p`` in order, drops repeats, publishes the rest to the log with
+``Nats-Msg-Id = in-<S_IN seq>`` (a stage that crashed after publishing and
+before acking republishes the same ids: the stream's window drops them; past the
+window, the set rebuilt from the log already holds their keys), records the keys
+with the log sequence as watermark, then acks the S_IN message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import orjson
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import (
+    BadRequestError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
+
+from eventd.config import JetStreamConfig
+from eventd.store.base import EventRow, StorageUnavailable
+from eventd.store.dedup import DedupSet, dedup_key, partition_of
+
+log = structlog.get_logger("eventd.store.jetstream")
+
+_TRANSIENT = (NatsTimeout, NoStreamResponseError, NoRespondersError, asyncio.TimeoutError)
+T = TypeVar("T")
+CLOSE_TIMEOUT = 10.0  # seconds close() waits for the stages and the connection
+MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
+LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
+LEASE_RENEW = 3.0
+
+
+@dataclass(frozen=True)
+class Names:
+    """Streams, subjects, buckets and consumers derived from ``storage.stream``."""
+
+    stream: str
+
+    @property
+    def ingest(self) -> str:
+        return f"{self.stream}_IN"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.stream}_DEAD"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.stream}_LEASES"
+
+    def in_subject(self, p: int) -> str:
+        return f"{self.stream}.in.{p}"
+
+    def log_subject(self, p: int | str) -> str:
+        return f"{self.stream}.log.{p}"
+
+    def dead_subject(self, destination: str) -> str:
+        return f"{self.stream}.dead.{destination}"
+
+    @staticmethod
+    def dedup_consumer(p: int) -> str:
+        return f"dedup-{p}"
+
+    @staticmethod
+    def destination_consumer(destination: str, p: int | None = None) -> str:
+        return f"dest-{destination}" if p is None else f"dest-{destination}-p{p}"
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """An event read from the log: ``seq`` is the log message's stream sequence,
+    ``offset`` its place in that message's group."""
+
+    seq: int
+    offset: int
+    source: str
+    message_id: str
+    user_id: str | None
+    received_at: int  # unix ms
+    body: bytes
+
+
+def user_partition(row: EventRow, partitions: int) -> int:
+    """The partition of an event: a stable hash of its user (userId, else
+    anonymousId), so one user's events, and any retry of one, share a subject."""
+    return partition_of(row[4] or row[5] or "", partitions)
+
+
+def encode_rows(rows: Sequence[EventRow]) -> bytes:
+    return orjson.dumps([[*row[:7], row[7].decode()] for row in rows])
+
+
+def chunked(rows: Sequence[EventRow], max_bytes: int) -> list[bytes]:
+    """``rows`` encoded as messages of at most ~``max_bytes`` each (a message holds
+    at least one event, whatever its size: ingest limits a request's size)."""
+    out: list[bytes] = []
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        row_bytes = len(row[7]) + len(row[1]) + 64  # body + id + the other fields, JSON
+        if i > start and size + row_bytes > max_bytes:
+            out.append(encode_rows(rows[start:i]))
+            start, size = i, 0
+        size += row_bytes
+    if start < len(rows):
+        out.append(encode_rows(rows[start:]))
+    return out
+
+
+def decode_rows(data: bytes) -> list[EventRow]:
+    return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7].encode()) for r in orjson.loads(data)]
+
+
+async def connect(cfg: JetStreamConfig, name: str) -> NATS:
+    """A client connection with the configured credentials; reconnects forever.
+
+    Pings every 2 s so a server that stops answering (a partition, SIGSTOP) is
+    left for another within ~6 s rather than nats-py's default two minutes.
+    """
+    options: dict[str, Any] = {
+        "servers": list(cfg.servers),
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "ping_interval": 2,
+        "max_outstanding_pings": 2,
+        "connect_timeout": 2,
+        "allow_reconnect": True,
+    }
+    if cfg.creds is not None:
+        options["user_credentials"] = str(cfg.creds)
+    if cfg.token is not None:
+        options["token"] = cfg.token
+    if cfg.user is not None:
+        options["user"], options["password"] = cfg.user, cfg.password
+    if cfg.tls_ca or cfg.tls_cert:
+        context = ssl.create_default_context(
+            cafile=str(cfg.tls_ca) if cfg.tls_ca else None,
+        )
+        if cfg.tls_cert and cfg.tls_key:
+            context.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+        options["tls"] = context
+    return await nats.connect(**options)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or update it to ``config`` (idempotent: N nodes converge)."""
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        with contextlib.suppress(BadRequestError):  # another node created it meanwhile
+            await js.add_stream(config)
+            return
+        info = await js.stream_info(config.name)
+    current = info.config
+    if (
+        current.subjects != config.subjects
+        or (current.max_age or 0) != (config.max_age or 0)
+        or (config.duplicate_window and current.duplicate_window != config.duplicate_window)
+        or current.num_replicas != config.num_replicas
+    ):
+        try:
+            await js.update_stream(config)
+        except BadRequestError as exc:  # another node is updating it to the same config
+            log.info("stream update refused", stream=config.name, error=str(exc))
+            return
+        log.info("stream updated", stream=config.name)
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    """Create a durable consumer unless it exists (its cursor is kept as it is)."""
+    assert config.durable_name is not None
+    try:
+        await js.consumer_info(stream, config.durable_name)
+    except NotFoundError:
+        with contextlib.suppress(BadRequestError):  # created by another node meanwhile
+            await js.add_consumer(stream, config)
+
+
+class JetStreamStore:
+    """One node's view of the cluster store: publishing, dedup stages, reading.
+
+    ``data_dir`` holds only this node's dedup sets (rebuildable from the log).
+    """
+
+    def __init__(
+        self,
+        cfg: JetStreamConfig,
+        data_dir: Path,
+        *,
+        dedup_window: float = 86400.0,
+        retention: float = 7 * 86400.0,
+        node_id: str | None = None,
+        lease_ttl: float = LEASE_TTL,
+        ack_wait: float = 60.0,
+    ) -> None:
+        self.cfg = cfg
+        self.names = Names(cfg.stream)
+        self.data_dir = data_dir
+        self.dedup_window_ms = int(dedup_window * 1000)
+        self.retention = retention
+        self.node_id = node_id or f"{os.uname().nodename}-{os.getpid()}"
+        self.lease_ttl = lease_ttl
+        self.ack_wait = ack_wait
+        self.nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self.leases: KeyValue | None = None
+        self._queue: asyncio.Queue[tuple[Sequence[EventRow], asyncio.Future[int]] | None] = (
+            asyncio.Queue()
+        )
+        self._publisher: asyncio.Task[None] | None = None
+        self._stages: dict[int, asyncio.Task[None]] = {}
+        self._claimer: asyncio.Task[None] | None = None
+        self._publish_count = 0
+        # Publish ids must never repeat within the stream's window, or the stream would
+        # drop a new group as a copy of an old one: a restarted node keeps its node id
+        # (and in a container its pid, 1), so each process adds a random token.
+        self._publish_prefix = f"{self.node_id}-{os.urandom(6).hex()}"
+        self.ordered: set[str] = set()
+        self.max_message_bytes = 512 * 1024
+        self.pending_events = 0
+        self.duplicates = 0  # counted by this node's dedup stages
+        self.forwarded = 0
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise StorageUnavailable("the jetstream store is not open")
+        return self._js
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def open(
+        self,
+        destinations: Sequence[str] = (),
+        *,
+        ordered: Sequence[str] = (),
+        run_dedup: bool = True,
+    ) -> None:
+        """Connect, create or update streams, buckets and consumers, start the
+        publisher and (``run_dedup``) this node's bid for dedup partitions.
+        ``ordered``: the destinations (among ``destinations``) that keep each
+        user's order: one consumer per partition instead of one."""
+        self.nc = await connect(self.cfg, self.node_id)
+        self._js = self.nc.jetstream(timeout=self.cfg.publish_timeout)
+        # The server's max_payload (1 MB by default), less room for headers and
+        # for JSON escaping of the bodies (a body is a JSON string inside the message).
+        self.max_message_bytes = self.nc.max_payload // 2
+        self.ordered = set(ordered)
+        await self.ensure(destinations)
+        self._publisher = asyncio.create_task(self._publish_loop(), name="jetstream-publisher")
+        if run_dedup:
+            self._claimer = asyncio.create_task(self._claim_loop(), name="jetstream-dedup-claims")
+
+    async def ensure(self, destinations: Sequence[str]) -> None:
+        """Streams, the lease bucket, dedup consumers and one durable consumer per
+        destination, each created or brought to this config (idempotent)."""
+        n, r = self.names, self.cfg.replicas
+        # Creating, scaling or moving a stream waits on the cluster's meta leader and
+        # new replicas catching up: longer than a publish may wait.
+        js = self.js if self.nc is None else self.nc.jetstream(timeout=MANAGE_TIMEOUT)
+        # (name, subjects, retention): the work queue ingest fills, the log (eventd's
+        # retention sweep purges it: limits retention with no limit), the dead letters.
+        streams = (
+            (n.ingest, f"{n.stream}.in.*", RetentionPolicy.WORK_QUEUE),
+            (n.stream, f"{n.stream}.log.>", RetentionPolicy.LIMITS),
+            (n.dead, f"{n.stream}.dead.>", RetentionPolicy.LIMITS),
+        )
+        for name, subjects, retention in streams:
+            config = StreamConfig(
+                name=name,
+                subjects=[subjects],
+                retention=retention,
+                storage=StorageType.FILE,
+                num_replicas=r,
+                duplicate_window=self.cfg.publish_dedup_window,
+            )
+            await _ensure_stream(js, config)
+        try:
+            self.leases = await js.key_value(n.leases)
+        except NotFoundError:  # nats-py's BucketNotFoundError
+            self.leases = await js.create_key_value(
+                KeyValueConfig(bucket=n.leases, ttl=self.lease_ttl, history=1, replicas=r)
+            )
+        for p in range(self.cfg.partitions):
+            await _ensure_consumer(
+                js,
+                n.ingest,
+                ConsumerConfig(
+                    durable_name=n.dedup_consumer(p),
+                    filter_subject=n.in_subject(p),
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=30,
+                    max_ack_pending=1_000,
+                ),
+            )
+        for name in destinations:
+            for durable, subject in self._consumers(name):
+                await _ensure_consumer(
+                    js,
+                    n.stream,
+                    ConsumerConfig(
+                        durable_name=durable,
+                        filter_subject=subject,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        # A batch held for a retry is kept with in_progress(); a node that
+                        # dies holding it lets it go after ack_wait to another node.
+                        ack_wait=self.ack_wait,
+                        max_ack_pending=10_000,
+                    ),
+                )
+
+    def _consumers(self, destination: str) -> list[tuple[str, str]]:
+        """(durable name, filter subject) of each consumer of a destination."""
+        n = self.names
+        if destination in self.ordered:
+            return [
+                (n.destination_consumer(destination, p), n.log_subject(p))
+                for p in range(self.cfg.partitions)
+            ]
+        return [(n.destination_consumer(destination), f"{n.stream}.log.>")]
+
+    async def close(self) -> None:
+        """Publish what is queued, stop the dedup stages (leases let go), disconnect."""
+        if self._publisher is not None:
+            await self._queue.put(None)
+            await self._publisher
+            self._publisher = None
+        tasks = [t for t in (self._claimer, *self._stages.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: a stage closing its RocksDB set finishes on a thread.
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        self._stages.clear()
+        if self.nc is not None:
+            # close, not drain: unsettled messages go back to the consumer at ack_wait.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), CLOSE_TIMEOUT)
+            self.nc = None
+            self._js = None
+
+    async def ready(self) -> bool:
+        """True when the log's stream answers with a leader (a quorum exists)."""
+        if self.nc is None or not self.nc.is_connected:
+            return False
+        try:
+            info = await self.js.stream_info(self.names.stream)
+        except (*_TRANSIENT, ConnectionClosedError):
+            return False
+        return info.cluster is None or info.cluster.leader is not None
+
+    # -- ingest -------------------------------------------------------------------
+
+    async def append(self, rows: Sequence[EventRow]) -> int:
+        """Publish events; returns how many were taken (repeats are dropped later,
+        by the dedup stage). Returns only after the stream's acknowledgement;
+        raises :class:`StorageUnavailable` when it did not come in
+        ``publish_timeout`` (then the caller answers 503 and the client retries:
+        the same events, dropped as repeats if they had reached the stream)."""
+        if self._publisher is None:
+            raise StorageUnavailable("the jetstream store is closed")
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.pending_events += len(rows)
+        try:
+            self._queue.put_nowait((rows, fut))
+            # A hard bound even when the publisher is behind: the caller answers 503
+            # and retries; if the group does reach the stream later, dedup drops the
+            # retry. (shield: the group's future is not ours alone to cancel.)
+            return await asyncio.wait_for(asyncio.shield(fut), self.cfg.publish_timeout + 1.0)
+        except TimeoutError:
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise StorageUnavailable(
+                f"no acknowledgement from the cluster in {self.cfg.publish_timeout:g}s"
+            ) from None
+        finally:
+            self.pending_events -= len(rows)
+
+    async def _publish_loop(self) -> None:
+        """Group commit: everything queued while the last group was published goes
+        out as one message per dedup partition, acknowledged together."""
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            group = [] if first is None else [first]
+            stopping = first is None
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                else:
+                    group.append(item)
+            if group:
+                await self._publish_group(group)
+
+    async def _publish_group(
+        self, group: list[tuple[Sequence[EventRow], asyncio.Future[int]]]
+    ) -> None:
+        by_partition: dict[int, list[EventRow]] = {}
+        for rows, _ in group:
+            for row in rows:
+                p = user_partition(row, self.cfg.partitions)
+                by_partition.setdefault(p, []).append(row)
+        self._publish_count += 1
+        base = f"{self._publish_prefix}-{self._publish_count}"
+
+        async def publish_partition(p: int, rows: list[EventRow]) -> None:
+            # In order: chunks of one partition published together could be stored
+            # in either order, and one user's events with them.
+            for i, chunk in enumerate(chunked(rows, self.max_message_bytes)):
+                await self._publish(self.names.in_subject(p), chunk, f"{base}-{p}-{i}")
+
+        try:
+            await asyncio.gather(*(publish_partition(p, r) for p, r in by_partition.items()))
+        except Exception as exc:
+            # Whatever went wrong, the waiting requests get it (a 503) and the
+            # publisher lives on for the next group.
+            failure = exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(repr(exc))
+            if not isinstance(exc, StorageUnavailable):
+                log.exception("publish failed")
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(failure)
+            return
+        for rows, fut in group:
+            if not fut.done():
+                fut.set_result(len(rows))
+
+    async def _publish(self, subject: str, data: bytes, msg_id: str) -> int:
+        """Publish until acknowledged, with the same message id, for up to
+        ``publish_timeout``; returns the stream sequence."""
+        deadline = time.monotonic() + self.cfg.publish_timeout
+        delay = 0.05
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StorageUnavailable(
+                    f"no acknowledgement from the cluster in {self.cfg.publish_timeout:g}s"
+                )
+            try:
+                ack = await self.js.publish(
+                    subject, data, timeout=min(left, 2.0), headers={"Nats-Msg-Id": msg_id}
+                )
+                return int(ack.seq)
+            except (*_TRANSIENT, ConnectionClosedError):
+                # A leader election or a server switch: wait a little, same id.
+                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, 1.0)
+
+    # -- dedup stages ---------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        """Bid for every partition nobody holds; renew the ones held; run a stage
+        for each partition held (again, if it stopped)."""
+        assert self.leases is not None
+        revisions: dict[int, int] = {}
+        while True:
+            with contextlib.suppress(Exception):  # a stalled cluster: next round
+                await self.heartbeat()
+            for p in range(self.cfg.partitions):
+                key = f"dedup-{p}"
+                task = self._stages.get(p)
+                try:
+                    if p in revisions:
+                        revisions[p] = await self.leases.update(
+                            key, self.node_id.encode(), last=revisions[p]
+                        )
+                    else:
+                        revisions[p] = await self.leases.create(key, self.node_id.encode())
+                except KeyWrongLastSequenceError:
+                    # Held by another node, or our lease lapsed: stop our stage.
+                    revisions.pop(p, None)
+                    if task is not None:
+                        task.cancel()
+                        self._stages.pop(p, None)
+                    continue
+                except Exception as exc:  # a stalled cluster or a lost connection: next round
+                    log.info("lease not renewed", partition=p, error=repr(exc))
+                    continue
+                if task is None or task.done():
+                    self._stages[p] = asyncio.create_task(
+                        self._stage(p), name=f"jetstream-dedup-{p}"
+                    )
+            await asyncio.sleep(self.lease_ttl * LEASE_RENEW / LEASE_TTL)
+
+    def held_partitions(self) -> list[int]:
+        return sorted(p for p, t in self._stages.items() if not t.done())
+
+    async def _stage(self, p: int) -> None:
+        """Partition p's dedup stage, while this node holds its lease. A cluster
+        that stalls is waited out: the stage retries the same message (never the
+        next one first: that would reorder a user's events) until it is forwarded."""
+        path = self.data_dir / "dedup" / f"{self.cfg.stream}-{p}"
+        dedup = await asyncio.to_thread(DedupSet, path, self.dedup_window_ms)
+        try:
+            added = await _retrying(lambda: self.rebuild(p, dedup), f"dedup-{p} rebuild")
+            log.info("dedup stage started", partition=p, rebuilt_keys=added)
+            sub = await _retrying(
+                lambda: self.js.pull_subscribe_bind(
+                    self.names.dedup_consumer(p), stream=self.names.ingest
+                ),
+                f"dedup-{p} subscribe",
+            )
+            while True:
+                try:
+                    msgs = await sub.fetch(64, timeout=1)
+                except (*_TRANSIENT, ConnectionClosedError):
+                    continue
+                for msg in msgs:
+                    await _retrying(functools.partial(self._forward, p, msg, dedup), f"dedup-{p}")
+        finally:
+            await asyncio.to_thread(dedup.close)
+
+    async def _forward(self, p: int, msg: Msg, dedup: DedupSet) -> None:
+        rows = decode_rows(msg.data)
+        keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
+        new = dedup.filter_new(keys)
+        self.duplicates += len(rows) - len(new)
+        seq = None
+        if new:
+            data = encode_rows([rows[i] for i in new])
+            in_seq = msg.metadata.sequence.stream
+            seq = await self._publish(self.names.log_subject(p), data, f"in-{in_seq}")
+        dedup.add([keys[i] for i in new], watermark=seq)
+        self.forwarded += len(new)
+        await msg.ack_sync()
+
+    async def rebuild(self, p: int, dedup: DedupSet) -> int:
+        """Add to ``dedup`` the keys of partition p's log messages after its
+        watermark (or within the window, for an empty set); returns keys added."""
+        mark = dedup.watermark
+        if mark:
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=mark + 1
+            )
+        else:
+            since = datetime.fromtimestamp(time.time() - self.dedup_window_ms / 1000, UTC)
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since
+            )
+        config.ack_policy = AckPolicy.NONE
+        config.inactive_threshold = 30
+        entries: list[tuple[int, bytes, int]] = []
+        async for msg in self._read_all(self.names.log_subject(p), config):
+            seq = msg.metadata.sequence.stream
+            entries.extend((seq, dedup_key(r[0], r[1]), r[6]) for r in decode_rows(msg.data))
+        return await asyncio.to_thread(dedup.rebuild, entries)
+
+    async def _read_all(self, subject: str, config: ConsumerConfig) -> AsyncIterator[Msg]:
+        """Every message of ``subject`` from ``config``'s start, through an
+        ephemeral consumer, until none is pending."""
+        sub = await self.js.pull_subscribe(subject, stream=self.names.stream, config=config)
+        try:
+            while True:
+                pending = (await sub.consumer_info()).num_pending or 0
+                if pending == 0:
+                    return
+                try:
+                    msgs = await sub.fetch(min(pending, 256), timeout=2)
+                except (TimeoutError, NatsTimeout):
+                    continue
+                for msg in msgs:
+                    yield msg
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    # -- destinations -----------------------------------------------------------------
+
+    async def reader(self, destination: str, partition: int | None = None) -> DestinationReader:
+        """A pull on the destination's consumer (an ordered destination's
+        ``partition``: hold it with one fetcher at a time to keep users' order)."""
+        sub = await self.js.pull_subscribe_bind(
+            self.names.destination_consumer(destination, partition), stream=self.names.stream
+        )
+        return DestinationReader(destination, sub)
+
+    async def lag(self, destination: str) -> dict[str, int]:
+        """The consumers' truth, the same from any node: log messages not yet
+        delivered (``pending``), delivered and not yet settled (``in_flight``),
+        and the stream sequence below which everything is settled (``settled_below``)."""
+        last = (await self.js.stream_info(self.names.stream)).state.last_seq
+        pending = in_flight = 0
+        settled_below = last + 1
+        for durable, _ in self._consumers(destination):
+            info = await self.js.consumer_info(self.names.stream, durable)
+            pending += int(info.num_pending or 0)
+            in_flight += int(info.num_ack_pending or 0)
+            if info.num_pending or info.num_ack_pending:
+                floor = info.ack_floor.stream_seq if info.ack_floor else 0
+                settled_below = min(settled_below, int(floor or 0) + 1)
+        return {"pending": pending, "in_flight": in_flight, "settled_below": settled_below}
+
+    # -- dead letters --------------------------------------------------------------
+
+    async def dead_letter(
+        self, destination: str, event: LogEvent, attempts: int, error: str
+    ) -> int:
+        """Copy the event into S_DEAD (it outlives the log's retention); returns its id."""
+        record = {
+            "destination": destination,
+            "seq": event.seq,
+            "offset": event.offset,
+            "source": event.source,
+            "message_id": event.message_id,
+            "received_at": event.received_at,
+            "body": event.body.decode(),
+            "attempts": attempts,
+            "error": error,
+            "failed_at": int(time.time() * 1000),
+        }
+        msg_id = f"dead-{destination}-{event.seq}-{event.offset}"
+        return await self._publish(
+            self.names.dead_subject(destination), orjson.dumps(record), msg_id
+        )
+
+    async def dead_letters(self, destination: str | None = None) -> list[dict[str, Any]]:
+        """Every dead letter (of one destination), oldest first, with its ``id``."""
+        subject = self.names.dead_subject(destination or "*")
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30)
+        out: list[dict[str, Any]] = []
+        sub = await self.js.pull_subscribe(subject, stream=self.names.dead, config=config)
+        try:
+            while (await sub.consumer_info()).num_pending:
+                for msg in await sub.fetch(256, timeout=2):
+                    out.append({"id": msg.metadata.sequence.stream, **orjson.loads(msg.data)})
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return out
+
+    # -- retention ----------------------------------------------------------------
+
+    async def sweep(self, destinations: Sequence[str], now: float | None = None) -> int:
+        """Purge log messages every destination has settled and older than
+        ``retention`` (SQLite's rule); returns the first sequence kept."""
+        last = (await self.js.stream_info(self.names.stream)).state.last_seq
+        floors = [(await self.lag(d))["settled_below"] for d in destinations]
+        settled_below = min(floors, default=last + 1)
+        cutoff = datetime.fromtimestamp((now or time.time()) - self.retention, UTC)
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=cutoff,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30,
+        )
+        sub = await self.js.pull_subscribe(
+            f"{self.names.stream}.log.>", stream=self.names.stream, config=config
+        )
+        try:
+            info = await sub.consumer_info()
+            # The first message at or after the cutoff, or past the end when none is.
+            young = last + 1 if not info.num_pending else None
+            if young is None:
+                msgs = await sub.fetch(1, timeout=2)
+                young = msgs[0].metadata.sequence.stream if msgs else last + 1
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        keep_from = min(settled_below, young)
+        if keep_from > 1:
+            await self.js.purge_stream(self.names.stream, seq=keep_from)
+        return keep_from
+
+    # -- shared limits ------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        """Say this node is alive (every lease round); the key expires with the TTL."""
+        assert self.leases is not None
+        await self.leases.put(f"node-{self.node_id}", str(time.time()).encode())
+
+    async def live_nodes(self) -> int:
+        """Nodes that beat within the lease TTL (expired keys are gone): a
+        destination's max_in_flight and rate_limit are shared as limit / this."""
+        assert self.leases is not None
+        try:
+            keys = await self.leases.keys()
+        except NotFoundError:
+            return 1
+        return max(1, sum(1 for k in keys if k.startswith("node-")))
+
+
+async def _retrying(step: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``step`` until it succeeds through transient cluster errors (a leader
+    election, a lost server), with a capped backoff; other errors propagate."""
+    delay = 0.1
+    while True:
+        try:
+            return await step()
+        except (*_TRANSIENT, ConnectionClosedError, StorageUnavailable) as exc:
+            log.info("cluster stalled; retrying", step=what, error=repr(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class DestinationReader:
+    """A node's pull on a destination's durable consumer.
+
+    Retry discipline: a failed batch is *held* (the worker keeps it, backs off with
+    eventd's own exponential backoff and Retry-After, and calls :meth:`hold` so the
+    server does not give it to another node), never NAKed with a delay: a NAK lets
+    the consumer hand later messages out meanwhile, which reorders a user's events
+    and spreads a destination's outage over every node's retries at once.
+    """
+
+    def __init__(self, destination: str, sub: JetStreamContext.PullSubscription) -> None:
+        self.destination = destination
+        self.sub = sub
+
+    async def fetch(self, max_messages: int, wait: float = 1.0) -> list[tuple[Msg, list[LogEvent]]]:
+        """Up to ``max_messages`` log messages (each a group of events); [] when none came."""
+        try:
+            msgs = await self.sub.fetch(max_messages, timeout=wait)
+        except (TimeoutError, NatsTimeout):
+            return []
+        out = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            events = [
+                LogEvent(seq, i, r[0], r[1], r[4], r[6], r[7])
+                for i, r in enumerate(decode_rows(msg.data))
+            ]
+            out.append((msg, events))
+        return out
+
+    @staticmethod
+    async def settle(msg: Msg) -> None:
+        """Every event of ``msg`` is delivered, skipped or dead-lettered: move on."""
+        await msg.ack_sync()
+
+    @staticmethod
+    async def hold(msg: Msg) -> None:
+        """Still retrying it here: restart the server's ack_wait clock."""
+        await msg.in_progress()

@@ -1,0 +1,118 @@
+"""``[storage] backend = "jetstream"`` keys: parsed into JetStreamConfig, and every
+mistake named by key, value and expectation (what ``eventd check`` prints)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from eventd.config import ConfigError, JetStreamConfig, parse_config
+
+
+def js(**keys: Any) -> dict[str, Any]:
+    return {"storage": {"backend": "jetstream", **keys}}
+
+
+def test_defaults_and_every_key(tmp_path: Path) -> None:
+    cfg = parse_config(js(), "t.toml")
+    assert cfg.storage.backend == "jetstream"
+    assert cfg.storage.jetstream == JetStreamConfig()
+    assert parse_config({}, "t.toml").storage.jetstream is None
+
+    for name in ("user.creds", "ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    origin = str(tmp_path / "eventd.toml")
+    cfg = parse_config(
+        js(
+            servers=["nats://10.0.0.1:4222", "tls://nats-2.internal:4222"],
+            stream="EV_PROD",
+            replicas=5,
+            partitions=16,
+            publish_timeout="2s",
+            creds="user.creds",
+            tls_ca="ca.pem",
+            tls_cert="cert.pem",
+            tls_key=str(tmp_path / "key.pem"),
+        ),
+        origin,
+    )
+    j = cfg.storage.jetstream
+    assert j is not None
+    assert j.servers == ("nats://10.0.0.1:4222", "tls://nats-2.internal:4222")
+    assert (j.stream, j.replicas, j.partitions, j.publish_timeout) == ("EV_PROD", 5, 16, 2.0)
+    # Relative paths are relative to the config file, as for tracking plans.
+    assert j.creds == tmp_path / "user.creds" and j.tls_ca == tmp_path / "ca.pem"
+    assert (j.tls_cert, j.tls_key) == (tmp_path / "cert.pem", tmp_path / "key.pem")
+    assert "s3cret" not in repr(parse_config(js(token="s3cret"), "t").storage)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"storage": {"backend": "kafka"}}, "storage.backend = 'kafka': expected 'sqlite' or"),
+        (
+            {"storage": {"servers": ["nats://a:4222"]}},
+            "storage.servers = ['nats://a:4222']: expected storage.backend = 'jetstream' beside",
+        ),
+        (
+            {"storage": {"token": "s3cret"}},
+            "storage.token = '***': expected storage.backend = 'jetstream'",
+        ),
+        (js(servers=[]), "storage.servers = []: expected at least one nats://host:port URL"),
+        (js(servers=["http://a:4222"]), "storage.servers = 'http://a:4222': expected a nats://"),
+        (js(servers="nats://a:4222"), "storage.servers = 'nats://a:4222': expected a list"),
+        (js(stream="EV.X"), "storage.stream = 'EV.X': expected a stream name of 1-32 letters"),
+        (js(replicas=0), "storage.replicas = 0: expected a positive integer"),
+        (js(replicas=7), "storage.replicas = 7: expected 1 to 5 (JetStream's limit)"),
+        (js(partitions=5000), "storage.partitions = 5000: expected 1 to 1024"),
+        (js(publish_timeout="soon"), "storage.publish_timeout = 'soon': expected a duration"),
+        (js(creds="/nope.creds"), "storage.creds = '/nope.creds': expected a readable file"),
+        (js(user="eventd"), "storage.password is missing: expected it beside storage.user"),
+        (js(password="pw"), "storage.user is missing: expected it beside storage.password"),
+        (
+            js(user="u", password="p", token="s3cret"),
+            "storage.user = 'u': expected one way to log in; storage.token is already set",
+        ),
+        (js(tls_cert="/etc/hostname"), "storage.tls_key is missing: expected it beside"),
+        (js(replica=3), "storage.replica = 3: expected one of the known keys"),
+    ],
+)
+def test_errors_name_key_value_and_expectation(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, "t.toml")
+    assert message in str(exc.value)
+    assert "s3cret" not in str(exc.value)
+
+
+def eventd(verb: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventd.cli", verb, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_eventd_check_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "eventd.toml"
+    path.write_text(tomli_w.dumps(js(servers=["nats://127.0.0.1:4222"], replicas=9)))
+    run = eventd("check", path)
+    assert run.returncode == 1
+    assert "storage.replicas = 9: expected 1 to 5" in run.stderr + run.stdout
+
+
+def test_serve_refuses_the_backend_it_cannot_serve_yet_instead_of_using_sqlite(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "eventd.toml"
+    storage = {"path": str(tmp_path / "data" / "eventd.db"), "backend": "jetstream"}
+    path.write_text(tomli_w.dumps({"storage": storage, "server": {"port": 0}}))
+    run = eventd("serve", path)
+    assert run.returncode == 1
+    assert "storage.backend = 'jetstream': not yet served" in run.stderr
+    assert not (tmp_path / "data" / "eventd.db").exists()

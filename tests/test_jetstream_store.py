@@ -1,0 +1,324 @@
+"""The jetstream store (eventd/store/jetstream.py) on a real 3-server nats-server
+cluster: acknowledged events reach the log once (24 h dedup across nodes, a dedup
+stage's partitions moving to another node that rebuilds its set from the log),
+destination consumers shared by nodes keep their cursor when a node dies, dead
+letters are copies, retention keeps what a destination has not passed, and a node
+cut off from the cluster refuses (StorageUnavailable) rather than acknowledging."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from eventd.config import JetStreamConfig
+from eventd.store.jetstream import (
+    DestinationReader,
+    EventRow,
+    JetStreamStore,
+    LogEvent,
+    StorageUnavailable,
+)
+from tests.nats_cluster import NatsCluster
+
+_streams = itertools.count()
+
+
+def row(mid: str, user: str = "u1", source: str = "web", at: int | None = None) -> EventRow:
+    at = at if at is not None else int(time.time() * 1000)
+    body = f'{{"messageId":"{mid}","userId":"{user}","type":"track"}}'.encode()
+    return (source, mid, "track", "E", user, None, at, body)
+
+
+async def until(predicate: Callable[[], bool], within: float = 30.0) -> None:
+    """Wait for a condition the store's own tasks make true (polled, bounded)."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.05)
+
+
+async def drain(
+    reader: DestinationReader, want: int | set[str], within: float = 30.0
+) -> list[LogEvent]:
+    """Fetch and settle until ``want`` events came (a count, or these messageIds)."""
+    got: list[LogEvent] = []
+    deadline = time.monotonic() + within
+
+    def done() -> bool:
+        if isinstance(want, int):
+            return len(got) >= want
+        return want <= {e.message_id for e in got}
+
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(got)} events, not yet {want}")
+        for msg, events in await reader.fetch(64):
+            got += events
+            await reader.settle(msg)
+    return got
+
+
+class Nodes:
+    """Stores as separate eventd nodes would hold them: own node id, own data dir."""
+
+    def __init__(self, tmp: Path, cluster: NatsCluster, **cfg: object) -> None:
+        self.tmp = tmp
+        self.cfg = JetStreamConfig(
+            servers=tuple(cluster.urls),
+            stream=f"T{next(_streams)}",
+            partitions=4,
+            **cfg,  # type: ignore[arg-type]
+        )
+        self.open: list[JetStreamStore] = []
+
+    async def start(
+        self,
+        name: str,
+        destinations: tuple[str, ...] = ("hook",),
+        ordered: tuple[str, ...] = (),
+        **kw: object,
+    ) -> JetStreamStore:
+        store = JetStreamStore(
+            self.cfg,
+            self.tmp / name,
+            node_id=name,
+            lease_ttl=2.0,
+            **kw,  # type: ignore[arg-type]
+        )
+        await store.open(destinations, ordered=ordered)
+        self.open.append(store)
+        return store
+
+    async def close(self) -> None:
+        for store in self.open:
+            await store.close()
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, nats_cluster: NatsCluster) -> AsyncIterator[Nodes]:
+    n = Nodes(tmp_path, nats_cluster)
+    yield n
+    await n.close()
+
+
+async def test_acknowledged_events_reach_the_log_once_whichever_node_took_them(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a")
+    b = await nodes.start("b")
+    await until(lambda: len(a.held_partitions()) + len(b.held_partitions()) == 4)
+    # Both nodes beat: each takes half of a destination's limits.
+    assert await a.live_nodes() == 2 and await b.live_nodes() == 2
+    first = [row(f"m{i}") for i in range(300)]
+    # Every 3rd event is sent again to the other node (an SDK retrying elsewhere
+    # behind the load balancer), and 50 within one request.
+    again = [r for i, r in enumerate(first) if i % 3 == 0]
+    results = await asyncio.gather(
+        a.append(first[:150]), b.append(first[150:]), b.append(again), a.append(first[:50])
+    )
+    assert results == [150, 150, 100, 50]
+
+    reader = await a.reader("hook")
+    got = await drain(reader, 300)
+    assert Counter(e.message_id for e in got) == Counter(f"m{i}" for i in range(300))
+    await until(lambda: a.duplicates + b.duplicates == 150)
+    assert not await reader.fetch(10, wait=0.5)
+
+
+async def test_a_dedup_stage_moves_to_another_node_which_rebuilds_its_set_from_the_log(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a")
+    await until(lambda: len(a.held_partitions()) == 4)
+    events = [row(f"k{i}") for i in range(200)]
+    await a.append(events)
+    await until(lambda: a.forwarded == 200)
+    # Node a dies with its disk: b never held these partitions, has no set at all.
+    await a.close()
+    nodes.open.remove(a)
+    b = await nodes.start("b")
+    await until(lambda: len(b.held_partitions()) == 4, within=30)
+    # The same 200 again plus 20 new: b's rebuilt sets know the 200.
+    await b.append(events + [row(f"new{i}") for i in range(20)])
+    await until(lambda: b.forwarded + b.duplicates == 220)
+    assert (b.forwarded, b.duplicates) == (20, 200)
+    got = await drain(await b.reader("hook"), 220)
+    assert Counter(e.message_id for e in got) == Counter(
+        [f"k{i}" for i in range(200)] + [f"new{i}" for i in range(20)]
+    )
+
+
+async def test_two_nodes_share_a_destination_cursor_and_a_dead_nodes_batch_goes_to_the_other(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a", ack_wait=2.0)
+    b = await nodes.start("b", ack_wait=2.0)
+    await a.append([row(f"c{i}", user=f"u{i % 7}") for i in range(120)])
+    ra, rb = await a.reader("hook"), await b.reader("hook")
+    # a takes a batch and dies before settling it (its connection goes with it).
+    await until(lambda: a.forwarded + b.forwarded == 120)
+    held = await ra.fetch(3)
+    assert held
+    held_ids = {e.message_id for _, events in held for e in events}
+    await a.close()
+    nodes.open.remove(a)
+    got = await drain(rb, 120)
+    assert Counter(e.message_id for e in got) == Counter(f"c{i}" for i in range(120))
+    assert held_ids <= {e.message_id for e in got}
+    lag = await b.lag("hook")
+    assert (lag["pending"], lag["in_flight"]) == (0, 0)
+
+
+async def test_a_restarted_node_with_the_same_id_is_not_taken_for_its_past_self(
+    nodes: Nodes,
+) -> None:
+    """Publish ids repeat across restarts only at the cost of events: the stream's
+    window would drop the new node's first groups as copies of the old one's."""
+    a = await nodes.start("a")
+    await a.append([row("first-life")])
+    await a.close()
+    nodes.open.remove(a)
+    again = await nodes.start("a")
+    await again.append([row("second-life")])
+    got = await drain(await again.reader("hook"), {"first-life", "second-life"})
+    assert sorted(e.message_id for e in got) == ["first-life", "second-life"]
+
+
+async def test_a_group_larger_than_a_message_goes_out_in_order_in_several(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a")
+    big = "x" * 20_000
+    rows = [
+        (
+            "web",
+            f"big{i}",
+            "track",
+            "E",
+            "u1",
+            None,
+            int(time.time() * 1000),
+            f'{{"messageId":"big{i}","pad":"{big}"}}'.encode(),
+        )
+        for i in range(120)
+    ]  # 2.4 MB for one user, one partition: over the server's 1 MB max_payload
+    assert await a.append(rows) == 120
+    got = await drain(await a.reader("hook"), 120)
+    assert [e.message_id for e in got] == [f"big{i}" for i in range(120)]
+
+
+async def test_serve_creates_then_updates_streams_and_keeps_consumers_cursors(
+    nodes: Nodes,
+) -> None:
+    nodes.cfg = dataclasses.replace(nodes.cfg, replicas=1)
+    a = await nodes.start("a")
+    await a.append([row(f"r{i}") for i in range(10)])
+    await drain(await a.reader("hook"), 10)
+    await a.close()
+    nodes.open.remove(a)
+    # The same names, opened again with R3 (and by two nodes at once): the streams
+    # are scaled up, the destination's consumer keeps its place.
+    nodes.cfg = dataclasses.replace(nodes.cfg, replicas=3)
+    b = await nodes.start("b")
+    c = await nodes.start("c")
+    for name in (b.names.ingest, b.names.stream, b.names.dead):
+        assert (await b.js.stream_info(name)).config.num_replicas == 3
+    assert (await c.lag("hook"))["pending"] == 0
+    await c.append([row("after")])
+    got = await drain(await b.reader("hook"), 1)
+    assert [e.message_id for e in got] == ["after"]
+
+
+async def test_an_ordered_destination_gets_each_users_events_in_the_order_taken(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a", destinations=("crm",), ordered=("crm",))
+    b = await nodes.start("b", destinations=("crm",), ordered=("crm",))
+    users = [f"user{i}" for i in range(12)]
+
+    async def send(store: JetStreamStore, user: str) -> None:
+        # A user's calls one after another (each acknowledged before the next),
+        # half through each node, several users' requests grouped together.
+        for i in range(30):
+            await (a if i % 2 else store).append([row(f"{user}-{i}", user=user)])
+
+    await asyncio.gather(*(send(b, u) for u in users))
+    await until(lambda: a.forwarded + b.forwarded == 360)
+    got: list[LogEvent] = []
+    # One fetcher per partition (here all on this task; across nodes, one each).
+    for p in range(a.cfg.partitions):
+        reader = await (a if p % 2 else b).reader("crm", partition=p)
+        pending = 1
+        while pending:
+            for msg, events in await reader.fetch(16):
+                got += events
+                await reader.settle(msg)
+            pending = (await a.js.consumer_info(a.names.stream, f"dest-crm-p{p}")).num_pending
+    by_user: dict[str, list[int]] = {}
+    for e in got:
+        user, i = e.message_id.rsplit("-", 1)
+        by_user.setdefault(user, []).append(int(i))
+    assert by_user == {u: list(range(30)) for u in users}
+
+
+async def test_dead_letters_are_copies_and_retention_keeps_what_a_destination_has_not_passed(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a", destinations=("fast", "slow"), retention=0.0)
+    await a.append([row(f"d{i}") for i in range(50)])
+    await until(lambda: a.forwarded == 50)
+    fast = await drain(await a.reader("fast"), 50)
+    dead_id = await a.dead_letter("fast", fast[7], attempts=3, error="400 bad request")
+    # retention 0: what every destination passed may go; "slow" has passed nothing.
+    keep_from = await a.sweep(["fast", "slow"])
+    assert keep_from == 1
+    slow = await drain(await a.reader("slow"), 50)
+    assert [e.message_id for e in slow] == [e.message_id for e in fast]
+    keep_from = await a.sweep(["fast", "slow"])
+    info = await a.js.stream_info(a.names.stream)
+    assert info.state.messages == 0 and keep_from == info.state.last_seq + 1
+    # The dead letter kept its copy of the event after the log let it go.
+    [letter] = await a.dead_letters("fast")
+    assert letter["id"] == dead_id and letter["message_id"] == fast[7].message_id
+    assert letter["body"] == fast[7].body.decode() and letter["error"] == "400 bad request"
+    assert await a.dead_letters("slow") == []
+
+
+async def test_a_node_cut_off_from_the_cluster_refuses_rather_than_acknowledging(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> None:
+    cluster = make_nats_cluster(3)
+    # The node knows only n0: when n0 stops answering it has nowhere to go.
+    nodes = Nodes(tmp_path, cluster, publish_timeout=3.0)
+    nodes.cfg = JetStreamConfig(
+        servers=(cluster.urls[0],), stream=nodes.cfg.stream, partitions=4, publish_timeout=3.0
+    )
+    a = await nodes.start("a")
+    try:
+        assert await a.append([row("before")]) == 1
+        assert await a.ready()
+        cluster.pause(0)
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="no acknowledgement"):
+            await a.append([row("during")])
+        assert time.monotonic() - started < 10
+        assert not await a.ready()
+        cluster.resume(0)
+        cluster.wait_healthy()
+        await until(lambda: a.nc is not None and a.nc.is_connected)
+        assert await a.append([row("after")]) == 1
+        got = await drain(await a.reader("hook"), {"before", "after"})
+        # "during" may have reached the stream before the pause was felt: then it
+        # is there too (at least once), but it was never acknowledged without the stream.
+        assert {e.message_id for e in got} <= {"before", "during", "after"}
+    finally:
+        cluster.resume(0)
+        await nodes.close()
