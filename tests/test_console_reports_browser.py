@@ -21,30 +21,14 @@ from typing import Any
 
 import pytest
 
-from eventd.app import create_app
-from eventd.config import parse_config
 from tests.console_driver import Page, browser_or_skip, screenshot_dir
 from tests.harness import EventdProcess
 
 XSS_IMG = "<img src=x onerror=window.__xss=1>"
 
 
-def _missing_routes(tmp_path: Path) -> list[str]:
-    app = create_app(
-        parse_config(
-            {"storage": {"path": str(tmp_path / "probe.db")}, "admin": {"token": "t"}}, "probe"
-        )
-    )
-    paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
-    wanted = ["/admin/profiles/{id}", "/admin/profiles/{id}/events", "/admin/reports/{report}"]
-    return [p for p in wanted if p not in paths]
-
-
 @pytest.fixture
-def ready(tmp_path: Path) -> str:
-    missing = _missing_routes(tmp_path)
-    if missing:
-        pytest.skip(f"needs the identity and reports issues merged (missing {missing})")
+def ready() -> str:
     return browser_or_skip()
 
 
