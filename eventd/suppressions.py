@@ -29,6 +29,9 @@ from eventd.store import Store, Suppression, iso_ms
 
 log = structlog.get_logger("eventd.suppressions")
 
+# A person's (userIds, anonymousIds), as a feature that knows more of them answers.
+Identities = tuple[list[str], list[str]]
+
 
 class Suppressions:
     def __init__(self, store: Store) -> None:
@@ -41,6 +44,10 @@ class Suppressions:
         # Called with the userId before its stored events are erased (eventd/privacy/
         # forwards the erasure to destinations and reads the person's events first).
         self.before_erase: list[Callable[[str], Awaitable[None]]] = []
+        # Features that know the person's other identities (identity: their profile)
+        # return (userIds, anonymousIds) for a userId; before_erase hooks read them (the
+        # erasers may delete what they come from), so an erasure covers every one.
+        self.identities: list[Callable[[str], Awaitable[Identities]]] = []
 
     async def load(self) -> None:
         self.user_ids.update(s.user_id for s in await self.store.suppressions())
@@ -69,6 +76,16 @@ class Suppressions:
         record = await self.get(user_id)
         assert record is not None
         return record
+
+    async def identities_of(self, user_id: str) -> Identities:
+        """Every userId (``user_id`` first) and anonymousId the features know of the
+        person, each once; ``([user_id], [])`` when none knows more."""
+        users, anonymous = [user_id], []
+        for find in self.identities:
+            more_users, more_anonymous = await find(user_id)
+            users += more_users
+            anonymous += more_anonymous
+        return list(dict.fromkeys(users)), list(dict.fromkeys(anonymous))
 
     async def unsuppress(self, user_id: str) -> bool:
         """Take the user's events again from now on. What was erased stays erased."""

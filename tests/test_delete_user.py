@@ -1,7 +1,8 @@
 """Each plugin's ``delete_user`` on its own, against the same contract servers (and a real
 PostgreSQL, moto's S3) as delivery: the cases the end-to-end erasure does not reach
 (credentials missing or refused, a fixed warehouse schema with an identities table,
-a webhook that batches, a bucket that may not be listed)."""
+a webhook that batches, a bucket that may not be listed), and DuckDB's file loaded
+through the destination itself."""
 
 from __future__ import annotations
 
@@ -9,24 +10,29 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 from eventd_plugins.amplitude import Amplitude
+from eventd_plugins.duckdb import Duckdb
 from eventd_plugins.intercom import Intercom
 from eventd_plugins.mixpanel import Mixpanel
 from eventd_plugins.postgres import Postgres
 from eventd_plugins.s3 import S3
 from eventd_plugins.webhook import Webhook
 
-from eventd import OK, Destination, Erasure, Permanent, StoredRef, Unsupported
+from eventd import OK, Destination, Erasure, IdentityLink, Permanent, StoredRef, Unsupported
 from tests.contract.amplitude_server import DELETIONS, AmplitudeServer
 from tests.contract.intercom_server import IntercomServer
 from tests.contract.mixpanel_server import MixpanelServer
 from tests.contract.postgres_server import PostgresServer
 from tests.contract.s3_server import MotoS3
 from tests.harness import Sink
+from tests.test_duckdb import events
 from tests.test_postgres import db, pg  # noqa: F401  (the real PostgreSQL fixtures)
 from tests.test_s3 import moto, s3_settings  # noqa: F401  (moto's S3 server, session-wide)
 
@@ -168,6 +174,74 @@ async def test_postgres_deletes_from_its_schema_only_including_identities_and_al
             assert len(untouched) == values.count("("), table
     finally:
         await conn.close()
+
+
+def person(user_id: str, anonymous_id: str, alias_of: str, alias_to: str) -> list[dict[str, Any]]:
+    """One person's calls, one of each table's kind (messageIds start with the userId)."""
+    both = {"userId": user_id, "anonymousId": anonymous_id}
+    return [
+        {"type": "identify", "messageId": f"{user_id}-i", "traits": {"plan": "pro"}, **both},
+        {"type": "track", "messageId": f"{user_id}-t", "event": "Signed Up", **both},
+        {"type": "page", "messageId": f"{user_id}-p", "anonymousId": anonymous_id, "name": "Home"},
+        # an alias from one of their ids to an id the erasure does not name: by previous_id
+        {"type": "alias", "messageId": f"{user_id}-a", "previousId": alias_of, "userId": alias_to},
+    ]
+
+
+@pytest.mark.parametrize("schema", [None, "wh"])
+async def test_duckdb_deletes_the_person_from_every_table_and_keeps_the_other(
+    tmp_path: Path, session: aiohttp.ClientSession, schema: str | None
+) -> None:
+    settings: dict[str, Any] = {"path": str(tmp_path / "analytics.duckdb")}
+    if schema:
+        settings["schema"] = schema
+    Duckdb.validate_settings("analytics", settings)
+    dest = Duckdb("analytics", settings, session)
+    theirs = person("user-del-1", "anon-del-1", "anon-del-1", "user-new-3")
+    kept = person("k", "anon-k", "anon-k", "k")
+    linked = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    links = [
+        IdentityLink("anon-del-1", "user-del-1", "p1", linked),
+        IdentityLink(None, "user-del-2", "p1", linked),
+        IdentityLink("anon-k", "k", "p2", linked),
+    ]
+    where = schema or "app"  # without the setting: one schema per source, identities in main
+    tables = {  # table: the query of what is in it
+        t: f"SELECT id FROM {where}.{t}"
+        for t in ("identifies", "tracks", "signed_up", "pages", "aliases", "users")
+    }
+    tables["identities"] = (
+        f"SELECT coalesce(anonymous_id, '') || '>' || user_id FROM {schema or 'main'}.identities"
+    )
+
+    async def contents() -> dict[str, set[str]]:
+        return {t: {r[0] for r in await dest.query(sql)} for t, sql in tables.items()}
+
+    try:
+        assert await dest.deliver(events(*theirs, *kept, source="app")) == [OK] * 8
+        await dest.write_identities(links)
+        assert await contents() == {
+            "identifies": {"user-del-1-i", "k-i"},
+            "tracks": {"user-del-1-t", "k-t"},
+            "signed_up": {"user-del-1-t", "k-t"},
+            "pages": {"user-del-1-p", "k-p"},
+            "aliases": {"user-del-1-a", "k-a"},
+            "users": {"user-del-1", "k"},
+            "identities": {"anon-del-1>user-del-1", ">user-del-2", "anon-k>k"},
+        }
+        assert await dest.delete_user(ERASURE) == OK
+        assert await contents() == {
+            "identifies": {"k-i"},
+            "tracks": {"k-t"},
+            "signed_up": {"k-t"},
+            "pages": {"k-p"},
+            "aliases": {"k-a"},
+            "users": {"k"},
+            "identities": {"anon-k>k"},
+        }
+        assert await dest.delete_user(ERASURE) == OK  # asked again: nothing left, still done
+    finally:
+        await dest.close()
 
 
 async def test_a_destination_without_delete_user_is_unsupported_naming_its_type(

@@ -3,6 +3,7 @@ identity off, through a real eventd subprocess."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness import EventdProcess, admin_get
+from tests.contract.fixtures import destination
+from tests.harness import EventdProcess, Sink, admin_get
 
 Start = Callable[..., EventdProcess]
 
@@ -73,6 +75,37 @@ def test_erase_deletes_the_profile_its_identities_and_its_anonymous_events(event
     finally:
         conn.close()
     assert rows == [("", "bob"), ("laptop", "bob")]
+
+
+def test_an_erasure_forwards_every_identity_of_the_profile(eventd: Start, sink: Sink) -> None:
+    """The profile's other userId and its anonymousId are in no event of the erased
+    userId: only the identity graph knows them (the erasure reads the profile once the
+    graph has applied every stored event, before erasing it), and the deletion request
+    carries them."""
+    hook = destination("webhook", {"url": sink.url + "/hook", "forward_deletions": True})
+    ev = eventd({"destinations": {"hook": hook}})
+    send(
+        ev,
+        {"type": "identify", "userId": "carol-old", "anonymousId": "tablet"},
+        {"type": "alias", "previousId": "carol-old", "userId": "carol"},  # merges the two
+        {"type": "track", "event": "Chose", "userId": "carol"},
+        {"type": "identify", "userId": "dave", "anonymousId": "desk"},
+    )
+    added = ev.cli("suppressions", "add", "carol", "--erase")
+    assert added.returncode == 0, added.stderr
+    shown = ev.cli("suppressions", "show", "carol", "--wait", "60", "--json")
+    assert shown.returncode == 0, shown.stderr
+    [deletion] = json.loads(shown.stdout)["deletions"]
+    assert deletion["state"] == "done", deletion
+    assert (deletion["user_ids"], deletion["anonymous_ids"]) == (["carol", "carol-old"], ["tablet"])
+    deletes = [r.json() for r in sink.received if r.json().get("type") == "delete"]
+    assert [(d["userId"], d["anonymousIds"]) for d in deletes] == [
+        ("carol", ["tablet"]),
+        ("carol-old", ["tablet"]),
+    ]
+    # and the profile was read before the identity graph erased it
+    status, body = get(ev, "/admin/profiles/carol")
+    assert (status, body["code"]) == (404, "not_found")
 
 
 @pytest.mark.parametrize("path", ["/admin/profiles/u1", "/admin/profiles/u1/events"])

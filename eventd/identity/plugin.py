@@ -42,6 +42,7 @@ def eventd_services(runtime: Runtime) -> list[Service]:
     service.find_feeds = feeds
     runtime.dispatcher.stitch = Stitcher(service)
     runtime.suppressions.erasers.append(service.erase)
+    runtime.suppressions.identities.append(service.identities)
     return [service]
 
 

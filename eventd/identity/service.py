@@ -205,6 +205,16 @@ class IdentityService:
 
     # -- privacy ---------------------------------------------------------------------
 
+    async def identities(self, user_id: str) -> tuple[list[str], list[str]]:
+        """The userIds and anonymousIds of ``user_id``'s profile (``([], [])`` when it
+        has none), once every event stored so far is in the graph: what an erasure
+        forwarded to destinations covers (read before :meth:`erase` deletes it)."""
+        await self.drain()
+        profile = await self.find(user_id, USER)
+        if profile is None:
+            return [], []
+        return list(profile.user_ids), list(profile.anonymous_ids)
+
     async def erase(self, user_id: str) -> list[int]:
         """Delete the profile of ``user_id`` and every identity linked to it; returns the
         seqs of its anonymous events for the caller (suppressions.py) to delete."""

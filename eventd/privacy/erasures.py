@@ -106,14 +106,21 @@ class Erasures:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def request(self, user_id: str, user_ids: Sequence[str] = ()) -> None:
-        """Ask every running destination to delete ``user_id`` (and ``user_ids``, the
-        other userIds of their profile), with the anonymousIds and events stored of them."""
-        ids = tuple(dict.fromkeys([user_id, *user_ids]))
+        """Ask every running destination to delete ``user_id`` (and ``user_ids``, more
+        userIds of the person), with the anonymousIds and events stored of them, and
+        every identity the features know of the person (``Suppressions.identities``:
+        their identity profile's userIds and anonymousIds)."""
+        profile_users, profile_anonymous = await self.runtime.suppressions.identities_of(user_id)
+        ids = tuple(dict.fromkeys([user_id, *user_ids, *profile_users]))
         found = await self.store.user_events(ids)
         known = await self.store.deletions(user_id)
         erasure = Erasure(
             ids,
-            tuple(dict.fromkeys(e.anonymous_id for e in found if e.anonymous_id)),
+            tuple(
+                dict.fromkeys(
+                    [*(e.anonymous_id for e in found if e.anonymous_id), *profile_anonymous]
+                )
+            ),
             tuple(StoredRef(e.seq, e.source, e.received_at) for e in found),
         )
         if known:  # asked before: its events are erased by now, keep what was found then

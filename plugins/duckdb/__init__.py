@@ -27,7 +27,18 @@ import aiohttp
 import duckdb
 import pyarrow as pa
 
-from eventd import OK, Destination, Event, IdentityLink, Outcome, Permanent, Retry, hookimpl
+from eventd import (
+    OK,
+    DeletionOutcome,
+    Destination,
+    Erasure,
+    Event,
+    IdentityLink,
+    Outcome,
+    Permanent,
+    Retry,
+    hookimpl,
+)
 
 from ..warehouse.batches import (
     IDENTITIES,
@@ -43,6 +54,7 @@ from ..warehouse.batches import (
     upsert_identities_sql,
     upsert_users_sql,
 )
+from ..warehouse.erasure import delete_statements, tables_sql
 from ..warehouse.rows import (
     BIGINT,
     BOOLEAN,
@@ -212,11 +224,15 @@ class Duckdb(Destination):
         return [sql.replace("{view}", v) for v, sql in zip(views, statements, strict=True)]
 
     @staticmethod
-    def _transaction(con: duckdb.DuckDBPyConnection, statements: Sequence[str]) -> None:
+    def _transaction(
+        con: duckdb.DuckDBPyConnection, statements: Sequence[str | tuple[str, Sequence[Any]]]
+    ) -> None:
+        """Run ``statements`` (SQL, or SQL with its parameters) in one transaction."""
         con.execute("BEGIN TRANSACTION")
         try:
-            for sql in statements:
-                con.execute(sql)
+            for statement in statements:
+                sql, params = (statement, None) if isinstance(statement, str) else statement
+                con.execute(sql, params)
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
@@ -328,6 +344,27 @@ class Duckdb(Destination):
             return cursor.execute(sql, params).fetchall()
         finally:
             cursor.close()
+
+    # -- erasure ----------------------------------------------------------------------
+
+    async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
+        """Delete the person's rows from every table of eventd's schemas in the file, in
+        one transaction on the writer thread, by the rule of
+        ``eventd_plugins.warehouse.erasure`` (event tables, ``identities``, ``aliases``
+        by previous_id, ``users`` by id)."""
+        try:
+            await self._write_thread(self._delete_user, erasure)
+            return OK
+        except duckdb.Error as exc:  # a file another process holds, a full disk: may pass
+            return Retry(f"DuckDB: {type(exc).__name__}: {exc}")
+
+    def _delete_user(self, erasure: Erasure) -> None:
+        con = self._connection()
+        # Read outside the transaction: this thread is the file's only writer.
+        sql, params = tables_sql(self.schema)
+        tables = con.execute(sql, params).fetchall()
+        deletes = delete_statements(tables, erasure.user_ids, erasure.anonymous_ids)
+        self._transaction(con, deletes)
 
     async def close(self) -> None:
         """Close the file (a later call opens it again); the idle thread stays."""

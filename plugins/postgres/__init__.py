@@ -48,13 +48,11 @@ from ..warehouse.batches import (
     grouped,
     identity_rows,
 )
+from ..warehouse.erasure import delete_statements, tables_sql
 from ..warehouse.rows import (
-    STANDARD_COLUMNS,
     Planned,
     column_name,
     plan,
-    qualified,
-    quote,
     schema_name,
 )
 from .warehouse import (
@@ -297,47 +295,18 @@ class Postgres(Destination):
             return [tuple(r) for r in await conn.fetch(sql, *params)]
 
     async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
-        """Delete the person's rows from every table of eventd's schemas (those holding
-        one of its standard tables; ``schema`` alone when set), in one transaction:
-        rows whose ``user_id`` is one of their userIds or ``anonymous_id`` one of their
-        anonymousIds (every event table, ``identities``), ``aliases`` rows whose
-        ``previous_id`` is either, and their ``users`` rows (``id``)."""
-        users, anonymous = list(erasure.user_ids), list(erasure.anonymous_ids)
+        """Delete the person's rows from every table of eventd's schemas, in one
+        transaction, by the rule of ``eventd_plugins.warehouse.erasure`` (event tables,
+        ``identities``, ``aliases`` by previous_id, ``users`` by id)."""
         try:
             pool = await self._get_pool()
             async with pool.acquire(timeout=self.timeout) as conn, conn.transaction():
-                tables = await conn.fetch(
-                    "SELECT table_schema, table_name, array_agg(column_name::text)"
-                    " FROM information_schema.columns"
-                    " WHERE column_name IN ('user_id', 'anonymous_id', 'previous_id', 'id')"
-                    " AND table_schema IN (SELECT table_schema FROM information_schema.tables"
-                    "  WHERE table_name = ANY($1::text[])"
-                    "  AND ($2::text IS NULL OR table_schema = $2))"
-                    " GROUP BY 1, 2 ORDER BY 1, 2",
-                    sorted(STANDARD_COLUMNS),
-                    self.schema,
-                    timeout=self.timeout,
-                )
-                for schema, table, columns in tables:
-                    by = (
-                        {"id": users}
-                        if table == "users"
-                        else {
-                            "user_id": users,
-                            "anonymous_id": anonymous,
-                            "previous_id": users + anonymous,
-                        }
-                    )
-                    wanted = [(c, ids) for c, ids in by.items() if c in columns]
-                    if wanted:
-                        where = " OR ".join(
-                            f"{quote(c)} = ANY(${i}::text[])" for i, (c, _) in enumerate(wanted, 1)
-                        )
-                        await conn.execute(
-                            f"DELETE FROM {qualified(schema, table)} WHERE {where}",
-                            *(ids for _, ids in wanted),
-                            timeout=self.timeout,
-                        )
+                sql, params = tables_sql(self.schema)
+                tables = await conn.fetch(sql, *params, timeout=self.timeout)
+                for sql, arrays in delete_statements(
+                    tables, erasure.user_ids, erasure.anonymous_ids
+                ):
+                    await conn.execute(sql, *arrays, timeout=self.timeout)
             return OK
         except Exception as exc:
             outcome = scrub(self._classify(exc), self.secrets)
