@@ -81,13 +81,16 @@ class EventdProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> EventdProcess:
+    def start(self, timeout: float = 30.0, *, new_session: bool = False) -> EventdProcess:
+        """Start ``eventd serve``; ``new_session``: in a process group of its own (as a
+        systemd unit's control group), so a test can signal the whole group."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "eventd.cli", "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.tmp,
+                start_new_session=new_session,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

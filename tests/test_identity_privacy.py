@@ -4,11 +4,14 @@ identity off, through a real eventd subprocess."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,3 +133,18 @@ def test_bad_profile_requests_are_clear_4xx(eventd: Start) -> None:
         status, body = get(ev, f"/admin/profiles/u1/events{query}")
         assert (status, body["code"]) == (400, "bad_request"), query
         assert body["message"].startswith(message), body
+
+
+def test_sigterm_to_the_whole_process_group_is_a_clean_exit(tmp_path: Path) -> None:
+    """systemd (KillMode=control-group), `timeout` and a terminal's Ctrl-C signal every
+    process of the group: the identity writer must outlive that signal until eventd has
+    stopped it, or shut-down dies with a traceback and a non-zero exit."""
+    ev = EventdProcess(tmp_path, {"identity": {"enabled": True}}).start(new_session=True)
+    assert ev.proc is not None
+    ev.post("/v1/identify", {"userId": "u1", "anonymousId": "a1"})
+    os.killpg(ev.proc.pid, signal.SIGTERM)
+    code = ev.proc.wait(30)
+    ev.proc = None
+    log = ev.log()
+    assert code == 0, log
+    assert "Traceback" not in log and "identity graph stopped" in log

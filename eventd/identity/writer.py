@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
+import signal
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -49,7 +50,13 @@ class PageResult:
 def start_process(*args: Any) -> None:
     """:func:`start` in the writer's own process, with its garbage collector tuned: a page
     allocates a dict per event and frees it, so young objects are collected less often
-    (measured: +40 % events per CPU-second), and what start-up loaded is never scanned."""
+    (measured: +40 % events per CPU-second), and what start-up loaded is never scanned.
+    It ignores SIGTERM and SIGINT: only its parent ends it."""
+    # The parent stops the writer (stop(), then shutdown) once it has saved its cursor;
+    # a SIGTERM or Ctrl-C sent to the whole process group (systemd's control group,
+    # `timeout`, a terminal) must not kill it under the parent first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     start(*args)
@@ -143,6 +150,12 @@ class Writer:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self.call(stop)
-            self._pool.shutdown(wait=True)
+            pool = self._pool
+            try:
+                await self.call(stop)
+            except BrokenProcessPool:
+                # Killed already (SIGKILL, out of memory): identity.db holds its last
+                # commit and the graph's cursor with it; nothing is left to stop.
+                return
+            pool.shutdown(wait=True)
             self._pool = None
