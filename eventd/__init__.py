@@ -6,6 +6,8 @@ and tests/test_public_api.py fails when this ``__all__`` and that list differ).
 Everything else in the package is eventd's own and may change.
 """
 
+from eventd.codec import dumps as json_dumps
+from eventd.codec import loads as json_loads
 from eventd.delivery.transform import Transform
 from eventd.destination import (
     OK,
@@ -80,6 +82,8 @@ __all__ = [
     "is_secret",
     "iso_time",
     "json_body",
+    "json_dumps",
+    "json_loads",
     "load_mapper",
     "message",
     "optional_import",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+from eventd import codec
 
 
 class Event:
@@ -47,14 +47,14 @@ class Event:
     def message(self) -> dict[str, Any]:
         if self._message is None:
             assert self._body is not None
-            self._message = orjson.loads(self._body)
+            self._message = codec.loads(self._body)  # every digit kept
         return self._message
 
     @property
     def body(self) -> bytes:
         """Its JSON: as stored, or serialized from a message built in memory."""
         if self._body is None:
-            self._body = orjson.dumps(self._message)
+            self._body = codec.dumps(self._message)
         return self._body
 
     def __repr__(self) -> str:

@@ -47,6 +47,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from eventd import codec
 from eventd.config import Config, SourceConfig
 from eventd.live import LiveHub
 from eventd.metrics import Metrics
@@ -63,17 +64,6 @@ MAX_BATCH_EVENTS = 2500
 CLIENT_MAX_SIZE = MAX_BATCH_BYTES
 # Content-Encodings aiohttp decodes here (br and zstd need libraries not installed).
 ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
-# A run of 19 digits may be an integer past 64 bits, which orjson reads as a float.
-# Found by mapping digits to "1" and the rest to "0" and looking for 19 ones: a few
-# times faster than a regular expression, whose search here cost more than the parse.
-_DIGITS = bytes(0x31 if 0x30 <= c <= 0x39 else 0x30 for c in range(256))
-_WIDE_RUN = b"1" * 19
-
-
-def _may_hold_wide_int(body: bytes) -> bool:
-    return body.translate(_DIGITS).find(_WIDE_RUN) >= 0
-
-
 SINGLE_PATHS = {
     "track": "track",
     "identify": "identify",
@@ -706,7 +696,7 @@ def _parse_json(body: bytes) -> tuple[dict[str, Any], bool]:
     parser instead, which keeps every digit and every character (invalid bytes as
     lone surrogates, by ``surrogateescape``). Both refuse NaN and Infinity.
     """
-    if not _may_hold_wide_int(body):
+    if not codec.may_hold_wide_int(body):
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -738,18 +728,12 @@ def _finite_float(text: str) -> float:
 
 
 def _dumps(value: object) -> bytes:
-    """The stored form of a message. orjson for speed; the standard library for a
-    message with an integer past 64 bits (orjson cannot write one), so every digit
-    reaches the destinations. orjson reads 1024 levels of nesting but writes 254, and
-    destinations read with orjson: a deeper message is invalid rather than a crash."""
+    """The stored form of a message, every digit kept (:func:`eventd.codec.dumps`).
+    orjson reads 1024 levels of nesting but writes 254, and destinations read with
+    orjson: a deeper message is invalid rather than a crash."""
     try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError as exc:
-        if "Integer" not in str(exc):
-            raise InvalidMessage("invalid_message", "message is nested too deeply") from None
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-    except RecursionError:
+        return codec.dumps(value)
+    except (TypeError, RecursionError):
         raise InvalidMessage("invalid_message", "message is nested too deeply") from None
 
 

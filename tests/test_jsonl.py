@@ -228,3 +228,13 @@ def test_bad_settings_name_the_key(settings: dict[str, Any], expected: str) -> N
     with pytest.raises(ConfigError) as err:
         JsonLines.validate_settings("file", settings)
     assert expected in str(err.value)
+
+
+async def test_integers_past_64_bits_are_written_with_every_digit(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "events.jsonl"
+    body = b'{"type":"track","event":"E","messageId":"w","properties":{"n":123456789012345678901}}'
+    assert await jsonl(session, path).deliver([Event(1, "app", 0, body=body)]) == OK
+    assert b'"n":123456789012345678901}' in path.read_bytes()
+    assert lines(path)[0]["properties"]["n"] == 123456789012345678901

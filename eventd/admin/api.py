@@ -34,12 +34,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIST = 10000
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """``data`` as an ``application/json`` answer."""
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return _json({"code": code, "message": message}, status)
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """The admin API's error shape: ``{"code", "message"}`` with ``status``."""
+    return json_response({"code": code, "message": message}, status)
 
 
 def _dead_letter(d: DeadLetter) -> dict[str, Any]:
@@ -64,20 +66,20 @@ def guarded(token: str | None, handler: Handler) -> Handler:
 
     async def route(request: web.Request) -> web.StreamResponse:
         if not token:
-            return _error(403, "admin_disabled", "the admin API is off: set admin.token")
+            return error_response(403, "admin_disabled", "the admin API is off: set admin.token")
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {token}"
         # The console's session cookie (CSRF-checked for changes) also signs in.
         if not (
             hmac.compare_digest(given.encode(), expected.encode()) or admin_session_ok(request)
         ):
-            return _error(401, "unauthorized", "send Authorization: Bearer <admin.token>")
+            return error_response(401, "unauthorized", "send Authorization: Bearer <admin.token>")
         try:
             return await handler(request)
         except BadRequest as exc:
-            return _error(400, "bad_request", str(exc))
+            return error_response(400, "bad_request", str(exc))
         except StorageUnavailable as exc:
-            resp = _error(503, "storage_unavailable", str(exc))
+            resp = error_response(503, "storage_unavailable", str(exc))
             resp.headers["Retry-After"] = "5"
             return resp
 
@@ -142,7 +144,7 @@ class Admin:
 
     async def runtime(self, request: web.Request) -> web.Response:
         stats = self.store.stats()
-        return _json(
+        return json_response(
             {
                 "version": __version__,
                 "started_at": iso_ms(int(self.started_at * 1000)),
@@ -162,7 +164,7 @@ class Admin:
         )
 
     async def sources(self, request: web.Request) -> web.Response:
-        return _json(
+        return json_response(
             [
                 {"name": s.name, "allowed_origins": list(s.allowed_origins)}
                 for s in self.config.sources.values()
@@ -170,7 +172,7 @@ class Admin:
         )
 
     async def destinations(self, request: web.Request) -> web.Response:
-        return _json(await self.destination_status())
+        return json_response(await self.destination_status())
 
     async def destination_status(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(s) for s in await self.dispatcher.status()]
@@ -187,13 +189,13 @@ class Admin:
         found = await self.store.dead_letters(
             destination=q.get("destination") or None, since=since, limit=min(limit, MAX_LIST)
         )
-        return _json([_dead_letter(d) for d in found])
+        return json_response([_dead_letter(d) for d in found])
 
     async def show_dead_letter(self, request: web.Request) -> web.Response:
         d = await self.store.dead_letter(int(request.match_info["id"]))
         if d is None:
-            return _error(404, "not_found", f"no dead letter {request.match_info['id']}")
-        return _json(
+            return error_response(404, "not_found", f"no dead letter {request.match_info['id']}")
+        return json_response(
             {
                 **_dead_letter(d),
                 "received_at": iso_ms(d.received_at),
@@ -205,7 +207,7 @@ class Admin:
         body = await json_body(request)
         ids = redrive_ids(body.get("ids"))
         n = await self.dispatcher.redrive(self._known(body.get("destination")), ids)
-        return _json({"redriven": n})
+        return json_response({"redriven": n})
 
     async def purge(self, request: web.Request) -> web.Response:
         body = await json_body(request)
@@ -213,21 +215,21 @@ class Admin:
         before = parse_time(body.get("before"), "before")
         n = await self.store.purge_dead_letters(destination, before)
         log.info("dead letters purged", destination=destination, count=n)
-        return _json({"purged": n})
+        return json_response({"purged": n})
 
     async def list_suppressions(self, request: web.Request) -> web.Response:
-        return _json(await self.suppressions.list())
+        return json_response(await self.suppressions.list())
 
     async def suppress(self, request: web.Request) -> web.Response:
         body = await json_body(request)
         erase = body.get("erase", False)
         if not isinstance(erase, bool):
             raise BadRequest("erase: expected true or false")
-        return _json(await self.suppressions.suppress(user_id(body), erase))
+        return json_response(await self.suppressions.suppress(user_id(body), erase))
 
     async def unsuppress(self, request: web.Request) -> web.Response:
         removed = await self.suppressions.unsuppress(user_id(await json_body(request)))
-        return _json({"removed": removed})
+        return json_response({"removed": removed})
 
     async def replay(self, request: web.Request) -> web.Response:
         body = await json_body(request)
@@ -243,8 +245,8 @@ class Admin:
             destination, since, until if until is not None else now_ms()
         )
         if found is None:
-            return _json({"destination": destination, "events": 0})
-        return _json(
+            return json_response({"destination": destination, "events": 0})
+        return json_response(
             {
                 "destination": destination,
                 "from_seq": found.first,
@@ -264,8 +266,10 @@ class Admin:
         try:
             await asyncio.wait_for(self.dispatcher.drain(), timeout)
         except TimeoutError:
-            return _error(504, "drain_timeout", f"destinations still behind after {timeout:g}s")
-        return _json(await self.destination_status())
+            return error_response(
+                504, "drain_timeout", f"destinations still behind after {timeout:g}s"
+            )
+        return json_response(await self.destination_status())
 
     async def outcomes(self, request: web.Request) -> web.Response:
         """What each running destination did with one stored event (the live debugger's
@@ -277,7 +281,7 @@ class Admin:
         event = await self.store.find_event(source, message_id)
         seq = event.seq if event else None  # None: not stored (not committed yet, or never)
         outcomes = self.dispatcher.outcomes_of(event)
-        return _json(
+        return json_response(
             {"source": source, "message_id": message_id, "seq": seq, "destinations": outcomes}
         )
 

@@ -16,8 +16,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import orjson
-
+from eventd import codec
 from eventd.event import Event
 
 Message = dict[str, Any]
@@ -30,7 +29,7 @@ class TransformError(Exception):
 
 async def transform(event: Event, transforms: Sequence[tuple[str, Transform]]) -> Event | None:
     """``event`` as the transforms leave it, or None when one of them drops it."""
-    message: Any = orjson.loads(event.body)  # a copy of its own: the stored one stays
+    message: Any = codec.loads(event.body)  # a copy of its own: the stored one stays
     for name, fn in transforms:
         try:
             result = fn(message)
@@ -47,7 +46,7 @@ async def transform(event: Event, transforms: Sequence[tuple[str, Transform]]) -
             )
         message = result
     try:
-        body = orjson.dumps(message)
+        body = codec.dumps(message)
     except TypeError as exc:
         raise TransformError(f"the transformed message is not JSON: {exc}") from exc
     return Event(

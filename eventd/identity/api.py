@@ -10,8 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from eventd.admin import BadRequest, guarded
-from eventd.admin.api import _error, _json
+from eventd.admin import BadRequest, error_response, guarded, json_response
 from eventd.app import RUNTIME
 from eventd.identity.graph import ANONYMOUS, USER, Profile
 from eventd.identity.service import IdentityService
@@ -35,7 +34,9 @@ def _service(request: web.Request) -> IdentityService | None:
 async def _profile(request: web.Request) -> tuple[IdentityService, Profile] | web.Response:
     service = _service(request)
     if service is None:
-        return _error(404, "identity_disabled", "the identity graph is off: set identity.enabled")
+        return error_response(
+            404, "identity_disabled", "the identity graph is off: set identity.enabled"
+        )
     kind_name = request.query.get("kind")
     if kind_name is not None and kind_name not in KINDS:
         raise BadRequest(f"kind={kind_name!r}: expected 'user_id' or 'anonymous_id'")
@@ -43,7 +44,7 @@ async def _profile(request: web.Request) -> tuple[IdentityService, Profile] | we
     profile = await service.find(id, KINDS[kind_name] if kind_name else None)
     if profile is None:
         what = f"{kind_name} {id!r}" if kind_name else f"userId or anonymousId {id!r}"
-        return _error(404, "not_found", f"no profile has the {what}")
+        return error_response(404, "not_found", f"no profile has the {what}")
     return service, profile
 
 
@@ -51,7 +52,7 @@ async def show(request: web.Request) -> web.Response:
     found = await _profile(request)
     if isinstance(found, web.Response):
         return found
-    return _json(found[1].public())
+    return json_response(found[1].public())
 
 
 def _int(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -85,7 +86,7 @@ async def events(request: web.Request) -> web.Response:
         }
         for e in stored
     ]
-    return _json(
+    return json_response(
         {
             "profile_id": profile.profile_id,
             "events": listed,

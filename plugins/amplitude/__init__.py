@@ -34,7 +34,6 @@ from functools import partial
 from typing import Any, ClassVar
 
 import aiohttp
-import orjson
 
 from eventd import (
     HTTP_SETTINGS,
@@ -56,6 +55,7 @@ from eventd import (
     fold,
     hookimpl,
     json_body,
+    json_dumps,
     redact,
     retry_after,
     scrub,
@@ -187,7 +187,7 @@ class Amplitude(HttpDestination):
             resp = await self.send(
                 "POST",
                 base.rstrip("/") + DELETIONS,
-                data=orjson.dumps(body),
+                data=json_dumps(body),
                 headers={**JSON, "Authorization": auth},
             )
             outcome = resp if isinstance(resp, Retry) else self._deletion_answer(resp)
@@ -225,7 +225,7 @@ class Amplitude(HttpDestination):
         if self.request_options:
             payload["options"] = self.request_options
         resp = await self.send(
-            "POST", self.endpoint + self.path, data=orjson.dumps(payload), headers=JSON
+            "POST", self.endpoint + self.path, data=json_dumps(payload), headers=JSON
         )
         if isinstance(resp, Retry):
             return resp

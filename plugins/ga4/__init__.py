@@ -52,6 +52,7 @@ from eventd import (
     classify,
     deliver_halving,
     hookimpl,
+    json_dumps,
 )
 
 from .mapping import Ga4Event, map_message
@@ -250,7 +251,7 @@ def _body(events: list[Ga4Event]) -> bytes:
     if head.user_id is not None:
         body["user_id"] = head.user_id
     body["events"] = [e.event for e in events]
-    return orjson.dumps(body)
+    return json_dumps(body)
 
 
 def _requests(group: list[Event], mapped: Mapping[int, Ga4Event]) -> list[list[Event]]:
@@ -259,7 +260,7 @@ def _requests(group: list[Event], mapped: Mapping[int, Ga4Event]) -> list[list[E
     current: list[Event] = []
     size = 0
     for event in group:
-        length = len(orjson.dumps(mapped[event.seq].event)) + 1
+        length = len(json_dumps(mapped[event.seq].event)) + 1
         if current and (
             len(current) >= MAX_EVENTS_PER_REQUEST or size + length >= MAX_BODY_BYTES - 1024
         ):

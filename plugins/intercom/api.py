@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from eventd import Permanent, Response, Retry, retry_after
+from eventd import Permanent, Response, Retry, json_dumps, retry_after
 
 Send = Callable[..., Awaitable[Response | Retry]]
 
@@ -68,7 +68,7 @@ class IntercomApi:
             return Retry(
                 "Intercom's rate limit window is spent (X-RateLimit-Remaining)", self._reset - now
             )
-        data = orjson.dumps(body) if body is not None else None
+        data = json_dumps(body) if body is not None else None
         self._in_flight += 1
         try:
             resp = await self._send(method, self.base + path, data=data, headers=self._headers)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
 from eventd import (
     OK,
@@ -30,6 +29,7 @@ from eventd import (
     Retry,
     Unsupported,
     hookimpl,
+    json_dumps,
 )
 
 
@@ -64,7 +64,7 @@ class JsonLines(Destination):
         self._lock = asyncio.Lock()  # batches in flight must not interleave their writes
 
     async def deliver(self, batch: Sequence[Event]) -> Outcome:
-        data = b"".join(orjson.dumps(e.message) + b"\n" for e in batch)
+        data = b"".join(json_dumps(e.message) + b"\n" for e in batch)
         try:
             async with self._lock:
                 await asyncio.to_thread(self._append, data)
@@ -73,8 +73,8 @@ class JsonLines(Destination):
         return OK
 
     async def delete_user(self, erasure: Erasure) -> DeletionOutcome:
-        users = orjson.dumps(list(erasure.user_ids)).decode()
-        anonymous = orjson.dumps(list(erasure.anonymous_ids)).decode()
+        users = json_dumps(list(erasure.user_ids)).decode()
+        anonymous = json_dumps(list(erasure.anonymous_ids)).decode()
         return Unsupported(
             f"eventd does not rewrite {self.path}: remove the user's lines from it and its "
             f"rotated copies ({self.path.name}.1 ... .{self.settings['keep']}), e.g. for each "

@@ -32,7 +32,6 @@ from functools import partial
 from typing import Any, ClassVar
 
 import aiohttp
-import orjson
 
 from eventd import (
     HTTP_SETTINGS,
@@ -54,6 +53,7 @@ from eventd import (
     deliver_halving,
     hookimpl,
     json_body,
+    json_dumps,
     scrub,
     worst,
 )
@@ -199,7 +199,7 @@ class Mixpanel(HttpDestination):
     async def _post(
         self, endpoint: str, items: dict[int, dict[str, Any]], events: Sequence[Event]
     ) -> Sequence[Outcome] | Outcome | None:
-        body = orjson.dumps([items[e.seq] for e in events])
+        body = json_dumps([items[e.seq] for e in events])
         url = f"{self.endpoint}/{endpoint}"
         if endpoint == IMPORT:
             resp = await self.send(
@@ -238,7 +238,7 @@ class Mixpanel(HttpDestination):
             "POST",
             f"{self.endpoint}/{ENGAGE}",
             params={"verbose": "1"},
-            data=orjson.dumps(updates),
+            data=json_dumps(updates),
             headers=JSON,
         )
         answer = resp if isinstance(resp, Retry) else self._profile_answer(ENGAGE, resp)
@@ -261,7 +261,7 @@ class Mixpanel(HttpDestination):
             "POST",
             base.rstrip("/") + GDPR_DELETIONS,
             params={"token": self.options.project_token},
-            data=orjson.dumps({"distinct_ids": ids, "compliance_type": "GDPR"}),
+            data=json_dumps({"distinct_ids": ids, "compliance_type": "GDPR"}),
             headers={**JSON, "Authorization": f"Bearer {token}"},
         )
         if isinstance(resp, Retry):

@@ -18,9 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import orjson
-
-from eventd import Event
+from eventd import Event, json_dumps
 
 # mtime=0 in the gzip header: the same events give the same bytes (and ETag) every time.
 _GZIP_LEVEL = 6
@@ -80,7 +78,7 @@ def line(event: Event) -> bytes:
     # Stored bodies are compact JSON (no raw newline); anything else would split a
     # record in two for every reader, so it is re-encoded compactly.
     if b"\n" in body:
-        body = orjson.dumps(event.message)
+        body = json_dumps(event.message)
     return body + b"\n"
 
 

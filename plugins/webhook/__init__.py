@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import orjson
 
 from eventd import (
     HTTP_SETTINGS,
@@ -39,6 +38,7 @@ from eventd import (
     Unsupported,
     classify,
     hookimpl,
+    json_dumps,
 )
 
 
@@ -118,9 +118,9 @@ class Webhook(HttpDestination):
             for i, user_id in enumerate(erasure.user_ids)
         ]
         if self.batch:
-            return await self._post(orjson.dumps(messages))
+            return await self._post(json_dumps(messages))
         for message in messages:
-            outcome = await self._post(orjson.dumps(message))
+            outcome = await self._post(json_dumps(message))
             if not isinstance(outcome, Ok):
                 return outcome
         return OK

@@ -18,18 +18,13 @@ import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
+import { CHROMIUM_ARGS } from '../chromium_args.mjs'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 const BUNDLE = join(
   HERE, 'node_modules', '@rudderstack', 'analytics-js', 'dist', 'npm', 'modern', 'bundled',
   'umd', 'index.js',
 )
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  // nothing may leave the machine (RudderStack's CDN, its metrics service)
-  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-]
 const CALLS = 5 // page, track, identify, group, alias
 const plan = JSON.parse(process.argv[2])
 const pageOrigin = `http://127.0.0.1:${plan.pagePort}`

@@ -18,24 +18,10 @@ import { readFile } from 'node:fs/promises'
 import { dirname, join, normalize } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
+import { CHROMIUM_ARGS } from '../chromium_args.mjs'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 const UMD = join(HERE, 'node_modules', '@segment', 'analytics-next', 'dist', 'umd')
-// The flags TESTING.md prescribes for Debian's chromium in a container; no
-// --user-data-dir: Playwright's launch() gives every run a fresh temporary one.
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  // Nothing may leave the machine: a request to any other host (Segment's CDN,
-  // say) fails at once and shows up in the scenario's `failed` list.
-  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-]
 const BATCH_SIZE = 5 // the five calls below: the batch goes out with the fifth
 
 const plan = JSON.parse(process.argv[2])

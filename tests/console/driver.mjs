@@ -11,19 +11,8 @@
 
 import { createInterface } from 'node:readline'
 import { chromium } from 'playwright-core'
+import { CHROMIUM_ARGS } from '../chromium_args.mjs'
 
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  // Nothing leaves the machine: the console must work offline (no CDN, no fonts).
-  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-]
 const TIMEOUT = 15_000
 const log = (...args) => console.error('[driver]', ...args)
 
