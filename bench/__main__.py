@@ -35,7 +35,7 @@ def _e2e(ctx: Context, r: report.Round) -> scenarios.Metrics:
 
 
 # Order within a round: each ceiling right beside what it bounds.
-STEPS = ("ceiling-a", "ingest", "ceiling-b", "delivery", "fanout", "e2e", "backlog")
+STEPS = ("ceiling-a", "ingest", "ceiling-b", "delivery", "fanout", "e2e", "backlog", "prefilled")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                 ("fanout", lambda: scenarios.delivery(ctx, plan.delivery_fanout)),
                 ("e2e", functools.partial(_e2e, ctx, r)),
                 ("backlog", lambda: scenarios.backlog_rss(ctx)),
+                ("prefilled", lambda: scenarios.prefilled(ctx)),
             ]
             seen: dict[str, int] = {}
             for name, step in steps:
-                if name not in wanted or (name == "backlog" and i > 1):
+                # once: each needs a large store of its own
+                if name not in wanted or (name in ("backlog", "prefilled") and i > 1):
                     continue
                 say(f"round {i}/{runs}: {name}")
                 try:
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {k} | {v} |")
     print(f"| load generator | {'wrk (Lua, unique messageIds)' if ctx.use_wrk else 'Python'} |")
     print(f"| wall time | {time.monotonic() - started:.0f} s |\n")
-    print(report.table(rounds, plan.backlog_events, plan.delivery_events))
+    print(report.table(rounds, plan.backlog_events, plan.delivery_events, plan.prefilled_events))
     text, _ = report.targets(rounds)
     print("\n" + text)
     if args.json:

@@ -9,6 +9,7 @@ written straight into an outbox file.
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -77,11 +78,14 @@ def stored_body() -> tuple[bytes, bytes]:
     return _cut(orjson.dumps(normalize(raw_event(_MARK), "track", env)))
 
 
-def stored_rows(prefix: str, start: int, count: int, received_ms: int) -> Iterator[EventRow]:
-    """Rows exactly as eventd's ingest writes them (see ``Ingest._rows``)."""
+def stored_rows(
+    prefix: str, start: int, count: int, received_ms: int, *, uuids: bool = False
+) -> Iterator[EventRow]:
+    """Rows exactly as eventd's ingest writes them (see ``Ingest._rows``); messageIds
+    ``{prefix}-{n}``, or random UUIDs as the SDKs send them."""
     head, tail = stored_body()
     for i in range(start, start + count):
-        mid = f"{prefix}-{i}"
+        mid = str(uuid.uuid4()) if uuids else f"{prefix}-{i}"
         yield (
             SOURCE,
             mid,

@@ -65,6 +65,14 @@ def pinned(cpus: frozenset[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far, user + system, all its threads (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process now (VmRSS in /proc/PID/status)."""
     with open(f"/proc/{pid}/status", "rb") as f:

@@ -1,7 +1,8 @@
 """Writes events straight into an outbox file, as if ingested, before eventd starts.
 
-Uses the outbox's own schema (``migrate``) and statement (``INSERT_EVENT``), so
-eventd opens it as its own. Destinations get a cursor at 0, so they start at the
+Uses the outbox's own schema (``migrate``), statement and dedup set (each event's
+key with its seq, the seq as the set's watermark), so eventd opens it as its own
+without re-reading the log into the set. Destinations get a cursor at 0, so they start at the
 head of the log (a new destination would otherwise start at its end).
 """
 
@@ -12,13 +13,18 @@ import shutil
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from bench import events
 from eventd.store import now_ms
-from eventd.store.schema import INSERT_EVENT, migrate
-from eventd.store.sqlite import SAVE_CURSOR
+from eventd.store.base import service_cursor
+from eventd.store.dedup import DedupSet, dedup_key
+from eventd.store.schema import INSERT_EVENT_SEQ, migrate
+from eventd.store.sqlite import SAVE_CURSOR, dedup_path
+
+DEDUP_WINDOW_MS = 86_400_000  # eventd's default storage.dedup_window
 
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # quiet migrate()
 
@@ -26,31 +32,52 @@ CHUNK = 20_000
 
 
 def prefill(
-    path: Path, count: int, *, prefix: str = "pre", destinations: Iterable[str] = ()
+    path: Path,
+    count: int,
+    *,
+    prefix: str = "pre",
+    destinations: Iterable[str] = (),
+    uuids: bool = False,
+    caught_up: Iterable[str] = (),
 ) -> None:
     """A new outbox file holding ``count`` events (fast: synchronous=OFF, big transactions),
-    with ``destinations`` at the head of the log."""
+    with ``destinations`` at the head of the log and the log-consuming services named in
+    ``caught_up`` (``identity``) at its end, as if they had read it; ``uuids``: random
+    UUID messageIds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
+    dedup = DedupSet(dedup_path(path), DEDUP_WINDOW_MS)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")
         migrate(conn)
-        rows = events.stored_rows(prefix, 0, count, now_ms())
+        rows = events.stored_rows(prefix, 0, count, now_ms(), uuids=uuids)
+        seq = 0
         while chunk := list(itertools.islice(rows, CHUNK)):
+            numbered: list[tuple[Any, ...]] = [(seq + 1 + n, *r) for n, r in enumerate(chunk)]
             conn.execute("BEGIN")
-            conn.executemany(INSERT_EVENT, chunk)
+            conn.executemany(INSERT_EVENT_SEQ, numbered)
             conn.execute("COMMIT")
+            dedup.add_stored(
+                ((dedup_key(r[1], r[2]), r[7], r[0]) for r in numbered), seq + len(chunk)
+            )
+            seq += len(chunk)
         conn.executemany(SAVE_CURSOR, [(name, 0, now_ms()) for name in destinations])
+        conn.executemany(SAVE_CURSOR, [(service_cursor(s), seq, now_ms()) for s in caught_up])
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # A set filled this fast owes RocksDB compactions, which eventd would pay
+        # for while being measured; a set filled over a day pays as it goes.
+        dedup.compact()
     finally:
         conn.close()
+        dedup.close()
 
 
 def copy_with_cursors(template: Path, path: Path, destinations: Iterable[str]) -> None:
     """Copy a prefilled file and set every destination's cursor to the head of the log."""
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(template, path)
+    shutil.copytree(dedup_path(template), dedup_path(path))
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.executemany(SAVE_CURSOR, [(name, 0, now_ms()) for name in destinations])

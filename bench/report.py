@@ -26,9 +26,10 @@ ROWS: tuple[Row, ...] = (
     Row("ceiling_a_rps", "ceiling A: bare aiohttp, same POST, fixed 200", "req/s"),
     Row("ceiling_a_p50", "ceiling A latency p50", "ms", 2),
     Row("ceiling_a_p99", "ceiling A latency p99", "ms", 2),
-    Row("ceiling_b_outbox", "ceiling B: raw SQLite inserts, outbox schema", "rows/s"),
+    Row("ceiling_b_outbox", "ceiling B: raw SQLite inserts + RocksDB dedup set", "rows/s"),
     Row("ceiling_b_outbox_uuid", "ceiling B, random UUID messageIds (as SDKs send)", "rows/s"),
-    Row("ceiling_b_plain", "ceiling B': raw SQLite inserts, no index/trigger", "rows/s"),
+    Row("ceiling_b_index_uuid", "ceiling B, UUIDs, the old dedup index + trigger", "rows/s"),
+    Row("ceiling_b_plain", "ceiling B': raw SQLite inserts, no dedup at all", "rows/s"),
     Row("ceiling_b_batched", "ceiling B'': record-batch rows of 100 + dedup table", "events/s"),
     Row("track_rps", "eventd /v1/track, 64 conns, synchronous=full", "req/s"),
     Row("track_p50", "eventd /v1/track latency p50", "ms", 2),
@@ -39,6 +40,15 @@ ROWS: tuple[Row, ...] = (
     Row("batch_p99", "eventd /v1/batch latency p99", "ms", 2),
     Row("batch_ratio", "eventd /v1/batch / ceiling B", "%", 1),
     Row("batch_uuid_eps", "eventd /v1/batch x100, UUID messageIds (as SDKs send)", "events/s"),
+    Row(
+        "prefilled_uuid_eps",
+        "eventd /v1/batch x100, UUID messageIds, store prefilled with N UUID events",
+        "events/s",
+    ),
+    Row("track_cpu", "eventd /v1/track per CPU-second of eventd", "events/CPU-s"),
+    Row("batch_cpu", "eventd /v1/batch x100 per CPU-second of eventd", "events/CPU-s"),
+    Row("batch_uuid_cpu", "eventd /v1/batch x100, UUIDs, per CPU-second", "events/CPU-s"),
+    Row("prefilled_uuid_cpu", "the same, store prefilled with N, per CPU-second", "events/CPU-s"),
     Row("delivery_1", "delivery, prefilled outbox -> 1 batching webhook", "events/s"),
     Row("delivery_n", "delivery -> 4 webhooks at once (sum)", "events/s"),
     Row("delivery_n_each", "delivery -> 4 webhooks at once (each)", "events/s"),
@@ -96,7 +106,9 @@ def _fmt(value: float, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
-def table(rounds: list[Round], backlog_events: int, delivery_events: int) -> str:
+def table(
+    rounds: list[Round], backlog_events: int, delivery_events: int, prefilled_events: int = 0
+) -> str:
     stats = summary(rounds)
     lines = [
         "| measurement | median | min | max | unit | runs |",
@@ -106,8 +118,10 @@ def table(rounds: list[Round], backlog_events: int, delivery_events: int) -> str
         if row.key not in stats:
             continue
         med, lo, hi, n = stats[row.key]
-        label = row.label.replace("backlog", f"backlog of {backlog_events:,}", 1).replace(
-            "prefilled outbox", f"prefilled outbox of {delivery_events:,}"
+        label = (
+            row.label.replace("backlog", f"backlog of {backlog_events:,}", 1)
+            .replace("prefilled outbox", f"prefilled outbox of {delivery_events:,}")
+            .replace("prefilled with N", f"prefilled with {prefilled_events:,}")
         )
         lines.append(
             f"| {label} | {_fmt(med, row.digits)} | {_fmt(lo, row.digits)} | "

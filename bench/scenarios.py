@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from bench import events, loadgen, prefill, wrk
-from bench.machine import Cores, RssSampler, pinned, rss_bytes
+from bench.machine import Cores, RssSampler, cpu_seconds, pinned, rss_bytes
 from tests.harness import EventdProcess, free_port
 
 Metrics = dict[str, float]
@@ -53,6 +53,7 @@ class Plan:
     e2e_duration: float = 10.0
     e2e_share: float = 0.5  # of eventd's max single-event load
     backlog_events: int = 1_000_000
+    prefilled_events: int = 10_000_000  # the store the "as the store grows" row starts from
     backlog_seconds: float = 5.0  # RSS watched while the backlog cannot be delivered
     drain_timeout: float = 300.0
 
@@ -71,6 +72,7 @@ class Plan:
             delivery_events=2_000,
             e2e_duration=1.0,
             backlog_events=5_000,
+            prefilled_events=5_000,
             backlog_seconds=0.5,
             drain_timeout=30.0,
         )
@@ -268,32 +270,49 @@ def ceiling_b(ctx: Context) -> Metrics:
     return {f"ceiling_b_{schema}": rate for schema, rate in r.items()}
 
 
+def _per_cpu_second(proc: EventdProcess, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``load`` and add ``per_cpu_s``: the events eventd stored meanwhile (warm-up
+    included) over the CPU seconds its process used (every thread: the writer too).
+    On a machine others share, wall-clock rates move with their load; this does less."""
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    last_seq = "SELECT coalesce(max(seq), 0) FROM events"
+    seq0, cpu0 = proc.query(last_seq)[0][0], cpu_seconds(pid)
+    result = load()
+    cpu, stored = cpu_seconds(pid) - cpu0, proc.query(last_seq)[0][0] - seq0
+    return {**result, "per_cpu_s": stored / cpu if cpu > 0 else 0.0}
+
+
+def _batch_load(ctx: Context, proc: EventdProcess, *, uuids: bool) -> dict[str, Any]:
+    plan = ctx.plan
+    return _per_cpu_second(
+        proc,
+        lambda: _loadgen(
+            ctx,
+            "closed",
+            proc.port,
+            conns=plan.batch_conns,
+            events=plan.batch_events,
+            duration=plan.duration,
+            warmup=plan.warmup,
+            tag=ctx.tag("batch"),
+            uuids=uuids,
+        ),
+    )
+
+
 def ingest(ctx: Context, *, batch: bool = True) -> Metrics:
     """eventd alone (no destinations): /v1/track at 64 connections, then /v1/batch."""
     plan = ctx.plan
     with eventd(ctx, "ingest") as proc:
         rss_start = rss_bytes(proc.proc.pid) if proc.proc else 0
-        track = _single_event_load(ctx, proc.url, "track")
+        track = _per_cpu_second(proc, lambda: _single_event_load(ctx, proc.url, "track"))
         _check(track, "eventd /v1/track")
         if not batch:
             return {"track_rps": track["requests_per_s"]}
-
-        def batch_load(uuids: bool) -> dict[str, Any]:
-            return _loadgen(
-                ctx,
-                "closed",
-                proc.port,
-                conns=plan.batch_conns,
-                events=plan.batch_events,
-                duration=plan.duration,
-                warmup=plan.warmup,
-                tag=ctx.tag("batch"),
-                uuids=uuids,
-            )
-
-        batches = batch_load(uuids=False)
+        batches = _batch_load(ctx, proc, uuids=False)
         _check(batches, "eventd /v1/batch")
-        uuid_batches = batch_load(uuids=True)
+        uuid_batches = _batch_load(ctx, proc, uuids=True)
         _check(uuid_batches, "eventd /v1/batch, UUID messageIds")
     stored = proc.query("SELECT count(*) FROM events")[0][0]
     acked = track["requests"] + (batches["requests"] + uuid_batches["requests"]) * plan.batch_events
@@ -307,8 +326,27 @@ def ingest(ctx: Context, *, batch: bool = True) -> Metrics:
         "batch_p50": batches["p50_ms"],
         "batch_p99": batches["p99_ms"],
         "batch_uuid_eps": uuid_batches["events_per_s"],
+        "track_cpu": track["per_cpu_s"],
+        "batch_cpu": batches["per_cpu_s"],
+        "batch_uuid_cpu": uuid_batches["per_cpu_s"],
         "rss_empty": rss_start / 2**20,
     }
+
+
+def prefilled(ctx: Context) -> Metrics:
+    """UUID batches into a store that already holds ``plan.prefilled_events`` events with
+    UUID messageIds (all inside the dedup window): the cost must not grow with the store."""
+    plan = ctx.plan
+    db = ctx.tmp("prefilled") / "eventd.db"
+    # The identity graph caught up, as on a store that grew while eventd ran: otherwise
+    # it reads the prefilled log while ingest is measured, on the same CPU.
+    prefill.prefill(
+        db, plan.prefilled_events, prefix="prefilled", uuids=True, caught_up=["identity"]
+    )
+    with eventd(ctx, "prefilled", db=db) as proc:
+        r = _batch_load(ctx, proc, uuids=True)
+        _check(r, "eventd /v1/batch, UUID messageIds, prefilled store")
+    return {"prefilled_uuid_eps": r["events_per_s"], "prefilled_uuid_cpu": r["per_cpu_s"]}
 
 
 def _wait_delivered(sink: str, expected: int, timeout: float) -> dict[str, Any]:

@@ -3,12 +3,15 @@
 Same file settings as eventd's writer (WAL, the configured ``synchronous``),
 same rows, same statement; no HTTP, no asyncio, no parsing. Two tables:
 
-``outbox``       the outbox's schema (``migrate``): the (source, message_id) index and
-                 the dedup trigger, i.e. what every eventd insert pays; messageIds
-                 ``{prefix}-{n}`` as the load generators send them;
-``outbox_uuid``  the same with random UUID messageIds, as the SDKs send them: each
-                 insert lands on a random page of the index;
-``plain``        the same columns without index or trigger: the disk and SQLite alone;
+``outbox``       the outbox's schema (``migrate``) and its RocksDB dedup set, as eventd's
+                 writer runs them per transaction: look the keys up, insert the rows
+                 with their seqs, COMMIT, add the keys; messageIds ``{prefix}-{n}``
+                 as the load generators send them;
+``outbox_uuid``  the same with random UUID messageIds, as the SDKs send them;
+``index_uuid``   the dedup eventd had before issue 18: a (source, message_id) index
+                 and a trigger on the events table, UUIDs: each insert lands on a
+                 random page of the index;
+``plain``        the same columns without any dedup: the disk and SQLite alone;
 ``batched``      the record-batch layout DESIGN.md suggests, measured before choosing
                  it: one row per 100 events (their JSON joined) plus a slim
                  (source, message_id) dedup table, UUID messageIds.
@@ -31,7 +34,9 @@ import structlog
 
 from bench import events
 from eventd.store import EventRow, now_ms
-from eventd.store.schema import INSERT_EVENT, migrate
+from eventd.store.dedup import DedupSet, dedup_key
+from eventd.store.schema import INSERT_EVENT, INSERT_EVENT_SEQ, MIGRATIONS, _statements, migrate
+from eventd.store.sqlite import dedup_path
 
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # quiet migrate()
 
@@ -47,7 +52,22 @@ BATCHED = (
     "CREATE TABLE message_ids (source TEXT NOT NULL, message_id TEXT NOT NULL,"
     " received_at INTEGER NOT NULL, PRIMARY KEY (source, message_id)) WITHOUT ROWID",
 )
-SCHEMAS = ("outbox", "outbox_uuid", "plain", "batched")
+SCHEMAS = ("outbox", "outbox_uuid", "index_uuid", "plain", "batched")
+DAY_MS = 86_400_000
+
+
+def _insert_deduped(
+    conn: sqlite3.Connection, dedup: DedupSet, rows: list[EventRow], seq: int
+) -> int:
+    """What SqliteStore._commit_sync does for one group; returns the next seq."""
+    keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
+    new = dedup.filter_new(keys)
+    conn.executemany(INSERT_EVENT_SEQ, [(seq + n, *rows[i]) for n, i in enumerate(new)])
+    conn.execute("COMMIT")
+    dedup.add_stored(
+        ((keys[i][0], keys[i][1], seq + n) for n, i in enumerate(new)), seq + len(new) - 1
+    )
+    return seq + len(new)
 
 
 def _insert_batched(conn: sqlite3.Connection, rows: list[EventRow]) -> None:
@@ -69,10 +89,15 @@ def insert_rate(path: Path, schema: str, rows: int, txn: int, synchronous: str) 
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         conn.execute("PRAGMA wal_autocheckpoint=1000")  # as eventd's writer
         data = list(events.stored_rows(f"ceil-{schema}", 0, rows, now_ms()))
-        if schema in ("outbox_uuid", "batched"):
+        if schema in ("outbox_uuid", "index_uuid", "batched"):
             data = [(r[0], str(uuid.uuid4()), *r[2:]) for r in data]
+        dedup = DedupSet(dedup_path(path), DAY_MS) if schema.startswith("outbox") else None
+        seq = 1
         if schema.startswith("outbox"):
             migrate(conn)
+        elif schema == "index_uuid":
+            for statement in _statements(MIGRATIONS[0]):
+                conn.execute(statement)
         elif schema == "plain":
             conn.execute(PLAIN)
         else:
@@ -81,6 +106,9 @@ def insert_rate(path: Path, schema: str, rows: int, txn: int, synchronous: str) 
         started = time.perf_counter()
         for i in range(0, rows, txn):
             conn.execute("BEGIN IMMEDIATE")
+            if dedup is not None:
+                seq = _insert_deduped(conn, dedup, data[i : i + txn], seq)
+                continue
             if schema == "batched":
                 _insert_batched(conn, data[i : i + txn])
             else:
@@ -89,6 +117,8 @@ def insert_rate(path: Path, schema: str, rows: int, txn: int, synchronous: str) 
         return rows / (time.perf_counter() - started)
     finally:
         conn.close()
+        if dedup is not None:
+            dedup.close()
 
 
 def main(argv: list[str] | None = None) -> None:

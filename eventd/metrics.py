@@ -31,6 +31,12 @@ class Metrics:
             "Events acknowledged but not stored again (dedup)",
             registry=r,
         )
+        self.dedup_recovered = Counter(
+            "eventd_dedup_recovered_keys",
+            "Keys the dedup set re-read from the log's tail at start-up or after a failed"
+            " write (a crash, a store from before the set): none is lost, none duplicated",
+            registry=r,
+        )
         self.rejected = Counter(
             "eventd_rejected_events",
             "Events or requests refused, by reason",

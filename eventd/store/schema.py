@@ -95,10 +95,21 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (user_id, destination)
     ) WITHOUT ROWID;
     """,
+    """
+    -- The (source, messageId) dedup moved out of SQLite into an LSM set beside the
+    -- file (eventd/store/dedup.py, RocksDB): each insert into this B-tree index
+    -- landed on a random page with the random UUIDs SDKs send, and ingest fell as
+    -- the store grew (issue 18). The set is built from the log's last dedup
+    -- window when the store opens (SqliteStore._catch_up_dedup).
+    DROP TRIGGER IF EXISTS events_dedup;
+    DROP INDEX IF EXISTS events_message_id;
+    """,
 )
 
 EVENT_COLUMNS = "source, message_id, type, event, user_id, anonymous_id, received_at, body"
 INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# The outbox writer gives each event its seq itself (so the dedup set can keep it).
+INSERT_EVENT_SEQ = f"INSERT INTO events (seq, {EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -12,6 +12,19 @@ destinations read in parallel as they did with a connection each).
 
 The events table is an append-only log: ``seq`` (the rowid) orders it, each
 consumer keeps its own cursor into it, and retention deletes from its head.
+
+Dedup of (source, messageId) inside ``dedup_window`` is a RocksDB set beside the
+file (``<path>.dedup/``, :class:`~eventd.store.dedup.DedupSet`), not an index of
+the events table: an LSM set takes random UUID keys at a cost that does not grow
+with the store, where a B-tree index puts every insert on a random page (issue
+18, docs/benchmarks.md). The writer thread owns the set. Per group commit: look
+the group's keys up, insert the new events (each with its seq) and COMMIT, and
+only then add their keys with the group's last seq as the set's watermark (one
+RocksDB WriteBatch, not fsynced). So the set never holds the key of an event the
+log does not hold, and what a crash (or a failed add) loses of the set is past
+its watermark in the log: opening the store, and any commit after a failed add,
+first re-adds the keys of the log's tail after the watermark. The log is the
+truth; the set is a cache of its last window.
 """
 
 from __future__ import annotations
@@ -47,7 +60,8 @@ from eventd.store.base import (
     UserEvent,
     now_ms,
 )
-from eventd.store.schema import INSERT_EVENT, migrate
+from eventd.store.dedup import DedupSet, dedup_key
+from eventd.store.schema import INSERT_EVENT_SEQ, migrate
 
 log = structlog.get_logger("eventd.store")
 
@@ -57,6 +71,8 @@ ERASE_BATCH = 5000
 SQL_INT_MAX = 2**63 - 1
 # Ids per IN (...) list: under SQLite's variable limit.
 MAX_IDS = 10000
+# Keys per WriteBatch when the dedup set re-adds the log's tail.
+CATCH_UP_CHUNK = 20_000
 
 SAVE_CURSOR = (
     "INSERT INTO cursors (destination, seq, updated_at) VALUES (?, ?, ?) "
@@ -112,6 +128,9 @@ class SqliteStore:
         self.metrics = metrics or Metrics()
         self.last_error: str | None = None
         self._last_seq = 0
+        self._next_seq = 1  # seqs are never reused, even after the tail was erased
+        self._dedup: DedupSet | None = None
+        self._dedup_seq = 0  # the set's watermark: the log up to here has its keys in it
         self._writable = True  # false while the last commit failed; /ready says so
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._pending_events = 0
@@ -159,7 +178,67 @@ class SqliteStore:
             "UPDATE settings SET value = ? WHERE key = 'dedup_window_ms'", (self.dedup_window_ms,)
         )
         self._last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        self._next_seq = self._last_seq + 1
+        try:
+            self._ready_dedup(conn)
+        except Exception as exc:  # rocksdict raises plain Exception (a full disk, ...)
+            # Reads and delivery go on; every commit tries again first, and ingest is
+            # refused (503) until the set opens: never stored without exact dedup.
+            log.warning("dedup set cannot open; ingest refused until it can", error=str(exc))
         self._conn = conn
+
+    def _ready_dedup(self, conn: sqlite3.Connection) -> DedupSet:
+        """The dedup set, open and holding the keys of the whole log (writer thread).
+
+        (Re)opens it when it is not open or a write to it failed (RocksDB refuses
+        writes after a background error, e.g. a full disk, until reopened), then
+        re-reads the log after its watermark. Raises when it cannot: the commit then
+        fails, and never dedups less than exactly."""
+        dedup = self._dedup
+        if dedup is not None and self._dedup_seq >= self._last_seq:
+            return dedup
+        if dedup is not None:
+            self._dedup = None
+            _close_dedup(dedup)
+        dedup = DedupSet(dedup_path(self.path), self.dedup_window_ms)
+        self._dedup = dedup
+        self._dedup_seq = dedup.watermark
+        self._next_seq = max(self._next_seq, self._dedup_seq + 1)
+        added = self._catch_up_dedup(conn, dedup)
+        if added:
+            log.info("dedup set caught up with the log", keys=added, watermark=self._dedup_seq)
+        return dedup
+
+    def _catch_up_dedup(self, conn: sqlite3.Connection, dedup: DedupSet) -> int:
+        """Add the keys of the log after the set's watermark (the whole last window
+        when the set is new: a store from before migration 4, or a lost directory);
+        returns how many keys were added."""
+        if self._dedup_seq == 0:
+            since = now_ms() - self.dedup_window_ms
+            cur = conn.execute(
+                "SELECT seq, source, message_id, received_at FROM events"
+                " WHERE received_at >= ? ORDER BY seq",
+                (_clamp(since),),
+            )
+        else:
+            cur = conn.execute(
+                "SELECT seq, source, message_id, received_at FROM events WHERE seq > ?"
+                " ORDER BY seq",
+                (self._dedup_seq,),
+            )
+        added = 0
+        while rows := cur.fetchmany(CATCH_UP_CHUNK):
+            last = rows[-1][0]
+            dedup.add_stored(((dedup_key(s, m), at, seq) for seq, s, m, at in rows), last)
+            self._dedup_seq = last
+            added += len(rows)
+        if self._last_seq > self._dedup_seq:
+            # Nothing after the watermark is left (the tail was erased): move it on so
+            # the next catch-up does not scan again.
+            dedup.add_stored((), self._last_seq)
+            self._dedup_seq = self._last_seq
+        self.metrics.dedup_recovered.inc(added)
+        return added
 
     async def close(self) -> None:
         """Commit everything queued, then close every connection."""
@@ -174,6 +253,9 @@ class SqliteStore:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._thread, conn.close)
+        if self._dedup is not None:
+            dedup, self._dedup = self._dedup, None
+            await asyncio.get_running_loop().run_in_executor(self._thread, _close_dedup, dedup)
         self._thread.shutdown(wait=True)
 
     def subscribe(self) -> asyncio.Event:
@@ -229,11 +311,24 @@ class SqliteStore:
         )
 
     async def find_event(self, source: str, message_id: str) -> Event | None:
-        # index events_message_id (source, message_id)
+        # Inside the dedup window the set knows the newest copy's seq; past it (or
+        # after that copy was erased) only a scan of the log finds an older copy.
+        key = dedup_key(source, message_id)
+        seq = await asyncio.get_running_loop().run_in_executor(self._thread, self._stored_seq, key)
+        if seq is not None:
+            found = await self._events(
+                "WHERE seq = ? AND source = ? AND message_id = ?", (seq, source, message_id)
+            )
+            if found:
+                return found[0]
         found = await self._events(
             "WHERE source = ? AND message_id = ? ORDER BY seq DESC LIMIT 1", (source, message_id)
         )
         return found[0] if found else None
+
+    def _stored_seq(self, key: bytes) -> int | None:
+        """Writer thread: the set's seq for ``key`` (None when the set is not open)."""
+        return self._dedup.stored_seq(key) if self._dedup is not None else None
 
     async def read_seqs(self, seqs: Sequence[int]) -> list[Event]:
         found: list[Event] = []
@@ -498,10 +593,16 @@ class SqliteStore:
     # -- retention --------------------------------------------------------------
 
     async def delete_events(self, *, upto_seq: int, received_before: int, limit: int) -> int:
+        # Only the old rows before the first new one: received_at follows seq, and
+        # without that bound a sweep with nothing to delete read the whole log (a full
+        # scan of a 10,000,000-event store every minute, issue 18). An old row behind a
+        # newer one waits until that one is old too.
+        before = _clamp(received_before)
         return await self._execute(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? AND"
-            " received_at < ? ORDER BY seq LIMIT ?)",
-            [(upto_seq, _clamp(received_before), limit)],
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? AND seq < ("
+            "SELECT coalesce((SELECT seq FROM events WHERE received_at >= ? ORDER BY seq LIMIT 1),"
+            f" {SQL_INT_MAX})) AND received_at < ? ORDER BY seq LIMIT ?)",
+            [(upto_seq, before, before, limit)],
         )
 
     async def delete_dead_letters(self, *, failed_before: int, limit: int) -> int:
@@ -529,7 +630,7 @@ class SqliteStore:
     async def append(self, rows: Sequence[EventRow]) -> int:
         self._pending_events += len(rows)
         try:
-            return await self._submit(INSERT_EVENT, rows, is_ingest=True)
+            return await self._submit(INSERT_EVENT_SEQ, rows, is_ingest=True)
         finally:
             self._pending_events -= len(rows)
 
@@ -603,29 +704,79 @@ class SqliteStore:
             raise StorageUnavailable("the outbox is closed")
         results: list[int | Exception] = [0] * len(group)
         over = self._over_max_size(conn) if any(w.is_ingest for w in group) else None
+        next_seq = self._next_seq
+        keys: list[tuple[bytes, int, int]] = []
+        try:
+            fresh = self._fresh_rows(conn, group) if over is None else {}
+        except Exception as exc:  # rocksdict raises plain Exception (I/O errors)
+            return self._failed(group, exc)
         try:
             conn.execute("BEGIN IMMEDIATE")
             for i, w in enumerate(group):
-                if over is not None and w.is_ingest:
+                if not w.is_ingest:
+                    before = conn.total_changes
+                    conn.executemany(w.sql, w.rows)
+                    results[i] = conn.total_changes - before
+                elif over is not None:
                     results[i] = StorageUnavailable(over)
-                    continue
-                before = conn.total_changes
-                conn.executemany(w.sql, w.rows)
-                results[i] = conn.total_changes - before
+                else:
+                    rows = fresh[i]
+                    conn.executemany(w.sql, [(next_seq + n, *r) for n, (r, _) in enumerate(rows)])
+                    keys += [(key, r[6], next_seq + n) for n, (r, key) in enumerate(rows)]
+                    next_seq += len(rows)
+                    results[i] = len(rows)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._writable = False
-            self.last_error = str(exc)
-            self.metrics.commit_failures.inc()
-            log.warning("commit failed", error=str(exc), writes=len(group))
-            return [StorageUnavailable(f"storage cannot write: {exc}")] * len(group)
+            return self._failed(group, exc)
         if not self._writable:
             log.info("storage writable again")
         self._writable = True
+        self._next_seq = next_seq
         self._last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        if keys:
+            self._add_keys(keys)
         return results
+
+    def _failed(self, group: list[_Write], exc: Exception) -> list[int | Exception]:
+        self._writable = False
+        self.last_error = str(exc)
+        self.metrics.commit_failures.inc()
+        log.warning("commit failed", error=str(exc), writes=len(group))
+        return [StorageUnavailable(f"storage cannot write: {exc}")] * len(group)
+
+    def _fresh_rows(
+        self, conn: sqlite3.Connection, group: list[_Write]
+    ) -> dict[int, list[tuple[Sequence[Any], bytes]]]:
+        """The group's appended rows that are not repeats, each with its dedup key,
+        by the append's index in ``group``."""
+        dedup = self._ready_dedup(conn)
+        fresh: dict[int, list[tuple[Sequence[Any], bytes]]] = {}
+        owners: list[int] = []
+        items: list[tuple[bytes, int]] = []
+        for i, w in enumerate(group):
+            if w.is_ingest:
+                fresh[i] = []
+                owners += [i] * len(w.rows)
+                items += [(dedup_key(r[0], r[1]), r[6]) for r in w.rows]
+        if items:
+            flat = [r for w in group if w.is_ingest for r in w.rows]
+            for n in dedup.filter_new(items):
+                fresh[owners[n]].append((flat[n], items[n][0]))
+        return fresh
+
+    def _add_keys(self, keys: list[tuple[bytes, int, int]]) -> None:
+        """After COMMIT: the committed events' keys into the set. A failure leaves the
+        set behind the log (the next commit catches up first); the events are stored
+        and acknowledged either way."""
+        dedup = self._dedup
+        assert dedup is not None  # _fresh_rows opened it
+        try:
+            dedup.add_stored(keys, keys[-1][2])
+            self._dedup_seq = keys[-1][2]
+        except Exception as exc:  # rocksdict raises plain Exception
+            log.warning("dedup set write failed; caught up from the log next", error=str(exc))
 
     def _over_max_size(self, conn: sqlite3.Connection) -> str | None:
         if self.max_size is None:
@@ -653,6 +804,20 @@ class SqliteStore:
             with contextlib.suppress(OSError):
                 total += os.stat(f"{self.path}{suffix}").st_size
         return total
+
+
+def _close_dedup(dedup: DedupSet) -> None:
+    """Close the set; a failed flush (a full disk) loses nothing: what the set has
+    not written is past its watermark and re-read from the log at the next open."""
+    try:
+        dedup.close()
+    except Exception as exc:  # rocksdict raises plain Exception
+        log.warning("dedup set flush failed; re-read from the log at the next open", error=str(exc))
+
+
+def dedup_path(path: Path) -> Path:
+    """The dedup set's RocksDB directory beside the outbox file ``path``."""
+    return path.with_name(path.name + ".dedup")
 
 
 def _clamp(ms: int) -> int:

@@ -100,6 +100,25 @@ async def test_an_acknowledged_append_survives_a_crash(backend: Backend) -> None
     assert len(stored) == len(await _all_seqs(backend)), "no event stored twice"
 
 
+async def test_after_a_crash_every_acknowledged_event_is_still_a_repeat(
+    backend: Backend,
+) -> None:
+    """Dedup state survives a crash: each acknowledged messageId sent again (with the
+    stored copy's received_at) is acknowledged and not stored twice, and nothing
+    else was lost or stored twice."""
+    acked = await backend.append_then_crash()
+    store = backend.store()
+    await store.open()
+    try:
+        before = await store.read(0, 1_000_000)
+        at = {m: e.received_at for e, m in zip(before, ids(before), strict=True)}
+        assert await store.append([row(m, at=at[m]) for m in sorted(acked)]) == 0
+        after = await store.read(0, 1_000_000)
+        assert sorted(ids(after)) == sorted(ids(before)) and len(set(ids(after))) == len(after)
+    finally:
+        await store.close()
+
+
 async def _all_seqs(backend: Backend) -> list[int]:
     store = backend.store()
     await store.open()
