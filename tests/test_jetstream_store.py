@@ -2,23 +2,30 @@
 cluster: acknowledged events reach the log once (24 h dedup across nodes, a dedup
 stage's partitions moving to another node that rebuilds its set from the log),
 destination consumers shared by nodes keep their cursor when a node dies, dead
-letters are copies, retention keeps what a destination has not passed, and a node
-cut off from the cluster refuses (StorageUnavailable) rather than acknowledging."""
+letters are copies, retention keeps what a destination has not passed, a node
+cut off from the cluster refuses (StorageUnavailable) rather than acknowledging,
+and eventd's ingest over the store answers 503 + Retry-After without a quorum."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import itertools
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, TestServer
 
-from eventd.config import JetStreamConfig
+from eventd.config import JetStreamConfig, parse_config
+from eventd.ingest import Ingest
+from eventd.live import LiveHub
+from eventd.metrics import Metrics
+from eventd.store import Store
 from eventd.store.jetstream import (
     DestinationReader,
     EventRow,
@@ -26,16 +33,13 @@ from eventd.store.jetstream import (
     LogEvent,
     StorageUnavailable,
 )
+from tests.harness import basic
 from tests.nats_cluster import NatsCluster
 
-# Opt-in until the store is wired into `eventd serve` (issue 14): these tests still fail
-# now and then (one hang of the stage's fetch loop after a node restart, one failure at
-# the first test, in about one run in four on this 2-core machine), and a test suite that
-# passes by luck blocks landings by luck. Run them with EVENTD_JETSTREAM_STORE_TESTS=1.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("EVENTD_JETSTREAM_STORE_TESTS") != "1",
-    reason="opt-in: EVENTD_JETSTREAM_STORE_TESTS=1 (the jetstream store is not served yet)",
-)
+# In the default run (about 70 s here). Each test is bounded well below pytest's global
+# 600 s: every wait in these tests and in the store is bounded itself, so a test that
+# goes past this is a defect to read in its traceback, not a slow machine.
+pytestmark = pytest.mark.timeout(180)
 
 _streams = itertools.count()
 
@@ -100,7 +104,6 @@ class Nodes:
             self.cfg,
             self.tmp / name,
             node_id=name,
-            lease_ttl=2.0,
             **kw,  # type: ignore[arg-type]
         )
         await store.open(destinations, ordered=ordered)
@@ -175,7 +178,7 @@ async def test_two_nodes_share_a_destination_cursor_and_a_dead_nodes_batch_goes_
     ra, rb = await a.reader("hook"), await b.reader("hook")
     # a takes a batch and dies before settling it (its connection goes with it).
     await until(lambda: a.forwarded + b.forwarded == 120)
-    held = await ra.fetch(3)
+    held = await ra.fetch(3, wait=10.0)  # returns as soon as any came
     assert held
     held_ids = {e.message_id for _, events in held for e in events}
     await a.close()
@@ -331,4 +334,66 @@ async def test_a_node_cut_off_from_the_cluster_refuses_rather_than_acknowledging
         assert {e.message_id for e in got} <= {"before", "during", "after"}
     finally:
         cluster.resume(0)
+        await nodes.close()
+
+
+async def test_ingest_answers_503_with_retry_after_when_the_cluster_has_no_quorum(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> None:
+    """eventd's own Tracking API over the store (ingest's half of `eventd serve` on
+    jetstream): with two of three servers paused no write has a quorum, so a
+    request is refused with 503 + Retry-After, never a 200; every 200 is in the log."""
+    cluster = make_nats_cluster(3)
+    nodes = Nodes(tmp_path, cluster)
+    nodes.cfg = dataclasses.replace(nodes.cfg, publish_timeout=3.0)
+    store = await nodes.start("a")
+    config = parse_config(
+        {"storage": {"path": str(tmp_path / "unused.db")}, "sources": {"web": {"write_key": "k"}}},
+        "test",
+    )
+    app = web.Application()
+    # Ingest needs only append() and pending_events of its outbox, which the
+    # jetstream store has; the rest of the Store protocol it does not implement yet.
+    Ingest(config, cast(Store, store), Metrics(), LiveHub()).add_routes(app)
+    auth = {"Authorization": basic("k")}
+    acked: set[str] = set()
+
+    async def track(http: TestClient[web.Request, web.Application], mid: str) -> ClientResponse:
+        body = {"type": "track", "event": "E", "userId": "u1", "messageId": mid}
+        async with http.post("/v1/track", json=body, headers=auth) as resp:
+            await resp.read()
+            if resp.status == 200:
+                acked.add(mid)
+            return resp
+
+    try:
+        async with TestServer(app) as server, TestClient(server) as http:
+            assert (await track(http, "before")).status == 200
+            cluster.pause(1)
+            cluster.pause(2)
+            resp = await track(http, "during")
+            assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+            assert "during" not in acked
+            cluster.resume(1)
+            cluster.resume(2)
+            cluster.wait_healthy()
+            after = 0
+
+            async def accepted() -> bool:
+                nonlocal after
+                after += 1
+                return (await track(http, f"after{after}")).status == 200
+
+            deadline = time.monotonic() + 60
+            while not await accepted():  # each refusal took up to publish_timeout
+                assert time.monotonic() < deadline, "the cluster did not take writes again"
+        got = await drain(await store.reader("hook"), acked)
+        assert (
+            acked
+            <= {e.message_id for e in got}
+            <= {"before", "during"} | {f"after{i}" for i in range(1, after + 1)}
+        )
+    finally:
+        cluster.resume(1)
+        cluster.resume(2)
         await nodes.close()

@@ -271,6 +271,7 @@ class JetStreamStore:
         self._publisher: asyncio.Task[None] | None = None
         self._stages: dict[int, asyncio.Task[None]] = {}
         self._claimer: asyncio.Task[None] | None = None
+        self._revisions: dict[int, int] = {}  # partition -> its lease's last revision
         self._publish_count = 0
         # Publish ids must never repeat within the stream's window, or the stream would
         # drop a new group as a copy of an old one: a restarted node keeps its node id
@@ -310,6 +311,9 @@ class JetStreamStore:
         await self.ensure(destinations)
         self._publisher = asyncio.create_task(self._publish_loop(), name="jetstream-publisher")
         if run_dedup:
+            # Beat once before returning: an open node is counted by every node's
+            # live_nodes() from then on (the limits they share), not a round later.
+            await asyncio.wait_for(self.heartbeat(), MANAGE_TIMEOUT)
             self._claimer = asyncio.create_task(self._claim_loop(), name="jetstream-dedup-claims")
 
     async def ensure(self, destinations: Sequence[str]) -> None:
@@ -393,12 +397,33 @@ class JetStreamStore:
             # Bounded: a stage closing its RocksDB set finishes on a thread.
             await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
         self._stages.clear()
+        await self._let_go()
         if self.nc is not None:
             # close, not drain: unsettled messages go back to the consumer at ack_wait.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), CLOSE_TIMEOUT)
             self.nc = None
             self._js = None
+
+    async def _let_go(self) -> None:
+        """Give back this node's leases and heartbeat, so another node takes its
+        dedup partitions now rather than after the lease TTL (a clean stop; a
+        crashed node's leases lapse with the TTL). Bounded; failures are left
+        to the TTL."""
+        if self.leases is None or self.nc is None or not self.nc.is_connected:
+            return
+        leases = self.leases
+
+        async def let_go() -> None:
+            for p, revision in sorted(self._revisions.items()):
+                with contextlib.suppress(Exception):  # lost meanwhile: the TTL frees it
+                    await leases.delete(f"dedup-{p}", last=revision)
+            with contextlib.suppress(Exception):
+                await leases.delete(f"node-{self.node_id}")
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(let_go(), CLOSE_TIMEOUT)
+        self._revisions.clear()
 
     async def ready(self) -> bool:
         """True when the log's stream answers with a leader (a quorum exists)."""
@@ -513,35 +538,44 @@ class JetStreamStore:
         """Bid for every partition nobody holds; renew the ones held; run a stage
         for each partition held (again, if it stopped)."""
         assert self.leases is not None
-        revisions: dict[int, int] = {}
         while True:
-            with contextlib.suppress(Exception):  # a stalled cluster: next round
-                await self.heartbeat()
-            for p in range(self.cfg.partitions):
-                key = f"dedup-{p}"
-                task = self._stages.get(p)
-                try:
-                    if p in revisions:
-                        revisions[p] = await self.leases.update(
-                            key, self.node_id.encode(), last=revisions[p]
-                        )
-                    else:
-                        revisions[p] = await self.leases.create(key, self.node_id.encode())
-                except KeyWrongLastSequenceError:
-                    # Held by another node, or our lease lapsed: stop our stage.
-                    revisions.pop(p, None)
-                    if task is not None:
-                        task.cancel()
-                        self._stages.pop(p, None)
-                    continue
-                except Exception as exc:  # a stalled cluster or a lost connection: next round
-                    log.info("lease not renewed", partition=p, error=repr(exc))
-                    continue
-                if task is None or task.done():
-                    self._stages[p] = asyncio.create_task(
-                        self._stage(p), name=f"jetstream-dedup-{p}"
-                    )
+            # All at once: one after another, a stalled cluster would make a round
+            # last (partitions + 1) x publish_timeout, longer than the lease TTL,
+            # and a live node would lose every lease to a stall of a few seconds.
+            await asyncio.gather(
+                self._beat_quietly(), *(self._claim(p) for p in range(self.cfg.partitions))
+            )
             await asyncio.sleep(self.lease_ttl * LEASE_RENEW / LEASE_TTL)
+
+    async def _beat_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # a stalled cluster: next round
+            await self.heartbeat()
+
+    async def _claim(self, p: int) -> None:
+        """Create or renew partition p's lease; start its stage when held."""
+        assert self.leases is not None
+        revisions = self._revisions
+        key = f"dedup-{p}"
+        task = self._stages.get(p)
+        try:
+            if p in revisions:
+                revisions[p] = await self.leases.update(
+                    key, self.node_id.encode(), last=revisions[p]
+                )
+            else:
+                revisions[p] = await self.leases.create(key, self.node_id.encode())
+        except KeyWrongLastSequenceError:
+            # Held by another node, or our lease lapsed: stop our stage.
+            revisions.pop(p, None)
+            if task is not None:
+                task.cancel()
+                self._stages.pop(p, None)
+            return
+        except Exception as exc:  # a stalled cluster or a lost connection: next round
+            log.info("lease not renewed", partition=p, error=repr(exc))
+            return
+        if task is None or task.done():
+            self._stages[p] = asyncio.create_task(self._stage(p), name=f"jetstream-dedup-{p}")
 
     def held_partitions(self) -> list[int]:
         return sorted(p for p, t in self._stages.items() if not t.done())
@@ -564,7 +598,13 @@ class JetStreamStore:
             while True:
                 try:
                     msgs = await sub.fetch(64, timeout=1)
-                except (*_TRANSIENT, ConnectionClosedError):
+                except (TimeoutError, NatsTimeout):
+                    continue  # nothing came within the second
+                except (NoStreamResponseError, NoRespondersError, ConnectionClosedError):
+                    # A fetch on a closed or reconnecting connection can fail without
+                    # ever yielding to the loop: pause, or this task would spin and
+                    # starve every other one (the hang after a server restart).
+                    await asyncio.sleep(0.1)
                     continue
                 for msg in msgs:
                     await _retrying(functools.partial(self._forward, p, msg, dedup), f"dedup-{p}")
@@ -731,13 +771,22 @@ class JetStreamStore:
 
     async def live_nodes(self) -> int:
         """Nodes that beat within the lease TTL (expired keys are gone): a
-        destination's max_in_flight and rate_limit are shared as limit / this."""
+        destination's max_in_flight and rate_limit are shared as limit / this.
+        Raises :class:`StorageUnavailable` when the bucket does not answer within
+        ``publish_timeout``: nats-py's ``keys()`` iterates a watcher with no
+        timeout of its own, and a stalled server would hold the caller forever."""
         assert self.leases is not None
         try:
-            keys = await self.leases.keys()
-        except NotFoundError:
+            keys = await asyncio.wait_for(self.leases.keys(), self.cfg.publish_timeout)
+        except NotFoundError:  # nats-py's NoKeysError: no key at all
             return 1
-        return max(1, sum(1 for k in keys if k.startswith("node-")))
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"the node list did not answer in {self.cfg.publish_timeout:g}s"
+            ) from None
+        # A set: keys() lists a key once per update its watcher saw while it ran,
+        # so a heartbeat landing meanwhile would count its node twice.
+        return max(1, len({k for k in keys if k.startswith("node-")}))
 
 
 async def _retrying(step: Callable[[], Awaitable[T]], what: str) -> T:
