@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import errno
 import json
 import os
 import signal
@@ -51,6 +52,22 @@ def admin_get(url: str, token: str | None) -> tuple[int, Any]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def fill_disk(path: Path) -> None:
+    """Write ``path`` until its disk (a small tmpfs: conftest.py's ``tiny_disk``) refuses a
+    byte more."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        try:
+            while True:  # the last pages' worth, byte by byte
+                f.write(b"\0")
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
 
 
 class EventdProcess:

@@ -5,24 +5,21 @@ Counts by messageId: every event that got a 200 must be in the outbox afterwards
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
-import os
 import sqlite3
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.contract.fixtures import counters
-from tests.harness import EventdProcess, basic
+from tests.harness import EventdProcess, admin_get, basic, fill_disk
 
 
 class Sender(threading.Thread):
@@ -98,38 +95,13 @@ def test_kill_9_while_clients_send_loses_no_acknowledged_event(
     assert len(ev.query("SELECT 1 FROM events")) == len(stored), "no duplicates"
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs: the disk eventd fills. Needs root (CI runs as root)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; CI runs as root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_full_disk_answers_503_loses_nothing_and_recovers(
     eventd: Callable[..., EventdProcess], tiny_disk: Path
 ) -> None:
     filler = tiny_disk / "filler"
     filler.write_bytes(b"\0" * (1024 * 1024))  # space we give back later
-    # The identity graph is off here: its identity.db would share the 2 MB disk, and
-    # a restart on a still-full disk blocks its start-up (issue 15, open: the graph
-    # must start in the background and retry, not hold readiness).
-    ev = eventd(
-        {
-            "storage": {"path": str(tiny_disk / "eventd.db"), "synchronous": "full"},
-            "identity": {"enabled": False},
-        }
-    )
+    # The identity graph is on (the default): identity.db shares the small disk.
+    ev = eventd({"storage": {"path": str(tiny_disk / "eventd.db"), "synchronous": "full"}})
     sender = Sender(ev, batch=20, payload=400)
     sender.start()
     sender.wait_until(lambda s: any(st == 503 for st, _ in s.statuses))
@@ -154,6 +126,98 @@ def test_full_disk_answers_503_loses_nothing_and_recovers(
     ev.start()
     stored = stored_ids(ev)
     assert sender.acked <= stored and again.acked <= stored
+
+
+def metric(ev: EventdProcess, sample: str) -> float | None:
+    """One sample's value from /metrics (``name{labels}`` as Prometheus prints it)."""
+    req = urllib.request.Request(
+        ev.url + "/metrics", headers={"Authorization": f"Bearer {ev.admin_token}"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+    return None
+
+
+def poll(ask: Callable[[], Any], done: Callable[[Any], bool], within: float) -> Any:
+    """Ask until the answer is done (a condition eventd reaches by itself, e.g. after a
+    retry's backoff); returns the answer, or fails with the last one."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = ask()
+        if done(answer):
+            return answer
+        assert time.monotonic() < deadline, f"not reached in {within} s: {answer!r}"
+        time.sleep(0.1)  # polling eventd's own answer: the signal itself
+
+
+def test_restarted_on_a_full_disk_it_serves_and_the_identity_graph_catches_up(
+    eventd: Callable[..., EventdProcess], tiny_disk: Path
+) -> None:
+    """The identity graph never holds the front door: eventd restarted on a disk with
+    no byte free answers /health, acknowledges nothing it cannot store, says why the
+    graph is not running; once space is back the graph catches up from its cursor, and
+    the profile counts every stored event exactly once."""
+    filler = tiny_disk / "filler"
+    filler.write_bytes(b"\0" * (1024 * 1024))
+    ev = eventd({"storage": {"path": str(tiny_disk / "eventd.db"), "synchronous": "full"}})
+    before = [
+        ("/v1/track", {"anonymousId": "visitor", "event": "Viewed Cars"}),
+        ("/v1/identify", {"anonymousId": "visitor", "userId": "u", "traits": {"make": "Volvo"}}),
+    ]
+    for path, body in before:
+        assert ev.post(path, body, key=ev.write_key)[0] == 200
+    sender = Sender(ev, batch=20, payload=400)
+    sender.start()
+    sender.wait_until(lambda s: any(st == 503 for st, _ in s.statuses))
+    sender.stop.set()
+    sender.join(30)
+    assert ev.stop() == 0
+
+    fill_disk(tiny_disk / "filler2")  # not a byte left for eventd.db or identity.db
+    ev.start()  # returns once /health answers
+    full = Sender(ev, batch=20, payload=400)
+    full.start()
+    full.wait_until(lambda s: any(st == 503 for st, _ in s.statuses))
+    full.stop.set()
+    full.join(30)
+    assert all(a["code"] == "storage_unavailable" for st, a in full.statuses if st != 200)
+    poll(lambda: metric(ev, 'eventd_identity_failures_total{reason="disk_full"}'),
+         lambda n: n is not None and n >= 1, 60)  # fmt: skip
+    assert metric(ev, "eventd_identity_running") == 0
+    status, answer = admin_get(ev.url + "/admin/profiles/u", ev.admin_token)
+    assert (status, answer["code"]) == (503, "identity_unavailable")
+    assert "full" in answer["message"]
+
+    filler.unlink()  # the operator frees space
+    (tiny_disk / "filler2").unlink()
+    again = Sender(ev, batch=20, payload=400)
+    again.start()
+    again.wait_until(lambda s: len(s.acked) >= 100)
+    again.stop.set()
+    again.join(30)
+
+    acked = sender.acked | full.acked | again.acked
+    refused = sender.refused | full.refused | again.refused
+    stored = ev.stored()
+    ids = {m["messageId"] for m in stored}
+    assert acked <= ids, f"{len(acked - ids)} acknowledged events lost"
+    assert not (ids & refused), "a refused request stored nothing"
+    # The profile, computed from the log itself: every stored event is u's (the
+    # visitor's track merged in by the identify), counted once.
+    by_type = collections.Counter(m["type"] for m in stored)
+    status, profile = poll(
+        lambda: admin_get(ev.url + "/admin/profiles/u", ev.admin_token),
+        lambda a: a[0] == 200 and a[1]["event_count"] >= len(stored),
+        90,  # the retry's backoff (at most 30 s) and the catch-up
+    )
+    assert (profile["user_ids"], profile["anonymous_ids"]) == (["u"], ["visitor"])
+    assert (profile["event_count"], profile["events_by_type"]) == (len(stored), dict(by_type))
+    assert profile["traits"] == {"make": "Volvo"}
+    assert metric(ev, "eventd_identity_running") == 1
+    assert ev.stop() == 0
 
 
 def test_overload_answers_429_stores_nothing_of_it_and_recovers(tmp_path: Path) -> None:

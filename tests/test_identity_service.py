@@ -24,6 +24,7 @@ from eventd.identity.service import IdentityService
 from eventd.identity.stitch import Stitcher
 from eventd.metrics import Metrics
 from eventd.store import SqliteStore, now_ms, service_cursor
+from tests.harness import fill_disk
 
 
 class Env:
@@ -268,6 +269,7 @@ async def test_erase_deletes_the_profile_links_and_its_anonymous_events(env: Env
 
 async def test_a_page_that_cannot_be_written_is_retried_not_skipped(env: Env) -> None:
     svc = await env.start(process=False)  # the writer on a thread: its store can be patched
+    await svc.drain()  # identity.db is open (start() does not wait for it)
     store = writer._store
     assert store is not None
     real = store.apply
@@ -308,3 +310,33 @@ async def test_retention_passes_only_what_the_graph_has_applied(env: Env) -> Non
     await svc.drain()
     assert svc.cursor == env.store.last_seq
     assert await passed_seq(dispatcher, env.store, [svc]) == env.store.last_seq  # type: ignore[arg-type]
+
+
+def test_a_commit_the_full_disk_refuses_raises_why_and_the_store_goes_on(tiny_disk: Path) -> None:
+    """identity.db on a disk with no byte free: the page's COMMIT fails and SQLite may
+    have rolled the transaction back already; the caller gets "database or disk is
+    full" (not "no transaction is active" from a second ROLLBACK), nothing of the page
+    is kept, and the same page commits once space is back."""
+    from eventd.identity.graph import Graph
+    from eventd.store.identity import IdentityStore
+
+    store = IdentityStore(tiny_disk / "identity.db", "full")
+    store.open_writer()
+    graph = Graph(backing=store)
+    n = 300  # ~100 KB of rows: written at COMMIT (under the page cache's 2 MB)
+    ts = "2026-11-01T10:00:00.000Z"
+    for seq in range(1, n + 1):
+        msg = {"type": "identify", "userId": f"u{seq}", "anonymousId": f"a{seq}", "timestamp": ts}
+        graph.apply(seq, {**msg, "traits": {"n": seq}})
+    changes = graph.take_changes()
+    fill_disk(tiny_disk / "filler")
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+        store.apply(changes, n)
+    assert not store.w.in_transaction
+    assert (store.cursor(), store.profile_of(USER, "u1")) == (0, None)
+
+    (tiny_disk / "filler").unlink()
+    store.apply(changes, n)
+    assert store.cursor() == n
+    assert store.profile_of(USER, f"u{n}") == profile_id_for(USER, f"u{n}")
+    store.close()

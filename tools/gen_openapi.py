@@ -2024,7 +2024,14 @@ def identity_paths() -> dict[str, Schema]:
                 "not_found: no profile has this id; identity_disabled: identity.enabled is false."
             ),
             "content": json_content(schema("Error")),
-        }
+        },
+        "503": {
+            "description": (
+                "identity_unavailable: the identity graph has not opened identity.db yet"
+                " (a full disk: it retries in the background; the message says why)."
+            ),
+            "content": json_content(schema("Error")),
+        },
     }
     return {
         "/admin/profiles/{id}": {

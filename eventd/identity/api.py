@@ -2,6 +2,7 @@
 
 Behind the admin bearer token like every /admin route. ``id`` is a userId or an
 anonymousId (the userId is tried first; ``?kind=user_id|anonymous_id`` forces one).
+503 ``identity_unavailable`` while the graph has not opened identity.db (a full disk).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from aiohttp import web
 from eventd.admin import BadRequest, error_response, guarded, json_response
 from eventd.app import RUNTIME
 from eventd.identity.graph import ANONYMOUS, USER, Profile
-from eventd.identity.service import IdentityService
+from eventd.identity.service import IdentityService, IdentityUnavailable
 from eventd.store import iso_ms
 
 KINDS = {"user_id": USER, "anonymous_id": ANONYMOUS}
@@ -41,7 +42,11 @@ async def _profile(request: web.Request) -> tuple[IdentityService, Profile] | we
     if kind_name is not None and kind_name not in KINDS:
         raise BadRequest(f"kind={kind_name!r}: expected 'user_id' or 'anonymous_id'")
     id = request.match_info["id"]
-    profile = await service.find(id, KINDS[kind_name] if kind_name else None)
+    try:
+        profile = await service.find(id, KINDS[kind_name] if kind_name else None)
+    except IdentityUnavailable as exc:
+        # identity.db cannot open yet (a full disk): the graph retries in the background.
+        return _error(503, "identity_unavailable", str(exc))
     if profile is None:
         what = f"{kind_name} {id!r}" if kind_name else f"userId or anonymousId {id!r}"
         return error_response(404, "not_found", f"no profile has the {what}")

@@ -15,12 +15,24 @@ never takes the GIL from ingest), which applies them to the graph
   changed links to every destination that stores identities.
 
 It also answers profile lookups (the API) and erases a suppressed user's profile.
+
+The graph never holds the front door: :meth:`IdentityService.start` returns at once
+and identity.db is opened in the background. When it cannot be opened or written
+(a full disk), the consumer retries with backoff (logged at warning; the
+``eventd_identity_running`` gauge is 0 and ``eventd_identity_failures_total``
+counts why), ingest and delivery of destinations that do not stitch carry on, and
+once space is back it catches up from its own cursor: nothing is lost, it is a
+consumer of the log. Until it has opened, profile reads raise
+:class:`IdentityUnavailable` (the API answers 503) and stitched deliveries wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import sqlite3
 from collections.abc import Callable
+from concurrent.futures import BrokenExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +52,29 @@ from eventd.store.identity import IdentityStore
 log = structlog.get_logger("eventd.identity")
 
 PAGE_EVENTS = 5000
+BACKOFF_FIRST = 0.5  # seconds before the first retry; doubled after each failure
+BACKOFF_MAX = 30.0  # how long a freed disk may wait before the graph notices
+
+
+class IdentityUnavailable(Exception):
+    """The graph has not opened identity.db (yet): the message says why."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A metric label for why identity.db could not be opened or written: ``disk_full``,
+    ``io_error`` (sqlite3.OperationalError: disk I/O error, readonly, locked...),
+    ``writer_died`` (the writer process was killed) or ``other``."""
+    text = str(exc).lower()
+    if "full" in text or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+        return "disk_full"
+    if isinstance(exc, sqlite3.Error | OSError):
+        return "io_error"
+    if isinstance(exc, BrokenExecutor):
+        return "writer_died"
+    return "other"
+
+
+FAILURE_REASONS = ("disk_full", "io_error", "writer_died", "other")
 
 
 class IdentityService:
@@ -86,32 +121,61 @@ class IdentityService:
             registry=r,
         )
         metrics.on_scrape(lambda: lag.set(max(0, self.log.last_seq - self.cursor)))
+        self.running = Gauge(
+            "eventd_identity_running",
+            "1 while the identity graph has identity.db open and its last page applied;"
+            " 0 while it cannot (see eventd_identity_failures_total and the log)",
+            registry=r,
+        )
+        self.failures = Counter(
+            "eventd_identity_failures",
+            "Times identity.db could not be opened or a page not written, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason)
+        self.opened = False  # identity.db open in the writer, the reader open here
+        self.error: str | None = "starting"  # why the graph is not running (None: it is)
         self._wake = asyncio.Event()  # the log's, from start()
 
     # -- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.cursor = await self.writer.call(writer.cursor)  # creates identity.db when new
-        await self._save_cursor()  # retention holds from now on, before the first page
-        await self.store.open_reader()
-        self.feeds = self.find_feeds()
+        """Start the consumer in the background; returns without waiting for identity.db
+        (which may not open: a full disk) so start-up and readiness never wait on it."""
+        if await self.log.cursor(service_cursor(self.name)) is None:
+            # Retention holds from now on, before identity.db opens (the graph's first
+            # start): events stored meanwhile are kept for it.
+            await self._save_cursor(0)
         self._wake = self.log.subscribe()
         self._task = asyncio.create_task(self._run(), name="identity")
+
+    async def _open(self) -> None:
+        """Open identity.db (created when new) and the reader; start the warehouse feeds."""
+        self.cursor = await self.writer.call(writer.cursor)
+        await self._save_cursor()
+        await self.store.open_reader()
+        self.feeds = self.find_feeds()
         for feed in self.feeds:
             self._feed_tasks.append(asyncio.create_task(feed.run(), name=f"identity-{feed.name}"))
+        self.opened = True
         log.info("identity graph started", cursor=self.cursor, feeds=[f.name for f in self.feeds])
+        async with self._advanced:
+            self._advanced.notify_all()  # drain() of an empty log waits for this
 
     async def stop(self) -> None:
         self._stopping = True
         self._stop.set()
         async with self._advanced:
             self._advanced.notify_all()  # deliveries waiting on the graph leave their batch
+        if self._task is not None:
+            await self._task  # first: it starts the feeds when identity.db opens
         for feed in self.feeds:
             feed.stop()
-        if self._task is not None:
-            await self._task
         await asyncio.gather(*self._feed_tasks)
-        await self._save_cursor()
+        if self.opened:  # else the store's copy stays as it was: never behind identity.db's
+            await self._save_cursor()
         await self.writer.close()
         await self.store.close_reader()
         log.info("identity graph stopped", cursor=self.cursor)
@@ -123,15 +187,36 @@ class IdentityService:
         while not self._stopping:
             self._wake.clear()
             try:
-                if await self.step():
-                    failures = 0
-                    continue
-            except Exception:  # identity.db cannot write (disk full...): the page is retried
+                if not self.opened:
+                    await self._open()
+                applied = await self.step()
+            except Exception as exc:  # identity.db cannot open or write (disk full...)
                 failures += 1
-                log.exception("identity page not applied; will retry", cursor=self.cursor)
-                await self._pause(min(60.0, 0.5 * 2**failures))
-                continue
-            await self._pause(None)
+                self._failed(exc, failures)
+                await self._pause(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1)))
+                continue  # the same page again: the cursor moved only with a commit
+            if failures:
+                log.info("identity graph running again", cursor=self.cursor, failures=failures)
+            failures = 0
+            self.error = None
+            self.running.set(1)
+            if not applied:
+                await self._pause(None)
+
+    def _failed(self, exc: Exception, failures: int) -> None:
+        reason = failure_reason(exc)
+        self.error = f"{type(exc).__name__}: {exc}"[:300]
+        self.running.set(0)
+        self.failures.labels(reason).inc()
+        # A warning, not an error: ingest is unaffected and the graph catches up later.
+        log.warning(
+            "identity graph not running; will retry",
+            reason=reason,
+            error=self.error,
+            cursor=self.cursor,
+            opened=self.opened,
+            failures=failures,
+        )
 
     async def _pause(self, seconds: float | None) -> None:
         await pause(self._stop, self._wake, seconds)  # the log's wake: new events stored
@@ -175,12 +260,15 @@ class IdentityService:
             log.warning("identity cursor not copied to the store", error=str(exc))
 
     async def wait_past(self, seq: int) -> bool:
-        """Wait until the graph has applied the log up to ``seq``; False when it stopped first."""
-        if self.cursor >= seq:
+        """Wait until the graph has opened identity.db and applied the log up to ``seq``;
+        False when it stopped first."""
+        if self.opened and self.cursor >= seq:
             return True
         async with self._advanced:
-            await self._advanced.wait_for(lambda: self.cursor >= seq or self._stopping)
-        return self.cursor >= seq
+            await self._advanced.wait_for(
+                lambda: (self.opened and self.cursor >= seq) or self._stopping
+            )
+        return self.opened and self.cursor >= seq
 
     async def drain(self) -> None:
         """Apply everything stored so far (tests, benchmarks, erasure)."""
@@ -188,8 +276,15 @@ class IdentityService:
 
     # -- reads -----------------------------------------------------------------------
 
+    def _check_open(self) -> None:
+        if not self.opened:
+            raise IdentityUnavailable(
+                f"the identity graph has not opened identity.db yet ({self.error})"
+            )
+
     async def find(self, id: str, kind: str | None = None) -> Profile | None:
         """The profile of a userId (tried first) or an anonymousId; ``kind`` forces one."""
+        self._check_open()
         kinds = [USER, ANONYMOUS] if kind is None else [kind]
         for k in kinds:
             found = await self.store.read(self.store.find, k, id)
@@ -199,6 +294,7 @@ class IdentityService:
 
     async def timeline(self, profile: Profile, before: int | None, limit: int) -> list[Event]:
         """The profile's stored events, newest first, below seq ``before``."""
+        self._check_open()
         top = 2**63 - 1 if before is None else before
         seqs = await self.store.read(self.store.timeline, profile, top, limit)
         return (await self.log.read_seqs(seqs))[::-1]
@@ -228,4 +324,10 @@ class IdentityService:
         await self.writer.call(writer.save_position, destination, version)
 
     def status(self) -> dict[str, Any]:
-        return {"cursor": self.cursor, "lag_events": max(0, self.log.last_seq - self.cursor)}
+        """``cursor``, ``lag_events``, ``running`` and ``error`` (why not, or None)."""
+        return {
+            "cursor": self.cursor,
+            "lag_events": max(0, self.log.last_seq - self.cursor),
+            "running": self.error is None,
+            "error": self.error,
+        }

@@ -11,6 +11,12 @@ page refused and whether links changed.
 The functions below run in the writer (one at a time); :class:`Writer` is the
 parent's handle. ``process=False`` runs them on a thread instead (tests that patch
 the writer's state).
+
+identity.db is opened by the first call that needs it, not by the process's
+initializer: when it cannot be opened (a full disk), that call raises the real error
+(``sqlite3.OperationalError: database or disk is full``) to the parent, which retries
+later, and the writer stays up; an initializer that raised would break the pool
+and lose the reason.
 """
 
 from __future__ import annotations
@@ -20,8 +26,7 @@ import gc
 import multiprocessing
 import signal
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +42,7 @@ T = TypeVar("T")
 # (measured: 0.3 vs 2.3 us to pickle).
 LogRow = tuple[int, bytes]
 
+_args: tuple[str, str, tuple[str, ...], int] | None = None  # what start() was given
 _store: IdentityStore | None = None
 _graph: Graph | None = None
 
@@ -63,14 +69,22 @@ def start_process(*args: Any) -> None:
 
 
 def start(path: str, synchronous: str, blocked_values: tuple[str, ...], max_ids: int) -> None:
-    global _store, _graph
-    _store = IdentityStore(Path(path), synchronous)
-    _store.open_writer()
-    _graph = Graph(Rules.of(blocked_values, max_ids), backing=_store)
+    """Keep the settings; identity.db opens on first use (:func:`_state`)."""
+    global _args, _store, _graph
+    _args = (path, synchronous, blocked_values, max_ids)
+    _store = _graph = None
 
 
 def _state() -> tuple[IdentityStore, Graph]:
-    assert _store is not None and _graph is not None, "identity writer not started"
+    """The open store and graph, opening identity.db first when it is not open yet.
+    Raises what opening raised (sqlite3.OperationalError: disk full, I/O error)."""
+    global _store, _graph
+    if _store is None or _graph is None:
+        assert _args is not None, "identity writer not started"
+        path, synchronous, blocked_values, max_ids = _args
+        store = IdentityStore(Path(path), synchronous)
+        store.open_writer()
+        _store, _graph = store, Graph(Rules.of(blocked_values, max_ids), backing=store)
     return _store, _graph
 
 
@@ -141,7 +155,7 @@ class Writer:
             self._pool = self._new_pool()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except BrokenProcessPool:
+        except BrokenExecutor:
             # The writer died (killed, out of memory): the next call starts another, which
             # reopens identity.db at its last commit; the caller retries what failed.
             self._pool.shutdown(wait=False)
@@ -153,7 +167,7 @@ class Writer:
             pool = self._pool
             try:
                 await self.call(stop)
-            except BrokenProcessPool:
+            except BrokenExecutor:
                 # Killed already (SIGKILL, out of memory): identity.db holds its last
                 # commit and the graph's cursor with it; nothing is left to stop.
                 return

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,11 +75,40 @@ def _link(row: Sequence[Any]) -> Link:
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        _configure(conn, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, synchronous: str) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA secure_delete=ON")  # erased profiles do not linger in free pages
-    return conn
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any. A failed COMMIT (``database or disk is
+    full``) may have rolled it back already (SQLite does on some errors: see "Response
+    To Errors Within A Transaction", sqlite.org/lang_transaction.html), and a ROLLBACK
+    then fails with "no transaction is active", hiding the real error."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT; rolled back (when SQLite has not already) on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
 
 
 class IdentityStore:
@@ -95,11 +125,20 @@ class IdentityStore:
     # -- life cycle ----------------------------------------------------------------
 
     def open_writer(self) -> None:
-        """Open the write connection, creating the file and its tables when new."""
+        """Open the write connection, creating the file and its tables when new.
+
+        Raises sqlite3.Error (``database or disk is full``...) with nothing left open:
+        the caller may try again later (the schema is created in one transaction)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = _connect(self.path, self.synchronous)
-        if conn.execute("PRAGMA user_version").fetchone()[0] < 1:
-            conn.executescript(SCHEMA)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            _configure(conn, self.synchronous)
+            if conn.execute("PRAGMA user_version").fetchone()[0] < 1:
+                conn.executescript(SCHEMA)
+        except BaseException:
+            _rollback(conn)
+            conn.close()
+            raise
         self._w = conn
 
     def close(self) -> None:
@@ -108,8 +147,10 @@ class IdentityStore:
             self._w = None
 
     async def open_reader(self) -> None:
-        """Open the reader (after the writer made the file)."""
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventd-identity-reader")
+        """Open the reader (after the writer made the file); may be called again after
+        it raised (sqlite3.Error)."""
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventd-identity-reader")
 
         def connect() -> None:
             self._r = _connect(self.path, self.synchronous)
@@ -205,8 +246,7 @@ class IdentityStore:
     def apply(self, changes: Changes, cursor: int) -> None:
         """Write what a page changed and the cursor past it, in one transaction."""
         w = self.w
-        w.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(w):
             w.executemany(
                 "INSERT OR REPLACE INTO profiles (profile_id, body) VALUES (?, ?)",
                 [(pid, orjson.dumps(p.record())) for pid, p in changes.profiles.items()],
@@ -249,10 +289,6 @@ class IdentityStore:
                 "UPDATE state SET value = ? WHERE key = ?",
                 [(cursor, "cursor"), (version, "version")],
             )
-            w.execute("COMMIT")
-        except BaseException:
-            w.execute("ROLLBACK")
-            raise
 
     def erase(self, user_id: str) -> list[int]:
         """Delete the profile of ``user_id`` and every identity linked to it; returns the
@@ -273,8 +309,7 @@ class IdentityStore:
                         (key, lo, hi),
                     )
                 ]
-        w.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(w):
             w.execute("DELETE FROM profiles WHERE profile_id = ?", (pid,))
             # Its userIds, and the anonymousIds it owns (a shared one may be another's now).
             w.executemany(
@@ -292,10 +327,6 @@ class IdentityStore:
                 "DELETE FROM timeline WHERE key = ? AND seq = ?",
                 [(k, s) for k in anon_keys for s in seqs],
             )
-            w.execute("COMMIT")
-        except BaseException:
-            w.execute("ROLLBACK")
-            raise
         return sorted(seqs)
 
     def save_position(self, destination: str, version: int) -> None:
