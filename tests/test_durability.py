@@ -95,6 +95,37 @@ def test_kill_9_while_clients_send_loses_no_acknowledged_event(
     assert len(ev.query("SELECT 1 FROM events")) == len(stored), "no duplicates"
 
 
+def children(pid: int) -> set[int]:
+    """The pids whose parent is ``pid`` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone while we looked
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_kill_9_of_eventd_ends_the_identity_writer_too(
+    eventd: Callable[..., EventdProcess],
+) -> None:
+    """The identity writer ignores SIGTERM (only its parent stops it), so it must end by
+    itself when that parent is killed: an orphan would hold identity.db's write lock
+    against the restarted eventd, and its memory, for good."""
+    ev = eventd()
+    assert ev.proc is not None
+    assert ev.post("/v1/identify", {"userId": "u", "anonymousId": "a"}, key=ev.write_key)[0] == 200
+    poll(lambda: metric(ev, "eventd_identity_running"), lambda v: v == 1, within=60)
+    writers = poll(lambda: children(ev.proc.pid), bool, within=60)  # type: ignore[union-attr]
+    ev.kill()
+    poll(lambda: {p for p in writers if Path(f"/proc/{p}").exists()}, lambda v: not v, 30)
+
+    ev.start()  # the restarted graph opens identity.db: no orphan holds it
+    poll(lambda: metric(ev, "eventd_identity_running"), lambda v: v == 1, within=60)
+
+
 def test_full_disk_answers_503_loses_nothing_and_recovers(
     eventd: Callable[..., EventdProcess], tiny_disk: Path
 ) -> None:

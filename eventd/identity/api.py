@@ -46,7 +46,7 @@ async def _profile(request: web.Request) -> tuple[IdentityService, Profile] | we
         profile = await service.find(id, KINDS[kind_name] if kind_name else None)
     except IdentityUnavailable as exc:
         # identity.db cannot open yet (a full disk): the graph retries in the background.
-        return _error(503, "identity_unavailable", str(exc))
+        return error_response(503, "identity_unavailable", str(exc))
     if profile is None:
         what = f"{kind_name} {id!r}" if kind_name else f"userId or anonymousId {id!r}"
         return error_response(404, "not_found", f"no profile has the {what}")

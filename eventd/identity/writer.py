@@ -24,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,15 +60,33 @@ def start_process(*args: Any) -> None:
     """:func:`start` in the writer's own process, with its garbage collector tuned: a page
     allocates a dict per event and frees it, so young objects are collected less often
     (measured: +40 % events per CPU-second), and what start-up loaded is never scanned.
-    It ignores SIGTERM and SIGINT: only its parent ends it."""
+    It ignores SIGTERM and SIGINT: only its parent ends it, or the parent's death."""
     # The parent stops the writer (stop(), then shutdown) once it has saved its cursor;
     # a SIGTERM or Ctrl-C sent to the whole process group (systemd's control group,
     # `timeout`, a terminal) must not kill it under the parent first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     start(*args)
+
+
+def _exit_with_parent() -> None:
+    """End this process when its parent dies (kill -9, out of memory): nothing else would,
+    since it ignores SIGTERM, and an orphaned writer would hold identity.db's write lock
+    and its memory for good (the test suite's kill -9 tests left hundreds). Exiting at
+    any point is safe: a page is one SQLite transaction, and the next writer redoes what
+    was not committed from the graph's cursor."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])  # ready when the parent is gone
+        os._exit(0)
+
+    threading.Thread(target=watch, name="eventd-identity-parent-watch", daemon=True).start()
 
 
 def start(path: str, synchronous: str, blocked_values: tuple[str, ...], max_ids: int) -> None:
