@@ -71,6 +71,7 @@ from ..warehouse.rows import (
     schema_name,
     standard_columns,
 )
+from . import vectorized
 
 # DuckDB's catalog spells types its own way; the warehouse code speaks PostgreSQL's.
 _FROM_CATALOG = {
@@ -133,6 +134,7 @@ class Duckdb(Destination):
         self.schema: str | None = self.settings.get("schema")
         self.max_batch_events = int(self.settings["max_batch_events"])
         self.columns: dict[tuple[str, str], dict[str, str]] = {}
+        self.vectorized_batches = 0  # batches DuckDB loaded alone (tests, bench.reports)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._open_lock = threading.Lock()
         # one writer thread: batches and identity upserts never interleave their DDL
@@ -158,19 +160,56 @@ class Duckdb(Destination):
     # -- delivery ---------------------------------------------------------------
 
     async def deliver(self, batch: Sequence[Event]) -> Sequence[Outcome] | Outcome:
-        planned, outcomes = await self._write_thread(self._plan_and_load, batch)
-        results, counts = adjusted_counts(planned, outcomes)
+        results: list[Outcome]
+        results, counts = await self._write_thread(self._deliver, batch)
         self.count_adjusted(counts)
         return results
 
-    def _plan_and_load(
-        self, batch: Sequence[Event]
-    ) -> tuple[list[Planned], Sequence[Outcome] | Outcome]:
-        # Parsing and flattening run on the writer thread too: a 1,000-event batch's
-        # Python work stays off the event loop that serves ingest.
+    def _deliver(self, batch: Sequence[Event]) -> tuple[list[Outcome], dict[str, int]]:
+        # All of it runs on the writer thread: a batch's work stays off the event loop
+        # that serves ingest.
         loaded_at = datetime.now(UTC)
+        if self._vectorized(batch, loaded_at):
+            self.vectorized_batches += 1
+            return [OK] * len(batch), {}
         planned = [plan(e.message, self.schema or schema_name(e.source), loaded_at) for e in batch]
-        return planned, self._load(planned)
+        return adjusted_counts(planned, self._load(planned))
+
+    def _vectorized(self, batch: Sequence[Event], loaded_at: datetime) -> bool:
+        """Load ``batch`` by DuckDB alone (``vectorized``: ~10x the Python path) when
+        it gives the same rows; False (nothing written) when it needs the Python path."""
+        schemas = {self.schema or schema_name(e.source) for e in batch}
+        if len(schemas) != 1:
+            return False
+        schema = schemas.pop()
+        known = {t: cols for (s, t), cols in self.columns.items() if s == schema}
+        if "tracks" not in known:
+            return False  # the Python path makes the tables first
+        view = "eventd_bodies"
+        try:
+            con = self._connection()
+            con.register(view, pa.table({"body": pa.array([e.body for e in batch], pa.binary())}))
+        except duckdb.Error:
+            return False
+        try:
+            found = vectorized.survey(con, view, len(batch), known)
+            read, passed, inserts, rows = vectorized.statements(found, schema, view)
+            con.execute(read, [loaded_at])
+            try:
+                if con.execute(passed).fetchall() != [(True,)]:
+                    return False
+                try:
+                    self._transaction(con, inserts)
+                except duckdb.ConstraintException:  # loaded already, as in _write
+                    self._transaction(con, [f"{i} ON CONFLICT (id) DO NOTHING" for i in inserts])
+            finally:
+                con.execute(f"DROP TABLE IF EXISTS {rows}")
+            return True
+        except (vectorized.NotVectorizable, duckdb.Error):
+            # whatever it was, the Python path decides (and reports a real failure)
+            return False
+        finally:
+            con.unregister(view)
 
     def _load(self, planned: list[Planned]) -> Sequence[Outcome] | Outcome:
         try:
