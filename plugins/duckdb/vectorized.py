@@ -8,16 +8,16 @@ SELECT`` per table). The names, tables and types are those of
 ``eventd_plugins.warehouse.rows`` (the rules postgres shares): a key's column is
 ``identifier()`` of its flattened path, an event's table ``identifier()`` of its name.
 
-The path is taken only where it provably gives the rows the Python path
-(``warehouse.rows.plan`` and ``batches.columnar``) would give, with nothing to
-adjust: every event a ``track`` of one schema, with a unique string messageId, an
-event name whose table needs no adjustment, timestamps in RFC 3339 form, string ids;
-every context and property leaf already a column of its table, of a JSON type that
-goes into the column unchanged (no cast, no drop, no array), its name needing no
-adjustment and clashing with no other key. Anything else (a new column, an identify,
-a value to cast) returns None and the caller plans the batch in Python, which creates
-columns and counts adjustments. A steady stream of the same events (the common case)
-takes this path after its first batch.
+The path is taken for a batch's tracks (its other calls go to the Python path) only
+where it provably gives the rows the Python path (``warehouse.rows.plan`` and
+``batches.columnar``) would give, with nothing to adjust: one schema, tracks with
+unique string messageIds, an event name whose table needs no adjustment, timestamps
+in RFC 3339 form, string ids; every context and property leaf already a column of
+its table, of a JSON type that goes into the column unchanged (no cast, no drop, no
+array), its name needing no adjustment and clashing with no other key. Anything else
+(a new column, a value to cast) raises NotVectorizable and the caller plans the whole
+batch in Python, which creates columns and counts adjustments. A steady stream of
+the same events (the common case) takes this path after its first batch.
 """
 
 from __future__ import annotations
@@ -131,10 +131,20 @@ def _leaves(shape: Any, keys: tuple[str, ...]) -> list[tuple[tuple[str, ...], st
     return out
 
 
+def not_tracks(con: duckdb.DuckDBPyConnection, view: str) -> list[int]:
+    """The ``i`` of every message of ``view`` (columns ``i``, ``body``) that is no track:
+    those the Python path loads."""
+    ((found,),) = con.execute(
+        f"SELECT list(i ORDER BY i) FROM {view}"
+        " WHERE json_extract_string(decode(body), '$.type') IS DISTINCT FROM 'track'"
+    ).fetchall()
+    return [int(i) for i in found or []]
+
+
 def survey(
     con: duckdb.DuckDBPyConnection, view: str, count: int, columns: Mapping[str, Mapping[str, str]]
 ) -> Plan:
-    """The plan of the ``count`` messages of ``view`` (one BLOB column ``body``), given
+    """The plan of the ``count`` messages of ``view`` (a BLOB column ``body``), given
     the known columns of their schema (table -> {column: type}). Raises
     NotVectorizable when the batch needs the Python path."""
     table_of: dict[str, str] = {}
