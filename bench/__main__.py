@@ -35,7 +35,21 @@ def _e2e(ctx: Context, r: report.Round) -> scenarios.Metrics:
 
 
 # Order within a round: each ceiling right beside what it bounds.
-STEPS = ("ceiling-a", "ingest", "ceiling-b", "delivery", "fanout", "e2e", "backlog", "prefilled")
+# ingest-duckdb and delivery-duckdb: the same with the embedded default's duckdb
+# destination also running (issue 16); not run unless named in --only.
+STEPS = (
+    "ceiling-a",
+    "ingest",
+    "ingest-duckdb",
+    "ceiling-b",
+    "delivery",
+    "delivery-duckdb",
+    "fanout",
+    "e2e",
+    "backlog",
+    "prefilled",
+)
+OPT_IN = {"ingest-duckdb", "delivery-duckdb"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[report.Round] = []
     failed: list[str] = []
     try:
-        wanted = args.only or set(STEPS)
-        if wanted & {"delivery", "fanout"}:
+        wanted = args.only or set(STEPS) - OPT_IN
+        ingest = functools.partial(scenarios.ingest, ctx)
+        delivery = functools.partial(scenarios.delivery, ctx, 1)
+        if wanted & {"delivery", "delivery-duckdb", "fanout"}:
             say(f"work directory {work}; preparing a {plan.delivery_events:,}-event outbox")
             scenarios.prepare(ctx)
         for i in range(1, runs + 1):
@@ -78,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             steps: list[tuple[str, Callable[[], scenarios.Metrics]]] = [
                 ("ceiling-a", lambda: scenarios.ceiling_a(ctx)),
                 ("ingest", lambda: scenarios.ingest(ctx)),
+                ("ingest-duckdb", lambda: scenarios.with_analytics(ctx, ingest)),
                 # again: the mean of the two brackets eventd's run on a noisy machine
                 ("ceiling-a", lambda: scenarios.ceiling_a(ctx)),
                 ("ceiling-b", lambda: scenarios.ceiling_b(ctx)),
                 ("delivery", lambda: scenarios.delivery(ctx, 1)),
+                ("delivery-duckdb", lambda: scenarios.with_analytics(ctx, delivery)),
                 ("fanout", lambda: scenarios.delivery(ctx, plan.delivery_fanout)),
                 ("e2e", functools.partial(_e2e, ctx, r)),
                 ("backlog", lambda: scenarios.backlog_rss(ctx)),

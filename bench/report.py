@@ -50,6 +50,13 @@ ROWS: tuple[Row, ...] = (
     Row("batch_uuid_cpu", "eventd /v1/batch x100, UUIDs, per CPU-second", "events/CPU-s"),
     Row("prefilled_uuid_cpu", "the same, store prefilled with N, per CPU-second", "events/CPU-s"),
     Row("delivery_1", "delivery, prefilled outbox -> 1 batching webhook", "events/s"),
+    Row("track_rps_duckdb", "eventd /v1/track, with the duckdb destination", "req/s"),
+    Row("track_duckdb_ratio", "  /v1/track with duckdb / without", "%", 1),
+    Row("batch_eps_duckdb", "eventd /v1/batch x100, with the duckdb destination", "events/s"),
+    Row("batch_duckdb_ratio", "  /v1/batch with duckdb / without", "%", 1),
+    Row("batch_uuid_eps_duckdb", "/v1/batch, UUID messageIds, with duckdb", "events/s"),
+    Row("delivery_1_duckdb", "delivery -> 1 webhook, with the duckdb destination", "events/s"),
+    Row("delivery_duckdb_ratio", "  delivery with duckdb / without", "%", 1),
     Row("delivery_n", "delivery -> 4 webhooks at once (sum)", "events/s"),
     Row("delivery_n_each", "delivery -> 4 webhooks at once (each)", "events/s"),
     Row("e2e_rate", "e2e load: single events at 50 % of /v1/track max", "req/s"),
@@ -89,6 +96,13 @@ def add_ratios(r: Round) -> Round:
         out["track_ratio"] = 100 * r["track_rps"] / r["ceiling_a_rps"]
     if r.get("ceiling_b_outbox") and "batch_eps" in r:
         out["batch_ratio"] = 100 * r["batch_eps"] / r["ceiling_b_outbox"]
+    for ratio, key in (
+        ("track_duckdb_ratio", "track_rps"),
+        ("batch_duckdb_ratio", "batch_eps"),
+        ("delivery_duckdb_ratio", "delivery_1"),
+    ):
+        if r.get(key) and f"{key}_duckdb" in r:
+            out[ratio] = 100 * r[f"{key}_duckdb"] / r[key]
     return out
 
 

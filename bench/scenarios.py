@@ -86,6 +86,9 @@ class Context:
     use_wrk: bool
     template: Path | None = None  # prefilled outbox of plan.delivery_events
     counter: int = 0
+    # eventd also runs the embedded default's duckdb destination (issue 16: ingest and
+    # delivery with and without it, in one run)
+    analytics: bool = False
 
     def tmp(self, name: str) -> Path:
         """A fresh directory for one scenario run."""
@@ -170,10 +173,17 @@ def eventd(
 ) -> Iterator[EventdProcess]:
     """``eventd serve`` on the server core: durable acks, the bench source, no access log."""
     d = ctx.tmp(name)
+    destinations = dict(destinations or {})
+    if ctx.analytics:  # as eventd.config.default_analytics has it
+        destinations["analytics"] = {
+            "type": "duckdb",
+            "batch_size": 5000,
+            "settings": {"path": str(d / "data" / "analytics.duckdb")},
+        }
     config: dict[str, Any] = {
         "storage": {"path": str(db or d / "data" / "eventd.db"), "synchronous": "full"},
         "sources": {events.SOURCE: {"write_key": events.WRITE_KEY}},
-        "destinations": destinations or {},
+        "destinations": destinations,
     }
     proc = EventdProcess(d, config)
     with pinned(ctx.cores.server):
@@ -301,8 +311,18 @@ def _batch_load(ctx: Context, proc: EventdProcess, *, uuids: bool) -> dict[str, 
     )
 
 
+def with_analytics(ctx: Context, step: Callable[[], Metrics]) -> Metrics:
+    """``step`` run with the duckdb destination beside it, its figures named ``*_duckdb``."""
+    ctx.analytics = True
+    try:
+        return {f"{k}_duckdb": v for k, v in step().items()}
+    finally:
+        ctx.analytics = False
+
+
 def ingest(ctx: Context, *, batch: bool = True) -> Metrics:
-    """eventd alone (no destinations): /v1/track at 64 connections, then /v1/batch."""
+    """eventd alone (no destinations; the duckdb one with ``ctx.analytics``): /v1/track
+    at 64 connections, then /v1/batch."""
     plan = ctx.plan
     with eventd(ctx, "ingest") as proc:
         rss_start = rss_bytes(proc.proc.pid) if proc.proc else 0

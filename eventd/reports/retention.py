@@ -48,11 +48,14 @@ async def run(store: Store, args: dict[str, Any]) -> dict[str, Any]:
     else:
         q, _, pe = await person_events(store, args, sorted({start, back}))
         returns = f"event = {q.param(back)}"
+    # One narrow materialized table (person, period, is-start, is-return): the wide
+    # rows of people's events are never stored.
     sql = f"""
-WITH pe AS MATERIALIZED ({pe}),
-c AS (SELECT person, MIN({period_sql(period)}) AS c FROM pe WHERE event = {q.param(start)}
-      GROUP BY person),
-r AS (SELECT DISTINCT person, {period_sql(period)} AS pn FROM pe WHERE {returns})
+WITH pe AS MATERIALIZED (SELECT person, {period_sql(period)} AS pn,
+       COALESCE(event = {q.param(start)}, FALSE) AS s, COALESCE({returns}, FALSE) AS r
+       FROM ({pe}) AS x),
+c AS (SELECT person, MIN(pn) AS c FROM pe WHERE s GROUP BY person),
+r AS (SELECT DISTINCT person, pn FROM pe WHERE r)
 SELECT c, 0 AS k, COUNT(*) FROM c GROUP BY c
 UNION ALL
 SELECT c.c, r.pn - c.c AS k, COUNT(*) FROM c JOIN r ON r.person = c.person

@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from eventd import (
     OK,
@@ -71,6 +72,7 @@ from ..warehouse.rows import (
     schema_name,
     standard_columns,
 )
+from . import vectorized
 
 # DuckDB's catalog spells types its own way; the warehouse code speaks PostgreSQL's.
 _FROM_CATALOG = {
@@ -133,6 +135,7 @@ class Duckdb(Destination):
         self.schema: str | None = self.settings.get("schema")
         self.max_batch_events = int(self.settings["max_batch_events"])
         self.columns: dict[tuple[str, str], dict[str, str]] = {}
+        self.vectorized_batches = 0  # batches DuckDB loaded alone (tests, bench.reports)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._open_lock = threading.Lock()
         # one writer thread: batches and identity upserts never interleave their DDL
@@ -158,19 +161,80 @@ class Duckdb(Destination):
     # -- delivery ---------------------------------------------------------------
 
     async def deliver(self, batch: Sequence[Event]) -> Sequence[Outcome] | Outcome:
-        planned, outcomes = await self._write_thread(self._plan_and_load, batch)
-        results, counts = adjusted_counts(planned, outcomes)
+        results: list[Outcome]
+        results, counts = await self._write_thread(self._deliver, batch)
         self.count_adjusted(counts)
         return results
 
-    def _plan_and_load(
-        self, batch: Sequence[Event]
-    ) -> tuple[list[Planned], Sequence[Outcome] | Outcome]:
-        # Parsing and flattening run on the writer thread too: a 1,000-event batch's
-        # Python work stays off the event loop that serves ingest.
+    def _deliver(self, batch: Sequence[Event]) -> tuple[list[Outcome], dict[str, int]]:
+        # All of it runs on the writer thread: a batch's work stays off the event loop
+        # that serves ingest.
         loaded_at = datetime.now(UTC)
-        planned = [plan(e.message, self.schema or schema_name(e.source), loaded_at) for e in batch]
-        return planned, self._load(planned)
+        left = self._vectorized(batch, loaded_at)
+        if left is not None:
+            self.vectorized_batches += 1
+        rest = list(batch) if left is None else [batch[i] for i in left]
+        if not rest:
+            return [OK] * len(batch), {}
+        planned = [plan(e.message, self.schema or schema_name(e.source), loaded_at) for e in rest]
+        results, counts = adjusted_counts(planned, self._load(planned))
+        if left is None:
+            return results, counts
+        outcomes: list[Outcome] = [OK] * len(batch)  # the tracks DuckDB loaded
+        for i, outcome in zip(left, results, strict=True):
+            outcomes[i] = outcome
+        return outcomes, counts
+
+    def _vectorized(self, batch: Sequence[Event], loaded_at: datetime) -> list[int] | None:
+        """Load the batch's tracks by DuckDB alone (``vectorized``: ~3.5x the Python
+        path per CPU-second) when that gives the same rows: the indexes of the events
+        left for the Python path (identifies, pages...), or None when nothing was
+        written (the whole batch needs the Python path)."""
+        schemas = {self.schema or schema_name(e.source) for e in batch}
+        if len(schemas) != 1:
+            return None
+        schema = schemas.pop()
+        known = {t: cols for (s, t), cols in self.columns.items() if s == schema}
+        if "tracks" not in known:
+            return None  # the Python path makes the tables first
+        view = "eventd_bodies"
+        try:
+            con = self._connection()
+            table = pa.table(
+                {
+                    "i": pa.array(range(len(batch)), pa.int64()),
+                    "body": pa.array([e.body for e in batch], pa.binary()),
+                }
+            )
+            con.register(view, table)
+        except duckdb.Error:
+            return None
+        try:
+            left = vectorized.not_tracks(con, view)
+            if len(left) == len(batch):
+                return None
+            if left:  # only the tracks: the rest is the Python path's
+                con.unregister(view)
+                keep = pc.invert(pc.is_in(table["i"], pa.array(left, pa.int64())))
+                con.register(view, table.filter(keep))
+            found = vectorized.survey(con, view, len(batch) - len(left), known)
+            read, passed, inserts, rows = vectorized.statements(found, schema, view)
+            con.execute(read, [loaded_at])
+            try:
+                if con.execute(passed).fetchall() != [(True,)]:
+                    return None
+                try:
+                    self._transaction(con, inserts)
+                except duckdb.ConstraintException:  # loaded already, as in _write
+                    self._transaction(con, [f"{i} ON CONFLICT (id) DO NOTHING" for i in inserts])
+            finally:
+                con.execute(f"DROP TABLE IF EXISTS {rows}")
+            return left
+        except (vectorized.NotVectorizable, duckdb.Error):
+            # whatever it was, the Python path decides (and reports a real failure)
+            return None
+        finally:
+            con.unregister(view)
 
     def _load(self, planned: list[Planned]) -> Sequence[Outcome] | Outcome:
         try:
