@@ -118,6 +118,11 @@ class ClientFaultHandler(RequestHandler):
             raise ConnectionError("response already started; cannot answer the error")
         code = _FAULT_CODES.get(type(exc).__name__, "bad_request")
         text = (exc.message if isinstance(exc.message, str) else "") or "bad request"
+        if code == "unreadable_body" and text.startswith("Can not decode content-encoding"):
+            # br or zstd without their libraries: refused before the body is read, by
+            # the parser, with the same answer ingest gives any other unknown encoding
+            code = "unsupported_encoding"
+            text = f"{text.partition('.')[0]}: send gzip, deflate or none"
         response = error_response(status, code, text[:200])
         response.force_close()
         return response

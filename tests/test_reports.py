@@ -205,7 +205,7 @@ def test_parameters_are_checked_and_named() -> None:
         ("funnel", "steps", ""): "steps=",
         ("funnel", "steps", "A,,B"): "separated by commas",
         ("funnel", "steps", "A,A"): "distinct",
-        ("funnel", "within", "soon"): "within='soon'",
+        ("funnel", "within", "soon"): "within='soon': expected a duration like '30s'",
         ("funnel", "since", "yesterday"): "since='yesterday'",
         ("retention", "period", "year"): "day or week",
         ("retention", "periods", "0"): "from 1 to",

@@ -65,7 +65,8 @@ def parse(params: Sequence[Param], given: Mapping[str, str]) -> dict[str, Any]:
         except BadParameter:
             raise
         except ValueError as exc:
-            raise BadParameter(p.name, raw, str(exc)) from None
+            # parsers say "expected ..." themselves (config's parse_duration does)
+            raise BadParameter(p.name, raw, str(exc).removeprefix("expected ")) from None
     return out
 
 
