@@ -82,3 +82,12 @@ json_values = st.recursive(
 @given(json_values)
 def test_any_json_value_round_trips_exactly(value: Any) -> None:
     assert json_loads(json_dumps(value)) == value
+
+
+def test_admin_answers_carry_wide_integers_exactly() -> None:
+    """A dead letter's or a profile timeline's stored event, answered as JSON."""
+    from eventd.admin import json_response
+
+    body = json_response({"message": Event(1, "app", 0, body=STORED).message}).body
+    assert isinstance(body, bytes)
+    assert b'"n":123456789012345678901234567890' in body

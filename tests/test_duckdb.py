@@ -3,6 +3,7 @@ read back with DuckDB; identity links upserted by the rule of eventd.identity.li
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -123,6 +124,21 @@ async def test_new_keys_add_columns_and_misfits_are_dropped_and_counted(store: D
         ("m2", None, "red"),
     ]
     assert counted == {ADJUSTED_DROPPED: 1}
+
+
+async def test_integers_past_64_bits_land_with_every_digit(store: Duckdb) -> None:
+    """Event.message keeps them exact (issue 12): a bare one becomes text (bigint would
+    overflow, double would round), one inside a list or object stays in its JSON."""
+    body = (
+        b'{"type":"track","event":"Big","userId":"u1","messageId":"w1",'
+        b'"timestamp":"2026-11-02T09:00:00+00:00","receivedAt":"2026-11-02T09:00:00+00:00",'
+        b'"properties":{"n":123456789012345678901,"ids":[123456789012345678902]}}'
+    )
+    assert await store.deliver([Event(1, "app", 1_700_000_000_000, body=body)]) == [OK]
+    await store.close()
+    [(n, ids)] = read(store.path, "SELECT n, ids FROM app.big")
+    assert n == "123456789012345678901"
+    assert json.loads(ids) == [123456789012345678902]
 
 
 async def test_a_row_duckdb_refuses_fails_alone(store: Duckdb) -> None:

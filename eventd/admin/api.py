@@ -18,7 +18,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from eventd import __version__
+from eventd import __version__, codec
 from eventd.admin.params import BadRequest, json_body, parse_time, redrive_ids, user_id
 from eventd.config import Config
 from eventd.console.session import admin_session_ok
@@ -36,7 +36,8 @@ MAX_LIST = 10000
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     """``data`` as an ``application/json`` answer."""
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    body = codec.dumps(data)  # a stored event's integers past 64 bits, exact
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -309,8 +310,8 @@ class Admin:
                     await resp.write(b": keep-alive\n\n" if sse else b"\n")
                     continue
                 try:
-                    data = orjson.dumps(item)
-                except orjson.JSONEncodeError:
+                    data = codec.dumps(item)
+                except (TypeError, RecursionError):
                     # A rejected message nested deeper than orjson writes (it reads deeper).
                     data = orjson.dumps({**item, "message": None})
                 await resp.write(b"data: " + data + b"\n\n" if sse else data + b"\n")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
+from eventd import json_dumps
 
 from ..segment_message import lookup, number, text
 
@@ -224,7 +224,7 @@ def fit(value: Any, column_type: str) -> tuple[Any, str]:
 
 
 def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return json_dumps(value).decode()  # every digit of an int past 64 bits kept
 
 
 # -- rows -------------------------------------------------------------------------
