@@ -33,10 +33,12 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from datasketch import HyperLogLogPlusPlus
+
+if TYPE_CHECKING:
+    from datasketch import HyperLogLogPlusPlus
 
 from eventd.store import iso_ms
 from eventd.tracking_plan import TrackingPlan
@@ -87,6 +89,10 @@ class PathStats:
                     text = value if isinstance(value, str) else key.decode()
                     self.examples.append(text[:MAX_EXAMPLE_CHARS])
                 if len(self.exact) > EXACT_DISTINCT:
+                    # imported here: datasketch brings scipy, ~50 MB of every eventd's
+                    # memory for a path only an audit of a varied property reaches
+                    from datasketch import HyperLogLogPlusPlus
+
                     self.sketch = HyperLogLogPlusPlus(p=14)
                     for seen in self.exact:
                         self.sketch.update(seen)
