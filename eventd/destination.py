@@ -29,7 +29,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import aiohttp
 import jsonschema
@@ -209,6 +209,24 @@ def optional_import(module: str, extra: str, where: str) -> ModuleType:
         raise ConfigError(
             f"{where} needs {library}, which is not installed: pip install 'eventd[{extra}]'"
         ) from None
+
+
+class _LazyModule:
+    """A module's stand-in that imports it on the first attribute read."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+def lazy_import(module: str) -> ModuleType:
+    """``module``, imported when an attribute of it is first read: a plugin module is
+    imported at every start, and a heavy library (duckdb and pyarrow: ~45 MB of memory)
+    should cost nothing to an eventd that configures no destination using it. Import
+    the real module under ``TYPE_CHECKING`` for annotations."""
+    return cast(ModuleType, _LazyModule(module))
 
 
 def _not_counted(reason: str, events: int) -> None:

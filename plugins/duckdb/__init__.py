@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from eventd import (
     OK,
@@ -39,6 +37,7 @@ from eventd import (
     Permanent,
     Retry,
     hookimpl,
+    lazy_import,
 )
 
 from ..warehouse.batches import (
@@ -74,6 +73,16 @@ from ..warehouse.rows import (
 )
 from . import vectorized
 
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.compute as pc
+else:
+    # on first use: a configuration without a duckdb destination never pays for them
+    duckdb = lazy_import("duckdb")
+    pa = lazy_import("pyarrow")
+    pc = lazy_import("pyarrow.compute")
+
 # DuckDB's catalog spells types its own way; the warehouse code speaks PostgreSQL's.
 _FROM_CATALOG = {
     "BOOLEAN": BOOLEAN,
@@ -82,19 +91,24 @@ _FROM_CATALOG = {
     "TIMESTAMP WITH TIME ZONE": TIMESTAMP,
     "VARCHAR": TEXT,
 }
-_ARROW = {
-    BOOLEAN: pa.bool_(),
-    BIGINT: pa.int64(),
-    DOUBLE: pa.float64(),
-    TIMESTAMP: pa.timestamp("us", tz="UTC"),
-    TEXT: pa.string(),
-}
+
+
+@functools.cache
+def _arrow(column_type: str) -> pa.DataType:
+    """The Arrow type a column of this warehouse type is loaded as (text when unknown)."""
+    types = {
+        BOOLEAN: pa.bool_(),
+        BIGINT: pa.int64(),
+        DOUBLE: pa.float64(),
+        TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    }
+    return types.get(column_type, pa.string())
+
+
 _COLUMNS = (
     "SELECT column_name, data_type FROM information_schema.columns"
     " WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position"
 )
-# A value DuckDB refuses for a column (a hand-altered type): that event alone fails.
-_ROW_ERRORS = (duckdb.ConversionException, duckdb.ConstraintException)
 
 
 class RowRefused(Exception):
@@ -277,7 +291,8 @@ class Duckdb(Destination):
             except duckdb.ConstraintException:
                 # Some id is loaded already: the batch again, skipping the loaded ids.
                 self._transaction(con, self._sql(views, [once for _, once, _ in statements]))
-        except _ROW_ERRORS as exc:
+        # a value DuckDB refuses for a column (a hand-altered type): that event alone fails
+        except (duckdb.ConversionException, duckdb.ConstraintException) as exc:
             raise RowRefused(str(exc)) from exc
         finally:
             for view in views:
@@ -309,10 +324,7 @@ class Duckdb(Destination):
         types = self.columns[(g.schema, g.table)]
         columns, arrays = columnar(g.rows, types, g.adjusted)
         source = pa.table(
-            {
-                c: pa.array(a, _ARROW.get(types[c], pa.string()))
-                for c, a in zip(columns, arrays, strict=True)
-            }
+            {c: pa.array(a, _arrow(types[c])) for c, a in zip(columns, arrays, strict=True)}
         )
         picks = ", ".join(
             quote(c) if types[c] in INFERRED_TYPES else f"CAST({quote(c)} AS {types[c]})"
@@ -385,7 +397,7 @@ class Duckdb(Destination):
                 "anonymous_id": pa.array([r.anonymous_id for r in rows], pa.string()),
                 "user_id": pa.array([r.user_id for r in rows], pa.string()),
                 "profile_id": pa.array([r.profile_id for r in rows], pa.string()),
-                "linked_at": pa.array([r.linked_at for r in rows], _ARROW[TIMESTAMP]),
+                "linked_at": pa.array([r.linked_at for r in rows], _arrow(TIMESTAMP)),
             }
         )
         assert list(source.column_names) == list(IDENTITY_COLUMNS)

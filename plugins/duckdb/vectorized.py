@@ -24,10 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import orjson
+
+if TYPE_CHECKING:
+    import duckdb
 
 from ..warehouse.rows import (
     BIGINT,
