@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from eventd.ingest import BATCH_PATHS, SINGLE_PATHS
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "eventd" / "openapi.json"
 
@@ -782,22 +784,25 @@ WRITE_KEY_QUERY: Schema = {
 }
 
 
+# The /v1 paths other routes serve (the ingest's single-event and batch paths, the
+# telemetry path "m", the project settings): the fallback's `tail` is never one of
+# them. Found by the random fuzz: POST /v1/{tail} with tail "t" reached the track handler.
+SERVED_V1 = {
+    "post": {"not": {"enum": [*SINGLE_PATHS, *BATCH_PATHS, "m"]}},
+    "get": {"not": {"pattern": "^projects/[^/]+/settings$"}},
+}
+
+
 def unknown_v1_operations() -> dict[str, Schema]:
     """Any method but OPTIONS on a /v1 path no other route serves."""
     out: dict[str, Schema] = {}
     for method in ("get", "post", "put", "patch", "delete"):
+        tail: Schema = {"type": "string", "pattern": "^[^\\n]*$", **SERVED_V1.get(method, {})}
         out[method] = {
             "operationId": f"unknownV1{method.capitalize()}",
             "tags": ["tracking"],
             "summary": "Any other /v1 path: a JSON 404 (405 for a known path's wrong method)",
-            "parameters": [
-                {
-                    "name": "tail",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "pattern": "^[^\\n]*$"},
-                }
-            ],
+            "parameters": [{"name": "tail", "in": "path", "required": True, "schema": tail}],
             "responses": {
                 "404": {
                     "description": "not_found: no such Tracking API path.",
