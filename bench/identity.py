@@ -36,6 +36,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from bench.machine import cpu_seconds
 from eventd.app import RUNTIME, create_app
 from eventd.config import AdminConfig, Config, IdentityConfig, ServerConfig, StorageConfig
 from eventd.identity import writer
@@ -117,23 +118,17 @@ async def consume(data: Path) -> tuple[float, float, float]:
     await store.open()
     svc = IdentityService(IdentityConfig(), store, data / "identity.db", Metrics())
     await svc.writer.call(writer.cursor)  # the writer process up before the clock starts
-    child = _cpu_seconds(await svc.writer.call(os.getpid))
+    child = cpu_seconds(await svc.writer.call(os.getpid))
     parent = time.process_time()
     started = time.perf_counter()
     await svc.start()
     await svc.drain()
     seconds = time.perf_counter() - started
     parent = time.process_time() - parent
-    child = _cpu_seconds(await svc.writer.call(os.getpid)) - child
+    child = cpu_seconds(await svc.writer.call(os.getpid)) - child
     await svc.stop()
     await store.close()
     return seconds, parent, child
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
