@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from eventd.event import Event
 
@@ -59,6 +59,26 @@ def iso_ms(ms: int | None) -> str | None:
     if ms is None:
         return None
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+T = TypeVar("T")
+
+
+async def next_group(queue: asyncio.Queue[T | None]) -> tuple[list[T], bool]:
+    """Group commit's batching, for a store's single writer: wait for one item, then
+    take everything else already queued (no linger timer: a group goes as soon as the
+    writer is free). Returns the group, maybe empty, and whether the stop sentinel
+    (None) came with it."""
+    first = await queue.get()
+    group = [] if first is None else [first]
+    stopping = first is None
+    while not queue.empty():
+        item = queue.get_nowait()
+        if item is None:
+            stopping = True
+        else:
+            group.append(item)
+    return group, stopping
 
 
 def service_cursor(service: str) -> str:

@@ -77,7 +77,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from eventd.config import JetStreamConfig
-from eventd.store.base import EventRow, StorageUnavailable
+from eventd.store.base import EventRow, StorageUnavailable, next_group
 from eventd.store.dedup import DedupSet, dedup_key, partition_of
 
 log = structlog.get_logger("eventd.store.jetstream")
@@ -466,15 +466,7 @@ class JetStreamStore:
         out as one message per dedup partition, acknowledged together."""
         stopping = False
         while not stopping:
-            first = await self._queue.get()
-            group = [] if first is None else [first]
-            stopping = first is None
-            while not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                else:
-                    group.append(item)
+            group, stopping = await next_group(self._queue)
             if group:
                 await self._publish_group(group)
 

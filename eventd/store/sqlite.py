@@ -58,6 +58,7 @@ from eventd.store.base import (
     StoreStats,
     Suppression,
     UserEvent,
+    next_group,
     now_ms,
 )
 from eventd.store.dedup import DedupSet, dedup_key
@@ -651,19 +652,8 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            first = await self._queue.get()
-            group: list[_Write] = []
-            if first is None:
-                stopping = True
-            else:
-                group.append(first)
             # Commit whatever is queued as soon as the writer is free: no linger timer.
-            while not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                else:
-                    group.append(item)
+            group, stopping = await next_group(self._queue)
             if not group:
                 continue
             started = time.perf_counter()
