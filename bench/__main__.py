@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", type=Path, help="also write every round's raw figures here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, files)")
+    p.add_argument(
+        "--no-identity", action="store_true", help="eventd with [identity] enabled = false"
+    )
     args = p.parse_args(argv)
     if args.only and not args.only <= set(STEPS):
         p.error(f"--only: unknown step(s) {', '.join(sorted(args.only - set(STEPS)))}")
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = plan_cores()
     work = Path(tempfile.mkdtemp(prefix="eventd-bench-"))
     ctx = Context(plan, cores, work, use_wrk=wrk.available() and not args.no_wrk)
+    ctx.identity = not args.no_identity
     started = time.monotonic()
 
     def say(msg: str) -> None:

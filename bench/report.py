@@ -50,6 +50,7 @@ ROWS: tuple[Row, ...] = (
     Row("batch_uuid_cpu", "eventd /v1/batch x100, UUIDs, per CPU-second", "events/CPU-s"),
     Row("prefilled_uuid_cpu", "the same, store prefilled with N, per CPU-second", "events/CPU-s"),
     Row("delivery_1", "delivery, prefilled outbox -> 1 batching webhook", "events/s"),
+    Row("delivery_1_cpu", "  the same, per CPU-second of eventd's process", "events/CPU-s"),
     Row("track_rps_duckdb", "eventd /v1/track, with the duckdb destination", "req/s"),
     Row("track_duckdb_ratio", "  /v1/track with duckdb / without", "%", 1),
     Row("batch_eps_duckdb", "eventd /v1/batch x100, with the duckdb destination", "events/s"),

@@ -4,10 +4,11 @@ A log consumer with its own cursor, kept in identity.db in the same transaction
 as what each page changed (so a crash re-applies nothing twice) and copied to the
 Store under ``service_cursor("identity")`` after each page, where retention sees
 it (``app.passed_seq``: events the graph has not applied are kept; the copy may lag
-identity.db's, never lead it). It reads pages after the cursor (``Store.read``)
-and hands them to the identity writer
-(:mod:`eventd.identity.writer`, a process of its own, so the graph's Python work
-never takes the GIL from ingest), which applies them to the graph
+identity.db's, never lead it). The identity writer (:mod:`eventd.identity.writer`,
+a process of its own, so the graph's Python work never takes the GIL from ingest)
+reads the pages after the cursor from the log itself (``Store.log_source``: the
+outbox opened read-only; with the memory store, eventd reads them with
+``Store.read`` and hands them over), applies them to the graph
 (:mod:`eventd.identity.graph`) and writes identity.db; then
 - releases deliveries waiting for it (:meth:`IdentityService.wait_past`, for
   stitched delivery),
@@ -44,7 +45,7 @@ from eventd.event import Event
 from eventd.identity import writer
 from eventd.identity.feed import LinkFeed, pause
 from eventd.identity.graph import ANONYMOUS, REFUSAL_REASONS, USER, Profile, Rules
-from eventd.identity.writer import Writer
+from eventd.identity.writer import PageResult, Writer
 from eventd.metrics import Metrics
 from eventd.store import StorageUnavailable, Store, service_cursor
 from eventd.store.identity import IdentityStore
@@ -93,7 +94,10 @@ class IdentityService:
         self.rules = Rules.of(config.blocked_values, config.max_anonymous_ids)
         self.log = events  # the event log (opened by its owner before start())
         self.store = IdentityStore(path, synchronous)  # this process's reads
-        self.writer = Writer(path, synchronous, self.rules, process=process)
+        source = events.log_source()
+        # Whether the writer reads pages from the log itself (off this process's loop).
+        self.reads_log = source is not None
+        self.writer = Writer(path, synchronous, self.rules, process=process, source=source)
         self.feeds: list[LinkFeed] = []
         # Which destinations store identities: asked at start, once their instances exist.
         self.find_feeds: Callable[[], list[LinkFeed]] = list
@@ -226,16 +230,20 @@ class IdentityService:
         newest = self.log.last_seq
         if self.cursor >= newest:
             return False
-        events = await self.log.read(self.cursor, PAGE_EVENTS)
-        if not events:
+        if self.reads_log:  # the writer reads the page itself: nothing crosses but seqs
+            result = await self.writer.call(writer.apply_log, self.cursor, newest, PAGE_EVENTS)
+        else:
+            events = await self.log.read(self.cursor, PAGE_EVENTS)
+            # Plain (seq, body) tuples: pickled to the writer, a few hundred bytes each.
+            page = [(e.seq, e.body) for e in events]
+            result = await self.writer.call(writer.apply_page, page) if page else PageResult()
+        if not result.events:
             await self._advance(newest)  # what was there has been deleted (erasure)
             return False
-        # Plain (seq, body) tuples: pickled to the writer, a few hundred bytes each.
-        result = await self.writer.call(writer.apply_page, [(e.seq, e.body) for e in events])
         for reason, n in result.refused.items():
             self.refused.labels(reason).inc(n)
-        self.applied.inc(len(events))
-        await self._advance(events[-1].seq)
+        self.applied.inc(result.events)
+        await self._advance(result.last)
         if result.links_changed:
             for feed in self.feeds:
                 feed.wake()

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import orjson
 
 from eventd.identity.graph import ANONYMOUS, USER, Graph, Rules
+from eventd.store.base import LogReader, LogSource
 from eventd.store.identity import IdentityStore
 
 T = TypeVar("T")
@@ -45,15 +46,18 @@ T = TypeVar("T")
 # (measured: 0.3 vs 2.3 us to pickle).
 LogRow = tuple[int, bytes]
 
-_args: tuple[str, str, tuple[str, ...], int] | None = None  # what start() was given
+_args: tuple[str, str, tuple[str, ...], int, LogSource | None] | None = None  # start()'s
 _store: IdentityStore | None = None
 _graph: Graph | None = None
+_log: LogReader | None = None
 
 
 @dataclass
 class PageResult:
     refused: dict[str, int] = field(default_factory=dict)  # reason -> links refused
     links_changed: bool = False  # new links, or links whose profile_id changed
+    events: int = 0  # events in the page
+    last: int = 0  # the last seq applied (0: the page was empty)
 
 
 def start_process(*args: Any) -> None:
@@ -89,11 +93,17 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="eventd-identity-parent-watch", daemon=True).start()
 
 
-def start(path: str, synchronous: str, blocked_values: tuple[str, ...], max_ids: int) -> None:
-    """Keep the settings; identity.db opens on first use (:func:`_state`)."""
-    global _args, _store, _graph
-    _args = (path, synchronous, blocked_values, max_ids)
-    _store = _graph = None
+def start(
+    path: str,
+    synchronous: str,
+    blocked_values: tuple[str, ...],
+    max_ids: int,
+    source: LogSource | None = None,
+) -> None:
+    """Keep the settings; identity.db (and the log, when read here) opens on first use."""
+    global _args, _store, _graph, _log
+    _args = (path, synchronous, blocked_values, max_ids, source)
+    _store = _graph = _log = None
 
 
 def _state() -> tuple[IdentityStore, Graph]:
@@ -102,7 +112,7 @@ def _state() -> tuple[IdentityStore, Graph]:
     global _store, _graph
     if _store is None or _graph is None:
         assert _args is not None, "identity writer not started"
-        path, synchronous, blocked_values, max_ids = _args
+        path, synchronous, blocked_values, max_ids, _ = _args
         store = IdentityStore(Path(path), synchronous)
         store.open_writer()
         _store, _graph = store, Graph(Rules.of(blocked_values, max_ids), backing=store)
@@ -111,6 +121,23 @@ def _state() -> tuple[IdentityStore, Graph]:
 
 def cursor() -> int:
     return _state()[0].cursor()
+
+
+def apply_log(after: int, upto: int, limit: int) -> PageResult:
+    """Read the page after ``after`` (at most ``limit`` events, none past ``upto``) from
+    the log and apply it (:func:`apply_page`). Raises what reading raised
+    (sqlite3.Error), with the log's reader closed so the next call opens it again."""
+    global _log
+    if _log is None:
+        assert _args is not None and _args[4] is not None, "identity writer has no log source"
+        _log = _args[4].open()
+    try:
+        rows = _log.page(after, upto, limit)
+    except BaseException:
+        _log.close()
+        _log = None
+        raise
+    return apply_page(rows) if rows else PageResult()
 
 
 def apply_page(rows: list[LogRow]) -> PageResult:
@@ -136,7 +163,12 @@ def apply_page(rows: list[LogRow]) -> PageResult:
         store.apply(changes, rows[-1][0])
     finally:
         graph.forget()  # also what a failed page left half-applied in memory
-    return PageResult(dict(changes.refused), bool(changes.links or changes.resend_users))
+    return PageResult(
+        dict(changes.refused),
+        bool(changes.links or changes.resend_users),
+        len(rows),
+        rows[-1][0],
+    )
 
 
 def erase(user_id: str) -> list[int]:
@@ -148,17 +180,33 @@ def save_position(destination: str, version: int) -> None:
 
 
 def stop() -> None:
-    global _store, _graph
+    global _store, _graph, _log
     if _store is not None:
         _store.close()
-    _store = _graph = None
+    if _log is not None:
+        _log.close()
+    _store = _graph = _log = None
 
 
 class Writer:
     """The parent's handle on the writer: :meth:`call` runs one of this module's functions."""
 
-    def __init__(self, path: Path, synchronous: str, rules: Rules, *, process: bool = True):
-        self.args = (str(path), synchronous, tuple(rules.blocked_values), rules.max_anonymous_ids)
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str,
+        rules: Rules,
+        *,
+        process: bool = True,
+        source: LogSource | None = None,
+    ):
+        self.args = (
+            str(path),
+            synchronous,
+            tuple(rules.blocked_values),
+            rules.max_anonymous_ids,
+            source,
+        )
         self.process = process
         self._pool: Executor | None = None
 

@@ -187,6 +187,25 @@ class UserEvent:
     anonymous_id: str | None
 
 
+class LogReader(Protocol):
+    """The log, read from another process (:meth:`Store.log_source`), synchronously."""
+
+    def page(self, after: int, upto: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` (seq, body JSON) of the events with ``after`` < seq <= ``upto``,
+        in seq order, from one consistent snapshot."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LogSource(Protocol):
+    """A picklable handle on a store's log that another process opens (:meth:`open`)."""
+
+    def open(self) -> LogReader:
+        """A reader of the log; raises the backend's error when it cannot open."""
+        ...
+
+
 @runtime_checkable
 class Store(Protocol):
     """Where eventd keeps its log and bookkeeping. Every method may raise
@@ -237,6 +256,12 @@ class Store(Protocol):
 
     async def read_range(self, first: int, last: int, limit: int) -> list[Event]:
         """Up to ``limit`` events with ``first`` <= seq <= ``last``, in seq order."""
+        ...
+
+    def log_source(self) -> LogSource | None:
+        """A handle another process can open to read the log itself (the identity
+        writer reads its pages so, off eventd's event loop), or None when the log can
+        only be read in this process (:meth:`read`): the memory store."""
         ...
 
     async def find_event(self, source: str, message_id: str) -> Event | None:

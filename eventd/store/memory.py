@@ -169,6 +169,10 @@ class MemoryStore:
         i = self._index(first)
         return [self._event(s) for s in self.data.events[i : i + limit] if s.seq <= last]
 
+    def log_source(self) -> None:
+        """None: the log lives in this process's memory (readers use :meth:`read`)."""
+        return None
+
     async def find_event(self, source: str, message_id: str) -> Event | None:
         found = [s for s in self.data.events if s.row[0] == source and s.row[1] == message_id]
         return self._event(found[-1]) if found else None

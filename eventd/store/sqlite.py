@@ -62,6 +62,7 @@ from eventd.store.base import (
     now_ms,
 )
 from eventd.store.dedup import DedupSet, dedup_key
+from eventd.store.log_reader import SqliteLogSource
 from eventd.store.schema import INSERT_EVENT_SEQ, migrate
 
 log = structlog.get_logger("eventd.store")
@@ -310,6 +311,10 @@ class SqliteStore:
         return await self._events(
             "WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?", (first, last, limit)
         )
+
+    def log_source(self) -> SqliteLogSource:
+        """The file, read-only from another process (eventd/store/log_reader.py)."""
+        return SqliteLogSource(str(self.path))
 
     async def find_event(self, source: str, message_id: str) -> Event | None:
         # Inside the dedup window the set knows the newest copy's seq; past it (or
