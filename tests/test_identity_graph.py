@@ -19,6 +19,7 @@ from eventd.identity.graph import (
     owner_at,
     profile_id_for,
 )
+from eventd.identity.message import parse, parse_page
 
 
 class Log:
@@ -283,3 +284,54 @@ def test_invariants_hold_for_any_log(log: list[tuple[str, Any, Any, Any]]) -> No
             assert g.profile_of(USER, u) == p.profile_id
         for a in p.anonymous_ids:
             assert a in profiles[g.profile_of(ANONYMOUS, a) or ""].anonymous_ids
+
+
+@settings(derandomize=True, max_examples=300)
+@given(messages)
+def test_the_last_events_memo_changes_nothing(log: list[tuple[str, Any, Any, Any]]) -> None:
+    """Graph.apply skips linking for an event with the same ids as the last one while no
+    identifier has moved: the same log through a graph that never uses that memo makes
+    exactly the same changes (profiles, identifiers, links, refusals, timeline)."""
+    rules = Rules.of(["null", "0"], 2)
+    fast, slow = Graph(rules), Graph(rules)
+    for seq, (kind, user, anon, previous) in enumerate(log + log, start=1):  # repeats
+        msg = {"type": kind, "userId": user, "anonymousId": anon, "previousId": previous}
+        msg = {k: v for k, v in msg.items() if v is not None}
+        fast.apply(seq, msg)
+        slow._memo = None
+        slow.apply(seq, msg)
+    a, b = fast.take_changes(), slow.take_changes()
+    assert {k: p.public() for k, p in a.profiles.items()} == {
+        k: p.public() for k, p in b.profiles.items()
+    }
+    assert (a.ids, a.links, a.refused, a.events, a.removed) == (
+        b.ids,
+        b.links,
+        b.refused,
+        b.events,
+        b.removed,
+    )
+
+
+def test_a_body_whose_context_is_no_object_is_read_all_the_same() -> None:
+    msg = parse(
+        b'{"type":"track","userId":"u1","context":"x","properties":[1],'
+        b'"traits":{"n":123456789012345678901234567890}}'
+    )
+    assert (msg.type, msg.userId, msg.context, msg.properties) == ("track", "u1", None, None)
+    assert msg.traits == {"n": 123456789012345678901234567890}
+    with pytest.raises(ValueError):
+        parse(b"[1, 2]")
+    with pytest.raises(ValueError):
+        parse(b"{not json")
+
+
+def test_a_page_is_parsed_whole_or_event_by_event_alike() -> None:
+    bodies = [
+        b'{"type":"identify","userId":"u1","traits":{"n":123456789012345678901234567890}}',
+        b'{"type":"track","anonymousId":"a1","properties":{"revenue":2.5},"context":{"ip":"x"}}',
+    ]
+    assert parse_page(bodies) == [parse(b) for b in bodies]
+    odd = [*bodies, b'{"type":"track","userId":"u2","context":[]}']
+    assert parse_page(odd) == [parse(b) for b in odd]
+    assert parse_page(odd)[2].userId == "u2"

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from eventd import codec
 from eventd.config import DestinationConfig, IdentityConfig
 from eventd.event import Event
 from eventd.identity import writer
@@ -75,7 +76,7 @@ class Env:
             fields.get("userId"),
             fields.get("anonymousId"),
             now_ms(),
-            orjson.dumps(msg),
+            codec.dumps(msg),  # integers past 64 bits too, as ingest stores them
         )
         await self.store.append([row])
         return self.store.last_seq
@@ -169,6 +170,23 @@ async def test_an_anonymous_event_after_the_identify_is_always_resolved(env: Env
         batch[0].message,
         batch[1].message,
     ]
+
+
+async def test_traits_keep_integers_past_64_bits_exactly(env: Env) -> None:
+    """The writer parses events with msgspec (exact integers), and profiles are stored
+    through eventd.codec: a trait sent as 2**70 + 1 stays that integer in the profile
+    and in what enrich_traits copies into a delivered event."""
+    wide = 2**70 + 1
+    svc = await env.start()
+    await env.send("identify", anonymousId="a1", userId="u1", traits={"wide": wide, "n": 7})
+    seq = await env.send(anonymousId="a1", event="Car Connected")
+    await svc.drain()
+    assert (await profile(svc, "u1"))["traits"] == {"wide": wide, "n": 7}
+    batch = [Event(s, "app", 0, body=b) for s, b in await stored(env, seq)]
+    out = await Stitcher(svc)(dest(enrich_traits=("wide",)), batch)
+    assert out is not None
+    traits = out[0].message["context"]["traits"]
+    assert traits == {"wide": wide} and type(traits["wide"]) is int
 
 
 async def stored(env: Env, *seqs: int) -> list[tuple[int, bytes]]:

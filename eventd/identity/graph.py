@@ -37,6 +37,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from eventd.identity.message import Message
+
 DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
     "",
     "null",
@@ -201,9 +203,9 @@ class Profile:
         self.revenue += other.revenue
         self.groups += [g for g in other.groups if g not in self.groups]
 
-    def count(self, msg: Mapping[str, Any], ts: str | None) -> None:
+    def count(self, msg: Message, ts: str | None) -> None:
         """Add one event to the counters and traits."""
-        kind = msg.get("type")
+        kind = msg.type
         self.event_count += 1
         if isinstance(kind, str):
             self.events_by_type[kind] = self.events_by_type.get(kind, 0) + 1
@@ -212,18 +214,16 @@ class Profile:
                 self.first_seen = ts
             if self.last_seen is None or ts > self.last_seen:
                 self.last_seen = ts
-        context = msg.get("context")
-        if isinstance(context, dict):
-            self._traits(context.get("traits"), ts)
+        if msg.context is not None:
+            self._traits(msg.context.traits, ts)
         if kind == "identify":
-            self._traits(msg.get("traits"), ts)
+            self._traits(msg.traits, ts)
         elif kind == "track":
-            props = msg.get("properties")
-            revenue = props.get("revenue") if isinstance(props, dict) else None
+            revenue = None if msg.properties is None else msg.properties.revenue
             if isinstance(revenue, int | float) and not isinstance(revenue, bool):
                 self.revenue += revenue
         elif kind == "group":
-            group = msg.get("groupId")
+            group = msg.groupId
             if isinstance(group, str) and group not in self.groups:
                 self.groups.append(group)
 
@@ -292,6 +292,10 @@ class Graph:
         self._profiles: dict[str, Profile | None] = {}
         self._links: dict[str, list[Link]] = {}
         self._changes = Changes()
+        self._generation = 0  # bumped whenever an identifier points somewhere new
+        # The last event's (userId, anonymousId as sent, generation, profile): while no
+        # identifier moves, the next event with the same ids lands on the same profile.
+        self._memo: tuple[Any, Any, int, Profile] | None = None
 
     # -- reads (cached) ----------------------------------------------------------
 
@@ -329,8 +333,19 @@ class Graph:
         for anon, found in links.items():
             self._links.setdefault(anon, found)
 
+    def cached_ids(self) -> Mapping[tuple[str, str], str | None]:
+        """The identifiers whose profile the cache holds (no read needed), read-only."""
+        return self._ids
+
+    def trim(self, profiles: int) -> None:
+        """Keep the cache across pages (what it holds is what the store committed: the
+        next page's hot profiles need no read) unless it holds more than ``profiles``."""
+        if len(self._profiles) > profiles:
+            self.forget()
+
     def forget(self) -> None:
         """Drop the cache (after the store wrote the changes), keeping memory bounded."""
+        self._memo = None
         self._ids.clear()
         self._profiles.clear()
         self._links.clear()
@@ -342,6 +357,7 @@ class Graph:
         return changes
 
     def _set_id(self, kind: str, value: str, pid: str) -> None:
+        self._generation += 1  # an identifier moved: apply_parsed's memo is stale
         self._ids[(kind, value)] = pid
         self._changes.ids[(kind, value)] = pid
 
@@ -371,32 +387,55 @@ class Graph:
 
     # -- the rules ---------------------------------------------------------------
 
-    def apply(self, seq: int, msg: Mapping[str, Any]) -> Profile | None:
-        """Take one stored event; returns the profile it was counted on (None: no usable id)."""
-        raw_ts = msg.get("timestamp")
+    def apply(self, seq: int, msg: Message | Mapping[str, Any]) -> Profile | None:
+        """Take one stored event (parsed: :func:`eventd.identity.message.parse`, or a dict);
+        returns the profile it was counted on (None: no usable id)."""
+        if not isinstance(msg, Message):
+            msg = Message.of(msg)
+        usable = self.rules.usable
+        return self.apply_parsed(seq, msg, usable(msg.userId), usable(msg.anonymousId))
+
+    def apply_parsed(
+        self, seq: int, msg: Message, user: str | None, anon: str | None
+    ) -> Profile | None:
+        """:meth:`apply`, with the event's userId and anonymousId already checked
+        (``Rules.usable``: None when absent or blocked)."""
+        raw_ts = msg.timestamp
         ts = raw_ts if isinstance(raw_ts, str) else ""
-        raw_user, raw_anon = msg.get("userId"), msg.get("anonymousId")
-        user, anon = self.rules.usable(raw_user), self.rules.usable(raw_anon)
-        if msg.get("type") == "alias":
-            raw_prev = msg.get("previousId")
+        memo = self._memo
+        if msg.type == "alias":
+            memo = None
+            raw_prev = msg.previousId
             previous = self.rules.usable(raw_prev)
             if user is not None and previous is not None:
                 self._alias(previous, user, seq, ts)
-            elif raw_user is not None and raw_prev is not None:
+            elif msg.userId is not None and raw_prev is not None:
                 self._refuse(BLOCKED_VALUE)
-        if user is not None and anon is not None:
-            self._link(anon, user, seq, ts)
-        elif raw_user is not None and raw_anon is not None:
-            self._refuse(BLOCKED_VALUE)  # both sent, one blocked: the link is refused
-
-        if user is not None:
-            profile = self._user_profile(user, seq, ts)
-            self._changes.events.append((seq, USER, user))
-        elif anon is not None:
-            profile = self.lookup(ANONYMOUS, anon) or self._anonymous_profile(anon, seq)
-            self._changes.events.append((seq, ANONYMOUS, anon))
+        raw = (msg.userId, msg.anonymousId)
+        if memo is not None and memo[2] == self._generation and memo[:2] == raw:
+            # The same ids as the last event (as sent: a blocked one asks for a refusal),
+            # and no identifier has moved since: the same profile, with nothing to link
+            # or refuse (most events of a visit).
+            profile = memo[3]
         else:
-            return None
+            linked = True  # nothing asked for was refused
+            if user is not None and anon is not None:
+                linked = self._link(anon, user, seq, ts)
+            elif msg.userId is not None and msg.anonymousId is not None:
+                self._refuse(BLOCKED_VALUE)  # both sent, one blocked: the link is refused
+                linked = False
+            if user is not None:
+                profile = self._user_profile(user, seq, ts)
+            elif anon is not None:
+                profile = self.lookup(ANONYMOUS, anon) or self._anonymous_profile(anon, seq)
+            else:
+                return None
+            self._memo = (*raw, self._generation, profile) if linked else None
+        if user is not None:
+            self._changes.events.append((seq, USER, user))
+        else:
+            assert anon is not None
+            self._changes.events.append((seq, ANONYMOUS, anon))
         profile.count(msg, ts or None)
         self._dirty(profile)
         return profile
@@ -406,18 +445,19 @@ class Graph:
         profile.anonymous_ids.append(anon)
         return profile
 
-    def _link(self, anon: str, user: str, seq: int, ts: str) -> None:
+    def _link(self, anon: str, user: str, seq: int, ts: str) -> bool:
+        """Link ``anon`` to ``user``'s profile; False when the link is refused."""
         links = self.links_of(anon)
         if any(x.user_id == user for x in links):
-            return  # known pair: nothing changes
+            return True  # known pair: nothing changes
         profile = self._user_profile(user, seq, ts)
         current = self.lookup(ANONYMOUS, anon)
         if current is profile:
             self._add_link(links, Link(anon, user, ts, seq), profile)  # via an aliased userId
-            return
+            return True
         if len(profile.anonymous_ids) >= self.rules.max_anonymous_ids:
             self._refuse(MAX_ANONYMOUS_IDS)
-            return
+            return False
         if current is not None and current.user_ids:
             # A shared device: another person signed in on it before. Both keep it; its
             # new anonymous events go to this user from now on.
@@ -425,6 +465,7 @@ class Graph:
         elif current is not None:
             self._merge(profile, current)  # the visitor's history before signing in
         self._add_link(links, Link(anon, user, ts, seq), profile)
+        return True  # linked (a shared device's merge refused, the pair linked all the same)
 
     def _add_link(self, links: list[Link], link: Link, profile: Profile) -> None:
         assert link.anonymous_id is not None

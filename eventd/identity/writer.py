@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
 from eventd.identity.graph import ANONYMOUS, USER, Graph, Rules
+from eventd.identity.message import Message, parse_page
 from eventd.store.base import LogReader, LogSource
 from eventd.store.identity import IdentityStore
 
@@ -47,6 +46,8 @@ T = TypeVar("T")
 LogRow = tuple[int, bytes]
 
 _args: tuple[str, str, tuple[str, ...], int, LogSource | None] | None = None  # start()'s
+# Profiles the graph keeps cached across pages (hot profiles need no read; a few KB each).
+CACHED_PROFILES = 20_000
 _store: IdentityStore | None = None
 _graph: Graph | None = None
 _log: LogReader | None = None
@@ -143,26 +144,38 @@ def apply_log(after: int, upto: int, limit: int) -> PageResult:
 def apply_page(rows: list[LogRow]) -> PageResult:
     """A page through the graph, written with the cursor past it in one transaction."""
     store, graph = _state()
-    usable = graph.rules.usable
+    usable, known = graph.rules.usable, graph.cached_ids()
     wanted: list[tuple[str, str]] = []
     linking: list[str] = []
-    page = [(seq, orjson.loads(body)) for seq, body in rows]
-    for _, msg in page:
-        user, anon = usable(msg.get("userId")), usable(msg.get("anonymousId"))
-        if user is not None:
+    page: list[tuple[int, Message, str | None, str | None]] = []
+    last: tuple[object, object] | None = None
+    user: str | None = None
+    anon: str | None = None
+    for (seq, _), msg in zip(rows, parse_page([body for _, body in rows]), strict=True):
+        sent = (msg.userId, msg.anonymousId)
+        if sent == last:  # the same ids as the event before (most of a visit): known
+            page.append((seq, msg, user, anon))
+            continue
+        last = sent
+        user, anon = usable(msg.userId), usable(msg.anonymousId)
+        page.append((seq, msg, user, anon))
+        if user is not None and (USER, user) not in known:
             wanted.append((USER, user))
         if anon is not None:
-            wanted.append((ANONYMOUS, anon))
+            if (ANONYMOUS, anon) not in known:
+                wanted.append((ANONYMOUS, anon))
             if user is not None:
                 linking.append(anon)
     store.prefetch(graph, wanted, linking)
     try:
-        for seq, msg in page:
-            graph.apply(seq, msg)
+        for seq, msg, user, anon in page:
+            graph.apply_parsed(seq, msg, user, anon)
         changes = graph.take_changes()
         store.apply(changes, rows[-1][0])
-    finally:
-        graph.forget()  # also what a failed page left half-applied in memory
+    except BaseException:
+        graph.forget()  # what a failed page left half-applied in memory
+        raise
+    graph.trim(CACHED_PROFILES)
     return PageResult(
         dict(changes.refused),
         bool(changes.links or changes.resend_users),
@@ -172,7 +185,9 @@ def apply_page(rows: list[LogRow]) -> PageResult:
 
 
 def erase(user_id: str) -> list[int]:
-    return _state()[0].erase(user_id)
+    store, graph = _state()
+    graph.forget()  # the cache must not bring back what the store deletes
+    return store.erase(user_id)
 
 
 def save_position(destination: str, version: int) -> None:

@@ -33,8 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
+from eventd import codec
 from eventd.identity.graph import ANONYMOUS, USER, Changes, Graph, Link, Profile, anonymous_ranges
 from eventd.identity.links import IdentityLink
 
@@ -197,7 +196,7 @@ class IdentityStore:
         row = self.w.execute(
             "SELECT body FROM profiles WHERE profile_id = ?", (profile_id,)
         ).fetchone()
-        return None if row is None else Profile.from_record(orjson.loads(row[0]))
+        return None if row is None else Profile.from_record(codec.loads(row[0]))
 
     def links_of(self, anonymous_id: str) -> list[Link]:
         return [
@@ -240,7 +239,7 @@ class IdentityStore:
                 f" ({','.join('?' * len(chunk))})",
                 chunk,
             )
-            profiles.update({pid: Profile.from_record(orjson.loads(body)) for pid, body in rows})
+            profiles.update({pid: Profile.from_record(codec.loads(body)) for pid, body in rows})
         graph.seed(found, profiles, links)
 
     def apply(self, changes: Changes, cursor: int) -> None:
@@ -249,7 +248,7 @@ class IdentityStore:
         with _transaction(w):
             w.executemany(
                 "INSERT OR REPLACE INTO profiles (profile_id, body) VALUES (?, ?)",
-                [(pid, orjson.dumps(p.record())) for pid, p in changes.profiles.items()],
+                [(pid, codec.dumps(p.record())) for pid, p in changes.profiles.items()],
             )
             w.executemany(
                 "DELETE FROM profiles WHERE profile_id = ?",
@@ -344,7 +343,7 @@ class IdentityStore:
             " WHERE i.kind = ? AND i.value = ?",
             (kind, value),
         ).fetchone()
-        return None if row is None else Profile.from_record(orjson.loads(row[0]))
+        return None if row is None else Profile.from_record(codec.loads(row[0]))
 
     def find_many(self, ids: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Profile]:
         """Profiles by identifier, for a delivery batch."""
