@@ -24,7 +24,8 @@ from eventd.identity.links import IdentityLink
 from eventd.identity.service import IdentityService
 from eventd.identity.stitch import Stitcher
 from eventd.metrics import Metrics
-from eventd.store import SqliteStore, now_ms, service_cursor
+from eventd.store import MemoryStore, SqliteStore, now_ms, service_cursor
+from eventd.store.memory import MemoryData
 from tests.harness import fill_disk
 
 
@@ -358,3 +359,42 @@ def test_a_commit_the_full_disk_refuses_raises_why_and_the_store_goes_on(tiny_di
     assert store.cursor() == n
     assert store.profile_of(USER, f"u{n}") == profile_id_for(USER, f"u{n}")
     store.close()
+
+
+async def test_the_graph_runs_over_the_memory_store_too(tmp_path: Path) -> None:
+    """The memory store has no log another process can read and keeps the graph's state
+    in its own memory: the service reads the pages itself and hands them to a writer
+    thread, and a second service over the same data (a restart) resumes from its cursor."""
+    data = MemoryData()
+    store = MemoryStore(data)
+    await store.open()
+
+    async def send(seq: int, **fields: Any) -> None:
+        msg = {"type": "track", "messageId": f"m{seq}", "timestamp": f"2026-11-01T10:00:0{seq}Z"}
+        msg.update(fields)
+        row = ("app", msg["messageId"], msg["type"], None, None, None, now_ms(), codec.dumps(msg))
+        await store.append([row])
+
+    def service() -> IdentityService:
+        return IdentityService(IdentityConfig(), store, tmp_path / "unused.db", Metrics())
+
+    await send(1, anonymousId="a1")
+    svc = service()
+    assert not svc.reads_log and svc.writer.process is False
+    await svc.start()
+    await send(2, type="identify", anonymousId="a1", userId="u1", traits={"n": 2**70})
+    await svc.drain()
+    await svc.stop()
+    await send(3, anonymousId="a1")
+    svc = service()
+    await svc.start()
+    await svc.drain()
+    p = await profile(svc, "a1")
+    assert (p["user_ids"], p["event_count"], p["traits"]) == (["u1"], 3, {"n": 2**70})
+    found = await svc.find("u1")
+    assert found is not None
+    assert [e.seq for e in await svc.timeline(found, None, 10)] == [3, 2, 1]
+    assert data.identity.cursor == 3
+    await svc.stop()
+    await store.close()
+    assert not (tmp_path / "unused.db").exists()

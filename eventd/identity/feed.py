@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from eventd.identity.links import IdentityLink
-from eventd.store.identity import IdentityStore
+from eventd.store.base import IdentityBackend
 
 log = structlog.get_logger("eventd.identity.feed")
 
@@ -42,7 +42,7 @@ class LinkFeed:
         self,
         name: str,
         write: WriteIdentities,
-        store: IdentityStore,
+        store: IdentityBackend,
         save: Callable[[str, int], Awaitable[None]],
     ) -> None:
         self.name = name

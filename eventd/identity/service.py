@@ -48,7 +48,6 @@ from eventd.identity.graph import ANONYMOUS, REFUSAL_REASONS, USER, Profile, Rul
 from eventd.identity.writer import PageResult, Writer
 from eventd.metrics import Metrics
 from eventd.store import StorageUnavailable, Store, service_cursor
-from eventd.store.identity import IdentityStore
 
 log = structlog.get_logger("eventd.identity")
 
@@ -93,11 +92,18 @@ class IdentityService:
     ) -> None:
         self.rules = Rules.of(config.blocked_values, config.max_anonymous_ids)
         self.log = events  # the event log (opened by its owner before start())
-        self.store = IdentityStore(path, synchronous)  # this process's reads
+        # The graph's state, behind the Store seam (SQLite: identity.db at ``path``); this
+        # process reads it, the writer writes it.
+        self.store = events.identity_store(path, synchronous)
         source = events.log_source()
         # Whether the writer reads pages from the log itself (off this process's loop).
         self.reads_log = source is not None
-        self.writer = Writer(path, synchronous, self.rules, process=process, source=source)
+        self.writer = Writer(
+            self.store,
+            self.rules,
+            process=process and not self.store.in_process,  # memory: a thread beside it
+            source=source,
+        )
         self.feeds: list[LinkFeed] = []
         # Which destinations store identities: asked at start, once their instances exist.
         self.find_feeds: Callable[[], list[LinkFeed]] = list

@@ -31,13 +31,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from eventd.identity.graph import ANONYMOUS, USER, Graph, Rules
 from eventd.identity.message import Message, parse_page
-from eventd.store.base import LogReader, LogSource
-from eventd.store.identity import IdentityStore
+from eventd.store.base import IdentityBackend, LogReader, LogSource
 
 T = TypeVar("T")
 # (seq, body: the stored event's JSON). A plain tuple, not a NamedTuple: pages are
@@ -45,10 +43,10 @@ T = TypeVar("T")
 # (measured: 0.3 vs 2.3 us to pickle).
 LogRow = tuple[int, bytes]
 
-_args: tuple[str, str, tuple[str, ...], int, LogSource | None] | None = None  # start()'s
+_args: tuple[IdentityBackend, tuple[str, ...], int, LogSource | None] | None = None  # start()'s
 # Profiles the graph keeps cached across pages (hot profiles need no read; a few KB each).
 CACHED_PROFILES = 20_000
-_store: IdentityStore | None = None
+_store: IdentityBackend | None = None
 _graph: Graph | None = None
 _log: LogReader | None = None
 
@@ -95,26 +93,24 @@ def _exit_with_parent() -> None:
 
 
 def start(
-    path: str,
-    synchronous: str,
+    backend: IdentityBackend,
     blocked_values: tuple[str, ...],
     max_ids: int,
     source: LogSource | None = None,
 ) -> None:
     """Keep the settings; identity.db (and the log, when read here) opens on first use."""
     global _args, _store, _graph, _log
-    _args = (path, synchronous, blocked_values, max_ids, source)
+    _args = (backend, blocked_values, max_ids, source)
     _store = _graph = _log = None
 
 
-def _state() -> tuple[IdentityStore, Graph]:
+def _state() -> tuple[IdentityBackend, Graph]:
     """The open store and graph, opening identity.db first when it is not open yet.
     Raises what opening raised (sqlite3.OperationalError: disk full, I/O error)."""
     global _store, _graph
     if _store is None or _graph is None:
         assert _args is not None, "identity writer not started"
-        path, synchronous, blocked_values, max_ids, _ = _args
-        store = IdentityStore(Path(path), synchronous)
+        store, blocked_values, max_ids, _ = _args
         store.open_writer()
         _store, _graph = store, Graph(Rules.of(blocked_values, max_ids), backing=store)
     return _store, _graph
@@ -130,8 +126,8 @@ def apply_log(after: int, upto: int, limit: int) -> PageResult:
     (sqlite3.Error), with the log's reader closed so the next call opens it again."""
     global _log
     if _log is None:
-        assert _args is not None and _args[4] is not None, "identity writer has no log source"
-        _log = _args[4].open()
+        assert _args is not None and _args[3] is not None, "identity writer has no log source"
+        _log = _args[3].open()
     try:
         rows = _log.page(after, upto, limit)
     except BaseException:
@@ -208,16 +204,14 @@ class Writer:
 
     def __init__(
         self,
-        path: Path,
-        synchronous: str,
+        backend: IdentityBackend,
         rules: Rules,
         *,
         process: bool = True,
         source: LogSource | None = None,
     ):
         self.args = (
-            str(path),
-            synchronous,
+            backend,
             tuple(rules.blocked_values),
             rules.max_anonymous_ids,
             source,

@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from eventd.event import Event
+from eventd.identity.graph import Changes, Graph, Link, Profile
+from eventd.identity.links import IdentityLink
 
 # (source, message_id, type, event, user_id, anonymous_id, received_at ms, body JSON)
 EventRow = tuple[str, str, str, str | None, str | None, str | None, int, bytes]
@@ -206,6 +209,94 @@ class LogSource(Protocol):
         ...
 
 
+class IdentityBackend(Protocol):
+    """The identity graph's state (issue 15): profiles, identifiers, links, the stitched
+    timeline, the graph's cursor and the warehouse feeds' positions, behind the Store
+    seam (:meth:`Store.identity_store`), so a cluster backend can share it between nodes.
+
+    Two sides. The writer's (eventd/identity/writer.py: one writer at a time, in a
+    process of its own unless :attr:`in_process`): :meth:`open_writer`, the graph's
+    reads (:meth:`profile_of`, :meth:`profile`, :meth:`links_of`, :meth:`prefetch`)
+    and :meth:`apply`, which writes a page's changes and the cursor past it
+    atomically (all or nothing: the conformance suite in
+    tests/store/test_identity_conformance.py checks it), :meth:`erase`,
+    :meth:`save_position`. The readers' (API, stitched delivery, feeds, in eventd's
+    process): :meth:`open_reader`, then ``await read(fn, *args)`` runs one of
+    :meth:`find`, :meth:`find_many`, :meth:`links`, :meth:`timeline`,
+    :meth:`links_after`, :meth:`position`, :meth:`counts` where the backend reads.
+    Writer-side methods raise the backend's error (sqlite3.Error: a full disk) and
+    keep nothing of a failed call."""
+
+    @property
+    def in_process(self) -> bool:
+        """True when the state lives in this process's memory: the writer then runs on a
+        thread beside the readers, not in a process of its own."""
+        ...
+
+    def open_writer(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def cursor(self) -> int:
+        """The last log seq applied (0: none)."""
+        ...
+
+    def profile_of(self, kind: str, value: str) -> str | None: ...
+
+    def profile(self, profile_id: str) -> Profile | None:
+        """A fresh copy: the graph changes it in place before :meth:`apply` writes it."""
+        ...
+
+    def links_of(self, anonymous_id: str) -> list[Link]: ...
+
+    def prefetch(
+        self, graph: Graph, ids: Iterable[tuple[str, str]], linking: Iterable[str] = ()
+    ) -> None:
+        """Seed ``graph`` with the identifiers, profiles and links (of ``linking``) a
+        page will need, read in bulk."""
+        ...
+
+    def apply(self, changes: Changes, cursor: int) -> None:
+        """Write a page's changes and ``cursor`` atomically."""
+        ...
+
+    def erase(self, user_id: str) -> list[int]:
+        """Delete the profile of ``user_id`` and every identity linked to it; returns
+        the seqs of its anonymous events (links.py's rule), sorted."""
+        ...
+
+    def save_position(self, destination: str, version: int) -> None: ...
+
+    async def open_reader(self) -> None: ...
+
+    async def close_reader(self) -> None: ...
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (one of the reads below) where this backend reads."""
+        ...
+
+    def find(self, kind: str, value: str) -> Profile | None: ...
+
+    def find_many(self, ids: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Profile]: ...
+
+    def links(self, anonymous_ids: Iterable[str]) -> dict[str, list[Link]]: ...
+
+    def timeline(self, profile: Profile, before: int, limit: int) -> list[int]:
+        """The log seqs of a profile's events below ``before``, newest first."""
+        ...
+
+    def links_after(self, version: int, limit: int) -> list[tuple[int, IdentityLink]]:
+        """Links whose version is past ``version``, in version order, with the profile
+        they belong to now (what warehouse feeds send)."""
+        ...
+
+    def position(self, destination: str) -> int: ...
+
+    def counts(self) -> dict[str, int]:
+        """Rows (entries) of ``profiles``, ``identifiers`` and ``links``."""
+        ...
+
+
 @runtime_checkable
 class Store(Protocol):
     """Where eventd keeps its log and bookkeeping. Every method may raise
@@ -256,6 +347,14 @@ class Store(Protocol):
 
     async def read_range(self, first: int, last: int, limit: int) -> list[Event]:
         """Up to ``limit`` events with ``first`` <= seq <= ``last``, in seq order."""
+        ...
+
+    def identity_store(self, path: Path, synchronous: str) -> IdentityBackend:
+        """Where the identity graph keeps its state for this store (not opened yet).
+        SQLite: identity.db at ``path``, a file of its own beside the outbox, with its
+        own writer (``synchronous`` as ``[storage]``); the memory store: its
+        :class:`MemoryData`; a cluster backend: state its nodes share (``path``
+        ignored)."""
         ...
 
     def log_source(self) -> LogSource | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -64,7 +64,8 @@ COMMIT;
 LINK_COLUMNS = "anonymous_id, user_id, linked_at, seq"
 
 
-def _key(kind: str, value: str) -> str:
+def key_of(kind: str, value: str) -> str:
+    """An identifier's timeline key: ``u:ID`` or ``a:ID``."""
     return f"{kind}:{value}"
 
 
@@ -111,8 +112,12 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 class IdentityStore:
-    """Owns identity.db's connections: the writer's (eventd/identity/writer.py opens it,
-    in the writer process) and a reader on a thread of its own (in eventd's process)."""
+    """SQLite's :class:`~eventd.store.base.IdentityBackend`: owns identity.db's
+    connections, the writer's (eventd/identity/writer.py opens it, in the writer
+    process) and a reader on a thread of its own (in eventd's process). Pickled (to the
+    writer process), it is its path and settings: nothing open crosses."""
+
+    in_process = False  # a file: the writer opens it from a process of its own
 
     def __init__(self, path: Path, synchronous: str = "normal") -> None:
         self.path = path
@@ -120,6 +125,12 @@ class IdentityStore:
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
         self._reader: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> tuple[Path, str]:
+        return self.path, self.synchronous
+
+    def __setstate__(self, state: tuple[Path, str]) -> None:
+        self.__init__(*state)  # type: ignore[misc]
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -282,7 +293,7 @@ class IdentityStore:
             )
             w.executemany(
                 "INSERT OR IGNORE INTO timeline (key, seq) VALUES (?, ?)",
-                [(_key(kind, value), seq) for seq, kind, value in changes.events],
+                [(key_of(kind, value), seq) for seq, kind, value in changes.events],
             )
             w.executemany(
                 "UPDATE state SET value = ? WHERE key = ?",
@@ -297,17 +308,12 @@ class IdentityStore:
         if pid is None or profile is None:
             return []
         w = self.w
-        seqs: list[int] = []
-        for anon in profile.anonymous_ids:
-            key = _key(ANONYMOUS, anon)
-            for lo, hi in anonymous_ranges(self.links_of(anon), profile.user_ids):
-                seqs += [
-                    r[0]
-                    for r in w.execute(
-                        "SELECT seq FROM timeline WHERE key = ? AND seq >= ? AND seq < ?",
-                        (key, lo, hi),
-                    )
-                ]
+
+        def between(key: str, lo: int, hi: int) -> list[int]:
+            query = "SELECT seq FROM timeline WHERE key = ? AND seq >= ? AND seq < ?"
+            return [r[0] for r in w.execute(query, (key, lo, hi))]
+
+        seqs = anonymous_seqs(profile, self.links_of, between)
         with _transaction(w):
             w.execute("DELETE FROM profiles WHERE profile_id = ?", (pid,))
             # Its userIds, and the anonymousIds it owns (a shared one may be another's now).
@@ -319,9 +325,9 @@ class IdentityStore:
             w.executemany("DELETE FROM links WHERE user_id = ?", [(u,) for u in profile.user_ids])
             w.executemany(
                 "DELETE FROM timeline WHERE key = ?",
-                [(_key(USER, u),) for u in profile.user_ids],
+                [(key_of(USER, u),) for u in profile.user_ids],
             )
-            anon_keys = {_key(ANONYMOUS, a) for a in profile.anonymous_ids}
+            anon_keys = {key_of(ANONYMOUS, a) for a in profile.anonymous_ids}
             w.executemany(
                 "DELETE FROM timeline WHERE key = ? AND seq = ?",
                 [(k, s) for k in anon_keys for s in seqs],
@@ -367,24 +373,15 @@ class IdentityStore:
 
     def timeline(self, profile: Profile, before: int, limit: int) -> list[int]:
         """The log seqs of a profile's events below ``before``, newest first."""
-        seqs: list[int] = []
         query = (
             "SELECT seq FROM timeline WHERE key = ? AND seq >= ? AND seq < ?"
             " ORDER BY seq DESC LIMIT ?"
         )
-        for user in profile.user_ids:
-            seqs += [r[0] for r in self.r.execute(query, (_key(USER, user), 0, before, limit))]
-        links = self.links(profile.anonymous_ids)
-        for anon in profile.anonymous_ids:
-            ranges = (
-                anonymous_ranges(links.get(anon, []), profile.user_ids)
-                if profile.user_ids
-                else [(0, 2**63 - 1)]  # an anonymous profile: all of its events
-            )
-            for lo, hi in ranges:
-                args = (_key(ANONYMOUS, anon), lo, min(hi, before), limit)
-                seqs += [r[0] for r in self.r.execute(query, args)]
-        return sorted(set(seqs), reverse=True)[:limit]
+
+        def newest(key: str, lo: int, hi: int, n: int) -> list[int]:
+            return [r[0] for r in self.r.execute(query, (key, lo, hi, n))]
+
+        return timeline_seqs(profile, self.links(profile.anonymous_ids), before, limit, newest)
 
     def links_after(self, version: int, limit: int) -> list[tuple[int, IdentityLink]]:
         """Links whose version is past ``version`` (with the profile they belong to now)."""
@@ -395,7 +392,7 @@ class IdentityStore:
             (version, limit),
         ).fetchall()
         return [
-            (v, IdentityLink(anon or None, user, pid, _timestamp(linked_at)))
+            (v, IdentityLink(anon or None, user, pid, link_time(linked_at)))
             for v, anon, user, pid, linked_at in rows
         ]
 
@@ -413,12 +410,52 @@ class IdentityStore:
         }
 
 
+def timeline_seqs(
+    profile: Profile,
+    links: Mapping[str, list[Link]],
+    before: int,
+    limit: int,
+    newest: Callable[[str, int, int, int], list[int]],
+) -> list[int]:
+    """A profile's stitched timeline (links.py's rule), newest first: its userIds' events
+    and its anonymousIds' events in the ranges that belong to it (``links``: each
+    anonymousId's). ``newest(key, lo, hi, n)`` gives a timeline key's seqs in
+    [lo, hi), newest first, at most n (each backend's own read)."""
+    seqs: list[int] = []
+    for user in profile.user_ids:
+        seqs += newest(key_of(USER, user), 0, before, limit)
+    for anon in profile.anonymous_ids:
+        ranges = (
+            anonymous_ranges(links.get(anon, []), profile.user_ids)
+            if profile.user_ids
+            else [(0, 2**63 - 1)]  # an anonymous profile: all of its events
+        )
+        for lo, hi in ranges:
+            seqs += newest(key_of(ANONYMOUS, anon), lo, min(hi, before), limit)
+    return sorted(set(seqs), reverse=True)[:limit]
+
+
+def anonymous_seqs(
+    profile: Profile,
+    links_of: Callable[[str], list[Link]],
+    between: Callable[[str, int, int], list[int]],
+) -> list[int]:
+    """The seqs of a profile's anonymous events (what erasing it deletes from the log):
+    each anonymousId's events in the ranges that belong to the profile."""
+    seqs: list[int] = []
+    for anon in profile.anonymous_ids:
+        for lo, hi in anonymous_ranges(links_of(anon), profile.user_ids):
+            seqs += between(key_of(ANONYMOUS, anon), lo, hi)
+    return seqs
+
+
 def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
     items = list(values)
     for i in range(0, len(items), CHUNK):
         yield items[i : i + CHUNK]
 
 
-def _timestamp(text: str) -> datetime:
+def link_time(text: str) -> datetime:
+    """A link's ``linked_at`` (an event timestamp) as a datetime, UTC."""
     # An event without a timestamp cannot exist after normalize; the epoch says "unknown".
     return datetime.fromisoformat(text) if text else datetime.fromtimestamp(0, UTC)

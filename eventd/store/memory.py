@@ -12,6 +12,7 @@ import asyncio
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import orjson
 
@@ -32,6 +33,7 @@ from eventd.store.base import (
     UserEvent,
     now_ms,
 )
+from eventd.store.memory_identity import MemoryIdentityData, MemoryIdentityStore
 
 
 @dataclass
@@ -53,6 +55,7 @@ class MemoryData:
     next_replay: int = 1
     suppressions: dict[str, Suppression] = field(default_factory=dict)
     deletions: dict[tuple[str, str], Deletion] = field(default_factory=dict)
+    identity: MemoryIdentityData = field(default_factory=MemoryIdentityData)
 
 
 class MemoryStore:
@@ -168,6 +171,10 @@ class MemoryStore:
     async def read_range(self, first: int, last: int, limit: int) -> list[Event]:
         i = self._index(first)
         return [self._event(s) for s in self.data.events[i : i + limit] if s.seq <= last]
+
+    def identity_store(self, path: Path, synchronous: str) -> MemoryIdentityStore:
+        """The identity graph's state in :attr:`data` (``path`` and ``synchronous`` unused)."""
+        return MemoryIdentityStore(self.data.identity)
 
     def log_source(self) -> None:
         """None: the log lives in this process's memory (readers use :meth:`read`)."""

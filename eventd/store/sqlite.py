@@ -62,6 +62,7 @@ from eventd.store.base import (
     now_ms,
 )
 from eventd.store.dedup import DedupSet, dedup_key
+from eventd.store.identity import IdentityStore
 from eventd.store.log_reader import SqliteLogSource
 from eventd.store.schema import INSERT_EVENT_SEQ, migrate
 
@@ -311,6 +312,11 @@ class SqliteStore:
         return await self._events(
             "WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?", (first, last, limit)
         )
+
+    def identity_store(self, path: Path, synchronous: str) -> IdentityStore:
+        """identity.db at ``path``: a file of its own, so identity writes never wait on
+        (or hold up) the ingest group commit (eventd/store/identity.py)."""
+        return IdentityStore(path, synchronous)
 
     def log_source(self) -> SqliteLogSource:
         """The file, read-only from another process (eventd/store/log_reader.py)."""

@@ -1,12 +1,12 @@
 """The identity store's contract (issue 15, item 8), once per backend in ``BACKENDS``.
 
 The graph's state (profiles, identifiers, links, the stitched timeline, the graph's
-cursor and the warehouse feeds' positions) lives in an :class:`IdentityStore`, beside
-the event Store and not behind it: today only SQLite's identity.db implements it, so
-a cluster backend does not share the graph yet. These tests pin what any backend
-must keep, through the store's own methods only, so a second one (a JetStream KV
-bucket, say) runs the same suite: add a ``<name>`` branch to ``identity_store`` and
-its name to ``BACKENDS``.
+cursor and the warehouse feeds' positions) lives behind the Store seam: each Store
+hands out its :class:`~eventd.store.base.IdentityBackend` (``Store.identity_store``):
+SQLite's identity.db, the memory store's structures. These tests pin what any
+backend must keep, through the backend's own methods only, so a cluster backend
+(a JetStream KV bucket, say) runs the same suite: add a ``<name>`` branch to
+``identity_store`` and its name to ``BACKENDS``.
 """
 
 from __future__ import annotations
@@ -20,22 +20,30 @@ import pytest
 
 from eventd.identity.graph import ANONYMOUS, USER, Changes, Graph, Link, profile_id_for
 from eventd.identity.links import IdentityLink
-from eventd.store.identity import IdentityStore
+from eventd.store import MemoryStore, SqliteStore
+from eventd.store.base import IdentityBackend
+from eventd.store.memory import MemoryData
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "memory"]
 TS = "2026-11-01T10:00:00.000Z"
 
-Opener = Callable[[], IdentityStore]
+Opener = Callable[[], IdentityBackend]
 
 
 @pytest.fixture(params=BACKENDS)
 async def identity_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    """Opens a store over the same place each call (a second call after close: a restart)."""
-    opened: list[IdentityStore] = []
+    """Opens a store over the same place each call (a second call after close: a restart),
+    as its event Store hands it out."""
+    opened: list[IdentityBackend] = []
+    memory = MemoryData()  # the memory store's "disk", kept across its restarts
 
-    def open_store() -> IdentityStore:
-        assert request.param == "sqlite"
-        store = IdentityStore(tmp_path / "identity.db", "normal")
+    def open_store() -> IdentityBackend:
+        path = tmp_path / "identity.db"
+        if request.param == "sqlite":
+            store = SqliteStore(tmp_path / "eventd.db").identity_store(path, "normal")
+        else:
+            assert request.param == "memory"
+            store = MemoryStore(memory).identity_store(path, "normal")
         store.open_writer()
         opened.append(store)
         return store
@@ -46,7 +54,7 @@ async def identity_store(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
         store.close()
 
 
-def page(store: IdentityStore, events: list[tuple[int, dict[str, str]]]) -> Changes:
+def page(store: IdentityBackend, events: list[tuple[int, dict[str, str]]]) -> Changes:
     """The changes the graph makes for ``events`` (seq, message) over ``store``."""
     graph = Graph(backing=store)
     for seq, msg in events:
@@ -87,7 +95,7 @@ async def test_a_page_that_fails_keeps_nothing_of_it(identity_store: Opener) -> 
     store.apply(page(store, ANA[:1]), 1)
     changes = page(store, ANA[1:])
     broken = Changes(**{**vars(changes), "links": [*changes.links, Link("a9", None, TS, 3)]})  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises((sqlite3.IntegrityError, ValueError)):  # SQLite's NOT NULL; memory's check
         store.apply(broken, 3)
     assert store.cursor() == 1
     assert store.profile_of(USER, "ana") is None
@@ -137,3 +145,50 @@ async def test_erase_deletes_the_profile_and_returns_its_anonymous_events(
     assert store.profile(profile_id_for(USER, "ana")) is None
     assert store.links_of("a1") == []
     assert store.erase("ana") == []
+
+
+async def test_merges_resend_links_and_timelines_follow_shared_devices(
+    identity_store: Opener,
+) -> None:
+    """A shared laptop (two users sign in on it), then an alias merging bob into ana:
+    each profile's timeline has the laptop's events of its own ranges only, and the
+    merged user's links come again after the merge, with the profile they belong to."""
+    store = identity_store()
+    log = [
+        (1, {"type": "track", "anonymousId": "laptop"}),
+        (2, {"type": "identify", "anonymousId": "laptop", "userId": "ana"}),
+        (3, {"type": "track", "anonymousId": "laptop"}),
+        (4, {"type": "identify", "anonymousId": "laptop", "userId": "cy"}),
+        (5, {"type": "track", "anonymousId": "laptop"}),
+        (6, {"type": "identify", "anonymousId": "phone", "userId": "bob"}),
+    ]
+    store.apply(page(store, log), 6)
+    await store.open_reader()
+    ana, cy = store.profile(profile_id_for(USER, "ana")), store.profile(profile_id_for(USER, "cy"))
+    assert ana is not None and cy is not None
+    assert await store.read(store.timeline, ana, 2**63 - 1, 10) == [3, 2, 1]
+    assert await store.read(store.timeline, cy, 2**63 - 1, 10) == [5, 4]
+    assert await store.read(store.timeline, ana, 3, 1) == [2]  # below 3, newest first
+    assert store.profile_of(ANONYMOUS, "laptop") == cy.profile_id  # its new events: cy's
+    before = await store.read(store.links_after, 0, 100)
+    top = before[-1][0]
+
+    store.apply(page(store, [(7, {"type": "alias", "previousId": "bob", "userId": "ana"})]), 7)
+    again = await store.read(store.links_after, top, 100)
+    assert {(x.anonymous_id, x.user_id, x.profile_id) for _, x in again} == {
+        (None, "bob", ana.profile_id),
+        ("phone", "bob", ana.profile_id),
+    }
+    assert all(v > top for v, _ in again)
+    found = await store.read(store.find_many, [(USER, "bob"), (ANONYMOUS, "phone"), (USER, "x")])
+    assert {k: p.profile_id for k, p in found.items()} == {
+        (USER, "bob"): ana.profile_id,
+        (ANONYMOUS, "phone"): ana.profile_id,
+    }
+    assert await store.read(store.counts) == {"profiles": 2, "identifiers": 5, "links": 6}
+
+    # Erasing ana: her profile (bob's ids with it) and her laptop events; cy keeps his.
+    assert store.erase("ana") == [1, 3]
+    assert store.profile_of(ANONYMOUS, "laptop") == cy.profile_id
+    assert await store.read(store.timeline, cy, 2**63 - 1, 10) == [5, 4]
+    assert await store.read(store.counts) == {"profiles": 1, "identifiers": 2, "links": 2}
