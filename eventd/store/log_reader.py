@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 from eventd.store.base import LogReader
 
@@ -40,7 +41,10 @@ class SqliteLogReader:
     so it cannot hold the outbox's write lock or grow its file (a full disk)."""
 
     def __init__(self, path: str) -> None:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        # A URI (for mode=ro) with the path percent-encoded: a '?' or '#' in a directory's
+        # name would otherwise end the path.
+        uri = f"{Path(path).absolute().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         try:
             conn.execute("PRAGMA query_only=1")
             conn.execute("PRAGMA busy_timeout=5000")
