@@ -2,8 +2,9 @@
 
 A log consumer with its own cursor, kept in identity.db in the same transaction
 as what each page changed (so a crash re-applies nothing twice) and copied to the
-Store under ``service_cursor("identity")`` after each page, where retention sees
-it (``app.passed_seq``: events the graph has not applied are kept; the copy may lag
+Store under ``service_cursor("identity")`` (at most once a second while pages follow
+each other, and whenever the consumer goes idle), where retention sees it
+(``app.passed_seq``: events the graph has not applied are kept; the copy may lag
 identity.db's, never lead it). The identity writer (:mod:`eventd.identity.writer`,
 a process of its own, so the graph's Python work never takes the GIL from ingest)
 reads the pages after the cursor from the log itself (``Store.log_source``: the
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor
 from pathlib import Path
@@ -52,6 +54,10 @@ from eventd.store import StorageUnavailable, Store, service_cursor
 log = structlog.get_logger("eventd.identity")
 
 PAGE_EVENTS = 5000
+# Seconds between copies of the cursor to the Store while pages follow each other (the
+# copy is for retention, which may keep more: behind is safe). A copy per page was a
+# write to the outbox per page, one more commit beside ingest's for every few events.
+CURSOR_COPY_EVERY = 1.0
 BACKOFF_FIRST = 0.5  # seconds before the first retry; doubled after each failure
 BACKOFF_MAX = 30.0  # how long a freed disk may wait before the graph notices
 
@@ -145,6 +151,8 @@ class IdentityService:
         )
         for reason in FAILURE_REASONS:
             self.failures.labels(reason)
+        self._copied = -1  # the cursor last copied to the Store, and when (monotonic s)
+        self._copied_at = float("-inf")
         self.opened = False  # identity.db open in the writer, the reader open here
         self.error: str | None = "starting"  # why the graph is not running (None: it is)
         self._wake = asyncio.Event()  # the log's, from start()
@@ -211,6 +219,8 @@ class IdentityService:
             self.error = None
             self.running.set(1)
             if not applied:
+                if self._copied < self.cursor:
+                    await self._save_cursor()  # idle: the copy catches up
                 await self._pause(None)
 
     def _failed(self, exc: Exception, failures: int) -> None:
@@ -257,18 +267,19 @@ class IdentityService:
 
     async def _advance(self, seq: int) -> None:
         if seq > self.cursor:
-            await self._save_cursor(seq)  # first: who waits past seq finds it saved too
             self.cursor = seq
+            if time.monotonic() - self._copied_at >= CURSOR_COPY_EVERY:
+                await self._save_cursor()
         async with self._advanced:
             self._advanced.notify_all()
 
     async def _save_cursor(self, seq: int | None = None) -> None:
         """identity.db's cursor (``seq``: the one just written there), copied to the
         Store for retention (``app.passed_seq``)."""
+        seq = self.cursor if seq is None else seq
         try:
-            await self.log.save_cursor(
-                service_cursor(self.name), self.cursor if seq is None else seq
-            )
+            await self.log.save_cursor(service_cursor(self.name), seq)
+            self._copied, self._copied_at = seq, time.monotonic()
         except StorageUnavailable as exc:
             # Behind is safe: retention keeps more until the next page saves it.
             log.warning("identity cursor not copied to the store", error=str(exc))
@@ -285,8 +296,10 @@ class IdentityService:
         return self.opened and self.cursor >= seq
 
     async def drain(self) -> None:
-        """Apply everything stored so far (tests, benchmarks, erasure)."""
-        await self.wait_past(self.log.last_seq)
+        """Apply everything stored so far (tests, benchmarks, erasure), with the cursor's
+        copy in the Store up to date."""
+        if await self.wait_past(self.log.last_seq) and self._copied < self.cursor:
+            await self._save_cursor()
 
     # -- reads -----------------------------------------------------------------------
 
