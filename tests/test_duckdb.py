@@ -3,7 +3,10 @@ read back with DuckDB; identity links upserted by the rule of eventd.identity.li
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +16,7 @@ import aiohttp
 import duckdb
 import orjson
 import pytest
-from eventd_plugins.duckdb import Duckdb
+from eventd_plugins.duckdb import LOAD_NICE, Duckdb
 from eventd_plugins.warehouse.rows import ADJUSTED_DROPPED
 
 from eventd import OK, Event, Permanent
@@ -176,6 +179,30 @@ async def test_identity_links_upsert_keeping_the_first_linked_at(store: Duckdb) 
         " ORDER BY anonymous_id NULLS FIRST"
     )
     assert rows == [(None, "u1", "p2", T0), ("a1", "u1", "p2", T0)]
+
+
+def _threads() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux: per-thread nice")
+async def test_the_load_runs_at_a_lower_cpu_priority_with_duckdbs_threads(store: Duckdb) -> None:
+    """Ingest keeps its CPU beside the load (bench ingest-duckdb): the writer thread,
+    and the threads DuckDB starts when the file opens (a report opening it first
+    included), run at nice LOAD_NICE or more; eventd's own thread keeps its own."""
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = _threads()
+    assert await store.query("SELECT 1") == [(1,)]  # the first use opens the file
+    writer = await asyncio.get_running_loop().run_in_executor(
+        store._writer, threading.get_native_id
+    )
+    started = (_threads() - before) & _threads()
+    assert writer in started
+    assert len(started) > 1  # DuckDB's own threads, not only the writer
+    low = {t: os.getpriority(os.PRIO_PROCESS, t) for t in started}
+    # the other thread started here is asyncio.to_thread's, which the query ran on
+    assert sum(nice >= max(main, LOAD_NICE) for nice in low.values()) >= len(low) - 1
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main
 
 
 def test_settings_errors_name_the_key() -> None:

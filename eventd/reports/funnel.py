@@ -9,10 +9,15 @@ step takes its earliest match, which is the best choice for every step after it)
 a missing value is ``"(none)"``.
 
 JSON: ``{"steps": [...], "total": [n1, ...], "by": {"VALUE": [n1, ...], ...}}``.
+
+The SQL: one GROUP BY person and list functions on DuckDB (:func:`_duckdb_sql`),
+joins and GROUP BYs on PostgreSQL (:func:`_joins_sql`); the tests hold both to the
+same independently computed answers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from eventd.reports import params as p
@@ -42,11 +47,48 @@ async def run(store: Store, args: dict[str, Any]) -> dict[str, Any]:
     steps: list[str] = args["steps"]
     q, cat, pe = await person_events(store, args, sorted(set(steps)))
     within = q.param(float(args["within"]))
-    k = len(steps)
-    # Steps as numbers, and only the columns the funnel reads: the one materialized
-    # table of people's events stays narrow (src and id only to find a --by value).
+    # Steps as numbers, and only the columns the funnel reads: what is grouped or
+    # materialized stays narrow (src and id only to find a --by value).
     number = " ".join(f"WHEN {q.param(step)} THEN {i}" for i, step in enumerate(steps, 1))
     by = args["by"] is not None
+    parts = _Funnel(store, cat, q, steps, args["by"], pe, number, within)
+    sql = _duckdb_sql(parts) if store.dialect == "duckdb" else _joins_sql(parts)
+    rows = await store.query(*q.bind(sql))
+    total = [0] * len(steps)
+    by_value: dict[str, list[int]] = {}
+    for v, *numbers in rows:
+        total = [a + int(b) for a, b in zip(total, numbers, strict=True)]
+        if by:
+            key = NONE if v is None else str(v)
+            by_value[key] = [
+                a + int(b)
+                for a, b in zip(by_value.get(key, [0] * len(steps)), numbers, strict=True)
+            ]
+    return {"steps": steps, "total": total, "by": dict(sorted(by_value.items()))}
+
+
+@dataclass
+class _Funnel:
+    """What a funnel's SQL is built from: ``pe`` the people's events (SQL), ``number``
+    the CASE branches giving each step's number, ``within`` the window's parameter."""
+
+    store: Store
+    cat: Catalog
+    q: Query
+    steps: list[str]
+    by: str | None
+    pe: str
+    number: str
+    within: str
+
+
+def _joins_sql(f: _Funnel) -> str:
+    """The funnel in joins and GROUP BYs any engine runs (PostgreSQL's): one row per
+    ``by`` value (NULL without ``by``) and its people per step."""
+    store, cat, q, steps, by_property = f.store, f.cat, f.q, f.steps, f.by
+    pe, number, within = f.pe, f.number, f.within
+    k = len(steps)
+    by = by_property is not None
     keys = ", src, id" if by else ""
     ctes = [
         f"pe AS MATERIALIZED (SELECT person, t, CASE event {number} END AS step{keys}"
@@ -78,27 +120,51 @@ async def run(store: Store, args: dict[str, Any]) -> dict[str, Any]:
         )
         previous = f"r{j}"
     by_sql, by_join = "CAST(NULL AS TEXT)", ""
-    if by:
-        ctes.append(f"byv AS ({_by_values(store, cat, q, steps[0], args['by'])})")
+    if by_property is not None:
+        ctes.append(f"byv AS ({_by_values(store, cat, q, steps[0], by_property)})")
         by_sql, by_join = "b.v", " LEFT JOIN byv AS b ON b.src = s1.src AND b.id = s1.id"
     counts = ", ".join(["COUNT(*)"] + [f"COUNT(r{j}.person)" for j in range(2, k + 1)])
     joins = "".join(f" LEFT JOIN r{j} ON r{j}.person = s1.person" for j in range(2, k + 1))
-    sql = (
+    return (
         f"WITH {', '.join(ctes)} SELECT {by_sql} AS v, {counts}"
         f" FROM s1{by_join}{joins} GROUP BY {by_sql}"
     )
-    rows = await store.query(*q.bind(sql))
-    total = [0] * len(steps)
-    by_value: dict[str, list[int]] = {}
-    for v, *numbers in rows:
-        total = [a + int(b) for a, b in zip(total, numbers, strict=True)]
-        if by:
-            key = NONE if v is None else str(v)
-            by_value[key] = [
-                a + int(b)
-                for a, b in zip(by_value.get(key, [0] * len(steps)), numbers, strict=True)
-            ]
-    return {"steps": steps, "total": total, "by": dict(sorted(by_value.items()))}
+
+
+def _duckdb_sql(f: _Funnel) -> str:
+    """The funnel in one pass over people's events (DuckDB): one GROUP BY person
+    gathers the earliest step-1 event and each later step's times as a list, then
+    step j takes the earliest time of its list at or after step j-1's and within the
+    window of step 1, by list functions on each person's row. The same answer as
+    :func:`_joins_sql` (the tests run both stores), in ~half the CPU over 10 M events:
+    the joins of every event with its person's step 1 and of each step with the
+    previous one are gone."""
+    steps, by_property, number, within = f.steps, f.by, f.number, f.within
+    k = len(steps)
+    by = by_property is not None
+    # the anchoring step-1 event: the earliest, ties broken by id (src and id: --by)
+    first = "{'t': t, 'id': id, 'src': src}" if by else "t"
+    lists = "".join(f", list(t) FILTER (WHERE step = {j}) AS l{j}" for j in range(2, k + 1))
+    grouped = (
+        f"SELECT person, min({first}) FILTER (WHERE step = 1) AS a{lists}"
+        f" FROM (SELECT person, t, CASE event {number} END AS step{', src, id' if by else ''}"
+        f" FROM ({f.pe}) AS x) AS pe GROUP BY person"
+    )
+    t1 = "a['t']" if by else "a"
+    chain = f"SELECT *, {t1} AS t1 FROM ({grouped}) AS g WHERE a IS NOT NULL"
+    for j in range(2, k + 1):
+        chain = (
+            f"SELECT *, list_min(list_filter(l{j}, lambda x: x >= t{j - 1}"
+            f" AND x <= t1 + {within})) AS t{j} FROM ({chain}) AS c{j}"
+        )
+    counts = ", ".join(["COUNT(*)"] + [f"COUNT(f.t{j})" for j in range(2, k + 1)])
+    if by_property is None:
+        return f"SELECT CAST(NULL AS TEXT) AS v, {counts} FROM ({chain}) AS f"
+    values = _by_values(f.store, f.cat, f.q, steps[0], by_property)
+    return (
+        f"SELECT b.v, {counts} FROM ({chain}) AS f LEFT JOIN ({values}) AS b"
+        " ON b.src = f.a['src'] AND b.id = f.a['id'] GROUP BY b.v"
+    )
 
 
 def _by_values(store: Store, cat: Catalog, q: Query, step: str, prop: str) -> str:

@@ -175,12 +175,18 @@ def people_sql(store: Store, cat: Catalog, events: str) -> str:
             f" FROM ({events}) AS ev"
         )
     ident = f"{quote(schema)}.identities"
+    # Two halves, each with the one join it needs: a userId's events probe only the
+    # userId's link, the anonymous ones only the anonymousId's ranges (one join of
+    # both over every event cost ~40% of a funnel over 10 M events).
     return f"""
-SELECT ev.*, COALESCE(up.profile_id, ev.user_id, al.profile_id, ev.anonymous_id) AS person,
-       {t} AS t
+SELECT ev.*, COALESCE(up.profile_id, ev.user_id) AS person, {t} AS t
 FROM ({events}) AS ev
 LEFT JOIN (SELECT user_id, MIN(profile_id) AS profile_id FROM {ident} GROUP BY user_id) AS up
   ON up.user_id = ev.user_id
+WHERE ev.user_id IS NOT NULL
+UNION ALL
+SELECT ev.*, COALESCE(al.profile_id, ev.anonymous_id) AS person, {t} AS t
+FROM ({events}) AS ev
 LEFT JOIN (
   SELECT anonymous_id, profile_id,
          CASE WHEN ROW_NUMBER() OVER w = 1 THEN NULL ELSE linked_at END AS valid_from,
@@ -188,10 +194,10 @@ LEFT JOIN (
   FROM {ident} WHERE anonymous_id IS NOT NULL
   WINDOW w AS (PARTITION BY anonymous_id ORDER BY linked_at, user_id)
 ) AS al
-  ON ev.user_id IS NULL AND al.anonymous_id = ev.anonymous_id
+  ON al.anonymous_id = ev.anonymous_id
  AND (al.valid_from IS NULL OR ev.ts >= al.valid_from)
  AND (al.valid_to IS NULL OR ev.ts < al.valid_to)
-WHERE COALESCE(ev.user_id, ev.anonymous_id) IS NOT NULL"""
+WHERE ev.user_id IS NULL AND ev.anonymous_id IS NOT NULL"""
 
 
 async def person_events(
