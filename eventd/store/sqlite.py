@@ -679,7 +679,8 @@ class SqliteStore:
             w.future.set_result(result)
             if w.is_ingest:
                 stored += result
-                self.metrics.duplicates.inc(len(w.rows) - result)
+                if len(w.rows) > result:  # inc(0) would still take the counter's lock
+                    self.metrics.duplicates.inc(len(w.rows) - result)
         if stored:
             for ev in self._listeners:
                 ev.set()
@@ -700,10 +701,17 @@ class SqliteStore:
             fresh = self._fresh_rows(conn, group) if over is None else {}
         except Exception as exc:  # rocksdict raises plain Exception (I/O errors)
             return self._failed(group, exc)
+        # Consecutive appends go in as one executemany (one statement run, not one per
+        # request: single events come in groups of one-row appends); any other write
+        # runs in its place, after the appends queued before it.
+        appended: list[Sequence[Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for i, w in enumerate(group):
                 if not w.is_ingest:
+                    if appended:
+                        conn.executemany(INSERT_EVENT_SEQ, appended)
+                        appended = []
                     before = conn.total_changes
                     conn.executemany(w.sql, w.rows)
                     results[i] = conn.total_changes - before
@@ -711,13 +719,15 @@ class SqliteStore:
                     results[i] = StorageUnavailable(over)
                 else:
                     rows, row_keys = fresh[i]
-                    conn.executemany(w.sql, [(next_seq + n, *r) for n, r in enumerate(rows)])
+                    appended += [(next_seq + n, *r) for n, r in enumerate(rows)]
                     keys += [
                         (key, r[6], next_seq + n)
                         for n, (r, key) in enumerate(zip(rows, row_keys, strict=True))
                     ]
                     next_seq += len(rows)
                     results[i] = len(rows)
+            if appended:
+                conn.executemany(INSERT_EVENT_SEQ, appended)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
