@@ -26,6 +26,7 @@ ROWS: tuple[Row, ...] = (
     Row("ceiling_a_rps", "ceiling A: bare aiohttp, same POST, fixed 200", "req/s"),
     Row("ceiling_a_p50", "ceiling A latency p50", "ms", 2),
     Row("ceiling_a_p99", "ceiling A latency p99", "ms", 2),
+    Row("ceiling_a_cpu", "ceiling A per CPU-second of its server (wrk only)", "req/CPU-s"),
     Row("ceiling_b_outbox", "ceiling B: raw SQLite inserts + RocksDB dedup set", "rows/s"),
     Row("ceiling_b_outbox_uuid", "ceiling B, random UUID messageIds (as SDKs send)", "rows/s"),
     Row("ceiling_b_index_uuid", "ceiling B, UUIDs, the old dedup index + trigger", "rows/s"),
@@ -35,6 +36,7 @@ ROWS: tuple[Row, ...] = (
     Row("track_p50", "eventd /v1/track latency p50", "ms", 2),
     Row("track_p99", "eventd /v1/track latency p99", "ms", 2),
     Row("track_ratio", "eventd /v1/track / ceiling A", "%", 1),
+    Row("track_cpu_ratio", "eventd /v1/track / ceiling A, per CPU-second", "%", 1),
     Row("batch_eps", "eventd /v1/batch x100, 16 conns", "events/s"),
     Row("batch_p50", "eventd /v1/batch latency p50", "ms", 2),
     Row("batch_p99", "eventd /v1/batch latency p99", "ms", 2),
@@ -95,6 +97,9 @@ def add_ratios(r: Round) -> Round:
     out = dict(r)
     if r.get("ceiling_a_rps") and "track_rps" in r:
         out["track_ratio"] = 100 * r["track_rps"] / r["ceiling_a_rps"]
+    if r.get("ceiling_a_cpu") and "track_cpu" in r:
+        # what each costs in CPU, which the others' load on a shared machine moves less
+        out["track_cpu_ratio"] = 100 * r["track_cpu"] / r["ceiling_a_cpu"]
     if r.get("ceiling_b_outbox") and "batch_eps" in r:
         out["batch_ratio"] = 100 * r["batch_eps"] / r["ceiling_b_outbox"]
     for ratio, key in (

@@ -121,6 +121,15 @@ def _post(url: str, timeout: float = 5.0) -> Any:
 @contextlib.contextmanager
 def service(module: str, cpus: frozenset[int] | None, probe: str) -> Iterator[str]:
     """``python -m MODULE PORT`` on ``cpus``; yields its base URL once ``probe`` answers."""
+    with service_process(module, cpus, probe) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def service_process(
+    module: str, cpus: frozenset[int] | None, probe: str
+) -> Iterator[tuple[str, int]]:
+    """:func:`service`, yielding its process id beside its URL."""
     port = free_port()
     with pinned(cpus):
         proc = subprocess.Popen(
@@ -142,7 +151,7 @@ def service(module: str, cpus: frozenset[int] | None, probe: str) -> Iterator[st
                 if time.monotonic() > deadline:
                     raise BenchError(f"{module} did not answer {probe} in 30 s") from None
                 time.sleep(0.05)  # polling the readiness probe itself
-        yield url
+        yield url, proc.pid
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -217,8 +226,12 @@ def _loadgen(ctx: Context, mode: str, port: int, **opts: Any) -> dict[str, Any]:
     return _run_json(argv, ctx.cores.load, timeout=300)
 
 
-def _single_event_load(ctx: Context, url: str, name: str) -> dict[str, Any]:
-    """``/v1/track`` at 64 keep-alive connections: wrk if installed, else the Python generator."""
+def _single_event_load(
+    ctx: Context, url: str, name: str, server_pid: int | None = None
+) -> dict[str, Any]:
+    """``/v1/track`` at 64 keep-alive connections: wrk if installed, else the Python generator.
+    With ``server_pid`` and wrk, also ``per_cpu_s``: the measured window's requests over
+    the CPU seconds that process used in it."""
     plan = ctx.plan
     if not ctx.use_wrk:
         port = int(url.rsplit(":", 1)[1])
@@ -236,8 +249,11 @@ def _single_event_load(ctx: Context, url: str, name: str) -> dict[str, Any]:
         if seconds <= 0:
             continue
         lua = wrk.script(ctx.tmp(name) / "track.lua", ctx.tag(name))
+        cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
         with pinned(ctx.cores.load):
             result = wrk.run(url + "/v1/track", lua, conns=plan.track_conns, duration=seconds)
+        if server_pid and (cpu := cpu_seconds(server_pid) - cpu0) > 0:
+            result["per_cpu_s"] = result["requests"] / cpu
     return result
 
 
@@ -251,13 +267,14 @@ def _check(result: dict[str, Any], what: str) -> None:
 
 def ceiling_a(ctx: Context) -> Metrics:
     """A bare aiohttp server, same POSTs, fixed 200."""
-    with service("bench.ceiling", ctx.cores.server, "/health") as url:
-        r = _single_event_load(ctx, url, "ceiling")
+    with service_process("bench.ceiling", ctx.cores.server, "/health") as (url, pid):
+        r = _single_event_load(ctx, url, "ceiling", pid)
     _check(r, "ceiling A")
     return {
         "ceiling_a_rps": r["requests_per_s"],
         "ceiling_a_p50": r["p50_ms"],
         "ceiling_a_p99": r["p99_ms"],
+        **({"ceiling_a_cpu": r["per_cpu_s"]} if "per_cpu_s" in r else {}),
     }
 
 

@@ -136,7 +136,10 @@ def parse_ts(value: object, field: str) -> datetime:
         raise InvalidMessage("invalid_timestamp", f"{field} must be an ISO-8601 string")
     try:
         dt = datetime.fromisoformat(value)
-        if dt.tzinfo is None:
+        tz = dt.tzinfo
+        if tz is UTC:  # "...Z", as the SDKs send: nothing to check
+            return dt
+        if tz is None:
             return dt.replace(tzinfo=UTC)
         dt.astimezone(UTC)  # 0001-01-01T00:00+01:00 has no UTC form
     except (ValueError, OverflowError):
@@ -191,11 +194,13 @@ def _id(msg: dict[str, Any], field: str) -> str | None:
     """An id as a string: numbers are written exactly (an int of any width keeps every
     digit); an id of only invisible characters is missing."""
     value = msg.get(field)
-    if value is None or value == "":
+    if type(value) is str:  # the common case first: no union isinstance
+        return value if value.strip(_INVISIBLE) else None
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise InvalidMessage("invalid_field", f"{field} must be a string or a number")
-    if isinstance(value, str):
+    if isinstance(value, str):  # a str subclass (never from JSON, but callers may)
         return value if value.strip(_INVISIBLE) else None
     return str(value)
 
@@ -236,7 +241,7 @@ def normalize(
             "invalid_type", f"type must be one of {', '.join(sorted(TYPES))}, got {msg_type!r}"
         )
 
-    out: dict[str, Any] = {k: v for k, v in raw.items() if k not in _DROPPED and v is not None}
+    out = _copy_without_nulls(raw)
     out["type"] = msg_type
     for name in _OBJECT_FIELDS:  # nulls were dropped above
         if name in out and not isinstance(out[name], dict):
@@ -244,10 +249,16 @@ def normalize(
 
     user_id = _id(raw, "userId")
     anonymous_id = _id(raw, "anonymousId")
-    if user_id is None and anonymous_id is None:
-        raise InvalidMessage("missing_user", "userId or anonymousId is required")
-    _set(out, "userId", user_id)
-    _set(out, "anonymousId", anonymous_id)
+    if user_id is None:
+        if anonymous_id is None:
+            raise InvalidMessage("missing_user", "userId or anonymousId is required")
+        out.pop("userId", None)
+    else:
+        out["userId"] = user_id
+    if anonymous_id is None:
+        out.pop("anonymousId", None)
+    else:
+        out["anonymousId"] = anonymous_id
 
     if msg_type == "track":
         event = raw.get("event")
@@ -284,11 +295,18 @@ def normalize(
     return out
 
 
-def _set(out: dict[str, Any], key: str, value: str | None) -> None:
-    if value is None:
-        out.pop(key, None)
-    else:
-        out[key] = value
+def _copy_without_nulls(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` without the fields a client sends that are not stored, nor null ones.
+    A C-level copy, then deletions: a filtering comprehension cost 3 times as much,
+    and most messages have neither."""
+    out = raw.copy()
+    for name in _DROPPED:
+        if name in out:
+            del out[name]
+    for value in out.values():
+        if value is None:
+            return {k: v for k, v in out.items() if v is not None}
+    return out
 
 
 def _timestamps(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,17 @@ def test_reports_bench_smoke_prints_its_table() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     for row in ("duckdb load", "funnel (4 steps, 1d)", "retention (14 days)"):
         assert row in done.stdout, row
+
+
+def test_hotpath_bench_prints_every_stage() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hotpath", "--requests", "2", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"parse", "rows", "store", "track", "total_batch"}
+    assert all(value > 0 for value in figures.values()), figures

@@ -35,6 +35,7 @@ log, never the only copy of a fact.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -55,6 +56,10 @@ def partition_of(key: str, partitions: int) -> int:
 def dedup_key(source: str, message_id: str) -> bytes:
     """The set's key for (source, messageId); NUL cannot occur in a source name."""
     return f"{source}\x00{message_id}".encode()
+
+
+# received_at ms, then seq: 8 bytes each, big-endian (one call: twice as fast as two to_bytes)
+_pack_ms_seq = struct.Struct(">QQ").pack
 
 
 def _ms(value: bytes) -> int:
@@ -111,7 +116,10 @@ class DedupSet:
         """
         if not items:
             return []
-        stored: list[bytes | None] = self._db.get([key for key, _ in items]) or []
+        keys: list[str | int | float | bytes | bool] = [key for key, _ in items]
+        stored: list[bytes | None] = self._db.get(keys) or []
+        if stored.count(None) == len(items) and len(set(keys)) == len(keys):
+            return list(range(len(items)))  # the common case: all new, no repeat in the call
         new: list[int] = []
         first_in_call: dict[bytes, int] = {}
         for i, ((key, received_at), value) in enumerate(zip(items, stored, strict=True)):
@@ -137,8 +145,9 @@ class DedupSet:
         """Store keys (key, received_at ms, seq of the stored event) and, atomically
         with them, the watermark; :meth:`stored_seq` gives the seq back."""
         batch = WriteBatch(raw_mode=True)
+        put = batch.put
         for key, received_at, seq in items:
-            batch.put(key, received_at.to_bytes(8, "big") + seq.to_bytes(8, "big"))
+            put(key, _pack_ms_seq(received_at, seq))
         batch.put(_WATERMARK, watermark.to_bytes(8, "big"))
         self._db.write(batch)
 

@@ -690,7 +690,8 @@ class SqliteStore:
             w.future.set_result(result)
             if w.is_ingest:
                 stored += result
-                self.metrics.duplicates.inc(len(w.rows) - result)
+                if len(w.rows) > result:  # inc(0) would still take the counter's lock
+                    self.metrics.duplicates.inc(len(w.rows) - result)
         if stored:
             for ev in self._listeners:
                 ev.set()
@@ -711,21 +712,33 @@ class SqliteStore:
             fresh = self._fresh_rows(conn, group) if over is None else {}
         except Exception as exc:  # rocksdict raises plain Exception (I/O errors)
             return self._failed(group, exc)
+        # Consecutive appends go in as one executemany (one statement run, not one per
+        # request: single events come in groups of one-row appends); any other write
+        # runs in its place, after the appends queued before it.
+        appended: list[Sequence[Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for i, w in enumerate(group):
                 if not w.is_ingest:
+                    if appended:
+                        conn.executemany(INSERT_EVENT_SEQ, appended)
+                        appended = []
                     before = conn.total_changes
                     conn.executemany(w.sql, w.rows)
                     results[i] = conn.total_changes - before
                 elif over is not None:
                     results[i] = StorageUnavailable(over)
                 else:
-                    rows = fresh[i]
-                    conn.executemany(w.sql, [(next_seq + n, *r) for n, (r, _) in enumerate(rows)])
-                    keys += [(key, r[6], next_seq + n) for n, (r, key) in enumerate(rows)]
+                    rows, row_keys = fresh[i]
+                    appended += [(next_seq + n, *r) for n, r in enumerate(rows)]
+                    keys += [
+                        (key, r[6], next_seq + n)
+                        for n, (r, key) in enumerate(zip(rows, row_keys, strict=True))
+                    ]
                     next_seq += len(rows)
                     results[i] = len(rows)
+            if appended:
+                conn.executemany(INSERT_EVENT_SEQ, appended)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -749,22 +762,25 @@ class SqliteStore:
 
     def _fresh_rows(
         self, conn: sqlite3.Connection, group: list[_Write]
-    ) -> dict[int, list[tuple[Sequence[Any], bytes]]]:
-        """The group's appended rows that are not repeats, each with its dedup key,
-        by the append's index in ``group``."""
+    ) -> dict[int, tuple[Sequence[Sequence[Any]], list[bytes]]]:
+        """The group's appended rows that are not repeats and their dedup keys (in the
+        same order), by the append's index in ``group``."""
         dedup = self._ready_dedup(conn)
-        fresh: dict[int, list[tuple[Sequence[Any], bytes]]] = {}
-        owners: list[int] = []
-        items: list[tuple[bytes, int]] = []
-        for i, w in enumerate(group):
-            if w.is_ingest:
-                fresh[i] = []
-                owners += [i] * len(w.rows)
-                items += [(dedup_key(r[0], r[1]), r[6]) for r in w.rows]
-        if items:
-            flat = [r for w in group if w.is_ingest for r in w.rows]
-            for n in dedup.filter_new(items):
-                fresh[owners[n]].append((flat[n], items[n][0]))
+        appends = [(i, w.rows) for i, w in enumerate(group) if w.is_ingest]
+        items = [(dedup_key(r[0], r[1]), r[6]) for _, rows in appends for r in rows]
+        new = dedup.filter_new(items)
+        fresh: dict[int, tuple[Sequence[Sequence[Any]], list[bytes]]] = {}
+        start = 0
+        if len(new) == len(items):  # the common case: no repeat, every row is kept
+            for i, rows in appends:
+                fresh[i] = (rows, [key for key, _ in items[start : start + len(rows)]])
+                start += len(rows)
+            return fresh
+        kept = set(new)
+        for i, rows in appends:
+            picked = [n for n in range(start, start + len(rows)) if n in kept]
+            fresh[i] = ([rows[n - start] for n in picked], [items[n][0] for n in picked])
+            start += len(rows)
         return fresh
 
     def _add_keys(self, keys: list[tuple[bytes, int, int]]) -> None:
