@@ -90,6 +90,11 @@ CLOSE_TIMEOUT = 10.0  # seconds close() waits for the stages and the connection
 MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
+LEASE_SLACK = 1.0  # seconds a stage stops before its lease could expire on the server
+
+
+class _LeaseLost(Exception):
+    """A dedup stage's lease went past its local deadline unrenewed."""
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,10 @@ class JetStreamStore:
         self._stages: dict[int, asyncio.Task[None]] = {}
         self._claimer: asyncio.Task[None] | None = None
         self._revisions: dict[int, int] = {}  # partition -> its lease's last revision
+        # partition -> time.monotonic() before which the lease is surely still ours:
+        # when its last successful renewal was *sent*, plus the TTL, less a slack.
+        self._held_until: dict[int, float] = {}
+        self._stopping = False  # close(): stages finish the message in hand and stop
         self._publish_count = 0
         # Publish ids must never repeat within the stream's window, or the stream would
         # drop a new group as a copy of an old one: a restarted node keeps its node id
@@ -445,12 +454,21 @@ class JetStreamStore:
             await self._queue.put(None)
             await self._publisher
             self._publisher = None
-        tasks = [t for t in (self._claimer, *self._stages.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            # Bounded: a stage closing its RocksDB set finishes on a thread.
-            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        if self._claimer is not None:
+            self._claimer.cancel()
+            await asyncio.wait([self._claimer], timeout=CLOSE_TIMEOUT)
+            self._claimer = None
+        # Stages finish the message in hand (forwarded *and* acked): one cancelled
+        # between the two left its group to be redelivered to the next holder.
+        self._stopping = True
+        stages = list(self._stages.values())
+        if stages:
+            _, late = await asyncio.wait(stages, timeout=CLOSE_TIMEOUT)
+            for task in late:  # a cluster stalled past the bound: left to redelivery
+                task.cancel()
+            if late:
+                # Bounded: a stage closing its RocksDB set finishes on a thread.
+                await asyncio.wait(late, timeout=CLOSE_TIMEOUT)
         self._stages.clear()
         await self._let_go()
         if self.nc is not None:
@@ -558,10 +576,15 @@ class JetStreamStore:
             if not fut.done():
                 fut.set_result(len(rows))
 
-    async def _publish(self, subject: str, data: bytes, msg_id: str) -> int:
+    async def _publish(
+        self, subject: str, data: bytes, msg_id: str, until: float | None = None
+    ) -> int:
         """Publish until acknowledged, with the same message id, for up to
-        ``publish_timeout``; returns the stream sequence."""
+        ``publish_timeout`` (and not past ``until``, a time.monotonic());
+        returns the stream sequence."""
         deadline = time.monotonic() + self.cfg.publish_timeout
+        if until is not None:
+            deadline = min(deadline, until)
         delay = 0.05
         while True:
             left = deadline - time.monotonic()
@@ -604,6 +627,7 @@ class JetStreamStore:
         revisions = self._revisions
         key = f"dedup-{p}"
         task = self._stages.get(p)
+        sent = time.monotonic()
         try:
             if p in revisions:
                 revisions[p] = await self.leases.update(
@@ -614,6 +638,7 @@ class JetStreamStore:
         except KeyWrongLastSequenceError:
             # Held by another node, or our lease lapsed: stop our stage.
             revisions.pop(p, None)
+            self._held_until.pop(p, None)
             if task is not None:
                 task.cancel()
                 self._stages.pop(p, None)
@@ -621,11 +646,21 @@ class JetStreamStore:
         except Exception as exc:  # a stalled cluster or a lost connection: next round
             log.info("lease not renewed", partition=p, error=repr(exc))
             return
+        # The server counts the TTL from when it stored the update, after it was sent.
+        self._held_until[p] = sent + self.lease_ttl - LEASE_SLACK
         if task is None or task.done():
             self._stages[p] = asyncio.create_task(self._stage(p), name=f"jetstream-dedup-{p}")
 
     def held_partitions(self) -> list[int]:
         return sorted(p for p, t in self._stages.items() if not t.done())
+
+    def _check_lease(self, p: int) -> None:
+        """Raise :class:`_LeaseLost` once partition p's lease may have lapsed: a node
+        whose renewals stall (a paused process, a lost server) must stop forwarding
+        before another node can take the partition, or both stages would pull the
+        same consumer and one user's events could be forwarded out of order."""
+        if time.monotonic() >= self._held_until.get(p, 0.0):
+            raise _LeaseLost(p)
 
     async def _stage(self, p: int) -> None:
         """Partition p's dedup stage, while this node holds its lease. A cluster
@@ -642,7 +677,8 @@ class JetStreamStore:
                 ),
                 f"dedup-{p} subscribe",
             )
-            while True:
+            while not self._stopping:
+                self._check_lease(p)
                 try:
                     msgs = await sub.fetch(64, timeout=1)
                 except (TimeoutError, NatsTimeout):
@@ -653,12 +689,25 @@ class JetStreamStore:
                     # starve every other one (the hang after a server restart).
                     await asyncio.sleep(0.1)
                     continue
-                for msg in msgs:
-                    await _retrying(functools.partial(self._forward, p, msg, dedup), f"dedup-{p}")
+                for i, msg in enumerate(msgs):
+                    try:
+                        await _retrying(
+                            functools.partial(self._forward, p, msg, dedup), f"dedup-{p}"
+                        )
+                    except _LeaseLost:
+                        # The fetched rest goes back now, ahead of newer messages, to
+                        # whichever node holds the partition next (not after ack_wait).
+                        for rest in msgs[i:]:
+                            with contextlib.suppress(Exception):
+                                await rest.nak()
+                        raise
+        except _LeaseLost:
+            log.warning("dedup lease lapsed unrenewed; stage stopped", partition=p)
         finally:
             await asyncio.to_thread(dedup.close)
 
     async def _forward(self, p: int, msg: Msg, dedup: DedupSet) -> None:
+        self._check_lease(p)
         rows = decode_rows(msg.data)
         keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
         new = dedup.filter_new(keys)
@@ -667,9 +716,12 @@ class JetStreamStore:
         if new:
             data = encode_rows([rows[i] for i in new])
             in_seq = msg.metadata.sequence.stream
-            seq = await self._publish(self.names.log_subject(p), data, f"in-{in_seq}")
+            seq = await self._publish(
+                self.names.log_subject(p), data, f"in-{in_seq}", until=self._held_until.get(p)
+            )
         dedup.add([keys[i] for i in new], watermark=seq)
         self.forwarded += len(new)
+        self._check_lease(p)  # not acked: the next holder gets it again, and drops it
         await msg.ack_sync()
 
     async def rebuild(self, p: int, dedup: DedupSet) -> int:
