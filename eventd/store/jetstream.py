@@ -760,20 +760,21 @@ class JetStreamStore:
         return await asyncio.to_thread(dedup.rebuild, entries)
 
     async def _read_all(
-        self, subject: str, config: ConsumerConfig, *, until_seq: int
+        self, subject: str, config: ConsumerConfig, *, until_seq: int, stream: str | None = None
     ) -> AsyncIterator[Msg]:
         """Every message of ``subject`` from ``config``'s start through ``until_seq``
         (a stream sequence the leader reported), through an ephemeral consumer.
         A consumer placed on a replica that is behind reports nothing pending
         until that replica caught up: the end is the sequence, not its count."""
-        sub = await self.js.pull_subscribe(subject, stream=self.names.stream, config=config)
+        stream = stream or self.names.stream
+        sub = await self.js.pull_subscribe(subject, stream=stream, config=config)
         try:
             while True:
                 try:
                     msgs = await sub.fetch(256, timeout=2)
                 except (TimeoutError, NatsTimeout):
                     # The retention sweep may have purged up to past until_seq meanwhile.
-                    first = (await self.js.stream_info(self.names.stream)).state.first_seq
+                    first = (await self.js.stream_info(stream)).state.first_seq
                     if first > until_seq:
                         return
                     continue
@@ -849,18 +850,23 @@ class JetStreamStore:
 
     async def dead_letters(self, destination: str | None = None) -> list[dict[str, Any]]:
         """Every dead letter (of one destination), oldest first, with its ``id``."""
+        dead = self.names.dead
         subject = self.names.dead_subject(destination or "*")
+        # The end as the stream leader knows it (see _read_all).
+        if destination is None:
+            last = (await self.js.stream_info(dead)).state.last_seq or 0
+        else:
+            try:
+                last = (await self.js.get_last_msg(dead, subject)).seq or 0
+            except NotFoundError:
+                last = 0
+        if not last:
+            return []
         config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30)
-        out: list[dict[str, Any]] = []
-        sub = await self.js.pull_subscribe(subject, stream=self.names.dead, config=config)
-        try:
-            while (await sub.consumer_info()).num_pending:
-                for msg in await sub.fetch(256, timeout=2):
-                    out.append({"id": msg.metadata.sequence.stream, **orjson.loads(msg.data)})
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        return out
+        return [
+            {"id": msg.metadata.sequence.stream, **orjson.loads(msg.data)}
+            async for msg in self._read_all(subject, config, until_seq=last, stream=dead)
+        ]
 
     # -- retention ----------------------------------------------------------------
 
