@@ -449,3 +449,15 @@ async def test_a_clean_close_leaves_no_forwarded_group_unacknowledged(nodes: Nod
         info = await b.js.consumer_info(b.names.ingest, b.names.dedup_consumer(p))
         assert (info.num_ack_pending, info.num_pending) == (0, 0)
     assert (await b.js.stream_info(b.names.ingest)).state.messages == 0
+
+
+async def test_retention_keeps_what_every_destination_passed_while_it_is_young(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a", retention=3600.0)
+    await a.append([row(f"y{i}", user=f"u{i % 5}") for i in range(40)])
+    await drain(await a.reader("hook"), 40)
+    first = (await a.js.stream_info(a.names.stream)).state.first_seq
+    # Every destination passed them, but none is an hour old: all are kept.
+    assert await a.sweep(["hook"]) == first
+    assert (await a.js.stream_info(a.names.stream)).state.first_seq == first

@@ -877,6 +877,24 @@ class JetStreamStore:
         floors = [(await self.lag(d))["settled_below"] for d in destinations]
         settled_below = min(floors, default=last + 1)
         cutoff = datetime.fromtimestamp((now or time.time()) - self.retention, UTC)
+        try:  # the leader's newest message: is anything at or after the cutoff?
+            newest = await self.js.get_msg(self.names.stream, seq=last) if last else None
+        except NotFoundError:  # purged: the log is empty
+            newest = None
+        if newest is None or newest.time is None or newest.time < cutoff:
+            young = last + 1
+        else:
+            young = await self._first_since(cutoff)
+        keep_from = min(settled_below, young)
+        if keep_from > 1:
+            await self.js.purge_stream(self.names.stream, seq=keep_from)
+        return keep_from
+
+    async def _first_since(self, cutoff: datetime) -> int:
+        """The sequence of the log's first message stored at or after ``cutoff``,
+        which the caller knows exists (the leader's newest is). Waited for up to
+        ``publish_timeout``: the ephemeral consumer may sit on a replica catching
+        up, which would report nothing pending; then :class:`StorageUnavailable`."""
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=cutoff,
@@ -887,19 +905,13 @@ class JetStreamStore:
             f"{self.names.stream}.log.>", stream=self.names.stream, config=config
         )
         try:
-            info = await sub.consumer_info()
-            # The first message at or after the cutoff, or past the end when none is.
-            young = last + 1 if not info.num_pending else None
-            if young is None:
-                msgs = await sub.fetch(1, timeout=2)
-                young = msgs[0].metadata.sequence.stream if msgs else last + 1
+            msgs = await sub.fetch(1, timeout=self.cfg.publish_timeout)
+        except (TimeoutError, NatsTimeout):
+            raise StorageUnavailable("the log's retention point did not answer") from None
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        keep_from = min(settled_below, young)
-        if keep_from > 1:
-            await self.js.purge_stream(self.names.stream, seq=keep_from)
-        return keep_from
+        return int(msgs[0].metadata.sequence.stream)
 
     # -- shared limits ------------------------------------------------------------
 
