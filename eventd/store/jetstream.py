@@ -61,7 +61,9 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
+    ClusterInfo,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -88,6 +90,11 @@ CLOSE_TIMEOUT = 10.0  # seconds close() waits for the stages and the connection
 MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
+LEASE_SLACK = 1.0  # seconds a stage stops before its lease could expire on the server
+
+
+class _LeaseLost(Exception):
+    """A dedup stage's lease went past its local deadline unrenewed."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,38 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         log.info("stream updated", stream=config.name)
 
 
+def _settled(cluster: ClusterInfo | None, replicas: int) -> bool:
+    """A stream's or consumer's cluster info shows a leader and ``replicas - 1``
+    current followers (None: a server outside any cluster, always settled)."""
+    if cluster is None:
+        return True
+    followers = cluster.replicas or []
+    return (
+        bool(cluster.leader)
+        and len(followers) >= replicas - 1
+        and all(f.current for f in followers)
+    )
+
+
+async def _wait_settled(
+    what: str, info: Callable[[], Awaitable[Any]], replicas: int, within: float
+) -> None:
+    """Poll ``info()`` until its cluster part is settled (see :func:`_settled`).
+    After a stream is scaled (R1 -> R3), it and its consumers elect leaders on
+    new raft groups; meanwhile a consumer's info came back from no leader with a
+    stale pending count (1 after every event was acknowledged). Bounded: logged
+    and left to the readers' own checks when it does not settle in time."""
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(*_TRANSIENT):
+            if _settled((await info()).cluster, replicas):
+                return
+        if time.monotonic() > deadline:
+            log.warning("not settled in time", what=what, within=within)
+            return
+        await asyncio.sleep(0.1)
+
+
 async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
     """Create a durable consumer unless it exists (its cursor is kept as it is)."""
     assert config.durable_name is not None
@@ -272,6 +311,10 @@ class JetStreamStore:
         self._stages: dict[int, asyncio.Task[None]] = {}
         self._claimer: asyncio.Task[None] | None = None
         self._revisions: dict[int, int] = {}  # partition -> its lease's last revision
+        # partition -> time.monotonic() before which the lease is surely still ours:
+        # when its last successful renewal was *sent*, plus the TTL, less a slack.
+        self._held_until: dict[int, float] = {}
+        self._stopping = False  # close(): stages finish the message in hand and stop
         self._publish_count = 0
         # Publish ids must never repeat within the stream's window, or the stream would
         # drop a new group as a copy of an old one: a restarted node keeps its node id
@@ -373,6 +416,27 @@ class JetStreamStore:
                         max_ack_pending=10_000,
                     ),
                 )
+        # Every stream and consumer this node uses led and its replicas current
+        # before the node serves (a stream just scaled is still electing).
+        waits: list[tuple[str, str | None]] = [(name, None) for name, _, _ in streams]
+        waits += [(n.ingest, n.dedup_consumer(p)) for p in range(self.cfg.partitions)]
+        waits += [(n.stream, d) for name in destinations for d, _ in self._consumers(name)]
+        await asyncio.gather(
+            *(
+                _wait_settled(
+                    f"{stream}/{durable or ''}",
+                    functools.partial(js.stream_info, stream)
+                    if durable is None
+                    else functools.partial(js.consumer_info, stream, durable),
+                    # A consumer's raft group follows its stream's scaling on its own
+                    # time (seen staying smaller for over 30 s): a leader and current
+                    # followers is what its answers need.
+                    r if durable is None else 1,
+                    MANAGE_TIMEOUT,
+                )
+                for stream, durable in waits
+            )
+        )
 
     def _consumers(self, destination: str) -> list[tuple[str, str]]:
         """(durable name, filter subject) of each consumer of a destination."""
@@ -390,12 +454,21 @@ class JetStreamStore:
             await self._queue.put(None)
             await self._publisher
             self._publisher = None
-        tasks = [t for t in (self._claimer, *self._stages.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            # Bounded: a stage closing its RocksDB set finishes on a thread.
-            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        if self._claimer is not None:
+            self._claimer.cancel()
+            await asyncio.wait([self._claimer], timeout=CLOSE_TIMEOUT)
+            self._claimer = None
+        # Stages finish the message in hand (forwarded *and* acked): one cancelled
+        # between the two left its group to be redelivered to the next holder.
+        self._stopping = True
+        stages = list(self._stages.values())
+        if stages:
+            _, late = await asyncio.wait(stages, timeout=CLOSE_TIMEOUT)
+            for task in late:  # a cluster stalled past the bound: left to redelivery
+                task.cancel()
+            if late:
+                # Bounded: a stage closing its RocksDB set finishes on a thread.
+                await asyncio.wait(late, timeout=CLOSE_TIMEOUT)
         self._stages.clear()
         await self._let_go()
         if self.nc is not None:
@@ -503,10 +576,15 @@ class JetStreamStore:
             if not fut.done():
                 fut.set_result(len(rows))
 
-    async def _publish(self, subject: str, data: bytes, msg_id: str) -> int:
+    async def _publish(
+        self, subject: str, data: bytes, msg_id: str, until: float | None = None
+    ) -> int:
         """Publish until acknowledged, with the same message id, for up to
-        ``publish_timeout``; returns the stream sequence."""
+        ``publish_timeout`` (and not past ``until``, a time.monotonic());
+        returns the stream sequence."""
         deadline = time.monotonic() + self.cfg.publish_timeout
+        if until is not None:
+            deadline = min(deadline, until)
         delay = 0.05
         while True:
             left = deadline - time.monotonic()
@@ -549,6 +627,7 @@ class JetStreamStore:
         revisions = self._revisions
         key = f"dedup-{p}"
         task = self._stages.get(p)
+        sent = time.monotonic()
         try:
             if p in revisions:
                 revisions[p] = await self.leases.update(
@@ -559,6 +638,7 @@ class JetStreamStore:
         except KeyWrongLastSequenceError:
             # Held by another node, or our lease lapsed: stop our stage.
             revisions.pop(p, None)
+            self._held_until.pop(p, None)
             if task is not None:
                 task.cancel()
                 self._stages.pop(p, None)
@@ -566,11 +646,21 @@ class JetStreamStore:
         except Exception as exc:  # a stalled cluster or a lost connection: next round
             log.info("lease not renewed", partition=p, error=repr(exc))
             return
+        # The server counts the TTL from when it stored the update, after it was sent.
+        self._held_until[p] = sent + self.lease_ttl - LEASE_SLACK
         if task is None or task.done():
             self._stages[p] = asyncio.create_task(self._stage(p), name=f"jetstream-dedup-{p}")
 
     def held_partitions(self) -> list[int]:
         return sorted(p for p, t in self._stages.items() if not t.done())
+
+    def _check_lease(self, p: int) -> None:
+        """Raise :class:`_LeaseLost` once partition p's lease may have lapsed: a node
+        whose renewals stall (a paused process, a lost server) must stop forwarding
+        before another node can take the partition, or both stages would pull the
+        same consumer and one user's events could be forwarded out of order."""
+        if time.monotonic() >= self._held_until.get(p, 0.0):
+            raise _LeaseLost(p)
 
     async def _stage(self, p: int) -> None:
         """Partition p's dedup stage, while this node holds its lease. A cluster
@@ -587,7 +677,8 @@ class JetStreamStore:
                 ),
                 f"dedup-{p} subscribe",
             )
-            while True:
+            while not self._stopping:
+                self._check_lease(p)
                 try:
                     msgs = await sub.fetch(64, timeout=1)
                 except (TimeoutError, NatsTimeout):
@@ -598,12 +689,25 @@ class JetStreamStore:
                     # starve every other one (the hang after a server restart).
                     await asyncio.sleep(0.1)
                     continue
-                for msg in msgs:
-                    await _retrying(functools.partial(self._forward, p, msg, dedup), f"dedup-{p}")
+                for i, msg in enumerate(msgs):
+                    try:
+                        await _retrying(
+                            functools.partial(self._forward, p, msg, dedup), f"dedup-{p}"
+                        )
+                    except _LeaseLost:
+                        # The fetched rest goes back now, ahead of newer messages, to
+                        # whichever node holds the partition next (not after ack_wait).
+                        for rest in msgs[i:]:
+                            with contextlib.suppress(Exception):
+                                await rest.nak()
+                        raise
+        except _LeaseLost:
+            log.warning("dedup lease lapsed unrenewed; stage stopped", partition=p)
         finally:
             await asyncio.to_thread(dedup.close)
 
     async def _forward(self, p: int, msg: Msg, dedup: DedupSet) -> None:
+        self._check_lease(p)
         rows = decode_rows(msg.data)
         keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
         new = dedup.filter_new(keys)
@@ -612,47 +716,72 @@ class JetStreamStore:
         if new:
             data = encode_rows([rows[i] for i in new])
             in_seq = msg.metadata.sequence.stream
-            seq = await self._publish(self.names.log_subject(p), data, f"in-{in_seq}")
+            seq = await self._publish(
+                self.names.log_subject(p), data, f"in-{in_seq}", until=self._held_until.get(p)
+            )
         dedup.add([keys[i] for i in new], watermark=seq)
         self.forwarded += len(new)
+        self._check_lease(p)  # not acked: the next holder gets it again, and drops it
         await msg.ack_sync()
 
     async def rebuild(self, p: int, dedup: DedupSet) -> int:
         """Add to ``dedup`` the keys of partition p's log messages after its
         watermark (or within the window, for an empty set); returns keys added."""
         mark = dedup.watermark
+        since = datetime.fromtimestamp(time.time() - self.dedup_window_ms / 1000, UTC)
         if mark:
             config = ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=mark + 1
             )
         else:
-            since = datetime.fromtimestamp(time.time() - self.dedup_window_ms / 1000, UTC)
             config = ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since
             )
         config.ack_policy = AckPolicy.NONE
         config.inactive_threshold = 30
+        subject = self.names.log_subject(p)
+        try:
+            # The stream leader's answer: the last message of this partition. The
+            # ephemeral consumer below may sit on a replica still catching up (right
+            # after a stream was scaled up, it reported 0 pending over a log holding
+            # the partition's group: the set was rebuilt empty and a redelivered
+            # group went to the log twice), so its count alone is not trusted.
+            newest = await self.js.get_last_msg(self.names.stream, subject)
+        except NotFoundError:
+            return 0
+        last = newest.seq or 0
+        stale = not mark and newest.time is not None and newest.time < since
+        if last <= mark or stale:  # nothing after the watermark, or in the window
+            return await asyncio.to_thread(dedup.rebuild, [])
         entries: list[tuple[int, bytes, int]] = []
-        async for msg in self._read_all(self.names.log_subject(p), config):
+        async for msg in self._read_all(subject, config, until_seq=last):
             seq = msg.metadata.sequence.stream
             entries.extend((seq, dedup_key(r[0], r[1]), r[6]) for r in decode_rows(msg.data))
         return await asyncio.to_thread(dedup.rebuild, entries)
 
-    async def _read_all(self, subject: str, config: ConsumerConfig) -> AsyncIterator[Msg]:
-        """Every message of ``subject`` from ``config``'s start, through an
-        ephemeral consumer, until none is pending."""
-        sub = await self.js.pull_subscribe(subject, stream=self.names.stream, config=config)
+    async def _read_all(
+        self, subject: str, config: ConsumerConfig, *, until_seq: int, stream: str | None = None
+    ) -> AsyncIterator[Msg]:
+        """Every message of ``subject`` from ``config``'s start through ``until_seq``
+        (a stream sequence the leader reported), through an ephemeral consumer.
+        A consumer placed on a replica that is behind reports nothing pending
+        until that replica caught up: the end is the sequence, not its count."""
+        stream = stream or self.names.stream
+        sub = await self.js.pull_subscribe(subject, stream=stream, config=config)
         try:
             while True:
-                pending = (await sub.consumer_info()).num_pending or 0
-                if pending == 0:
-                    return
                 try:
-                    msgs = await sub.fetch(min(pending, 256), timeout=2)
+                    msgs = await sub.fetch(256, timeout=2)
                 except (TimeoutError, NatsTimeout):
+                    # The retention sweep may have purged up to past until_seq meanwhile.
+                    first = (await self.js.stream_info(stream)).state.first_seq
+                    if first > until_seq:
+                        return
                     continue
                 for msg in msgs:
                     yield msg
+                    if msg.metadata.sequence.stream >= until_seq:
+                        return
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -675,13 +804,26 @@ class JetStreamStore:
         pending = in_flight = 0
         settled_below = last + 1
         for durable, _ in self._consumers(destination):
-            info = await self.js.consumer_info(self.names.stream, durable)
+            info = await self._led_consumer_info(durable)
             pending += int(info.num_pending or 0)
             in_flight += int(info.num_ack_pending or 0)
             if info.num_pending or info.num_ack_pending:
                 floor = info.ack_floor.stream_seq if info.ack_floor else 0
                 settled_below = min(settled_below, int(floor or 0) + 1)
         return {"pending": pending, "in_flight": in_flight, "settled_below": settled_below}
+
+    async def _led_consumer_info(self, durable: str) -> ConsumerInfo:
+        """A log consumer's info as its leader gives it. Without a leader (an
+        election, a stream being scaled) the counts may be stale: asked again
+        until ``publish_timeout``, then :class:`StorageUnavailable`."""
+        deadline = time.monotonic() + self.cfg.publish_timeout
+        while True:
+            info: ConsumerInfo = await self.js.consumer_info(self.names.stream, durable)
+            if info.cluster is None or info.cluster.leader:
+                return info
+            if time.monotonic() > deadline:
+                raise StorageUnavailable(f"consumer {durable} has no leader")
+            await asyncio.sleep(0.1)
 
     # -- dead letters --------------------------------------------------------------
 
@@ -708,18 +850,23 @@ class JetStreamStore:
 
     async def dead_letters(self, destination: str | None = None) -> list[dict[str, Any]]:
         """Every dead letter (of one destination), oldest first, with its ``id``."""
+        dead = self.names.dead
         subject = self.names.dead_subject(destination or "*")
+        # The end as the stream leader knows it (see _read_all).
+        if destination is None:
+            last = (await self.js.stream_info(dead)).state.last_seq or 0
+        else:
+            try:
+                last = (await self.js.get_last_msg(dead, subject)).seq or 0
+            except NotFoundError:
+                last = 0
+        if not last:
+            return []
         config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30)
-        out: list[dict[str, Any]] = []
-        sub = await self.js.pull_subscribe(subject, stream=self.names.dead, config=config)
-        try:
-            while (await sub.consumer_info()).num_pending:
-                for msg in await sub.fetch(256, timeout=2):
-                    out.append({"id": msg.metadata.sequence.stream, **orjson.loads(msg.data)})
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        return out
+        return [
+            {"id": msg.metadata.sequence.stream, **orjson.loads(msg.data)}
+            async for msg in self._read_all(subject, config, until_seq=last, stream=dead)
+        ]
 
     # -- retention ----------------------------------------------------------------
 
@@ -730,6 +877,24 @@ class JetStreamStore:
         floors = [(await self.lag(d))["settled_below"] for d in destinations]
         settled_below = min(floors, default=last + 1)
         cutoff = datetime.fromtimestamp((now or time.time()) - self.retention, UTC)
+        try:  # the leader's newest message: is anything at or after the cutoff?
+            newest = await self.js.get_msg(self.names.stream, seq=last) if last else None
+        except NotFoundError:  # purged: the log is empty
+            newest = None
+        if newest is None or newest.time is None or newest.time < cutoff:
+            young = last + 1
+        else:
+            young = await self._first_since(cutoff)
+        keep_from = min(settled_below, young)
+        if keep_from > 1:
+            await self.js.purge_stream(self.names.stream, seq=keep_from)
+        return keep_from
+
+    async def _first_since(self, cutoff: datetime) -> int:
+        """The sequence of the log's first message stored at or after ``cutoff``,
+        which the caller knows exists (the leader's newest is). Waited for up to
+        ``publish_timeout``: the ephemeral consumer may sit on a replica catching
+        up, which would report nothing pending; then :class:`StorageUnavailable`."""
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=cutoff,
@@ -740,19 +905,13 @@ class JetStreamStore:
             f"{self.names.stream}.log.>", stream=self.names.stream, config=config
         )
         try:
-            info = await sub.consumer_info()
-            # The first message at or after the cutoff, or past the end when none is.
-            young = last + 1 if not info.num_pending else None
-            if young is None:
-                msgs = await sub.fetch(1, timeout=2)
-                young = msgs[0].metadata.sequence.stream if msgs else last + 1
+            msgs = await sub.fetch(1, timeout=self.cfg.publish_timeout)
+        except (TimeoutError, NatsTimeout):
+            raise StorageUnavailable("the log's retention point did not answer") from None
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        keep_from = min(settled_below, young)
-        if keep_from > 1:
-            await self.js.purge_stream(self.names.stream, seq=keep_from)
-        return keep_from
+        return int(msgs[0].metadata.sequence.stream)
 
     # -- shared limits ------------------------------------------------------------
 
