@@ -42,6 +42,7 @@ from eventd.http import (
     scrub,
 )
 from eventd.identity.links import IdentityLink
+from eventd.priority import background_priority
 from eventd.redact import SECRET_WORDS, is_secret, redact
 from eventd.source import Message, Source, compact, hmac_matches, iso_time, load_mapper, message
 from eventd.store.base import Store, service_cursor
@@ -74,6 +75,7 @@ __all__ = [
     "Transform",
     "Unsupported",
     "__version__",
+    "background_priority",
     "classify",
     "compact",
     "deliver_halving",

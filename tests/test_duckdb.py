@@ -16,12 +16,13 @@ import aiohttp
 import duckdb
 import orjson
 import pytest
-from eventd_plugins.duckdb import LOAD_NICE, Duckdb
+from eventd_plugins.duckdb import Duckdb
 from eventd_plugins.warehouse.rows import ADJUSTED_DROPPED
 
 from eventd import OK, Event, Permanent
 from eventd.config import ConfigError
 from eventd.identity.links import IdentityLink
+from eventd.priority import BACKGROUND_NICE as LOAD_NICE
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 

@@ -5,6 +5,7 @@ and erasure."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -24,6 +25,7 @@ from eventd.identity.links import IdentityLink
 from eventd.identity.service import IdentityService
 from eventd.identity.stitch import Stitcher
 from eventd.metrics import Metrics
+from eventd.priority import BACKGROUND_NICE
 from eventd.store import MemoryStore, SqliteStore, now_ms, service_cursor
 from eventd.store.memory import MemoryData
 from tests.harness import fill_disk
@@ -126,6 +128,19 @@ async def test_the_graph_follows_the_log_and_resumes_after_a_restart(env: Env) -
     assert svc.cursor == env.store.last_seq
     assert await svc.find("a1", USER) is None
     assert await svc.find("u1", ANONYMOUS) is None
+
+
+async def test_the_writer_process_runs_at_a_lower_cpu_priority(env: Env) -> None:
+    """Background work: where the writer shares a core with eventd, ingest keeps it."""
+    svc = await env.start()
+    await env.send("identify", anonymousId="a1", userId="u1")
+    await svc.drain()  # the graph works at that priority
+    assert (await profile(svc, "a1"))["user_ids"] == ["u1"]
+    pid = await svc.writer.call(os.getpid)
+    assert pid != os.getpid()
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == max(ours, BACKGROUND_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # eventd's own is left alone
 
 
 async def test_refusals_are_counted_by_reason(env: Env) -> None:

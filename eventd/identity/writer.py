@@ -3,10 +3,14 @@ process of its own.
 
 Applying a page (parsing events, the graph's rules, writing identity.db) is Python
 work; in eventd's process it would take the GIL from the event loop that serves
-ingest. In a process of its own it runs on another core and ingest does not feel
-it. The parent reads the log (``Store.read``),
-hands pages over (a few hundred bytes per event, pickled) and gets back what the
-page refused and whether links changed.
+ingest. In a process of its own it runs on another core, and at a lower CPU
+priority (:func:`eventd.priority.background_priority`), so where it shares a core
+with eventd, ingest and delivery keep it and the graph lags, catching up when the
+box is idle. Where the store offers a log source (SQLite: a read-only connection,
+:mod:`eventd.store.log_reader`) the writer reads its pages itself and eventd's
+process only says up to which seq the log is stored; otherwise (the memory store)
+the parent reads pages and hands them over, pickled. Either way it gets back what
+the page refused and whether links changed.
 
 The functions below run in the writer (one at a time); :class:`Writer` is the
 parent's handle. ``process=False`` runs them on a thread instead (tests that patch
@@ -35,6 +39,7 @@ from typing import Any, TypeVar
 
 from eventd.identity.graph import ANONYMOUS, USER, Graph, Rules
 from eventd.identity.message import Message, parse_page
+from eventd.priority import background_priority
 from eventd.store.base import IdentityBackend, LogReader, LogSource
 
 T = TypeVar("T")
@@ -63,12 +68,14 @@ def start_process(*args: Any) -> None:
     """:func:`start` in the writer's own process, with its garbage collector tuned: a page
     allocates a dict per event and frees it, so young objects are collected less often
     (measured: +40 % events per CPU-second), and what start-up loaded is never scanned.
-    It ignores SIGTERM and SIGINT: only its parent ends it, or the parent's death."""
+    It ignores SIGTERM and SIGINT: only its parent ends it, or the parent's death. It
+    runs at nice 10 (background work, see the module docstring)."""
     # The parent stops the writer (stop(), then shutdown) once it has saved its cursor;
     # a SIGTERM or Ctrl-C sent to the whole process group (systemd's control group,
     # `timeout`, a terminal) must not kill it under the parent first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    background_priority("the identity graph's writer")  # before any thread starts
     _exit_with_parent()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)

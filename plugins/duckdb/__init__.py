@@ -10,9 +10,9 @@ shared with postgres, so both stores hold the same tables, columns and values.
 
 DuckDB's Python calls block, so they run on one writer thread (DuckDB allows one
 writer per process; its reads run beside it on cursors of their own). Loading is
-background work: the writer thread runs at a lower CPU priority (nice
-:data:`LOAD_NICE`), and opens the file, so DuckDB's own worker threads, started
-then, inherit it: on a busy box ingest and delivery keep their CPU (and the
+background work: the writer thread runs at a lower CPU priority
+(``eventd.background_priority``: nice 10), and opens the file, so DuckDB's own
+worker threads, started then, inherit it: on a busy box ingest and delivery keep their CPU (and the
 event loop the GIL, which DuckDB releases while it executes) and the load lags,
 catching up when the box is idle, rather than halving ingest (bench
 ``ingest-duckdb``).
@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from eventd import (
     Outcome,
     Permanent,
     Retry,
+    background_priority,
     hookimpl,
     lazy_import,
 )
@@ -115,22 +115,6 @@ def _arrow(column_type: str) -> pa.DataType:
 
 log = logging.getLogger(__name__)
 
-# The writer thread's nice value (Linux: a per-thread attribute, inherited by the
-# threads it starts): the CFS weight of nice 10 is ~1/10 of nice 0's, so under
-# contention ingest gets ~90% of a core and the load the rest; an idle box loads
-# at full speed.
-LOAD_NICE = 10
-
-
-def _lower_priority() -> None:
-    """Run the calling thread (and threads it starts) at nice :data:`LOAD_NICE`."""
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), LOAD_NICE))
-    except OSError as exc:  # not permitted, not Linux: the load runs at eventd's priority
-        log.warning("duckdb: could not lower the load's CPU priority: %s", exc)
-
-
 _COLUMNS = (
     "SELECT column_name, data_type FROM information_schema.columns"
     " WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position"
@@ -181,7 +165,9 @@ class Duckdb(Destination):
         # one writer thread: batches and identity upserts never interleave their DDL
         # at a lower priority; the file is opened on it (see the module docstring)
         self._writer = ThreadPoolExecutor(
-            1, thread_name_prefix=f"duckdb-{name}", initializer=_lower_priority
+            1,
+            thread_name_prefix=f"duckdb-{name}",
+            initializer=functools.partial(background_priority, "the duckdb load"),
         )
 
     column_name = staticmethod(column_name)
