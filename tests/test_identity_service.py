@@ -9,6 +9,8 @@ import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,27 @@ async def test_the_writer_process_runs_at_a_lower_cpu_priority(env: Env) -> None
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     assert os.getpriority(os.PRIO_PROCESS, pid) == max(ours, BACKGROUND_NICE)
     assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # eventd's own is left alone
+
+
+def _report_priority(conn: Connection) -> None:
+    """In a spawned child: wait for the parent's word, then send this process's nice."""
+    conn.recv()
+    conn.send(os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def test_the_writer_process_starts_up_at_the_lower_priority() -> None:
+    """A spawned writer imports eventd again (~0.5 CPU-s) before its initializer lowers its
+    priority: its parent lowers it as soon as it exists, so that start-up does not take
+    eventd's core either. The child answers once start() has returned (no race)."""
+    parent, child = Pipe()
+    proc = writer._BackgroundSpawn().Process(target=_report_priority, args=(child,))
+    proc.start()
+    try:
+        parent.send("go")
+        assert parent.recv() == max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICE)
+    finally:
+        proc.join()
+    assert proc.exitcode == 0
 
 
 async def test_refusals_are_counted_by_reason(env: Env) -> None:
