@@ -21,16 +21,18 @@ log = structlog.get_logger("eventd.priority")
 BACKGROUND_NICE = 10
 
 
-def background_priority(what: str) -> bool:
-    """Run the calling thread, and every thread it starts from now on, at nice
-    :data:`BACKGROUND_NICE` (never raising a priority already lower).
+def background_priority(what: str, tid: int | None = None) -> bool:
+    """Run a thread, and every thread it starts from now on, at nice
+    :data:`BACKGROUND_NICE` (never raising a priority already lower): the calling
+    thread, or ``tid`` (a thread id, or a process id for that process's main thread).
 
     On Linux nice is a per-thread attribute (setpriority(2) on the thread's id) that
     new threads and processes inherit. Returns False, logged at warning with
     ``what``, where it is not permitted or not supported: the work then runs at
     eventd's priority."""
     try:
-        tid = threading.get_native_id()
+        if tid is None:
+            tid = threading.get_native_id()
         current = os.getpriority(os.PRIO_PROCESS, tid)
         os.setpriority(os.PRIO_PROCESS, tid, max(current, BACKGROUND_NICE))
     except OSError as exc:

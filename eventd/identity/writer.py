@@ -38,14 +38,10 @@ from dataclasses import dataclass, field
 from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any, TypeVar
 
-import structlog
-
 from eventd.identity.graph import ANONYMOUS, USER, Graph, Rules
 from eventd.identity.message import Message, parse_page
-from eventd.priority import BACKGROUND_NICE, background_priority
+from eventd.priority import background_priority
 from eventd.store.base import IdentityBackend, LogReader, LogSource
-
-log = structlog.get_logger("eventd.identity")
 
 T = TypeVar("T")
 # (seq, body: the stored event's JSON). A plain tuple, not a NamedTuple: pages are
@@ -220,12 +216,9 @@ class _BackgroundProcess(SpawnProcess):
     def start(self) -> None:
         super().start()
         assert self.pid is not None  # set by start()
-        try:
-            # The child's only thread yet: the threads it starts inherit the priority.
-            current = os.getpriority(os.PRIO_PROCESS, self.pid)
-            os.setpriority(os.PRIO_PROCESS, self.pid, max(current, BACKGROUND_NICE))
-        except OSError as exc:  # start_process() tries again in the child, and logs
-            log.debug("writer start-up at eventd's priority", error=str(exc))
+        # The child's only thread yet: the threads it starts inherit the priority (and
+        # start_process() tries again in the child).
+        background_priority("the identity writer's start-up", self.pid)
 
 
 class _BackgroundSpawn(SpawnContext):
