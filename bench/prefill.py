@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from bench import events
+from eventd.identity.graph import Changes
 from eventd.store import now_ms
 from eventd.store.base import service_cursor
 from eventd.store.dedup import DedupSet, dedup_key
@@ -92,7 +93,7 @@ def graph_caught_up(path: Path, seq: int) -> None:
     store = IdentityStore(path, "off")
     store.open_writer()
     try:
-        store.w.execute("UPDATE state SET value = ? WHERE key = 'cursor'", (seq,))
+        store.apply(Changes(), seq)  # an empty page up to seq: the cursor alone
     finally:
         store.close()
 
