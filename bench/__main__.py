@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-identity", action="store_true", help="eventd with [identity] enabled = false"
     )
+    p.add_argument(
+        "--prefill-cache",
+        type=Path,
+        help="keep the prefilled row's store here and reuse it while its events are under"
+        " 12 h old (10 M events take minutes to write, a copy about one)",
+    )
     args = p.parse_args(argv)
     if args.only and not args.only <= set(STEPS):
         p.error(f"--only: unknown step(s) {', '.join(sorted(args.only - set(STEPS)))}")
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="eventd-bench-"))
     ctx = Context(plan, cores, work, use_wrk=wrk.available() and not args.no_wrk)
     ctx.identity = not args.no_identity
+    ctx.prefill_cache = args.prefill_cache
     started = time.monotonic()
 
     def say(msg: str) -> None:
