@@ -69,16 +69,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-identity", action="store_true", help="eventd with [identity] enabled = false"
     )
+    p.add_argument(
+        "--prefill-cache",
+        type=Path,
+        help="keep the prefilled row's store here and reuse it while its events are under"
+        " 12 h old (10 M events take minutes to write, a copy about one)",
+    )
+    p.add_argument(
+        "--server-cores",
+        type=int,
+        default=1,
+        help="cores eventd (and each ceiling) may use (default 1); the load side gets the"
+        " rest, or shares the last when none is left",
+    )
     args = p.parse_args(argv)
+    if args.server_cores < 1:
+        p.error("--server-cores: expected 1 or more")
     if args.only and not args.only <= set(STEPS):
         p.error(f"--only: unknown step(s) {', '.join(sorted(args.only - set(STEPS)))}")
 
     plan = Plan.quick() if args.smoke else Plan.full(args.duration)
     runs = args.runs or (1 if args.smoke else 3)
-    cores = plan_cores()
+    cores = plan_cores(args.server_cores)
     work = Path(tempfile.mkdtemp(prefix="eventd-bench-"))
     ctx = Context(plan, cores, work, use_wrk=wrk.available() and not args.no_wrk)
     ctx.identity = not args.no_identity
+    ctx.prefill_cache = args.prefill_cache
     started = time.monotonic()
 
     def say(msg: str) -> None:

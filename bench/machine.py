@@ -36,19 +36,22 @@ class Cores:
         if self.server is None or self.load is None:
             return "not pinned (fewer than 2 cores available)"
         load = _cores(self.load)
-        return f"server on core {_cores(self.server)}, load generator and sink on {load}"
+        shared = " (shared)" if self.server & self.load else ""
+        return f"server on core {_cores(self.server)}, load generator and sink on {load}{shared}"
 
 
 def _cores(cpus: frozenset[int]) -> str:
     return ",".join(str(c) for c in sorted(cpus))
 
 
-def plan_cores() -> Cores:
-    """Server on the first available core, everything else on the rest."""
+def plan_cores(server: int = 1) -> Cores:
+    """Server on the first ``server`` available cores, everything else on the rest; when
+    that leaves none, the load side shares the last one (say so when reporting)."""
     available = sorted(os.sched_getaffinity(0))
     if len(available) < 2:
         return Cores(None, None)
-    return Cores(frozenset(available[:1]), frozenset(available[1:]))
+    load = available[server:] or available[-1:]
+    return Cores(frozenset(available[:server]), frozenset(load))
 
 
 @contextlib.contextmanager

@@ -51,6 +51,10 @@ ROWS: tuple[Row, ...] = (
     Row("batch_cpu", "eventd /v1/batch x100 per CPU-second of eventd", "events/CPU-s"),
     Row("batch_uuid_cpu", "eventd /v1/batch x100, UUIDs, per CPU-second", "events/CPU-s"),
     Row("prefilled_uuid_cpu", "the same, store prefilled with N, per CPU-second", "events/CPU-s"),
+    Row("prefilled_fresh_eps", "  the same into a fresh store, just before and after", "events/s"),
+    Row("prefilled_fresh_cpu", "  the same into a fresh store, per CPU-second", "events/CPU-s"),
+    Row("prefilled_ratio", "  store prefilled with N / fresh store", "%", 1),
+    Row("prefilled_cpu_ratio", "  store prefilled with N / fresh store, per CPU-second", "%", 1),
     Row("delivery_1", "delivery, prefilled outbox -> 1 batching webhook", "events/s"),
     Row("delivery_1_cpu", "  the same, per CPU-second of eventd's process", "events/CPU-s"),
     Row("track_rps_duckdb", "eventd /v1/track, with the duckdb destination", "req/s"),
@@ -111,6 +115,13 @@ def add_ratios(r: Round) -> Round:
         out["track_cpu_ratio"] = 100 * r["track_cpu"] / r["ceiling_a_cpu"]
     if r.get("ceiling_b_outbox") and "batch_eps" in r:
         out["batch_ratio"] = 100 * r["batch_eps"] / r["ceiling_b_outbox"]
+    # the cost must not grow with the store (issue 18): the same moment's fresh store
+    for ratio, key, fresh in (
+        ("prefilled_ratio", "prefilled_uuid_eps", "prefilled_fresh_eps"),
+        ("prefilled_cpu_ratio", "prefilled_uuid_cpu", "prefilled_fresh_cpu"),
+    ):
+        if r.get(fresh) and key in r:
+            out[ratio] = 100 * r[key] / r[fresh]
     for ratio, key in (
         ("track_duckdb_ratio", "track_rps"),
         ("batch_duckdb_ratio", "batch_eps"),

@@ -47,3 +47,16 @@ def test_hotpath_bench_prints_every_stage() -> None:
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(figures) == {"parse", "rows", "store", "track", "total_batch"}
     assert all(value > 0 for value in figures.values()), figures
+
+
+def test_second_core_prototype_bench_prints_its_three_settings() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.second_core", "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ("| eventd, 1 core |", "| eventd, every core |", "| 2 fronts + 1 writer, every"):
+        assert row in done.stdout, row
