@@ -67,6 +67,8 @@ EVENT_BITS = 20  # a log message holds < 2**20 events (it is at most max_payload
 ACK_WAIT = 30.0
 FETCH_MESSAGES = 16  # log messages per fetch (each a group of events)
 LONG_POLL = 1.0  # seconds a fetch waits for a message before the worker looks again
+# Seconds a node waits at start for the cluster (connect, streams and consumers led).
+OPEN_TIMEOUT = 60.0
 
 
 def _refused(what: str) -> NotSupported:
@@ -95,11 +97,17 @@ class ClusterStore:
     # -- life cycle -------------------------------------------------------------
 
     async def open(self) -> None:
+        """Connect and create or find the streams and consumers, within OPEN_TIMEOUT
+        (nats-py retries an unreachable cluster forever); StorageUnavailable else."""
+        servers = ",".join(self.js.cfg.servers)
         try:
-            await self.js.open(self.destinations)
+            await asyncio.wait_for(self.js.open(self.destinations), OPEN_TIMEOUT)
         except Exception as exc:
             await self.js.close()
-            raise StorageUnavailable(f"the jetstream cluster did not open: {exc!r}") from exc
+            why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
+            raise StorageUnavailable(
+                f"the jetstream cluster at {servers} did not open in {OPEN_TIMEOUT:g}s: {why}"
+            ) from exc
         self._ready = True
         self._monitor = asyncio.create_task(self._watch(), name="cluster-health")
 
