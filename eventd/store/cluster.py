@@ -121,7 +121,11 @@ class ClusterStore:
         """Keep ``writable`` current: false while the log's stream has no leader. A
         refused publish makes it false until the stream has a leader again."""
         while True:
-            self._ready = await self.js.ready()
+            try:
+                self._ready = await self.js.ready()
+            except Exception as exc:  # whatever the client raises, this loop goes on
+                log.info("cluster health check failed", error=repr(exc))
+                self._ready = False
             if self._ready:
                 self._last_error = None
             await asyncio.sleep(2.0)
