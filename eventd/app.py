@@ -67,7 +67,9 @@ def create_app(
     check_destinations(config, types, installed_transforms)
     metrics = Metrics()
     live = LiveHub()
-    store = open_store(config.storage, metrics)
+    store = open_store(
+        config.storage, metrics, [n for n, d in config.destinations.items() if d.enabled]
+    )
     suppressions = Suppressions(store)
     dispatcher = Dispatcher(
         config, types, store, metrics, installed_transforms, suppressions.user_ids

@@ -359,6 +359,15 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
             idn.convert("max_anonymous_ids", _positive(int)), DEFAULT_MAX_ANONYMOUS_IDS
         ),
     )
+    if storage.backend == "jetstream" and identity.enabled:
+        # Refused, not turned off quietly: the graph reads the log by position with a
+        # saved cursor, which the cluster store does not offer yet (docs/scaling.md).
+        shown = "true" if "enabled" in idn.data else "true (the default)"
+        raise ConfigError(
+            f"{origin}: identity.enabled = {shown}: expected false with storage.backend ="
+            " 'jetstream' (the identity graph does not run on the cluster yet: set"
+            " [identity] enabled = false)"
+        )
     idn.finish()
 
     adm = section("admin")
@@ -414,6 +423,15 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
         if events is not None and exclude_events is not None:
             t.fail(
                 "exclude_events", list(exclude_events), "no exclude_events beside events (use one)"
+            )
+        if storage.backend == "jetstream" and dtype == "duckdb":
+            # Every node takes part of a destination's events from its shared consumer:
+            # a file on one node would hold only that node's part.
+            t.fail(
+                "type",
+                dtype,
+                "a destination all nodes reach with storage.backend = 'jetstream' (a duckdb"
+                " file lives on one node; use postgres for reports on the cluster)",
             )
         settings = t.get("settings", dict, "a table") or {}
         destinations[name] = DestinationConfig(

@@ -23,6 +23,7 @@ from eventd.app import RUNTIME, create_app
 from eventd.config import Config
 from eventd.ingest import error_response
 from eventd.sdnotify import Notifier
+from eventd.store import StorageUnavailable
 
 log = structlog.get_logger("eventd.server")
 
@@ -36,7 +37,10 @@ async def serve(config: Config, *, announce_write_key: bool = False) -> None:
     app = create_app(config)
     notifier = Notifier()
     runner = Runner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
-    await runner.setup()  # opens the store, starts the dispatcher
+    try:
+        await runner.setup()  # opens the store, starts the dispatcher
+    except StorageUnavailable as exc:  # a cluster out of reach at start, a read-only disk
+        raise SystemExit(f"eventd: storage unavailable at start: {exc}") from None
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)
         await site.start()

@@ -66,8 +66,16 @@ class Suppressions:
         """Suppress ``user_id`` (again: ``erase`` can be turned on, never off); with
         ``erase``, delete what is stored of it now. Returns the suppression's record."""
         # In memory first: from here on ingest drops the user's events.
+        new = user_id not in self.user_ids
         self.user_ids.add(user_id)
-        await self.store.suppress(user_id, erase)
+        try:
+            await self.store.suppress(user_id, erase)
+        except BaseException:
+            # Not stored (StorageUnavailable, a backend without suppressions): the
+            # caller was refused, so the user's events must not be skipped either.
+            if new:
+                self.user_ids.discard(user_id)
+            raise
         log.info("user suppressed", erase=erase)  # the id itself is personal data: not logged
         if erase:
             for hook in self.before_erase:

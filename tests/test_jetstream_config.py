@@ -15,7 +15,8 @@ from eventd.config import ConfigError, JetStreamConfig, parse_config
 
 
 def js(**keys: Any) -> dict[str, Any]:
-    return {"storage": {"backend": "jetstream", **keys}}
+    # The identity graph does not run on the cluster yet: a jetstream config says so.
+    return {"storage": {"backend": "jetstream", **keys}, "identity": {"enabled": False}}
 
 
 def test_defaults_and_every_key(tmp_path: Path) -> None:
@@ -106,13 +107,38 @@ def test_eventd_check_names_the_key(tmp_path: Path) -> None:
     assert "storage.replicas = 9: expected 1 to 5" in run.stderr + run.stdout
 
 
-def test_serve_refuses_the_backend_it_cannot_serve_yet_instead_of_using_sqlite(
-    tmp_path: Path,
-) -> None:
+def test_what_the_cluster_cannot_serve_yet_is_refused_naming_the_key() -> None:
+    """A jetstream config must turn the identity graph off (it is on by default) and
+    have no duckdb destination (a file on one node, while the nodes share a
+    destination's events); a postgres one is fine."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"storage": {"backend": "jetstream"}}, "t.toml")
+    assert str(exc.value) == (
+        "t.toml: identity.enabled = true (the default): expected false with"
+        " storage.backend = 'jetstream' (the identity graph does not run on the cluster"
+        " yet: set [identity] enabled = false)"
+    )
+    with pytest.raises(ConfigError) as exc:
+        parse_config({**js(), "identity": {"enabled": True}}, "t.toml")
+    assert "t.toml: identity.enabled = true: expected false" in str(exc.value)
+    duckdb = {"a": {"type": "duckdb", "settings": {"path": "/tmp/a.duckdb"}}}
+    with pytest.raises(ConfigError) as exc:
+        parse_config({**js(), "destinations": duckdb}, "t.toml")
+    assert str(exc.value).startswith(
+        "t.toml: destinations.a.type = 'duckdb': expected a destination all nodes reach"
+    )
+    postgres = {"w": {"type": "postgres", "settings": {"dsn": "postgresql://h/db"}}}
+    assert parse_config({**js(), "destinations": postgres}, "t.toml").destinations["w"]
+    # The same rules leave a sqlite config as it was.
+    assert parse_config({"destinations": duckdb}, "t.toml").identity.enabled
+
+
+def test_eventd_check_names_what_the_cluster_refuses(tmp_path: Path) -> None:
     path = tmp_path / "eventd.toml"
-    storage = {"path": str(tmp_path / "data" / "eventd.db"), "backend": "jetstream"}
-    path.write_text(tomli_w.dumps({"storage": storage, "server": {"port": 0}}))
-    run = eventd("serve", path)
+    path.write_text(tomli_w.dumps({"storage": {"backend": "jetstream"}}))
+    run = eventd("check", path)
     assert run.returncode == 1
-    assert "storage.backend = 'jetstream': not yet served" in run.stderr
-    assert not (tmp_path / "data" / "eventd.db").exists()
+    assert "identity.enabled = true (the default): expected false" in run.stderr + run.stdout
+    path.write_text(tomli_w.dumps(js()))
+    run = eventd("check", path)
+    assert run.returncode == 0, run.stderr

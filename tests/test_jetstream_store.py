@@ -25,14 +25,8 @@ from eventd.config import JetStreamConfig, parse_config
 from eventd.ingest import Ingest
 from eventd.live import LiveHub
 from eventd.metrics import Metrics
-from eventd.store import Store
-from eventd.store.jetstream import (
-    DestinationReader,
-    EventRow,
-    JetStreamStore,
-    LogEvent,
-    StorageUnavailable,
-)
+from eventd.store import EventRow, StorageUnavailable, Store
+from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
 from tests.harness import basic
 from tests.nats_cluster import NatsCluster
 
@@ -143,7 +137,7 @@ async def test_acknowledged_events_reach_the_log_once_whichever_node_took_them(
     results = await asyncio.gather(
         a.append(first[:150]), b.append(first[150:]), b.append(again), a.append(first[:50])
     )
-    assert results == [150, 150, 100, 50]
+    assert list(results) == [150, 150, 100, 50]
 
     reader = await a.reader("hook")
     got = await drain(reader, 300)
@@ -373,7 +367,9 @@ async def test_ingest_answers_503_with_retry_after_when_the_cluster_has_no_quoru
             return resp
 
     try:
-        async with TestServer(app) as server, TestClient(server) as http:
+        server = TestServer(app)
+        http: TestClient[web.Request, web.Application] = TestClient(server)
+        async with server, http:
             assert (await track(http, "before")).status == 200
             cluster.pause(1)
             cluster.pause(2)

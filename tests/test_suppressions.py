@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from eventd.store import SqliteStore, now_ms
+from eventd.store import MemoryStore, SqliteStore, StorageUnavailable, now_ms
 from eventd.suppressions import Suppressions
 from tests.contract.fixtures import counters, skipped
 from tests.harness import EventdProcess, Sink
@@ -176,3 +176,24 @@ async def test_the_newest_event_waits_so_its_seq_is_never_handed_out_again(
     left = await outbox.read(0, 10)
     assert [(e.seq, e.user_id) for e in left] == [(2, "hal"), (4, "hal")]
     await sup.close()
+
+
+async def test_a_suppression_the_store_refuses_leaves_the_user_delivered() -> None:
+    """A suppression the store did not keep (refused: StorageUnavailable, or a backend
+    without suppressions) was answered as an error, so it must not go on skipping
+    the user's events in memory; one already kept stays."""
+
+    class Refusing(MemoryStore):
+        async def suppress(self, user_id: str, erase: bool) -> None:
+            raise StorageUnavailable("disk full")
+
+    store = Refusing()
+    await store.open()
+    sup = Suppressions(store)
+    await sup.load()
+    sup.user_ids.add("kept")  # as if suppressed before
+    for user_id in ("new", "kept"):
+        with pytest.raises(StorageUnavailable):
+            await sup.suppress(user_id, erase=False)
+    assert sup.user_ids == {"kept"}
+    await store.close()

@@ -25,7 +25,7 @@ from eventd.console.session import admin_session_ok
 from eventd.delivery.dispatcher import Dispatcher
 from eventd.live import LiveHub
 from eventd.metrics import CONTENT_TYPE_LATEST, Metrics
-from eventd.store import DeadLetter, StorageUnavailable, Store, iso_ms, now_ms
+from eventd.store import DeadLetter, NotSupported, StorageUnavailable, Store, iso_ms, now_ms
 from eventd.suppressions import Suppressions
 
 log = structlog.get_logger("eventd.admin")
@@ -62,7 +62,8 @@ def _dead_letter(d: DeadLetter) -> dict[str, Any]:
 
 def guarded(token: str | None, handler: Handler) -> Handler:
     """``handler`` behind the admin bearer token, with the admin API's error bodies
-    (401/403, a BadRequest as a JSON 400, an unavailable store as a 503). Features
+    (401/403, a BadRequest as a JSON 400, an unavailable store as a 503, what
+    the storage backend cannot do yet as a 501). Features
     that add ``/admin/*`` routes through ``eventd_routes`` wrap them in it too."""
 
     async def route(request: web.Request) -> web.StreamResponse:
@@ -83,6 +84,8 @@ def guarded(token: str | None, handler: Handler) -> Handler:
             resp = error_response(503, "storage_unavailable", str(exc))
             resp.headers["Retry-After"] = "5"
             return resp
+        except NotSupported as exc:  # the storage backend cannot do it yet
+            return error_response(501, "not_implemented", str(exc))
 
     return route
 

@@ -58,14 +58,6 @@ class DestinationStatus:
     max_in_flight: int
 
 
-def lag(last_seq: int, cursor: int, oldest_received_at: int | None, now: int) -> tuple[int, float]:
-    """A consumer's lag: (events after its cursor, seconds since the oldest of them
-    was received); (0, 0.0) when it has passed everything."""
-    events = max(0, last_seq - cursor)
-    seconds = round(max(0, now - oldest_received_at) / 1000, 3) if oldest_received_at else 0.0
-    return events, seconds
-
-
 class Dispatcher:
     """Starts a worker per enabled destination and stops them on shutdown."""
 
@@ -169,9 +161,7 @@ class Dispatcher:
         now = now_ms()
         out = []
         for name, w in sorted(self.workers.items()):
-            lag_events, lag_seconds = lag(
-                self.store.last_seq, w.cursor, await self.store.received_at_after(w.cursor), now
-            )
+            lag_events, lag_seconds = await w.feed.lag(now)
             self.metrics.lag_events.labels(name).set(lag_events)
             self.metrics.lag_seconds.labels(name).set(lag_seconds)
             out.append(

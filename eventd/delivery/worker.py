@@ -8,8 +8,11 @@ What each outcome means, and how long to wait, is decided in ``settle.py``;
 dead letters are written by ``deadletters.py``; redrive and replay run as their
 own loop (``aside.py``) through the same :meth:`Worker.settle`.
 
-The cursor advances only over ranges whose every event is done, so a crash or a
-SIGTERM resends at most the batches in flight (delivery is at least once).
+The log comes through the store's feed for this destination (``Store.feed``):
+the worker cuts what it fetched into one span per batch and settles each span
+once every event in it is done, so a crash or a SIGTERM resends at most the
+batches in flight (delivery is at least once). On SQLite the feed is the saved
+cursor; on a cluster, the destination's durable consumer shared by the nodes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -34,7 +36,8 @@ from eventd.delivery.transform import Transform, TransformError, transform
 from eventd.destination import Destination, Outcome, Retry
 from eventd.event import Event
 from eventd.metrics import Metrics
-from eventd.store import StorageUnavailable, Store, now_ms
+from eventd.store import Store, now_ms
+from eventd.store.base import Span
 
 log = structlog.get_logger("eventd.delivery")
 
@@ -42,15 +45,6 @@ PAGE_EVENTS = 1000
 # A batch as a destination should get it (identity/stitch.py: resolved userIds, profile
 # traits); None when it cannot say yet (the identity graph stopped first).
 Stitch = Callable[[DestinationConfig, list[Event]], Awaitable[list[Event] | None]]
-
-
-@dataclass
-class _Range:
-    """Log seqs (lo, hi] handed to one batch; done when every event in it is settled."""
-
-    hi: int
-    first_received_at: int | None
-    done: bool = False
 
 
 @dataclass
@@ -96,35 +90,28 @@ class Worker:
         self.limiter = RateLimiter(config.rate_limit)
         self.max_events = max(1, min(config.batch_size, destination.max_batch_events))
         self.max_bytes = destination.max_batch_bytes
-        self.cursor = 0
-        self.read_pos = 0
+        self.feed = store.feed(config.name)
         self.delivered = 0
         self.skipped = 0
         self.retrying = 0
         self.last_error: str | None = None
-        self._ranges: deque[_Range] = deque()
         self.slots = asyncio.Semaphore(config.max_in_flight)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._wake = store.subscribe()
+        self._wake = self.feed.wakeup
         self.stopping = asyncio.Event()
-        self._cursor_dirty = False
-        self._cursor_saver: asyncio.Task[None] | None = None
         self._log_idle = False
         self.aside = Aside(self)
         self.idle = asyncio.Event()  # set while caught up with nothing in flight
 
     # -- life cycle -------------------------------------------------------------
 
+    @property
+    def cursor(self) -> int:
+        """The highest seq below which this worker has settled everything (the feed's)."""
+        return self.feed.position
+
     async def start(self) -> None:
-        saved = await self.store.cursor(self.name)
-        if saved is not None:
-            self.cursor = saved
-        else:
-            # A new destination starts at the end of the log: it gets new events;
-            # `eventd replay` sends it older ones.
-            self.cursor = self.store.last_seq
-            await self.store.save_cursor(self.name, self.cursor)
-        self.read_pos = self.cursor
+        await self.feed.open()
 
     def wake(self) -> None:
         """Look for work now (redrive/replay asked, drain)."""
@@ -149,7 +136,7 @@ class Worker:
             self._wake.clear()
             if await self._read_page():
                 continue
-            self._log_idle = not self._ranges
+            self._log_idle = not self.feed.unsettled
             self.update_idle()
             await self.wait(self._wake)
             self._log_idle = False
@@ -163,7 +150,8 @@ class Worker:
         woken.cancel()
 
     async def stop(self, deadline: float) -> None:
-        """Stop reading; let in-flight deliveries finish until ``deadline``; save the cursor."""
+        """Stop reading; let in-flight deliveries finish until ``deadline``; close the feed
+        (the cursor saved; on a cluster, what is not settled goes back to the others)."""
         self.stopping.set()
         if self._tasks:
             _, pending = await asyncio.wait(
@@ -176,34 +164,25 @@ class Worker:
                 log.warning(
                     "deliveries cut off at shutdown", destination=self.name, batches=len(pending)
                 )
-        if self._cursor_saver is not None:
-            await asyncio.gather(self._cursor_saver, return_exceptions=True)
-        await self._save_cursor_now()
+        await self.feed.close()
         await self.destination.close()
 
     # -- the log ----------------------------------------------------------------
 
     async def _read_page(self) -> bool:
-        if self.read_pos >= self.store.last_seq:
-            return False
         # A page holds at least one full batch of the largest size the plugin takes.
-        events = await self.store.read(self.read_pos, max(PAGE_EVENTS, self.max_events))
+        events = await self.feed.fetch(max(PAGE_EVENTS, self.max_events))
         if not events:
             return False
         self.idle.clear()
-        end = events[-1].seq
         for batch in routing.batches(self.routed(events), self.max_events, self.max_bytes):
             await self.slots.acquire()
             if self.stopping.is_set():
                 self.slots.release()
                 return False
-            rng = _Range(hi=batch[-1].seq, first_received_at=batch[0].received_at)
-            self._ranges.append(rng)
-            self._spawn(self._deliver_range(batch, rng))
+            self._spawn(self._deliver_span(batch, self.feed.cut(batch[-1].seq)))
         # Filtered events past the last batch are passed as soon as the batches before are.
-        self._ranges.append(_Range(hi=end, first_received_at=None, done=True))
-        self.read_pos = end
-        self._advance()
+        await self.feed.settle(self.feed.cut(events[-1].seq))
         return True
 
     def routed(self, events: Sequence[Event]) -> list[Event]:
@@ -216,7 +195,7 @@ class Worker:
         self.skipped += len(filtered)
         return kept
 
-    async def _deliver_range(self, batch: list[Event], rng: _Range) -> None:
+    async def _deliver_span(self, batch: list[Event], span: Span) -> None:
         try:
             settled = await self.settle(batch, lambda e: e.received_at)
             if not settled.finished:
@@ -224,35 +203,9 @@ class Worker:
             await self.bury(settled)
             # one span per batch, not a write per event: delivery is the hot path
             self.outcomes.delivered(self.name, batch[0].seq, batch[-1].seq)
-            rng.done = True
-            self._advance()
+            await self.feed.settle(span)
         finally:
             self.slots.release()
-
-    def _advance(self) -> None:
-        moved = False
-        while self._ranges and self._ranges[0].done:
-            self.cursor = self._ranges.popleft().hi
-            moved = True
-        if moved:
-            self._cursor_dirty = True
-            if self._cursor_saver is None or self._cursor_saver.done():
-                self._cursor_saver = asyncio.create_task(self._save_cursor_loop())
-        if not self._ranges:
-            self._wake.set()  # let the loop look again, and say it is idle if it is
-
-    async def _save_cursor_loop(self) -> None:
-        # At most one cursor write in flight per worker; group commit batches them.
-        while self._cursor_dirty:
-            await self._save_cursor_now()
-
-    async def _save_cursor_now(self) -> None:
-        self._cursor_dirty = False
-        try:
-            await self.store.save_cursor(self.name, self.cursor)
-        except StorageUnavailable as exc:
-            # The cursor stays behind: at worst a restart resends what it covered.
-            log.warning("cursor not saved", destination=self.name, error=str(exc))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

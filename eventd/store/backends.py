@@ -1,30 +1,28 @@
 """The backend a config names: ``[storage] backend`` (``sqlite``, the default).
 
-A new backend (``jetstream``) is constructed here from its own ``[storage]`` keys
-and passes the conformance suite in ``tests/store/``.
+``jetstream`` is the cluster store (eventd/store/cluster.py over
+eventd/store/jetstream.py), built from its own ``[storage]`` keys.
 """
 
 from __future__ import annotations
 
-from eventd.config import ConfigError, StorageConfig
+from collections.abc import Sequence
+
+from eventd.config import StorageConfig
 from eventd.metrics import Metrics
 from eventd.store.base import Store
 from eventd.store.sqlite import SqliteStore
 
 
-def open_store(config: StorageConfig, metrics: Metrics) -> Store:
+def open_store(config: StorageConfig, metrics: Metrics, destinations: Sequence[str] = ()) -> Store:
     """The store ``[storage]`` configures (not yet opened: the app opens it at start).
-
-    A new backend (``storage.backend = "jetstream"``) is constructed here from its
-    own keys of ``[storage]``."""
+    ``destinations``: the enabled destinations' names (a cluster creates a durable
+    consumer for each when it opens)."""
     if config.backend == "jetstream":
-        # Refused rather than quietly served from SQLite: the cluster store exists
-        # (eventd/store/jetstream.py) but the dispatcher cannot yet read through
-        # consumers shared by nodes (docs/scaling.md, "What is left").
-        raise ConfigError(
-            "storage.backend = 'jetstream': not yet served by `eventd serve` (the cluster"
-            " store is built, its dispatcher wiring is not: docs/scaling.md); use 'sqlite'"
-        )
+        # Imported here: nats-py is the optional `jetstream` extra.
+        from eventd.store.cluster import ClusterStore
+
+        return ClusterStore(config, destinations)
     return SqliteStore(
         config.path,
         synchronous=config.synchronous,

@@ -53,6 +53,12 @@ class StorageUnavailable(Exception):
     retries its own writes."""
 
 
+class NotSupported(Exception):
+    """The backend cannot do this yet (the cluster store: replay, redrive, suppressions,
+    reading the log by position). The admin API answers 501 ``not_implemented`` with
+    this message, which names what is missing."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -297,6 +303,76 @@ class IdentityBackend(Protocol):
         ...
 
 
+class Span:
+    """Part of what a :class:`Feed` handed out, cut by :meth:`Feed.cut`: settled or held
+    as one. Opaque to the worker; each feed subclasses it."""
+
+    __slots__ = ()
+
+
+class Feed(Protocol):
+    """One destination's way through the log (:meth:`Store.feed`), read by its worker.
+
+    The worker fetches events in log order, cuts what it fetched into consecutive
+    spans (one per batch it delivers, plus what routing kept out), and settles each
+    span once every event in it is delivered, skipped or dead-lettered, in any order.
+    A feed never loses a span it handed out and did not see settled: it comes back
+    (after a restart on SQLite, to whichever node fetches next on a cluster), so
+    delivery is at least once.
+
+    - SQLite and memory (``eventd/store/cursor_feed.py``): ``read(after)`` and a saved
+      cursor that moves over the spans settled without a gap; one fetcher per
+      destination.
+    - JetStream (``eventd/store/cluster.py``): the destination's durable pull
+      consumer that every node fetches from; settling a span acks each log message
+      all of whose events are settled; a node holds what it fetched (the server's
+      ack_wait restarted) until it settles it, so a retry waits in the worker with
+      eventd's own backoff and Retry-After, never NAKed with a delay.
+    """
+
+    @property
+    def position(self) -> int:
+        """The highest seq below which this feed has settled everything it handed out
+        here (the cursor on SQLite): what retention and the live debugger compare to."""
+        ...
+
+    @property
+    def unsettled(self) -> bool:
+        """True while a span cut from a fetch is not settled yet."""
+        ...
+
+    @property
+    def wakeup(self) -> asyncio.Event:
+        """Set when fetching again may find more (new events, a span settled); the
+        worker clears it before :meth:`fetch` and waits on it when it found none."""
+        ...
+
+    async def open(self) -> None:
+        """Find where this destination is (a new one starts at the end of the log)."""
+        ...
+
+    async def fetch(self, limit: int) -> list[Event]:
+        """Events after everything handed out so far, in log order, about ``limit``
+        (a cluster hands out whole log messages); [] when none now."""
+        ...
+
+    def cut(self, upto: int) -> Span:
+        """The fetched events not cut yet, through seq ``upto``, as one span."""
+        ...
+
+    async def settle(self, span: Span) -> None:
+        """Every event of ``span`` is done with: the feed may move past it."""
+        ...
+
+    async def lag(self, now: int) -> tuple[int, float]:
+        """(events not settled, seconds since the oldest of them was received)."""
+        ...
+
+    async def close(self) -> None:
+        """Save where the feed is; spans not settled come back to the next reader."""
+        ...
+
+
 @runtime_checkable
 class Store(Protocol):
     """Where eventd keeps its log and bookkeeping. Every method may raise
@@ -361,6 +437,12 @@ class Store(Protocol):
         """A handle another process can open to read the log itself (the identity
         writer reads its pages so, off eventd's event loop), or None when the log can
         only be read in this process (:meth:`read`): the memory store."""
+        ...
+
+    def feed(self, destination: str, partition: int | None = None) -> Feed:
+        """The way ``destination``'s worker reads the log (not opened yet). SQLite and
+        memory: ``read`` after the saved cursor (``partition`` must be None); a cluster:
+        the destination's durable consumer (of one partition, for an ordered one)."""
         ...
 
     async def find_event(self, source: str, message_id: str) -> Event | None:

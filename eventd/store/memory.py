@@ -24,6 +24,7 @@ from eventd.store.base import (
     DeadLetter,
     Deletion,
     EventRow,
+    Feed,
     NewDeadLetter,
     Replay,
     SeqRange,
@@ -33,6 +34,7 @@ from eventd.store.base import (
     UserEvent,
     now_ms,
 )
+from eventd.store.cursor_feed import CursorFeed
 from eventd.store.memory_identity import MemoryIdentityData, MemoryIdentityStore
 
 
@@ -175,6 +177,12 @@ class MemoryStore:
     def identity_store(self, path: Path, synchronous: str) -> MemoryIdentityStore:
         """The identity graph's state in :attr:`data` (``path`` and ``synchronous`` unused)."""
         return MemoryIdentityStore(self.data.identity)
+
+    def feed(self, destination: str, partition: int | None = None) -> Feed:
+        """``read`` after the destination's saved cursor (one fetcher: no partitions)."""
+        if partition is not None:
+            raise ValueError("a single-machine store has no partitions")
+        return CursorFeed(self, destination)
 
     def log_source(self) -> None:
         """None: the log lives in this process's memory (readers use :meth:`read`)."""

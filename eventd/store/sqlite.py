@@ -51,6 +51,7 @@ from eventd.store.base import (
     DeadLetter,
     Deletion,
     EventRow,
+    Feed,
     NewDeadLetter,
     Replay,
     SeqRange,
@@ -61,6 +62,7 @@ from eventd.store.base import (
     next_group,
     now_ms,
 )
+from eventd.store.cursor_feed import CursorFeed
 from eventd.store.dedup import DedupSet, dedup_key
 from eventd.store.identity import IdentityStore
 from eventd.store.log_reader import SqliteLogSource
@@ -332,6 +334,12 @@ class SqliteStore:
         """identity.db at ``path``: a file of its own, so identity writes never wait on
         (or hold up) the ingest group commit (eventd/store/identity.py)."""
         return IdentityStore(path, synchronous)
+
+    def feed(self, destination: str, partition: int | None = None) -> Feed:
+        """``read`` after the destination's saved cursor (one fetcher: no partitions)."""
+        if partition is not None:
+            raise ValueError("a single-machine store has no partitions")
+        return CursorFeed(self, destination)
 
     def log_source(self) -> SqliteLogSource:
         """The file, read-only from another process (eventd/store/log_reader.py)."""

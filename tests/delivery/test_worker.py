@@ -13,10 +13,10 @@ import pytest
 
 from eventd import OK, Destination, Event, Outcome, Permanent, Retry
 from eventd.config import DestinationConfig
-from eventd.delivery.dispatcher import lag
 from eventd.delivery.worker import Worker
 from eventd.metrics import Metrics
 from eventd.store import EventRow, MemoryStore, now_ms
+from eventd.store.cursor_feed import lag
 
 
 class Scripted(Destination):

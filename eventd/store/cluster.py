@@ -1,0 +1,478 @@
+"""The Store protocol over the JetStream cluster store: what ``eventd serve`` runs on N nodes.
+
+:class:`ClusterStore` puts eventd's Store seam (eventd/store/base.py) on
+:class:`~eventd.store.jetstream.JetStreamStore`. It serves what a node needs to
+ingest and deliver:
+
+- ``append``: acknowledged only after the ingest stream's quorum did (else
+  StorageUnavailable: ingest answers 503 + Retry-After);
+- ``feed``: a :class:`ClusterFeed` on the destination's durable pull consumer,
+  which every node fetches from (see :class:`~eventd.store.base.Feed`);
+- dead letters: copies of the events in ``S_DEAD`` (they outlive the log's
+  retention), listed, counted, shown;
+- retention: the jetstream sweep (SQLite's rule: nothing a destination has not
+  settled is purged), run by any node;
+- health: ``writable`` is false while the log's stream has no leader or the last
+  publish was refused.
+
+What needs the log read by position, or state not yet kept in the cluster, raises
+:class:`~eventd.store.base.NotSupported` (the admin API answers 501 naming it):
+reading events by seq or by messageId, service cursors, redrive, replay,
+suppressions and erasure, identity state. Reads that the running parts make on
+their own (no redrive or replay queued, no suppression) answer "none".
+``eventd.config`` refuses at load what would need them (the identity graph, a
+duckdb destination): docs/scaling.md, "Serve on the cluster".
+
+An event's seq on the cluster is ``log message sequence << EVENT_BITS | its place
+in the message's group`` (log order kept; unique per event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from nats.aio.msg import Msg
+
+from eventd.config import StorageConfig
+from eventd.event import Event
+from eventd.store.base import (
+    MAX_ERROR_CHARS,
+    DeadLetter,
+    EventRow,
+    Feed,
+    IdentityBackend,
+    LogSource,
+    NewDeadLetter,
+    NotSupported,
+    Replay,
+    SeqRange,
+    Span,
+    StorageUnavailable,
+    StoreStats,
+    Suppression,
+)
+from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
+
+log = structlog.get_logger("eventd.store.cluster")
+
+EVENT_BITS = 20  # a log message holds < 2**20 events (it is at most max_payload / 2 bytes)
+# Seconds a node may keep a fetched log message unsettled and unheld before the server
+# gives it to another node: a node that dies returns its messages after this.
+ACK_WAIT = 30.0
+FETCH_MESSAGES = 16  # log messages per fetch (each a group of events)
+LONG_POLL = 1.0  # seconds a fetch waits for a message before the worker looks again
+# Seconds a node waits at start for the cluster (connect, streams and consumers led).
+OPEN_TIMEOUT = 60.0
+
+
+def _refused(what: str) -> NotSupported:
+    return NotSupported(f"{what} is not available with storage.backend = 'jetstream' yet")
+
+
+class ClusterStore:
+    """One node's Store on the JetStream cluster (see the module docstring)."""
+
+    def __init__(self, config: StorageConfig, destinations: Sequence[str] = ()) -> None:
+        assert config.jetstream is not None
+        self.config = config
+        self.destinations = list(destinations)
+        self.js = JetStreamStore(
+            config.jetstream,
+            Path(config.path).parent,  # this node's dedup sets, rebuildable from the log
+            dedup_window=config.dedup_window,
+            retention=config.retention,
+            ack_wait=ACK_WAIT,
+        )
+        self._last_seq = 0
+        self._ready = False
+        self._last_error: str | None = None
+        self._monitor: asyncio.Task[None] | None = None
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and create or find the streams and consumers, within OPEN_TIMEOUT
+        (nats-py retries an unreachable cluster forever); StorageUnavailable else."""
+        servers = ",".join(self.js.cfg.servers)
+        try:
+            await asyncio.wait_for(self.js.open(self.destinations), OPEN_TIMEOUT)
+        except Exception as exc:
+            await self.js.close()
+            why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
+            raise StorageUnavailable(
+                f"the jetstream cluster at {servers} did not open in {OPEN_TIMEOUT:g}s: {why}"
+            ) from exc
+        self._ready = True
+        self._monitor = asyncio.create_task(self._watch(), name="cluster-health")
+
+    async def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+        await self.js.close()
+
+    async def _watch(self) -> None:
+        """Keep ``writable`` current: false while the log's stream has no leader. A
+        refused publish makes it false until the stream has a leader again."""
+        while True:
+            try:
+                self._ready = await self.js.ready()
+            except Exception as exc:  # whatever the client raises, this loop goes on
+                log.info("cluster health check failed", error=repr(exc))
+                self._ready = False
+            if self._ready:
+                self._last_error = None
+            await asyncio.sleep(2.0)
+
+    # -- the log ----------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The newest event seq this node has fetched (the cluster's own is not local)."""
+        return self._last_seq
+
+    def seen(self, seq: int) -> None:
+        self._last_seq = max(self._last_seq, seq)
+
+    @property
+    def pending_events(self) -> int:
+        return self.js.pending_events
+
+    @property
+    def writable(self) -> bool:
+        return self._ready and self._last_error is None
+
+    def stats(self) -> StoreStats:
+        cfg = self.js.cfg
+        return StoreStats(
+            size=0,  # the servers keep the bytes; see their /jsz
+            max_size=None,
+            writable=self.writable,
+            last_seq=self._last_seq,
+            last_error=self._last_error,
+            location=f"jetstream stream {cfg.stream} on {','.join(cfg.servers)}",
+        )
+
+    def subscribe(self) -> asyncio.Event:
+        # No local commit to signal: feeds long-poll their consumers instead.
+        return asyncio.Event()
+
+    async def append(self, rows: Sequence[EventRow]) -> int:
+        try:
+            taken = await self.js.append(rows)
+        except StorageUnavailable as exc:
+            self._last_error = str(exc)
+            raise
+        self._last_error = None
+        return taken
+
+    def feed(self, destination: str, partition: int | None = None) -> Feed:
+        return ClusterFeed(self, destination, partition)
+
+    async def read(self, after: int, limit: int) -> list[Event]:
+        raise _refused("reading the log by position")
+
+    async def read_range(self, first: int, last: int, limit: int) -> list[Event]:
+        raise _refused("reading the log by position")
+
+    def identity_store(self, path: Path, synchronous: str) -> IdentityBackend:
+        raise _refused("the identity graph")
+
+    def log_source(self) -> LogSource | None:
+        raise _refused("reading the log from another process")
+
+    async def find_event(self, source: str, message_id: str) -> Event | None:
+        raise _refused("finding an event by messageId")
+
+    async def read_seqs(self, seqs: Sequence[int]) -> list[Event]:
+        raise _refused("reading the log by position")
+
+    async def received_at_after(self, seq: int) -> int | None:
+        raise _refused("reading the log by position")
+
+    async def seq_range(self, since: int, until: int) -> SeqRange | None:
+        raise _refused("replay")
+
+    # -- cursors: a destination's is its consumer; services with cursors do not run --
+
+    async def cursor(self, name: str) -> int | None:
+        raise _refused("a service cursor")
+
+    async def save_cursor(self, name: str, seq: int) -> None:
+        raise _refused("a service cursor")
+
+    async def cursors(self) -> dict[str, int]:
+        return {}
+
+    # -- dead letters ----------------------------------------------------------
+
+    async def add_dead_letters(
+        self, destination: str, letters: Sequence[NewDeadLetter], attempts: int
+    ) -> None:
+        for d in letters:
+            event = LogEvent(
+                d.seq >> EVENT_BITS,
+                d.seq & ((1 << EVENT_BITS) - 1),
+                d.source,
+                d.message_id,
+                None,
+                d.received_at,
+                d.body,
+            )
+            await self.js.dead_letter(destination, event, attempts, d.error[:MAX_ERROR_CHARS])
+
+    async def dead_letters(
+        self, *, destination: str | None = None, since: int | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        found = [_dead_letter(r) for r in await self.js.dead_letters(destination)]
+        return [d for d in found if since is None or d.failed_at >= since][:limit]
+
+    async def dead_letter(self, dead_id: int) -> DeadLetter | None:
+        try:
+            msg = await self.js.js.get_msg(self.js.names.dead, seq=dead_id)
+        except Exception:  # nats-py: NotFoundError, or a bad request for a seq past the end
+            return None
+        if msg.data is None:
+            return None
+        return _dead_letter({"id": dead_id, **orjson.loads(msg.data)})
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        names = self.js.names
+        info = await self.js.js.stream_info(names.dead, subjects_filter=names.dead_subject(">"))
+        prefix = names.dead_subject("")
+        return {s.removeprefix(prefix): n for s, n in (info.state.subjects or {}).items()}
+
+    async def request_redrive(self, destination: str | None, ids: Sequence[int] = ()) -> int:
+        raise _refused("redrive")
+
+    async def redrive_batch(self, destination: str, limit: int) -> list[DeadLetter]:
+        return []  # none can be asked for (request_redrive refuses)
+
+    async def settle_redrive(
+        self, delivered: Sequence[int], failed: Sequence[tuple[int, int, str]]
+    ) -> None:
+        raise _refused("redrive")
+
+    async def purge_dead_letters(
+        self, destination: str | None = None, before: int | None = None
+    ) -> int:
+        raise _refused("purging dead letters")
+
+    # -- replay ----------------------------------------------------------------
+
+    async def request_replay(self, destination: str, first: int, last: int) -> None:
+        raise _refused("replay")
+
+    async def next_replay(self, destination: str) -> Replay | None:
+        return None  # none can be asked for (request_replay refuses)
+
+    async def advance_replay(self, replay_id: int, next_seq: int) -> None:
+        raise _refused("replay")
+
+    async def finish_replay(self, replay_id: int) -> None:
+        raise _refused("replay")
+
+    # -- suppressed users: none can be added on the cluster yet -----------------
+
+    async def suppressions(self) -> list[Suppression]:
+        return []
+
+    async def suppression(self, user_id: str) -> Suppression | None:
+        return None
+
+    async def suppress(self, user_id: str, erase: bool) -> None:
+        raise _refused("suppressing a user")
+
+    async def unsuppress(self, user_id: str) -> bool:
+        raise _refused("suppressing a user")
+
+    async def erase_user(
+        self, user_id: str, below_seq: int, also: Sequence[int] = ()
+    ) -> tuple[int, int, bool]:
+        raise _refused("erasing a user")
+
+    async def pending_erasures(self) -> list[str]:
+        return []
+
+    # -- retention -------------------------------------------------------------
+
+    async def delete_events(self, *, upto_seq: int, received_before: int, limit: int) -> int:
+        """The cluster's sweep: below every destination consumer's ack floor (the
+        cluster-wide truth, not this node's ``upto_seq``) and older than
+        ``storage.retention``. Purges whole log messages; returns 0 (one call is
+        the whole sweep)."""
+        kept_from = await self.js.sweep(self.destinations, now=received_before / 1000)
+        log.debug("log swept", first_kept=kept_from)
+        return 0
+
+    async def delete_dead_letters(self, *, failed_before: int, limit: int) -> int:
+        return 0  # kept: storage.dead_letter_retention is not applied to S_DEAD yet
+
+    async def compact(self) -> None:
+        return None
+
+
+def _dead_letter(record: dict[str, Any]) -> DeadLetter:
+    """A dead letter as S_DEAD keeps it (JetStreamStore.dead_letter's record)."""
+    return DeadLetter(
+        id=int(record["id"]),
+        destination=record["destination"],
+        seq=int(record["seq"]) << EVENT_BITS | int(record["offset"]),
+        source=record["source"],
+        message_id=record["message_id"],
+        received_at=int(record["received_at"]),
+        body=record["body"].encode(),
+        attempts=int(record["attempts"]),
+        error=record["error"],
+        failed_at=int(record["failed_at"]),
+        state="dead",
+    )
+
+
+class _Held:
+    """A fetched log message and how many of its events are not settled yet."""
+
+    __slots__ = ("msg", "remaining")
+
+    def __init__(self, msg: Msg, remaining: int) -> None:
+        self.msg = msg
+        self.remaining = remaining
+
+
+class _Part(Span):
+    """A span: how many events of each held message it covers."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: dict[int, int]) -> None:
+        self.counts = counts
+
+
+class ClusterFeed:
+    """A destination's durable pull consumer, as one node's worker reads it.
+
+    Settling: a log message is acked once every event of it is settled (the spans
+    of one message can end in any order). Holding: every message fetched and not
+    settled is kept in progress (``in_progress`` every ``ACK_WAIT / 3`` seconds), so
+    the server gives it to another node only if this one dies or stalls; a failed
+    batch therefore waits in the worker, with eventd's own backoff and Retry-After,
+    not NAKed with a delay (which would let later messages, one user's later events
+    among them, go out first, and every node retry a down destination at once).
+    Closing NAKs what is not settled, so another node takes it at once.
+    """
+
+    def __init__(self, store: ClusterStore, destination: str, partition: int | None) -> None:
+        self.store = store
+        self.destination = destination
+        self.partition = partition
+        self.reader: DestinationReader | None = None
+        self._wake = asyncio.Event()
+        self._held: dict[int, _Held] = {}  # log sequence -> message, in fetch order
+        self._uncut: list[tuple[int, int]] = []  # (event seq, log sequence) not cut yet
+        self._settled_upto = 0  # the newest event seq fetched here
+        self._keeper: asyncio.Task[None] | None = None
+
+    @property
+    def position(self) -> int:
+        if self._held:
+            return (min(self._held) << EVENT_BITS) - 1
+        return self._settled_upto
+
+    @property
+    def unsettled(self) -> bool:
+        return bool(self._held)
+
+    @property
+    def wakeup(self) -> asyncio.Event:
+        return self._wake
+
+    async def open(self) -> None:
+        self.reader = await self.store.js.reader(self.destination, self.partition)
+        self._keeper = asyncio.create_task(self._keep(), name=f"feed-keeper-{self.destination}")
+
+    async def fetch(self, limit: int) -> list[Event]:
+        assert self.reader is not None
+        try:
+            got = await self.reader.fetch(FETCH_MESSAGES, wait=LONG_POLL)
+        except Exception as exc:  # a stalled cluster: look again, after the long poll
+            log.info("fetch failed", destination=self.destination, error=repr(exc))
+            got = []
+            await asyncio.sleep(LONG_POLL)
+        if not got:
+            self._wake.set()  # the long poll was the wait: look again
+            return []
+        events: list[Event] = []
+        for msg, group in got:
+            seq = msg.metadata.sequence.stream
+            if seq in self._held:  # redelivered while still here (a stalled hold)
+                continue
+            self._held[seq] = _Held(msg, len(group))
+            for e in group:
+                event_seq = e.seq << EVENT_BITS | e.offset
+                events.append(
+                    Event(event_seq, e.source, e.received_at, body=e.body, user_id=e.user_id)
+                )
+                self._uncut.append((event_seq, seq))
+        if events:
+            self._settled_upto = max(self._settled_upto, events[-1].seq)
+            self.store.seen(events[-1].seq)
+        return events
+
+    def cut(self, upto: int) -> Span:
+        counts: dict[int, int] = {}
+        taken = 0
+        for event_seq, msg_seq in self._uncut:
+            if event_seq > upto:
+                break
+            counts[msg_seq] = counts.get(msg_seq, 0) + 1
+            taken += 1
+        del self._uncut[:taken]
+        return _Part(counts)
+
+    async def settle(self, span: Span) -> None:
+        assert isinstance(span, _Part) and self.reader is not None
+        for msg_seq, n in span.counts.items():
+            held = self._held.get(msg_seq)
+            if held is None:
+                continue
+            held.remaining -= n
+            if held.remaining <= 0:
+                del self._held[msg_seq]
+                try:
+                    await self.reader.settle(held.msg)
+                except Exception as exc:
+                    # Not acked: the server gives it again after ack_wait (a duplicate,
+                    # at least once), never loses it.
+                    log.warning("ack failed", destination=self.destination, error=repr(exc))
+        if not self._held:
+            self._wake.set()
+
+    async def lag(self, now: int) -> tuple[int, float]:
+        """(log messages the consumer has not had settled: pending + in flight, the
+        same from any node; 0.0 s: the age is not read on the cluster yet)."""
+        counts = await self.store.js.lag(self.destination)
+        return counts["pending"] + counts["in_flight"], 0.0
+
+    async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+        for held in list(self._held.values()):
+            with contextlib.suppress(Exception):  # left to ack_wait
+                await held.msg.nak()
+        self._held.clear()
+        self._uncut.clear()
+
+    async def _keep(self) -> None:
+        """Hold every message fetched and not settled (see the class docstring)."""
+        while True:
+            await asyncio.sleep(ACK_WAIT / 3)
+            for held in list(self._held.values()):
+                with contextlib.suppress(Exception):  # a stall: the next round
+                    await held.msg.in_progress()
