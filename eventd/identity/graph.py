@@ -279,7 +279,9 @@ class Changes:
     links: list[Link] = field(default_factory=list)  # new links
     resend_users: set[str] = field(default_factory=set)  # their links changed profile_id
     refused: Counter[str] = field(default_factory=Counter)  # reason -> links refused
-    events: list[tuple[int, str, str]] = field(default_factory=list)  # (seq, kind, id) per event
+    # (kind, id) -> the seqs of its events, in log order: the identifier each event is
+    # filed under in the timeline (its userId, else its anonymousId)
+    events: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
 class Graph:
@@ -432,10 +434,15 @@ class Graph:
                 return None
             self._memo = (*raw, self._generation, profile) if linked else None
         if user is not None:
-            self._changes.events.append((seq, USER, user))
+            key = (USER, user)
         else:
             assert anon is not None
-            self._changes.events.append((seq, ANONYMOUS, anon))
+            key = (ANONYMOUS, anon)
+        filed = self._changes.events.get(key)
+        if filed is None:
+            self._changes.events[key] = [seq]
+        else:
+            filed.append(seq)
         profile.count(msg, ts or None)
         self._dirty(profile)
         return profile
