@@ -59,6 +59,9 @@ SHARED_ANONYMOUS_ID = "shared_anonymous_id"
 MAX_ANONYMOUS_IDS = "max_anonymous_ids"
 REFUSAL_REASONS = (BLOCKED_VALUE, MAX_ANONYMOUS_IDS, SHARED_ANONYMOUS_ID)
 
+# A revenue's types, as a tuple: ``int | float`` in isinstance builds the union on each
+# call (this runs once per track event).
+_NUMBER = (int, float)
 USER = "u"  # identifier kinds, as the store keeps them
 ANONYMOUS = "a"
 
@@ -136,7 +139,7 @@ def profile_id_for(kind: str, value: str) -> str:
     return "prof_" + hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=10).hexdigest()
 
 
-@dataclass
+@dataclass(slots=True)
 class Profile:
     """One person. ``traits`` keep each value with the timestamp that set it."""
 
@@ -220,7 +223,7 @@ class Profile:
             self._traits(msg.traits, ts)
         elif kind == "track":
             revenue = None if msg.properties is None else msg.properties.revenue
-            if isinstance(revenue, int | float) and not isinstance(revenue, bool):
+            if isinstance(revenue, _NUMBER) and not isinstance(revenue, bool):
                 self.revenue += revenue
         elif kind == "group":
             group = msg.groupId
@@ -438,13 +441,14 @@ class Graph:
         else:
             assert anon is not None
             key = (ANONYMOUS, anon)
-        filed = self._changes.events.get(key)
+        changes = self._changes
+        filed = changes.events.get(key)
         if filed is None:
-            self._changes.events[key] = [seq]
+            changes.events[key] = [seq]
         else:
             filed.append(seq)
         profile.count(msg, ts or None)
-        self._dirty(profile)
+        changes.profiles[profile.profile_id] = profile  # _dirty(), inline: once per event
         return profile
 
     def _anonymous_profile(self, anon: str, seq: int) -> Profile:
