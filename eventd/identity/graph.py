@@ -211,14 +211,17 @@ class Profile:
         kind = msg.type
         self.event_count += 1
         if isinstance(kind, str):
-            self.events_by_type[kind] = self.events_by_type.get(kind, 0) + 1
+            by_type = self.events_by_type
+            by_type[kind] = by_type.get(kind, 0) + 1
         if ts is not None:
-            if self.first_seen is None or ts < self.first_seen:
+            first, last = self.first_seen, self.last_seen
+            if first is None or ts < first:
                 self.first_seen = ts
-            if self.last_seen is None or ts > self.last_seen:
+            if last is None or ts > last:
                 self.last_seen = ts
-        if msg.context is not None:
-            self._traits(msg.context.traits, ts)
+        context = msg.context
+        if context is not None and context.traits is not None:  # most events send none
+            self._traits(context.traits, ts)
         if kind == "identify":
             self._traits(msg.traits, ts)
         elif kind == "track":

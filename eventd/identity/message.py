@@ -21,15 +21,17 @@ import msgspec
 from eventd import codec
 
 
-class Context(msgspec.Struct):
+# gc=False: what a body decodes to holds JSON values only (no reference cycles can
+# form), so the collector need not track a page's thousands of them.
+class Context(msgspec.Struct, gc=False):
     traits: Any = None
 
 
-class Properties(msgspec.Struct):
+class Properties(msgspec.Struct, gc=False):
     revenue: Any = None
 
 
-class Message(msgspec.Struct):
+class Message(msgspec.Struct, gc=False):
     """The fields of a Segment message the graph uses (SEGMENT_API.md); absent ones are
     None. Field names are the wire's (camelCase)."""
 
