@@ -59,6 +59,9 @@ SHARED_ANONYMOUS_ID = "shared_anonymous_id"
 MAX_ANONYMOUS_IDS = "max_anonymous_ids"
 REFUSAL_REASONS = (BLOCKED_VALUE, MAX_ANONYMOUS_IDS, SHARED_ANONYMOUS_ID)
 
+# A revenue's types, as a tuple: ``int | float`` in isinstance builds the union on each
+# call (this runs once per track event).
+_NUMBER = (int, float)
 USER = "u"  # identifier kinds, as the store keeps them
 ANONYMOUS = "a"
 
@@ -136,7 +139,7 @@ def profile_id_for(kind: str, value: str) -> str:
     return "prof_" + hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=10).hexdigest()
 
 
-@dataclass
+@dataclass(slots=True)
 class Profile:
     """One person. ``traits`` keep each value with the timestamp that set it."""
 
@@ -208,19 +211,22 @@ class Profile:
         kind = msg.type
         self.event_count += 1
         if isinstance(kind, str):
-            self.events_by_type[kind] = self.events_by_type.get(kind, 0) + 1
+            by_type = self.events_by_type
+            by_type[kind] = by_type.get(kind, 0) + 1
         if ts is not None:
-            if self.first_seen is None or ts < self.first_seen:
+            first, last = self.first_seen, self.last_seen
+            if first is None or ts < first:
                 self.first_seen = ts
-            if self.last_seen is None or ts > self.last_seen:
+            if last is None or ts > last:
                 self.last_seen = ts
-        if msg.context is not None:
-            self._traits(msg.context.traits, ts)
+        context = msg.context
+        if context is not None and context.traits is not None:  # most events send none
+            self._traits(context.traits, ts)
         if kind == "identify":
             self._traits(msg.traits, ts)
         elif kind == "track":
             revenue = None if msg.properties is None else msg.properties.revenue
-            if isinstance(revenue, int | float) and not isinstance(revenue, bool):
+            if isinstance(revenue, _NUMBER) and not isinstance(revenue, bool):
                 self.revenue += revenue
         elif kind == "group":
             group = msg.groupId
@@ -279,7 +285,9 @@ class Changes:
     links: list[Link] = field(default_factory=list)  # new links
     resend_users: set[str] = field(default_factory=set)  # their links changed profile_id
     refused: Counter[str] = field(default_factory=Counter)  # reason -> links refused
-    events: list[tuple[int, str, str]] = field(default_factory=list)  # (seq, kind, id) per event
+    # (kind, id) -> the seqs of its events, in log order: the identifier each event is
+    # filed under in the timeline (its userId, else its anonymousId)
+    events: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
 class Graph:
@@ -432,12 +440,18 @@ class Graph:
                 return None
             self._memo = (*raw, self._generation, profile) if linked else None
         if user is not None:
-            self._changes.events.append((seq, USER, user))
+            key = (USER, user)
         else:
             assert anon is not None
-            self._changes.events.append((seq, ANONYMOUS, anon))
+            key = (ANONYMOUS, anon)
+        changes = self._changes
+        filed = changes.events.get(key)
+        if filed is None:
+            changes.events[key] = [seq]
+        else:
+            filed.append(seq)
         profile.count(msg, ts or None)
-        self._dirty(profile)
+        changes.profiles[profile.profile_id] = profile  # _dirty(), inline: once per event
         return profile
 
     def _anonymous_profile(self, anon: str, seq: int) -> Profile:

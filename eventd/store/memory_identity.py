@@ -111,8 +111,8 @@ class MemoryIdentityStore:
             for key in sorted(k for k in d.links if k[1] == user):
                 version += 1
                 d.links[key][2] = version
-        for seq, kind, value in changes.events:
-            d.timeline.setdefault(key_of(kind, value), set()).add(seq)
+        for (kind, value), seqs in changes.events.items():
+            d.timeline.setdefault(key_of(kind, value), set()).update(seqs)
         d.cursor, d.version = cursor, version
 
     def erase(self, user_id: str) -> list[int]:

@@ -192,3 +192,37 @@ async def test_merges_resend_links_and_timelines_follow_shared_devices(
     assert store.profile_of(ANONYMOUS, "laptop") == cy.profile_id
     assert await store.read(store.timeline, cy, 2**63 - 1, 10) == [5, 4]
     assert await store.read(store.counts) == {"profiles": 1, "identifiers": 2, "links": 2}
+
+
+async def test_timelines_span_pages_newest_first_below_any_seq(identity_store: Opener) -> None:
+    """Events of the same ids over several pages (a store may file them per page): every
+    (before, limit) gives the profile's seqs below ``before``, newest first, as computed
+    from the log; erasing ana removes her anonymous events in every page, bo's stay."""
+    store = identity_store()
+    log: list[tuple[int, dict[str, str]]] = []
+    for seq in range(1, 41):
+        if seq % 3 == 0:
+            log.append((seq, {"type": "track", "anonymousId": "bo-phone"}))
+        elif seq == 14:
+            log.append((seq, {"type": "identify", "anonymousId": "a1", "userId": "ana"}))
+        elif seq % 3 == 1 or seq < 14:
+            log.append((seq, {"type": "track", "anonymousId": "a1"}))
+        else:
+            log.append((seq, {"type": "track", "userId": "ana", "anonymousId": "a1"}))
+    for first in range(0, 40, 7):  # pages of 7 events
+        events = log[first : first + 7]
+        store.apply(page(store, events), events[-1][0])
+    ana_seqs = [s for s, m in log if m.get("anonymousId") == "a1" or m.get("userId") == "ana"]
+    bo_seqs = [s for s, m in log if m.get("anonymousId") == "bo-phone"]
+    await store.open_reader()
+    ana = store.profile(profile_id_for(USER, "ana"))
+    bo = store.profile(profile_id_for(ANONYMOUS, "bo-phone"))
+    assert ana is not None and bo is not None
+    for before in (1, 2, 14, 15, 22, 29, 40, 41, 2**63 - 1):
+        for limit in (1, 3, 7, 8, 100):
+            expected = sorted((s for s in ana_seqs if s < before), reverse=True)[:limit]
+            assert await store.read(store.timeline, ana, before, limit) == expected
+    anonymous_only = [s for s, m in log if m.get("anonymousId") == "a1" and "userId" not in m]
+    assert store.erase("ana") == anonymous_only
+    assert await store.read(store.timeline, bo, 2**63 - 1, 100) == bo_seqs[::-1]
+    assert await store.read(store.timeline, bo, 20, 2) == [18, 15]
