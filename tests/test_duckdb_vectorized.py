@@ -46,8 +46,9 @@ def batch(*messages: dict[str, Any]) -> list[Event]:
 async def pair(tmp_path: Path) -> AsyncIterator[tuple[Duckdb, Duckdb]]:
     async with aiohttp.ClientSession() as session:
         fast = Duckdb("a", {"path": str(tmp_path / "fast.duckdb")}, session)
-        slow = Duckdb("a", {"path": str(tmp_path / "slow.duckdb")}, session)
-        slow._vectorized = lambda *_: None  # type: ignore[method-assign]
+        # the Python path alone: a loader on a thread of this process, patched
+        slow = Duckdb("a", {"path": str(tmp_path / "slow.duckdb")}, session, process=False)
+        slow.loader._vectorized = lambda *_: None  # type: ignore[method-assign]
         yield fast, slow
         await fast.close()
         await slow.close()
