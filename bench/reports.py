@@ -8,10 +8,10 @@ rows written straight into the destination's own ``tracks`` table by DuckDB SQL
 (200,000 people over 60 days, a third of the events anonymous, half of those linked in
 ``identities``), then each report's ``run`` timed through the destination's ``query``
 as the daemon runs it. ``--smoke`` is a few seconds with tiny sizes. Wall times
-come with CPU-seconds of this process (DuckDB's threads included) and the load
-average, since the machine may be shared. The destination's threads run at nice 10
-as in the daemon (loading is background work), so on a busy machine the wall
-figures suffer more than the CPU-seconds.
+come with CPU-seconds of this process and the destination's loader process
+(DuckDB's threads included) and the load average, since the machine may be shared.
+The loader runs at nice 10 as in the daemon (loading is background work), so on a
+busy machine the wall figures suffer more than the CPU-seconds.
 """
 
 from __future__ import annotations

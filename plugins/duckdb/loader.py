@@ -15,11 +15,11 @@ unchanged (a batch whose loader died is retried; messageIds already loaded are
 skipped).
 
 Each batch's rows become one Arrow table per warehouse table, inserted plainly and,
-when an id was loaded already, again with ``ON CONFLICT (id) DO NOTHING`` in one
-transaction (a replay or a redelivery adds nothing). Rows and names come from
-``eventd_plugins.warehouse``, shared with postgres, so both stores hold the same
-tables, columns and values; steady track batches are flattened by DuckDB itself
-(:mod:`.vectorized`).
+when a key refuses an id loaded already, again by statements that skip loaded ids
+(:func:`skipping_loaded`), in one transaction (a replay or a redelivery adds
+nothing). Rows and names come from ``eventd_plugins.warehouse``, shared with
+postgres, so both stores hold the same tables, columns and values; steady track
+batches are flattened by DuckDB itself (:mod:`.vectorized`).
 """
 
 from __future__ import annotations
