@@ -31,12 +31,11 @@ from eventd import (
     hookimpl,
     lazy_import,
 )
-from eventd.identity.writer import _BackgroundSpawn
 
 from ..warehouse.batches import SCHEMA_SETTING, identity_rows
 from ..warehouse.rows import column_name
 from . import loader
-from .loader import Delivered, Loader
+from .loader import Delivered, Loader, LoaderSpawn
 
 if TYPE_CHECKING:
     import duckdb
@@ -100,11 +99,9 @@ class Duckdb(Destination):
 
     def _new_pool(self) -> Executor:
         if self.process:
-            # spawn, not fork: eventd's process has threads (SQLite, executors) to not
-            # copy; _BackgroundSpawn lowers the child before its start-up's imports.
             return ProcessPoolExecutor(
                 1,
-                _BackgroundSpawn(),
+                LoaderSpawn(),
                 initializer=loader.start_process,
                 initargs=(str(self.loader.path), self.schema),
             )

@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +49,6 @@ from eventd import (
     background_priority,
     lazy_import,
 )
-from eventd.identity.writer import _exit_with_parent
 
 from ..warehouse.batches import (
     IDENTITIES,
@@ -435,17 +438,49 @@ _loader: Loader | None = None
 
 def start_process(path: str, schema: str | None) -> None:
     """The spawned loader's initializer: background priority before DuckDB starts a
-    thread (they inherit it), the parent's signals ignored and its death followed (as
-    the identity writer: only the parent ends it, after its last batch), and the
-    :class:`Loader`, which opens the file on first use."""
+    thread (they inherit it), the parent's signals ignored (only the parent ends it,
+    after its last batch, as systemd's SIGTERM to the whole group would kill it under
+    a batch), its death followed, and the :class:`Loader`, which opens the file on
+    first use."""
     global _loader
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     background_priority("the duckdb load")
-    # Exiting at any point is safe: a batch is one DuckDB transaction, and the worker
-    # sends it again (its cursor moves only when deliver returned).
-    _exit_with_parent()
+    _follow_parent()
     _loader = Loader(path, schema)
+
+
+def _follow_parent() -> None:
+    """End this process when its parent dies (kill -9, out of memory): nothing else would,
+    since it ignores SIGTERM, and an orphan would hold the file's lock. Exiting at any
+    point is safe: a batch is one DuckDB transaction, and the worker sends it again
+    (its cursor moves only once deliver returned)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        sentinel = parent.sentinel  # ready when the parent is gone
+        threading.Thread(
+            target=lambda: (multiprocessing.connection.wait([sentinel]), os._exit(0)),
+            name="eventd-duckdb-parent-watch",
+            daemon=True,
+        ).start()
+
+
+class _LoaderProcess(SpawnProcess):
+    """A spawned loader lowered to background priority by eventd as soon as it exists:
+    its start-up (a Python importing eventd, DuckDB and Arrow again, ~1 CPU-second)
+    would otherwise run at eventd's priority, beside ingest, when the first batch
+    comes. (The identity writer's spawn does the same; plugins import only ``eventd``.)"""
+
+    def start(self) -> None:
+        super().start()
+        assert self.pid is not None  # set by start()
+        background_priority("the duckdb loader's start-up", self.pid)
+
+
+class LoaderSpawn(SpawnContext):
+    """Spawn (not fork: eventd's process has threads not to copy) at background priority."""
+
+    Process = _LoaderProcess
 
 
 def call(method: str, *args: Any) -> Any:
