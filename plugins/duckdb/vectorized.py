@@ -22,7 +22,7 @@ the same events (the common case) takes this path after its first batch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -266,11 +266,14 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def statements(plan: Plan, schema: str, view: str) -> tuple[str, str, list[str], str]:
+def statements(
+    plan: Plan, schema: str, view: str, skipping: Callable[[str, str, str, str], str]
+) -> tuple[str, str, list[tuple[str, str]], str]:
     """The statement that reads the batch into a temporary table (``$1``: the load
     time; run before the transaction), the query that says whether every row passed
-    the checks (one row: TRUE or FALSE), the plain inserts from the table (``ON
-    CONFLICT`` may be appended), and the temporary table's name (to drop after)."""
+    the checks (one row: TRUE or FALSE), each table's plain insert from the temporary
+    table with its form that skips loaded ids (``skipping(insert, table, target,
+    where)``: the loader's rule), and the temporary table's name (to drop after)."""
     rows = "eventd_vectorized"
     structure = orjson.dumps(plan.structure).decode()
     picks = ", ".join(f"{sql} AS {quote(c)}" for c, sql in plan.expressions.items())
@@ -285,8 +288,9 @@ def statements(plan: Plan, schema: str, view: str) -> tuple[str, str, list[str],
         names = ", ".join(quote(c) for c in cols)
         where = ""
         if table != "tracks":
-            where = f" WHERE event_text IN ({', '.join(map(_literal, events))})"
-        inserts.append(
-            f"INSERT INTO {qualified(schema, table)} ({names}) SELECT {names} FROM {rows}{where}"
-        )
+            where = f"event_text IN ({', '.join(map(_literal, events))})"
+        target = qualified(schema, table)
+        plain = f"INSERT INTO {target} ({names}) SELECT {names} FROM {rows}"
+        plain += f" WHERE {where}" if where else ""
+        inserts.append((plain, skipping(plain, table, target, where)))
     return read, passed, inserts, rows
