@@ -6,6 +6,7 @@ and tests/test_public_api.py fails when this ``__all__`` and that list differ).
 Everything else in the package is eventd's own and may change.
 """
 
+from eventd.background import BackgroundWorker
 from eventd.codec import dumps as json_dumps
 from eventd.codec import loads as json_loads
 from eventd.delivery.transform import Transform
@@ -54,6 +55,7 @@ __all__ = [
     "OK",
     "SECRET_WORDS",
     "TOO_LARGE",
+    "BackgroundWorker",
     "ConfigError",
     "DeletionOutcome",
     "Destination",

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from eventd import codec
+from eventd.background import LoweredSpawn
 from eventd.config import DestinationConfig, IdentityConfig
 from eventd.event import Event
 from eventd.identity import writer
@@ -156,7 +157,7 @@ def test_the_writer_process_starts_up_at_the_lower_priority() -> None:
     priority: its parent lowers it as soon as it exists, so that start-up does not take
     eventd's core either. The child answers once start() has returned (no race)."""
     parent, child = Pipe()
-    proc = writer._BackgroundSpawn().Process(target=_report_priority, args=(child,))
+    proc = LoweredSpawn().Process(target=_report_priority, args=(child,))
     proc.start()
     try:
         parent.send("go")

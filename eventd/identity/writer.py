@@ -3,8 +3,8 @@ process of its own.
 
 Applying a page (parsing events, the graph's rules, writing identity.db) is Python
 work; in eventd's process it would take the GIL from the event loop that serves
-ingest. In a process of its own it runs on another core, and at a lower CPU
-priority (:func:`eventd.priority.background_priority`), so where it shares a core
+ingest. In a process of its own (:class:`eventd.background.BackgroundWorker`) it runs
+on another core, and at a lower CPU priority, so where it shares a core
 with eventd, ingest and delivery keep it and the graph lags, catching up when the
 box is idle. Where the store offers a log source (SQLite: a read-only connection,
 :mod:`eventd.store.log_reader`) the writer reads its pages itself and eventd's
@@ -25,25 +25,15 @@ and lose the reason.
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import multiprocessing
-import multiprocessing.connection
-import os
-import signal
-import threading
-from collections.abc import Callable
-from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import Any, TypeVar
+from typing import Any
 
+from eventd.background import BackgroundWorker
 from eventd.identity.graph import ANONYMOUS, USER, Graph, Rules
 from eventd.identity.message import Message, parse_page
-from eventd.priority import background_priority
 from eventd.store.base import IdentityBackend, LogReader, LogSource
 
-T = TypeVar("T")
 # (seq, body: the stored event's JSON). A plain tuple, not a NamedTuple: pages are
 # pickled to the writer, and a NamedTuple costs 3 us per row more to build and pickle
 # (measured: 0.3 vs 2.3 us to pickle).
@@ -66,38 +56,14 @@ class PageResult:
 
 
 def start_process(*args: Any) -> None:
-    """:func:`start` in the writer's own process, with its garbage collector tuned: a page
-    allocates a dict per event and frees it, so young objects are collected less often
-    (measured: +40 % events per CPU-second), and what start-up loaded is never scanned.
-    It ignores SIGTERM and SIGINT: only its parent ends it, or the parent's death. It
-    runs at nice 10 (background work, see the module docstring)."""
-    # The parent stops the writer (stop(), then shutdown) once it has saved its cursor;
-    # a SIGTERM or Ctrl-C sent to the whole process group (systemd's control group,
-    # `timeout`, a terminal) must not kill it under the parent first.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    background_priority("the identity graph's writer")  # before any thread starts
-    _exit_with_parent()
+    """:func:`start` in the writer's own process (a :class:`~eventd.background.BackgroundWorker`:
+    nice 10, signals left to its parent, its parent's death followed), with its garbage
+    collector tuned: a page allocates a dict per event and frees it, so young objects
+    are collected less often (measured: +40 % events per CPU-second), and what start-up
+    loaded is never scanned."""
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     start(*args)
-
-
-def _exit_with_parent() -> None:
-    """End this process when its parent dies (kill -9, out of memory): nothing else would,
-    since it ignores SIGTERM, and an orphaned writer would hold identity.db's write lock
-    and its memory for good (the test suite's kill -9 tests left hundreds). Exiting at
-    any point is safe: a page is one SQLite transaction, and the next writer redoes what
-    was not committed from the graph's cursor."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])  # ready when the parent is gone
-        os._exit(0)
-
-    threading.Thread(target=watch, name="eventd-identity-parent-watch", daemon=True).start()
 
 
 def start(
@@ -207,26 +173,10 @@ def stop() -> None:
     _store = _graph = _log = None
 
 
-class _BackgroundProcess(SpawnProcess):
-    """A spawned process lowered to nice :data:`~eventd.priority.BACKGROUND_NICE` by its
-    parent as soon as it exists, before its start-up: a spawned Python imports eventd
-    again (~0.5 CPU-seconds) before :func:`start_process` runs, and at eventd's priority
-    that start-up took eventd's core from delivery (where the two share one, as in bench)."""
-
-    def start(self) -> None:
-        super().start()
-        assert self.pid is not None  # set by start()
-        # The child's only thread yet: the threads it starts inherit the priority (and
-        # start_process() tries again in the child).
-        background_priority("the identity writer's start-up", self.pid)
-
-
-class _BackgroundSpawn(SpawnContext):
-    Process = _BackgroundProcess
-
-
-class Writer:
-    """The parent's handle on the writer: :meth:`call` runs one of this module's functions."""
+class Writer(BackgroundWorker):
+    """The parent's handle on the writer: :meth:`call` runs one of this module's functions
+    in it. When the writer dies (killed, out of memory) a call raises BrokenExecutor and
+    the next starts another, which reopens identity.db at its last commit."""
 
     def __init__(
         self,
@@ -236,45 +186,6 @@ class Writer:
         process: bool = True,
         source: LogSource | None = None,
     ):
-        self.args = (
-            backend,
-            tuple(rules.blocked_values),
-            rules.max_anonymous_ids,
-            source,
-        )
-        self.process = process
-        self._pool: Executor | None = None
-
-    def _new_pool(self) -> Executor:
-        if self.process:
-            # spawn, not fork: eventd's process has threads (SQLite, executors) to not copy.
-            return ProcessPoolExecutor(
-                1, _BackgroundSpawn(), initializer=start_process, initargs=self.args
-            )
-        return ThreadPoolExecutor(
-            1, "eventd-identity-writer", initializer=start, initargs=self.args
-        )
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._pool is None:
-            self._pool = self._new_pool()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except BrokenExecutor:
-            # The writer died (killed, out of memory): the next call starts another, which
-            # reopens identity.db at its last commit; the caller retries what failed.
-            self._pool.shutdown(wait=False)
-            self._pool = None
-            raise
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            pool = self._pool
-            try:
-                await self.call(stop)
-            except BrokenExecutor:
-                # Killed already (SIGKILL, out of memory): identity.db holds its last
-                # commit and the graph's cursor with it; nothing is left to stop.
-                return
-            pool.shutdown(wait=True)
-            self._pool = None
+        args = (backend, tuple(rules.blocked_values), rules.max_anonymous_ids, source)
+        setup = start_process if process else start
+        super().__init__("the identity graph's writer", setup, args, teardown=stop, process=process)

@@ -10,16 +10,16 @@ event loop and GIL. DuckDB locks its file, so reports go through this instance's
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Mapping, Sequence
-from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from eventd import (
     OK,
+    BackgroundWorker,
     DeletionOutcome,
     Destination,
     Erasure,
@@ -27,7 +27,6 @@ from eventd import (
     IdentityLink,
     Outcome,
     Retry,
-    background_priority,
     hookimpl,
     lazy_import,
 )
@@ -35,7 +34,7 @@ from eventd import (
 from ..warehouse.batches import SCHEMA_SETTING, identity_rows
 from ..warehouse.rows import column_name
 from . import loader
-from .loader import Delivered, Loader, LoaderSpawn
+from .loader import Delivered, Loader
 
 if TYPE_CHECKING:
     import duckdb
@@ -88,7 +87,14 @@ class Duckdb(Destination):
         self.process = process
         self.loader = Loader(str(self.settings["path"]), self.schema)
         self.path = self.loader.path
-        self._pool: Executor | None = None
+        # one worker: batches and identity upserts never interleave their DDL
+        self._worker = BackgroundWorker(
+            "the duckdb load",
+            loader.start_process if process else None,
+            (str(self.loader.path), self.schema),
+            teardown=self._method("close"),
+            process=process,
+        )
 
     column_name = staticmethod(column_name)
 
@@ -97,37 +103,16 @@ class Duckdb(Destination):
         """Where the ``identities`` table lives: the ``schema`` setting, else ``main``."""
         return self.loader.identities_schema
 
-    def _new_pool(self) -> Executor:
-        if self.process:
-            return ProcessPoolExecutor(
-                1,
-                LoaderSpawn(),
-                initializer=loader.start_process,
-                initargs=(str(self.loader.path), self.schema),
-            )
-        # one thread: batches and identity upserts never interleave their DDL
-        return ThreadPoolExecutor(
-            1,
-            thread_name_prefix=f"duckdb-{self.name}",
-            initializer=functools.partial(background_priority, "the duckdb load"),
-        )
-
     async def _call(self, method: str, *args: Any) -> Any:
-        """Run the loader's ``method`` (in its process, or on its thread)."""
-        if self._pool is None:
-            self._pool = self._new_pool()
+        """Run the loader's ``method`` (in its process, or on its thread). Raises what it
+        raised, or BrokenExecutor when the loader died (killed, out of memory): the next
+        call starts another, which reopens the file at its last commit."""
+        return await self._worker.call(self._method(method), *args)
+
+    def _method(self, method: str) -> Any:
         if self.process:
-            fn: Any = functools.partial(loader.call, method)
-        else:
-            fn = getattr(self.loader, method)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except BrokenExecutor:
-            # The loader died (killed, out of memory): the next call starts another,
-            # which reopens the file at its last commit; the caller retries.
-            self._pool.shutdown(wait=False)
-            self._pool = None
-            raise
+            return functools.partial(loader.call, method)
+        return getattr(self.loader, method)
 
     async def loader_pid(self) -> int:
         """The loader's process id, started if it was not (its CPU is not eventd's)."""
@@ -178,16 +163,9 @@ class Duckdb(Destination):
             return Retry(f"DuckDB: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
-        """Close the file and end the loader (a later call starts it again)."""
-        if self._pool is None:
-            return
-        pool = self._pool
-        try:
-            await self._call("close")
-        except BrokenExecutor:
-            return  # killed already: the file holds its last commit
-        pool.shutdown(wait=True)
-        self._pool = None
+        """Close the file and end the loader (a later call starts it again; a loader
+        killed already left the file at its last commit)."""
+        await self._worker.close()
 
 
 @hookimpl

@@ -5,9 +5,9 @@ erasure, reports' queries), in a process of its own.
 Loading a batch is CPU work, part of it Python's (Arrow tables, the Python path's
 rows, DuckDB's calls); in eventd's process it took the GIL from the event loop that
 serves ingest, and DuckDB's threads counted against eventd's CPU. So the loader
-runs in a spawned process (``Duckdb``'s handle starts it; ``process=False`` keeps it
-on a thread, for tests that patch it), at a lower CPU priority
-(:func:`eventd.background_priority`: nice 10, which DuckDB's threads inherit): on a
+runs in a :class:`eventd.BackgroundWorker` (a spawned process that ``Duckdb``'s
+handle starts; ``process=False`` keeps it on a thread, for tests that patch it), at
+a lower CPU priority (nice 10, which DuckDB's threads inherit): on a
 busy box ingest and delivery keep their CPU and the load lags, catching up when the
 box is idle. The destination still answers the worker per event: ``deliver``
 returns once the batch is committed here, so the worker's cursor semantics are
@@ -26,15 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import multiprocessing
-import multiprocessing.connection
 import os
-import signal
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +41,6 @@ from eventd import (
     Outcome,
     Permanent,
     Retry,
-    background_priority,
     lazy_import,
 )
 
@@ -437,50 +431,12 @@ _loader: Loader | None = None
 
 
 def start_process(path: str, schema: str | None) -> None:
-    """The spawned loader's initializer: background priority before DuckDB starts a
-    thread (they inherit it), the parent's signals ignored (only the parent ends it,
-    after its last batch, as systemd's SIGTERM to the whole group would kill it under
-    a batch), its death followed, and the :class:`Loader`, which opens the file on
-    first use."""
+    """The loader process's setup (an :class:`eventd.BackgroundWorker`: nice 10 before
+    DuckDB starts a thread, which inherit it; signals left to its parent, which ends it
+    after its last batch; its parent's death followed): the :class:`Loader`, which
+    opens the file on first use."""
     global _loader
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    background_priority("the duckdb load")
-    _follow_parent()
     _loader = Loader(path, schema)
-
-
-def _follow_parent() -> None:
-    """End this process when its parent dies (kill -9, out of memory): nothing else would,
-    since it ignores SIGTERM, and an orphan would hold the file's lock. Exiting at any
-    point is safe: a batch is one DuckDB transaction, and the worker sends it again
-    (its cursor moves only once deliver returned)."""
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        sentinel = parent.sentinel  # ready when the parent is gone
-        threading.Thread(
-            target=lambda: (multiprocessing.connection.wait([sentinel]), os._exit(0)),
-            name="eventd-duckdb-parent-watch",
-            daemon=True,
-        ).start()
-
-
-class _LoaderProcess(SpawnProcess):
-    """A spawned loader lowered to background priority by eventd as soon as it exists:
-    its start-up (a Python importing eventd, DuckDB and Arrow again, ~1 CPU-second)
-    would otherwise run at eventd's priority, beside ingest, when the first batch
-    comes. (The identity writer's spawn does the same; plugins import only ``eventd``.)"""
-
-    def start(self) -> None:
-        super().start()
-        assert self.pid is not None  # set by start()
-        background_priority("the duckdb loader's start-up", self.pid)
-
-
-class LoaderSpawn(SpawnContext):
-    """Spawn (not fork: eventd's process has threads not to copy) at background priority."""
-
-    Process = _LoaderProcess
 
 
 def call(method: str, *args: Any) -> Any:
