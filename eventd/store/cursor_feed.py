@@ -40,9 +40,12 @@ class _Range(Span):
 
 
 class CursorFeed:
-    """``store.read`` after the cursor saved under the destination's name."""
+    """``store.read`` after the cursor saved under the destination's name. One fetcher
+    per destination: ``partition`` must be None (ValueError otherwise)."""
 
-    def __init__(self, store: Store, name: str) -> None:
+    def __init__(self, store: Store, name: str, partition: int | None = None) -> None:
+        if partition is not None:
+            raise ValueError("a single-machine store has no partitions")
         self.store = store
         self.name = name
         self.cursor = 0

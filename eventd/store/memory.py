@@ -180,9 +180,7 @@ class MemoryStore:
 
     def feed(self, destination: str, partition: int | None = None) -> Feed:
         """``read`` after the destination's saved cursor (one fetcher: no partitions)."""
-        if partition is not None:
-            raise ValueError("a single-machine store has no partitions")
-        return CursorFeed(self, destination)
+        return CursorFeed(self, destination, partition)
 
     def log_source(self) -> None:
         """None: the log lives in this process's memory (readers use :meth:`read`)."""

@@ -337,9 +337,7 @@ class SqliteStore:
 
     def feed(self, destination: str, partition: int | None = None) -> Feed:
         """``read`` after the destination's saved cursor (one fetcher: no partitions)."""
-        if partition is not None:
-            raise ValueError("a single-machine store has no partitions")
-        return CursorFeed(self, destination)
+        return CursorFeed(self, destination, partition)
 
     def log_source(self) -> SqliteLogSource:
         """The file, read-only from another process (eventd/store/log_reader.py)."""
