@@ -59,6 +59,13 @@ class NotSupported(Exception):
     this message, which names what is missing."""
 
 
+class NotLeader(Exception):
+    """An :class:`IdentityBackend` shared by several nodes (:attr:`IdentityBackend.shared`)
+    lets one writer write at a time: this node's is not it (another node holds the
+    writer's lease, or this node's lapsed). Not a failure: the node keeps reading the
+    shared state and tries again later."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -237,6 +244,14 @@ class IdentityBackend(Protocol):
     def in_process(self) -> bool:
         """True when the state lives in this process's memory: the writer then runs on a
         thread beside the readers, not in a process of its own."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """True when several nodes share the state (the cluster's): each node reads it,
+        one node's writer at a time writes it (the others' writer-side calls raise
+        :class:`NotLeader`), and a node learns the graph's cursor with
+        ``watch_cursor(seen)``, ``seen`` called on another thread with each new one."""
         ...
 
     def open_writer(self) -> None: ...
