@@ -91,7 +91,11 @@ def _state() -> tuple[IdentityBackend, Graph]:
 
 
 def cursor() -> int:
-    return _state()[0].cursor()
+    """The store's cursor, with the graph's cache dropped: a shared store's writer asks
+    it when it takes the lease, after another node's writer may have changed profiles."""
+    store, graph = _state()
+    graph.forget()
+    return store.cursor()
 
 
 def apply_log(after: int, upto: int, limit: int) -> PageResult:

@@ -60,10 +60,9 @@ class NotSupported(Exception):
 
 
 class NotLeader(Exception):
-    """An :class:`IdentityBackend` shared by several nodes (:attr:`IdentityBackend.shared`)
-    lets one writer write at a time: this node's is not it (another node holds the
-    writer's lease, or this node's lapsed). Not a failure: the node keeps reading the
-    shared state and tries again later."""
+    """A :class:`SharedIdentityBackend` lets one node's writer write at a time: this
+    node's is not it (another node holds the writer's lease, or this node's lapsed).
+    Not a failure: the node keeps reading the shared state and tries again later."""
 
 
 def now_ms() -> int:
@@ -246,14 +245,6 @@ class IdentityBackend(Protocol):
         thread beside the readers, not in a process of its own."""
         ...
 
-    @property
-    def shared(self) -> bool:
-        """True when several nodes share the state (the cluster's): each node reads it,
-        one node's writer at a time writes it (the others' writer-side calls raise
-        :class:`NotLeader`), and a node learns the graph's cursor with
-        ``watch_cursor(seen)``, ``seen`` called on another thread with each new one."""
-        ...
-
     def open_writer(self) -> None: ...
 
     def close(self) -> None: ...
@@ -315,6 +306,18 @@ class IdentityBackend(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Rows (entries) of ``profiles``, ``identifiers`` and ``links``."""
+        ...
+
+
+@runtime_checkable
+class SharedIdentityBackend(IdentityBackend, Protocol):
+    """An :class:`IdentityBackend` several nodes share (the cluster's,
+    eventd/store/cluster_identity.py): every node reads it; one node's writer at a time
+    writes it, and the others' writer-side calls raise :class:`NotLeader`."""
+
+    def watch_cursor(self, seen: Callable[[int], None]) -> None:
+        """Call ``seen(cursor)`` (from another thread) with the graph's cursor now and
+        after each page any node's writer applies (once :meth:`open_reader` returned)."""
         ...
 
 

@@ -248,7 +248,6 @@ class ClusterIdentityStore(ReaderThread):
     writer process), it is its settings: nothing open crosses."""
 
     in_process = False  # the writer runs in a process of its own, as on SQLite
-    shared = True  # every node reads it; one node's writer (the lease's) writes it
 
     def __init__(self, cfg: JetStreamConfig) -> None:
         self.cfg = cfg

@@ -163,7 +163,6 @@ class IdentityStore(ReaderThread):
     writer process), it is its path and settings: nothing open crosses."""
 
     in_process = False  # a file: the writer opens it from a process of its own
-    shared = False  # one node's
 
     def __init__(self, path: Path, synchronous: str = "normal") -> None:
         self.path = path

@@ -43,7 +43,6 @@ class MemoryIdentityStore:
     thread beside its readers (:attr:`in_process`)."""
 
     in_process = True
-    shared = False
 
     def __init__(self, data: MemoryIdentityData | None = None) -> None:
         self.data = data if data is not None else MemoryIdentityData()
