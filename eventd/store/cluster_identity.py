@@ -258,7 +258,8 @@ class ClusterIdentityStore(ReaderThread):
         self._revision = 0  # the lease's last revision (0: not held)
         self._held_until = 0.0  # time.monotonic() before which the lease is surely ours
         self._renewer: concurrent.futures.Future[None] | None = None
-        self._fresh = False  # the lease was (re)taken: the graph must not trust its cache
+        self._led_before = False  # taken once already: taking it again means a reload
+        self._lease_lock = asyncio.Lock()  # renewals and takes, on the writer's loop
         self._watcher: concurrent.futures.Future[None] | None = None
 
     def __getstate__(self) -> JetStreamConfig:
@@ -283,45 +284,59 @@ class ClusterIdentityStore(ReaderThread):
         return self._w
 
     def _lead(self) -> None:
-        """Hold the lease, taking it when free; raises NotLeader when another holds it
-        or ours lapsed (once: the next call takes it again if it is free)."""
+        """Hold the lease: renew ours, or take it when free (then finish a page a
+        crashed writer left). Raises NotLeader when another node holds it, and once
+        after taking it anew when this writer held it before: another writer may have
+        applied pages meanwhile, so the caller reads the cursor again and the graph
+        drops its cache (eventd/identity/writer.py: ``cursor``)."""
         if self._revision and time.monotonic() < self._held_until:
             return
         w = self.w
-        was_ours = bool(self._revision)
-        self._revision = 0
-        sent = time.monotonic()
-        try:
-            self._revision = w.run(w.leases.create(LEASE_KEY, self.node.encode()))
-        except KeyWrongLastSequenceError:
-            raise NotLeader("another node's identity writer holds the lease") from None
-        self._held_until = sent + LEASE_TTL - LEASE_SLACK
+        if w.run(self._hold(take=True)):
+            return  # still ours all along: nobody else wrote
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.run_coroutine_threadsafe(self._renew(), w.bridge.loop)
         log.info("identity writer lease taken", node=self.node)
-        self.w.run(self._recover())
-        if was_ours:  # another writer may have applied pages meanwhile
+        w.run(self._recover())
+        if self._led_before:
             raise NotLeader("the identity writer's lease lapsed and was taken again")
+        self._led_before = True
+
+    async def _hold(self, take: bool) -> bool:
+        """Renew our lease (True); else, when ``take``, create it (False: taken anew;
+        NotLeader when another node holds it). The deadline the writes check is when
+        the request was sent plus the TTL, less a slack (the server counts the TTL
+        from when it stored it, later)."""
+        async with self._lease_lock:
+            leases, sent = self.w.leases, time.monotonic()
+            if self._revision:
+                try:
+                    self._revision = await leases.update(
+                        LEASE_KEY, self.node.encode(), last=self._revision
+                    )
+                    self._held_until = sent + LEASE_TTL - LEASE_SLACK
+                    return True
+                except KeyWrongLastSequenceError:  # it lapsed and another node took it
+                    self._revision, self._held_until = 0, 0.0
+            if not take:
+                return False
+            try:
+                self._revision = await leases.create(LEASE_KEY, self.node.encode())
+            except KeyWrongLastSequenceError:
+                raise NotLeader("another node's identity writer holds the lease") from None
+            self._held_until = sent + LEASE_TTL - LEASE_SLACK
+            return False
 
     async def _renew(self) -> None:
-        """Renew the lease every LEASE_RENEW s while held (a stall: the next round)."""
-        w = self.w
+        """Renew the lease every LEASE_RENEW s while held; never takes it anew (only
+        :meth:`_lead` does, which makes the writer reload). A stall: the next round."""
         while True:
             await asyncio.sleep(LEASE_RENEW)
-            if not self._revision:
-                continue
-            sent = time.monotonic()
-            try:
-                self._revision = await w.leases.update(
-                    LEASE_KEY, self.node.encode(), last=self._revision
-                )
-            except KeyWrongLastSequenceError:
-                self._held_until = 0.0  # taken by another node after a lapse
-                continue
-            except Exception as exc:
-                log.info("identity writer lease not renewed", error=repr(exc))
-                continue
-            self._held_until = sent + LEASE_TTL - LEASE_SLACK
+            if self._revision:
+                try:
+                    await self._hold(take=False)
+                except Exception as exc:
+                    log.info("identity writer lease not renewed", error=repr(exc))
 
     def _check(self) -> None:
         """Raise NotLeader before writing once the lease may have lapsed."""
@@ -394,15 +409,7 @@ class ClusterIdentityStore(ReaderThread):
             if not isinstance(link.user_id, str) or not isinstance(link.linked_at, str):
                 raise ValueError(f"a link needs a userId and a linked_at: {link}")
         self._lead()
-        record = {
-            "cursor": cursor,
-            "profiles": [p.record() for p in changes.profiles.values()],
-            "removed": sorted(changes.removed - changes.profiles.keys()),
-            "ids": [[k, v, pid] for (k, v), pid in changes.ids.items()],
-            "links": [[x.anonymous_id or "", x.user_id, x.linked_at, x.seq] for x in changes.links],
-            "resend": sorted(changes.resend_users),
-            "events": [[k, v, seqs] for (k, v), seqs in changes.events.items()],
-        }
+        record = page_record(changes, cursor)
         self.w.run(self._log_page(record))
         self.w.run(self._write_page(record))
 
@@ -647,6 +654,19 @@ class ClusterIdentityStore(ReaderThread):
             }
 
         return r.run(read())
+
+
+def page_record(changes: Changes, cursor: int) -> dict[str, Any]:
+    """A page's changes and the cursor past it as plain JSON (the write-ahead record)."""
+    return {
+        "cursor": cursor,
+        "profiles": [p.record() for p in changes.profiles.values()],
+        "removed": sorted(changes.removed - changes.profiles.keys()),
+        "ids": [[k, v, pid] for (k, v), pid in changes.ids.items()],
+        "links": [[x.anonymous_id or "", x.user_id, x.linked_at, x.seq] for x in changes.links],
+        "resend": sorted(changes.resend_users),
+        "events": [[k, v, seqs] for (k, v), seqs in changes.events.items()],
+    }
 
 
 async def _none() -> None:
