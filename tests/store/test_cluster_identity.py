@@ -12,17 +12,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from eventd.config import JetStreamConfig
-from eventd.identity.graph import ANONYMOUS, USER, Changes, Graph, profile_id_for
+from eventd.identity.graph import ANONYMOUS, USER, profile_id_for
 from eventd.store import NotLeader
 from eventd.store.cluster_identity import LEASE_KEY, ClusterIdentityStore, page_record
 from tests.nats_cluster import NatsCluster
+from tests.store.test_identity_conformance import ANA, page
 
-TS = "2026-11-01T10:00:00.000Z"
-ANA = [
-    (1, {"type": "track", "anonymousId": "a1"}),
-    (2, {"type": "identify", "anonymousId": "a1", "userId": "ana"}),
-    (3, {"type": "track", "userId": "ana"}),
-]
 _streams = itertools.count()
 
 
@@ -39,13 +34,6 @@ def stores(nats_cluster: NatsCluster) -> Iterator[Callable[[], ClusterIdentitySt
     yield make
     for store in made:
         store.close()
-
-
-def page(store: ClusterIdentityStore, events: list[tuple[int, dict[str, str]]]) -> Changes:
-    graph = Graph(backing=store)
-    for seq, msg in events:
-        graph.apply(seq, {"timestamp": TS, **msg})
-    return graph.take_changes()
 
 
 def test_one_writer_at_a_time_and_the_next_takes_over_on_close(
