@@ -55,6 +55,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import copy
 import os
 import threading
 import time
@@ -65,6 +66,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
@@ -184,6 +186,72 @@ class _Side:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.bridge.run(coro)
+
+    async def _pipelined(self, requests: list[tuple[str, bytes]]) -> list[Any]:
+        """Send every (subject, payload) at once, each with a reply subject of one inbox
+        of ours, and return the decoded JSON answers in order. One request at a time
+        through nats-py (a future, an inbox and a reply parse each) cost ~300 us of
+        CPU per key: a page writes thousands. Sent in order on one connection, so a
+        stream stores them in that order. Raises TimeoutError when some answer does
+        not come within CALL_TIMEOUT (nothing is known of those: callers redo all)."""
+        if not requests:
+            return []
+        nc = self.bridge.nc
+        inbox = nc.new_inbox()
+        answers: list[Any] = [None] * len(requests)
+        left = len(requests)
+        done = asyncio.get_running_loop().create_future()
+
+        async def answered(msg: Msg) -> None:
+            nonlocal left
+            i = int(msg.subject.rsplit(".", 1)[1])
+            if answers[i] is None:
+                # No data: a status (503 no responders: the stream has no leader).
+                answers[i] = orjson.loads(msg.data) if msg.data else {"error": msg.headers}
+                left -= 1
+                if not left and not done.done():
+                    done.set_result(None)
+
+        sub = await nc.subscribe(f"{inbox}.*", cb=answered)
+        try:
+            for i, (subject, payload) in enumerate(requests):
+                await nc.publish(subject, payload, reply=f"{inbox}.{i}")
+            await asyncio.wait_for(done, CALL_TIMEOUT)
+        finally:
+            await sub.unsubscribe()
+        return answers
+
+    async def puts(self, bucket: KeyValue, items: Iterable[tuple[str, bytes]]) -> None:
+        """Put every (key, value) into ``bucket``, pipelined, in order; raises
+        RuntimeError naming the first refusal."""
+        answers = await self._pipelined([(f"$KV.{bucket._name}.{k}", v) for k, v in items])
+        for a in answers:
+            if "error" in a:
+                raise RuntimeError(f"identity bucket {bucket._name} refused a put: {a['error']}")
+
+    async def gets(self, keys: Iterable[str], bucket: KeyValue | None = None) -> list[bytes | None]:
+        """The values of ``keys`` (None: no such key), read from the stream's leader."""
+        name = (bucket or self.state)._name
+        api = f"$JS.API.STREAM.MSG.GET.KV_{name}"
+        answers = await self._pipelined(
+            [(api, orjson.dumps({"last_by_subj": f"$KV.{name}.{k}"})) for k in keys]
+        )
+        out: list[bytes | None] = []
+        for a in answers:
+            if "message" in a:
+                out.append(base64.b64decode(a["message"].get("data") or ""))
+            elif a.get("error", {}).get("code") == 404:
+                out.append(None)
+            else:
+                raise RuntimeError(f"identity bucket {name} refused a read: {a.get('error')}")
+        return out
+
+    async def gets_json(self, keys: Iterable[str], default: Any) -> list[Any]:
+        """Decoded values; a copy of ``default`` for each missing key (callers change them)."""
+        return [
+            copy.copy(default) if raw is None else orjson.loads(raw)
+            for raw in await self.gets(keys)
+        ]
 
     async def get(self, key: str, bucket: KeyValue | None = None) -> bytes | None:
         try:
@@ -383,12 +451,12 @@ class ClusterIdentityStore(ReaderThread):
             w = self.w
             pids = [
                 None if raw is None else raw.decode()
-                for raw in await _gather(w.get(f"i.{k}.{enc(v)}") for k, v in wanted)
+                for raw in await w.gets(f"i.{k}.{enc(v)}" for k, v in wanted)
             ]
             unique = sorted({p for p in pids if p is not None})
-            bodies = await _gather(w.get(f"p.{pid}") for pid in unique)
+            bodies = await w.gets(f"p.{pid}" for pid in unique)
             profiles = [None if b is None else Profile.from_record(codec.loads(b)) for b in bodies]
-            links = await _gather(w.get_json(f"la.{enc(a)}", []) for a in anons)
+            links = await w.gets_json((f"la.{enc(a)}" for a in anons), [])
             found = dict(zip(unique, profiles, strict=True))
             return (
                 pids,
@@ -419,7 +487,7 @@ class ClusterIdentityStore(ReaderThread):
         parts = [data[i : i + PAGE_PART_BYTES] for i in range(0, len(data), PAGE_PART_BYTES)]
         self._check()
         w = self.w
-        await _gather(w.state.put(f"s.page.{i}", part) for i, part in enumerate(parts))
+        await w.puts(w.state, ((f"s.page.{i}", part) for i, part in enumerate(parts)))
         self._check()
         await w.state.put("s.page", orjson.dumps({"cursor": record["cursor"], "parts": len(parts)}))
 
@@ -429,7 +497,7 @@ class ClusterIdentityStore(ReaderThread):
         head = await w.get_json("s.page", None)
         if head is None or head["cursor"] <= await w.get_json("s.cursor", 0):
             return
-        parts = await _gather(w.get(f"s.page.{i}") for i in range(head["parts"]))
+        parts = await w.gets(f"s.page.{i}" for i in range(head["parts"]))
         if any(p is None for p in parts):  # cannot be: the head is put after its parts
             raise RuntimeError("the identity page record is incomplete")
         record = orjson.loads(b"".join(p for p in parts if p is not None))
@@ -439,24 +507,21 @@ class ClusterIdentityStore(ReaderThread):
     async def _write_page(self, r: dict[str, Any]) -> None:
         w = self.w
         self._check()
-        writes: list[Awaitable[Any]] = [
-            w.state.put(f"p.{p['profile_id']}", codec.dumps(p)) for p in r["profiles"]
+        puts = [(f"p.{p['profile_id']}", codec.dumps(p)) for p in r["profiles"]]
+        puts += [(f"i.{k}.{enc(v)}", pid.encode()) for k, v, pid in r["ids"]]
+        puts += [
+            (f"t.{enc(key_of(k, v))}.{seqs[0]}", orjson.dumps(seqs)) for k, v, seqs in r["events"]
         ]
-        writes += [w.purge(w.state, f"p.{pid}") for pid in r["removed"]]
-        writes += [w.state.put(f"i.{k}.{enc(v)}", pid.encode()) for k, v, pid in r["ids"]]
-        writes += [
-            w.state.put(f"t.{enc(key_of(k, v))}.{seqs[0]}", orjson.dumps(seqs))
-            for k, v, seqs in r["events"]
-        ]
-        await _gather(writes)
+        await w.puts(w.state, puts)
+        await _gather(w.purge(w.state, f"p.{pid}") for pid in r["removed"])
         # Links: each anonymousId's and each user's index, read, changed and put once.
         anons = sorted({a for a, *_ in r["links"]})
         users = sorted({u for _, u, *_ in r["links"]} | set(r["resend"]))
         by_anon = dict(
-            zip(anons, await _gather(w.get_json(f"la.{enc(a)}", []) for a in anons), strict=True)
+            zip(anons, await w.gets_json((f"la.{enc(a)}" for a in anons), []), strict=True)
         )
         by_user = dict(
-            zip(users, await _gather(w.get_json(f"lu.{enc(u)}", []) for u in users), strict=True)
+            zip(users, await w.gets_json((f"lu.{enc(u)}" for u in users), []), strict=True)
         )
         new: list[tuple[str, str, str, int]] = []
         for anon, user, linked_at, seq in r["links"]:
@@ -464,22 +529,26 @@ class ClusterIdentityStore(ReaderThread):
                 by_anon[anon].append([user, linked_at, seq])
                 by_user[user].append(anon)
                 new.append((anon, user, linked_at, seq))
-        # One after another: a link's revision is its version, in the graph's order.
-        # Before the indexes: a page finished again after a crash finds a link new
-        # until its index says otherwise (put twice at worst: a feed sends it again).
-        for anon, user, linked_at, seq in new:
-            self._check()
-            await w.links.put(f"{enc(anon)}.{enc(user)}", orjson.dumps([linked_at, seq]))
+        # A link's revision is its version: puts sent in the graph's order (one
+        # connection keeps it, and the stream numbers them as they come), awaited
+        # together. Before the indexes: a page finished again after a crash finds a
+        # link new until its index says otherwise (put twice at worst: a feed sends
+        # it again).
         self._check()
-        await _gather(w.state.put(f"la.{enc(a)}", orjson.dumps(e)) for a, e in by_anon.items())
-        await _gather(w.state.put(f"lu.{enc(u)}", orjson.dumps(e)) for u, e in by_user.items())
-        for user in r["resend"]:  # again, after every feed's position
-            for anon in sorted(by_user[user]):
-                key = f"{enc(anon)}.{enc(user)}"
-                value = await w.get(key, w.links)
-                if value is not None:
-                    self._check()
-                    await w.links.put(key, value)
+        await w.puts(
+            w.links,
+            ((f"{enc(anon)}.{enc(user)}", orjson.dumps([at, seq])) for anon, user, at, seq in new),
+        )
+        self._check()
+        await w.puts(w.state, ((f"la.{enc(a)}", orjson.dumps(e)) for a, e in by_anon.items()))
+        await w.puts(w.state, ((f"lu.{enc(u)}", orjson.dumps(e)) for u, e in by_user.items()))
+        resend = [f"{enc(a)}.{enc(u)}" for u in r["resend"] for a in sorted(by_user[u])]
+        values = await w.gets(resend, w.links)
+        self._check()
+        await w.puts(  # again: after every feed's position
+            w.links,
+            ((key, value) for key, value in zip(resend, values, strict=True) if value is not None),
+        )
         self._check()
         await w.state.put("s.cursor", orjson.dumps(r["cursor"]))
 
@@ -593,13 +662,12 @@ class ClusterIdentityStore(ReaderThread):
         r = self.r
 
         async def read() -> dict[tuple[str, str], Profile]:
-            pids = await _gather(r.get(f"i.{k}.{enc(v)}") for k, v in keys)
-            bodies = await _gather(
-                r.get(f"p.{p.decode()}") if p is not None else _none() for p in pids
-            )
+            pids = await r.gets(f"i.{k}.{enc(v)}" for k, v in keys)
+            found = [(key, p.decode()) for key, p in zip(keys, pids, strict=True) if p is not None]
+            bodies = await r.gets(f"p.{pid}" for _, pid in found)
             return {
                 key: Profile.from_record(codec.loads(b))
-                for key, b in zip(keys, bodies, strict=True)
+                for (key, _), b in zip(found, bodies, strict=True)
                 if b is not None
             }
 
@@ -608,7 +676,7 @@ class ClusterIdentityStore(ReaderThread):
     def links(self, anonymous_ids: Iterable[str]) -> dict[str, list[Link]]:
         anons = list(set(anonymous_ids))
         r = self.r
-        entries = r.run(_gather(r.get_json(f"la.{enc(a)}", []) for a in anons))
+        entries = r.run(r.gets_json((f"la.{enc(a)}" for a in anons), []))
         return {a: _links_record(e, a) for a, e in zip(anons, entries, strict=True) if e}
 
     def timeline(self, profile: Profile, before: int, limit: int) -> list[int]:
@@ -623,7 +691,7 @@ class ClusterIdentityStore(ReaderThread):
         async def read() -> list[tuple[int, IdentityLink]]:
             rows = await r.scan(r.links, ">", after=version, limit=limit)
             pairs = [tuple(dec(t) for t in key.split(".")) for key, _, _ in rows]
-            pids = await _gather(r.get(f"i.{USER}.{enc(user)}") for _, user in pairs)
+            pids = await r.gets(f"i.{USER}.{enc(user)}" for _, user in pairs)
             out = []
             for (_, value, revision), (anon, user), pid in zip(rows, pairs, pids, strict=True):
                 if pid is not None:  # as SQLite's join: a link of an erased user is gone
@@ -667,7 +735,3 @@ def page_record(changes: Changes, cursor: int) -> dict[str, Any]:
         "resend": sorted(changes.resend_users),
         "events": [[k, v, seqs] for (k, v), seqs in changes.events.items()],
     }
-
-
-async def _none() -> None:
-    return None
