@@ -172,6 +172,8 @@ def stop() -> None:
     global _store, _graph, _log
     if _store is not None:
         _store.close()
+    elif _args is not None:  # opened but not leading (a shared store): its connection
+        _args[0].close()
     if _log is not None:
         _log.close()
     _store = _graph = _log = None
