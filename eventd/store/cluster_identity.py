@@ -126,12 +126,22 @@ class Bridge:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.run(self.nc.close(), 10.0)
+        with contextlib.suppress(Exception):
+            self.run(_cancel_others(), 10.0)  # a watcher's, nats-py's own: none left pending
         self._stop_loop()
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10.0)
         self.loop.close()
+
+
+async def _cancel_others() -> None:
+    """Cancel every other task on this loop and wait for them."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 async def _bucket(

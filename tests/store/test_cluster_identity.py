@@ -7,6 +7,7 @@ nothing. A real 3-server cluster, R3; each test its own stream name."""
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -100,3 +101,31 @@ def test_a_writer_whose_lease_another_took_writes_nothing(
     assert a.cursor() == 1
     a.apply(page(a, ANA[1:]), 3)
     assert a.profile_of(ANONYMOUS, "a1") == profile_id_for(USER, "ana")
+
+
+async def test_a_node_that_does_not_write_follows_the_cursor(
+    stores: Callable[[], ClusterIdentityStore],
+) -> None:
+    """What stitched delivery on a node waits on: the cursor any node's writer writes,
+    seen on this node's reader (now, then after each page), in order."""
+    writer_node, reader_node = stores(), stores()
+    writer_node.open_writer()
+    writer_node.apply(page(writer_node, ANA[:1]), 1)
+    await reader_node.open_reader()
+    seen: list[int] = []
+    changed = threading.Condition()
+
+    def saw(cursor: int) -> None:
+        with changed:
+            seen.append(cursor)
+            changed.notify_all()
+
+    reader_node.watch_cursor(saw)
+    try:
+        with changed:
+            assert changed.wait_for(lambda: seen == [1], 30), seen
+        writer_node.apply(page(writer_node, ANA[1:]), 3)
+        with changed:
+            assert changed.wait_for(lambda: seen == [1, 3], 30), seen
+    finally:
+        await reader_node.close_reader()
