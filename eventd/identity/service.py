@@ -26,6 +26,15 @@ counts why), ingest and delivery of destinations that do not stitch carry on, an
 once space is back it catches up from its own cursor: nothing is lost, it is a
 consumer of the log. Until it has opened, profile reads raise
 :class:`IdentityUnavailable` (the API answers 503) and stitched deliveries wait.
+
+On the cluster the state is shared (a :class:`~eventd.store.base.SharedIdentityBackend`,
+eventd/store/cluster_identity.py): every node opens the reader and follows the
+graph's cursor as any node's writer moves it (stitched deliveries wait on that);
+the writer of one node at a time (the lease's) applies the log, reading it after the
+shared cursor with no local end (the read long-polls), and runs the warehouse feeds;
+the others' writers get :class:`~eventd.store.base.NotLeader` and try again every
+LEAD_RETRY seconds. No cursor is copied to the Store there (its retention does not
+read one).
 """
 
 from __future__ import annotations
