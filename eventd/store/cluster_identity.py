@@ -46,7 +46,9 @@ cursor has passed, so it never depends on a page in progress.
 
 Every call here is synchronous (the graph's protocol); each side runs the nats
 client on an event loop thread of its own (:class:`Bridge`): the writer's in the
-writer process, the readers' in eventd's.
+writer process, the readers' in eventd's. A page's keys are put and read in bulk,
+pipelined on that one connection (``_Side.puts`` / ``gets``), not one nats-py
+request each (measured: 4,200 -> ~16,000 events per CPU-second of the writer).
 """
 
 from __future__ import annotations
