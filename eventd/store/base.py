@@ -59,6 +59,12 @@ class NotSupported(Exception):
     this message, which names what is missing."""
 
 
+class NotLeader(Exception):
+    """A :class:`SharedIdentityBackend` lets one node's writer write at a time: this
+    node's is not it (another node holds the writer's lease, or this node's lapsed).
+    Not a failure: the node keeps reading the shared state and tries again later."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -300,6 +306,18 @@ class IdentityBackend(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Rows (entries) of ``profiles``, ``identifiers`` and ``links``."""
+        ...
+
+
+@runtime_checkable
+class SharedIdentityBackend(IdentityBackend, Protocol):
+    """An :class:`IdentityBackend` several nodes share (the cluster's,
+    eventd/store/cluster_identity.py): every node reads it; one node's writer at a time
+    writes it, and the others' writer-side calls raise :class:`NotLeader`."""
+
+    def watch_cursor(self, seen: Callable[[int], None]) -> None:
+        """Call ``seen(cursor)`` (from another thread) with the graph's cursor now and
+        after each page any node's writer applies (once :meth:`open_reader` returned)."""
         ...
 
 

@@ -17,11 +17,13 @@ ingest and deliver:
 
 What needs the log read by position, or state not yet kept in the cluster, raises
 :class:`~eventd.store.base.NotSupported` (the admin API answers 501 naming it):
-reading events by seq or by messageId, service cursors, redrive, replay,
-suppressions and erasure, identity state. Reads that the running parts make on
+reading events by messageId or a range of seqs, service cursors, redrive,
+replay, suppressions and erasure. The identity graph's state is in buckets of its
+own (eventd/store/cluster_identity.py), its writer reads the log through
+eventd/store/cluster_log.py. Reads that the running parts make on
 their own (no redrive or replay queued, no suppression) answer "none".
-``eventd.config`` refuses at load what would need them (the identity graph, a
-duckdb destination): docs/scaling.md, "Serve on the cluster".
+``eventd.config`` refuses at load what would need them (a duckdb destination):
+docs/scaling.md, "Serve on the cluster".
 
 An event's seq on the cluster is ``log message sequence << EVENT_BITS | its place
 in the message's group`` (log order kept; unique per event).
@@ -182,16 +184,27 @@ class ClusterStore:
         raise _refused("reading the log by position")
 
     def identity_store(self, path: Path, synchronous: str) -> IdentityBackend:
-        raise _refused("the identity graph")
+        """The graph's state in the cluster's buckets, shared by every node
+        (eventd/store/cluster_identity.py; ``path`` and ``synchronous`` unused)."""
+        from eventd.store.cluster_identity import ClusterIdentityStore
+
+        assert self.config.jetstream is not None
+        return ClusterIdentityStore(self.config.jetstream)
 
     def log_source(self) -> LogSource | None:
-        raise _refused("reading the log from another process")
+        """The log by position, for the identity writer (eventd/store/cluster_log.py)."""
+        from eventd.store.cluster_log import ClusterLogSource
+
+        assert self.config.jetstream is not None
+        return ClusterLogSource(self.config.jetstream)
 
     async def find_event(self, source: str, message_id: str) -> Event | None:
         raise _refused("finding an event by messageId")
 
     async def read_seqs(self, seqs: Sequence[int]) -> list[Event]:
-        raise _refused("reading the log by position")
+        from eventd.store.cluster_log import read_seqs
+
+        return await read_seqs(self.js.js, self.js.names.stream, seqs)
 
     async def received_at_after(self, seq: int) -> int | None:
         raise _refused("reading the log by position")
