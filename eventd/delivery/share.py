@@ -1,0 +1,68 @@
+"""A destination's ``max_in_flight`` and ``rate_limit`` as this node's part of them.
+
+On one machine a node's part is the whole limit. On a cluster every node delivers
+the same destination (they share its durable consumer), so each node takes its part
+of the limit, from :attr:`Store.limit_share` ``(place, nodes)``: the live nodes as of
+the last heartbeat round (``S_LEASES`` ``node-<id>`` keys, which expire after the
+lease TTL) and this node's place among them in node-id order.
+
+- ``max_in_flight`` M over N nodes: ``M // N`` each, and one more for the first
+  ``M % N`` places, so the parts add up to exactly M while the nodes agree on who is
+  alive (N > M: every node still gets 1, so the total is N; a node must progress).
+- ``rate_limit`` R over N nodes: ``R / N`` each (a token bucket per node, GCRA as in
+  ratelimit.py), so over any window the total stays within one batch per node of
+  ``R * window``.
+
+The share is read again at every acquire and every booking, so a node that joins or
+dies changes every node's part within a heartbeat round plus the lease TTL. While
+the nodes' counts disagree (a node just died: the others still count it until its
+key expires) the total is below the limit, never above it; a node that joined but
+is not counted yet by the others is the exception, for at most one round (it beats
+once before it serves, so this is only a node counted by itself and not yet by the
+others' last read). A node with no work leaves its part unused: the simplest
+scheme, no cross-node booking on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+Share = Callable[[], tuple[int, int]]  # (place, nodes), e.g. Store.limit_share
+
+
+def part(limit: int, place: int, nodes: int) -> int:
+    """This node's part of an integer limit: the parts of places 0..nodes-1 add up
+    to ``limit`` (each at least 1)."""
+    nodes = max(1, nodes)
+    return max(1, limit // nodes + (1 if place % nodes < limit % nodes else 0))
+
+
+class Slots:
+    """Batches in flight to one destination, at most this node's part of
+    ``max_in_flight`` (re-read at every acquire: a shrink lets the batches out finish,
+    and no new one starts until they are under the new part)."""
+
+    def __init__(self, limit: int, share: Share = lambda: (0, 1)) -> None:
+        self.limit = limit
+        self.share = share
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    @property
+    def capacity(self) -> int:
+        return part(self.limit, *self.share())
+
+    async def acquire(self) -> None:
+        while self.used >= self.capacity:
+            self._freed.clear()
+            # The share may grow without a release (a node died): look again each
+            # second rather than only when a batch ends.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), 1.0)
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        self._freed.set()
