@@ -11,34 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
 
 from eventd.store.jetstream import JetStreamStore, LogEvent
-from tests.nats_cluster import NatsCluster
-from tests.test_jetstream_store import Nodes, drain, row, until
+from tests.test_jetstream_store import Nodes, drain, nodes, row, until
+
+__all__ = ["nodes"]  # the fixture: stores as separate nodes hold them
 
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-async def stores(tmp_path: Path, nats_cluster: NatsCluster) -> AsyncIterator[Nodes]:
-    n = Nodes(tmp_path, nats_cluster)
-    yield n
-    await n.close()
-
-
 async def test_drained_waits_for_the_ingest_queue_the_consumer_and_what_a_node_holds(
-    stores: Nodes,
+    nodes: Nodes,
 ) -> None:
     destinations = ("hook", "crm")
     # An ingest-only node: what it acknowledges waits in the ingest queue.
-    front = JetStreamStore(stores.cfg, stores.tmp / "front", node_id="front")
+    front = JetStreamStore(nodes.cfg, nodes.tmp / "front", node_id="front")
     await front.open(destinations, run_dedup=False)
-    stores.open.append(front)
+    nodes.open.append(front)
     assert await front.drained("hook") and await front.drained("crm")  # nothing yet
     await front.append([row(f"d{i}", user=f"u{i % 5}") for i in range(40)])
     ingest = await front.js.stream_info(front.names.ingest)
@@ -46,7 +38,7 @@ async def test_drained_waits_for_the_ingest_queue_the_consumer_and_what_a_node_h
     assert not await front.drained("hook") and not await front.drained("crm")
 
     # A node with dedup stages forwards the groups to the log: pending there.
-    a = await stores.start("a", destinations=destinations)
+    a = await nodes.start("a", destinations=destinations)
     await until(lambda: a.forwarded == 40)
 
     deadline = time.monotonic() + 30
