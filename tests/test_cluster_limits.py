@@ -30,7 +30,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from eventd.delivery.share import part
 from tests.harness import EventdProcess, Sink, running
 from tests.nats_cluster import NatsCluster
 from tests.test_cluster_serve import admin_post, node_config, send_batch, wait_until
@@ -70,14 +69,6 @@ class TimingSink(Sink):
             if request.path == "/slow":
                 with self.lock:
                     self.open -= 1
-
-
-def test_parts_add_up_to_the_limit() -> None:
-    for limit in range(1, 20):
-        for nodes in range(1, 8):
-            parts = [part(limit, place, nodes) for place in range(nodes)]
-            assert sum(parts) == max(limit, nodes), (limit, nodes, parts)
-            assert max(parts) - min(parts) <= 1
 
 
 def webhooks_config(
