@@ -14,13 +14,13 @@ lease TTL) and this node's place among them in node-id order.
   ``R * window``.
 
 The share is read again at every acquire and every booking, so a node that joins or
-dies changes every node's part within a heartbeat round plus the lease TTL. While
-the nodes' counts disagree (a node just died: the others still count it until its
-key expires) the total is below the limit, never above it; a node that joined but
-is not counted yet by the others is the exception, for at most one round (it beats
-once before it serves, so this is only a node counted by itself and not yet by the
-others' last read). A node with no work leaves its part unused: the simplest
-scheme, no cross-node booking on the hot path.
+dies changes every node's part without a restart. A node that dies is still counted
+by the others until its heartbeat expires and they read the list again (about 12 s):
+meanwhile the total is below the limit, never above. A node that joins beats once
+before it serves and reads the list itself, so it starts with its part; the others
+lower theirs at their next read (every 2 s), the one moment the total can exceed the
+limit. A node with no work for a destination leaves its part unused: the simplest
+scheme, with no cross-node booking on the hot path (docs/scaling.md says why).
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ class Slots:
     async def acquire(self) -> None:
         while self.used >= self.capacity:
             self._freed.clear()
-            # The share may grow without a release (a node died): look again each
+            if self.share()[1] == 1:
+                await self._freed.wait()  # the whole limit already: only a release helps
+                continue
+            # The part may grow without a release (a node died): look again each
             # second rather than only when a batch ends.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._freed.wait(), 1.0)
