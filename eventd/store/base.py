@@ -386,6 +386,14 @@ class Feed(Protocol):
         """(events not settled, seconds since the oldest of them was received)."""
         ...
 
+    async def passed(self, target: int) -> bool:
+        """True once this destination has passed every stored event through seq
+        ``target`` (the store's ``last_seq`` when the caller began: ``POST
+        /admin/drain``). On a cluster ``target`` (one node's) does not apply: true once
+        every event any node acknowledged is settled for this destination, with
+        nothing left in the ingest queue either (the cluster's own "drained")."""
+        ...
+
     async def close(self) -> None:
         """Save where the feed is; spans not settled come back to the next reader."""
         ...
@@ -419,6 +427,14 @@ class Store(Protocol):
     @property
     def writable(self) -> bool:
         """False while the last write failed."""
+        ...
+
+    @property
+    def limit_share(self) -> tuple[int, int]:
+        """(this node's place, how many nodes) sharing every destination's
+        ``max_in_flight`` and ``rate_limit``, without I/O: (0, 1) on one machine; on a
+        cluster the live nodes as of the last heartbeat round, places in node-id order
+        (eventd/delivery/share.py divides the limits by it)."""
         ...
 
     def stats(self) -> StoreStats:

@@ -95,6 +95,7 @@ class ClusterStore:
         self._ready = False
         self._last_error: str | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._share = (0, 1)  # (place, live nodes): see limit_share
 
     # -- life cycle -------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class ClusterStore:
                 f"the jetstream cluster at {servers} did not open in {OPEN_TIMEOUT:g}s: {why}"
             ) from exc
         self._ready = True
+        await self._read_share()  # the workers start with their part, not the whole
         self._monitor = asyncio.create_task(self._watch(), name="cluster-health")
 
     async def close(self) -> None:
@@ -130,7 +132,22 @@ class ClusterStore:
                 self._ready = False
             if self._ready:
                 self._last_error = None
+            await self._read_share()
             await asyncio.sleep(2.0)
+
+    async def _read_share(self) -> None:
+        """Who shares the destinations' limits now (the heartbeats in S_LEASES); a
+        failed read keeps the last answer."""
+        try:
+            ids = set(await self.js.node_ids())
+        except Exception as exc:  # a stalled cluster: keep the last share
+            log.info("node list not read", error=repr(exc))
+            return
+        ids.add(self.js.node_id)  # this node serves even if its own beat expired
+        share = (sorted(ids).index(self.js.node_id), len(ids))
+        if share != self._share:
+            log.info("destination limits shared", place=share[0], nodes=share[1])
+        self._share = share
 
     # -- the log ----------------------------------------------------------------
 
@@ -149,6 +166,12 @@ class ClusterStore:
     @property
     def writable(self) -> bool:
         return self._ready and self._last_error is None
+
+    @property
+    def limit_share(self) -> tuple[int, int]:
+        """(place, nodes) as of the last health round (every 2 s): every live node's
+        heartbeat, this one's included; eventd/delivery/share.py divides by it."""
+        return self._share
 
     def stats(self) -> StoreStats:
         cfg = self.js.cfg
@@ -471,6 +494,14 @@ class ClusterFeed:
         same from any node; 0.0 s: the age is not read on the cluster yet)."""
         counts = await self.store.js.lag(self.destination)
         return counts["pending"] + counts["in_flight"], 0.0
+
+    async def passed(self, target: int) -> bool:
+        """Cluster-wide, whatever ``target``: the ingest queue empty (an acknowledged
+        group waits there until a dedup stage forwarded it to the log), then this
+        destination's consumers with nothing pending or in flight. Read in that order:
+        a group leaves the queue only after it is in the log, so nothing acknowledged
+        before the first read slips between the two."""
+        return await self.store.js.drained(self.destination)
 
     async def close(self) -> None:
         if self._keeper is not None:

@@ -176,6 +176,10 @@ class SqliteStore:
     def writable(self) -> bool:
         return self._writable
 
+    @property
+    def limit_share(self) -> tuple[int, int]:
+        return 0, 1  # one machine: each destination's limits are this node's
+
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._open_sync)
