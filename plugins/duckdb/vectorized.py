@@ -221,11 +221,12 @@ class Shapes:
         if refused:
             self._learn(list(refused.values()), columns)
             assert self.decoder is not None
-            for i in refused:
-                try:
-                    decoded[i] = self.decoder.decode(bodies[i])
-                except msgspec.ValidationError as exc:  # a null context, say
-                    raise NotVectorizable(str(exc)) from exc
+            for i, body in enumerate(bodies):
+                if decoded[i] is not None or i in refused:  # again: the structs changed
+                    try:
+                        decoded[i] = self.decoder.decode(body)
+                    except msgspec.ValidationError as exc:  # a null context, say
+                        raise NotVectorizable(str(exc)) from exc
         return self._tables(decoded, left, columns, schema, skipping)
 
     # -- learning ---------------------------------------------------------------------
