@@ -19,7 +19,8 @@ when a key refuses an id loaded already, again by statements that skip loaded id
 (:func:`skipping_loaded`), in one transaction (a replay or a redelivery adds
 nothing). Rows and names come from ``eventd_plugins.warehouse``, shared with
 postgres, so both stores hold the same tables, columns and values; steady track
-batches are flattened by DuckDB itself (:mod:`.vectorized`).
+batches are decoded by msgspec into typed structs and loaded column by column
+(:mod:`.vectorized`).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ else:
     pa = lazy_import("pyarrow")
     pc = lazy_import("pyarrow.compute")
 
-# Timestamps both Python's datetime.fromisoformat and DuckDB's TIMESTAMPTZ cast read
+# Timestamps both Python's datetime.fromisoformat and Arrow's cast to a timestamp read
 # to the same instant (a zone always given: no session time zone involved).
 _TIMESTAMP = (
     r"^\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
@@ -78,7 +78,7 @@ _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 # passes as they are; bool is tested apart, being an int).
 _FIELD: dict[str, Any] = {
     TEXT: str | None,
-    TIMESTAMP: str | None,  # checked against _TIMESTAMP, then cast by DuckDB
+    TIMESTAMP: str | None,  # checked against _TIMESTAMP, then cast by Arrow
     BIGINT: _INT64 | None,
     DOUBLE: float | None,  # a JSON integer decodes as its float, as fit() makes it
     BOOLEAN: bool | None,
@@ -180,6 +180,36 @@ class Load:
     left: list[int]
 
 
+def _struct(
+    tree: Tree, keys: tuple[str, ...], types: Mapping[tuple[str, ...], str]
+) -> tuple[Any, dict[str, tuple[str, ...]]]:
+    """A struct type for ``tree`` (its leaves typed by ``types``: leaf keys -> column
+    type, or _NULL), refusing unknown keys, and {attribute path: leaf keys} of the
+    leaves that have a column. Fields are ``f0``, ``f1``... renamed to the JSON keys
+    (which need not be Python names)."""
+    fields: list[tuple[str, Any, Any]] = []
+    rename: dict[str, str] = {}
+    paths: dict[str, tuple[str, ...]] = {}
+    for key, node in tree.items():
+        attr = f"f{len(fields)}"
+        rename[attr] = key
+        if isinstance(node, dict):
+            inner, inner_paths = _struct(node, (*keys, key), types)
+            fields.append((attr, inner, msgspec.field(default_factory=inner)))
+            paths.update({f"{attr}.{p}": k for p, k in inner_paths.items()})
+        else:
+            leaf = types[(*keys, key)]
+            fields.append((attr, None if leaf == _NULL else _FIELD[leaf], None))
+            if leaf != _NULL:
+                paths[attr] = (*keys, key)
+    # gc=False: a batch's thousands of structs (no cycles: scalars and structs) kept
+    # out of the cyclic collector, whose passes over them tripled the decode's cost
+    # (measured: ~9 -> ~3.5 us a message on this box)
+    return msgspec.defstruct(
+        "Object", fields, rename=rename, forbid_unknown_fields=True, gc=False
+    ), paths
+
+
 class Shapes:
     """What one schema's steady tracks look like, learned from the batches, and the
     decoder that holds a message to it. Valid while the tables' columns it was
@@ -274,45 +304,18 @@ class Shapes:
             if found.setdefault(column, keys) != keys:
                 raise NotVectorizable(f"two keys land in column {column!r}")
             column_type = own.get(column)
-            if keys[0] == "context" and kinds != {_NULL} and tracks.get(column) != column_type:
-                raise NotVectorizable(f"column {column!r} of two types in two tables")
-            if column_type is None:
+            if keys[0] == "context" and tracks.get(column) != column_type:
+                column_type = None  # a context column is tracks' too, of one type
+            if column_type is None or column_type not in _FIELD:  # missing, altered by hand
                 if kinds != {_NULL}:
-                    raise NotVectorizable(f"column {e.table}.{column} not made yet")
-            elif column_type not in _FIELD or not _fits(kinds, column_type):
+                    raise NotVectorizable(f"{keys}: column missing or of another type")
+                types[keys] = _NULL
+            elif not _fits(kinds, column_type):
                 raise NotVectorizable(f"{keys} does not fit {e.table}.{column}")
-            types[keys] = column_type or _NULL
-        names = iter(range(1 << 30))
-
-        def struct(tree: Tree, keys: tuple[str, ...], **options: Any) -> tuple[Any, dict[str, Any]]:
-            """A struct type for ``tree`` and {attribute path: leaf keys} of its leaves."""
-            fields: list[tuple[str, Any, Any]] = []
-            rename: dict[str, str] = {}
-            paths: dict[str, Any] = {}
-            for key, node in tree.items():
-                attr = f"f{len(fields)}"
-                rename[attr] = key
-                if isinstance(node, dict):
-                    inner, inner_paths = struct(node, (*keys, key))
-                    fields.append((attr, inner, msgspec.field(default_factory=inner)))
-                    paths.update({f"{attr}.{p}": k for p, k in inner_paths.items()})
-                else:
-                    leaf = types[(*keys, key)]
-                    fields.append((attr, None if leaf == _NULL else _FIELD[leaf], None))
-                    if leaf != _NULL:
-                        paths[attr] = (*keys, key)
-            kind = msgspec.defstruct(
-                f"S{next(names)}",
-                fields,
-                rename=rename,
-                forbid_unknown_fields=True,
-                gc=False,  # see below
-                **options,
-            )
-            return kind, paths
-
-        context, context_paths = struct(e.context, ("context",))
-        properties, property_paths = struct(e.properties, ())
+            else:
+                types[keys] = column_type
+        context, context_paths = _struct(e.context, ("context",), types)
+        properties, property_paths = _struct(e.properties, (), types)
         top: list[tuple[str, Any, Any]] = [
             ("type", Literal["track"], msgspec.NODEFAULT),
             ("messageId", str, msgspec.NODEFAULT),
@@ -321,11 +324,8 @@ class Shapes:
             ("properties", properties, msgspec.field(default_factory=properties)),
         ]
         # unknown top-level keys (integrations, channel...) are what Python ignores too
-        # gc=False: a batch's thousands of structs (which hold no cycles: scalars and
-        # structs) left out of the cyclic collector, whose passes over them tripled
-        # the decode's cost (bench.reports)
         e.struct = msgspec.defstruct(
-            f"Track{next(names)}",
+            "Track",
             top,
             tag_field="event",
             tag=event,
