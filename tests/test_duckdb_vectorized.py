@@ -1,7 +1,8 @@
 """The duckdb destination's vectorized path (tracks decoded by msgspec into typed
-structs, handed to DuckDB as Arrow tables) gives exactly the rows the Python path gives: the same batches are delivered to two
-real DuckDB files, one with the vectorized path turned off, and every table of both is
-compared row by row (all columns but uuid_ts, the load time)."""
+structs, handed to DuckDB as Arrow tables) gives exactly the rows the Python path
+gives: the same batches are delivered to two real DuckDB files, one with the
+vectorized path turned off, and every table of both is compared row by row (all
+columns but uuid_ts, the load time)."""
 
 from __future__ import annotations
 
