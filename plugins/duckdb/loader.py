@@ -195,10 +195,10 @@ class Loader:
         return Delivered(outcomes, counts, fast)
 
     def _vectorized(self, sent: Sequence[Sent], loaded_at: datetime) -> list[int] | None:
-        """Load the batch's tracks from structs msgspec decoded (``vectorized``: ~2x
-        the Python path per CPU-second) when that gives the same rows: the indexes of
-        the events left for the Python path (identifies, pages...), or None when
-        nothing was written (the whole batch needs the Python path)."""
+        """Load the batch's tracks from the typed structs msgspec decodes them into
+        (``vectorized``), when that gives the Python path's rows: the indexes of the
+        events left for the Python path (identifies, pages...), or None when nothing
+        was written (the whole batch needs the Python path)."""
         schemas = {self.schema or schema_name(source) for source in {s for s, _ in sent}}
         if len(schemas) != 1:
             return None
