@@ -164,8 +164,8 @@ class _Event:
     context: Tree = field(default_factory=dict)
     properties: Tree = field(default_factory=dict)
     struct: type[msgspec.Struct] | None = None
-    # column -> (how to read it from a struct, its type); context columns first
-    columns: dict[str, tuple[Callable[[Any], Any], str]] = field(default_factory=dict)
+    # column -> (the attributes that lead to it from a struct, its type)
+    columns: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
     context_columns: list[str] = field(default_factory=list)
 
 
@@ -182,26 +182,26 @@ class Load:
 
 def _struct(
     tree: Tree, keys: tuple[str, ...], types: Mapping[tuple[str, ...], str]
-) -> tuple[Any, dict[str, tuple[str, ...]]]:
+) -> tuple[Any, dict[tuple[str, ...], tuple[str, ...]]]:
     """A struct type for ``tree`` (its leaves typed by ``types``: leaf keys -> column
     type, or _NULL), refusing unknown keys, and {attribute path: leaf keys} of the
     leaves that have a column. Fields are ``f0``, ``f1``... renamed to the JSON keys
     (which need not be Python names)."""
     fields: list[tuple[str, Any, Any]] = []
     rename: dict[str, str] = {}
-    paths: dict[str, tuple[str, ...]] = {}
+    paths: dict[tuple[str, ...], tuple[str, ...]] = {}
     for key, node in tree.items():
         attr = f"f{len(fields)}"
         rename[attr] = key
         if isinstance(node, dict):
             inner, inner_paths = _struct(node, (*keys, key), types)
             fields.append((attr, inner, msgspec.field(default_factory=inner)))
-            paths.update({f"{attr}.{p}": k for p, k in inner_paths.items()})
+            paths.update({(attr, *p): k for p, k in inner_paths.items()})
         else:
             leaf = types[(*keys, key)]
             fields.append((attr, None if leaf == _NULL else _FIELD[leaf], None))
             if leaf != _NULL:
-                paths[attr] = (*keys, key)
+                paths[(attr,)] = (*keys, key)
     # gc=False: a batch's thousands of structs (no cycles: scalars and structs) kept
     # out of the cyclic collector, whose passes over them tripled the decode's cost
     # (measured: ~9 -> ~3.5 us a message on this box)
@@ -333,15 +333,15 @@ class Shapes:
             gc=False,
         )
         e.columns = {
-            column: (operator.attrgetter(attr), _STANDARD[column])
+            column: ((attr,), _STANDARD[column])
             for attr, column in (*_IDS.items(), *_TIMES.items())
         }
         e.context_columns = []
-        for prefix, paths in (("context.", context_paths), ("properties.", property_paths)):
-            for attr, keys in paths.items():
+        for top_attr, paths in (("context", context_paths), ("properties", property_paths)):
+            for attrs, keys in paths.items():
                 column = identifier("_".join(keys))[0]
-                e.columns[column] = (operator.attrgetter(prefix + attr), types[keys])
-                if prefix == "context.":
+                e.columns[column] = ((top_attr, *attrs), types[keys])
+                if top_attr == "context":
                     e.context_columns.append(column)
 
     # -- the batch's tables -----------------------------------------------------------
@@ -367,7 +367,8 @@ class Shapes:
         tracks: list[pa.Table] = []
         for event, ms in groups.items():
             e = self.events[event]
-            arrays = {c: _array(c, t, list(map(read, ms))) for c, (read, t) in e.columns.items()}
+            level: dict[tuple[str, ...], list[Any]] = {}
+            arrays = {c: _array(c, t, _read(ms, a, level)) for c, (a, t) in e.columns.items()}
             arrays["event"] = pa.array([e.table] * len(ms), pa.string())
             arrays["event_text"] = pa.array([event] * len(ms), pa.string())
             table = pa.table(arrays)
@@ -379,6 +380,18 @@ class Shapes:
         names = views["eventd_tracks"].column_names
         inserts.insert(0, _insert(schema, "tracks", "eventd_tracks", names, skipping))
         return Load(views, inserts, list(left))
+
+
+def _read(
+    structs: list[Any], attrs: tuple[str, ...], level: dict[tuple[str, ...], list[Any]]
+) -> list[Any]:
+    """The value each struct holds at ``attrs`` (attribute names, outermost first),
+    each nested level's structs read once for all its leaves (``level``: what was
+    read so far), not once a leaf (~40 % of the reading's cost)."""
+    if attrs not in level:
+        parent = _read(structs, attrs[:-1], level) if len(attrs) > 1 else structs
+        level[attrs] = list(map(operator.attrgetter(attrs[-1]), parent))
+    return level[attrs]
 
 
 def _array(column: str, column_type: str, values: list[Any]) -> pa.Array:
