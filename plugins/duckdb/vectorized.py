@@ -239,9 +239,12 @@ class Shapes:
                 try:
                     decoded[i] = decode(body)
                     continue
-                except msgspec.ValidationError:
+                except msgspec.DecodeError:  # refused (or not JSON: the Python path's)
                     pass
-            message = orjson.loads(body)
+            try:
+                message = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                message = None
             if isinstance(message, dict) and message.get("type") == "track":
                 refused[i] = message
             else:
@@ -255,7 +258,7 @@ class Shapes:
                 if decoded[i] is not None or i in refused:  # again: the structs changed
                     try:
                         decoded[i] = self.decoder.decode(body)
-                    except msgspec.ValidationError as exc:  # a null context, say
+                    except msgspec.DecodeError as exc:  # a null context, say
                         raise NotVectorizable(str(exc)) from exc
         return self._tables(decoded, left, columns, schema, skipping)
 
@@ -354,6 +357,9 @@ class Shapes:
         schema: str,
         skipping: Callable[[str, str, str, str], str],
     ) -> Load:
+        """The :class:`Load` of the batch's ``decoded`` tracks (None at the others),
+        one Arrow table per event name and one for ``tracks``. Raises
+        NotVectorizable where a value needs the Python path after all."""
         groups: dict[str, list[Any]] = {}
         for m in decoded:
             if m is not None:
