@@ -76,7 +76,7 @@ async def load_rate(path: Path, n: int, batch: int = 5000) -> tuple[float, float
     bodies = [orjson.dumps(message(i)) for i in range(n)]
     events = [Event(i, "app", 0, body=b) for i, b in enumerate(bodies, 1)]
     async with aiohttp.ClientSession() as session:
-        store = Duckdb("bench", {"path": str(path)}, session)
+        store = Duckdb("bench", {"path": str(path), "max_batch_events": batch}, session)
         await store.deliver(events[:batch])  # tables and columns made outside the timing
         before = store.vectorized_batches
         start, cpu = time.perf_counter(), _cpu(await store.loader_pid())
@@ -150,12 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=10_000_000)
     p.add_argument("--people", type=int, default=200_000)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--batch", type=int, default=5000, help="events per deliver (the default config's)"
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.load_events, args.events, args.people, args.runs = 15_000, 20_000, 500, 1
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="eventd-bench-reports-") as tmp:
-        rate, cpu_rate, fast = asyncio.run(load_rate(Path(tmp) / "load.duckdb", args.load_events))
+        rate, cpu_rate, fast = asyncio.run(
+            load_rate(Path(tmp) / "load.duckdb", args.load_events, args.batch)
+        )
         load_between = os.getloadavg()
         times = asyncio.run(
             reports(Path(tmp) / "reports.duckdb", args.events, args.people, args.runs)
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     # idle machine's; CPU-seconds (this process, DuckDB's threads included) are steadier.
     print(f"cores: {os.cpu_count()}; load average (1, 5, 15 min) before: {_load(load_before)},")
     print(f"after the load: {_load(load_between)}, at the end: {_load(os.getloadavg())}")
-    print(f"duckdb load: {fast} batches of 5,000 took the vectorized path\n")
+    print(f"duckdb load: {fast} batches of {args.batch:,} took the vectorized path\n")
     print("| measure | target | median (wall) | CPU-seconds | met (wall) |")
     print("|---|---|---|---|---|")
     print(

@@ -1,7 +1,8 @@
-"""The duckdb destination's vectorized path (DuckDB flattening the stored JSON itself)
-gives exactly the rows the Python path gives: the same batches are delivered to two
-real DuckDB files, one with the vectorized path turned off, and every table of both is
-compared row by row (all columns but uuid_ts, the load time)."""
+"""The duckdb destination's vectorized path (tracks decoded by msgspec into typed
+structs, handed to DuckDB as Arrow tables) gives exactly the rows the Python path
+gives: the same batches are delivered to two real DuckDB files, one with the
+vectorized path turned off, and every table of both is compared row by row (all
+columns but uuid_ts, the load time)."""
 
 from __future__ import annotations
 
@@ -125,6 +126,12 @@ async def test_steady_batches_load_vectorized_with_the_python_paths_rows(
         {"messageId": 5},
         {"event": "Viewed Cær"},  # name adjusted (non-ASCII)
         {"event": ""},
+        {"context": None},  # not an object: Python ignores it
+        {"timestamp": "2026-02-30T09:00:00Z"},  # no such day: dropped
+        {"properties": {"quantity": True}},  # a boolean is no bigint
+        {"properties": {"price": "1.5"}},  # cast into a double column
+        {"userId": 5},  # a number: its text
+        {"properties": {"quantity": None, "car": [None]}},  # an array of nulls
     ],
 )
 async def test_anything_to_adjust_takes_the_python_path(
@@ -167,3 +174,22 @@ async def test_a_mixed_batch_loads_its_tracks_vectorized_and_the_rest_in_python(
     assert [dict(r)["id"] for r in got["app.tracks"]] == ["m1", "m2", "m3"]
     assert [dict(r)["id"] for r in got["app.pages"]] == ["p1"]
     assert [dict(r)["id"] for r in got["app.users"]] == ["u1"]
+
+
+async def test_a_key_its_table_has_is_learned_and_stays_on_the_fast_path(
+    pair: tuple[Duckdb, Duckdb],
+) -> None:
+    """The structs know the keys seen since the tables were made; a batch bringing a
+    key whose column exists (made by an earlier batch of the Python path) is learned
+    from, and loaded on the fast path; a key only ever null needs no column."""
+    coloured = track("m1", "Viewed Car", properties={"colour": "red"})
+    assert not await deliver_both(pair, batch(track("m0", "Viewed Car"), coloured))
+    assert await deliver_both(pair, batch(track("m2", "Viewed Car")))
+    seen = track("m3", "Viewed Car", properties={"colour": "blue", "trim": None})
+    assert await deliver_both(pair, batch(seen, track("m4", "Viewed Car", context={"ip": None})))
+    assert await deliver_both(pair, batch(track("m5", "Viewed Car", properties={"trim": None})))
+    fast, slow = pair
+    got = await dump(fast)
+    assert got == await dump(slow)
+    colours = {dict(r)["id"]: dict(r)["colour"] for r in got["app.viewed_car"]}
+    assert colours == {"m0": None, "m1": "red", "m2": None, "m3": "blue", "m4": None, "m5": None}

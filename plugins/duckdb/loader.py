@@ -19,7 +19,8 @@ when a key refuses an id loaded already, again by statements that skip loaded id
 (:func:`skipping_loaded`), in one transaction (a replay or a redelivery adds
 nothing). Rows and names come from ``eventd_plugins.warehouse``, shared with
 postgres, so both stores hold the same tables, columns and values; steady track
-batches are flattened by DuckDB itself (:mod:`.vectorized`).
+batches are decoded by msgspec into typed structs and loaded column by column
+(:mod:`.vectorized`).
 """
 
 from __future__ import annotations
@@ -78,12 +79,10 @@ from . import vectorized
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
-    import pyarrow.compute as pc
 else:
     # on first use: a configuration without a duckdb destination never pays for them
     duckdb = lazy_import("duckdb")
     pa = lazy_import("pyarrow")
-    pc = lazy_import("pyarrow.compute")
 
 # DuckDB's catalog spells types its own way; the warehouse code speaks PostgreSQL's.
 _FROM_CATALOG = {
@@ -156,6 +155,8 @@ class Loader:
         self.path = Path(path)
         self.schema = schema
         self.columns: dict[tuple[str, str], dict[str, str]] = {}
+        # per schema, its steady tracks' shapes (learned against ``columns``)
+        self.shapes: dict[str, vectorized.Shapes] = {}
         self._con: duckdb.DuckDBPyConnection | None = None
 
     @staticmethod
@@ -177,74 +178,58 @@ class Loader:
     def deliver(self, sent: Sequence[Sent]) -> Delivered:
         """Load a batch: its tracks by DuckDB alone where that gives the same rows
         (:meth:`_vectorized`), the rest planned in Python (``warehouse.rows.plan``)."""
-        batch = [Event(i, source, 0, body=body) for i, (source, body) in enumerate(sent)]
         loaded_at = datetime.now(UTC)
-        left = self._vectorized(batch, loaded_at)
+        left = self._vectorized(sent, loaded_at)
         fast = left is not None
-        rest = list(batch) if left is None else [batch[i] for i in left]
+        indexes = range(len(sent)) if left is None else left
+        rest = [Event(i, sent[i][0], 0, body=sent[i][1]) for i in indexes]
         if not rest:
-            return Delivered([OK] * len(batch), {}, fast)
+            return Delivered([OK] * len(sent), {}, fast)
         planned = [plan(e.message, self.schema or schema_name(e.source), loaded_at) for e in rest]
         results, counts = adjusted_counts(planned, self._load(planned))
         if left is None:
             return Delivered(results, counts, fast)
-        outcomes: list[Outcome] = [OK] * len(batch)  # the tracks DuckDB loaded
+        outcomes: list[Outcome] = [OK] * len(sent)  # the tracks loaded from structs
         for i, outcome in zip(left, results, strict=True):
             outcomes[i] = outcome
         return Delivered(outcomes, counts, fast)
 
-    def _vectorized(self, batch: Sequence[Event], loaded_at: datetime) -> list[int] | None:
-        """Load the batch's tracks by DuckDB alone (``vectorized``: ~3.5x the Python
-        path per CPU-second) when that gives the same rows: the indexes of the events
-        left for the Python path (identifies, pages...), or None when nothing was
-        written (the whole batch needs the Python path)."""
-        schemas = {self.schema or schema_name(e.source) for e in batch}
+    def _vectorized(self, sent: Sequence[Sent], loaded_at: datetime) -> list[int] | None:
+        """Load the batch's tracks from the typed structs msgspec decodes them into
+        (``vectorized``), when that gives the Python path's rows: the indexes of the
+        events left for the Python path (identifies, pages...), or None when nothing
+        was written (the whole batch needs the Python path)."""
+        schemas = {self.schema or schema_name(source) for source in {s for s, _ in sent}}
         if len(schemas) != 1:
             return None
         schema = schemas.pop()
         known = {t: cols for (s, t), cols in self.columns.items() if s == schema}
         if "tracks" not in known:
             return None  # the Python path makes the tables first
-        view = "eventd_bodies"
+        shapes = self.shapes.setdefault(schema, vectorized.Shapes())
+        try:
+            load = shapes.load([body for _, body in sent], known, schema, skipping_loaded)
+        except vectorized.NotVectorizable:
+            return None
         try:
             con = self._connection()
-            table = pa.table(
-                {
-                    "i": pa.array(range(len(batch)), pa.int64()),
-                    "body": pa.array([e.body for e in batch], pa.binary()),
-                }
-            )
-            con.register(view, table)
         except duckdb.Error:
             return None
         try:
-            left = vectorized.not_tracks(con, view)
-            if len(left) == len(batch):
-                return None
-            if left:  # only the tracks: the rest is the Python path's
-                con.unregister(view)
-                keep = pc.invert(pc.is_in(table["i"], pa.array(left, pa.int64())))
-                con.register(view, table.filter(keep))
-            found = vectorized.survey(con, view, len(batch) - len(left), known)
-            read, passed, inserts, rows = vectorized.statements(
-                found, schema, view, skipping_loaded
-            )
-            con.execute(read, [loaded_at])
+            for view, table in load.views.items():
+                con.register(view, table)
             try:
-                if con.execute(passed).fetchall() != [(True,)]:
-                    return None
-                try:
-                    self._transaction(con, [plain for plain, _ in inserts])
-                except duckdb.ConstraintException:  # loaded already, as in _write
-                    self._transaction(con, [once for _, once in inserts])
-            finally:
-                con.execute(f"DROP TABLE IF EXISTS {rows}")
-            return left
-        except (vectorized.NotVectorizable, duckdb.Error):
+                self._transaction(con, [(plain, [loaded_at]) for plain, _ in load.inserts])
+            except duckdb.ConstraintException:  # loaded already, as in _write
+                self._transaction(con, [(once, [loaded_at]) for _, once in load.inserts])
+            return load.left
+        except duckdb.Error:
             # whatever it was, the Python path decides (and reports a real failure)
             return None
         finally:
-            con.unregister(view)
+            for view in load.views:
+                with contextlib.suppress(duckdb.Error):
+                    con.unregister(view)
 
     def _load(self, planned: list[Planned]) -> Sequence[Outcome] | Outcome:
         try:
@@ -266,6 +251,7 @@ class Loader:
         except duckdb.Error as exc:
             # A full disk, a file another process holds, an I/O error: all may pass.
             self.columns.clear()  # whatever DDL was rolled back is read again
+            self.shapes.clear()  # learned against those columns
             return Retry(f"DuckDB: {type(exc).__name__}: {exc}")
 
     def _write(self, con: duckdb.DuckDBPyConnection, planned: list[Planned]) -> None:
@@ -423,6 +409,7 @@ class Loader:
             self._con.close()
             self._con = None
         self.columns.clear()  # the file may change while closed
+        self.shapes.clear()
 
 
 # -- the loader's process ------------------------------------------------------------
