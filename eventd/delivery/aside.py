@@ -48,8 +48,14 @@ class Aside:
         w = self.worker
         while not w.stopping.is_set():
             self._wake.clear()
-            worked = await self._redrive_some()
-            worked = await self._replay_some() or worked
+            try:
+                worked = await self._redrive_some()
+                worked = await self._replay_some() or worked
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a store that cannot answer now: the next look
+                log.warning("redrive/replay look failed", destination=w.name, error=repr(exc))
+                worked = False
             if worked:
                 if self.is_idle:  # found on a look of its own, not woken
                     self.is_idle = False

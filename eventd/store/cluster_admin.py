@@ -657,6 +657,20 @@ class ClusterAdmin:
 
     # -- erasure ----------------------------------------------------------------
 
+    async def _waiting_since(self, user_id: str) -> bool:
+        """Whether ``S_IN`` still holds a group acknowledged before the user was
+        suppressed (its events reach the log after this pass: the erasure is not
+        finished, and the retention sweep's next pass takes them)."""
+        found = await self.suppression(user_id)
+        state = (await self.js.js.stream_info(self.js.names.ingest)).state
+        if found is None or not state.messages:
+            return False
+        try:
+            oldest = await self.js.js.get_msg(self.js.names.ingest, seq=state.first_seq)
+        except NotFoundError:  # forwarded meanwhile
+            return False
+        return oldest.time is None or oldest.time.timestamp() * 1000 < found.created_at
+
     async def erase_user(
         self, user_id: str, below_seq: int, also: Sequence[int] = ()
     ) -> tuple[int, int, bool]:
@@ -692,7 +706,7 @@ class ClusterAdmin:
             gone += erased
         dead = [d for d in await self.dead_letters(limit=2**62) if _user_of(d.body) == user_id]
         dead_gone = await self._delete_dead(dead)
-        done = gone == theirs
+        done = gone == theirs and not await self._waiting_since(user_id)
         at = now_ms()
 
         def count(old: Suppression | None) -> Suppression | None:
