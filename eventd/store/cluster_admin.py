@@ -51,13 +51,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import structlog
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
@@ -69,6 +71,7 @@ from eventd.store.base import (
     EventRow,
     Replay,
     SeqRange,
+    StorageUnavailable,
     Suppression,
     now_ms,
 )
@@ -86,6 +89,26 @@ FETCH = 256  # log messages per fetch of a scan
 LogMessage = tuple[int, list[EventRow]]
 # Called with (userId, suppressed now?) when a node's copy of the suppressions changes.
 SuppressionListener = Callable[[str, bool], None]
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unavailable(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """``method`` with the cluster's failures to answer (a lost quorum, a timeout)
+    raised as StorageUnavailable: the admin API answers 503 + Retry-After."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (NatsError, TimeoutError) as exc:
+            raise StorageUnavailable(f"the jetstream cluster did not answer: {exc!r}") from exc
+
+    return call
 
 
 def _key(user_id: str) -> str:
@@ -244,6 +267,7 @@ class ClusterAdmin:
             self._apply(user_id, written, new)
             return old, new
 
+    @_unavailable
     async def suppress(self, user_id: str, erase: bool) -> None:
         def change(old: Suppression | None) -> Suppression:
             if old is None:
@@ -254,6 +278,7 @@ class ClusterAdmin:
 
         await self._update_suppression(user_id, change)
 
+    @_unavailable
     async def unsuppress(self, user_id: str) -> bool:
         old, _ = await self._update_suppression(user_id, lambda old: None)
         return old is not None
@@ -325,6 +350,7 @@ class ClusterAdmin:
             await self._let_go_aside(destination)
         return {}
 
+    @_unavailable
     async def dead_letters(
         self, *, destination: str | None = None, since: int | None = None, limit: int = 100
     ) -> list[DeadLetter]:
@@ -340,6 +366,7 @@ class ClusterAdmin:
             found.append(replace(d, state="redrive") if d.id in marked else d)
         return found[:limit]
 
+    @_unavailable
     async def dead_letter_counts(self) -> dict[str, int]:
         """Dead letters not asked back, by destination: S_DEAD's count per subject
         (the stream leader's) less the redrive marks."""
@@ -353,6 +380,7 @@ class ClusterAdmin:
                 counts[destination] -= 1
         return {d: n for d, n in counts.items() if n}
 
+    @_unavailable
     async def request_redrive(self, destination: str | None, ids: Sequence[int] = ()) -> int:
         wanted = set(ids)
         marked = 0
@@ -370,6 +398,7 @@ class ClusterAdmin:
         """Ids of the dead letters asked back (any destination)."""
         return {int(k.rsplit(".", 1)[1]) for k in await self._entries("redrive.*.*")}
 
+    @_unavailable
     async def redrive_batch(self, destination: str, limit: int) -> list[DeadLetter]:
         marks = await self._aside_work(destination, "redrive")
         out: list[DeadLetter] = []
@@ -381,6 +410,7 @@ class ClusterAdmin:
             out.append(found)
         return out
 
+    @_unavailable
     async def dead_letter(self, dead_id: int) -> DeadLetter | None:
         try:
             msg = await self.js.js.get_msg(self.js.names.dead, seq=dead_id)
@@ -393,6 +423,7 @@ class ClusterAdmin:
             letter = replace(letter, state="redrive")
         return letter
 
+    @_unavailable
     async def settle_redrive(
         self, delivered: Sequence[int], failed: Sequence[tuple[int, int, str]]
     ) -> None:
@@ -430,6 +461,7 @@ class ClusterAdmin:
                 await self.js.js.delete_msg(dead, dead_id)
             await self._asides.purge(f"redrive.{letter.destination}.{dead_id}")
 
+    @_unavailable
     async def purge_dead_letters(
         self, destination: str | None = None, before: int | None = None
     ) -> int:
@@ -452,6 +484,7 @@ class ClusterAdmin:
                 await self._asides.purge(f"redrive.{d.destination}.{d.id}")
         return deleted
 
+    @_unavailable
     async def delete_dead_letters(self, *, failed_before: int, limit: int) -> int:
         """``storage.dead_letter_retention`` on S_DEAD (run by every node: a letter
         another node deleted first is not counted)."""
@@ -472,11 +505,13 @@ class ClusterAdmin:
             except KeyWrongLastSequenceError:  # another node took one meanwhile
                 continue
 
+    @_unavailable
     async def request_replay(self, destination: str, first: int, last: int) -> None:
         replay_id = await self._next_replay_id()
         value = orjson.dumps({"next_seq": first, "until_seq": last})
         await self._asides.put(f"replay.{destination}.{replay_id:012d}", value)
 
+    @_unavailable
     async def next_replay(self, destination: str) -> Replay | None:
         found = await self._aside_work(destination, "replay")
         if not found:
@@ -494,12 +529,14 @@ class ClusterAdmin:
         key, value = next(iter(found.items()))
         return key, orjson.loads(value)
 
+    @_unavailable
     async def advance_replay(self, replay_id: int, next_seq: int) -> None:
         found = await self._replay_key(replay_id)
         if found is not None:
             key, value = found
             await self._asides.put(key, orjson.dumps({**value, "next_seq": next_seq}))
 
+    @_unavailable
     async def finish_replay(self, replay_id: int) -> None:
         found = await self._replay_key(replay_id)
         if found is not None:
@@ -596,12 +633,15 @@ class ClusterAdmin:
                         return out
         return out
 
+    @_unavailable
     async def read(self, after: int, limit: int) -> list[Event]:
         return await self._events(after + 1, 2**62, limit)
 
+    @_unavailable
     async def read_range(self, first: int, last: int, limit: int) -> list[Event]:
         return await self._events(first, last, limit)
 
+    @_unavailable
     async def read_seqs(self, seqs: Sequence[int]) -> list[Event]:
         out: list[Event] = []
         wanted = sorted(set(seqs))
@@ -618,10 +658,12 @@ class ClusterAdmin:
                     out.append(_event(log_seq, seq & _OFFSET, rows[seq & _OFFSET]))
         return out
 
+    @_unavailable
     async def received_at_after(self, seq: int) -> int | None:
         found = await self.read(seq, 1)
         return found[0].received_at if found else None
 
+    @_unavailable
     async def seq_range(self, since: int, until: int) -> SeqRange | None:
         """The events received in [since, until]: a consumer that starts at ``since``
         (a log message is stored after its events were received, so none is before
@@ -639,6 +681,7 @@ class ClusterAdmin:
                     count += 1
         return SeqRange(first, last, count) if count else None
 
+    @_unavailable
     async def find_event(self, source: str, message_id: str) -> Event | None:
         """The newest copy: the log read backwards in windows of FIND_WINDOW messages
         (each window forwards), so a recent event is found in the first."""
@@ -671,6 +714,7 @@ class ClusterAdmin:
             return False
         return oldest.time is None or oldest.time.timestamp() * 1000 < found.created_at
 
+    @_unavailable
     async def erase_user(
         self, user_id: str, below_seq: int, also: Sequence[int] = ()
     ) -> tuple[int, int, bool]:
