@@ -13,6 +13,11 @@ For each store:
                ``read`` + ``save_cursor`` per 100; jetstream: fetch + ack on the
                destination's consumer): events/s a node's delivery side can read.
 
+Beside each rate, events per CPU-second (bench.machine.cpu_seconds): of this
+process (the node: ``*_per_cpu_s``) and of this process plus the three
+nats-servers (``*_per_cpu_s_with_servers``; on SQLite the same as the node's),
+since wall-clock figures on a shared machine move with the other jobs.
+
 Run: ``python -m bench.jetstream [--duration 3] [--clients 64]``; prints one JSON
 object per (store, batch). Figures are only comparable within one run.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 import uuid
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import orjson
 
+from bench.machine import cpu_seconds
 from eventd.config import JetStreamConfig
 from eventd.store.base import EventRow
 from eventd.store.jetstream import JetStreamStore
@@ -59,6 +66,27 @@ def _rows(n: int) -> list[EventRow]:
     return out
 
 
+class CpuClock:
+    """CPU seconds used by this process and by the cluster's servers, by phase."""
+
+    def __init__(self, cluster: NatsCluster | None) -> None:
+        self.pids = [s.proc.pid for s in cluster.servers if s.proc] if cluster else []
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, float]:
+        return cpu_seconds(os.getpid()), sum(cpu_seconds(pid) for pid in self.pids)
+
+    def lap(self, events: int, phase: str) -> dict[str, int]:
+        """Events per CPU-second since the last lap: of this process, and with the servers."""
+        now = self._now()
+        own, servers = (now[0] - self.start[0]), (now[1] - self.start[1])
+        self.start = now
+        return {
+            f"{phase}_events_per_cpu_s": round(events / max(own, 1e-9)),
+            f"{phase}_events_per_cpu_s_with_servers": round(events / max(own + servers, 1e-9)),
+        }
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     """Poll a counter the store's own tasks move (they have no event to wait on)."""
     while not condition():  # noqa: ASYNC110 - a counter, not an event
@@ -82,9 +110,11 @@ async def _ingest(append: Append, clients: int, batch: int, duration: float) -> 
 async def sqlite_run(root: Path, clients: int, batch: int, duration: float) -> dict[str, object]:
     store = SqliteStore(root / f"sqlite-{batch}.db", synchronous="full")
     await store.open()
+    cpu = CpuClock(None)
     started = time.monotonic()
     acked = await _ingest(store.append, clients, batch, duration)
     ingest_s = time.monotonic() - started
+    ingest_cpu = cpu.lap(acked, "ingest")
     started = time.monotonic()
     cursor = read = 0
     while read < acked:
@@ -93,12 +123,15 @@ async def sqlite_run(root: Path, clients: int, batch: int, duration: float) -> d
         cursor = events[-1].seq
         await store.save_cursor("bench", cursor)
     delivery_s = time.monotonic() - started
+    delivery_cpu = cpu.lap(read, "delivery")
     await store.close()
     return {
         "store": "sqlite (synchronous=full)",
         "batch": batch,
         "ingest_events_per_s": round(acked / ingest_s),
+        **ingest_cpu,
         "delivery_events_per_s": round(read / delivery_s),
+        **delivery_cpu,
     }
 
 
@@ -111,11 +144,14 @@ async def jetstream_run(
     store = JetStreamStore(cfg, root / f"js-{replicas}-{batch}", node_id="bench", lease_ttl=2.0)
     await store.open(["bench"])
     await _until(lambda: len(store.held_partitions()) == cfg.partitions)
+    cpu = CpuClock(cluster)
     started = time.monotonic()
     acked = await _ingest(store.append, clients, batch, duration)
     ingest_s = time.monotonic() - started
     await _until(lambda: store.forwarded + store.duplicates >= acked)
     forward_s = time.monotonic() - started
+    # ingest's CPU includes the dedup stages forwarding it: both are the node's work
+    ingest_cpu = cpu.lap(acked, "ingest")
     reader = await store.reader("bench")
     started = time.monotonic()
     read = 0
@@ -124,13 +160,16 @@ async def jetstream_run(
             read += len(events)
             await reader.settle(msg)
     delivery_s = time.monotonic() - started
+    delivery_cpu = cpu.lap(read, "delivery")
     await store.close()
     return {
         "store": f"jetstream R{replicas}",
         "batch": batch,
         "ingest_events_per_s": round(acked / ingest_s),
         "forwarded_events_per_s": round(acked / forward_s),
+        **ingest_cpu,
         "delivery_events_per_s": round(read / delivery_s),
+        **delivery_cpu,
     }
 
 

@@ -359,15 +359,6 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
             idn.convert("max_anonymous_ids", _positive(int)), DEFAULT_MAX_ANONYMOUS_IDS
         ),
     )
-    if storage.backend == "jetstream" and identity.enabled:
-        # Refused, not turned off quietly: the graph reads the log by position with a
-        # saved cursor, which the cluster store does not offer yet (docs/scaling.md).
-        shown = "true" if "enabled" in idn.data else "true (the default)"
-        raise ConfigError(
-            f"{origin}: identity.enabled = {shown}: expected false with storage.backend ="
-            " 'jetstream' (the identity graph does not run on the cluster yet: set"
-            " [identity] enabled = false)"
-        )
     idn.finish()
 
     adm = section("admin")

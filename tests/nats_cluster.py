@@ -115,11 +115,24 @@ class NatsCluster:
     def _routes(self, server: NatsServer) -> list[str]:
         return [f"nats://127.0.0.1:{s.route_port}" for s in self.servers if s is not server]
 
-    def start(self, timeout: float = 30.0) -> NatsCluster:
-        for server in self.servers:
-            self._spawn(server)
-        self.wait_healthy(timeout=timeout)
-        return self
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> NatsCluster:
+        """Start every server; when one could not bind a port (``free_port`` found it
+        free, then another test's process took it first: seen with several suites
+        running at once), start them all again on fresh ports, up to ``attempts``."""
+        for attempt in range(attempts):
+            for server in self.servers:
+                self._spawn(server)
+            try:
+                self.wait_healthy(timeout=timeout)
+                return self
+            except RuntimeError as exc:
+                self.stop()
+                if "address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+            for server in self.servers:
+                server.port, server.route_port = free_port(), free_port()
+                server.monitor_port = free_port()
+        raise AssertionError("unreachable")
 
     def _spawn(self, server: NatsServer) -> None:
         server.store.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,7 @@ from eventd.config import ConfigError, JetStreamConfig, parse_config
 
 
 def js(**keys: Any) -> dict[str, Any]:
-    # The identity graph does not run on the cluster yet: a jetstream config says so.
-    return {"storage": {"backend": "jetstream", **keys}, "identity": {"enabled": False}}
+    return {"storage": {"backend": "jetstream", **keys}}
 
 
 def test_defaults_and_every_key(tmp_path: Path) -> None:
@@ -108,19 +107,11 @@ def test_eventd_check_names_the_key(tmp_path: Path) -> None:
 
 
 def test_what_the_cluster_cannot_serve_yet_is_refused_naming_the_key() -> None:
-    """A jetstream config must turn the identity graph off (it is on by default) and
-    have no duckdb destination (a file on one node, while the nodes share a
-    destination's events); a postgres one is fine."""
-    with pytest.raises(ConfigError) as exc:
-        parse_config({"storage": {"backend": "jetstream"}}, "t.toml")
-    assert str(exc.value) == (
-        "t.toml: identity.enabled = true (the default): expected false with"
-        " storage.backend = 'jetstream' (the identity graph does not run on the cluster"
-        " yet: set [identity] enabled = false)"
-    )
-    with pytest.raises(ConfigError) as exc:
-        parse_config({**js(), "identity": {"enabled": True}}, "t.toml")
-    assert "t.toml: identity.enabled = true: expected false" in str(exc.value)
+    """A jetstream config may keep the identity graph on (its state is in the
+    cluster, eventd/store/cluster_identity.py) and must have no duckdb destination (a
+    file on one node, while the nodes share a destination's events); a postgres one is
+    fine."""
+    assert parse_config({"storage": {"backend": "jetstream"}}, "t.toml").identity.enabled
     duckdb = {"a": {"type": "duckdb", "settings": {"path": "/tmp/a.duckdb"}}}
     with pytest.raises(ConfigError) as exc:
         parse_config({**js(), "destinations": duckdb}, "t.toml")
@@ -135,10 +126,11 @@ def test_what_the_cluster_cannot_serve_yet_is_refused_naming_the_key() -> None:
 
 def test_eventd_check_names_what_the_cluster_refuses(tmp_path: Path) -> None:
     path = tmp_path / "eventd.toml"
-    path.write_text(tomli_w.dumps({"storage": {"backend": "jetstream"}}))
+    duckdb = {"a": {"type": "duckdb", "settings": {"path": str(tmp_path / "a.duckdb")}}}
+    path.write_text(tomli_w.dumps({**js(), "destinations": duckdb}))
     run = eventd("check", path)
     assert run.returncode == 1
-    assert "identity.enabled = true (the default): expected false" in run.stderr + run.stdout
-    path.write_text(tomli_w.dumps(js()))
+    assert "destinations.a.type = 'duckdb': expected a destination" in run.stderr + run.stdout
+    path.write_text(tomli_w.dumps(js()))  # the identity graph on (the default)
     run = eventd("check", path)
     assert run.returncode == 0, run.stderr

@@ -265,18 +265,23 @@ async def test_an_ordered_destination_gets_each_users_events_in_the_order_taken(
 
     await asyncio.gather(*(send(b, u) for u in users))
     await until(lambda: a.forwarded + b.forwarded == 360)
-    got: list[LogEvent] = []
-    # One fetcher per partition (here all on this task; across nodes, one each).
-    for p in range(a.cfg.partitions):
+
+    async def fetcher(p: int) -> list[LogEvent]:
+        """Partition p's one fetcher, on node a or b: read until its consumer is empty."""
         reader = await (a if p % 2 else b).reader("crm", partition=p)
+        got: list[LogEvent] = []
         pending = 1
         while pending:
             for msg, events in await reader.fetch(16):
                 got += events
                 await reader.settle(msg)
             pending = (await a.js.consumer_info(a.names.stream, f"dest-crm-p{p}")).num_pending
+        return got
+
+    # One fetcher per partition, the partitions split over the nodes, all at once.
+    per_partition = await asyncio.gather(*(fetcher(p) for p in range(a.cfg.partitions)))
     by_user: dict[str, list[int]] = {}
-    for e in got:
+    for e in itertools.chain.from_iterable(per_partition):
         user, i = e.message_id.rsplit("-", 1)
         by_user.setdefault(user, []).append(int(i))
     assert by_user == {u: list(range(30)) for u in users}

@@ -146,13 +146,16 @@ class Dispatcher:
         return min(cursors) if cursors else self.store.last_seq
 
     async def drain(self) -> None:
-        """Wait until every worker has passed every stored event (tests, benchmarks)."""
+        """Wait until every worker has passed every stored event (tests, benchmarks);
+        on a cluster, every event any node acknowledged (``Feed.passed``). A worker
+        idle here may wait on another node's work: the round repeats after its
+        fetch's long poll (1 s)."""
         while True:
             target = self.store.last_seq
             for w in self.workers.values():
                 w.wake()
             await asyncio.gather(*(w.idle.wait() for w in self.workers.values()))
-            if all(w.cursor >= target for w in self.workers.values()):
+            if all([await w.feed.passed(target) for w in self.workers.values()]):
                 return
 
     async def status(self) -> list[DestinationStatus]:

@@ -2,8 +2,9 @@
 
 A :class:`Worker` reads pages after its read position, has them routed
 (``routing.py``), cut into batches within the plugin's limits and delivered up
-to ``max_in_flight`` at once, each after the rate limiter allows it
-(``ratelimit.py``) and through the destination's transforms (``transform.py``).
+to ``max_in_flight`` at once (``share.py``: this node's part on a cluster), each
+after the rate limiter allows it (``ratelimit.py``) and through the destination's
+transforms (``transform.py``).
 What each outcome means, and how long to wait, is decided in ``settle.py``;
 dead letters are written by ``deadletters.py``; redrive and replay run as their
 own loop (``aside.py``) through the same :meth:`Worker.settle`.
@@ -32,6 +33,7 @@ from eventd.delivery import routing, settle
 from eventd.delivery.deadletters import bury
 from eventd.delivery.outcomes import RecentOutcomes
 from eventd.delivery.ratelimit import RateLimiter
+from eventd.delivery.share import Slots
 from eventd.delivery.transform import Transform, TransformError, transform
 from eventd.destination import Destination, Outcome, Retry
 from eventd.event import Event
@@ -87,7 +89,12 @@ class Worker:
         self.metrics = metrics
         destination.on_adjusted = metrics.adjusted_counter(config.name)
         self.route = routing.Route(config.name, destination.integration_name, config)
-        self.limiter = RateLimiter(config.rate_limit)
+
+        # This node's part of the destination's limits (all of them on one machine).
+        def share() -> tuple[int, int]:
+            return store.limit_share
+
+        self.limiter = RateLimiter(config.rate_limit, share=share)
         self.max_events = max(1, min(config.batch_size, destination.max_batch_events))
         self.max_bytes = destination.max_batch_bytes
         self.feed = store.feed(config.name)
@@ -95,7 +102,7 @@ class Worker:
         self.skipped = 0
         self.retrying = 0
         self.last_error: str | None = None
-        self.slots = asyncio.Semaphore(config.max_in_flight)
+        self.slots = Slots(config.max_in_flight, share)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = self.feed.wakeup
         self.stopping = asyncio.Event()

@@ -26,6 +26,15 @@ counts why), ingest and delivery of destinations that do not stitch carry on, an
 once space is back it catches up from its own cursor: nothing is lost, it is a
 consumer of the log. Until it has opened, profile reads raise
 :class:`IdentityUnavailable` (the API answers 503) and stitched deliveries wait.
+
+On the cluster the state is shared (a :class:`~eventd.store.base.SharedIdentityBackend`,
+eventd/store/cluster_identity.py): every node opens the reader and follows the
+graph's cursor as any node's writer moves it (stitched deliveries wait on that);
+the writer of one node at a time (the lease's) applies the log, reading it after the
+shared cursor with no local end (the read long-polls), and runs the warehouse feeds;
+the others' writers get :class:`~eventd.store.base.NotLeader` and try again every
+LEAD_RETRY seconds. No cursor is copied to the Store there (its retention does not
+read one).
 """
 
 from __future__ import annotations
@@ -49,7 +58,8 @@ from eventd.identity.feed import LinkFeed, pause
 from eventd.identity.graph import ANONYMOUS, REFUSAL_REASONS, USER, Profile, Rules
 from eventd.identity.writer import PageResult, Writer
 from eventd.metrics import Metrics
-from eventd.store import StorageUnavailable, Store, service_cursor
+from eventd.store import NotLeader, StorageUnavailable, Store, service_cursor
+from eventd.store.base import SharedIdentityBackend
 
 log = structlog.get_logger("eventd.identity")
 
@@ -60,6 +70,10 @@ PAGE_EVENTS = 5000
 CURSOR_COPY_EVERY = 1.0
 BACKOFF_FIRST = 0.5  # seconds before the first retry; doubled after each failure
 BACKOFF_MAX = 30.0  # how long a freed disk may wait before the graph notices
+# Seconds a node whose writer does not hold a shared graph's lease waits before trying
+# again (the lease's renewal period: a dead holder's lease lapses within its TTL).
+LEAD_RETRY = 3.0
+UNBOUNDED = 2**63 - 1  # "as far as the log goes": a shared graph's page bound
 
 
 class IdentityUnavailable(Exception):
@@ -101,6 +115,10 @@ class IdentityService:
         # The graph's state, behind the Store seam (SQLite: identity.db at ``path``); this
         # process reads it, the writer writes it.
         self.store = events.identity_store(path, synchronous)
+        # Shared by nodes (the cluster's): this node reads it always, writes it only
+        # while its writer holds the lease, and follows the cursor other nodes write.
+        self.shared = isinstance(self.store, SharedIdentityBackend)
+        self.leading = False  # shared: this node's writer holds the lease
         source = events.log_source()
         # Whether the writer reads pages from the log itself (off this process's loop).
         self.reads_log = source is not None
@@ -162,7 +180,9 @@ class IdentityService:
     async def start(self) -> None:
         """Start the consumer in the background; returns without waiting for identity.db
         (which may not open: a full disk) so start-up and readiness never wait on it."""
-        if await self.log.cursor(service_cursor(self.name)) is None:
+        # The Store's copy of the cursor is for retention, which a shared graph's log
+        # (the cluster's) does not keep by service cursors.
+        if not self.shared and await self.log.cursor(service_cursor(self.name)) is None:
             # Retention holds from now on, before identity.db opens (the graph's first
             # start): events stored meanwhile are kept for it.
             await self._save_cursor(0)
@@ -170,17 +190,56 @@ class IdentityService:
         self._task = asyncio.create_task(self._run(), name="identity")
 
     async def _open(self) -> None:
-        """Open identity.db (created when new) and the reader; start the warehouse feeds."""
+        """Open identity.db (created when new) and the reader; start the warehouse feeds.
+        A shared graph: the reader only, following the cursor (:meth:`_lead` opens the
+        writer)."""
+        if self.shared:
+            await self._open_shared()
+            return
         self.cursor = await self.writer.call(writer.cursor)
         await self._save_cursor()
         await self.store.open_reader()
-        self.feeds = self.find_feeds()
-        for feed in self.feeds:
-            self._feed_tasks.append(asyncio.create_task(feed.run(), name=f"identity-{feed.name}"))
+        self._start_feeds()
         self.opened = True
         log.info("identity graph started", cursor=self.cursor, feeds=[f.name for f in self.feeds])
         async with self._advanced:
             self._advanced.notify_all()  # drain() of an empty log waits for this
+
+    def _start_feeds(self) -> None:
+        self.feeds = self.find_feeds()
+        for feed in self.feeds:
+            self._feed_tasks.append(asyncio.create_task(feed.run(), name=f"identity-{feed.name}"))
+
+    async def _stop_feeds(self) -> None:
+        for feed in self.feeds:
+            feed.stop()
+        # A feed whose position the writer refused (its lease lost) ended with NotLeader.
+        await asyncio.gather(*self._feed_tasks, return_exceptions=True)
+        self.feeds, self._feed_tasks = [], []
+
+    async def _open_shared(self) -> None:
+        """Open the reader of a shared graph and follow the cursor any node's writer
+        writes: profile reads and stitched delivery work on every node from here on."""
+        await self.store.open_reader()
+        assert isinstance(self.store, SharedIdentityBackend)
+        loop = asyncio.get_running_loop()
+
+        def seen(cursor: int) -> None:  # on the store's thread
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._advance(cursor)))
+
+        self.store.watch_cursor(seen)
+        self.opened = True
+        log.info("identity graph reader started (shared)")
+
+    async def _lead(self) -> None:
+        """Open this node's writer of a shared graph: NotLeader while another node's
+        holds the lease. Then this node applies the log and runs the warehouse feeds."""
+        self.cursor = await self.writer.call(writer.cursor)
+        self.leading = True
+        self._start_feeds()
+        log.info("identity writer leading", cursor=self.cursor, feeds=[f.name for f in self.feeds])
+        async with self._advanced:
+            self._advanced.notify_all()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -189,9 +248,7 @@ class IdentityService:
             self._advanced.notify_all()  # deliveries waiting on the graph leave their batch
         if self._task is not None:
             await self._task  # first: it starts the feeds when identity.db opens
-        for feed in self.feeds:
-            feed.stop()
-        await asyncio.gather(*self._feed_tasks)
+        await self._stop_feeds()
         if self.opened:  # else the store's copy stays as it was: never behind identity.db's
             await self._save_cursor()
         await self.writer.close()
@@ -207,7 +264,12 @@ class IdentityService:
             try:
                 if not self.opened:
                     await self._open()
+                if self.shared and not self.leading:
+                    await self._lead()
                 applied = await self.step()
+            except NotLeader as exc:  # another node writes the shared graph: read it
+                await self._follow(exc)
+                continue
             except Exception as exc:  # identity.db cannot open or write (disk full...)
                 failures += 1
                 self._failed(exc, failures)
@@ -221,7 +283,19 @@ class IdentityService:
             if not applied:
                 if self._copied < self.cursor:
                     await self._save_cursor()  # idle: the copy catches up
-                await self._pause(None)
+                # A shared graph's page waited on the log already (the cluster's long poll).
+                await self._pause(0 if self.shared else None)
+
+    async def _follow(self, why: NotLeader) -> None:
+        """This node's writer does not (or no longer) hold the shared graph's lease: stop
+        its feeds, keep reading, and try to lead again after LEAD_RETRY seconds."""
+        if self.leading:
+            log.info("identity writer no longer leading", reason=str(why))
+            await self._stop_feeds()
+        self.leading = False
+        self.error = None  # healthy: the graph is written by another node
+        self.running.set(1)
+        await self._pause(LEAD_RETRY)
 
     def _failed(self, exc: Exception, failures: int) -> None:
         reason = failure_reason(exc)
@@ -243,7 +317,8 @@ class IdentityService:
 
     async def step(self) -> bool:
         """Apply one page of the log; False when there was nothing after the cursor."""
-        newest = self.log.last_seq
+        # A shared graph's log has no local end: the writer's page is what is there.
+        newest = UNBOUNDED if self.shared else self.log.last_seq
         if self.cursor >= newest:
             return False
         if self.reads_log:  # the writer reads the page itself: nothing crosses but seqs
@@ -254,7 +329,8 @@ class IdentityService:
             page = [(e.seq, e.body) for e in events]
             result = await self.writer.call(writer.apply_page, page) if page else PageResult()
         if not result.events:
-            await self._advance(newest)  # what was there has been deleted (erasure)
+            if not self.shared:
+                await self._advance(newest)  # what was there has been deleted (erasure)
             return False
         for reason, n in result.refused.items():
             self.refused.labels(reason).inc(n)
@@ -276,6 +352,8 @@ class IdentityService:
     async def _save_cursor(self, seq: int | None = None) -> None:
         """identity.db's cursor (``seq``: the one just written there), copied to the
         Store for retention (``app.passed_seq``)."""
+        if self.shared:
+            return  # the cluster's retention does not read service cursors
         seq = self.cursor if seq is None else seq
         try:
             await self.log.save_cursor(service_cursor(self.name), seq)

@@ -91,7 +91,11 @@ def _state() -> tuple[IdentityBackend, Graph]:
 
 
 def cursor() -> int:
-    return _state()[0].cursor()
+    """The store's cursor, with the graph's cache dropped: a shared store's writer asks
+    it when it takes the lease, after another node's writer may have changed profiles."""
+    store, graph = _state()
+    graph.forget()
+    return store.cursor()
 
 
 def apply_log(after: int, upto: int, limit: int) -> PageResult:
@@ -168,6 +172,8 @@ def stop() -> None:
     global _store, _graph, _log
     if _store is not None:
         _store.close()
+    elif _args is not None:  # opened but not leading (a shared store): its connection
+        _args[0].close()
     if _log is not None:
         _log.close()
     _store = _graph = _log = None

@@ -59,6 +59,12 @@ class NotSupported(Exception):
     ``not_implemented`` with this message, which names what is missing."""
 
 
+class NotLeader(Exception):
+    """A :class:`SharedIdentityBackend` lets one node's writer write at a time: this
+    node's is not it (another node holds the writer's lease, or this node's lapsed).
+    Not a failure: the node keeps reading the shared state and tries again later."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -303,6 +309,18 @@ class IdentityBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class SharedIdentityBackend(IdentityBackend, Protocol):
+    """An :class:`IdentityBackend` several nodes share (the cluster's,
+    eventd/store/cluster_identity.py): every node reads it; one node's writer at a time
+    writes it, and the others' writer-side calls raise :class:`NotLeader`."""
+
+    def watch_cursor(self, seen: Callable[[int], None]) -> None:
+        """Call ``seen(cursor)`` (from another thread) with the graph's cursor now and
+        after each page any node's writer applies (once :meth:`open_reader` returned)."""
+        ...
+
+
 class Span:
     """Part of what a :class:`Feed` handed out, cut by :meth:`Feed.cut`: settled or held
     as one. Opaque to the worker; each feed subclasses it."""
@@ -368,6 +386,14 @@ class Feed(Protocol):
         """(events not settled, seconds since the oldest of them was received)."""
         ...
 
+    async def passed(self, target: int) -> bool:
+        """True once this destination has passed every stored event through seq
+        ``target`` (the store's ``last_seq`` when the caller began: ``POST
+        /admin/drain``). On a cluster ``target`` (one node's) does not apply: true once
+        every event any node acknowledged is settled for this destination, with
+        nothing left in the ingest queue either (the cluster's own "drained")."""
+        ...
+
     async def close(self) -> None:
         """Save where the feed is; spans not settled come back to the next reader."""
         ...
@@ -401,6 +427,14 @@ class Store(Protocol):
     @property
     def writable(self) -> bool:
         """False while the last write failed."""
+        ...
+
+    @property
+    def limit_share(self) -> tuple[int, int]:
+        """(this node's place, how many nodes) sharing every destination's
+        ``max_in_flight`` and ``rate_limit``, without I/O: (0, 1) on one machine; on a
+        cluster the live nodes as of the last heartbeat round, places in node-id order
+        (eventd/delivery/share.py divides the limits by it)."""
         ...
 
     def stats(self) -> StoreStats:

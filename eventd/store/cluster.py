@@ -19,9 +19,10 @@ Suppressions, redrive, replay, purges, reads of the log by seq or messageId and
 erasure are :class:`~eventd.store.cluster_admin.ClusterAdmin`'s (state in key-value
 buckets every node shares). What is not kept in the cluster yet raises
 :class:`~eventd.store.base.NotSupported` (the admin API answers 501 naming it):
-service cursors, identity state, reading the log from another process.
-``eventd.config`` refuses at load what would need them (the identity graph, a
-duckdb destination): docs/scaling.md, "Serve on the cluster".
+service cursors. The identity graph's state is in buckets of its own
+(eventd/store/cluster_identity.py); its writer reads the log through
+eventd/store/cluster_log.py. ``eventd.config`` refuses at load what would need
+more (a duckdb destination): docs/scaling.md, "Serve on the cluster".
 
 An event's seq on the cluster is ``log message sequence << EVENT_BITS | its place
 in the message's group`` (log order kept; unique per event).
@@ -51,7 +52,8 @@ from eventd.store.base import (
     StorageUnavailable,
     StoreStats,
 )
-from eventd.store.cluster_admin import EVENT_BITS, ClusterAdmin
+from eventd.store.cluster_admin import EVENT_BITS as EVENT_BITS  # re-exported: cluster_log
+from eventd.store.cluster_admin import ClusterAdmin
 from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
 
 log = structlog.get_logger("eventd.store.cluster")
@@ -88,6 +90,7 @@ class ClusterStore(ClusterAdmin):
         self._ready = False
         self._last_error: str | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._share = (0, 1)  # (place, live nodes): see limit_share
         self._admin_init()
 
     # -- life cycle -------------------------------------------------------------
@@ -106,6 +109,7 @@ class ClusterStore(ClusterAdmin):
                 f"the jetstream cluster at {servers} did not open in {OPEN_TIMEOUT:g}s: {why}"
             ) from exc
         self._ready = True
+        await self._read_share()  # the workers start with their part, not the whole
         self._monitor = asyncio.create_task(self._watch(), name="cluster-health")
 
     async def close(self) -> None:
@@ -126,7 +130,22 @@ class ClusterStore(ClusterAdmin):
                 self._ready = False
             if self._ready:
                 self._last_error = None
+            await self._read_share()
             await asyncio.sleep(2.0)
+
+    async def _read_share(self) -> None:
+        """Who shares the destinations' limits now (the heartbeats in S_LEASES); a
+        failed read keeps the last answer."""
+        try:
+            ids = set(await self.js.node_ids())
+        except Exception as exc:  # a stalled cluster: keep the last share
+            log.info("node list not read", error=repr(exc))
+            return
+        ids.add(self.js.node_id)  # this node serves even if its own beat expired
+        share = (sorted(ids).index(self.js.node_id), len(ids))
+        if share != self._share:
+            log.info("destination limits shared", place=share[0], nodes=share[1])
+        self._share = share
 
     # -- the log ----------------------------------------------------------------
 
@@ -145,6 +164,12 @@ class ClusterStore(ClusterAdmin):
     @property
     def writable(self) -> bool:
         return self._ready and self._last_error is None
+
+    @property
+    def limit_share(self) -> tuple[int, int]:
+        """(place, nodes) as of the last health round (every 2 s): every live node's
+        heartbeat, this one's included; eventd/delivery/share.py divides by it."""
+        return self._share
 
     def stats(self) -> StoreStats:
         cfg = self.js.cfg
@@ -174,10 +199,24 @@ class ClusterStore(ClusterAdmin):
         return ClusterFeed(self, destination, partition)
 
     def identity_store(self, path: Path, synchronous: str) -> IdentityBackend:
-        raise _refused("the identity graph")
+        """The graph's state in the cluster's buckets, shared by every node
+        (eventd/store/cluster_identity.py; ``path`` and ``synchronous`` unused)."""
+        from eventd.store.cluster_identity import ClusterIdentityStore
+
+        assert self.config.jetstream is not None
+        return ClusterIdentityStore(self.config.jetstream)
 
     def log_source(self) -> LogSource | None:
-        raise _refused("reading the log from another process")
+        """The log by position, for the identity writer (eventd/store/cluster_log.py)."""
+        from eventd.store.cluster_log import ClusterLogSource
+
+        assert self.config.jetstream is not None
+        return ClusterLogSource(self.config.jetstream)
+
+    async def read_seqs(self, seqs: Sequence[int]) -> list[Event]:
+        from eventd.store.cluster_log import read_seqs
+
+        return await read_seqs(self.js.js, self.js.names.stream, seqs)
 
     # -- cursors: a destination's is its consumer; services with cursors do not run --
 
@@ -345,6 +384,14 @@ class ClusterFeed:
         same from any node; 0.0 s: the age is not read on the cluster yet)."""
         counts = await self.store.js.lag(self.destination)
         return counts["pending"] + counts["in_flight"], 0.0
+
+    async def passed(self, target: int) -> bool:
+        """Cluster-wide, whatever ``target``: the ingest queue empty (an acknowledged
+        group waits there until a dedup stage forwarded it to the log), then this
+        destination's consumers with nothing pending or in flight. Read in that order:
+        a group leaves the queue only after it is in the log, so nothing acknowledged
+        before the first read slips between the two."""
+        return await self.store.js.drained(self.destination)
 
     async def close(self) -> None:
         if self._keeper is not None:

@@ -642,23 +642,6 @@ class ClusterAdmin:
         return await self._events(first, last, limit)
 
     @_unavailable
-    async def read_seqs(self, seqs: Sequence[int]) -> list[Event]:
-        out: list[Event] = []
-        wanted = sorted(set(seqs))
-        for log_seq in sorted({s >> EVENT_BITS for s in wanted}):
-            try:
-                msg = await self.js.js.get_msg(self.js.names.stream, seq=log_seq)
-            except NotFoundError:
-                continue
-            if msg.data is None or msg.seq != log_seq:
-                continue
-            rows = decode_rows(msg.data)
-            for seq in wanted:
-                if seq >> EVENT_BITS == log_seq and (seq & _OFFSET) < len(rows):
-                    out.append(_event(log_seq, seq & _OFFSET, rows[seq & _OFFSET]))
-        return out
-
-    @_unavailable
     async def received_at_after(self, seq: int) -> int | None:
         found = await self.read(seq, 1)
         return found[0].received_at if found else None

@@ -109,6 +109,9 @@ class CursorFeed:
         oldest = await self.store.received_at_after(self.cursor)
         return lag(self.store.last_seq, self.cursor, oldest, now)
 
+    async def passed(self, target: int) -> bool:
+        return self.cursor >= target
+
     async def close(self) -> None:
         if self._saver is not None:
             await asyncio.gather(self._saver, return_exceptions=True)

@@ -35,6 +35,8 @@ log, never the only copy of a fact.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
@@ -89,6 +91,9 @@ class DedupSet:
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
         options.set_block_based_table_factory(table)
+        # RocksDB's info log rolls into LOG.old.* files and keeps 1,000 of them by
+        # default: on a long-running box that is disk storage.max_size would not expect.
+        options.set_keep_log_file_num(2)
         ttl_seconds = max(1, window_ms // 1000)
         # The default column family's options given again: without them rocksdict reopens
         # an existing set with the options of its OPTIONS file, which drop the bloom filter
@@ -179,6 +184,16 @@ class DedupSet:
             self.add(chunk, last)
             added += len(chunk)
         return added
+
+    def disk_bytes(self) -> int:
+        """Bytes of the set's directory (SST files, RocksDB's WAL, manifest, logs):
+        what it adds to ``storage.max_size``'s count."""
+        total = 0
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):  # a file compaction just removed
+                    total += entry.stat().st_size
+        return total
 
     def compact(self) -> None:
         """Compact the whole set now (after a bulk load, so later writes do not pay

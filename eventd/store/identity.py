@@ -130,7 +130,33 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-class IdentityStore:
+class ReaderThread:
+    """An identity backend's reads on one thread of their own, beside eventd's loop
+    (:meth:`read`), with what a reader holds (``_r``) closed on that thread."""
+
+    _reader: ThreadPoolExecutor | None = None
+    _r: Any = None
+
+    def _start_reader(self) -> None:
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventd-identity-reader")
+
+    async def close_reader(self) -> None:
+        if self._reader is None:
+            return
+        if self._r is not None:
+            await self.read(self._r.close)
+            self._r = None
+        self._reader.shutdown(wait=True)
+        self._reader = None
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the reader thread (it may use :attr:`r`)."""
+        assert self._reader is not None, "identity store reader not open"
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
+
+
+class IdentityStore(ReaderThread):
     """SQLite's :class:`~eventd.store.base.IdentityBackend`: owns identity.db's
     connections, the writer's (eventd/identity/writer.py opens it, in the writer
     process) and a reader on a thread of its own (in eventd's process). Pickled (to the
@@ -181,28 +207,13 @@ class IdentityStore:
     async def open_reader(self) -> None:
         """Open the reader (after the writer made the file); may be called again after
         it raised (sqlite3.Error)."""
-        if self._reader is None:
-            self._reader = ThreadPoolExecutor(1, thread_name_prefix="eventd-identity-reader")
+        self._start_reader()
 
         def connect() -> None:
             self._r = _connect(self.path, self.synchronous)
             self._r.execute("PRAGMA query_only=1")
 
         await self.read(connect)
-
-    async def close_reader(self) -> None:
-        if self._reader is None:
-            return
-        if self._r is not None:
-            await self.read(self._r.close)
-            self._r = None
-        self._reader.shutdown(wait=True)
-        self._reader = None
-
-    async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the reader thread (it may use :attr:`r`)."""
-        assert self._reader is not None, "identity store reader not open"
-        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
 
     @property
     def w(self) -> sqlite3.Connection:

@@ -812,6 +812,17 @@ class JetStreamStore:
                 settled_below = min(settled_below, int(floor or 0) + 1)
         return {"pending": pending, "in_flight": in_flight, "settled_below": settled_below}
 
+    async def drained(self, destination: str) -> bool:
+        """True when ``S_IN`` holds nothing (a work queue: a group leaves it when its
+        dedup stage acks it, after forwarding it to the log) and then the
+        destination's consumers have nothing pending or in flight: every group
+        acknowledged before this call is settled for ``destination``."""
+        ingest = await self.js.stream_info(self.names.ingest)
+        if ingest.state.messages:
+            return False
+        counts = await self.lag(destination)
+        return counts["pending"] + counts["in_flight"] == 0
+
     async def _led_consumer_info(self, durable: str) -> ConsumerInfo:
         """A log consumer's info as its leader gives it. Without a leader (an
         election, a stream being scaled) the counts may be stale: asked again
@@ -921,23 +932,28 @@ class JetStreamStore:
         await self.leases.put(f"node-{self.node_id}", str(time.time()).encode())
 
     async def live_nodes(self) -> int:
-        """Nodes that beat within the lease TTL (expired keys are gone): a
-        destination's max_in_flight and rate_limit are shared as limit / this.
-        Raises :class:`StorageUnavailable` when the bucket does not answer within
-        ``publish_timeout``: nats-py's ``keys()`` iterates a watcher with no
-        timeout of its own, and a stalled server would hold the caller forever."""
+        """How many nodes beat within the lease TTL (:meth:`node_ids`)."""
+        return max(1, len(await self.node_ids()))
+
+    async def node_ids(self) -> list[str]:
+        """The ids of the nodes that beat within the lease TTL (expired keys are
+        gone), sorted: a destination's max_in_flight and rate_limit are shared over
+        them (eventd/delivery/share.py). Raises :class:`StorageUnavailable` when the
+        bucket does not answer within ``publish_timeout``: nats-py's ``keys()``
+        iterates a watcher with no timeout of its own, and a stalled server would
+        hold the caller forever."""
         assert self.leases is not None
         try:
             keys = await asyncio.wait_for(self.leases.keys(), self.cfg.publish_timeout)
         except NotFoundError:  # nats-py's NoKeysError: no key at all
-            return 1
+            return []
         except TimeoutError:
             raise StorageUnavailable(
                 f"the node list did not answer in {self.cfg.publish_timeout:g}s"
             ) from None
         # A set: keys() lists a key once per update its watcher saw while it ran,
         # so a heartbeat landing meanwhile would count its node twice.
-        return max(1, len({k for k in keys if k.startswith("node-")}))
+        return sorted({k.removeprefix("node-") for k in keys if k.startswith("node-")})
 
 
 async def _retrying(step: Callable[[], Awaitable[T]], what: str) -> T:

@@ -99,6 +99,10 @@ class MemoryStore:
     def writable(self) -> bool:
         return self._writable
 
+    @property
+    def limit_share(self) -> tuple[int, int]:
+        return 0, 1  # one machine: each destination's limits are this node's
+
     def _size(self) -> int:
         return sum(len(s.row[7]) for s in self.data.events) + sum(
             len(d.body) for d in self.data.dead.values()

@@ -150,6 +150,7 @@ class SqliteStore:
         self._last_seq = 0
         self._next_seq = 1  # seqs are never reused, even after the tail was erased
         self._dedup: DedupSet | None = None
+        self._dedup_bytes_cached, self._dedup_bytes_at = 0, float("-inf")
         self._dedup_seq = 0  # the set's watermark: the log up to here has its keys in it
         self._writable = True  # false while the last commit failed; /ready says so
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
@@ -174,6 +175,10 @@ class SqliteStore:
     @property
     def writable(self) -> bool:
         return self._writable
+
+    @property
+    def limit_share(self) -> tuple[int, int]:
+        return 0, 1  # one machine: each destination's limits are this node's
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -815,7 +820,8 @@ class SqliteStore:
         return f"storage.max_size reached ({used} of {self.max_size} bytes in use)"
 
     def used_bytes(self, conn: sqlite3.Connection | None = None) -> int:
-        """Bytes of live pages plus the WAL: what max_size limits."""
+        """Bytes of live pages plus the WAL plus the dedup set's directory: what
+        max_size limits."""
         conn = conn or self._conn
         if conn is None:
             return 0
@@ -824,14 +830,27 @@ class SqliteStore:
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         wal = Path(f"{self.path}-wal")
         wal_bytes = wal.stat().st_size if wal.exists() else 0
-        return int((pages - free) * page_size + wal_bytes)
+        return int((pages - free) * page_size + wal_bytes + self._dedup_bytes())
 
     def file_bytes(self) -> int:
+        """Bytes on disk: the outbox file, its WAL and shared memory, the dedup set."""
         total = 0
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 total += os.stat(f"{self.path}{suffix}").st_size
-        return total
+        return total + self._dedup_bytes()
+
+    def _dedup_bytes(self) -> int:
+        """The dedup set's directory size, read at most once a second: max_size is
+        checked on every group commit, and the set grows by a memtable flush at a
+        time (16 MB), so a second-old figure is close enough."""
+        now = time.monotonic()
+        if now - self._dedup_bytes_at >= 1.0:
+            dedup = self._dedup
+            with contextlib.suppress(OSError):
+                self._dedup_bytes_cached = dedup.disk_bytes() if dedup is not None else 0
+            self._dedup_bytes_at = now
+        return self._dedup_bytes_cached
 
 
 def _close_dedup(dedup: DedupSet) -> None:

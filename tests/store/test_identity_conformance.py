@@ -11,6 +11,7 @@ backend must keep, through the backend's own methods only, so a cluster backend
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -18,14 +19,17 @@ from pathlib import Path
 
 import pytest
 
+from eventd.config import JetStreamConfig, StorageConfig
 from eventd.identity.graph import ANONYMOUS, USER, Changes, Graph, Link, profile_id_for
 from eventd.identity.links import IdentityLink
 from eventd.store import MemoryStore, SqliteStore
 from eventd.store.base import IdentityBackend
+from eventd.store.cluster import ClusterStore
 from eventd.store.memory import MemoryData
 
-BACKENDS = ["sqlite", "memory"]
+BACKENDS = ["sqlite", "memory", "jetstream"]
 TS = "2026-11-01T10:00:00.000Z"
+_streams = itertools.count()
 
 Opener = Callable[[], IdentityBackend]
 
@@ -33,14 +37,27 @@ Opener = Callable[[], IdentityBackend]
 @pytest.fixture(params=BACKENDS)
 async def identity_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """Opens a store over the same place each call (a second call after close: a restart),
-    as its event Store hands it out."""
+    as its event Store hands it out. ``jetstream``: a real 3-server cluster (one per
+    module), the test's own stream name, R3."""
     opened: list[IdentityBackend] = []
     memory = MemoryData()  # the memory store's "disk", kept across its restarts
+    cluster = None
+    if request.param == "jetstream":
+        cluster = StorageConfig(
+            backend="jetstream",
+            jetstream=JetStreamConfig(
+                servers=tuple(request.getfixturevalue("nats_cluster").urls),
+                stream=f"IDC{next(_streams)}",
+            ),
+        )
 
     def open_store() -> IdentityBackend:
         path = tmp_path / "identity.db"
         if request.param == "sqlite":
             store = SqliteStore(tmp_path / "eventd.db").identity_store(path, "normal")
+        elif request.param == "jetstream":
+            assert cluster is not None
+            store = ClusterStore(cluster).identity_store(path, "normal")
         else:
             assert request.param == "memory"
             store = MemoryStore(memory).identity_store(path, "normal")

@@ -1,0 +1,131 @@
+"""What the cluster's identity backend keeps beyond the conformance suite
+(tests/store/test_identity_conformance.py runs it there too): one writer at a time
+under the lease, a page written ahead and left unfinished by a crashed writer is
+finished by the next one (once), and a writer whose lease another took writes
+nothing. A real 3-server cluster, R3; each test its own stream name."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from eventd.config import JetStreamConfig
+from eventd.identity.graph import ANONYMOUS, USER, profile_id_for
+from eventd.store import NotLeader
+from eventd.store.cluster_identity import LEASE_KEY, ClusterIdentityStore, page_record
+from tests.nats_cluster import NatsCluster
+from tests.store.test_identity_conformance import ANA, page
+
+_streams = itertools.count()
+
+
+@pytest.fixture
+def stores(nats_cluster: NatsCluster) -> Iterator[Callable[[], ClusterIdentityStore]]:
+    """New writers (each a node's) over the same buckets; all closed at the end."""
+    cfg = JetStreamConfig(servers=tuple(nats_cluster.urls), stream=f"IDL{next(_streams)}")
+    made: list[ClusterIdentityStore] = []
+
+    def make() -> ClusterIdentityStore:
+        made.append(ClusterIdentityStore(cfg))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def test_one_writer_at_a_time_and_the_next_takes_over_on_close(
+    stores: Callable[[], ClusterIdentityStore],
+) -> None:
+    a, b = stores(), stores()
+    a.open_writer()
+    with pytest.raises(NotLeader, match="another node's identity writer holds the lease"):
+        b.open_writer()
+    a.apply(page(a, ANA[:2]), 2)
+    a.close()  # a clean stop lets the lease go
+    b.open_writer()
+    assert b.cursor() == 2
+    b.apply(page(b, ANA[2:]), 3)
+    profile = b.profile(profile_id_for(USER, "ana"))
+    assert profile is not None and profile.event_count == 3
+
+
+def test_a_page_a_crashed_writer_left_is_finished_once_by_the_next(
+    stores: Callable[[], ClusterIdentityStore],
+) -> None:
+    a = stores()
+    a.open_writer()
+    a.apply(page(a, ANA[:1]), 1)
+    # a writes the page ahead, then dies before writing any of it.
+    record = page_record(page(a, ANA[1:]), 3)
+    a.w.run(a._log_page(record))
+    a.close()
+
+    b = stores()
+    b.open_writer()  # takes the lease: finishes a's page
+    assert b.cursor() == 3
+    pid = profile_id_for(USER, "ana")
+    assert (b.profile_of(USER, "ana"), b.profile_of(ANONYMOUS, "a1")) == (pid, pid)
+    profile = b.profile(pid)
+    assert profile is not None
+    assert (profile.event_count, profile.events_by_type) == (3, {"track": 2, "identify": 1})
+    b.close()
+    c = stores()
+    c.open_writer()  # the page is finished: not applied again
+    profile = c.profile(pid)
+    assert profile is not None and profile.event_count == 3
+
+
+def test_a_writer_whose_lease_another_took_writes_nothing(
+    stores: Callable[[], ClusterIdentityStore],
+) -> None:
+    a, b = stores(), stores()
+    a.open_writer()
+    a.apply(page(a, ANA[:1]), 1)
+    changes = page(a, ANA[1:])
+    # a stalls past its lease (its deadline passes, its key lapses) and b takes over.
+    a._held_until = 0.0
+    a.w.run(a.w.purge(a.w.leases, LEASE_KEY))
+    b.open_writer()
+    with pytest.raises(NotLeader, match="another node's identity writer holds the lease"):
+        a.apply(changes, 3)
+    assert b.cursor() == 1
+    assert b.profile_of(USER, "ana") is None
+    # Once b lets go, a takes the lease again, and says so once (its graph reloads).
+    b.close()
+    with pytest.raises(NotLeader, match="lapsed and was taken again"):
+        a.cursor()
+    assert a.cursor() == 1
+    a.apply(page(a, ANA[1:]), 3)
+    assert a.profile_of(ANONYMOUS, "a1") == profile_id_for(USER, "ana")
+
+
+async def test_a_node_that_does_not_write_follows_the_cursor(
+    stores: Callable[[], ClusterIdentityStore],
+) -> None:
+    """What stitched delivery on a node waits on: the cursor any node's writer writes,
+    seen on this node's reader (now, then after each page), in order."""
+    writer_node, reader_node = stores(), stores()
+    writer_node.open_writer()
+    writer_node.apply(page(writer_node, ANA[:1]), 1)
+    await reader_node.open_reader()
+    seen: list[int] = []
+    changed = threading.Condition()
+
+    def saw(cursor: int) -> None:
+        with changed:
+            seen.append(cursor)
+            changed.notify_all()
+
+    reader_node.watch_cursor(saw)
+    try:
+        with changed:
+            assert changed.wait_for(lambda: seen == [1], 30), seen
+        writer_node.apply(page(writer_node, ANA[1:]), 3)
+        with changed:
+            assert changed.wait_for(lambda: seen == [1, 3], 30), seen
+    finally:
+        await reader_node.close_reader()

@@ -1,0 +1,149 @@
+"""The identity graph on the cluster (issue 15, item 8): two ``eventd serve`` nodes on a
+real 3-server NATS JetStream cluster, identity on (the default).
+
+Real processes on real sockets (tests/test_cluster_serve.py's harness): an identify
+sent to node A makes a profile node B answers for; an anonymous event in the log
+after that identify reaches the webhook resolved, with the profile's trait, from
+whichever node delivers it; one node's writer applies the log (the lease), and when
+it is killed with SIGKILL the other node's takes over from the shared cursor.
+Waiting is on conditions with deadlines, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import EventdProcess, Sink, admin_get, basic, running
+from tests.nats_cluster import NatsCluster
+from tests.test_cluster_serve import WRITE_KEY, node_config, wait_until
+
+pytestmark = pytest.mark.slow
+
+TS = "2026-11-30T01:00:00.000Z"
+
+
+def send(node: EventdProcess, *events: dict[str, Any]) -> None:
+    body = {"batch": [{"timestamp": TS, **e} for e in events]}
+    req = urllib.request.Request(
+        node.url + "/v1/batch",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": basic(WRITE_KEY)},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+
+
+def profile(node: EventdProcess, ident: str, suffix: str = "") -> tuple[int, Any]:
+    return admin_get(f"{node.url}/admin/profiles/{ident}{suffix}", node.admin_token)
+
+
+def known(node: EventdProcess, ident: str) -> bool:
+    return profile(node, ident)[0] == 200
+
+
+def delivered(sink: Sink) -> dict[str, dict[str, Any]]:
+    """messageId -> the event as the webhook got it (the last copy)."""
+    out: dict[str, dict[str, Any]] = {}
+    with sink.cond:
+        for r in sink.received:
+            body = r.json()
+            for event in body if isinstance(body, list) else [body]:
+                out[event["messageId"]] = event
+    return out
+
+
+@pytest.fixture
+def identity_nodes(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> Iterator[tuple[Sink, list[EventdProcess]]]:
+    cluster = make_nats_cluster(3)
+    sink = Sink()
+    with running(sink):
+        nodes = []
+        try:
+            for name in ("a", "b"):
+                (tmp_path / name).mkdir()
+                config = node_config(tmp_path / name, cluster, sink)
+                del config["identity"]  # on: the default
+                config["storage"]["stream"] = "IDE2E"
+                config["destinations"]["hook"].update(
+                    resolve_identity=True, enrich_traits=["car"], batch_size=10
+                )
+                nodes.append(EventdProcess(tmp_path / name, config))
+            for node in nodes:  # a first: its writer takes the lease
+                node.start(timeout=90)
+                wait_until(lambda n=node: "identity graph reader started" in n.log(), 60, "reader")
+            wait_until(lambda: "identity writer leading" in nodes[0].log(), 60, "a leads")
+            yield sink, nodes
+        finally:
+            for node in nodes:
+                node.kill()
+
+
+def test_identify_on_one_node_is_read_and_stitched_on_the_other_and_survives_a_kill(
+    identity_nodes: tuple[Sink, list[EventdProcess]],
+) -> None:
+    sink, (a, b) = identity_nodes
+    assert "identity writer leading" not in b.log()  # one writer: a's
+
+    # Before sign-in (anonymous), then the sign-in, both through node a.
+    send(a, {"type": "track", "event": "Step 1", "anonymousId": "v1", "messageId": "m1"})
+    send(
+        a,
+        {
+            "type": "identify",
+            "anonymousId": "v1",
+            "userId": "ana",
+            "traits": {"car": "bmw"},
+            "messageId": "m2",
+        },
+    )
+    # Node b, which does not write the graph, answers from the shared state.
+    wait_until(lambda: known(b, "ana"), 60, "ana's profile readable on b")
+    status, found = profile(b, "ana")
+    assert status == 200
+    assert (found["user_ids"], found["anonymous_ids"]) == (["ana"], ["v1"])
+    assert found["traits"] == {"car": "bmw"}
+    assert (found["event_count"], found["events_by_type"]) == (2, {"identify": 1, "track": 1})
+    assert profile(b, "v1", "?kind=anonymous_id")[1]["profile_id"] == found["profile_id"]
+    assert profile(b, "nobody")[0] == 404
+
+    # An anonymous event stored after the identify (the graph has it: the profile is
+    # readable), sent to b: delivered resolved, with the trait, by whichever node.
+    send(b, {"type": "track", "event": "Step 2", "anonymousId": "v1", "messageId": "m3"})
+    wait_until(lambda: {"m1", "m2", "m3"} <= set(delivered(sink)), 90, "m1-m3 delivered")
+    got = delivered(sink)
+    assert "userId" not in got["m1"]  # before any link: stays anonymous
+    assert got["m3"]["userId"] == "ana"
+    assert got["m3"]["context"]["traits"] == {"car": "bmw"}
+    assert got["m2"]["userId"] == "ana"
+
+    # The stitched timeline, newest first, read on b (the events read from the log).
+    wait_until(lambda: profile(b, "ana")[1]["event_count"] == 3, 60, "m3 in the graph")
+    status, events = profile(b, "ana", "/events?limit=10")
+    assert status == 200
+    assert [e["event"]["messageId"] for e in events["events"]] == ["m3", "m2", "m1"]
+
+    # kill -9 the writer's node: b's writer takes the lease when it lapses (10 s) and
+    # goes on from the shared cursor: a new sign-in sent to b is applied.
+    a.kill()
+    send(
+        b,
+        {"type": "identify", "anonymousId": "v9", "userId": "bo", "messageId": "m4"},
+        {"type": "track", "event": "Step 1", "userId": "ana", "messageId": "m5"},
+    )
+    wait_until(lambda: known(b, "bo"), 90, "bo's profile after a's writer died")
+    assert "identity writer leading" in b.log()
+    bo = profile(b, "bo")[1]
+    assert (bo["user_ids"], bo["anonymous_ids"], bo["event_count"]) == (["bo"], ["v9"], 1)
+    wait_until(lambda: profile(b, "ana")[1]["event_count"] == 4, 60, "m5 applied once")
+    ana = profile(b, "ana")[1]
+    assert ana["events_by_type"] == {"identify": 1, "track": 3}  # nothing applied twice
