@@ -15,13 +15,16 @@ erasure), by ``userId``, for every source:
 Deleting what destinations already received is the destinations' business
 (their own deletion APIs); this module only says what eventd held.
 The set of suppressed ids lives in memory, read at start, so the ingest check
-costs one set lookup per message, and nothing while the set is empty.
+costs one set lookup per message, and nothing while the set is empty. On a store
+shared by several nodes (:class:`SharedSuppressions`: the cluster store) the set
+follows the store's changes, another node's included.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -31,6 +34,16 @@ log = structlog.get_logger("eventd.suppressions")
 
 # A person's (userIds, anonymousIds), as a feature that knows more of them answers.
 Identities = tuple[list[str], list[str]]
+
+
+@runtime_checkable
+class SharedSuppressions(Protocol):
+    """A store whose suppressions other processes change too (the cluster store)."""
+
+    def on_suppression(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(user_id, suppressed)`` whenever this process's view of a
+        user's suppression changes, whoever changed it."""
+        ...
 
 
 class Suppressions:
@@ -48,9 +61,21 @@ class Suppressions:
         # return (userIds, anonymousIds) for a userId; before_erase hooks read them (the
         # erasers may delete what they come from), so an erasure covers every one.
         self.identities: list[Callable[[str], Awaitable[Identities]]] = []
+        # Set whenever another node's change reached user_ids (tests wait on it).
+        self.changed = asyncio.Event()
 
     async def load(self) -> None:
         self.user_ids.update(s.user_id for s in await self.store.suppressions())
+        if isinstance(self.store, SharedSuppressions):
+            self.store.on_suppression(self._follow)
+
+    def _follow(self, user_id: str, suppressed: bool) -> None:
+        """A change the shared store saw (ours, or another node's)."""
+        if suppressed:
+            self.user_ids.add(user_id)
+        else:
+            self.user_ids.discard(user_id)
+        self.changed.set()
 
     async def close(self) -> None:
         """Nothing held beyond the store (kept so the app's shut-down reads the same)."""

@@ -244,13 +244,14 @@ def ready(node: EventdProcess) -> bool:
         return bool(json.loads(e.read())["ready"])
 
 
-def test_a_node_without_quorum_answers_503_and_refuses_what_the_cluster_cannot_do(
+def test_a_node_without_quorum_answers_503_and_its_admin_operations_run_on_the_cluster(
     tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
 ) -> None:
     """Through `eventd serve`: with two of three servers stopped (SIGSTOP) nothing has
     a quorum, so /v1/batch answers 503 + Retry-After (never a 200) and /ready turns
-    false; once they resume, the node takes events again. Admin operations the
-    cluster store cannot do yet answer 501 naming what, never from wrong data."""
+    false; once they resume, the node takes events again. Then the admin operations
+    whose state lives in the cluster (eventd/store/cluster_admin.py) answer through
+    serve: redrive, replay from a time, lookup by messageId, suppression and erasure."""
     cluster = make_nats_cluster(3)
     sink = Sink()
     with running(sink):
@@ -260,21 +261,6 @@ def test_a_node_without_quorum_answers_503_and_refuses_what_the_cluster_cannot_d
         try:
             node.start(timeout=90)
             assert send_batch(node, [f"q-{j}" for j in range(BATCH)]) == 200
-            for path, body, what in (
-                (
-                    "/admin/replay",
-                    {"destination": "hook", "since": "2020-01-01T00:00:00Z"},
-                    "replay",
-                ),
-                ("/admin/suppressions", {"user_id": "u1"}, "suppressing a user"),
-                ("/admin/dead-letters/redrive", {"destination": "hook"}, "redrive"),
-            ):
-                status, answer = admin_post(node, path, body)
-                assert status == 501, (path, answer)
-                assert answer == {
-                    "code": "not_implemented",
-                    "message": f"{what} is not available with storage.backend = 'jetstream' yet",
-                }
             try:
                 cluster.pause(1)
                 cluster.pause(2)
@@ -314,7 +300,6 @@ def test_a_node_without_quorum_answers_503_and_refuses_what_the_cluster_cannot_d
 
             wait_until(accepted, 90, "the node takes events again")
             acked = {f"q-{j}" for j in range(BATCH)} | {f"q-after{n}"}
-            # Refused suppression above must not skip u1's events (q-3, q-5 are u1's).
             wait_until(lambda: set(sink.message_ids()) >= acked, 90, "every 200 delivered")
             assert node.admin("GET", "/admin/destinations")[0]["skipped"] == 0
 
@@ -328,5 +313,48 @@ def test_a_node_without_quorum_answers_503_and_refuses_what_the_cluster_cannot_d
             assert (letter["message_id"], letter["destination"]) == ("q-dead", "hook")
             shown = node.admin("GET", f"/admin/dead-letters/{letter['id']}")
             assert shown["event"]["messageId"] == "q-dead" and shown["seq"] == letter["seq"]
+
+            # Redrive: the webhook takes it now; the dead letter goes once delivered.
+            sink.handler = lambda r: 200
+            before = sink.message_ids()["q-dead"]
+            assert admin_post(node, "/admin/dead-letters/redrive", {"destination": "hook"}) == (
+                200,
+                {"redriven": 1},
+            )
+            wait_until(lambda: sink.message_ids()["q-dead"] == before + 1, 60, "redriven")
+            wait_until(lambda: node.admin("GET", "/admin/dead-letters") == [], 60, "letter gone")
+
+            # Lookup by messageId (the live debugger's detail).
+            found = node.admin("GET", "/admin/outcomes?source=app&message_id=q-0")
+            assert found["seq"] is not None and found["message_id"] == "q-0"
+
+            # Replay from a time: every event received since then, once more. Stored is
+            # what the webhook got once the consumer has nothing left: a request answered
+            # 503 during the pause may have reached the stream all the same.
+            wait_until(
+                lambda: node.admin("GET", "/admin/destinations")[0]["lag_events"] == 0, 60, "lag 0"
+            )
+            counts = sink.message_ids()
+            stored = set(counts)
+            assert stored >= acked | {"q-dead"}
+            status, replay = admin_post(
+                node, "/admin/replay", {"destination": "hook", "since": "2020-01-01T00:00:00Z"}
+            )
+            assert status == 200 and replay["events"] == len(stored), replay
+            wait_until(
+                lambda: all(sink.message_ids()[m] == counts[m] + 1 for m in stored), 60, "replay"
+            )
+
+            # Suppression with erasure: u1's events leave the log, the others stay.
+            u1 = sorted(m for m in stored if f"u{zlib.crc32(m.encode()) % 37}" == "u1")
+            status, record = admin_post(
+                node, "/admin/suppressions", {"user_id": "u1", "erase": True}
+            )
+            assert status == 200 and record["user_id"] == "u1" and record["erase"] is True
+            for m in u1:
+                gone = node.admin("GET", f"/admin/outcomes?source=app&message_id={m}")
+                assert gone["seq"] is None, m
+            kept = sorted(stored - set(u1))[0]
+            assert node.admin("GET", f"/admin/outcomes?source=app&message_id={kept}")["seq"]
         finally:
             node.kill()

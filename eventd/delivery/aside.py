@@ -6,6 +6,8 @@ and filtered like the log. Both are requests kept in the store, so they survive
 a restart; both go through the worker's :meth:`~eventd.delivery.worker.Worker.settle`
 (transforms, rate limit, retry policy) and share its ``max_in_flight`` slots.
 Their retry clock starts when this loop takes them, not when they first arrived.
+Idle, the loop looks again every :data:`RELOOK` seconds: on a cluster a request
+can be asked on another node, or left half done by a node that died.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("eventd.delivery")
 
+RELOOK = 10.0  # seconds between looks for requests while idle
+
 
 class Aside:
     """The redrive/replay loop of one worker."""
@@ -44,13 +48,22 @@ class Aside:
         w = self.worker
         while not w.stopping.is_set():
             self._wake.clear()
-            worked = await self._redrive_some()
-            worked = await self._replay_some() or worked
+            try:
+                worked = await self._redrive_some()
+                worked = await self._replay_some() or worked
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a store that cannot answer now: the next look
+                log.warning("redrive/replay look failed", destination=w.name, error=repr(exc))
+                worked = False
             if worked:
+                if self.is_idle:  # found on a look of its own, not woken
+                    self.is_idle = False
+                    w.update_idle()
                 continue
             self.is_idle = True
             w.update_idle()
-            await w.wait(self._wake)
+            await w.wait(self._wake, RELOOK)
 
     async def _settle_aside(self, events: list[Event]) -> Settled | None:
         """Deliver events in batches within the plugin's limits, one after another;

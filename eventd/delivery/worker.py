@@ -148,11 +148,11 @@ class Worker:
             await self.wait(self._wake)
             self._log_idle = False
 
-    async def wait(self, wake: asyncio.Event) -> None:
-        """Until ``wake`` is set or the worker stops."""
+    async def wait(self, wake: asyncio.Event, within: float | None = None) -> None:
+        """Until ``wake`` is set or the worker stops (or ``within`` seconds passed)."""
         stop = asyncio.create_task(self.stopping.wait())
         woken = asyncio.create_task(wake.wait())
-        await asyncio.wait({stop, woken}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({stop, woken}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         woken.cancel()
 

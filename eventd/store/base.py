@@ -54,9 +54,9 @@ class StorageUnavailable(Exception):
 
 
 class NotSupported(Exception):
-    """The backend cannot do this yet (the cluster store: replay, redrive, suppressions,
-    reading the log by position). The admin API answers 501 ``not_implemented`` with
-    this message, which names what is missing."""
+    """The backend cannot do this yet (the cluster store: service cursors, the identity
+    graph's state, reading the log from another process). The admin API answers 501
+    ``not_implemented`` with this message, which names what is missing."""
 
 
 class NotLeader(Exception):

@@ -15,15 +15,14 @@ ingest and deliver:
 - health: ``writable`` is false while the log's stream has no leader or the last
   publish was refused.
 
-What needs the log read by position, or state not yet kept in the cluster, raises
+Suppressions, redrive, replay, purges, reads of the log by seq or messageId and
+erasure are :class:`~eventd.store.cluster_admin.ClusterAdmin`'s (state in key-value
+buckets every node shares). What is not kept in the cluster yet raises
 :class:`~eventd.store.base.NotSupported` (the admin API answers 501 naming it):
-reading events by messageId or a range of seqs, service cursors, redrive,
-replay, suppressions and erasure. The identity graph's state is in buckets of its
-own (eventd/store/cluster_identity.py), its writer reads the log through
-eventd/store/cluster_log.py. Reads that the running parts make on
-their own (no redrive or replay queued, no suppression) answer "none".
-``eventd.config`` refuses at load what would need them (a duckdb destination):
-docs/scaling.md, "Serve on the cluster".
+service cursors. The identity graph's state is in buckets of its own
+(eventd/store/cluster_identity.py); its writer reads the log through
+eventd/store/cluster_log.py. ``eventd.config`` refuses at load what would need
+more (a duckdb destination): docs/scaling.md, "Serve on the cluster".
 
 An event's seq on the cluster is ``log message sequence << EVENT_BITS | its place
 in the message's group`` (log order kept; unique per event).
@@ -35,9 +34,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import orjson
 import structlog
 from nats.aio.msg import Msg
 
@@ -45,25 +42,22 @@ from eventd.config import StorageConfig
 from eventd.event import Event
 from eventd.store.base import (
     MAX_ERROR_CHARS,
-    DeadLetter,
     EventRow,
     Feed,
     IdentityBackend,
     LogSource,
     NewDeadLetter,
     NotSupported,
-    Replay,
-    SeqRange,
     Span,
     StorageUnavailable,
     StoreStats,
-    Suppression,
 )
+from eventd.store.cluster_admin import EVENT_BITS as EVENT_BITS  # re-exported: cluster_log
+from eventd.store.cluster_admin import ClusterAdmin
 from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
 
 log = structlog.get_logger("eventd.store.cluster")
 
-EVENT_BITS = 20  # a log message holds < 2**20 events (it is at most max_payload / 2 bytes)
 # Seconds a node may keep a fetched log message unsettled and unheld before the server
 # gives it to another node: a node that dies returns its messages after this.
 ACK_WAIT = 30.0
@@ -77,8 +71,9 @@ def _refused(what: str) -> NotSupported:
     return NotSupported(f"{what} is not available with storage.backend = 'jetstream' yet")
 
 
-class ClusterStore:
-    """One node's Store on the JetStream cluster (see the module docstring)."""
+class ClusterStore(ClusterAdmin):
+    """One node's Store on the JetStream cluster (see the module docstring; the
+    administrative state is :class:`~eventd.store.cluster_admin.ClusterAdmin`'s)."""
 
     def __init__(self, config: StorageConfig, destinations: Sequence[str] = ()) -> None:
         assert config.jetstream is not None
@@ -96,6 +91,7 @@ class ClusterStore:
         self._last_error: str | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._share = (0, 1)  # (place, live nodes): see limit_share
+        self._admin_init()
 
     # -- life cycle -------------------------------------------------------------
 
@@ -105,6 +101,7 @@ class ClusterStore:
         servers = ",".join(self.js.cfg.servers)
         try:
             await asyncio.wait_for(self.js.open(self.destinations), OPEN_TIMEOUT)
+            await asyncio.wait_for(self.open_admin(), OPEN_TIMEOUT)
         except Exception as exc:
             await self.js.close()
             why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
@@ -119,6 +116,7 @@ class ClusterStore:
         if self._monitor is not None:
             self._monitor.cancel()
             await asyncio.gather(self._monitor, return_exceptions=True)
+        await self.close_admin()
         await self.js.close()
 
     async def _watch(self) -> None:
@@ -200,12 +198,6 @@ class ClusterStore:
     def feed(self, destination: str, partition: int | None = None) -> Feed:
         return ClusterFeed(self, destination, partition)
 
-    async def read(self, after: int, limit: int) -> list[Event]:
-        raise _refused("reading the log by position")
-
-    async def read_range(self, first: int, last: int, limit: int) -> list[Event]:
-        raise _refused("reading the log by position")
-
     def identity_store(self, path: Path, synchronous: str) -> IdentityBackend:
         """The graph's state in the cluster's buckets, shared by every node
         (eventd/store/cluster_identity.py; ``path`` and ``synchronous`` unused)."""
@@ -221,19 +213,10 @@ class ClusterStore:
         assert self.config.jetstream is not None
         return ClusterLogSource(self.config.jetstream)
 
-    async def find_event(self, source: str, message_id: str) -> Event | None:
-        raise _refused("finding an event by messageId")
-
     async def read_seqs(self, seqs: Sequence[int]) -> list[Event]:
         from eventd.store.cluster_log import read_seqs
 
         return await read_seqs(self.js.js, self.js.names.stream, seqs)
-
-    async def received_at_after(self, seq: int) -> int | None:
-        raise _refused("reading the log by position")
-
-    async def seq_range(self, since: int, until: int) -> SeqRange | None:
-        raise _refused("replay")
 
     # -- cursors: a destination's is its consumer; services with cursors do not run --
 
@@ -263,79 +246,6 @@ class ClusterStore:
             )
             await self.js.dead_letter(destination, event, attempts, d.error[:MAX_ERROR_CHARS])
 
-    async def dead_letters(
-        self, *, destination: str | None = None, since: int | None = None, limit: int = 100
-    ) -> list[DeadLetter]:
-        found = [_dead_letter(r) for r in await self.js.dead_letters(destination)]
-        return [d for d in found if since is None or d.failed_at >= since][:limit]
-
-    async def dead_letter(self, dead_id: int) -> DeadLetter | None:
-        try:
-            msg = await self.js.js.get_msg(self.js.names.dead, seq=dead_id)
-        except Exception:  # nats-py: NotFoundError, or a bad request for a seq past the end
-            return None
-        if msg.data is None:
-            return None
-        return _dead_letter({"id": dead_id, **orjson.loads(msg.data)})
-
-    async def dead_letter_counts(self) -> dict[str, int]:
-        names = self.js.names
-        info = await self.js.js.stream_info(names.dead, subjects_filter=names.dead_subject(">"))
-        prefix = names.dead_subject("")
-        return {s.removeprefix(prefix): n for s, n in (info.state.subjects or {}).items()}
-
-    async def request_redrive(self, destination: str | None, ids: Sequence[int] = ()) -> int:
-        raise _refused("redrive")
-
-    async def redrive_batch(self, destination: str, limit: int) -> list[DeadLetter]:
-        return []  # none can be asked for (request_redrive refuses)
-
-    async def settle_redrive(
-        self, delivered: Sequence[int], failed: Sequence[tuple[int, int, str]]
-    ) -> None:
-        raise _refused("redrive")
-
-    async def purge_dead_letters(
-        self, destination: str | None = None, before: int | None = None
-    ) -> int:
-        raise _refused("purging dead letters")
-
-    # -- replay ----------------------------------------------------------------
-
-    async def request_replay(self, destination: str, first: int, last: int) -> None:
-        raise _refused("replay")
-
-    async def next_replay(self, destination: str) -> Replay | None:
-        return None  # none can be asked for (request_replay refuses)
-
-    async def advance_replay(self, replay_id: int, next_seq: int) -> None:
-        raise _refused("replay")
-
-    async def finish_replay(self, replay_id: int) -> None:
-        raise _refused("replay")
-
-    # -- suppressed users: none can be added on the cluster yet -----------------
-
-    async def suppressions(self) -> list[Suppression]:
-        return []
-
-    async def suppression(self, user_id: str) -> Suppression | None:
-        return None
-
-    async def suppress(self, user_id: str, erase: bool) -> None:
-        raise _refused("suppressing a user")
-
-    async def unsuppress(self, user_id: str) -> bool:
-        raise _refused("suppressing a user")
-
-    async def erase_user(
-        self, user_id: str, below_seq: int, also: Sequence[int] = ()
-    ) -> tuple[int, int, bool]:
-        raise _refused("erasing a user")
-
-    async def pending_erasures(self) -> list[str]:
-        return []
-
     # -- retention -------------------------------------------------------------
 
     async def delete_events(self, *, upto_seq: int, received_before: int, limit: int) -> int:
@@ -347,28 +257,8 @@ class ClusterStore:
         log.debug("log swept", first_kept=kept_from)
         return 0
 
-    async def delete_dead_letters(self, *, failed_before: int, limit: int) -> int:
-        return 0  # kept: storage.dead_letter_retention is not applied to S_DEAD yet
-
     async def compact(self) -> None:
         return None
-
-
-def _dead_letter(record: dict[str, Any]) -> DeadLetter:
-    """A dead letter as S_DEAD keeps it (JetStreamStore.dead_letter's record)."""
-    return DeadLetter(
-        id=int(record["id"]),
-        destination=record["destination"],
-        seq=int(record["seq"]) << EVENT_BITS | int(record["offset"]),
-        source=record["source"],
-        message_id=record["message_id"],
-        received_at=int(record["received_at"]),
-        body=record["body"].encode(),
-        attempts=int(record["attempts"]),
-        error=record["error"],
-        failed_at=int(record["failed_at"]),
-        state="dead",
-    )
 
 
 class _Held:

@@ -18,21 +18,50 @@ returns the messageIds whose append had returned.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 import pytest
 
+from eventd.config import JetStreamConfig, StorageConfig
 from eventd.store import EventRow, MemoryStore, SqliteStore, Store
+from eventd.store.cluster import ClusterStore
+from eventd.store.cluster_admin import EVENT_BITS
 from eventd.store.memory import MemoryData
+from tests.nats_cluster import NatsCluster
 
-BACKENDS = ["sqlite", "memory"]
+BACKENDS = ["sqlite", "memory", "jetstream"]
 ROOT = Path(__file__).resolve().parents[2]
+
+# What the cluster store does differently, by design (docs/scaling.md, "Serve on the
+# cluster"); each of these is covered for the cluster elsewhere, as named.
+JETSTREAM_SKIPS = {
+    "test_an_acknowledged_append_survives_a_crash": "kill -9 of a node: "
+    "tests/test_jetstream_store.py and tests/test_cluster_serve.py",
+    "test_after_a_crash_every_acknowledged_event_is_still_a_repeat": "the dedup set "
+    "rebuilt after a node's loss: tests/test_jetstream_store.py",
+    "test_subscribers_are_woken_by_new_events_only": "no local commit to signal: "
+    "feeds long-poll their consumers",
+    "test_appends_are_refused_whole_at_max_size": "no storage.max_size on the cluster "
+    "(the servers' own limits apply)",
+    "test_cursors_survive_a_restart": "service cursors do not run on the cluster "
+    "(a destination's cursor is its consumer: tests/test_jetstream_store.py)",
+    "test_events_are_read_back_by_seq": "an erasure publishes a group's other events "
+    "again, under new seqs: tests/test_cluster_admin.py",
+    "test_erasure_deletes_events_below_a_seq_and_dead_letters": "an erasure publishes "
+    "a group's other events again at the log's end: tests/test_cluster_admin.py",
+    "test_erasure_deletes_the_seqs_a_feature_found_too": "as above",
+    "test_retention_deletes_in_batches_within_the_bounds": "the cluster sweep purges "
+    "whole log messages below every destination consumer's ack floor: "
+    "tests/test_jetstream_store.py; dead letters' retention: tests/test_cluster_admin.py",
+}
 
 
 class Backend(Protocol):
@@ -97,6 +126,70 @@ class MemoryBackend:
             await store.append(rows)
             acked.update(r[1] for r in rows)
         return acked  # never closed
+
+
+_streams = itertools.count(1)
+FORWARD_TIMEOUT = 30.0  # seconds an append waits for the dedup stage in the suite
+
+
+class SettledClusterStore(ClusterStore):
+    """The cluster store as the suite reads it: ``append`` also waits until this
+    node's dedup stages (the only node: it holds every partition) have forwarded the
+    events to the log, and returns how many they stored (on the cluster ``append``
+    returns at the ingest stream's acknowledgement, and the log follows within
+    milliseconds); ``last_seq`` is then the log's newest event, as on a node that
+    has fetched everything."""
+
+    async def append(self, rows: Sequence[EventRow]) -> int:
+        js = self.js
+        before = js.forwarded + js.duplicates
+        stored = js.forwarded
+        await super().append(rows)
+        deadline = time.monotonic() + FORWARD_TIMEOUT
+        while js.forwarded + js.duplicates < before + len(rows):
+            assert time.monotonic() < deadline, "the dedup stage did not forward in time"
+            await asyncio.sleep(0.005)  # polled: the stage has no completion signal
+        _, last = await self._log_bounds()
+        if last:
+            newest = await self.js.js.get_msg(js.names.stream, seq=last)
+            if newest.data:
+                self.seen(last << EVENT_BITS | (len(orjson.loads(newest.data)) - 1))
+        return js.forwarded - stored
+
+
+class JetStreamBackend:
+    """A stream of its own on the module's 3-server cluster; one partition, so the
+    log keeps the order of appends (with several, partitions are forwarded
+    independently and only each user's order is kept)."""
+
+    def __init__(self, cluster: NatsCluster, path: Path) -> None:
+        self.cfg = JetStreamConfig(
+            servers=tuple(cluster.urls), stream=f"C{next(_streams)}", partitions=1
+        )
+        self.path = path
+
+    def store(self, **options: Any) -> Store:
+        storage = StorageConfig(
+            backend="jetstream",
+            jetstream=self.cfg,
+            path=self.path,
+            dedup_window=options.get("dedup_window", StorageConfig.dedup_window),
+        )
+        return SettledClusterStore(storage)
+
+    async def append_then_crash(self) -> set[str]:
+        raise NotImplementedError(JETSTREAM_SKIPS["test_an_acknowledged_append_survives_a_crash"])
+
+
+@pytest.fixture
+def jetstream_backend(request: pytest.FixtureRequest, tmp_path: Path) -> JetStreamBackend:
+    reason = JETSTREAM_SKIPS.get(request.node.originalname)
+    if request.node.module.__name__.endswith("test_deletions"):
+        reason = "the cluster store keeps no forwarded erasures (not a DeletionStore)"
+    if reason is not None:
+        pytest.skip(f"cluster: {reason}")
+    cluster: NatsCluster = request.getfixturevalue("nats_cluster")
+    return JetStreamBackend(cluster, tmp_path / "node" / "eventd.db")
 
 
 @pytest.fixture

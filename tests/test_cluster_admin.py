@@ -1,0 +1,267 @@
+"""The cluster store's shared administrative state (eventd/store/cluster_admin.py) on a
+real 3-server NATS JetStream cluster, seen from two nodes (two ClusterStores on one
+stream, as two ``eventd serve`` processes have): a suppression written on one node
+skips the user's events in the other node's deliveries; a redrive asked on one node
+is done by one node at a time; a replay from a time resends exactly the events
+received since then; an erasure deletes the user's log messages and publishes the
+rest of a group again. The Store conformance suite (tests/store/) runs on the
+cluster too (its ``jetstream`` backend). Counted by messageId; waits are on
+conditions with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from nats.js.errors import NotFoundError
+
+from eventd import OK, Destination, Event, Outcome
+from eventd.config import DestinationConfig, JetStreamConfig, StorageConfig
+from eventd.delivery.worker import Worker
+from eventd.metrics import Metrics
+from eventd.store import EventRow, NewDeadLetter, now_ms
+from eventd.store.cluster import ClusterStore
+from eventd.store.cluster_admin import EVENT_BITS
+from eventd.suppressions import Suppressions
+from tests.nats_cluster import NatsCluster
+
+pytestmark = pytest.mark.slow
+
+_streams = itertools.count(1)
+DEADLINE = 60.0
+
+
+class Recording(Destination):
+    """Takes everything; remembers the messageIds it took, in order."""
+
+    type_name = "recording"
+
+    def __init__(self, name: str, settings: dict[str, object], s: aiohttp.ClientSession) -> None:
+        super().__init__(name, settings, s)
+        self.took: list[str] = []
+
+    async def deliver(self, batch: Sequence[Event]) -> list[Outcome]:
+        self.took.extend(e.message["messageId"] for e in batch)
+        return [OK] * len(batch)
+
+
+def rows(user: str, *mids: str, at: int | None = None) -> list[EventRow]:
+    return [
+        (
+            "web",
+            m,
+            "track",
+            "E",
+            user,
+            None,
+            now_ms() if at is None else at,
+            orjson.dumps({"type": "track", "messageId": m, "userId": user}),
+        )
+        for m in mids
+    ]
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    """Wait for ``check()`` (state another task or node changes), bounded."""
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        assert time.monotonic() < deadline, f"not within {DEADLINE}s: {what}"
+        await asyncio.sleep(0.01)  # polled: the condition has no signal of its own
+
+
+class Nodes:
+    """ClusterStores on one stream of the cluster, each with a data directory."""
+
+    def __init__(self, cluster: NatsCluster, tmp: Path, partitions: int = 2) -> None:
+        self.cfg = JetStreamConfig(
+            servers=tuple(cluster.urls), stream=f"A{next(_streams)}", partitions=partitions
+        )
+        self.tmp = tmp
+        self.open: list[ClusterStore] = []
+
+    async def start(self, name: str, destinations: Sequence[str] = ("r",)) -> ClusterStore:
+        storage = StorageConfig(
+            backend="jetstream", jetstream=self.cfg, path=self.tmp / name / "eventd.db"
+        )
+        store = ClusterStore(storage, destinations)
+        await store.open()
+        self.open.append(store)
+        return store
+
+    async def forwarded(self, n: int) -> None:
+        """Until the nodes' dedup stages have forwarded ``n`` events in all."""
+        await until(lambda: sum(s.js.forwarded for s in self.open) >= n, f"{n} forwarded")
+
+    async def close(self) -> None:
+        for store in self.open:
+            await store.close()
+
+
+@pytest.fixture
+async def nodes(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[Nodes]:
+    found = Nodes(nats_cluster, tmp_path)
+    yield found
+    await found.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_a_suppression_written_on_one_node_skips_the_users_events_on_another(
+    nodes: Nodes, session: aiohttp.ClientSession
+) -> None:
+    a, b = await nodes.start("a"), await nodes.start("b")
+    on_a, on_b = Suppressions(a), Suppressions(b)
+    await on_a.load()
+    await on_b.load()
+
+    await on_a.suppress("gone", erase=False)
+    await asyncio.wait_for(on_b.changed.wait(), DEADLINE)
+    assert on_b.user_ids == {"gone"}
+    assert [s["user_id"] for s in await on_b.list()] == ["gone"]
+
+    # Events stored before ingest could check (acknowledged before the suppression),
+    # delivered by b alone: b skips gone's.
+    dest = Recording("r", {}, session)
+    config = DestinationConfig(name="r", type="recording")
+    worker = Worker(config, dest, b, Metrics(), (), on_b.user_ids)
+    await worker.start()
+    run = asyncio.create_task(worker.run())
+    try:
+        await a.append(rows("gone", "g1", "g2") + rows("kept", "k1", "k2", "k3"))
+        await until(lambda: worker.delivered + worker.skipped == 5, "5 settled on b")
+        assert sorted(dest.took) == ["k1", "k2", "k3"] and worker.skipped == 2
+
+        # Removed on b: a takes gone's events again.
+        on_a.changed.clear()
+        assert await on_b.unsuppress("gone") is True
+        await asyncio.wait_for(on_a.changed.wait(), DEADLINE)
+        assert on_a.user_ids == set() and await a.suppressions() == []
+        await a.append(rows("gone", "g3"))
+        await until(lambda: "g3" in dest.took, "g3 delivered")
+    finally:
+        worker.stopping.set()
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await worker.feed.close()
+
+
+async def test_a_redrive_asked_on_one_node_is_done_by_one_node_at_a_time(nodes: Nodes) -> None:
+    a, b = await nodes.start("a"), await nodes.start("b")
+    body = orjson.dumps({"type": "track", "messageId": "d1", "userId": "u"})
+    letters = [NewDeadLetter(i << EVENT_BITS, "web", f"d{i}", 1, body, "HTTP 400") for i in (1, 2)]
+    await a.add_dead_letters("r", letters, attempts=3)
+    ids = [d.id for d in await b.dead_letters()]
+    assert len(ids) == 2
+
+    assert await b.request_redrive("r") == 2
+    assert await a.request_redrive("r") == 0  # already asked, whichever node asks
+    assert {d.state for d in await a.dead_letters()} == {"redrive"}
+    assert await a.dead_letter_counts() == {}
+
+    batch = await a.redrive_batch("r", 10)  # a takes the destination's redrives ...
+    assert [d.id for d in batch] == ids
+    assert await b.redrive_batch("r", 10) == []  # ... and b does not meanwhile
+    await a.settle_redrive([ids[0]], [(ids[1], 1, "HTTP 500")])
+    left = await b.dead_letters()
+    assert [(d.message_id, d.state, d.attempts, d.error) for d in left] == [
+        ("d2", "dead", 4, "HTTP 500")
+    ]
+    assert await b.dead_letter(ids[0]) is None
+    assert await a.redrive_batch("r", 10) == [] and await a.next_replay("r") is None
+    # Nothing left: a gave the destination back, so b can take the next one.
+    assert await a.request_redrive("r") == 1
+    assert [d.message_id for d in await b.redrive_batch("r", 10)] == ["d2"]
+    assert await b.purge_dead_letters("r") == 1
+    assert await a.dead_letters() == [] and await a.dead_letter_counts() == {}
+
+    # storage.dead_letter_retention, from any node, a few at a time
+    # (other events: a copy of the same event within the stream's 2 min message-id
+    # window is taken for a publish retry and dropped)
+    more = [NewDeadLetter(i << EVENT_BITS, "web", f"d{i}", 1, body, "HTTP 400") for i in (3, 4)]
+    await a.add_dead_letters("r", more, attempts=1)
+    failed = max(d.failed_at for d in await b.dead_letters())
+    assert await b.delete_dead_letters(failed_before=failed - 60_000, limit=10) == 0
+    assert await b.delete_dead_letters(failed_before=failed + 1, limit=1) == 1
+    assert await a.delete_dead_letters(failed_before=failed + 1, limit=10) == 1
+    assert await a.dead_letters() == []
+
+
+async def test_replay_from_a_time_resends_what_was_received_since_then(
+    nodes: Nodes, session: aiohttp.ClientSession
+) -> None:
+    a, b = await nodes.start("a"), await nodes.start("b")
+    # Received 10 s ago, stored now: the consumer starting at `since` reads their
+    # messages too, and their received_at keeps them out of the range.
+    since = now_ms() - 5_000
+    old = since - 5_000
+    await a.append(rows("u1", "old1", "old2", at=old) + rows("u2", "old3", at=old))
+    await nodes.forwarded(3)
+    await b.append(rows("u1", "new1") + rows("u3", "new2", "new3"))
+    await nodes.forwarded(6)
+
+    found = await b.seq_range(since, now_ms())
+    assert found is not None and found.count == 3
+    replayed = await a.read_range(found.first, found.last, 100)
+    assert sorted(orjson.loads(e.body)["messageId"] for e in replayed) == ["new1", "new2", "new3"]
+
+    # Through a worker on b, asked on a: the log once, then the replay.
+    dest = Recording("r", {}, session)
+    worker = Worker(DestinationConfig(name="r", type="recording", batch_size=2), dest, b, Metrics())
+    await worker.start()
+    run = asyncio.create_task(worker.run())
+    try:
+        await until(lambda: len(dest.took) == 6, "the log delivered")
+        await a.request_replay("r", found.first, found.last)
+        worker.wake()
+        await until(lambda: len(dest.took) == 9, "the replay delivered")
+        assert sorted(dest.took[6:]) == ["new1", "new2", "new3"]
+        await until(lambda: worker.aside.is_idle, "replay finished")
+        assert await a.next_replay("r") is None
+    finally:
+        worker.stopping.set()
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await worker.feed.close()
+
+
+async def test_an_erasure_deletes_the_users_messages_and_publishes_the_rest_again(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    nodes = Nodes(nats_cluster, tmp_path, partitions=1)  # one group holds both users
+    try:
+        a = await nodes.start("a")
+        b = await nodes.start("b")
+        await a.append(rows("gina", "g1") + rows("hal", "h1") + rows("gina", "g2"))
+        await a.append(rows("gina", "g3"))
+        await nodes.forwarded(4)
+        g1 = await b.find_event("web", "g1")
+        g3 = await b.find_event("web", "g3")
+        assert g1 is not None and g3 is not None
+        mixed, alone = g1.seq >> EVENT_BITS, g3.seq >> EVENT_BITS
+        body = orjson.dumps({"type": "track", "messageId": "g1", "userId": "gina"})
+        await a.add_dead_letters("r", [NewDeadLetter(g1.seq, "web", "g1", 1, body, "x")], 1)
+
+        await b.suppress("gina", erase=True)
+        assert await b.erase_user("gina", 2**62) == (3, 1, True)
+        for seq in (mixed, alone):  # the messages are gone from the stream
+            with pytest.raises(NotFoundError):
+                await a.js.js.get_msg(a.js.names.stream, seq=seq)
+        assert await a.find_event("web", "g1") is None and await a.dead_letters() == []
+        h1 = await a.find_event("web", "h1")  # published again, after the others
+        assert h1 is not None and h1.seq >> EVENT_BITS > alone
+        assert [orjson.loads(e.body)["messageId"] for e in await a.read(0, 10)] == ["h1"]
+        s = await a.suppression("gina")
+        assert s is not None and (s.erased_events, s.erased_at is not None) == (3, True)
+        assert await a.pending_erasures() == []
+    finally:
+        await nodes.close()
