@@ -308,6 +308,11 @@ async def test_dead_letters_are_copies_and_retention_keeps_what_a_destination_ha
     assert letter["id"] == dead_id and letter["message_id"] == fast[7].message_id
     assert letter["body"] == fast[7].body.decode() and letter["error"] == "400 bad request"
     assert await a.dead_letters("slow") == []
+    # The same event failing again (a replay), inside the stream's duplicate window:
+    # a second letter, not taken for a retried publish of the first.
+    again = await a.dead_letter("fast", fast[7], attempts=3, error="400 bad request")
+    assert again != dead_id
+    assert [d["id"] for d in await a.dead_letters("fast")] == [dead_id, again]
 
 
 async def test_a_node_cut_off_from_the_cluster_refuses_rather_than_acknowledging(

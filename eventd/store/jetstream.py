@@ -45,6 +45,7 @@ import functools
 import os
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -854,7 +855,12 @@ class JetStreamStore:
             "error": error,
             "failed_at": int(time.time() * 1000),
         }
-        msg_id = f"dead-{destination}-{event.seq}-{event.offset}"
+        # One id per call, kept by _publish's retries of this call: the stream's dedup
+        # window then catches only a retried publish. An id of the event alone would
+        # take the same event failing again within the window (a replay or a redrive
+        # failing again) for a retry: that letter would be dropped, and the ack would
+        # name the first one's sequence, perhaps deleted already.
+        msg_id = f"dead-{destination}-{event.seq}-{event.offset}-{uuid.uuid4().hex}"
         return await self._publish(
             self.names.dead_subject(destination), orjson.dumps(record), msg_id
         )
