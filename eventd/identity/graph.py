@@ -62,6 +62,7 @@ REFUSAL_REASONS = (BLOCKED_VALUE, MAX_ANONYMOUS_IDS, SHARED_ANONYMOUS_ID)
 # A revenue's types, as a tuple: ``int | float`` in isinstance builds the union on each
 # call (this runs once per track event).
 _NUMBER = (int, float)
+_MISSING: Any = object()  # not cached (None is cached: "the store has none")
 USER = "u"  # identifier kinds, as the store keeps them
 ANONYMOUS = "a"
 
@@ -306,8 +307,8 @@ class Run:
     """Consecutive events of a page that sent the same userId and anonymousId (as sent:
     ``user`` and ``anon`` are those checked by ``Rules.usable``)."""
 
-    seqs: list[int]
-    msgs: list[Message]
+    seqs: Sequence[int]
+    msgs: Sequence[Message]
     user: str | None
     anon: str | None
 
@@ -318,18 +319,21 @@ def runs(seqs: Sequence[int], msgs: Sequence[Message], rules: Rules) -> list[Run
     ``alias`` is a run of its own (its rules run for each one)."""
     out: list[Run] = []
     usable = rules.usable
-    last: tuple[object, object] | None = None
-    run: Run | None = None
-    for seq, msg in zip(seqs, msgs, strict=True):
-        sent = (msg.userId, msg.anonymousId)
-        if sent == last and run is not None and msg.type != "alias":
-            run.seqs.append(seq)
-            run.msgs.append(msg)
-            continue
-        run = Run([seq], [msg], usable(sent[0]), usable(sent[1]))
-        out.append(run)
-        # After an alias, the next event starts a run of its own too.
-        last = None if msg.type == "alias" else sent
+    start, n = 0, len(msgs)
+    if n == 0:
+        return out
+    first = msgs[0]
+    user, anon, alias = first.userId, first.anonymousId, first.type == "alias"
+    # Slices per run, not appends per event: this loop runs for every event of the log.
+    # (Plain attribute reads: the interpreter specializes them for msgspec's Structs, which
+    # makes them cheaper than itertools.groupby over an operator.attrgetter, measured.)
+    for i in range(1, n):
+        msg = msgs[i]
+        if alias or msg.userId != user or msg.anonymousId != anon or msg.type == "alias":
+            out.append(Run(seqs[start:i], msgs[start:i], usable(user), usable(anon)))
+            start = i
+            user, anon, alias = msg.userId, msg.anonymousId, msg.type == "alias"
+    out.append(Run(seqs[start:], msgs[start:], usable(user), usable(anon)))
     return out
 
 
@@ -352,23 +356,33 @@ class Graph:
 
     def profile_of(self, kind: str, value: str) -> str | None:
         key = (kind, value)
-        if key not in self._ids:
-            self._ids[key] = self.backing.profile_of(kind, value)
-        return self._ids[key]
+        pid: str | None = self._ids.get(key, _MISSING)
+        if pid is _MISSING:
+            pid = self._ids[key] = self.backing.profile_of(kind, value)
+        return pid
 
     def profile(self, profile_id: str) -> Profile | None:
-        if profile_id not in self._profiles:
-            self._profiles[profile_id] = self.backing.profile(profile_id)
-        return self._profiles[profile_id]
+        profile: Profile | None = self._profiles.get(profile_id, _MISSING)
+        if profile is _MISSING:
+            profile = self._profiles[profile_id] = self.backing.profile(profile_id)
+        return profile
 
     def links_of(self, anonymous_id: str) -> list[Link]:
-        if anonymous_id not in self._links:
-            self._links[anonymous_id] = list(self.backing.links_of(anonymous_id))
-        return self._links[anonymous_id]
+        links = self._links.get(anonymous_id)
+        if links is None:
+            links = self._links[anonymous_id] = list(self.backing.links_of(anonymous_id))
+        return links
 
     def lookup(self, kind: str, value: str) -> Profile | None:
-        pid = self.profile_of(kind, value)
-        return None if pid is None else self.profile(pid)
+        # profile_of() then profile(), inline: a few times per person, and the cache
+        # mostly holds both (a call costs more than the look-ups it makes)
+        pid = self._ids.get((kind, value), _MISSING)
+        if pid is _MISSING:
+            pid = self.profile_of(kind, value)
+        if pid is None:
+            return None
+        profile = self._profiles.get(pid, _MISSING)
+        return self.profile(pid) if profile is _MISSING else profile
 
     def seed(
         self,
