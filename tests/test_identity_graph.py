@@ -18,8 +18,9 @@ from eventd.identity.graph import (
     anonymous_ranges,
     owner_at,
     profile_id_for,
+    runs,
 )
-from eventd.identity.message import parse, parse_page
+from eventd.identity.message import Message, parse, parse_page
 
 
 class Log:
@@ -310,6 +311,80 @@ def test_the_last_events_memo_changes_nothing(log: list[tuple[str, Any, Any, Any
         b.refused,
         b.events,
         b.removed,
+    )
+
+
+timestamps = st.sampled_from(["2026-11-01T10:00:01.000Z", "2026-11-01T10:00:02.000Z", "", None, 7])
+traits = st.none() | st.dictionaries(st.sampled_from(["plan", "car"]), st.integers(0, 2))
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["track", "identify", "alias", "group", "page"]),
+        ids,
+        anons,
+        ids,
+        st.booleans(),  # the same ids as the event before: runs
+        timestamps,
+        traits,  # identify traits
+        traits,  # context.traits
+        st.sampled_from([None, 1, 2.5, True, "3"]),  # properties.revenue
+        st.sampled_from([None, "g1", "g2"]),  # groupId
+    ),
+    max_size=60,
+)
+
+
+@settings(derandomize=True, max_examples=300)
+@given(events, st.integers(1, 9))
+def test_runs_apply_exactly_as_events_one_by_one(
+    log: list[tuple[Any, ...]], page_size: int
+) -> None:
+    """The writer applies a page's runs of same-id events (``runs``, ``apply_run``: the
+    memo's checks once per run, the counters once per run): the same log applied event
+    by event, never using the memo, makes exactly the same changes, counters, traits
+    (with their timestamps) and timeline."""
+    rules = Rules.of(["null", "0"], 2)
+    msgs: list[Message] = []
+    for kind, user, anon, previous, same, ts, traits, ctx, revenue, group in log:
+        if same and msgs:
+            user, anon = msgs[-1].userId, msgs[-1].anonymousId
+        msgs.append(
+            Message.of(
+                {
+                    k: v
+                    for k, v in {
+                        "type": kind,
+                        "userId": user,
+                        "anonymousId": anon,
+                        "previousId": previous,
+                        "timestamp": ts,
+                        "traits": traits,
+                        "context": {"traits": ctx},
+                        "properties": {"revenue": revenue},
+                        "groupId": group,
+                    }.items()
+                    if v is not None
+                }
+            )
+        )
+    seqs = list(range(1, len(msgs) + 1))
+    fast, slow = Graph(rules), Graph(rules)
+    for at in range(0, len(msgs), page_size):
+        for run in runs(seqs[at : at + page_size], msgs[at : at + page_size], rules):
+            fast.apply_run(run.seqs, run.msgs, run.user, run.anon)
+    for seq, msg in zip(seqs, msgs, strict=True):
+        slow._memo = None
+        slow.apply(seq, msg)
+    a, b = fast.take_changes(), slow.take_changes()
+    assert {k: (p.record(), p.public()) for k, p in a.profiles.items()} == {
+        k: (p.record(), p.public()) for k, p in b.profiles.items()
+    }
+    assert (a.ids, a.links, a.refused, a.events, a.removed, a.resend_users) == (
+        b.ids,
+        b.links,
+        b.refused,
+        b.events,
+        b.removed,
+        b.resend_users,
     )
 
 

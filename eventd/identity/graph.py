@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,6 +62,7 @@ REFUSAL_REASONS = (BLOCKED_VALUE, MAX_ANONYMOUS_IDS, SHARED_ANONYMOUS_ID)
 # A revenue's types, as a tuple: ``int | float`` in isinstance builds the union on each
 # call (this runs once per track event).
 _NUMBER = (int, float)
+_MISSING: Any = object()  # not cached (None is cached: "the store has none")
 USER = "u"  # identifier kinds, as the store keeps them
 ANONYMOUS = "a"
 
@@ -206,32 +207,43 @@ class Profile:
         self.revenue += other.revenue
         self.groups += [g for g in other.groups if g not in self.groups]
 
-    def count(self, msg: Message, ts: str | None) -> None:
-        """Add one event to the counters and traits."""
-        kind = msg.type
-        self.event_count += 1
-        if isinstance(kind, str):
-            by_type = self.events_by_type
-            by_type[kind] = by_type.get(kind, 0) + 1
-        if ts is not None:
-            first, last = self.first_seen, self.last_seen
-            if first is None or ts < first:
-                self.first_seen = ts
-            if last is None or ts > last:
-                self.last_seen = ts
-        context = msg.context
-        if context is not None and context.traits is not None:  # most events send none
-            self._traits(context.traits, ts)
-        if kind == "identify":
-            self._traits(msg.traits, ts)
-        elif kind == "track":
-            revenue = None if msg.properties is None else msg.properties.revenue
-            if isinstance(revenue, _NUMBER) and not isinstance(revenue, bool):
-                self.revenue += revenue
-        elif kind == "group":
-            group = msg.groupId
-            if isinstance(group, str) and group not in self.groups:
-                self.groups.append(group)
+    def count(self, msgs: Sequence[Message]) -> None:
+        """Add events (in log order) to the counters and traits. One call per run of a
+        person's events: the attribute reads and writes happen once per run, not per event."""
+        by_type = self.events_by_type
+        first, last = self.first_seen, self.last_seen
+        revenue = self.revenue
+        for msg in msgs:
+            kind = msg.type
+            ts = msg.timestamp
+            if not isinstance(ts, str) or not ts:
+                ts = None
+            elif first is None or ts < first:
+                first = ts
+                if last is None or ts > last:
+                    last = ts
+            elif last is None or ts > last:
+                last = ts
+            if isinstance(kind, str):
+                by_type[kind] = by_type.get(kind, 0) + 1
+            context = msg.context
+            if context is not None and context.traits is not None:  # most events send none
+                self._traits(context.traits, ts)
+            if kind == "track":
+                props = msg.properties
+                if props is not None:
+                    value = props.revenue
+                    if isinstance(value, _NUMBER) and not isinstance(value, bool):
+                        revenue += value
+            elif kind == "identify":
+                self._traits(msg.traits, ts)
+            elif kind == "group":
+                group = msg.groupId
+                if isinstance(group, str) and group not in self.groups:
+                    self.groups.append(group)
+        self.event_count += len(msgs)
+        self.first_seen, self.last_seen = first, last
+        self.revenue = revenue
 
     def _traits(self, traits: object, ts: str | None) -> None:
         if not isinstance(traits, dict):
@@ -290,6 +302,41 @@ class Changes:
     events: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class Run:
+    """Consecutive events of a page that sent the same userId and anonymousId (as sent:
+    ``user`` and ``anon`` are those checked by ``Rules.usable``)."""
+
+    seqs: Sequence[int]
+    msgs: Sequence[Message]
+    user: str | None
+    anon: str | None
+
+
+def runs(seqs: Sequence[int], msgs: Sequence[Message], rules: Rules) -> list[Run]:
+    """A page's events (in log order) as :class:`Run` s for :meth:`Graph.apply_run`: a
+    visit's events mostly carry the same ids, so the ids are checked once per run. An
+    ``alias`` is a run of its own (its rules run for each one)."""
+    out: list[Run] = []
+    usable = rules.usable
+    start, n = 0, len(msgs)
+    if n == 0:
+        return out
+    first = msgs[0]
+    user, anon, alias = first.userId, first.anonymousId, first.type == "alias"
+    # Slices per run, not appends per event: this loop runs for every event of the log.
+    # (Plain attribute reads: the interpreter specializes them for msgspec's Structs, which
+    # makes them cheaper than itertools.groupby over an operator.attrgetter, measured.)
+    for i in range(1, n):
+        msg = msgs[i]
+        if alias or msg.userId != user or msg.anonymousId != anon or msg.type == "alias":
+            out.append(Run(seqs[start:i], msgs[start:i], usable(user), usable(anon)))
+            start = i
+            user, anon, alias = msg.userId, msg.anonymousId, msg.type == "alias"
+    out.append(Run(seqs[start:], msgs[start:], usable(user), usable(anon)))
+    return out
+
+
 class Graph:
     """The merge rules over a :class:`Backing`, caching what it read (see module docstring)."""
 
@@ -309,23 +356,33 @@ class Graph:
 
     def profile_of(self, kind: str, value: str) -> str | None:
         key = (kind, value)
-        if key not in self._ids:
-            self._ids[key] = self.backing.profile_of(kind, value)
-        return self._ids[key]
+        pid: str | None = self._ids.get(key, _MISSING)
+        if pid is _MISSING:
+            pid = self._ids[key] = self.backing.profile_of(kind, value)
+        return pid
 
     def profile(self, profile_id: str) -> Profile | None:
-        if profile_id not in self._profiles:
-            self._profiles[profile_id] = self.backing.profile(profile_id)
-        return self._profiles[profile_id]
+        profile: Profile | None = self._profiles.get(profile_id, _MISSING)
+        if profile is _MISSING:
+            profile = self._profiles[profile_id] = self.backing.profile(profile_id)
+        return profile
 
     def links_of(self, anonymous_id: str) -> list[Link]:
-        if anonymous_id not in self._links:
-            self._links[anonymous_id] = list(self.backing.links_of(anonymous_id))
-        return self._links[anonymous_id]
+        links = self._links.get(anonymous_id)
+        if links is None:
+            links = self._links[anonymous_id] = list(self.backing.links_of(anonymous_id))
+        return links
 
     def lookup(self, kind: str, value: str) -> Profile | None:
-        pid = self.profile_of(kind, value)
-        return None if pid is None else self.profile(pid)
+        # profile_of() then profile(), inline: a few times per person, and the cache
+        # mostly holds both (a call costs more than the look-ups it makes)
+        pid = self._ids.get((kind, value), _MISSING)
+        if pid is _MISSING:
+            pid = self.profile_of(kind, value)
+        if pid is None:
+            return None
+        profile = self._profiles.get(pid, _MISSING)
+        return self.profile(pid) if profile is _MISSING else profile
 
     def seed(
         self,
@@ -401,13 +458,50 @@ class Graph:
         if not isinstance(msg, Message):
             msg = Message.of(msg)
         usable = self.rules.usable
-        return self.apply_parsed(seq, msg, usable(msg.userId), usable(msg.anonymousId))
+        return self.apply_run([seq], [msg], usable(msg.userId), usable(msg.anonymousId))
 
-    def apply_parsed(
+    def apply_run(
+        self, seqs: Sequence[int], msgs: Sequence[Message], user: str | None, anon: str | None
+    ) -> Profile | None:
+        """:meth:`apply` of consecutive events (:func:`runs`) that all sent the same userId
+        and anonymousId, ``user`` and ``anon`` (those ids checked: ``Rules.usable``, None
+        when absent or blocked); returns the profile the last one was counted on.
+
+        Exactly what applying them one by one does: each event goes through the rules
+        until one lands where the memo says the next will too (no identifier moved, its
+        link not refused); from there the rest of the run is filed and counted at once.
+        So an ``alias`` may only come first in a run (:func:`runs` makes it a run alone):
+        its rules run for every alias."""
+        profile: Profile | None = None
+        # The identifier the run's events are filed under in the timeline (its userId,
+        # else its anonymousId); only read once an event was counted (an id was usable).
+        key = (USER, user) if user is not None else (ANONYMOUS, anon or "")
+        n = len(msgs)
+        i = 0
+        while i < n:
+            profile = self._resolve(seqs[i], msgs[i], user, anon)
+            if profile is None:
+                i += 1
+                continue
+            memo = self._memo
+            # The memo's check for the next event of the run (its ids are these, as sent):
+            # when it holds, it holds for every later one (counting moves no identifier).
+            j = n if memo is not None and memo[2] == self._generation else i + 1
+            changes = self._changes
+            filed = changes.events.get(key)
+            if filed is None:
+                changes.events[key] = list(seqs[i:j])
+            else:
+                filed += seqs[i:j]
+            profile.count(msgs[i:j] if i or j < n else msgs)
+            changes.profiles[profile.profile_id] = profile  # _dirty(), inline
+            i = j
+        return profile
+
+    def _resolve(
         self, seq: int, msg: Message, user: str | None, anon: str | None
     ) -> Profile | None:
-        """:meth:`apply`, with the event's userId and anonymousId already checked
-        (``Rules.usable``: None when absent or blocked)."""
+        """The rules for one event: the profile it is counted on (None: no usable id)."""
         raw_ts = msg.timestamp
         ts = raw_ts if isinstance(raw_ts, str) else ""
         memo = self._memo
@@ -424,34 +518,20 @@ class Graph:
             # The same ids as the last event (as sent: a blocked one asks for a refusal),
             # and no identifier has moved since: the same profile, with nothing to link
             # or refuse (most events of a visit).
-            profile = memo[3]
-        else:
-            linked = True  # nothing asked for was refused
-            if user is not None and anon is not None:
-                linked = self._link(anon, user, seq, ts)
-            elif msg.userId is not None and msg.anonymousId is not None:
-                self._refuse(BLOCKED_VALUE)  # both sent, one blocked: the link is refused
-                linked = False
-            if user is not None:
-                profile = self._user_profile(user, seq, ts)
-            elif anon is not None:
-                profile = self.lookup(ANONYMOUS, anon) or self._anonymous_profile(anon, seq)
-            else:
-                return None
-            self._memo = (*raw, self._generation, profile) if linked else None
+            return memo[3]
+        linked = True  # nothing asked for was refused
+        if user is not None and anon is not None:
+            linked = self._link(anon, user, seq, ts)
+        elif msg.userId is not None and msg.anonymousId is not None:
+            self._refuse(BLOCKED_VALUE)  # both sent, one blocked: the link is refused
+            linked = False
         if user is not None:
-            key = (USER, user)
+            profile = self._user_profile(user, seq, ts)
+        elif anon is not None:
+            profile = self.lookup(ANONYMOUS, anon) or self._anonymous_profile(anon, seq)
         else:
-            assert anon is not None
-            key = (ANONYMOUS, anon)
-        changes = self._changes
-        filed = changes.events.get(key)
-        if filed is None:
-            changes.events[key] = [seq]
-        else:
-            filed.append(seq)
-        profile.count(msg, ts or None)
-        changes.profiles[profile.profile_id] = profile  # _dirty(), inline: once per event
+            return None
+        self._memo = (*raw, self._generation, profile) if linked else None
         return profile
 
     def _anonymous_profile(self, anon: str, seq: int) -> Profile:

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventd.background import BackgroundWorker
-from eventd.identity.graph import ANONYMOUS, USER, Graph, Rules
-from eventd.identity.message import Message, parse_page
+from eventd.identity.graph import ANONYMOUS, USER, Graph, Rules, runs
+from eventd.identity.message import parse_page
 from eventd.store.base import IdentityBackend, LogReader, LogSource
 
 # (seq, body: the stored event's JSON). A plain tuple, not a NamedTuple: pages are
@@ -118,21 +118,12 @@ def apply_log(after: int, upto: int, limit: int) -> PageResult:
 def apply_page(rows: list[LogRow]) -> PageResult:
     """A page through the graph, written with the cursor past it in one transaction."""
     store, graph = _state()
-    usable, known = graph.rules.usable, graph.cached_ids()
+    known = graph.cached_ids()
     wanted: list[tuple[str, str]] = []
     linking: list[str] = []
-    page: list[tuple[int, Message, str | None, str | None]] = []
-    last: tuple[object, object] | None = None
-    user: str | None = None
-    anon: str | None = None
-    for (seq, _), msg in zip(rows, parse_page([body for _, body in rows]), strict=True):
-        sent = (msg.userId, msg.anonymousId)
-        if sent == last:  # the same ids as the event before (most of a visit): known
-            page.append((seq, msg, user, anon))
-            continue
-        last = sent
-        user, anon = usable(msg.userId), usable(msg.anonymousId)
-        page.append((seq, msg, user, anon))
+    page = runs([seq for seq, _ in rows], parse_page([body for _, body in rows]), graph.rules)
+    for run in page:
+        user, anon = run.user, run.anon
         if user is not None and (USER, user) not in known:
             wanted.append((USER, user))
         if anon is not None:
@@ -142,8 +133,8 @@ def apply_page(rows: list[LogRow]) -> PageResult:
                 linking.append(anon)
     store.prefetch(graph, wanted, linking)
     try:
-        for seq, msg, user, anon in page:
-            graph.apply_parsed(seq, msg, user, anon)
+        for run in page:
+            graph.apply_run(run.seqs, run.msgs, run.user, run.anon)
         changes = graph.take_changes()
         store.apply(changes, rows[-1][0])
     except BaseException:

@@ -8,7 +8,9 @@ up) the ingest group commit. Tables::
     links        (anonymous_id, user_id): linked_at, seq (the event that made it) and
                  version (a counter bumped when the row is new or its profile_id
                  changed: what warehouse feeds send after their position);
-                 anonymous_id '' is the row recording a userId's membership
+                 anonymous_id '' is the row recording a userId's membership. No
+                 index on user_id (version 3): a userId's links are read by key,
+                 from its profile's anonymousIds
     timeline     (key 'u:ID'|'a:ID', first, last): seqs, the JSON array of the seqs of
                  that identifier's events in one page (first..last, ascending): which
                  identifier each event is filed under, for the stitched timeline and
@@ -58,7 +60,6 @@ CREATE TABLE links (
     seq INTEGER NOT NULL, version INTEGER NOT NULL,
     PRIMARY KEY (anonymous_id, user_id)
 ) WITHOUT ROWID;
-CREATE INDEX links_user ON links (user_id);
 CREATE UNIQUE INDEX links_version ON links (version);
 CREATE TABLE timeline (
     key TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, seqs BLOB NOT NULL,
@@ -67,7 +68,7 @@ CREATE TABLE timeline (
 CREATE TABLE state (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO state VALUES ('cursor', 0), ('version', 0);
 CREATE TABLE positions (destination TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 COMMIT;
 """
 # Version 1 kept a timeline row per event (key, seq): moved into version 2's rows, at
@@ -80,6 +81,10 @@ CREATE TABLE timeline (
 ) WITHOUT ROWID;
 """
 TIMELINE_RUN = 5000
+# Version 2 had an index on links (user_id), for a merge's resend and erasure; both now
+# read a userId's links by primary key, from its profile's anonymousIds (every link of
+# a userId is to one of them), and each new link no longer writes a third B-tree.
+MIGRATE_LINKS = "DROP INDEX IF EXISTS links_user"
 LINK_COLUMNS = "anonymous_id, user_id, linked_at, seq"
 
 
@@ -191,8 +196,13 @@ class IdentityStore(ReaderThread):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < 1:
                 conn.executescript(SCHEMA)
-            elif version < 2:
-                _migrate_timeline(conn)
+            else:
+                if version < 2:
+                    _migrate_timeline(conn)
+                if version < 3:
+                    with _transaction(conn):
+                        conn.execute(MIGRATE_LINKS)
+                        conn.execute("PRAGMA user_version = 3")
         except BaseException:
             _rollback(conn)
             conn.close()
@@ -315,10 +325,8 @@ class IdentityStore(ReaderThread):
                 new,
             )
             bumped = []
-            for user in changes.resend_users:
-                for (anon,) in w.execute(
-                    "SELECT anonymous_id FROM links WHERE user_id = ?", (user,)
-                ).fetchall():
+            for user in sorted(changes.resend_users):
+                for anon in _linked(w, user, self._owner(changes, user)):
                     version += 1
                     bumped.append((version, anon, user))
             w.executemany(
@@ -335,6 +343,13 @@ class IdentityStore(ReaderThread):
                 "UPDATE state SET value = ? WHERE key = ?",
                 [(cursor, "cursor"), (version, "version")],
             )
+
+    def _owner(self, changes: Changes, user_id: str) -> Profile | None:
+        """The profile ``user_id`` belongs to once ``changes`` are written."""
+        pid = changes.ids.get((USER, user_id)) or self.profile_of(USER, user_id)
+        if pid is None:
+            return None
+        return changes.profiles.get(pid) or self.profile(pid)
 
     def erase(self, user_id: str) -> list[int]:
         """Delete the profile of ``user_id`` and every identity linked to it; returns the
@@ -357,7 +372,10 @@ class IdentityStore(ReaderThread):
                 [(USER, u, pid) for u in profile.user_ids]
                 + [(ANONYMOUS, a, pid) for a in profile.anonymous_ids],
             )
-            w.executemany("DELETE FROM links WHERE user_id = ?", [(u,) for u in profile.user_ids])
+            w.executemany(
+                "DELETE FROM links WHERE anonymous_id = ? AND user_id = ?",
+                [(a, u) for u in profile.user_ids for a in ("", *profile.anonymous_ids)],
+            )
             w.executemany(
                 "DELETE FROM timeline WHERE key = ?",
                 [(key_of(USER, u),) for u in profile.user_ids],
@@ -476,6 +494,24 @@ def anonymous_seqs(
         for lo, hi in anonymous_ranges(links_of(anon), profile.user_ids):
             seqs += between(key_of(ANONYMOUS, anon), lo, hi)
     return seqs
+
+
+def _linked(conn: sqlite3.Connection, user_id: str, profile: Profile | None) -> list[str]:
+    """The anonymousIds ``user_id`` has links with ('' for its membership row), sorted:
+    each is one of its ``profile``'s (a link adds the anonymousId to the profile, a merge
+    keeps both profiles' ids), so they are read by primary key."""
+    found: list[str] = []
+    anonymous_ids = [] if profile is None else profile.anonymous_ids
+    for chunk in _chunks(["", *anonymous_ids]):
+        found += (
+            a
+            for (a,) in conn.execute(
+                "SELECT anonymous_id FROM links WHERE user_id = ? AND anonymous_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                (user_id, *chunk),
+            )
+        )
+    return sorted(found)
 
 
 def _newest(conn: sqlite3.Connection, key: str, lo: int, hi: int, n: int | None) -> list[int]:
