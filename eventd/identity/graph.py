@@ -422,7 +422,7 @@ class Graph:
         return changes
 
     def _set_id(self, kind: str, value: str, pid: str) -> None:
-        self._generation += 1  # an identifier moved: apply_parsed's memo is stale
+        self._generation += 1  # an identifier moved: apply_run's memo is stale
         self._ids[(kind, value)] = pid
         self._changes.ids[(kind, value)] = pid
 
