@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from nats.js.api import KeyValueConfig
 from nats.js.errors import NotFoundError
 
 from eventd import OK, Destination, Event, Outcome
@@ -265,3 +266,33 @@ async def test_an_erasure_deletes_the_users_messages_and_publishes_the_rest_agai
         assert await a.pending_erasures() == []
     finally:
         await nodes.close()
+
+
+async def test_retention_keeps_what_the_identity_graph_has_not_applied(nodes: Nodes) -> None:
+    """The cluster's sweep keeps the log from the shared graph's cursor on, on a node
+    that runs the graph (SQLite's rule: a service's cursor holds retention); a node
+    without the graph sweeps by its destinations alone."""
+    a, b = await nodes.start("a", destinations=()), await nodes.start("b", destinations=())
+    for n in (1, 2, 3):  # each its own log message: the stage forwards one at a time
+        await a.append(rows("u", f"m{n}"))
+        await nodes.forwarded(n)
+    stream = a.js.names.stream
+    state = (await a.js.js.stream_info(stream)).state
+    assert state.messages == 3
+    first = state.first_seq
+    later = now_ms() + 30 * 86_400_000  # every event past storage.retention by then
+
+    a.identity_store(nodes.tmp / "a" / "identity.db", "normal")  # the graph runs on a
+    # Its bucket not made yet (no writer ran): nothing applied, nothing may go.
+    await a.delete_events(upto_seq=2**62, received_before=later, limit=100)
+    assert (await a.js.js.stream_info(stream)).state.messages == 3
+
+    # The graph applied the second message (its cursor on that message's last event).
+    graph = await a.js.js.create_key_value(KeyValueConfig(bucket=f"{stream}_ID", history=1))
+    await graph.put("s.cursor", orjson.dumps((first + 1) << EVENT_BITS))
+    await a.delete_events(upto_seq=2**62, received_before=later, limit=100)
+    state = (await a.js.js.stream_info(stream)).state
+    assert (state.first_seq, state.messages) == (first + 2, 1)
+
+    await b.delete_events(upto_seq=2**62, received_before=later, limit=100)
+    assert (await b.js.js.stream_info(stream)).state.messages == 0

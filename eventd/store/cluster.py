@@ -91,6 +91,7 @@ class ClusterStore(ClusterAdmin):
         self._last_error: str | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._share = (0, 1)  # (place, live nodes): see limit_share
+        self._graph_holds_log = False  # set when the identity graph runs on this node
         self._admin_init()
 
     # -- life cycle -------------------------------------------------------------
@@ -204,6 +205,7 @@ class ClusterStore(ClusterAdmin):
         from eventd.store.cluster_identity import ClusterIdentityStore
 
         assert self.config.jetstream is not None
+        self._graph_holds_log = True  # retention keeps what the graph has not applied
         return ClusterIdentityStore(self.config.jetstream)
 
     def log_source(self) -> LogSource | None:
@@ -251,9 +253,21 @@ class ClusterStore(ClusterAdmin):
     async def delete_events(self, *, upto_seq: int, received_before: int, limit: int) -> int:
         """The cluster's sweep: below every destination consumer's ack floor (the
         cluster-wide truth, not this node's ``upto_seq``) and older than
-        ``storage.retention``. Purges whole log messages; returns 0 (one call is
-        the whole sweep)."""
-        kept_from = await self.js.sweep(self.destinations, now=received_before / 1000)
+        ``storage.retention``, and past the identity graph's shared cursor when the
+        graph runs (SQLite's rule: a service's cursor holds retention as a
+        destination's does). Purges whole log messages; returns 0 (one call is the
+        whole sweep)."""
+        keep = None
+        if self._graph_holds_log:
+            from eventd.store.cluster_identity import graph_cursor
+
+            cursor = await graph_cursor(self.js.js, self.js.names.stream)
+            # The graph's cursor lands on a log message's last event: that message
+            # and those before it are applied.
+            keep = ((cursor or 0) >> EVENT_BITS) + 1
+        kept_from = await self.js.sweep(
+            self.destinations, now=received_before / 1000, keep_from=keep
+        )
         log.debug("log swept", first_kept=kept_from)
         return 0
 

@@ -175,6 +175,21 @@ async def _gather(coros: Iterable[Awaitable[T]]) -> list[T]:
     return list(await asyncio.gather(*(one(c) for c in coros)))
 
 
+async def graph_cursor(js: JetStreamContext, stream: str) -> int | None:
+    """The shared graph's cursor (the last event seq it applied, 0 before the first
+    page), or None when the graph's bucket does not exist (no node ran it): what the
+    cluster's retention must keep (eventd/store/cluster.py, ``delete_events``)."""
+    try:
+        state = await js.key_value(f"{stream}_ID")
+    except NotFoundError:  # nats-py's BucketNotFoundError
+        return None
+    try:
+        entry = await state.get("s.cursor")
+    except KeyNotFoundError:
+        return 0
+    return int(orjson.loads(entry.value)) if entry.value else 0
+
+
 class _Side:
     """One side's connection and buckets (the writer's or the readers')."""
 

@@ -887,9 +887,13 @@ class JetStreamStore:
 
     # -- retention ----------------------------------------------------------------
 
-    async def sweep(self, destinations: Sequence[str], now: float | None = None) -> int:
+    async def sweep(
+        self, destinations: Sequence[str], now: float | None = None, keep_from: int | None = None
+    ) -> int:
         """Purge log messages every destination has settled and older than
-        ``retention`` (SQLite's rule); returns the first sequence kept."""
+        ``retention`` (SQLite's rule), never from ``keep_from`` on (what another
+        reader of the log, the identity graph, has not passed); returns the first
+        sequence kept."""
         last = (await self.js.stream_info(self.names.stream)).state.last_seq
         floors = [(await self.lag(d))["settled_below"] for d in destinations]
         settled_below = min(floors, default=last + 1)
@@ -902,10 +906,10 @@ class JetStreamStore:
             young = last + 1
         else:
             young = await self._first_since(cutoff)
-        keep_from = min(settled_below, young)
-        if keep_from > 1:
-            await self.js.purge_stream(self.names.stream, seq=keep_from)
-        return keep_from
+        keep = min(settled_below, young, keep_from or young)
+        if keep > 1:
+            await self.js.purge_stream(self.names.stream, seq=keep)
+        return keep
 
     async def _first_since(self, cutoff: datetime) -> int:
         """The sequence of the log's first message stored at or after ``cutoff``,
