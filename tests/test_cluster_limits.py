@@ -38,6 +38,7 @@ pytestmark = pytest.mark.slow
 
 HOLD = 0.1  # seconds the sink holds each answer to /slow
 RATE = 20.0  # events/s for /rated, for the cluster as a whole
+ARRIVAL_JITTER = 0.1  # s: how much later than it was sent a request may reach the sink
 
 
 class TimingSink(Sink):
@@ -150,8 +151,13 @@ def test_limits_hold_for_the_destination_across_two_nodes(
         # Both nodes worked on each destination, so per-node limits would show.
         assert all(min(s) > 0 for s in split.values()), split
         rated = sorted(sink.arrivals["/rated"])
-        # GCRA per node: at most 1 + (RATE / 2) * t events in any t s on each node.
-        assert rated[-1] - rated[0] >= (len(rated) - 2) / RATE, (split, rated[-1] - rated[0])
+        # GCRA per node: at most 1 + (RATE / 2) * t events in any t s on each node, so
+        # the nodes' sends span at least (len - 2) / RATE s. The sink sees arrivals:
+        # each send plus its own latency, so the first may come later than it left by
+        # more than the last did (measured: 5.898 s against a 5.900 s span of sends).
+        # ARRIVAL_JITTER allows for that; a limit per node would span half (2.95 s).
+        span = rated[-1] - rated[0]
+        assert span >= (len(rated) - 2) / RATE - ARRIVAL_JITTER, (split, span)
         assert sink.most_open == 2, "the whole max_in_flight used, never more"
 
         # b dies: a's part grows to the whole limit once b's heartbeat expired.
