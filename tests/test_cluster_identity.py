@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.harness import EventdProcess, Sink, admin_get, basic, running
+from tests.harness import EventdProcess, Sink, admin_get, basic
 from tests.nats_cluster import NatsCluster
-from tests.test_cluster_serve import WRITE_KEY, node_config, wait_until
+from tests.test_cluster_serve import WRITE_KEY, two_nodes, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -64,28 +64,19 @@ def delivered(sink: Sink) -> dict[str, dict[str, Any]]:
 def identity_nodes(
     tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
 ) -> Iterator[tuple[Sink, list[EventdProcess]]]:
-    cluster = make_nats_cluster(3)
-    sink = Sink()
-    with running(sink):
-        nodes = []
-        try:
-            for name in ("a", "b"):
-                (tmp_path / name).mkdir()
-                config = node_config(tmp_path / name, cluster, sink)
-                del config["identity"]  # on: the default
-                config["storage"]["stream"] = "IDE2E"
-                config["destinations"]["hook"].update(
-                    resolve_identity=True, enrich_traits=["car"], batch_size=10
-                )
-                nodes.append(EventdProcess(tmp_path / name, config))
-            for node in nodes:  # a first: its writer takes the lease
-                node.start(timeout=90)
-                wait_until(lambda n=node: "identity graph reader started" in n.log(), 60, "reader")
-            wait_until(lambda: "identity writer leading" in nodes[0].log(), 60, "a leads")
-            yield sink, nodes
-        finally:
-            for node in nodes:
-                node.kill()
+    def configure(config: dict[str, Any]) -> None:
+        del config["identity"]  # on: the default
+        config["storage"]["stream"] = "IDE2E"
+        config["destinations"]["hook"].update(
+            resolve_identity=True, enrich_traits=["car"], batch_size=10
+        )
+
+    def reading(node: EventdProcess) -> None:  # a first: its writer takes the lease
+        wait_until(lambda: "identity graph reader started" in node.log(), 60, "reader")
+
+    with two_nodes(tmp_path, make_nats_cluster(3), configure, reading) as (sink, nodes):
+        wait_until(lambda: "identity writer leading" in nodes[0].log(), 60, "a leads")
+        yield sink, nodes
 
 
 def test_identify_on_one_node_is_read_and_stitched_on_the_other_and_survives_a_kill(

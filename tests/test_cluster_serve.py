@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,26 +143,40 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)  # polling a condition across processes, bounded by the deadline
 
 
-@pytest.fixture
-def cluster_nodes(
-    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
-) -> Iterator[tuple[NatsCluster, Sink, list[EventdProcess]]]:
-    cluster = make_nats_cluster(3)
+@contextmanager
+def two_nodes(
+    tmp_path: Path,
+    cluster: NatsCluster,
+    configure: Callable[[dict[str, Any]], None] = lambda config: None,
+    started: Callable[[EventdProcess], None] = lambda node: None,
+) -> Iterator[tuple[Sink, list[EventdProcess]]]:
+    """Nodes a and b (``node_config``, then ``configure``), started in that order
+    (``started`` called on each once it serves), and their sink; killed after."""
     sink = Sink()
     with running(sink):
         nodes = []
         try:
             for name in ("a", "b"):
                 (tmp_path / name).mkdir()
-                nodes.append(
-                    EventdProcess(tmp_path / name, node_config(tmp_path / name, cluster, sink))
-                )
+                config = node_config(tmp_path / name, cluster, sink)
+                configure(config)
+                nodes.append(EventdProcess(tmp_path / name, config))
             for node in nodes:
                 node.start(timeout=90)
-            yield cluster, sink, nodes
+                started(node)
+            yield sink, nodes
         finally:
             for node in nodes:
                 node.kill()
+
+
+@pytest.fixture
+def cluster_nodes(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> Iterator[tuple[NatsCluster, Sink, list[EventdProcess]]]:
+    cluster = make_nats_cluster(3)
+    with two_nodes(tmp_path, cluster) as (sink, nodes):
+        yield cluster, sink, nodes
 
 
 def test_two_nodes_deliver_every_acknowledged_event_and_survive_a_kill(
