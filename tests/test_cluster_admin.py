@@ -268,6 +268,52 @@ async def test_an_erasure_deletes_the_users_messages_and_publishes_the_rest_agai
         await nodes.close()
 
 
+async def test_two_nodes_finishing_one_erasure_at_once_count_each_event_once(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """Both nodes erase ivy at the same moment: each has read the log, and neither
+    deletes before the other has read it (their first message deletes wait for each
+    other). Each message's delete succeeds on one node, so ``erased_events`` is the
+    number of ivy's events, not twice some of them; both calls see the erasure done."""
+    nodes = Nodes(nats_cluster, tmp_path, partitions=1)
+    try:
+        a = await nodes.start("a")
+        b = await nodes.start("b")
+        await a.append(rows("ivy", "i1", "i2") + rows("jo", "j1"))
+        await a.append(rows("ivy", "i3"))
+        await a.append(rows("jo", "j2") + rows("ivy", "i4", "i5"))
+        await nodes.forwarded(7)
+        together = asyncio.Barrier(2)
+
+        def gated(store: ClusterStore) -> None:
+            delete = store.js.js.delete_msg
+            first = True
+
+            async def delete_msg(stream: str, seq: int) -> bool:
+                nonlocal first
+                if first:  # both nodes have read the message this one deletes
+                    first = False
+                    await asyncio.wait_for(together.wait(), DEADLINE)
+                return await delete(stream, seq)
+
+            store.js.js.delete_msg = delete_msg  # type: ignore[method-assign]
+
+        gated(a)
+        gated(b)
+        await a.suppress("ivy", erase=True)
+        (gone_a, _, done_a), (gone_b, _, done_b) = await asyncio.gather(
+            a.erase_user("ivy", 2**62), b.erase_user("ivy", 2**62)
+        )
+        assert gone_a + gone_b == 5 and done_a and done_b
+        for store in (a, b):
+            s = await store.suppression("ivy")
+            assert s is not None and (s.erased_events, s.erased_at is not None) == (5, True)
+        left = [orjson.loads(e.body)["messageId"] for e in await b.read(0, 10)]
+        assert sorted(left) == ["j1", "j2"]  # jo's, published again once
+    finally:
+        await nodes.close()
+
+
 async def test_retention_keeps_what_the_identity_graph_has_not_applied(nodes: Nodes) -> None:
     """The cluster's sweep keeps the log from the shared graph's cursor on, on a node
     that runs the graph (SQLite's rule: a service's cursor holds retention); a node
