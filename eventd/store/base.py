@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -343,6 +343,22 @@ class SharedIdentityBackend(IdentityBackend, Protocol):
     def watch_cursor(self, seen: Callable[[int], None]) -> None:
         """Call ``seen(cursor)`` (from another thread) with the graph's cursor now and
         after each page any node's writer applies (once :meth:`open_reader` returned)."""
+        ...
+
+    async def serve_erasures(
+        self,
+        erase: Callable[[str], Coroutine[Any, Any, list[int] | None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Answer other nodes' :meth:`forward_erase`: ``erase(user_id)`` run on ``loop``
+        (this node's), its seqs sent back; None from it: not this node's to answer (its
+        writer does not lead), so no answer (once :meth:`open_reader` returned)."""
+        ...
+
+    async def forward_erase(self, user_id: str) -> list[int]:
+        """Have the node whose writer leads erase ``user_id``'s profile (the writer's
+        :meth:`IdentityBackend.erase`); its anonymous events' seqs. Raises
+        :class:`StorageUnavailable` when no node answers in time."""
         ...
 
 

@@ -124,11 +124,12 @@ class ClusterDeletions(ClusterAdmin):
 
     @_unavailable
     async def user_events(self, user_ids: Sequence[str]) -> list[UserEvent]:
-        """A scan of the whole log (as erasure's)."""
+        """A scan of the whole log (as erasure's; this node has then seen its end)."""
         ids = set(user_ids)
         _, log_last = await self._log_bounds()
         found = []
         async for log_seq, rows in self._scan(log_last, start=1):
+            self.seen(log_seq << EVENT_BITS | (len(rows) - 1))
             for offset, row in enumerate(rows):
                 if row[4] in ids:
                     found.append(UserEvent(log_seq << EVENT_BITS | offset, row[0], row[6], row[5]))
