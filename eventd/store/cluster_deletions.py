@@ -22,7 +22,10 @@
             once, exactly once while no node dies).
 
 Every node watches the bucket, so a node answering ``GET
-/admin/suppressions/{user_id}?wait=S`` hears of a state another node saved.
+/admin/suppressions/{user_id}?wait=S`` hears of a state another node saved, and
+keeps the keys last seen ``requested``: ``pending_deletions`` (which the privacy
+service calls every few seconds on every node) reads those again from the leader,
+not every deletion ever made.
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ class ClusterDeletions(ClusterAdmin):
         self._deletions_kv: KeyValue | None = None
         self._claims: dict[str, int] = {}  # claim key -> its revision, held by this node
         self._deletion_listeners: list[Callable[[str], None]] = []
+        # Keys last seen REQUESTED (the watch's and this node's writes): what
+        # pending_deletions reads from the leader, rather than the whole bucket.
+        self._requested: set[str] = set()
         self._deletions_watcher: asyncio.Task[None] | None = None
         self._claims_renewer: asyncio.Task[None] | None = None
 
@@ -115,7 +121,15 @@ class ClusterDeletions(ClusterAdmin):
     def on_deletion(self, listener: Callable[[str], None]) -> None:
         self._deletion_listeners.append(listener)
 
+    def _note(self, key: str, found: Deletion | None) -> None:
+        if found is not None and found.state == REQUESTED:
+            self._requested.add(key)
+        else:
+            self._requested.discard(key)
+
     def _deletion_seen(self, entry: KeyValue.Entry) -> None:
+        gone = entry.operation in ("DEL", "PURGE") or not entry.value
+        self._note(entry.key, None if gone or entry.value is None else _decode(entry.value))
         user_id = _user_of_key(entry.key.split(".", 1)[0])
         for listener in self._deletion_listeners:
             listener(user_id)
@@ -149,6 +163,7 @@ class ClusterDeletions(ClusterAdmin):
                 old, revision = None, None
             new = change(old)
             if new is None or new == old:
+                self._note(key, old)
                 return
             try:
                 if revision is None:
@@ -157,6 +172,7 @@ class ClusterDeletions(ClusterAdmin):
                     await self._dels.update(key, _encode(new), last=revision)
             except KeyWrongLastSequenceError:
                 continue
+            self._note(key, new)
             return
 
     @_unavailable
@@ -188,17 +204,27 @@ class ClusterDeletions(ClusterAdmin):
 
         await self._change(user_id, destination, save)
 
-    async def _deletions(self, pattern: str) -> list[Deletion]:
-        return [_decode(v) for v in (await self._entries(pattern, self._dels)).values() if v]
-
     @_unavailable
     async def pending_deletions(self) -> list[Deletion]:
-        found = [d for d in await self._deletions(">") if d.state == REQUESTED]
+        """The keys last seen requested, each read again from the leader (one another
+        node requested a moment ago may come at the next call, once the watch has it)."""
+        found = []
+        for key in list(self._requested):
+            try:
+                entry = await self._dels.get(key)
+            except NotFoundError:
+                self._requested.discard(key)
+                continue
+            d = _decode(entry.value) if entry.value else None
+            self._note(key, d)
+            if d is not None and d.state == REQUESTED:
+                found.append(d)
         return sorted(found, key=lambda d: d.requested_at)
 
     @_unavailable
     async def deletions(self, user_id: str) -> list[Deletion]:
-        return sorted(await self._deletions(f"{_key(user_id)}.*"), key=lambda d: d.destination)
+        entries = await self._entries(f"{_key(user_id)}.*", self._dels)
+        return sorted((_decode(v) for v in entries.values() if v), key=lambda d: d.destination)
 
     # -- claims: one node at a time asks a destination -----------------------------
 
