@@ -26,7 +26,7 @@ from eventd import OK, Destination, Event, Outcome
 from eventd.config import DestinationConfig, JetStreamConfig, StorageConfig
 from eventd.delivery.worker import Worker
 from eventd.metrics import Metrics
-from eventd.store import EventRow, NewDeadLetter, now_ms
+from eventd.store import DONE, EventRow, NewDeadLetter, now_ms
 from eventd.store.cluster import ClusterStore
 from eventd.store.cluster_admin import EVENT_BITS
 from eventd.suppressions import Suppressions
@@ -266,6 +266,86 @@ async def test_an_erasure_deletes_the_users_messages_and_publishes_the_rest_agai
         assert await a.pending_erasures() == []
     finally:
         await nodes.close()
+
+
+async def test_two_nodes_finishing_one_erasure_at_once_count_each_event_once(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """Both nodes erase ivy at the same moment: each has read the log, and neither
+    deletes before the other has read it (their first message deletes wait for each
+    other). Each message's delete succeeds on one node, so ``erased_events`` is the
+    number of ivy's events, not twice some of them; both calls see the erasure done."""
+    nodes = Nodes(nats_cluster, tmp_path, partitions=1)
+    try:
+        a = await nodes.start("a")
+        b = await nodes.start("b")
+        await a.append(rows("ivy", "i1", "i2") + rows("jo", "j1"))
+        await a.append(rows("ivy", "i3"))
+        await a.append(rows("jo", "j2") + rows("ivy", "i4", "i5"))
+        await nodes.forwarded(7)
+        together = asyncio.Barrier(2)
+
+        def counted(store: ClusterStore) -> int | None:
+            """ivy's erased_events in this node's copy of the suppressions."""
+            held = store._suppressed.get("ivy")
+            return held[1].erased_events if held and held[1] else None
+
+        def gated(store: ClusterStore) -> None:
+            delete = store.js.js.delete_msg
+            first = True
+
+            async def delete_msg(stream: str, seq: int) -> bool:
+                nonlocal first
+                if first:  # both nodes have read the message this one deletes
+                    first = False
+                    await asyncio.wait_for(together.wait(), DEADLINE)
+                return await delete(stream, seq)
+
+            store.js.js.delete_msg = delete_msg  # type: ignore[method-assign]
+
+        gated(a)
+        gated(b)
+        await a.suppress("ivy", erase=True)
+        (gone_a, _, done_a), (gone_b, _, done_b) = await asyncio.gather(
+            a.erase_user("ivy", 2**62), b.erase_user("ivy", 2**62)
+        )
+        assert gone_a + gone_b == 5 and done_a and done_b
+        # Each node's copy follows the bucket: the other node's write comes by its watch.
+        for store in (a, b):
+            await until(lambda store=store: counted(store) == 5, "the last count")
+            s = await store.suppression("ivy")
+            assert s is not None and s.erased_at is not None
+        left = [orjson.loads(e.body)["messageId"] for e in await b.read(0, 10)]
+        assert sorted(left) == ["j1", "j2"]  # jo's, published again once
+    finally:
+        await nodes.close()
+
+
+async def test_a_deletion_is_claimed_by_one_node_at_a_time_and_seen_by_both(
+    nodes: Nodes,
+) -> None:
+    """Forwarded erasures on the cluster (eventd/store/cluster_deletions.py): a request
+    recorded on a is pending on b too, and b hears of each of a's changes; one node
+    at a time holds a (user, destination)'s claim; once released, the other takes it."""
+    a, b = await nodes.start("a"), await nodes.start("b")
+    heard: list[str] = []
+    b.on_deletion(heard.append)
+    await a.request_deletions("lia", [("hook", "webhook"), ("mp", "mixpanel")], b'{"x": 1}')
+    await until(lambda: heard.count("lia") >= 2, "b heard of both requests")
+    pending = await b.pending_deletions()
+    assert sorted((d.user_id, d.destination) for d in pending) == [("lia", "hook"), ("lia", "mp")]
+
+    assert await a.claim_deletion("lia", "hook") is True
+    assert await a.claim_deletion("lia", "hook") is True  # held: kept
+    assert await b.claim_deletion("lia", "hook") is False
+    assert await b.claim_deletion("lia", "mp") is True  # another destination's: free
+    await a.save_deletion("lia", "hook", DONE, 1, None)
+    await until(lambda: heard.count("lia") >= 3, "b heard it done")
+    await a.release_deletion("lia", "hook")
+    assert await b.claim_deletion("lia", "hook") is True
+    assert [d.destination for d in await b.pending_deletions()] == ["mp"]
+    (hook,) = [d for d in await b.deletions("lia") if d.destination == "hook"]
+    assert (hook.state, hook.attempts, hook.erasure) == (DONE, 1, b'{"x": 1}')
 
 
 async def test_retention_keeps_what_the_identity_graph_has_not_applied(nodes: Nodes) -> None:

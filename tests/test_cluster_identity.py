@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.harness import EventdProcess, Sink, admin_get, basic
+from tests.harness import EventdProcess, Received, Sink, admin_get, basic
 from tests.nats_cluster import NatsCluster
-from tests.test_cluster_serve import WRITE_KEY, two_nodes, wait_until
+from tests.test_cluster_serve import WRITE_KEY, admin_post, two_nodes, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +70,7 @@ def identity_nodes(
         config["destinations"]["hook"].update(
             resolve_identity=True, enrich_traits=["car"], batch_size=10
         )
+        config["destinations"]["hook"]["settings"]["forward_deletions"] = True
 
     def reading(node: EventdProcess) -> None:  # a first: its writer takes the lease
         wait_until(lambda: "identity graph reader started" in node.log(), 60, "reader")
@@ -138,3 +139,87 @@ def test_identify_on_one_node_is_read_and_stitched_on_the_other_and_survives_a_k
     wait_until(lambda: profile(b, "ana")[1]["event_count"] == 4, 60, "m5 applied once")
     ana = profile(b, "ana")[1]
     assert ana["events_by_type"] == {"identify": 1, "track": 3}  # nothing applied twice
+
+
+def is_delete(r: Received) -> bool:
+    body = r.json()
+    return isinstance(body, list) and bool(body) and body[0].get("type") == "delete"
+
+
+def test_an_erasure_asked_of_the_node_that_does_not_write_the_graph_erases_everywhere(
+    identity_nodes: tuple[Sink, list[EventdProcess]],
+) -> None:
+    """Issue 15 item 7 on the cluster: ``eventd suppressions add zoe --erase`` run
+    against node b, whose writer does not lead: b asks a's writer to erase zoe's
+    profile (two devices' anonymousIds) and deletes her events, the anonymous ones
+    included; both nodes then answer 404 for each of her ids, her events are in no
+    replay, kim's stay. The webhook is asked to delete her once: its first answer
+    is a 503 with Retry-After 4 s, longer than a node's look for requested
+    deletions (3 s), and the other node, which sees it requested, does not ask too."""
+    sink, (a, b) = identity_nodes
+    asked = []
+
+    def answer(r: Received) -> Any:
+        if is_delete(r):
+            asked.append(r)
+            return (503, {"Retry-After": "4"}) if len(asked) == 1 else 200
+        return 200
+
+    sink.handler = answer
+    zoe = [
+        {"type": "track", "event": "Step 1", "anonymousId": "w1", "messageId": "z1"},
+        {"type": "identify", "anonymousId": "w1", "userId": "zoe", "messageId": "z2"},
+        {"type": "track", "event": "Step 1", "anonymousId": "w2", "messageId": "z3"},
+        {"type": "identify", "anonymousId": "w2", "userId": "zoe", "messageId": "z4"},
+        {"type": "track", "event": "Step 2", "userId": "zoe", "messageId": "z5"},
+    ]
+    kim = [
+        {"type": "identify", "anonymousId": "k1", "userId": "kim", "messageId": "k1"},
+        {"type": "track", "event": "Step 1", "userId": "kim", "messageId": "k2"},
+    ]
+    for event in zoe:
+        send(a, event)
+    send(b, *kim)  # after hers: her events are not the log's newest
+    everything = {e["messageId"] for e in zoe + kim}
+    wait_until(lambda: set(delivered(sink)) >= everything, 90, "z1-z5, k1-k2 delivered")
+    wait_until(lambda: profile(b, "zoe")[1].get("event_count") == 5, 60, "zoe in the graph")
+    assert profile(b, "zoe")[1]["anonymous_ids"] == ["w1", "w2"]
+    assert known(b, "kim")
+
+    done = b.cli("suppressions", "add", "zoe", "--erase")
+    assert done.returncode == 0, done.stderr
+    assert "erased events: 5, erasure done" in done.stdout, done.stdout
+    # a's writer erased the profile (b's never led).
+    assert "profile erased" in a.log() and "identity writer leading" not in b.log()
+
+    for node in (a, b):
+        for ident in ("zoe", "w1", "w2"):
+            assert profile(node, ident)[0] == 404, (node.url, ident)
+            assert profile(node, ident, "/events")[0] == 404, (node.url, ident)
+        assert profile(node, "kim")[1]["event_count"] == 2
+        for mid in ("z1", "z2", "z3", "z4", "z5"):
+            found = node.admin("GET", f"/admin/outcomes?source=app&message_id={mid}")
+            assert found["seq"] is None, (node.url, mid)
+    # The deletion, as the node that did not ask it reads it once it is done.
+    shown = a.admin("GET", "/admin/suppressions/zoe?wait=60")
+    assert (shown["erase"], shown["erased_events"]) == (True, 5)
+    (deletion,) = shown["deletions"]
+    assert (deletion["destination"], deletion["state"], deletion["attempts"]) == ("hook", "done", 2)
+    assert (deletion["user_ids"], deletion["anonymous_ids"]) == (["zoe"], ["w1", "w2"])
+    assert b.admin("GET", "/admin/suppressions/zoe")["deletions"] == shown["deletions"]
+    assert len(asked) == 2  # the 503, then the one that did it: no node asked twice
+    assert [m["userId"] for m in asked[1].json()] == ["zoe"]
+
+    # Replay from before everything: kim's events again, none of hers.
+    before = sink.message_ids()
+    status, replay = admin_post(
+        b, "/admin/replay", {"destination": "hook", "since": "2020-01-01T00:00:00Z"}
+    )
+    assert (status, replay["events"]) == (200, 2)
+    wait_until(
+        lambda: all(sink.message_ids()[m] == before[m] + 1 for m in ("k1", "k2")), 60, "replay"
+    )
+    after = sink.message_ids()
+    assert {m: after[m] - before[m] for m in everything} == {
+        m: int(m.startswith("k")) for m in everything
+    }

@@ -228,6 +228,7 @@ class IdentityService:
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._advance(cursor)))
 
         self.store.watch_cursor(seen)
+        await self.store.serve_erasures(self._erase_asked, loop)
         self.opened = True
         log.info("identity graph reader started (shared)")
 
@@ -418,11 +419,28 @@ class IdentityService:
 
     async def erase(self, user_id: str) -> list[int]:
         """Delete the profile of ``user_id`` and every identity linked to it; returns the
-        seqs of its anonymous events for the caller (suppressions.py) to delete."""
+        seqs of its anonymous events for the caller (suppressions.py) to delete.
+
+        On a shared graph only the leading node's writer may write: another node asks
+        it (``forward_erase``; StorageUnavailable when none answers, and the
+        suppression's erasure stays pending for the retention sweep to finish)."""
+        if self.shared and not self.leading:
+            assert isinstance(self.store, SharedIdentityBackend)
+            return await self.store.forward_erase(user_id)
         await self.drain()  # every event of theirs stored so far is in the graph
         seqs = await self.writer.call(writer.erase, user_id)
         log.info("profile erased", anonymous_events=len(seqs))  # no ids: personal data
         return seqs
+
+    async def _erase_asked(self, user_id: str) -> list[int] | None:
+        """Another node's erasure (a shared graph's): this node's answer, or None when
+        its writer does not lead (the leading node's answers)."""
+        if not self.leading:
+            return None
+        try:
+            return await self.erase(user_id)
+        except NotLeader:  # lost the lease meanwhile: the new leader answers
+            return None
 
     async def save_position(self, destination: str, version: int) -> None:
         """A warehouse feed's position (eventd/identity/feed.py), through the writer."""

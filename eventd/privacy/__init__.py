@@ -6,7 +6,7 @@ suppression with its deletion status per destination (``eventd suppressions
 show USER_ID`` prints it).
 
 It needs a store that keeps forwarded erasures (:class:`eventd.store.DeletionStore`:
-SQLite, memory); on another, eventd erases only its own copy and
+SQLite, memory, the JetStream cluster); on another, eventd erases only its own copy and
 ``GET /admin/suppressions/{user_id}`` answers 501 saying so.
 """
 

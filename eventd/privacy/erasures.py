@@ -15,11 +15,20 @@ from the log. Per destination, a task calls the plugin's ``delete_user``::
                      (the dispatcher's, honouring Retry-After), through its rate
                      limit; past its ``retry_max_age`` since asked, failed
 
-State lives in the store (:class:`eventd.store.DeletionStore`: the SQLite and
-memory stores keep it); the plugins are asked through
+State lives in the store (:class:`eventd.store.DeletionStore`: the SQLite, memory
+and cluster stores keep it); the plugins are asked through
 :meth:`eventd.delivery.dispatcher.Dispatcher.delete_user` (their rate limit), with
 delivery's backoff (:func:`eventd.delivery.settle.backoff`) and each destination's
 ``retry_*`` settings.
+
+On a store several nodes share (:class:`eventd.store.SharedDeletionStore`: the
+cluster's) every node's service runs: a node asks a destination only while it
+holds the deletion's claim, and only after reading it again, still requested, under
+the claim; every ADOPT_EVERY seconds each node takes the requested ones nobody
+holds (another node's new request, or a dead node's lapsed claim). So each
+destination is asked once per erasure while no node dies (at least once if one does:
+``delete_user`` is idempotent), and a status read on any node hears of every
+node's changes.
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ from eventd.store import (
     UNSUPPORTED,
     Deletion,
     DeletionStore,
+    SharedDeletionStore,
+    StorageUnavailable,
     iso_ms,
     now_ms,
 )
@@ -50,6 +61,9 @@ if TYPE_CHECKING:
     from eventd.app import Runtime
 
 log = structlog.get_logger("eventd.privacy")
+
+# Seconds between a node's looks for requested deletions no node holds (a shared store).
+ADOPT_EVERY = 3.0
 
 
 def encode(erasure: Erasure) -> bytes:
@@ -81,6 +95,7 @@ class Erasures:
         self.store = store
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
+        self._adopter: asyncio.Task[None] | None = None
         # Asked before eventd erases its own copy of the person's events.
         runtime.suppressions.before_erase.append(self.request)
 
@@ -90,6 +105,10 @@ class Erasures:
         return self.runtime.dispatcher.names
 
     async def start(self) -> None:
+        if isinstance(self.store, SharedDeletionStore):
+            self.store.on_deletion(lambda user_id: self._changed_now())
+            self._adopter = asyncio.create_task(self._adopt(), name="privacy-adopt")
+            return
         running = set(self.destinations)
         for row in await self.store.pending_deletions():
             if row.destination in running:
@@ -97,9 +116,26 @@ class Erasures:
             else:
                 log.warning("deletion waits for its destination", destination=row.destination)
 
+    async def _adopt(self) -> None:
+        """A shared store's: every ADOPT_EVERY seconds, run each requested deletion of a
+        running destination that no task of this node runs (its claim decides who asks)."""
+        while True:
+            try:
+                running = set(self.destinations)
+                for row in await self.store.pending_deletions():
+                    key = (row.user_id, row.destination)
+                    if row.destination in running and key not in self._tasks:
+                        self._spawn(row)
+            except Exception as exc:  # the cluster stalled: the next look
+                log.info("requested deletions not read", error=repr(exc))
+            await asyncio.sleep(ADOPT_EVERY)
+
     async def stop(self) -> None:
         """Cancel what runs: a request cut short stays ``requested`` and is asked again
         at the next start (every delete_user is idempotent)."""
+        if self._adopter is not None:
+            self._adopter.cancel()
+            await asyncio.gather(self._adopter, return_exceptions=True)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -147,12 +183,39 @@ class Erasures:
         task.add_done_callback(lambda _: self._tasks.pop(key, None))
 
     async def _run(self, row: Deletion) -> None:
+        store = self.store
+        if not isinstance(store, SharedDeletionStore):
+            await self._ask(row)
+            return
+        try:
+            if not await store.claim_deletion(row.user_id, row.destination):
+                return  # another node asks it
+            try:
+                # Read again under the claim: the node that held it before may be done.
+                now = [
+                    d
+                    for d in await store.deletions(row.user_id)
+                    if d.destination == row.destination
+                ]
+                if now and now[0].state == REQUESTED:
+                    await self._ask(now[0], store)
+            finally:
+                with contextlib.suppress(Exception):
+                    await store.release_deletion(row.user_id, row.destination)
+        except StorageUnavailable as exc:  # a stalled cluster: a later look goes on
+            log.info("deletion left for a later look", destination=row.destination, error=str(exc))
+
+    async def _ask(self, row: Deletion, shared: SharedDeletionStore | None = None) -> None:
+        """Ask the destination until it answers for good (``shared``: while this node
+        holds the claim)."""
         user_id, destination, erasure = row.user_id, row.destination, decode(row.erasure)
         config = self.runtime.config.destinations[destination]
         attempts = row.attempts
         if row.next_attempt_at is not None:  # resumed after a restart, mid-backoff
             await asyncio.sleep(max(0.0, (row.next_attempt_at - now_ms()) / 1000))
         while True:
+            if shared is not None and not await shared.claim_deletion(user_id, destination):
+                return  # the claim lapsed (a stalled node) and another node took it
             attempts += 1
             outcome = await self.runtime.dispatcher.delete_user(destination, erasure)
             if isinstance(outcome, Retry) and (

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -192,6 +192,31 @@ class Deletion:
     next_attempt_at: int | None  # requested, after a Retry: not before
 
 
+def deletion_requested(
+    old: Deletion | None, user_id: str, destination: str, type_: str, erasure: bytes, at: int
+) -> Deletion:
+    """:meth:`DeletionStore.request_deletions`' rule for one destination: a new or a
+    FAILED one is (again) REQUESTED, with this ``erasure`` at ``at``; another stays."""
+    if old is not None and old.state != FAILED:
+        return old
+    kind = old.type if old else type_
+    return Deletion(user_id, destination, kind, REQUESTED, erasure, 0, None, at, at, None)
+
+
+def deletion_saved(
+    old: Deletion, state: str, attempts: int, reason: str | None, next_attempt_at: int | None
+) -> Deletion:
+    """:meth:`DeletionStore.save_deletion`' new record (``reason`` cut, updated now)."""
+    return replace(
+        old,
+        state=state,
+        attempts=attempts,
+        reason=reason[:MAX_ERROR_CHARS] if reason is not None else None,
+        next_attempt_at=next_attempt_at,
+        updated_at=now_ms(),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class UserEvent:
     """Where one of a user's events is in the log, and the anonymousId stored with it."""
@@ -318,6 +343,22 @@ class SharedIdentityBackend(IdentityBackend, Protocol):
     def watch_cursor(self, seen: Callable[[int], None]) -> None:
         """Call ``seen(cursor)`` (from another thread) with the graph's cursor now and
         after each page any node's writer applies (once :meth:`open_reader` returned)."""
+        ...
+
+    async def serve_erasures(
+        self,
+        erase: Callable[[str], Coroutine[Any, Any, list[int] | None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Answer other nodes' :meth:`forward_erase`: ``erase(user_id)`` run on ``loop``
+        (this node's), its seqs sent back; None from it: not this node's to answer (its
+        writer does not lead), so no answer (once :meth:`open_reader` returned)."""
+        ...
+
+    async def forward_erase(self, user_id: str) -> list[int]:
+        """Have the node whose writer leads erase ``user_id``'s profile (the writer's
+        :meth:`IdentityBackend.erase`); its anonymous events' seqs. Raises
+        :class:`StorageUnavailable` when no node answers in time."""
         ...
 
 
@@ -658,4 +699,26 @@ class DeletionStore(Protocol):
 
     async def deletions(self, user_id: str) -> list[Deletion]:
         """The user's, by destination name."""
+        ...
+
+
+@runtime_checkable
+class SharedDeletionStore(DeletionStore, Protocol):
+    """A :class:`DeletionStore` several nodes run at once (the cluster's,
+    eventd/store/cluster_deletions.py). Every node's privacy service sees every
+    request; a node asks a destination only while it holds that (user, destination)'s
+    claim, so one node at a time does (a node that dies leaves its claim to lapse)."""
+
+    async def claim_deletion(self, user_id: str, destination: str) -> bool:
+        """Take or keep the claim: True while this node may ask ``destination``; False
+        while another node holds it. Held claims are kept alive until released."""
+        ...
+
+    async def release_deletion(self, user_id: str, destination: str) -> None:
+        """Give the claim back (never raises: an unreleased claim lapses)."""
+        ...
+
+    def on_deletion(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(user_id)`` on this node's loop whenever any node changes one
+        of the user's deletions."""
         ...

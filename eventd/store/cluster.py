@@ -16,8 +16,9 @@ ingest and deliver:
   publish was refused.
 
 Suppressions, redrive, replay, purges, reads of the log by seq or messageId and
-erasure are :class:`~eventd.store.cluster_admin.ClusterAdmin`'s (state in key-value
-buckets every node shares). What is not kept in the cluster yet raises
+erasure are :class:`~eventd.store.cluster_admin.ClusterAdmin`'s, erasures forwarded
+to destinations :class:`~eventd.store.cluster_deletions.ClusterDeletions`' (state in
+key-value buckets every node shares). What is not kept in the cluster yet raises
 :class:`~eventd.store.base.NotSupported` (the admin API answers 501 naming it):
 service cursors. The identity graph's state is in buckets of its own
 (eventd/store/cluster_identity.py); its writer reads the log through
@@ -53,7 +54,7 @@ from eventd.store.base import (
     StoreStats,
 )
 from eventd.store.cluster_admin import EVENT_BITS as EVENT_BITS  # re-exported: cluster_log
-from eventd.store.cluster_admin import ClusterAdmin
+from eventd.store.cluster_deletions import ClusterDeletions
 from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
 
 log = structlog.get_logger("eventd.store.cluster")
@@ -71,9 +72,10 @@ def _refused(what: str) -> NotSupported:
     return NotSupported(f"{what} is not available with storage.backend = 'jetstream' yet")
 
 
-class ClusterStore(ClusterAdmin):
+class ClusterStore(ClusterDeletions):
     """One node's Store on the JetStream cluster (see the module docstring; the
-    administrative state is :class:`~eventd.store.cluster_admin.ClusterAdmin`'s)."""
+    administrative state is :class:`~eventd.store.cluster_admin.ClusterAdmin`'s and
+    :class:`~eventd.store.cluster_deletions.ClusterDeletions`')."""
 
     def __init__(self, config: StorageConfig, destinations: Sequence[str] = ()) -> None:
         assert config.jetstream is not None

@@ -62,7 +62,8 @@ import structlog
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError, ServerError
 from nats.js.kv import KeyValue
 
 from eventd.event import Event
@@ -84,6 +85,7 @@ _OFFSET = (1 << EVENT_BITS) - 1
 FIND_WINDOW = 1024  # log messages a lookup by messageId reads per step, newest first
 ASIDE_RENEW = 3.0  # seconds between renewals of a held aside-<destination> lease
 FETCH = 256  # log messages per fetch of a scan
+NO_MESSAGE = 10057  # JetStream's err_code for a delete of a message that is not there
 
 # (log sequence, the message's rows)
 LogMessage = tuple[int, list[EventRow]]
@@ -116,13 +118,78 @@ def _key(user_id: str) -> str:
     return base64.urlsafe_b64encode(user_id.encode()).decode().rstrip("=") or "="
 
 
+def _user_of_key(key: str) -> str:
+    """The userId :func:`_key` made ``key`` of."""
+    return base64.urlsafe_b64decode(key + "=" * (-len(key) % 4)).decode()
+
+
 def _event(log_seq: int, offset: int, row: EventRow) -> Event:
     return Event(log_seq << EVENT_BITS | offset, row[0], row[6], body=row[7], user_id=row[4])
+
+
+async def delete_msg(js: JetStreamContext, stream: str, seq: int) -> bool:
+    """Delete message ``seq`` of ``stream``: True when this call deleted it, False when
+    it was gone already (another node's delete, retention). The stream leader applies
+    deletes one at a time through its raft log, so of two nodes deleting one message at
+    once exactly one gets True: what counts each erased event once."""
+    try:
+        return bool(await js.delete_msg(stream, seq))
+    except NotFoundError:
+        return False
+    except ServerError as exc:
+        if exc.err_code == NO_MESSAGE:
+            return False
+        raise
 
 
 def _user_of(body: bytes) -> str | None:
     user = orjson.loads(body).get("userId")
     return user if isinstance(user, str) else None
+
+
+async def admin_bucket(js: JetStreamContext, name: str, replicas: int) -> KeyValue:
+    """Bind the bucket, creating it when new (history 1; reads go to its leader)."""
+    try:
+        return await js.key_value(name)
+    except NotFoundError:  # another node may create it at the same time: same config
+        return await js.create_key_value(KeyValueConfig(bucket=name, history=1, replicas=replicas))
+
+
+async def cancel(*tasks: asyncio.Task[None] | None) -> None:
+    """Cancel the tasks that exist and wait for them."""
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def watch_bucket(
+    bucket: Callable[[], KeyValue],
+    seen: Callable[[KeyValue.Entry], None],
+    ready: asyncio.Event,
+    what: str,
+) -> None:
+    """Call ``seen`` with every entry of the bucket, its current values first (then
+    ``ready`` is set) and every change after, for as long as this runs; a lost
+    connection watches again (the current values come again: ``seen`` must take a
+    repeat)."""
+    while True:
+        try:
+            watcher = await bucket().watchall()
+            try:
+                async for entry in watcher:
+                    if entry is None:  # the current values are all in
+                        ready.set()
+                    else:
+                        seen(entry)
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a lost connection: watch again (copies are kept)
+            log.info("bucket watch failed; restarting", bucket=what, error=repr(exc))
+            await asyncio.sleep(1.0)
 
 
 class ClusterAdmin:
@@ -152,23 +219,14 @@ class ClusterAdmin:
         js, names, replicas = self.js.js, self.js.names, self.js.cfg.replicas
         buckets = []
         for bucket in (f"{names.stream}_SUPPRESSED", f"{names.stream}_ASIDE"):
-            try:
-                kv = await js.key_value(bucket)
-            except NotFoundError:  # another node may create it at the same time: same config
-                kv = await js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=1, replicas=replicas)
-                )
-            buckets.append(kv)
+            buckets.append(await admin_bucket(js, bucket, replicas))
         self._suppressions_kv, self._aside = buckets
         self._watcher = asyncio.create_task(self._watch_suppressions(), name="suppressions")
         await asyncio.wait_for(self._watch_ready.wait(), self.js.cfg.publish_timeout * 6)
         self._renewer = asyncio.create_task(self._renew_aside(), name="aside-leases")
 
     async def close_admin(self) -> None:
-        for task in (self._watcher, self._renewer):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await cancel(self._watcher, self._renewer)
         leases = self.js.leases
         if leases is not None and self.js.nc is not None and self.js.nc.is_connected:
             for destination, revision in list(self._aside_held.items()):
@@ -195,27 +253,15 @@ class ClusterAdmin:
 
     async def _watch_suppressions(self) -> None:
         """Keep this node's copy of S_SUPPRESSED current, for as long as it runs."""
-        while True:
-            try:
-                watcher = await self._sup.watchall()
-                try:
-                    async for entry in watcher:
-                        if entry is None:  # the current values are all in
-                            self._watch_ready.set()
-                            continue
-                        user_id = base64.urlsafe_b64decode(entry.key + "=" * (-len(entry.key) % 4))
-                        if entry.operation in ("DEL", "PURGE") or not entry.value:
-                            self._apply(user_id.decode(), entry.revision, None)
-                        else:
-                            self._apply(user_id.decode(), entry.revision, _suppression(entry.value))
-                finally:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a lost connection: watch again (the copy is kept)
-                log.info("suppressions watch failed; restarting", error=repr(exc))
-                await asyncio.sleep(1.0)
+
+        def seen(entry: KeyValue.Entry) -> None:
+            user_id = _user_of_key(entry.key)
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._apply(user_id, entry.revision or 0, None)
+            else:
+                self._apply(user_id, entry.revision or 0, _suppression(entry.value))
+
+        await watch_bucket(lambda: self._sup, seen, self._watch_ready, "suppressions")
 
     def _apply(self, user_id: str, revision: int, found: Suppression | None) -> None:
         """Take a value seen at ``revision`` unless a newer one is held already."""
@@ -288,9 +334,10 @@ class ClusterAdmin:
 
     # -- redrive and replay: one node at a time per destination ------------------
 
-    async def _entries(self, pattern: str) -> dict[str, Any]:
-        """The current (key -> value) of S_ASIDE's keys matching ``pattern``."""
-        watcher = await self._asides.watch(pattern, ignore_deletes=True)
+    async def _entries(self, pattern: str, bucket: KeyValue | None = None) -> dict[str, Any]:
+        """The current (key -> value) of the keys matching ``pattern`` in ``bucket``
+        (S_ASIDE unless named)."""
+        watcher = await (bucket or self._asides).watch(pattern, ignore_deletes=True)
         out: dict[str, Any] = {}
         try:
             while True:
@@ -430,8 +477,7 @@ class ClusterAdmin:
         dead = self.js.names.dead
         for dead_id in delivered:
             letter = await self.dead_letter(dead_id)
-            with contextlib.suppress(NotFoundError):
-                await self.js.js.delete_msg(dead, dead_id)
+            await delete_msg(self.js.js, dead, dead_id)
             if letter is not None:
                 await self._asides.purge(f"redrive.{letter.destination}.{dead_id}")
         for dead_id, attempts, error in failed:
@@ -457,8 +503,7 @@ class ClusterAdmin:
                 orjson.dumps(record),
                 f"dead-again-{dead_id}",
             )
-            with contextlib.suppress(NotFoundError):
-                await self.js.js.delete_msg(dead, dead_id)
+            await delete_msg(self.js.js, dead, dead_id)
             await self._asides.purge(f"redrive.{letter.destination}.{dead_id}")
 
     @_unavailable
@@ -475,10 +520,8 @@ class ClusterAdmin:
     async def _delete_dead(self, letters: Sequence[DeadLetter]) -> int:
         deleted = 0
         for d in letters:
-            try:
-                await self.js.js.delete_msg(self.js.names.dead, d.id)
-            except NotFoundError:  # another node deleted it meanwhile
-                continue
+            if not await delete_msg(self.js.js, self.js.names.dead, d.id):
+                continue  # another node deleted it meanwhile
             deleted += 1
             if d.state == "redrive":
                 await self._asides.purge(f"redrive.{d.destination}.{d.id}")
@@ -707,7 +750,10 @@ class ClusterAdmin:
         extra = set(also)
         names = self.js.names
         _, log_last = await self._log_bounds()
-        theirs = gone = 0
+        # gone: events whose message this call deleted (each message's delete succeeds
+        # on one node only, so two nodes erasing at once count each event once);
+        # left: the user's events at or past below_seq, kept this time.
+        gone = left = 0
         async for log_seq, rows in self._scan(log_last, start=1):
             self.seen(log_seq << EVENT_BITS | (len(rows) - 1))
             keep: list[EventRow] = []
@@ -715,25 +761,25 @@ class ClusterAdmin:
             for offset, row in enumerate(rows):
                 seq = log_seq << EVENT_BITS | offset
                 if row[4] == user_id or seq in extra:
-                    theirs += 1
                     if seq < below_seq:
                         erased += 1
                         continue
+                    left += 1
                 keep.append(row)
             if not erased:
                 continue
-            if keep:  # other users' events of the group: published again, first
+            if keep:  # other users' events of the group: published again, first (a
+                # node erasing at once publishes the same id: the stream keeps one)
                 await self.js._publish(
                     names.log_subject(user_partition(keep[0], self.js.cfg.partitions)),
                     encode_rows(keep),
                     f"erase-{log_seq}",
                 )
-            with contextlib.suppress(NotFoundError):
-                await self.js.js.delete_msg(names.stream, log_seq)
-            gone += erased
+            if await delete_msg(self.js.js, names.stream, log_seq):
+                gone += erased
         dead = [d for d in await self.dead_letters(limit=2**62) if _user_of(d.body) == user_id]
         dead_gone = await self._delete_dead(dead)
-        done = gone == theirs and not await self._waiting_since(user_id)
+        done = not left and not await self._waiting_since(user_id)
         at = now_ms()
 
         def count(old: Suppression | None) -> Suppression | None:

@@ -78,7 +78,7 @@ from eventd import codec
 from eventd.config import JetStreamConfig
 from eventd.identity.graph import ANONYMOUS, USER, Changes, Graph, Link, Profile
 from eventd.identity.links import IdentityLink
-from eventd.store.base import NotLeader
+from eventd.store.base import NotLeader, StorageUnavailable
 from eventd.store.identity import (
     ReaderThread,
     anonymous_seqs,
@@ -680,6 +680,58 @@ class ClusterIdentityStore(ReaderThread):
                     await asyncio.sleep(1.0)
 
         self._watcher = asyncio.run_coroutine_threadsafe(watch(), r.bridge.loop)
+
+    # -- erasure asked of the leading node (issue 15, item 7) ---------------------------
+
+    @property
+    def _erase_subject(self) -> str:
+        return f"{self.names.stream}.identity.erase"
+
+    async def _on_reader(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the readers' connection's loop and wait for it from ours."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.r.bridge.loop))
+
+    async def serve_erasures(
+        self,
+        erase: Callable[[str], Coroutine[Any, Any, list[int] | None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Every node listens (core NATS, ``<stream>.identity.erase``); only the leading
+        writer's ``erase`` answers, the others' return None and stay silent."""
+        nc = self.r.bridge.nc
+
+        async def answer(msg: Msg) -> None:
+            ask = asyncio.run_coroutine_threadsafe(erase(msg.data.decode()), loop)
+            try:
+                seqs = await asyncio.wrap_future(ask)
+            except Exception as exc:  # the leader failed: the asking node says why
+                await msg.respond(orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+                return
+            if seqs is not None:
+                await msg.respond(orjson.dumps({"seqs": seqs}))
+
+        async def subscribe() -> None:
+            await nc.subscribe(self._erase_subject, cb=answer)
+
+        await self._on_reader(subscribe())
+
+    async def forward_erase(self, user_id: str) -> list[int]:
+        nc = self.r.bridge.nc
+
+        async def ask() -> Any:
+            msg = await nc.request(self._erase_subject, user_id.encode(), timeout=CALL_TIMEOUT)
+            return orjson.loads(msg.data)
+
+        try:
+            answer = await self._on_reader(ask())
+        except Exception as exc:  # nats' timeout or no responders: no writer leads now
+            raise StorageUnavailable(
+                f"no node's identity writer erased the profile within {CALL_TIMEOUT:g}s"
+                f" ({type(exc).__name__}); the erasure stays pending"
+            ) from exc
+        if "error" in answer:
+            raise StorageUnavailable(f"the identity writer failed to erase: {answer['error']}")
+        return [int(seq) for seq in answer["seqs"]]
 
     def find(self, kind: str, value: str) -> Profile | None:
         return self.find_many([(kind, value)]).get((kind, value))

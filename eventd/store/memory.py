@@ -18,7 +18,6 @@ import orjson
 
 from eventd.event import Event
 from eventd.store.base import (
-    FAILED,
     MAX_ERROR_CHARS,
     REQUESTED,
     DeadLetter,
@@ -32,6 +31,8 @@ from eventd.store.base import (
     StoreStats,
     Suppression,
     UserEvent,
+    deletion_requested,
+    deletion_saved,
     now_ms,
 )
 from eventd.store.cursor_feed import CursorFeed
@@ -390,20 +391,11 @@ class MemoryStore:
         await self._write()
         at = now_ms()
         for destination, type_ in destinations:
-            old = self.data.deletions.get((user_id, destination))
-            if old is None or old.state == FAILED:
-                self.data.deletions[(user_id, destination)] = Deletion(
-                    user_id,
-                    destination,
-                    old.type if old else type_,
-                    REQUESTED,
-                    erasure,
-                    0,
-                    None,
-                    at,
-                    at,
-                    None,
-                )
+            key = (user_id, destination)
+            old = self.data.deletions.get(key)
+            self.data.deletions[key] = deletion_requested(
+                old, user_id, destination, type_, erasure, at
+            )
 
     async def save_deletion(
         self,
@@ -417,13 +409,8 @@ class MemoryStore:
         await self._write()
         old = self.data.deletions.get((user_id, destination))
         if old is not None:
-            self.data.deletions[(user_id, destination)] = replace(
-                old,
-                state=state,
-                attempts=attempts,
-                reason=reason[:MAX_ERROR_CHARS] if reason is not None else None,
-                next_attempt_at=next_attempt_at,
-                updated_at=now_ms(),
+            self.data.deletions[(user_id, destination)] = deletion_saved(
+                old, state, attempts, reason, next_attempt_at
             )
 
     async def pending_deletions(self) -> list[Deletion]:

@@ -184,8 +184,6 @@ class JetStreamBackend:
 @pytest.fixture
 def jetstream_backend(request: pytest.FixtureRequest, tmp_path: Path) -> JetStreamBackend:
     reason = JETSTREAM_SKIPS.get(request.node.originalname)
-    if request.node.module.__name__.endswith("test_deletions"):
-        reason = "the cluster store keeps no forwarded erasures (not a DeletionStore)"
     if reason is not None:
         pytest.skip(f"cluster: {reason}")
     cluster: NatsCluster = request.getfixturevalue("nats_cluster")
