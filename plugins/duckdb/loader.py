@@ -93,6 +93,18 @@ _FROM_CATALOG = {
     "VARCHAR": TEXT,
 }
 
+# DuckDB checkpoints (writes the WAL's rows into the file, compressed) once the WAL
+# passes this size; its default, 16 MiB, is ~3 batches of 5,000 tracks here, and each
+# checkpoint rewrites the partly filled row group (122,880 rows) of every table it
+# touched, so a row was compressed and written ~10 times before its row group filled.
+# At 64 MiB: ~3 times, and DuckDB's CPU per event -20 % (docs/benchmarks.md). Each
+# COMMIT still writes and fsyncs the WAL (the worker moves the cursor once ``deliver``
+# returns, so a committed batch must survive a power loss as the outbox's cursor does
+# at ``synchronous = full``). The cost: up to 64 MiB of WAL to replay when the file
+# is opened after a crash, and those rows held in DuckDB's buffer pool until the
+# checkpoint (evictable to its temporary directory); a clean close checkpoints.
+CHECKPOINT_THRESHOLD = "64MiB"
+
 _COLUMNS = (
     "SELECT column_name, data_type FROM information_schema.columns"
     " WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position"
@@ -172,7 +184,9 @@ class Loader:
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(str(self.path))
+            self._con = duckdb.connect(
+                str(self.path), config={"checkpoint_threshold": CHECKPOINT_THRESHOLD}
+            )
         return self._con
 
     def deliver(self, sent: Sequence[Sent]) -> Delivered:
