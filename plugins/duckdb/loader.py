@@ -93,6 +93,18 @@ _FROM_CATALOG = {
     "VARCHAR": TEXT,
 }
 
+# DuckDB checkpoints (writes the WAL's rows into the file, compressed) once the WAL
+# passes this size; its default, 16 MiB, is ~3 batches of 5,000 tracks here, and each
+# checkpoint rewrites the partly filled row group (122,880 rows) of every table it
+# touched, so a row was compressed and written ~10 times before its row group filled.
+# At 64 MiB: ~3 times, and DuckDB's CPU per event -20 % (docs/benchmarks.md). Each
+# COMMIT still writes and fsyncs the WAL (the worker moves the cursor once ``deliver``
+# returns, so a committed batch must survive a power loss as the outbox's cursor does
+# at ``synchronous = full``). The cost: up to 64 MiB of WAL to replay when the file
+# is opened after a crash, and those rows held in DuckDB's buffer pool until the
+# checkpoint (evictable to its temporary directory); a clean close checkpoints.
+CHECKPOINT_THRESHOLD = "64MiB"
+
 _COLUMNS = (
     "SELECT column_name, data_type FROM information_schema.columns"
     " WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position"
@@ -111,21 +123,27 @@ def _arrow(column_type: str) -> pa.DataType:
     return types.get(column_type, pa.string())
 
 
-def skipping_loaded(insert: str, table: str, target: str, where: str = "") -> str:
-    """``insert`` (``INSERT INTO target ... SELECT ... [WHERE where]``) made to skip the
-    messageIds ``target`` holds already: by its primary key where the table has one
-    (the standard tables), else by an anti-join on its ids.
+def skipping_loaded(insert: str, table: str, target: str) -> str:
+    """``insert`` (``INSERT INTO target ... SELECT ... FROM view``, nothing after the
+    view's name) made to skip the messageIds ``target`` holds already: by its primary
+    key where the table has one (the standard tables), else by an anti-join on its ids.
 
     Why an event table (one per track event name) has no key: its rows are a batch's
     tracks rows again, loaded in the same transaction as ``tracks``, whose key already
     refuses a messageId loaded before (then the batch is loaded again by these
     statements); a second key on every event row cost ~15 % of the load's CPU
     (bench.reports). The anti-join scans the table's ids, so it runs only then: after
-    a redelivery or a replay, never for a steady stream. Files made before keep their
-    keys; both forms skip the same rows."""
+    a redelivery or a replay, never for a steady stream. It is a correlated NOT
+    EXISTS, which DuckDB runs as a hash anti-join: ``id NOT IN (SELECT id ...)`` (a
+    mark join, NULL-aware) cost ~4x its CPU (5,000 ids against 10,000,000: 2.2-2.6
+    against 0.55 CPU-s, docs/benchmarks.md). Files made before keep their keys; both
+    forms skip the same rows (an id is never NULL: ``tracks``' key refuses it)."""
     if table in STANDARD_TABLES:
         return f"{insert} ON CONFLICT (id) DO NOTHING"
-    return f"{insert} {'AND' if where else 'WHERE'} id NOT IN (SELECT id FROM {target})"
+    return (
+        f"{insert} AS eventd_batch WHERE NOT EXISTS"
+        f" (SELECT 1 FROM {target} AS eventd_loaded WHERE eventd_loaded.id = eventd_batch.id)"
+    )
 
 
 class RowRefused(Exception):
@@ -172,7 +190,9 @@ class Loader:
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(str(self.path))
+            self._con = duckdb.connect(
+                str(self.path), config={"checkpoint_threshold": CHECKPOINT_THRESHOLD}
+            )
         return self._con
 
     def deliver(self, sent: Sequence[Sent]) -> Delivered:

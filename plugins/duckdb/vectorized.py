@@ -224,12 +224,12 @@ class Shapes:
         bodies: Sequence[bytes],
         columns: Mapping[str, Mapping[str, str]],
         schema: str,
-        skipping: Callable[[str, str, str, str], str],
+        skipping: Callable[[str, str, str], str],
     ) -> Load:
         """The batch's tracks (``bodies``: stored JSON) as a :class:`Load`, given the
         known columns of the schema's tables (table -> {column: type}) and the
-        loader's rule for skipping loaded ids (``skipping(insert, table, target,
-        where)``). Raises NotVectorizable when the batch needs the Python path."""
+        loader's rule for skipping loaded ids (``skipping(insert, table, target)``).
+        Raises NotVectorizable when the batch needs the Python path."""
         decoded: list[Any] = [None] * len(bodies)
         refused: dict[int, dict[str, Any]] = {}
         left: list[int] = []
@@ -355,7 +355,7 @@ class Shapes:
         left: Sequence[int],
         columns: Mapping[str, Mapping[str, str]],
         schema: str,
-        skipping: Callable[[str, str, str, str], str],
+        skipping: Callable[[str, str, str], str],
     ) -> Load:
         """The :class:`Load` of the batch's ``decoded`` tracks (None at the others),
         one Arrow table per event name and one for ``tracks``. Raises
@@ -425,7 +425,7 @@ def _insert(
     table: str,
     view: str,
     names: Sequence[str],
-    skipping: Callable[[str, str, str, str], str],
+    skipping: Callable[[str, str, str], str],
 ) -> tuple[str, str]:
     """The plain insert of ``view``'s columns into ``schema.table`` (``$1``: the load
     time), and its form that skips loaded ids."""
@@ -435,4 +435,4 @@ def _insert(
         f"INSERT INTO {target} ({columns}, uuid_ts)"
         f" SELECT {columns}, CAST($1 AS TIMESTAMPTZ) FROM {view}"
     )
-    return plain, skipping(plain, table, target, "")
+    return plain, skipping(plain, table, target)
