@@ -14,11 +14,22 @@ same rows, same statement; no HTTP, no asyncio, no parsing. Two tables:
 ``plain``        the same columns without any dedup: the disk and SQLite alone;
 ``batched``      the record-batch layout DESIGN.md suggests, measured before choosing
                  it: one row per 100 events (their JSON joined) plus a slim
-                 (source, message_id) dedup table, UUID messageIds.
+                 (source, message_id) dedup table, UUID messageIds;
+``batch_rocks``  record-batch rows beside the RocksDB set (issue 18, seventh pass):
+                 per transaction the writer's steps of ``outbox_uuid`` (look the keys
+                 up, insert, COMMIT, add the keys with each event's own seq), but one
+                 row per 100 events (a request's batch): the first seq as the row's
+                 key, the count, and the events packed in one blob (their columns
+                 as msgpack, their stored JSON joined, so a reader slices bodies out
+                 without parsing); UUID messageIds;
+``batch_rocks_bodies`` the same with only the joined bodies in the row (no per-event
+                 columns): the bound of the layout, what SQLite alone asks of it.
 
 Run (in its own process, pinned like the server):
 ``python -m bench.sqlite_ceiling DIR --rows N --txn ROWS --synchronous full``;
-prints one JSON object, rows per second.
+prints one JSON object, rows per second (``{schema}``) and per CPU-second of the
+process (``{schema}_cpu``: on a shared machine the wall-clock rate measures the others).
+``--only a,b`` measures some schemas.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import orjson
 import structlog
 
@@ -52,7 +64,23 @@ BATCHED = (
     "CREATE TABLE message_ids (source TEXT NOT NULL, message_id TEXT NOT NULL,"
     " received_at INTEGER NOT NULL, PRIMARY KEY (source, message_id)) WITHOUT ROWID",
 )
-SCHEMAS = ("outbox", "outbox_uuid", "index_uuid", "plain", "batched")
+BATCH_ROCKS = (
+    "CREATE TABLE batches (seq INTEGER PRIMARY KEY, count INTEGER NOT NULL,"
+    " received_at INTEGER NOT NULL, meta BLOB NOT NULL, body BLOB NOT NULL)"
+)
+INSERT_BATCH = "INSERT INTO batches VALUES (?, ?, ?, ?, ?)"
+BATCH_EVENTS = 100
+SCHEMAS = (
+    "outbox",
+    "outbox_uuid",
+    "index_uuid",
+    "plain",
+    "batched",
+    "batch_rocks",
+    "batch_rocks_bodies",
+)
+UUID_SCHEMAS = ("outbox_uuid", "index_uuid", "batched", "batch_rocks", "batch_rocks_bodies")
+_encode_meta = msgspec.msgpack.Encoder().encode
 DAY_MS = 86_400_000
 
 
@@ -63,6 +91,37 @@ def _insert_deduped(
     keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
     new = dedup.filter_new(keys)
     conn.executemany(INSERT_EVENT_SEQ, [(seq + n, *rows[i]) for n, i in enumerate(new)])
+    conn.execute("COMMIT")
+    dedup.add_stored(
+        ((keys[i][0], keys[i][1], seq + n) for n, i in enumerate(new)), seq + len(new) - 1
+    )
+    return seq + len(new)
+
+
+def _insert_batch_rocks(
+    conn: sqlite3.Connection,
+    dedup: DedupSet,
+    rows: list[EventRow],
+    seq: int,
+    *,
+    meta: bool,
+    per_row: int = BATCH_EVENTS,
+) -> int:
+    """``_insert_deduped`` with one row per ``per_row`` events; returns the next seq."""
+    keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
+    new = dedup.filter_new(keys)
+    kept = [rows[i] for i in new]
+    batch_rows = []
+    for j in range(0, len(kept), per_row):
+        part = kept[j : j + per_row]
+        bodies = [r[7] for r in part]
+        columns = (
+            _encode_meta([(*r[:6], len(r[7])) for r in part])
+            if meta
+            else _encode_meta([len(b) for b in bodies])
+        )
+        batch_rows.append((seq + j, len(part), part[0][6], columns, b"".join(bodies)))
+    conn.executemany(INSERT_BATCH, batch_rows)
     conn.execute("COMMIT")
     dedup.add_stored(
         ((keys[i][0], keys[i][1], seq + n) for n, i in enumerate(new)), seq + len(new) - 1
@@ -82,19 +141,27 @@ def _insert_batched(conn: sqlite3.Connection, rows: list[EventRow]) -> None:
         )
 
 
-def insert_rate(path: Path, schema: str, rows: int, txn: int, synchronous: str) -> float:
+def insert_rate(
+    path: Path, schema: str, rows: int, txn: int, synchronous: str, per_row: int = BATCH_EVENTS
+) -> tuple[float, float]:
+    """Rows per second, wall clock and per CPU-second of this process (every thread:
+    RocksDB's own too), of inserting ``rows`` in transactions of ``txn``; the
+    record-batch schemas pack ``per_row`` events a row."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         conn.execute("PRAGMA wal_autocheckpoint=1000")  # as eventd's writer
         data = list(events.stored_rows(f"ceil-{schema}", 0, rows, now_ms()))
-        if schema in ("outbox_uuid", "index_uuid", "batched"):
+        if schema in UUID_SCHEMAS:
             data = [(r[0], str(uuid.uuid4()), *r[2:]) for r in data]
-        dedup = DedupSet(dedup_path(path), DAY_MS) if schema.startswith("outbox") else None
+        rocks = schema.startswith(("outbox", "batch_rocks"))
+        dedup = DedupSet(dedup_path(path), DAY_MS) if rocks else None
         seq = 1
         if schema.startswith("outbox"):
             migrate(conn)
+        elif schema.startswith("batch_rocks"):
+            conn.execute(BATCH_ROCKS)
         elif schema == "index_uuid":
             for statement in _statements(MIGRATIONS[0]):
                 conn.execute(statement)
@@ -103,9 +170,14 @@ def insert_rate(path: Path, schema: str, rows: int, txn: int, synchronous: str) 
         else:
             for statement in BATCHED:
                 conn.execute(statement)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for i in range(0, rows, txn):
             conn.execute("BEGIN IMMEDIATE")
+            if dedup is not None and schema.startswith("batch_rocks"):
+                part = data[i : i + txn]
+                meta = schema == "batch_rocks"
+                seq = _insert_batch_rocks(conn, dedup, part, seq, meta=meta, per_row=per_row)
+                continue
             if dedup is not None:
                 seq = _insert_deduped(conn, dedup, data[i : i + txn], seq)
                 continue
@@ -114,7 +186,7 @@ def insert_rate(path: Path, schema: str, rows: int, txn: int, synchronous: str) 
             else:
                 conn.executemany(INSERT_EVENT, data[i : i + txn])
             conn.execute("COMMIT")
-        return rows / (time.perf_counter() - started)
+        return rows / (time.perf_counter() - started), rows / (time.process_time() - cpu)
     finally:
         conn.close()
         if dedup is not None:
@@ -127,14 +199,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--txn", type=int, default=10_000)
     p.add_argument("--synchronous", default="full")
+    p.add_argument("--only", default=",".join(SCHEMAS), help="comma-separated schemas")
+    p.add_argument(
+        "--per-row",
+        type=int,
+        default=BATCH_EVENTS,
+        help="events a record-batch row (100: a request's batch; --txn: a group commit)",
+    )
     args = p.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
-    result = {
-        schema: insert_rate(
-            args.dir / f"{schema}.db", schema, args.rows, args.txn, args.synchronous
+    result: dict[str, float] = {}
+    for schema in args.only.split(","):
+        wall, cpu = insert_rate(
+            args.dir / f"{schema}.db", schema, args.rows, args.txn, args.synchronous, args.per_row
         )
-        for schema in SCHEMAS
-    }
+        result[schema] = wall
+        result[f"{schema}_cpu"] = cpu
     print(orjson.dumps(result).decode(), flush=True)
 
 

@@ -91,6 +91,13 @@ class DedupSet:
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
         options.set_block_based_table_factory(table)
+        # The same for the memtable, where the newest keys are (issue 18): without a
+        # filter every lookup of a new key walks the skiplist (cache misses on random
+        # keys). Measured, 300,000 UUID keys, 1,600 a call: the lookup 2.7-3.4 -> 0.75-0.85
+        # µs of CPU a key, the add -0.1 to +0.6 µs. Costs 10 % of a memtable (1.6 MB each); a
+        # bloom filter has no false negatives, so dedup stays exact.
+        options.set_memtable_whole_key_filtering(True)
+        options.set_memtable_prefix_bloom_ratio(0.1)
         # RocksDB's info log rolls into LOG.old.* files and keeps 1,000 of them by
         # default: on a long-running box that is disk storage.max_size would not expect.
         options.set_keep_log_file_num(2)
