@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -396,6 +396,28 @@ class Feed(Protocol):
 
     async def close(self) -> None:
         """Save where the feed is; spans not settled come back to the next reader."""
+        ...
+
+
+# An ordered destination's fetcher of partition p: run(p, holds), stopping once
+# holds() is false (the partition's lease may have lapsed).
+Lane = Callable[[int, Callable[[], bool]], Coroutine[Any, Any, None]]
+
+
+@runtime_checkable
+class Partitioned(Protocol):
+    """A store whose log is split by user into partitions, read by several nodes (the
+    cluster, eventd/store/cluster.py): an ordered destination keeps each user's order
+    by reading each partition with one fetcher at a time, on whichever node holds
+    that partition's lease. A single-machine store is not one: its one worker is
+    the one fetcher."""
+
+    def hold_partitions(self, destination: str, run: Lane) -> None:
+        """Run ``run(p, holds)`` for each partition this node holds, from now on."""
+        ...
+
+    async def release_partitions(self, destination: str) -> None:
+        """Stop ``destination``'s fetchers here and let other nodes take them."""
         ...
 
 
