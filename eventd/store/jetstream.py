@@ -18,6 +18,8 @@ Names, all derived from ``storage.stream`` (S, default ``EVENTD``):
             outlives it), its id the message's sequence in this stream.
 ``S_LEASES`` key-value bucket: ``dedup-<p>`` -> the node running partition p's
             dedup stage (a lease renewed every few seconds, lost with its TTL),
+            ``order-<destination>-<p>`` -> the node fetching partition p of an
+            ordered destination (the same lease code: eventd/store/leases.py),
             ``node-<id>`` -> heartbeats (the live nodes share rate limits).
 
 Acknowledgement: :meth:`JetStreamStore.append` returns only after the S_IN
@@ -34,7 +36,10 @@ pulls ``S.in.p`` in order, drops repeats, publishes the rest to the log with
 ``Nats-Msg-Id = in-<S_IN seq>`` (a stage that crashed after publishing and
 before acking republishes the same ids: the stream's window drops them; past the
 window, the set rebuilt from the log already holds their keys), records the keys
-with the log sequence as watermark, then acks the S_IN message.
+with the log sequence as watermark, then acks the S_IN message. A stage taking a
+partition over first forwards what the consumer handed out and nobody acked
+(:meth:`JetStreamStore._take_over`), so a crashed stage's messages do not come
+back after ack_wait behind newer ones.
 """
 
 from __future__ import annotations
