@@ -20,21 +20,29 @@ What is asserted, per user, counted by messageId in the sink's arrival order:
   messages from the consumer's ack floor through the last one handed to a
   (eventd/store/cluster.py, ``ClusterFeed``). So a repeat arrives exactly twice,
   first from a, then from b.
+
+And an ordered destination's fetchers share their node's part of
+``max_in_flight`` (eventd/delivery/share.py): with ``max_in_flight = 2`` over two
+nodes, a sink holding each answer 100 ms never sees more than 2 requests open,
+though a node holds several partitions, each with a batch to send.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import EventdProcess, Received
+from tests.harness import EventdProcess, Received, Sink, running
 from tests.nats_cluster import NatsCluster
-from tests.test_cluster_serve import WRITE_KEY, two_nodes, wait_until
+from tests.test_cluster_limits import TimingSink, webhooks_config
+from tests.test_cluster_limits import two_nodes as limits_two_nodes
+from tests.test_cluster_serve import WRITE_KEY, admin_post, send_batch, two_nodes, wait_until
 from tests.test_ordered import index, inversions
 
 pytestmark = pytest.mark.slow
@@ -153,3 +161,42 @@ def test_an_ordered_destination_keeps_each_users_order_when_a_node_dies(
         assert from_b[: len(repeated)] == sorted(repeated), (user, mine)
     repeats = sum(1 for _ in arrivals) - len(sent)
     print(f"{len(sent)} events, {repeats} repeats (sent again by b after a's kill)")
+
+
+def slow_ordered(tmp: Path, cluster: NatsCluster, sink: Sink) -> dict[str, Any]:
+    return webhooks_config(
+        tmp, cluster, sink, {"slow": {"ordered": True, "batch_size": 1, "max_in_flight": 2}}
+    )
+
+
+def test_an_ordered_destinations_fetchers_share_max_in_flight(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> None:
+    cluster = make_nats_cluster(3)
+    sink = TimingSink()
+    with running(sink), limits_two_nodes(tmp_path, cluster, sink, slow_ordered) as nodes:
+        a, _ = nodes
+        for node in nodes:
+            wait_until(lambda n=node: '"nodes":2' in n.log(), 30, "both nodes counted")
+        # 60 events of ~30 users (send_batch's), two per request, alternating nodes:
+        # every partition has batches waiting while the sink holds each answer.
+        sent = [f"ord-{i}" for i in range(60)]
+        for i in range(0, len(sent), 2):
+            assert send_batch(nodes[i // 2 % 2], sent[i : i + 2]) == 200
+        status_code, drained = admin_post(a, "/admin/drain?timeout=180", {})
+        assert status_code == 200, drained
+        assert sink.message_ids() == dict.fromkeys(sent, 1)
+        # The four partitions' fetchers, on whichever nodes hold them, took their
+        # batches from each node's part (1 of 2): without it, one node holding every
+        # partition would have 4 open.
+        assert 1 <= sink.most_open <= 2, sink.most_open
+        with sink.cond:
+            received = list(sink.received)
+    by_user: dict[int, list[int]] = {}
+    for r in received:
+        body = r.json()  # batch_size 1, no `batch` setting: one event per request
+        for event in body if isinstance(body, list) else [body]:
+            by_user.setdefault(zlib.crc32(event["messageId"].encode()) % 37, []).append(
+                int(event["messageId"].split("-")[1])
+            )
+    assert all(order == sorted(order) for order in by_user.values()), by_user

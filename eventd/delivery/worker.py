@@ -187,8 +187,7 @@ class Worker:
         log.info("ordered partition taken", destination=self.name, partition=p)
         try:
             while not self.stopping.is_set() and holds():
-                self._busy.add(p)
-                if not await self._read_page(feed, holds) and not feed.unsettled:
+                if not await self._read_page(feed, holds, p) and not feed.unsettled:
                     self._busy.discard(p)  # fetched nothing: the long poll was the wait
         finally:
             self._busy.discard(p)
@@ -225,14 +224,19 @@ class Worker:
 
     # -- the log ----------------------------------------------------------------
 
-    async def _read_page(self, feed: Feed, holds: Callable[[], bool] = lambda: True) -> bool:
-        """Fetch a page from ``feed`` and start its batches; False when it fetched none
-        or stopped early. An ordered destination's batches go one at a time."""
+    async def _read_page(
+        self, feed: Feed, holds: Callable[[], bool] = lambda: True, partition: int | None = None
+    ) -> bool:
+        """Fetch a page from ``feed`` (of ``partition``, on a cluster's ordered
+        destination) and start its batches; False when it fetched none or stopped
+        early. An ordered destination's batches go one at a time."""
         # A page holds at least one full batch of the largest size the plugin takes.
         events = await feed.fetch(max(PAGE_EVENTS, self.max_events))
         if not events:
             return False
         self.idle.clear()
+        if partition is not None:
+            self._busy.add(partition)  # not idle until a fetch finds nothing
         for batch in routing.batches(self.routed(events), self.max_events, self.max_bytes):
             await self.slots.acquire()
             if self.stopping.is_set() or not holds():
