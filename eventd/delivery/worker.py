@@ -244,7 +244,7 @@ class Worker:
                 return False
             task = self._spawn(self._deliver_span(feed, batch, feed.cut(batch[-1].seq), holds))
             # Ordered: no later batch starts before this one ended, whatever it took.
-            if self.config.ordered and not await task:
+            if self.config.ordered and not await self._ended(task):
                 return False
         # Filtered events past the last batch are passed as soon as the batches before are.
         await feed.settle(feed.cut(events[-1].seq))
@@ -275,6 +275,17 @@ class Worker:
             return True
         finally:
             self.slots.release()
+
+    async def _ended(self, task: asyncio.Task[bool]) -> bool:
+        """Whether an ordered batch ended settled. One that raised (a bug, logged)
+        is left unsettled, as an unordered one is: the page stops there, and its
+        events come again at the next start (on a cluster, to the next holder),
+        so the order across that bug is not kept."""
+        try:
+            return await task
+        except Exception:
+            log.exception("ordered batch failed", destination=self.name)
+            return False
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(coro)

@@ -620,6 +620,9 @@ class JetStreamStore:
         fetchers); renew the ones held; run a task for each partition held (again,
         if it stopped)."""
         while True:
+            # All at once: one after another, a stalled cluster would make a round
+            # outlast the lease TTL, and a live node would lose every lease to a stall
+            # of a few seconds.
             await asyncio.gather(
                 self._beat_quietly(),
                 self._dedup.claim_all(),
