@@ -36,7 +36,8 @@ def _e2e(ctx: Context, r: report.Round) -> scenarios.Metrics:
 
 # Order within a round: each ceiling right beside what it bounds.
 # ingest-duckdb and delivery-duckdb: the same with the embedded default's duckdb
-# destination also running (issue 16); not run unless named in --only.
+# destination also running (issue 16); delivery-ordered: the delivery row with
+# ordered = true (issue 14). Not run unless named in --only.
 STEPS = (
     "ceiling-a",
     "ingest",
@@ -44,12 +45,13 @@ STEPS = (
     "ceiling-b",
     "delivery",
     "delivery-duckdb",
+    "delivery-ordered",
     "fanout",
     "e2e",
     "backlog",
     "prefilled",
 )
-OPT_IN = {"ingest-duckdb", "delivery-duckdb"}
+OPT_IN = {"ingest-duckdb", "delivery-duckdb", "delivery-ordered"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = args.only or set(STEPS) - OPT_IN
         ingest = functools.partial(scenarios.ingest, ctx)
         delivery = functools.partial(scenarios.delivery, ctx, 1)
-        if wanted & {"delivery", "delivery-duckdb", "fanout"}:
+        if wanted & {"delivery", "delivery-duckdb", "delivery-ordered", "fanout"}:
             say(f"work directory {work}; preparing a {plan.delivery_events:,}-event outbox")
             scenarios.prepare(ctx)
         for i in range(1, runs + 1):
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("ceiling-b", lambda: scenarios.ceiling_b(ctx)),
                 ("delivery", lambda: scenarios.delivery(ctx, 1)),
                 ("delivery-duckdb", lambda: scenarios.with_analytics(ctx, delivery)),
+                ("delivery-ordered", lambda: scenarios.delivery(ctx, 1, ordered=True)),
                 ("fanout", lambda: scenarios.delivery(ctx, plan.delivery_fanout)),
                 ("e2e", functools.partial(_e2e, ctx, r)),
                 ("backlog", lambda: scenarios.backlog_rss(ctx)),

@@ -72,6 +72,9 @@ ROWS: tuple[Row, ...] = (
     Row("batch_uuid_eps_duckdb", "/v1/batch, UUID messageIds, with duckdb", "events/s"),
     Row("delivery_1_duckdb", "delivery -> 1 webhook, with the duckdb destination", "events/s"),
     Row("delivery_duckdb_ratio", "  delivery with duckdb / without", "%", 1),
+    Row("delivery_1_ordered", "delivery -> 1 webhook, ordered = true", "events/s"),
+    Row("delivery_1_ordered_cpu", "  the same, per CPU-second of eventd's process", "events/CPU-s"),
+    Row("delivery_ordered_ratio", "  ordered / not", "%", 1),
     Row("delivery_n", "delivery -> 4 webhooks at once (sum)", "events/s"),
     Row("delivery_n_each", "delivery -> 4 webhooks at once (each)", "events/s"),
     Row("e2e_rate", "e2e load: single events at 50 % of /v1/track max", "req/s"),
@@ -137,6 +140,8 @@ def add_ratios(r: Round) -> Round:
     ):
         if r.get(key) and f"{key}_duckdb" in r:
             out[ratio] = 100 * r[f"{key}_duckdb"] / r[key]
+    if r.get("delivery_1") and "delivery_1_ordered" in r:
+        out["delivery_ordered_ratio"] = 100 * r["delivery_1_ordered"] / r["delivery_1"]
     return out
 
 

@@ -429,19 +429,20 @@ def _wait_delivered(sink: str, expected: int, timeout: float) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-def delivery(ctx: Context, fanout: int) -> Metrics:
-    """A prefilled outbox drained to ``fanout`` batching webhooks on one sink."""
+def delivery(ctx: Context, fanout: int, ordered: bool = False) -> Metrics:
+    """A prefilled outbox drained to ``fanout`` batching webhooks on one sink
+    (``ordered``: with ``ordered = true``, one batch in flight at a time)."""
     plan = ctx.plan
     assert ctx.template is not None
     names = [f"hook{i}" for i in range(1, fanout + 1)]
-    d = ctx.tmp(f"delivery{fanout}")
+    d = ctx.tmp(f"delivery{fanout}{'-ordered' if ordered else ''}")
     db = d / "eventd.db"
     prefill.copy_with_cursors(ctx.template, db, names)
     expected = plan.delivery_events * fanout
     with service("bench.sink", ctx.cores.load, "/_stats") as sink:
         dests: dict[str, Any] = {}
         for name in names:
-            dests.update(webhook(name, sink))
+            dests.update(webhook(name, sink, **({"ordered": True} if ordered else {})))
         with eventd(ctx, f"delivery{fanout}", db=db, destinations=dests) as proc:
             assert proc.proc is not None
             cpu0 = cpu_seconds(proc.proc.pid)
@@ -453,7 +454,7 @@ def delivery(ctx: Context, fanout: int) -> Metrics:
     if stats["events"] != expected or stats["refused"]:
         raise BenchError(f"delivery: sink counted {stats['events']} events, expected {expected}")
     seconds = stats["last"] - stats["first"]
-    key = "delivery_1" if fanout == 1 else "delivery_n"
+    key = ("delivery_1" if fanout == 1 else "delivery_n") + ("_ordered" if ordered else "")
     out = {key: expected / seconds, f"{key}_cpu": expected / cpu if cpu > 0 else 0.0}
     if fanout > 1:
         out["delivery_n_each"] = plan.delivery_events / seconds

@@ -179,6 +179,9 @@ class DestinationConfig:
     # userId, and these profile traits copied into context.traits.
     resolve_identity: bool = False
     enrich_traits: tuple[str, ...] = ()
+    # Per-user order (README, "Ordered destinations"): one batch in flight at a time (per
+    # partition on a cluster), a failing one holding back the later ones.
+    ordered: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -442,6 +445,7 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
             transforms=t.strings("transforms") or (),
             resolve_identity=_default(t.get("resolve_identity", bool, "true or false"), False),
             enrich_traits=t.strings("enrich_traits") or (),
+            ordered=_default(t.get("ordered", bool, "true or false"), False),
             settings=settings,
         )
         if not identity.enabled:

@@ -105,6 +105,10 @@ def test_defaults() -> None:
             "destinations.d.resolve_identity = 'yes': expected true or false",
         ),
         (
+            {"destinations": {"d": {"type": "webhook", "ordered": "yes"}}},
+            "destinations.d.ordered = 'yes': expected true or false",
+        ),
+        (
             {"destinations": {"d": {"type": "webhook", "enrich_traits": "plan"}}},
             "destinations.d.enrich_traits = 'plan': expected a list of strings",
         ),
@@ -221,6 +225,9 @@ def test_check_exits_1_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixt
     p.write_text('[destinations.h]\ntype = "webhook"\n[destinations.h.settings]\nurl = 5\n')
     assert main(["check", "--config", str(p)]) == 1
     assert "destinations.h.settings.url = 5" in capsys.readouterr().err
+    p.write_text('[destinations.h]\ntype = "webhook"\nordered = 1\n')
+    assert main(["check", "--config", str(p)]) == 1
+    assert "destinations.h.ordered = 1: expected true or false" in capsys.readouterr().err
     p.write_text('[destinations.h]\ntype = "nosuch"\n')
     assert main(["check", "--config", str(p)]) == 1
     assert "destinations.h.type = 'nosuch': expected an installed destination type" in (

@@ -14,6 +14,15 @@ the worker cuts what it fetched into one span per batch and settles each span
 once every event in it is done, so a crash or a SIGTERM resends at most the
 batches in flight (delivery is at least once). On SQLite the feed is the saved
 cursor; on a cluster, the destination's durable consumer shared by the nodes.
+
+An ordered destination (``ordered = true``) keeps each user's events in the order
+they were acknowledged: one batch in flight at a time, the next started only once
+this one is delivered, skipped or dead-lettered, so a failing batch holds back the
+later ones (its retries stay here, with eventd's backoff). On SQLite that is one
+batch at a time for the destination. On a cluster (a :class:`Partitioned` store) it
+is one fetcher per partition, on whichever node holds that partition's lease, each
+with one batch in flight; the partitions held on a node share its part of
+``max_in_flight`` and ``rate_limit`` (``share.py``) like any batches.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -39,11 +48,12 @@ from eventd.destination import Destination, Outcome, Retry
 from eventd.event import Event
 from eventd.metrics import Metrics
 from eventd.store import Store, now_ms
-from eventd.store.base import Span
+from eventd.store.base import Feed, Partitioned, Span
 
 log = structlog.get_logger("eventd.delivery")
 
 PAGE_EVENTS = 1000
+T = TypeVar("T")
 # A batch as a destination should get it (identity/stitch.py: resolved userIds, profile
 # traits); None when it cannot say yet (the identity graph stopped first).
 Stitch = Callable[[DestinationConfig, list[Event]], Awaitable[list[Event] | None]]
@@ -98,6 +108,10 @@ class Worker:
         self.max_events = max(1, min(config.batch_size, destination.max_batch_events))
         self.max_bytes = destination.max_batch_bytes
         self.feed = store.feed(config.name)
+        # One fetcher per partition on the nodes holding their leases (see the module
+        # docstring); self.feed then only answers lag and drain for the destination.
+        self.partitioned = config.ordered and isinstance(store, Partitioned)
+        self._busy: set[int] = set()  # partitions with events fetched and not settled
         self.delivered = 0
         self.skipped = 0
         self.retrying = 0
@@ -118,7 +132,8 @@ class Worker:
         return self.feed.position
 
     async def start(self) -> None:
-        await self.feed.open()
+        if not self.partitioned:
+            await self.feed.open()
 
     def wake(self) -> None:
         """Look for work now (redrive/replay asked, drain)."""
@@ -136,17 +151,48 @@ class Worker:
 
     async def run(self) -> None:
         """The log loop and the redrive/replay loop, until :meth:`stop`."""
-        await asyncio.gather(self._run_log(), self.aside.run())
+        log_loop = self._run_partitions() if self.partitioned else self._run_log()
+        await asyncio.gather(log_loop, self.aside.run())
 
     async def _run_log(self) -> None:
         while not self.stopping.is_set():
             self._wake.clear()
-            if await self._read_page():
+            if await self._read_page(self.feed):
                 continue
             self._log_idle = not self.feed.unsettled
             self.update_idle()
             await self.wait(self._wake)
             self._log_idle = False
+
+    async def _run_partitions(self) -> None:
+        """Fetchers for the partitions this node holds (:meth:`_partition`); here,
+        only the idle flag, read again each second (the fetchers long-poll)."""
+        store = self.store
+        assert isinstance(store, Partitioned)
+        store.hold_partitions(self.name, self._partition)
+        while not self.stopping.is_set():
+            self._wake.clear()
+            self._log_idle = not self._busy
+            self.update_idle()
+            await self.wait(self._wake, within=1.0)
+
+    async def _partition(self, p: int, holds: Callable[[], bool]) -> None:
+        """Partition p's one fetcher, while this node holds its lease (``holds``)."""
+        feed = self.store.feed(self.name, p)
+        try:
+            await feed.open()
+        except Exception as exc:  # a stalled cluster: the next lease round starts it again
+            log.info("ordered partition not opened", destination=self.name, error=repr(exc))
+            return
+        log.info("ordered partition taken", destination=self.name, partition=p)
+        try:
+            while not self.stopping.is_set() and holds():
+                if not await self._read_page(feed, holds, p) and not feed.unsettled:
+                    self._busy.discard(p)  # fetched nothing: the long poll was the wait
+        finally:
+            self._busy.discard(p)
+            await feed.close()  # what is not settled goes back to the next holder
+            log.info("ordered partition let go", destination=self.name, partition=p)
 
     async def wait(self, wake: asyncio.Event, within: float | None = None) -> None:
         """Until ``wake`` is set or the worker stops (or ``within`` seconds passed)."""
@@ -171,25 +217,37 @@ class Worker:
                 log.warning(
                     "deliveries cut off at shutdown", destination=self.name, batches=len(pending)
                 )
+        if isinstance(self.store, Partitioned) and self.partitioned:
+            await self.store.release_partitions(self.name)
         await self.feed.close()
         await self.destination.close()
 
     # -- the log ----------------------------------------------------------------
 
-    async def _read_page(self) -> bool:
+    async def _read_page(
+        self, feed: Feed, holds: Callable[[], bool] = lambda: True, partition: int | None = None
+    ) -> bool:
+        """Fetch a page from ``feed`` (of ``partition``, on a cluster's ordered
+        destination) and start its batches; False when it fetched none or stopped
+        early. An ordered destination's batches go one at a time."""
         # A page holds at least one full batch of the largest size the plugin takes.
-        events = await self.feed.fetch(max(PAGE_EVENTS, self.max_events))
+        events = await feed.fetch(max(PAGE_EVENTS, self.max_events))
         if not events:
             return False
         self.idle.clear()
+        if partition is not None:
+            self._busy.add(partition)  # not idle until a fetch finds nothing
         for batch in routing.batches(self.routed(events), self.max_events, self.max_bytes):
             await self.slots.acquire()
-            if self.stopping.is_set():
+            if self.stopping.is_set() or not holds():
                 self.slots.release()
                 return False
-            self._spawn(self._deliver_span(batch, self.feed.cut(batch[-1].seq)))
+            task = self._spawn(self._deliver_span(feed, batch, feed.cut(batch[-1].seq), holds))
+            # Ordered: no later batch starts before this one ended, whatever it took.
+            if self.config.ordered and not await self._ended(task):
+                return False
         # Filtered events past the last batch are passed as soon as the batches before are.
-        await self.feed.settle(self.feed.cut(events[-1].seq))
+        await feed.settle(feed.cut(events[-1].seq))
         return True
 
     def routed(self, events: Sequence[Event]) -> list[Event]:
@@ -202,22 +260,38 @@ class Worker:
         self.skipped += len(filtered)
         return kept
 
-    async def _deliver_span(self, batch: list[Event], span: Span) -> None:
+    async def _deliver_span(
+        self, feed: Feed, batch: list[Event], span: Span, holds: Callable[[], bool]
+    ) -> bool:
+        """Deliver ``batch`` and settle its span; False when it was left unfinished."""
         try:
-            settled = await self.settle(batch, lambda e: e.received_at)
+            settled = await self.settle(batch, lambda e: e.received_at, holds)
             if not settled.finished:
-                return
+                return False
             await self.bury(settled)
             # one span per batch, not a write per event: delivery is the hot path
             self.outcomes.delivered(self.name, batch[0].seq, batch[-1].seq)
-            await self.feed.settle(span)
+            await feed.settle(span)
+            return True
         finally:
             self.slots.release()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    async def _ended(self, task: asyncio.Task[bool]) -> bool:
+        """Whether an ordered batch ended settled. One that raised (a bug, logged)
+        is left unsettled, as an unordered one is: the page stops there, and its
+        events come again at the next start (on a cluster, to the next holder),
+        so the order across that bug is not kept."""
+        try:
+            return await task
+        except Exception:
+            log.exception("ordered batch failed", destination=self.name)
+            return False
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- delivery ---------------------------------------------------------------
 
@@ -238,8 +312,15 @@ class Worker:
                 kept.append(event)
         return kept
 
-    async def settle(self, batch: list[Event], born: Callable[[Event], int]) -> Settled:
-        """Deliver until every event is ok, skipped or dead; ``born`` starts its retry clock."""
+    async def settle(
+        self,
+        batch: list[Event],
+        born: Callable[[Event], int],
+        holds: Callable[[], bool] = lambda: True,
+    ) -> Settled:
+        """Deliver until every event is ok, skipped or dead; ``born`` starts its retry
+        clock. Left unfinished at shutdown, or once ``holds()`` is false (an ordered
+        partition's lease may have lapsed: another node may start delivering it)."""
         settled = Settled()
         if self.stitch is not None:
             stitched = await self.stitch(self.config, batch)
@@ -259,7 +340,7 @@ class Worker:
                 if not pending:
                     break
             wait = self.limiter.reserve(len(pending))
-            if (wait and not await self.pause(wait)) or self.stopping.is_set():
+            if (wait and not await self.pause(wait)) or self.stopping.is_set() or not holds():
                 settled.finished = False
                 return settled
             settled.attempts += 1

@@ -440,6 +440,28 @@ class Feed(Protocol):
         ...
 
 
+# An ordered destination's fetcher of partition p: run(p, holds), stopping once
+# holds() is false (the partition's lease may have lapsed).
+Lane = Callable[[int, Callable[[], bool]], Coroutine[Any, Any, None]]
+
+
+@runtime_checkable
+class Partitioned(Protocol):
+    """A store whose log is split by user into partitions, read by several nodes (the
+    cluster, eventd/store/cluster.py): an ordered destination keeps each user's order
+    by reading each partition with one fetcher at a time, on whichever node holds
+    that partition's lease. A single-machine store is not one: its one worker is
+    the one fetcher."""
+
+    def hold_partitions(self, destination: str, run: Lane) -> None:
+        """Run ``run(p, holds)`` for each partition this node holds, from now on."""
+        ...
+
+    async def release_partitions(self, destination: str) -> None:
+        """Stop ``destination``'s fetchers here and let other nodes take them."""
+        ...
+
+
 @runtime_checkable
 class Store(Protocol):
     """Where eventd keeps its log and bookkeeping. Every method may raise

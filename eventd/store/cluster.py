@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import functools
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
@@ -46,6 +48,7 @@ from eventd.store.base import (
     EventRow,
     Feed,
     IdentityBackend,
+    Lane,
     LogSource,
     NewDeadLetter,
     NotSupported,
@@ -56,6 +59,7 @@ from eventd.store.base import (
 from eventd.store.cluster_admin import EVENT_BITS as EVENT_BITS  # re-exported: cluster_log
 from eventd.store.cluster_deletions import ClusterDeletions
 from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
+from eventd.store.leases import PartitionLeases
 
 log = structlog.get_logger("eventd.store.cluster")
 
@@ -77,10 +81,16 @@ class ClusterStore(ClusterDeletions):
     administrative state is :class:`~eventd.store.cluster_admin.ClusterAdmin`'s and
     :class:`~eventd.store.cluster_deletions.ClusterDeletions`')."""
 
-    def __init__(self, config: StorageConfig, destinations: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        config: StorageConfig,
+        destinations: Sequence[str] = (),
+        ordered: Sequence[str] = (),
+    ) -> None:
         assert config.jetstream is not None
         self.config = config
         self.destinations = list(destinations)
+        self.ordered = list(ordered)  # of destinations: a consumer per partition each
         self.js = JetStreamStore(
             config.jetstream,
             Path(config.path).parent,  # this node's dedup sets, rebuildable from the log
@@ -103,7 +113,9 @@ class ClusterStore(ClusterDeletions):
         (nats-py retries an unreachable cluster forever); StorageUnavailable else."""
         servers = ",".join(self.js.cfg.servers)
         try:
-            await asyncio.wait_for(self.js.open(self.destinations), OPEN_TIMEOUT)
+            await asyncio.wait_for(
+                self.js.open(self.destinations, ordered=self.ordered), OPEN_TIMEOUT
+            )
             await asyncio.wait_for(self.open_admin(), OPEN_TIMEOUT)
         except Exception as exc:
             await self.js.close()
@@ -201,6 +213,23 @@ class ClusterStore(ClusterDeletions):
     def feed(self, destination: str, partition: int | None = None) -> Feed:
         return ClusterFeed(self, destination, partition)
 
+    def hold_partitions(self, destination: str, run: Lane) -> None:
+        """Run ``run(p, holds)`` for each partition p of the ordered ``destination``
+        while this node holds its lease ``order-<destination>-<p>`` (S_LEASES, as the
+        dedup stages hold theirs: eventd/store/leases.py); ``holds()`` turns false
+        before another node can take p, and the fetcher must stop then."""
+        group: PartitionLeases | None = None
+
+        def start(p: int) -> Coroutine[Any, Any, None]:
+            assert group is not None
+            return run(p, functools.partial(group.holds, p))
+
+        group = self.js.hold_partitions(destination, start)
+
+    async def release_partitions(self, destination: str) -> None:
+        """Stop ``destination``'s fetchers and give their leases back."""
+        await self.js.release_partitions(destination)
+
     def identity_store(self, path: Path, synchronous: str) -> IdentityBackend:
         """The graph's state in the cluster's buckets, shared by every node
         (eventd/store/cluster_identity.py; ``path`` and ``synchronous`` unused)."""
@@ -278,11 +307,13 @@ class ClusterStore(ClusterDeletions):
 
 
 class _Held:
-    """A fetched log message and how many of its events are not settled yet."""
+    """A fetched log message and how many of its events are not settled yet
+    (``msg`` None: resent from the log at a take-over, not handed out by the consumer
+    to this fetcher; its ack waits for the consumer's redelivery)."""
 
     __slots__ = ("msg", "remaining")
 
-    def __init__(self, msg: Msg, remaining: int) -> None:
+    def __init__(self, msg: Msg | None, remaining: int) -> None:
         self.msg = msg
         self.remaining = remaining
 
@@ -307,6 +338,12 @@ class ClusterFeed:
     not NAKed with a delay (which would let later messages, one user's later events
     among them, go out first, and every node retry a down destination at once).
     Closing NAKs what is not settled, so another node takes it at once.
+
+    An ordered destination's partition (``partition`` given; one fetcher at a time,
+    under a lease): opening first takes over what the previous fetcher left unacked
+    (:meth:`JetStreamStore.handed_out`), which the first fetch returns before
+    anything newer; when the consumer redelivers those messages later, a settled one
+    is acked without being handed out again.
     """
 
     def __init__(self, store: ClusterStore, destination: str, partition: int | None) -> None:
@@ -319,6 +356,8 @@ class ClusterFeed:
         self._uncut: list[tuple[int, int]] = []  # (event seq, log sequence) not cut yet
         self._settled_upto = 0  # the newest event seq fetched here
         self._keeper: asyncio.Task[None] | None = None
+        self._ahead: list[list[LogEvent]] = []  # taken over: handed out before the rest
+        self._resent: set[int] = set()  # log sequences taken over and settled here
 
     @property
     def position(self) -> int:
@@ -336,23 +375,33 @@ class ClusterFeed:
 
     async def open(self) -> None:
         self.reader = await self.store.js.reader(self.destination, self.partition)
+        if self.partition is not None:
+            self._ahead = await self.store.js.handed_out(self.destination, self.partition)
         self._keeper = asyncio.create_task(self._keep(), name=f"feed-keeper-{self.destination}")
 
     async def fetch(self, limit: int) -> list[Event]:
         assert self.reader is not None
+        got: list[tuple[Msg | None, list[LogEvent]]] = [(None, g) for g in self._ahead if g]
+        self._ahead = []
         try:
-            got = await self.reader.fetch(FETCH_MESSAGES, wait=LONG_POLL)
+            if not got:
+                got += await self.reader.fetch(FETCH_MESSAGES, wait=LONG_POLL)
         except Exception as exc:  # a stalled cluster: look again, after the long poll
             log.info("fetch failed", destination=self.destination, error=repr(exc))
-            got = []
             await asyncio.sleep(LONG_POLL)
         if not got:
             self._wake.set()  # the long poll was the wait: look again
             return []
         events: list[Event] = []
         for msg, group in got:
-            seq = msg.metadata.sequence.stream
+            seq = msg.metadata.sequence.stream if msg is not None else group[0].seq
             if seq in self._held:  # redelivered while still here (a stalled hold)
+                if self._held[seq].msg is None:
+                    self._held[seq].msg = msg  # taken over: acked once settled here
+                continue
+            if msg is not None and seq in self._resent:  # taken over and settled here
+                self._resent.discard(seq)
+                await self._ack(msg)
                 continue
             self._held[seq] = _Held(msg, len(group))
             for e in group:
@@ -386,14 +435,21 @@ class ClusterFeed:
             held.remaining -= n
             if held.remaining <= 0:
                 del self._held[msg_seq]
-                try:
-                    await self.reader.settle(held.msg)
-                except Exception as exc:
-                    # Not acked: the server gives it again after ack_wait (a duplicate,
-                    # at least once), never loses it.
-                    log.warning("ack failed", destination=self.destination, error=repr(exc))
+                if held.msg is None:
+                    self._resent.add(msg_seq)
+                else:
+                    await self._ack(held.msg)
         if not self._held:
             self._wake.set()
+
+    async def _ack(self, msg: Msg) -> None:
+        assert self.reader is not None
+        try:
+            await self.reader.settle(msg)
+        except Exception as exc:
+            # Not acked: the server gives it again after ack_wait (a duplicate, at
+            # least once), never loses it.
+            log.warning("ack failed", destination=self.destination, error=repr(exc))
 
     async def lag(self, now: int) -> tuple[int, float]:
         """(log messages the consumer has not had settled: pending + in flight, the
@@ -414,6 +470,8 @@ class ClusterFeed:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
         for held in list(self._held.values()):
+            if held.msg is None:
+                continue
             with contextlib.suppress(Exception):  # left to ack_wait
                 await held.msg.nak()
         self._held.clear()
@@ -424,5 +482,7 @@ class ClusterFeed:
         while True:
             await asyncio.sleep(ACK_WAIT / 3)
             for held in list(self._held.values()):
+                if held.msg is None:
+                    continue
                 with contextlib.suppress(Exception):  # a stall: the next round
                     await held.msg.in_progress()

@@ -18,6 +18,8 @@ Names, all derived from ``storage.stream`` (S, default ``EVENTD``):
             outlives it), its id the message's sequence in this stream.
 ``S_LEASES`` key-value bucket: ``dedup-<p>`` -> the node running partition p's
             dedup stage (a lease renewed every few seconds, lost with its TTL),
+            ``order-<destination>-<p>`` -> the node fetching partition p of an
+            ordered destination (the same lease code: eventd/store/leases.py),
             ``node-<id>`` -> heartbeats (the live nodes share rate limits).
 
 Acknowledgement: :meth:`JetStreamStore.append` returns only after the S_IN
@@ -34,7 +36,10 @@ pulls ``S.in.p`` in order, drops repeats, publishes the rest to the log with
 ``Nats-Msg-Id = in-<S_IN seq>`` (a stage that crashed after publishing and
 before acking republishes the same ids: the stream's window drops them; past the
 window, the set rebuilt from the log already holds their keys), records the keys
-with the log sequence as watermark, then acks the S_IN message.
+with the log sequence as watermark, then acks the S_IN message. A stage taking a
+partition over first forwards what the consumer handed out and nobody acked
+(:meth:`JetStreamStore._take_over`), so a crashed stage's messages do not come
+back after ack_wait behind newer ones.
 """
 
 from __future__ import annotations
@@ -71,17 +76,14 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import (
-    BadRequestError,
-    KeyWrongLastSequenceError,
-    NoStreamResponseError,
-    NotFoundError,
-)
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 
 from eventd.config import JetStreamConfig
 from eventd.store.base import EventRow, StorageUnavailable, next_group
 from eventd.store.dedup import DedupSet, dedup_key, partition_of
+from eventd.store.leases import LEASE_SLACK as LEASE_SLACK  # cluster_identity's too
+from eventd.store.leases import PartitionLeases, Run
 
 log = structlog.get_logger("eventd.store.jetstream")
 
@@ -91,7 +93,6 @@ CLOSE_TIMEOUT = 10.0  # seconds close() waits for the stages and the connection
 MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
-LEASE_SLACK = 1.0  # seconds a stage stops before its lease could expire on the server
 
 
 class _LeaseLost(Exception):
@@ -172,6 +173,11 @@ def chunked(rows: Sequence[EventRow], max_bytes: int) -> list[bytes]:
     if start < len(rows):
         out.append(encode_rows(rows[start:]))
     return out
+
+
+def log_events(seq: int, data: bytes) -> list[LogEvent]:
+    """The events of log message ``seq``."""
+    return [LogEvent(seq, i, r[0], r[1], r[4], r[6], r[7]) for i, r in enumerate(decode_rows(data))]
 
 
 def decode_rows(data: bytes) -> list[EventRow]:
@@ -309,12 +315,13 @@ class JetStreamStore:
             asyncio.Queue()
         )
         self._publisher: asyncio.Task[None] | None = None
-        self._stages: dict[int, asyncio.Task[None]] = {}
         self._claimer: asyncio.Task[None] | None = None
-        self._revisions: dict[int, int] = {}  # partition -> its lease's last revision
-        # partition -> time.monotonic() before which the lease is surely still ours:
-        # when its last successful renewal was *sent*, plus the TTL, less a slack.
-        self._held_until: dict[int, float] = {}
+        # The dedup stages, one per partition held (eventd/store/leases.py), and the
+        # ordered destinations' fetchers, one per (destination, partition) held.
+        self._dedup = PartitionLeases(
+            self._bucket, self.node_id, "dedup", cfg.partitions, lease_ttl, self._stage
+        )
+        self._ordered_leases: dict[str, PartitionLeases] = {}
         self._stopping = False  # close(): stages finish the message in hand and stop
         self._publish_count = 0
         # Publish ids must never repeat within the stream's window, or the stream would
@@ -462,7 +469,7 @@ class JetStreamStore:
         # Stages finish the message in hand (forwarded *and* acked): one cancelled
         # between the two left its group to be redelivered to the next holder.
         self._stopping = True
-        stages = list(self._stages.values())
+        stages = list(self._dedup.tasks.values())
         if stages:
             _, late = await asyncio.wait(stages, timeout=CLOSE_TIMEOUT)
             for task in late:  # a cluster stalled past the bound: left to redelivery
@@ -470,7 +477,9 @@ class JetStreamStore:
             if late:
                 # Bounded: a stage closing its RocksDB set finishes on a thread.
                 await asyncio.wait(late, timeout=CLOSE_TIMEOUT)
-        self._stages.clear()
+        self._dedup.tasks.clear()
+        for destination in list(self._ordered_leases):
+            await self.release_partitions(destination)
         await self._let_go()
         if self.nc is not None:
             # close, not drain: unsettled messages go back to the consumer at ack_wait.
@@ -489,15 +498,12 @@ class JetStreamStore:
         leases = self.leases
 
         async def let_go() -> None:
-            for p, revision in sorted(self._revisions.items()):
-                with contextlib.suppress(Exception):  # lost meanwhile: the TTL frees it
-                    await leases.delete(f"dedup-{p}", last=revision)
+            await self._dedup.let_go()
             with contextlib.suppress(Exception):
                 await leases.delete(f"node-{self.node_id}")
 
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(let_go(), CLOSE_TIMEOUT)
-        self._revisions.clear()
 
     async def ready(self) -> bool:
         """True when the log's stream answers with a leader (a quorum exists)."""
@@ -605,16 +611,22 @@ class JetStreamStore:
 
     # -- dedup stages ---------------------------------------------------------------
 
-    async def _claim_loop(self) -> None:
-        """Bid for every partition nobody holds; renew the ones held; run a stage
-        for each partition held (again, if it stopped)."""
+    def _bucket(self) -> KeyValue:
         assert self.leases is not None
+        return self.leases
+
+    async def _claim_loop(self) -> None:
+        """Bid for every partition nobody holds (dedup stages, ordered destinations'
+        fetchers); renew the ones held; run a task for each partition held (again,
+        if it stopped)."""
         while True:
             # All at once: one after another, a stalled cluster would make a round
-            # last (partitions + 1) x publish_timeout, longer than the lease TTL,
-            # and a live node would lose every lease to a stall of a few seconds.
+            # outlast the lease TTL, and a live node would lose every lease to a stall
+            # of a few seconds.
             await asyncio.gather(
-                self._beat_quietly(), *(self._claim(p) for p in range(self.cfg.partitions))
+                self._beat_quietly(),
+                self._dedup.claim_all(),
+                *(group.claim_all() for group in list(self._ordered_leases.values())),
             )
             await asyncio.sleep(self.lease_ttl * LEASE_RENEW / LEASE_TTL)
 
@@ -622,46 +634,45 @@ class JetStreamStore:
         with contextlib.suppress(Exception):  # a stalled cluster: next round
             await self.heartbeat()
 
-    async def _claim(self, p: int) -> None:
-        """Create or renew partition p's lease; start its stage when held."""
-        assert self.leases is not None
-        revisions = self._revisions
-        key = f"dedup-{p}"
-        task = self._stages.get(p)
-        sent = time.monotonic()
-        try:
-            if p in revisions:
-                revisions[p] = await self.leases.update(
-                    key, self.node_id.encode(), last=revisions[p]
-                )
-            else:
-                revisions[p] = await self.leases.create(key, self.node_id.encode())
-        except KeyWrongLastSequenceError:
-            # Held by another node, or our lease lapsed: stop our stage.
-            revisions.pop(p, None)
-            self._held_until.pop(p, None)
-            if task is not None:
-                task.cancel()
-                self._stages.pop(p, None)
-            return
-        except Exception as exc:  # a stalled cluster or a lost connection: next round
-            log.info("lease not renewed", partition=p, error=repr(exc))
-            return
-        # The server counts the TTL from when it stored the update, after it was sent.
-        self._held_until[p] = sent + self.lease_ttl - LEASE_SLACK
-        if task is None or task.done():
-            self._stages[p] = asyncio.create_task(self._stage(p), name=f"jetstream-dedup-{p}")
-
     def held_partitions(self) -> list[int]:
-        return sorted(p for p, t in self._stages.items() if not t.done())
+        """The partitions whose dedup stage runs on this node."""
+        return self._dedup.held()
 
     def _check_lease(self, p: int) -> None:
         """Raise :class:`_LeaseLost` once partition p's lease may have lapsed: a node
         whose renewals stall (a paused process, a lost server) must stop forwarding
         before another node can take the partition, or both stages would pull the
         same consumer and one user's events could be forwarded out of order."""
-        if time.monotonic() >= self._held_until.get(p, 0.0):
+        if not self._dedup.holds(p):
             raise _LeaseLost(p)
+
+    # -- ordered destinations: one fetcher per (destination, partition) ---------------
+
+    def hold_partitions(self, destination: str, run: Run) -> PartitionLeases:
+        """Bid for the leases ``order-<destination>-<p>`` from the next lease round on,
+        running ``run(p)`` while this node holds p (it must stop once
+        ``holds(p)`` of the answer turns false; :meth:`release_partitions` ends it)."""
+        group = PartitionLeases(
+            self._bucket,
+            self.node_id,
+            f"order-{destination}",
+            self.cfg.partitions,
+            self.lease_ttl,
+            run,
+        )
+        self._ordered_leases[destination] = group
+        return group
+
+    async def release_partitions(self, destination: str) -> None:
+        """Stop ``destination``'s fetchers (each finishes what it does, within
+        CLOSE_TIMEOUT) and give their leases back."""
+        group = self._ordered_leases.pop(destination, None)
+        if group is None:
+            return
+        await group.stop(CLOSE_TIMEOUT)
+        if self.nc is not None and self.nc.is_connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(group.let_go(), CLOSE_TIMEOUT)
 
     async def _stage(self, p: int) -> None:
         """Partition p's dedup stage, while this node holds its lease. A cluster
@@ -672,6 +683,7 @@ class JetStreamStore:
         try:
             added = await _retrying(lambda: self.rebuild(p, dedup), f"dedup-{p} rebuild")
             log.info("dedup stage started", partition=p, rebuilt_keys=added)
+            await _retrying(lambda: self._take_over(p, dedup), f"dedup-{p} take over")
             sub = await _retrying(
                 lambda: self.js.pull_subscribe_bind(
                     self.names.dedup_consumer(p), stream=self.names.ingest
@@ -693,7 +705,7 @@ class JetStreamStore:
                 for i, msg in enumerate(msgs):
                     try:
                         await _retrying(
-                            functools.partial(self._forward, p, msg, dedup), f"dedup-{p}"
+                            functools.partial(self._forward_acked, p, msg, dedup), f"dedup-{p}"
                         )
                     except _LeaseLost:
                         # The fetched rest goes back now, ahead of newer messages, to
@@ -707,23 +719,56 @@ class JetStreamStore:
         finally:
             await asyncio.to_thread(dedup.close)
 
-    async def _forward(self, p: int, msg: Msg, dedup: DedupSet) -> None:
+    async def _take_over(self, p: int, dedup: DedupSet) -> None:
+        """Forward, before anything newer, what partition p's consumer handed out and
+        nobody acked: a crashed holder's messages would come back only after the
+        consumer's ack_wait, by when this stage would have forwarded later ones (one
+        user's events out of order in the log). S_IN is a work queue, so every message
+        of ``S.in.p`` still in it up to the last one handed out is such a message; its
+        redelivery later finds its keys in the set, is dropped as a repeat and acked."""
+        info = await self.js.consumer_info(self.names.ingest, self.names.dedup_consumer(p))
+        if not info.num_ack_pending or info.delivered is None:
+            return
+        last = int(info.delivered.stream_seq or 0)
+        async for seq, data in self._messages(self.names.ingest, self.names.in_subject(p), last):
+            await self._forward(p, data, seq, dedup)
+
+    async def _messages(
+        self, stream: str, subject: str, last: int, first: int = 1
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """(sequence, data) of ``subject``'s messages in ``stream`` from ``first``
+        through ``last``, one direct get each (few: what a holder left unacked)."""
+        seq = first
+        while seq <= last:
+            try:
+                msg = await self.js.get_msg(stream, seq, subject=subject, next=True)
+            except NotFoundError:
+                return
+            if msg.seq is None or msg.seq > last:
+                return
+            yield msg.seq, msg.data or b""
+            seq = msg.seq + 1
+
+    async def _forward_acked(self, p: int, msg: Msg, dedup: DedupSet) -> None:
+        await self._forward(p, msg.data, msg.metadata.sequence.stream, dedup)
+        self._check_lease(p)  # not acked: the next holder gets it again, and drops it
+        await msg.ack_sync()
+
+    async def _forward(self, p: int, data: bytes, in_seq: int, dedup: DedupSet) -> None:
+        """S_IN message ``in_seq`` of partition p to the log, without the repeats."""
         self._check_lease(p)
-        rows = decode_rows(msg.data)
+        rows = decode_rows(data)
         keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
         new = dedup.filter_new(keys)
         self.duplicates += len(rows) - len(new)
         seq = None
         if new:
             data = encode_rows([rows[i] for i in new])
-            in_seq = msg.metadata.sequence.stream
             seq = await self._publish(
-                self.names.log_subject(p), data, f"in-{in_seq}", until=self._held_until.get(p)
+                self.names.log_subject(p), data, f"in-{in_seq}", until=self._dedup.held_until(p)
             )
         dedup.add([keys[i] for i in new], watermark=seq)
         self.forwarded += len(new)
-        self._check_lease(p)  # not acked: the next holder gets it again, and drops it
-        await msg.ack_sync()
 
     async def rebuild(self, p: int, dedup: DedupSet) -> int:
         """Add to ``dedup`` the keys of partition p's log messages after its
@@ -796,6 +841,25 @@ class JetStreamStore:
             self.names.destination_consumer(destination, partition), stream=self.names.stream
         )
         return DestinationReader(destination, sub)
+
+    async def handed_out(self, destination: str, partition: int) -> list[list[LogEvent]]:
+        """An ordered destination's partition as its previous fetcher left it: the log
+        messages from the consumer's ack floor through the last one it handed out
+        (those acked among them too), in order; [] when nothing is unacked. The next
+        fetcher sends them before anything newer: a crashed fetcher's messages come
+        back from the consumer only after its ack_wait, behind newer ones."""
+        info = await self._led_consumer_info(
+            self.names.destination_consumer(destination, partition)
+        )
+        if not info.num_ack_pending or info.delivered is None:
+            return []
+        floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+        subject = self.names.log_subject(partition)
+        last = int(info.delivered.stream_seq or 0)
+        return [
+            log_events(seq, data)
+            async for seq, data in self._messages(self.names.stream, subject, last, floor + 1)
+        ]
 
     async def lag(self, destination: str) -> dict[str, int]:
         """The consumers' truth, the same from any node: log messages not yet
@@ -999,15 +1063,7 @@ class DestinationReader:
             msgs = await self.sub.fetch(max_messages, timeout=wait)
         except (TimeoutError, NatsTimeout):
             return []
-        out = []
-        for msg in msgs:
-            seq = msg.metadata.sequence.stream
-            events = [
-                LogEvent(seq, i, r[0], r[1], r[4], r[6], r[7])
-                for i, r in enumerate(decode_rows(msg.data))
-            ]
-            out.append((msg, events))
-        return out
+        return [(msg, log_events(msg.metadata.sequence.stream, msg.data)) for msg in msgs]
 
     @staticmethod
     async def settle(msg: Msg) -> None:
