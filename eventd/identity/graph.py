@@ -293,6 +293,10 @@ class Changes:
 
     profiles: dict[str, Profile] = field(default_factory=dict)  # to upsert
     removed: set[str] = field(default_factory=set)  # merged away
+    # Made since the last take_changes: the store never held them, so one of them merged
+    # away since has nothing to delete (most anonymous profiles of a page, merged into
+    # their user's profile at sign-in).
+    created: set[str] = field(default_factory=set)
     ids: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, value) -> profile_id
     links: list[Link] = field(default_factory=list)  # new links
     resend_users: set[str] = field(default_factory=set)  # their links changed profile_id
@@ -436,7 +440,9 @@ class Graph:
         pid = profile_id_for(kind, value)
         profile = Profile(pid, seq)
         self._profiles[pid] = profile
-        self._changes.removed.discard(pid)
+        changes = self._changes
+        changes.removed.discard(pid)
+        changes.created.add(pid)
         self._set_id(kind, value, pid)
         return profile
 

@@ -310,7 +310,7 @@ class IdentityStore(ReaderThread):
             )
             w.executemany(
                 "DELETE FROM profiles WHERE profile_id = ?",
-                [(pid,) for pid in changes.removed - changes.profiles.keys()],
+                [(pid,) for pid in changes.removed - changes.profiles.keys() - changes.created],
             )
             w.executemany(
                 "INSERT OR REPLACE INTO identifiers (kind, value, profile_id) VALUES (?, ?, ?)",
