@@ -370,7 +370,7 @@ def test_runs_apply_exactly_as_events_one_by_one(
     fast, slow = Graph(rules), Graph(rules)
     for at in range(0, len(msgs), page_size):
         for run in runs(seqs[at : at + page_size], msgs[at : at + page_size], rules):
-            fast.apply_run(run.seqs, run.msgs, run.user, run.anon)
+            fast.apply_run(*run)
     for seq, msg in zip(seqs, msgs, strict=True):
         slow._memo = None
         slow.apply(seq, msg)

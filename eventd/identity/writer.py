@@ -132,8 +132,7 @@ def _apply(seqs: list[int], msgs: list[Message]) -> PageResult:
     wanted: list[tuple[str, str]] = []
     linking: list[str] = []
     page = runs(seqs, msgs, graph.rules)
-    for run in page:
-        user, anon = run.user, run.anon
+    for _, _, user, anon in page:
         if user is not None and (USER, user) not in known:
             wanted.append((USER, user))
         if anon is not None:
@@ -144,7 +143,7 @@ def _apply(seqs: list[int], msgs: list[Message]) -> PageResult:
     store.prefetch(graph, wanted, linking)
     try:
         for run in page:
-            graph.apply_run(run.seqs, run.msgs, run.user, run.anon)
+            graph.apply_run(*run)
         changes = graph.take_changes()
         store.apply(changes, seqs[-1])
     except BaseException:
