@@ -35,7 +35,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from eventd.identity.message import Message
 
@@ -93,11 +93,13 @@ class Rules:
         return None if value.strip().lower() in self.blocked_values else value
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
+class Link(NamedTuple):
     """anonymousId -> userId, made by the event at ``seq`` (``linked_at``: its timestamp).
 
     ``anonymous_id`` is None on the row recording a userId's membership of its profile.
+    Immutable. A NamedTuple, not a frozen dataclass: that one's __init__ sets each
+    field through ``object.__setattr__`` (callgrind: 7,700 against 3,700 instructions
+    per link made or read).
     """
 
     anonymous_id: str | None
