@@ -194,20 +194,30 @@ class Profile:
         return cls(**r)
 
     def absorb(self, other: Profile) -> None:
-        """Take ``other``'s ids, traits (latest wins) and counters."""
-        self.user_ids += [u for u in other.user_ids if u not in self.user_ids]
+        """Take ``other``'s ids, traits (latest wins) and counters.
+
+        The usual ``other`` is a visitor's anonymous profile at sign-in: no userIds, no
+        groups; a list comprehension is a call, so an empty list skips its own, and
+        the earliest and latest timestamps are compared here, not in two calls (an
+        absent one loses)."""
+        if other.user_ids:
+            self.user_ids += [u for u in other.user_ids if u not in self.user_ids]
         self.anonymous_ids += [a for a in other.anonymous_ids if a not in self.anonymous_ids]
         for name, (value, ts) in other.traits.items():
             mine = self.traits.get(name)
             if mine is None or (ts or "") > (mine[1] or ""):
                 self.traits[name] = [value, ts]
-        self.first_seen = _earliest(self.first_seen, other.first_seen)
-        self.last_seen = _latest(self.last_seen, other.last_seen)
+        first, last = other.first_seen, other.last_seen
+        if first is not None and (self.first_seen is None or first < self.first_seen):
+            self.first_seen = first
+        if last is not None and (self.last_seen is None or last > self.last_seen):
+            self.last_seen = last
         self.event_count += other.event_count
         for t, n in other.events_by_type.items():
             self.events_by_type[t] = self.events_by_type.get(t, 0) + n
         self.revenue += other.revenue
-        self.groups += [g for g in other.groups if g not in self.groups]
+        if other.groups:
+            self.groups += [g for g in other.groups if g not in self.groups]
 
     def count(self, msgs: Sequence[Message]) -> None:
         """Add events (in log order) to the counters and traits. One call per run of a
@@ -255,14 +265,6 @@ class Profile:
             # Ties go to the later event in the log: it is the newer statement.
             if mine is None or (ts or "") >= (mine[1] or ""):
                 self.traits[name] = [value, ts]
-
-
-def _earliest(a: str | None, b: str | None) -> str | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _latest(a: str | None, b: str | None) -> str | None:
-    return b if a is None else a if b is None else max(a, b)
 
 
 class Backing(Protocol):
