@@ -20,7 +20,7 @@ from eventd.identity.graph import (
     profile_id_for,
     runs,
 )
-from eventd.identity.message import Message, parse, parse_page
+from eventd.identity.message import Message, parse, parse_lines, parse_page
 
 
 class Log:
@@ -370,7 +370,7 @@ def test_runs_apply_exactly_as_events_one_by_one(
     fast, slow = Graph(rules), Graph(rules)
     for at in range(0, len(msgs), page_size):
         for run in runs(seqs[at : at + page_size], msgs[at : at + page_size], rules):
-            fast.apply_run(run.seqs, run.msgs, run.user, run.anon)
+            fast.apply_run(*run)
     for seq, msg in zip(seqs, msgs, strict=True):
         slow._memo = None
         slow.apply(seq, msg)
@@ -410,3 +410,8 @@ def test_a_page_is_parsed_whole_or_event_by_event_alike() -> None:
     odd = [*bodies, b'{"type":"track","userId":"u2","context":[]}']
     assert parse_page(odd) == [parse(b) for b in odd]
     assert parse_page(odd)[2].userId == "u2"
+    # In one buffer (the log reader's lines): the same, or None to parse each on its own
+    assert parse_lines(b"\n".join(bodies), 2) == parse_page(bodies)
+    assert parse_lines(b"\n".join(odd), 3) is None  # context: no object
+    assert parse_lines(b"\n".join(bodies), 3) is None  # a count that differs
+    assert parse_lines(b"", 0) == []

@@ -76,6 +76,17 @@ def parse_page(bodies: list[bytes]) -> list[Message]:
         return [parse(body) for body in bodies]
 
 
+def parse_lines(joined: bytes, count: int) -> list[Message] | None:
+    """:func:`parse` of ``count`` bodies joined by newlines, in one call (no bytes object
+    per body; the reader's ``lines``); None when one body is not as expected (then each
+    is parsed on its own, from the page's rows) or the count differs."""
+    try:
+        msgs = _decoder.decode_lines(joined)
+    except msgspec.DecodeError:  # ValidationError is one
+        return None
+    return msgs if len(msgs) == count else None
+
+
 def parse(body: bytes) -> Message:
     """The graph's fields of a stored event's JSON body. Raises ``ValueError`` when the
     body is no JSON object (a stored body always is one)."""

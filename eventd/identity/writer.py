@@ -31,7 +31,7 @@ from typing import Any
 
 from eventd.background import BackgroundWorker
 from eventd.identity.graph import ANONYMOUS, USER, Graph, Rules, runs
-from eventd.identity.message import parse_page
+from eventd.identity.message import Message, parse_lines, parse_page
 from eventd.store.base import IdentityBackend, LogReader, LogSource
 
 # (seq, body: the stored event's JSON). A plain tuple, not a NamedTuple: pages are
@@ -107,23 +107,32 @@ def apply_log(after: int, upto: int, limit: int) -> PageResult:
         assert _args is not None and _args[3] is not None, "identity writer has no log source"
         _log = _args[3].open()
     try:
-        rows = _log.page(after, upto, limit)
+        # The page in one buffer, decoded in one call; row by row (each body parsed on
+        # its own) when a body is not as expected or the seqs do not ascend.
+        seqs, joined = _log.lines(after, upto, limit)
+        msgs = parse_lines(joined, len(seqs)) if seqs == sorted(seqs) else None
+        if msgs is None:
+            rows = _log.page(after, upto, limit)
+            seqs, msgs = [seq for seq, _ in rows], parse_page([body for _, body in rows])
     except BaseException:
         _log.close()
         _log = None
         raise
-    return apply_page(rows) if rows else PageResult()
+    return _apply(seqs, msgs) if seqs else PageResult()
 
 
 def apply_page(rows: list[LogRow]) -> PageResult:
     """A page through the graph, written with the cursor past it in one transaction."""
+    return _apply([seq for seq, _ in rows], parse_page([body for _, body in rows]))
+
+
+def _apply(seqs: list[int], msgs: list[Message]) -> PageResult:
     store, graph = _state()
     known = graph.cached_ids()
     wanted: list[tuple[str, str]] = []
     linking: list[str] = []
-    page = runs([seq for seq, _ in rows], parse_page([body for _, body in rows]), graph.rules)
-    for run in page:
-        user, anon = run.user, run.anon
+    page = runs(seqs, msgs, graph.rules)
+    for _, _, user, anon in page:
         if user is not None and (USER, user) not in known:
             wanted.append((USER, user))
         if anon is not None:
@@ -134,9 +143,9 @@ def apply_page(rows: list[LogRow]) -> PageResult:
     store.prefetch(graph, wanted, linking)
     try:
         for run in page:
-            graph.apply_run(run.seqs, run.msgs, run.user, run.anon)
+            graph.apply_run(*run)
         changes = graph.take_changes()
-        store.apply(changes, rows[-1][0])
+        store.apply(changes, seqs[-1])
     except BaseException:
         graph.forget()  # what a failed page left half-applied in memory
         raise
@@ -144,8 +153,8 @@ def apply_page(rows: list[LogRow]) -> PageResult:
     return PageResult(
         dict(changes.refused),
         bool(changes.links or changes.resend_users),
-        len(rows),
-        rows[-1][0],
+        len(seqs),
+        seqs[-1],
     )
 
 

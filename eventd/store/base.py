@@ -235,6 +235,11 @@ class LogReader(Protocol):
         in seq order, from one consistent snapshot."""
         ...
 
+    def lines(self, after: int, upto: int, limit: int) -> tuple[list[int], bytes]:
+        """:meth:`page` as its seqs and its bodies joined by newlines (one buffer for
+        ``msgspec``'s ``decode_lines``: no bytes object per event)."""
+        ...
+
     def close(self) -> None: ...
 
 

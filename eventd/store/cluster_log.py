@@ -64,6 +64,10 @@ class ClusterLogReader:
         one), none past ``upto``; [] after LONG_POLL seconds when there are none."""
         return self.bridge.run(self._page(after, upto, limit))
 
+    def lines(self, after: int, upto: int, limit: int) -> tuple[list[int], bytes]:
+        rows = self.page(after, upto, limit)
+        return [seq for seq, _ in rows], b"\n".join(body for _, body in rows)
+
     async def _page(self, after: int, upto: int, limit: int) -> list[tuple[int, bytes]]:
         if self._sub is None or after != self._next:
             await self._restart(after)

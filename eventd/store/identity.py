@@ -299,14 +299,18 @@ class IdentityStore(ReaderThread):
     def apply(self, changes: Changes, cursor: int) -> None:
         """Write what a page changed and the cursor past it, in one transaction."""
         w = self.w
+        # Blobs are bound as bytearray, not bytes: the sqlite3 module binds a bytearray
+        # directly but sends bytes through its adapter look-up, which raises and clears an
+        # AttributeError per value (callgrind: ~2,100 instructions per bytes value).
+        # Both are stored as the same BLOB.
         with _transaction(w):
             w.executemany(
                 "INSERT OR REPLACE INTO profiles (profile_id, body) VALUES (?, ?)",
-                [(pid, codec.dumps(p.record())) for pid, p in changes.profiles.items()],
+                [(pid, bytearray(codec.dumps(p.record()))) for pid, p in changes.profiles.items()],
             )
             w.executemany(
                 "DELETE FROM profiles WHERE profile_id = ?",
-                [(pid,) for pid in changes.removed - changes.profiles.keys()],
+                [(pid,) for pid in changes.removed - changes.profiles.keys() - changes.created],
             )
             w.executemany(
                 "INSERT OR REPLACE INTO identifiers (kind, value, profile_id) VALUES (?, ?, ?)",
@@ -335,7 +339,7 @@ class IdentityStore(ReaderThread):
             w.executemany(
                 "INSERT OR IGNORE INTO timeline (key, first, last, seqs) VALUES (?, ?, ?, ?)",
                 [
-                    (key_of(kind, value), seqs[0], seqs[-1], orjson.dumps(seqs))
+                    (key_of(kind, value), seqs[0], seqs[-1], bytearray(orjson.dumps(seqs)))
                     for (kind, value), seqs in changes.events.items()
                 ],
             )

@@ -18,11 +18,21 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from eventd.store.base import LogReader
 
 # The page: events past the consumer's cursor, up to the newest seq its caller knows
 # committed (so a page never runs ahead of what eventd's own process has seen stored).
 READ_PAGE = "SELECT seq, body FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+# The same page as one row: its seqs (a JSON array) and its bodies joined by newlines.
+# Read row by row, the sqlite3 module releases and takes the GIL 4 times per event (the
+# step, the row's column count and each column's type) and builds a bytes object per
+# body: ~4,000 instructions per event (callgrind, issue 15). Both aggregates take the
+# subquery's rows in the same (seq) order; the writer checks the seqs ascend.
+READ_LINES = (
+    f"SELECT json_group_array(seq), CAST(group_concat(body, char(10)) AS BLOB) FROM ({READ_PAGE})"
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,11 @@ class SqliteLogReader:
         """Up to ``limit`` (seq, body) of the events with ``after`` < seq <= ``upto``, in
         seq order (one read transaction: a consistent snapshot)."""
         return self._conn.execute(READ_PAGE, (after, upto, limit)).fetchall()
+
+    def lines(self, after: int, upto: int, limit: int) -> tuple[list[int], bytes]:
+        """:meth:`page` as (seqs, bodies joined by newlines), read in one row."""
+        seqs, joined = self._conn.execute(READ_LINES, (after, upto, limit)).fetchone()
+        return orjson.loads(seqs), joined or b""
 
     def close(self) -> None:
         self._conn.close()
