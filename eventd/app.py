@@ -67,8 +67,12 @@ def create_app(
     check_destinations(config, types, installed_transforms)
     metrics = Metrics()
     live = LiveHub()
+    enabled = {n: d for n, d in config.destinations.items() if d.enabled}
     store = open_store(
-        config.storage, metrics, [n for n, d in config.destinations.items() if d.enabled]
+        config.storage,
+        metrics,
+        list(enabled),
+        [n for n, d in enabled.items() if types[d.type].node_local],
     )
     suppressions = Suppressions(store)
     dispatcher = Dispatcher(

@@ -90,9 +90,10 @@ class Worker:
         destination.on_adjusted = metrics.adjusted_counter(config.name)
         self.route = routing.Route(config.name, destination.integration_name, config)
 
-        # This node's part of the destination's limits (all of them on one machine).
+        # This node's part of the destination's limits (all of them on one machine, and
+        # for a node-local destination: each node delivers every event to its own data).
         def share() -> tuple[int, int]:
-            return store.limit_share
+            return (0, 1) if destination.node_local else store.limit_share
 
         self.limiter = RateLimiter(config.rate_limit, share=share)
         self.max_events = max(1, min(config.batch_size, destination.max_batch_events))

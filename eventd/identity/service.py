@@ -128,7 +128,7 @@ class IdentityService:
             process=process and not self.store.in_process,  # memory: a thread beside it
             source=source,
         )
-        self.feeds: list[LinkFeed] = []
+        self.feeds: list[LinkFeed] = []  # running, each with its task in _feed_tasks
         # Which destinations store identities: asked at start, once their instances exist.
         self.find_feeds: Callable[[], list[LinkFeed]] = list
         self.cursor = 0  # the last log seq applied to the graph
@@ -136,7 +136,7 @@ class IdentityService:
         self._stopping = False
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._feed_tasks: list[asyncio.Task[None]] = []
+        self._feed_tasks: dict[LinkFeed, asyncio.Task[None]] = {}
         r = metrics.registry
         self.refused = Counter(
             "eventd_identity_links_refused",
@@ -205,17 +205,27 @@ class IdentityService:
         async with self._advanced:
             self._advanced.notify_all()  # drain() of an empty log waits for this
 
-    def _start_feeds(self) -> None:
-        self.feeds = self.find_feeds()
-        for feed in self.feeds:
-            self._feed_tasks.append(asyncio.create_task(feed.run(), name=f"identity-{feed.name}"))
+    def _start_feeds(self, node_local: bool | None = None) -> None:
+        """Start the warehouse feeds: all of them (``node_local`` None: one machine's
+        graph), or of a shared graph the node-local destinations' (True: on every
+        node, into its own data, their position kept here from 0) or the others'
+        (False: on the writer's node, their positions in the graph)."""
+        for feed in self.find_feeds():
+            if node_local is not None and feed.node_local != node_local:
+                continue
+            if node_local:
+                feed.save = None
+            self.feeds.append(feed)
+            self._feed_tasks[feed] = asyncio.create_task(feed.run(), name=f"identity-{feed.name}")
 
-    async def _stop_feeds(self) -> None:
-        for feed in self.feeds:
+    async def _stop_feeds(self, node_local: bool | None = None) -> None:
+        """Stop the running feeds (``node_local`` as for :meth:`_start_feeds`)."""
+        stopping = [f for f in self.feeds if node_local is None or f.node_local == node_local]
+        for feed in stopping:
             feed.stop()
         # A feed whose position the writer refused (its lease lost) ended with NotLeader.
-        await asyncio.gather(*self._feed_tasks, return_exceptions=True)
-        self.feeds, self._feed_tasks = [], []
+        await asyncio.gather(*(self._feed_tasks.pop(f) for f in stopping), return_exceptions=True)
+        self.feeds = [f for f in self.feeds if f not in stopping]
 
     async def _open_shared(self) -> None:
         """Open the reader of a shared graph and follow the cursor any node's writer
@@ -228,6 +238,7 @@ class IdentityService:
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._advance(cursor)))
 
         self.store.watch_cursor(seen)
+        self._start_feeds(node_local=True)  # every node's own data, whoever writes
         self.opened = True
         log.info("identity graph reader started (shared)")
 
@@ -236,7 +247,7 @@ class IdentityService:
         holds the lease. Then this node applies the log and runs the warehouse feeds."""
         self.cursor = await self.writer.call(writer.cursor)
         self.leading = True
-        self._start_feeds()
+        self._start_feeds(node_local=False)
         log.info("identity writer leading", cursor=self.cursor, feeds=[f.name for f in self.feeds])
         async with self._advanced:
             self._advanced.notify_all()
@@ -291,7 +302,7 @@ class IdentityService:
         its feeds, keep reading, and try to lead again after LEAD_RETRY seconds."""
         if self.leading:
             log.info("identity writer no longer leading", reason=str(why))
-            await self._stop_feeds()
+            await self._stop_feeds(node_local=False)
         self.leading = False
         self.error = None  # healthy: the graph is written by another node
         self.running.set(1)
@@ -344,6 +355,10 @@ class IdentityService:
     async def _advance(self, seq: int) -> None:
         if seq > self.cursor:
             self.cursor = seq
+            if self.shared:  # another node's writer may have linked: look (node-local feeds)
+                for feed in self.feeds:
+                    if feed.node_local:
+                        feed.wake()
             if time.monotonic() - self._copied_at >= CURSOR_COPY_EVERY:
                 await self._save_cursor()
         async with self._advanced:

@@ -14,15 +14,21 @@ from eventd.store.base import Store
 from eventd.store.sqlite import SqliteStore
 
 
-def open_store(config: StorageConfig, metrics: Metrics, destinations: Sequence[str] = ()) -> Store:
+def open_store(
+    config: StorageConfig,
+    metrics: Metrics,
+    destinations: Sequence[str] = (),
+    local: Sequence[str] = (),
+) -> Store:
     """The store ``[storage]`` configures (not yet opened: the app opens it at start).
     ``destinations``: the enabled destinations' names (a cluster creates a durable
-    consumer for each when it opens)."""
+    consumer for each when it opens); ``local``: the node-local ones among them
+    (``Destination.node_local``: on a cluster, a consumer per node)."""
     if config.backend == "jetstream":
         # Imported here: nats-py is the optional `jetstream` extra.
         from eventd.store.cluster import ClusterStore
 
-        return ClusterStore(config, destinations)
+        return ClusterStore(config, destinations, local)
     return SqliteStore(
         config.path,
         synchronous=config.synchronous,
