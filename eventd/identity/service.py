@@ -59,7 +59,7 @@ from eventd.identity.graph import ANONYMOUS, REFUSAL_REASONS, USER, Profile, Rul
 from eventd.identity.writer import PageResult, Writer
 from eventd.metrics import Metrics
 from eventd.store import NotLeader, StorageUnavailable, Store, service_cursor
-from eventd.store.base import SharedIdentityBackend
+from eventd.store.base import SharedIdentityBackend, SharedLog
 
 log = structlog.get_logger("eventd.identity")
 
@@ -154,7 +154,7 @@ class IdentityService:
             "Events stored and not yet applied to the identity graph",
             registry=r,
         )
-        metrics.on_scrape(lambda: lag.set(max(0, self.log.last_seq - self.cursor)))
+        metrics.on_scrape(lambda: lag.set(self.lag()))
         self.running = Gauge(
             "eventd_identity_running",
             "1 while the identity graph has identity.db open and its last page applied;"
@@ -443,11 +443,20 @@ class IdentityService:
         """A warehouse feed's position (eventd/identity/feed.py), through the writer."""
         await self.writer.call(writer.save_position, destination, version)
 
+    def lag(self) -> int:
+        """Events stored and not applied yet; on the cluster (a :class:`SharedLog`) the
+        log messages, each a group of events, after the graph's cursor up to the
+        stream's end: the cluster-wide lag, the same on every node (as a destination's
+        ``lag_events`` there)."""
+        if isinstance(self.log, SharedLog):
+            return self.log.behind(self.cursor)
+        return max(0, self.log.last_seq - self.cursor)
+
     def status(self) -> dict[str, Any]:
         """``cursor``, ``lag_events``, ``running`` and ``error`` (why not, or None)."""
         return {
             "cursor": self.cursor,
-            "lag_events": max(0, self.log.last_seq - self.cursor),
+            "lag_events": self.lag(),
             "running": self.error is None,
             "error": self.error,
         }

@@ -214,6 +214,14 @@ class ClusterStore(ClusterAdmin):
     def seen(self, seq: int) -> None:
         self._last_seq = max(self._last_seq, seq)
 
+    def behind(self, seq: int) -> int:
+        """Log messages after the one event ``seq`` is in (the identity graph's cursor
+        lands on a message's last event), counted from the stream's last sequence as
+        the health round read it (every 2 s) and from its first kept one: the
+        cluster-wide end, not this node's newest fetched event (``SharedLog``)."""
+        first, last = self.js.log_bounds
+        return max(0, last - max(seq >> EVENT_BITS, first - 1))
+
     @property
     def pending_events(self) -> int:
         return self.js.pending_events

@@ -350,6 +350,8 @@ class JetStreamStore:
         self.created_local: set[str] = set()
         self.max_message_bytes = 512 * 1024
         self.pending_events = 0
+        # (first, last) sequence of the log as its leader gave them at the last ready()
+        self.log_bounds = (0, 0)
         self.duplicates = 0  # counted by this node's dedup stages
         self.forwarded = 0
 
@@ -553,6 +555,7 @@ class JetStreamStore:
             info = await self.js.stream_info(self.names.stream)
         except (*_TRANSIENT, ConnectionClosedError):
             return False
+        self.log_bounds = (int(info.state.first_seq or 0), int(info.state.last_seq or 0))
         return info.cluster is None or info.cluster.leader is not None
 
     # -- ingest -------------------------------------------------------------------
