@@ -491,6 +491,12 @@ async def test_a_node_local_destination_has_a_consumer_per_node_and_a_dead_nodes
     a = await nodes.start("a", local_id="na", local_inactive=3600.0, **both)  # type: ignore[arg-type]
     b = await nodes.start("b", local_id="nb", local_inactive=2.0, **both)  # type: ignore[arg-type]
     assert a.created_local == {"duck"} and b.created_local == {"duck"}
+    # Started again with another retention (its threshold): the consumer is updated.
+    again = await nodes.start("a", local_id="na", local_inactive=7200.0, **both)  # type: ignore[arg-type]
+    assert not again.created_local
+    info = await a.js.consumer_info(a.names.stream, "dest-duck@na")
+    assert info.config.inactive_threshold == 7200.0
+    await again.close()
     names = {i.name for i in await a.js.consumers_info(a.names.stream)}
     assert names == {"dest-hook", "dest-duck@na", "dest-duck@nb"}
     first = {f"l{i}" for i in range(30)}

@@ -466,7 +466,8 @@ class ClusterFeed:
     async def passed(self, target: int) -> bool:
         """Cluster-wide, whatever ``target``: the ingest queue empty (an acknowledged
         group waits there until a dedup stage forwarded it to the log), then this
-        destination's consumers with nothing pending or in flight. Read in that order:
+        destination's consumers with nothing pending or in flight (a node-local
+        destination's: this node's own, which is what this node's data lacks). Read in that order:
         a group leaves the queue only after it is in the log, so nothing acknowledged
         before the first read slips between the two."""
         return await self.store.js.drained(self.destination)

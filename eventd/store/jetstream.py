@@ -277,10 +277,17 @@ async def _wait_settled(
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> bool:
     """Create a durable consumer unless it exists (its cursor is kept as it is); True
-    when this call created it."""
+    when this call created it. An existing one whose inactive threshold differs (a
+    node-local consumer, storage.retention changed) is updated to this config."""
     assert config.durable_name is not None
     try:
-        await js.consumer_info(stream, config.durable_name)
+        info = await js.consumer_info(stream, config.durable_name)
+        # (0 and None both mean none: a server may report either for a durable)
+        if (info.config.inactive_threshold or None) != (config.inactive_threshold or None):
+            try:  # the same name: an update, the cursor kept
+                await js.add_consumer(stream, config)
+            except BadRequestError as exc:
+                log.warning("consumer not updated", consumer=config.durable_name, error=str(exc))
         return False
     except NotFoundError:
         try:
