@@ -986,8 +986,14 @@ class JetStreamStore:
         if destination not in self.local:
             return [durable for durable, _ in self._consumers(destination)]
         prefix = self.names.local_consumer(destination, "")
-        infos = await self.js.consumers_info(self.names.stream)
-        return sorted(i.name for i in infos if i.name.startswith(prefix))
+        names: list[str] = []
+        offset = 0
+        while True:  # pages of up to 256: one missed would let the sweep purge its events
+            page = await self.js.consumers_info(self.names.stream, offset=offset)
+            if not page:
+                return sorted(names)
+            names += [i.name for i in page if i.name.startswith(prefix)]
+            offset += len(page)
 
     async def _first_since(self, cutoff: datetime) -> int:
         """The sequence of the log's first message stored at or after ``cutoff``,
