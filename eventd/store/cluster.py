@@ -467,9 +467,9 @@ class ClusterFeed:
         """Cluster-wide, whatever ``target``: the ingest queue empty (an acknowledged
         group waits there until a dedup stage forwarded it to the log), then this
         destination's consumers with nothing pending or in flight (a node-local
-        destination's: this node's own, which is what this node's data lacks). Read in that order:
-        a group leaves the queue only after it is in the log, so nothing acknowledged
-        before the first read slips between the two."""
+        destination's: this node's own, what this node's data lacks). Read in that
+        order: a group leaves the queue only after it is in the log, so nothing
+        acknowledged before the first read slips between the two."""
         return await self.store.js.drained(self.destination)
 
     async def close(self) -> None:
@@ -492,8 +492,10 @@ class ClusterFeed:
                 with contextlib.suppress(Exception):  # a stall: the next round
                     await held.msg.in_progress()
             if self.destination in self.store.local:
-                try:
-                    if await self.store.js.ensure_local(self.destination):
+                try:  # bounded: a stalled cluster must not stop the holds above
+                    if await asyncio.wait_for(
+                        self.store.js.ensure_local(self.destination), ACK_WAIT / 3
+                    ):
                         self.store.started_local(self.destination, new_node=False)
                 except Exception as exc:  # a stall: the next round
                     log.info("node-local consumer not checked", error=repr(exc))
