@@ -69,7 +69,11 @@ def create_app(
     live = LiveHub()
     enabled = {n: d for n, d in config.destinations.items() if d.enabled}
     store = open_store(
-        config.storage, metrics, list(enabled), [n for n, d in enabled.items() if d.ordered]
+        config.storage,
+        metrics,
+        list(enabled),
+        ordered=[n for n, d in enabled.items() if d.ordered],
+        local=[n for n, d in enabled.items() if types[d.type].node_local],
     )
     suppressions = Suppressions(store)
     dispatcher = Dispatcher(

@@ -418,15 +418,6 @@ def parse_config(data: dict[str, Any], origin: str) -> Config:
             t.fail(
                 "exclude_events", list(exclude_events), "no exclude_events beside events (use one)"
             )
-        if storage.backend == "jetstream" and dtype == "duckdb":
-            # Every node takes part of a destination's events from its shared consumer:
-            # a file on one node would hold only that node's part.
-            t.fail(
-                "type",
-                dtype,
-                "a destination all nodes reach with storage.backend = 'jetstream' (a duckdb"
-                " file lives on one node; use postgres for reports on the cluster)",
-            )
         settings = t.get("settings", dict, "a table") or {}
         destinations[name] = DestinationConfig(
             name=name,

@@ -116,6 +116,12 @@ class Destination:
     settings_schema: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
     max_batch_events: int = 100
     max_batch_bytes: int = 1_000_000
+    # True for a destination whose data lives on the node that delivers to it (a file:
+    # duckdb). On the JetStream cluster each node then gets every event through a
+    # durable consumer of its own (``dest-NAME@NODE``) instead of a share of one
+    # consumer, and the destination's max_in_flight and rate_limit hold per node
+    # (docs/scaling.md, "Node-local destinations"). On SQLite it changes nothing.
+    node_local: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: Mapping[str, Any], session: aiohttp.ClientSession):
         self.name = name

@@ -139,3 +139,25 @@ def check_destinations(
             cls.validate_settings(name, dest.settings)
         except ConfigError as exc:
             raise ConfigError(f"{config.origin}: {exc}") from None
+        if cls.node_local and dest.enabled and config.storage.backend == "jetstream":
+            _check_local_retention(config, name, dest.type)
+
+
+# The shortest storage.retention that a node-local destination on the cluster takes.
+# Its consumer on a node is removed once nobody pulled it for storage.retention (so a
+# dead node does not hold the log forever), and a node back after that misses what was
+# purged meanwhile: a retention shorter than a restart, an upgrade or a reboot would
+# leave holes in a node's file after routine work.
+MIN_LOCAL_RETENTION = 3600.0
+
+
+def _check_local_retention(config: Config, name: str, dtype: str) -> None:
+    retention = config.storage.retention
+    if retention < MIN_LOCAL_RETENTION:
+        raise ConfigError(
+            f"{config.origin}: storage.retention = {retention:g}s: expected at least 1h"
+            f" with destinations.{name} (type {dtype!r}, node-local: each node keeps its"
+            " own copy) on storage.backend = 'jetstream'; a node's consumer is removed"
+            " after storage.retention without pulls, and a node back later misses what"
+            " was purged meanwhile (docs/scaling.md, 'Node-local destinations')"
+        )

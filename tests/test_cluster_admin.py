@@ -23,8 +23,9 @@ from nats.js.api import KeyValueConfig
 from nats.js.errors import NotFoundError
 
 from eventd import OK, Destination, Event, Outcome
-from eventd.config import DestinationConfig, JetStreamConfig, StorageConfig
+from eventd.config import DestinationConfig, IdentityConfig, JetStreamConfig, StorageConfig
 from eventd.delivery.worker import Worker
+from eventd.identity.service import IdentityService
 from eventd.metrics import Metrics
 from eventd.store import DONE, EventRow, NewDeadLetter, now_ms
 from eventd.store.cluster import ClusterStore
@@ -376,3 +377,27 @@ async def test_retention_keeps_what_the_identity_graph_has_not_applied(nodes: No
 
     await b.delete_events(upto_seq=2**62, received_before=later, limit=100)
     assert (await b.js.js.stream_info(stream)).state.messages == 0
+
+
+async def test_the_identity_lag_counts_the_clusters_log_not_what_this_node_fetched(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """``eventd_identity_lag_events`` on a node that fetched nothing itself (no
+    destination): the log messages past the graph's cursor, read from the stream's
+    last sequence. The old rule (this node's newest fetched event less the cursor)
+    gave 0 here, and a difference of seqs, not a count, elsewhere."""
+    a = await nodes.start("a")
+    b = await nodes.start("b", destinations=())
+    for k in range(3):  # one log message each: one user, one append at a time
+        await a.append(rows("u1", f"lag-{k}"))
+    await nodes.forwarded(3)
+    assert await b.js.ready()  # the health round's read (every 2 s in serve)
+    service = IdentityService(IdentityConfig(), b, tmp_path / "identity.db", Metrics())
+    assert b.last_seq == 0
+    assert service.status()["lag_events"] == 3
+    first, last = b.js.log_bounds
+    assert last - first == 2
+    service.cursor = (last - 1) << EVENT_BITS  # the graph in the second message
+    assert service.lag() == 1
+    service.cursor = last << EVENT_BITS | 0  # a one-event message: its last event
+    assert service.lag() == 0

@@ -214,7 +214,7 @@ def test_sdk_load_through_node_and_server_crashes_loses_nothing_acknowledged(
             # POST /admin/drain on b answers once both destinations passed everything
             # either node acknowledged, a's batches held when it died included (they
             # come back after the consumer's ack_wait): the sink has them all then.
-            status, drained = admin_post(b, "/admin/drain?timeout=240", {})
+            status, drained = admin_post(b, "/admin/drain?timeout=240", {}, timeout=260)
             assert status == 200, drained
             assert all(d["lag_events"] == 0 for d in drained), drained
             attempted = load.enqueued | rejoin.enqueued

@@ -140,7 +140,7 @@ def test_limits_hold_for_the_destination_across_two_nodes(
         # POST /admin/drain on one node answers once both destinations passed
         # everything either node acknowledged (the cluster's consumers, not the
         # node's own position): the sink has it all when the answer comes.
-        status_code, drained = admin_post(a, "/admin/drain?timeout=180", {})
+        status_code, drained = admin_post(a, "/admin/drain?timeout=180", {}, timeout=200)
         assert status_code == 200, drained
         assert {d["name"]: d["lag_events"] for d in drained} == {"rated": 0, "slow": 0}
         assert sink.message_ids() == dict.fromkeys(sent, 2)

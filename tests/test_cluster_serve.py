@@ -237,7 +237,11 @@ def test_two_nodes_deliver_every_acknowledged_event_and_survive_a_kill(
     assert "dedup stage started" in b.log()  # b took a's partitions
 
 
-def admin_post(node: EventdProcess, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+def admin_post(
+    node: EventdProcess, path: str, body: Any, timeout: float = 30
+) -> tuple[int, dict[str, Any]]:
+    """POST an admin route: (status, JSON body). ``timeout``: the client's, in seconds
+    (a drain answers only when done: give it more than the drain's own timeout)."""
     req = urllib.request.Request(
         node.url + path,
         data=json.dumps(body).encode(),
@@ -245,7 +249,7 @@ def admin_post(node: EventdProcess, path: str, body: Any) -> tuple[int, dict[str
         method="POST",
     )
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return int(r.status), json.loads(r.read())
     except urllib.error.HTTPError as e:
         return int(e.code), json.loads(e.read())

@@ -12,6 +12,7 @@ import pytest
 import tomli_w
 
 from eventd.config import ConfigError, JetStreamConfig, parse_config
+from eventd.plugins import check_destinations, destination_types
 
 
 def js(**keys: Any) -> dict[str, Any]:
@@ -106,31 +107,45 @@ def test_eventd_check_names_the_key(tmp_path: Path) -> None:
     assert "storage.replicas = 9: expected 1 to 5" in run.stderr + run.stdout
 
 
-def test_what_the_cluster_cannot_serve_yet_is_refused_naming_the_key() -> None:
-    """A jetstream config may keep the identity graph on (its state is in the
-    cluster, eventd/store/cluster_identity.py) and must have no duckdb destination (a
-    file on one node, while the nodes share a destination's events); a postgres one is
-    fine."""
-    assert parse_config({"storage": {"backend": "jetstream"}}, "t.toml").identity.enabled
+def test_a_node_local_destination_on_the_cluster_needs_an_hour_of_retention() -> None:
+    """A duckdb destination is node-local (``Destination.node_local``): on the cluster
+    each node keeps its own copy through a consumer of its own, which the servers
+    remove after ``storage.retention`` without pulls. So a retention shorter than a
+    routine restart is refused, naming the key, the value and the destination; a
+    duckdb destination with the default retention, or any retention on SQLite, or a
+    disabled one, passes (eventd.plugins.check_destinations: it knows the types)."""
+    types = destination_types()
+    assert types["duckdb"].node_local and not types["postgres"].node_local
     duckdb = {"a": {"type": "duckdb", "settings": {"path": "/tmp/a.duckdb"}}}
+    check_destinations(parse_config({**js(), "destinations": duckdb}, "t.toml"), types)
+    short = js(retention="10m")
     with pytest.raises(ConfigError) as exc:
-        parse_config({**js(), "destinations": duckdb}, "t.toml")
+        check_destinations(parse_config({**short, "destinations": duckdb}, "t.toml"), types)
     assert str(exc.value).startswith(
-        "t.toml: destinations.a.type = 'duckdb': expected a destination all nodes reach"
+        "t.toml: storage.retention = 600s: expected at least 1h with destinations.a"
+        " (type 'duckdb', node-local: each node keeps its own copy) on storage.backend"
+        " = 'jetstream'"
     )
+    off = {"a": {**duckdb["a"], "enabled": False}}
+    check_destinations(parse_config({**short, "destinations": off}, "t.toml"), types)
     postgres = {"w": {"type": "postgres", "settings": {"dsn": "postgresql://h/db"}}}
-    assert parse_config({**js(), "destinations": postgres}, "t.toml").destinations["w"]
-    # The same rules leave a sqlite config as it was.
-    assert parse_config({"destinations": duckdb}, "t.toml").identity.enabled
+    check_destinations(parse_config({**short, "destinations": postgres}, "t.toml"), types)
+    sqlite = {"storage": {"retention": "10m"}, "destinations": duckdb}
+    check_destinations(parse_config(sqlite, "t.toml"), types)
 
 
-def test_eventd_check_names_what_the_cluster_refuses(tmp_path: Path) -> None:
+def test_eventd_check_names_a_node_local_destinations_short_retention(tmp_path: Path) -> None:
     path = tmp_path / "eventd.toml"
     duckdb = {"a": {"type": "duckdb", "settings": {"path": str(tmp_path / "a.duckdb")}}}
-    path.write_text(tomli_w.dumps({**js(), "destinations": duckdb}))
+    path.write_text(tomli_w.dumps({**js(retention="10m"), "destinations": duckdb}))
     run = eventd("check", path)
     assert run.returncode == 1
-    assert "destinations.a.type = 'duckdb': expected a destination" in run.stderr + run.stdout
+    assert "storage.retention = 600s: expected at least 1h with destinations.a" in (
+        run.stderr + run.stdout
+    )
+    path.write_text(tomli_w.dumps({**js(), "destinations": duckdb}))
+    run = eventd("check", path)
+    assert run.returncode == 0, run.stderr
     path.write_text(tomli_w.dumps(js()))  # the identity graph on (the default)
     run = eventd("check", path)
     assert run.returncode == 0, run.stderr

@@ -20,6 +20,7 @@ from typing import cast
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from nats.js.errors import NotFoundError
 
 from eventd.config import JetStreamConfig, parse_config
 from eventd.ingest import Ingest
@@ -98,6 +99,7 @@ class Nodes:
         name: str,
         destinations: tuple[str, ...] = ("hook",),
         ordered: tuple[str, ...] = (),
+        local: tuple[str, ...] = (),
         **kw: object,
     ) -> JetStreamStore:
         store = JetStreamStore(
@@ -106,7 +108,7 @@ class Nodes:
             node_id=name,
             **kw,  # type: ignore[arg-type]
         )
-        await store.open(destinations, ordered=ordered)
+        await store.open(destinations, ordered=ordered, local=local)
         self.open.append(store)
         return store
 
@@ -474,3 +476,67 @@ async def test_retention_keeps_what_every_destination_passed_while_it_is_young(
     # Every destination passed them, but none is an hour old: all are kept.
     assert await a.sweep(["hook"]) == first
     assert (await a.js.stream_info(a.names.stream)).state.first_seq == first
+
+
+async def test_a_node_local_destination_has_a_consumer_per_node_and_a_dead_nodes_goes(
+    nodes: Nodes,
+) -> None:
+    """A node-local destination (duckdb's file) has a consumer per node, named by the
+    node's lasting id: each node gets every event, whichever node took it, beside a
+    shared destination whose events the nodes split. A node that stops pulling holds
+    the log until the servers remove its consumer (its inactive threshold: retention
+    in eventd serve, 2 s here); then the sweep purges past it. Back later, the node
+    gets a consumer again, from the first message still kept."""
+    both = {"destinations": ("hook", "duck"), "local": ("duck",), "retention": 0.0}
+    a = await nodes.start("a", local_id="na", local_inactive=3600.0, **both)  # type: ignore[arg-type]
+    b = await nodes.start("b", local_id="nb", local_inactive=2.0, **both)  # type: ignore[arg-type]
+    assert a.created_local == {"duck"} and b.created_local == {"duck"}
+    # Started again with another retention (its threshold): the consumer is updated.
+    again = await nodes.start("a", local_id="na", local_inactive=7200.0, **both)  # type: ignore[arg-type]
+    assert not again.created_local
+    info = await a.js.consumer_info(a.names.stream, "dest-duck@na")
+    assert info.config.inactive_threshold == 7200.0
+    await again.close()
+    names = {i.name for i in await a.js.consumers_info(a.names.stream)}
+    assert names == {"dest-hook", "dest-duck@na", "dest-duck@nb"}
+    first = {f"l{i}" for i in range(30)}
+    await a.append([row(m, user=f"u{i % 7}") for i, m in enumerate(sorted(first)[:15])])
+    await b.append([row(m, user=f"u{i % 7}") for i, m in enumerate(sorted(first)[15:])])
+    for node in (a, b):
+        assert {e.message_id for e in await drain(await node.reader("duck"), first)} == first
+    await drain(await a.reader("hook"), first)
+
+    # b stops pulling (a dead node); a goes on alone.
+    await b.close()
+    later = [f"m{i}" for i in range(20)]
+    await a.append([row(m) for m in later])
+    a_duck = await a.reader("duck")
+    got = await drain(a_duck, set(later))
+    await drain(await a.reader("hook"), set(later))
+    # Every destination of a passed all 50 events, retention is 0: only b's consumer
+    # holds the log, at the first message b has not settled.
+    held_from = min(e.seq for e in got)
+    assert await a.sweep(["hook", "duck"]) == held_from
+    assert (await a.js.stream_info(a.names.stream)).state.first_seq == held_from
+
+    async def b_gone() -> bool:
+        try:
+            await a.js.consumer_info(a.names.stream, "dest-duck@nb")
+        except NotFoundError:
+            return True
+        for msg, _ in await a_duck.fetch(16, wait=0.2):  # a pulls, as a live node does
+            await a_duck.settle(msg)
+        return False
+
+    deadline = time.monotonic() + 60
+    while not await b_gone():
+        assert time.monotonic() < deadline, "b's consumer was not removed"
+        await asyncio.sleep(0.5)
+    await a.sweep(["hook", "duck"])
+    assert (await a.js.stream_info(a.names.stream)).state.messages == 0
+
+    # b comes back with its id: a consumer again, from what the log still keeps.
+    b2 = await nodes.start("b", local_id="nb", local_inactive=2.0, **both)  # type: ignore[arg-type]
+    assert b2.created_local == {"duck"}
+    await a.append([row("n0"), row("n1")])
+    assert {e.message_id for e in await drain(await b2.reader("duck"), 2)} == {"n0", "n1"}

@@ -100,9 +100,10 @@ class Worker:
         destination.on_adjusted = metrics.adjusted_counter(config.name)
         self.route = routing.Route(config.name, destination.integration_name, config)
 
-        # This node's part of the destination's limits (all of them on one machine).
+        # This node's part of the destination's limits (all of them on one machine, and
+        # for a node-local destination: each node delivers every event to its own data).
         def share() -> tuple[int, int]:
-            return store.limit_share
+            return (0, 1) if destination.node_local else store.limit_share
 
         self.limiter = RateLimiter(config.rate_limit, share=share)
         self.max_events = max(1, min(config.batch_size, destination.max_batch_events))
@@ -110,7 +111,11 @@ class Worker:
         self.feed = store.feed(config.name)
         # One fetcher per partition on the nodes holding their leases (see the module
         # docstring); self.feed then only answers lag and drain for the destination.
-        self.partitioned = config.ordered and isinstance(store, Partitioned)
+        # A node-local destination has one consumer per node and no partitions: its
+        # one fetcher per node keeps order as on one machine, a batch at a time.
+        self.partitioned = (
+            config.ordered and not destination.node_local and isinstance(store, Partitioned)
+        )
         self._busy: set[int] = set()  # partitions with events fetched and not settled
         self.delivered = 0
         self.skipped = 0

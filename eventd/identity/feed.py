@@ -7,6 +7,12 @@ graph makes, in the graph's link order (each row's ``version``), and again every
 row of a profile whose ``profile_id`` a merge changed. Its position (the last
 version it stored) is kept in identity.db, so links survive restarts; a failed
 write is retried with backoff and never skipped: a link is never lost.
+
+On the cluster (a shared graph) the writer's node runs the feeds, their positions
+kept in the cluster; a node-local destination's feed (duckdb: a file on each node)
+runs on every node into that node's data instead, from version 0 at each start
+(``save`` None: the position is this process's alone, since it is only as good as
+the node's file; the upsert makes sending a link again harmless).
 """
 
 from __future__ import annotations
@@ -43,12 +49,16 @@ class LinkFeed:
         name: str,
         write: WriteIdentities,
         store: IdentityBackend,
-        save: Callable[[str, int], Awaitable[None]],
+        save: Callable[[str, int], Awaitable[None]] | None,
+        *,
+        node_local: bool = False,
     ) -> None:
         self.name = name
         self.write = write
         self.store = store  # read: links after the position
-        self.save = save  # write: the position, through the identity writer
+        # write: the position, through the identity writer; None: kept here, from 0
+        self.save = save
+        self.node_local = node_local  # the destination's data is on this node (duckdb)
         self.position = 0
         self.sent = 0  # links stored by the destination since start
         self.failures = 0
@@ -62,7 +72,8 @@ class LinkFeed:
         self._stop.set()
 
     async def run(self) -> None:
-        self.position = await self.store.read(self.store.position, self.name)
+        if self.save is not None:
+            self.position = await self.store.read(self.store.position, self.name)
         attempt = 0
         while not self._stop.is_set():
             self._wake.clear()
@@ -90,7 +101,8 @@ class LinkFeed:
             attempt = 0
             self.position = page[-1][0]
             self.sent += len(page)
-            await self.save(self.name, self.position)
+            if self.save is not None:
+                await self.save(self.name, self.position)
 
     async def _pause(self, seconds: float | None) -> None:
         await pause(self._stop, self._wake, seconds)

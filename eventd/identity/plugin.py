@@ -36,7 +36,15 @@ def eventd_services(runtime: Runtime) -> list[Service]:
         for name, destination in runtime.dispatcher.destinations().items():
             write = writer_of(destination)
             if write is not None:
-                found.append(LinkFeed(name, write, service.store, service.save_position))
+                found.append(
+                    LinkFeed(
+                        name,
+                        write,
+                        service.store,
+                        service.save_position,
+                        node_local=destination.node_local,
+                    )
+                )
         return found
 
     service.find_feeds = feeds

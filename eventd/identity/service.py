@@ -59,7 +59,7 @@ from eventd.identity.graph import ANONYMOUS, REFUSAL_REASONS, USER, Profile, Rul
 from eventd.identity.writer import PageResult, Writer
 from eventd.metrics import Metrics
 from eventd.store import NotLeader, StorageUnavailable, Store, service_cursor
-from eventd.store.base import SharedIdentityBackend
+from eventd.store.base import SharedIdentityBackend, SharedLog
 
 log = structlog.get_logger("eventd.identity")
 
@@ -128,7 +128,7 @@ class IdentityService:
             process=process and not self.store.in_process,  # memory: a thread beside it
             source=source,
         )
-        self.feeds: list[LinkFeed] = []
+        self.feeds: list[LinkFeed] = []  # running, each with its task in _feed_tasks
         # Which destinations store identities: asked at start, once their instances exist.
         self.find_feeds: Callable[[], list[LinkFeed]] = list
         self.cursor = 0  # the last log seq applied to the graph
@@ -136,7 +136,7 @@ class IdentityService:
         self._stopping = False
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._feed_tasks: list[asyncio.Task[None]] = []
+        self._feed_tasks: dict[LinkFeed, asyncio.Task[None]] = {}
         r = metrics.registry
         self.refused = Counter(
             "eventd_identity_links_refused",
@@ -154,7 +154,7 @@ class IdentityService:
             "Events stored and not yet applied to the identity graph",
             registry=r,
         )
-        metrics.on_scrape(lambda: lag.set(max(0, self.log.last_seq - self.cursor)))
+        metrics.on_scrape(lambda: lag.set(self.lag()))
         self.running = Gauge(
             "eventd_identity_running",
             "1 while the identity graph has identity.db open and its last page applied;"
@@ -205,17 +205,27 @@ class IdentityService:
         async with self._advanced:
             self._advanced.notify_all()  # drain() of an empty log waits for this
 
-    def _start_feeds(self) -> None:
-        self.feeds = self.find_feeds()
-        for feed in self.feeds:
-            self._feed_tasks.append(asyncio.create_task(feed.run(), name=f"identity-{feed.name}"))
+    def _start_feeds(self, node_local: bool | None = None) -> None:
+        """Start the warehouse feeds: all of them (``node_local`` None: one machine's
+        graph), or of a shared graph the node-local destinations' (True: on every
+        node, into its own data, their position kept here from 0) or the others'
+        (False: on the writer's node, their positions in the graph)."""
+        for feed in self.find_feeds():
+            if node_local is not None and feed.node_local != node_local:
+                continue
+            if node_local:
+                feed.save = None
+            self.feeds.append(feed)
+            self._feed_tasks[feed] = asyncio.create_task(feed.run(), name=f"identity-{feed.name}")
 
-    async def _stop_feeds(self) -> None:
-        for feed in self.feeds:
+    async def _stop_feeds(self, node_local: bool | None = None) -> None:
+        """Stop the running feeds (``node_local`` as for :meth:`_start_feeds`)."""
+        stopping = [f for f in self.feeds if node_local is None or f.node_local == node_local]
+        for feed in stopping:
             feed.stop()
         # A feed whose position the writer refused (its lease lost) ended with NotLeader.
-        await asyncio.gather(*self._feed_tasks, return_exceptions=True)
-        self.feeds, self._feed_tasks = [], []
+        await asyncio.gather(*(self._feed_tasks.pop(f) for f in stopping), return_exceptions=True)
+        self.feeds = [f for f in self.feeds if f not in stopping]
 
     async def _open_shared(self) -> None:
         """Open the reader of a shared graph and follow the cursor any node's writer
@@ -229,6 +239,7 @@ class IdentityService:
 
         self.store.watch_cursor(seen)
         await self.store.serve_erasures(self._erase_asked, loop)
+        self._start_feeds(node_local=True)  # every node's own data, whoever writes
         self.opened = True
         log.info("identity graph reader started (shared)")
 
@@ -237,7 +248,7 @@ class IdentityService:
         holds the lease. Then this node applies the log and runs the warehouse feeds."""
         self.cursor = await self.writer.call(writer.cursor)
         self.leading = True
-        self._start_feeds()
+        self._start_feeds(node_local=False)
         log.info("identity writer leading", cursor=self.cursor, feeds=[f.name for f in self.feeds])
         async with self._advanced:
             self._advanced.notify_all()
@@ -292,7 +303,7 @@ class IdentityService:
         its feeds, keep reading, and try to lead again after LEAD_RETRY seconds."""
         if self.leading:
             log.info("identity writer no longer leading", reason=str(why))
-            await self._stop_feeds()
+            await self._stop_feeds(node_local=False)
         self.leading = False
         self.error = None  # healthy: the graph is written by another node
         self.running.set(1)
@@ -345,6 +356,10 @@ class IdentityService:
     async def _advance(self, seq: int) -> None:
         if seq > self.cursor:
             self.cursor = seq
+            if self.shared:  # another node's writer may have linked: look (node-local feeds)
+                for feed in self.feeds:
+                    if feed.node_local:
+                        feed.wake()
             if time.monotonic() - self._copied_at >= CURSOR_COPY_EVERY:
                 await self._save_cursor()
         async with self._advanced:
@@ -446,11 +461,20 @@ class IdentityService:
         """A warehouse feed's position (eventd/identity/feed.py), through the writer."""
         await self.writer.call(writer.save_position, destination, version)
 
+    def lag(self) -> int:
+        """Events stored and not applied yet; on the cluster (a :class:`SharedLog`) the
+        log messages, each a group of events, after the graph's cursor up to the
+        stream's end: the cluster-wide lag, the same on every node (as a destination's
+        ``lag_events`` there)."""
+        if isinstance(self.log, SharedLog):
+            return self.log.behind(self.cursor)
+        return max(0, self.log.last_seq - self.cursor)
+
     def status(self) -> dict[str, Any]:
         """``cursor``, ``lag_events``, ``running`` and ``error`` (why not, or None)."""
         return {
             "cursor": self.cursor,
-            "lag_events": max(0, self.log.last_seq - self.cursor),
+            "lag_events": self.lag(),
             "running": self.error is None,
             "error": self.error,
         }

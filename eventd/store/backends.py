@@ -19,16 +19,19 @@ def open_store(
     metrics: Metrics,
     destinations: Sequence[str] = (),
     ordered: Sequence[str] = (),
+    local: Sequence[str] = (),
 ) -> Store:
     """The store ``[storage]`` configures (not yet opened: the app opens it at start).
     ``destinations``: the enabled destinations' names (a cluster creates a durable
     consumer for each when it opens); ``ordered``: those of them with ``ordered =
-    true`` (a cluster creates one consumer per partition for each instead)."""
+    true`` (a cluster creates one consumer per partition for each instead);
+    ``local``: the node-local ones (``Destination.node_local``: on a cluster, a
+    consumer per node, which wins over ``ordered``)."""
     if config.backend == "jetstream":
         # Imported here: nats-py is the optional `jetstream` extra.
         from eventd.store.cluster import ClusterStore
 
-        return ClusterStore(config, destinations, ordered)
+        return ClusterStore(config, destinations, ordered, local)
     return SqliteStore(
         config.path,
         synchronous=config.synchronous,

@@ -367,6 +367,19 @@ class SharedIdentityBackend(IdentityBackend, Protocol):
         ...
 
 
+@runtime_checkable
+class SharedLog(Protocol):
+    """A log several nodes append to (the cluster's): its end is not the newest seq
+    this node has seen (``Store.last_seq``), so how far a reader is behind is asked
+    of the log itself."""
+
+    def behind(self, seq: int) -> int:
+        """How far the log goes past ``seq``, without I/O (as last read, every few
+        seconds): on the cluster, the log messages (each a group of events) after the
+        one ``seq`` is in, counted from the stream's last sequence."""
+        ...
+
+
 class Span:
     """Part of what a :class:`Feed` handed out, cut by :meth:`Feed.cut`: settled or held
     as one. Opaque to the worker; each feed subclasses it."""

@@ -22,8 +22,9 @@ key-value buckets every node shares). What is not kept in the cluster yet raises
 :class:`~eventd.store.base.NotSupported` (the admin API answers 501 naming it):
 service cursors. The identity graph's state is in buckets of its own
 (eventd/store/cluster_identity.py); its writer reads the log through
-eventd/store/cluster_log.py. ``eventd.config`` refuses at load what would need
-more (a duckdb destination): docs/scaling.md, "Serve on the cluster".
+eventd/store/cluster_log.py. A node-local destination (its data on the node:
+duckdb's file) has a consumer per node, named by this node's lasting id (the
+``node-id`` file in its data directory): docs/scaling.md, "Node-local destinations".
 
 An event's seq on the cluster is ``log message sequence << EVENT_BITS | its place
 in the message's group`` (log order kept; unique per event).
@@ -34,6 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import re
+import uuid
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +76,29 @@ LONG_POLL = 1.0  # seconds a fetch waits for a message before the worker looks a
 OPEN_TIMEOUT = 60.0
 
 
+NODE_ID_FILE = "node-id"
+
+
+def node_id(data_dir: Path) -> tuple[str, bool]:
+    """This node's lasting id and whether it is new: read from ``data_dir/node-id``,
+    else made (host name and a random part) and written there first. It names the
+    node's consumers of node-local destinations, so it must last as long as their
+    data (a DuckDB file) does, and differ between nodes: a data directory copied to
+    another node must not take its ``node-id`` along."""
+    path = data_dir / NODE_ID_FILE
+    try:
+        return path.read_text().strip(), False
+    except FileNotFoundError:
+        pass
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", os.uname().nodename)[:40]
+    made = f"{host}-{uuid.uuid4().hex[:12]}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(made + "\n")
+    tmp.replace(path)  # whole or absent: a crash never leaves half an id
+    return made, True
+
+
 def _refused(what: str) -> NotSupported:
     return NotSupported(f"{what} is not available with storage.backend = 'jetstream' yet")
 
@@ -86,17 +113,26 @@ class ClusterStore(ClusterDeletions):
         config: StorageConfig,
         destinations: Sequence[str] = (),
         ordered: Sequence[str] = (),
+        local: Sequence[str] = (),
     ) -> None:
+        """``destinations``: the enabled ones; ``ordered``: those among them with
+        ``ordered = true`` (a consumer per partition each); ``local``: the node-local
+        ones (``Destination.node_local``): a consumer of this node's own each, which
+        wins over ``ordered`` (one fetcher per node keeps order there)."""
         assert config.jetstream is not None
         self.config = config
         self.destinations = list(destinations)
-        self.ordered = list(ordered)  # of destinations: a consumer per partition each
+        self.local = [d for d in destinations if d in set(local)]
+        self.ordered = [d for d in ordered if d not in set(local)]
+        data_dir = Path(config.path).parent  # this node's dedup sets, rebuildable from the log
+        self.node_id, self._new_node = node_id(data_dir) if self.local else ("", False)
         self.js = JetStreamStore(
             config.jetstream,
-            Path(config.path).parent,  # this node's dedup sets, rebuildable from the log
+            data_dir,
             dedup_window=config.dedup_window,
             retention=config.retention,
             ack_wait=ACK_WAIT,
+            local_id=self.node_id or None,
         )
         self._last_seq = 0
         self._ready = False
@@ -114,7 +150,8 @@ class ClusterStore(ClusterDeletions):
         servers = ",".join(self.js.cfg.servers)
         try:
             await asyncio.wait_for(
-                self.js.open(self.destinations, ordered=self.ordered), OPEN_TIMEOUT
+                self.js.open(self.destinations, ordered=self.ordered, local=self.local),
+                OPEN_TIMEOUT,
             )
             await asyncio.wait_for(self.open_admin(), OPEN_TIMEOUT)
         except Exception as exc:
@@ -124,8 +161,26 @@ class ClusterStore(ClusterDeletions):
                 f"the jetstream cluster at {servers} did not open in {OPEN_TIMEOUT:g}s: {why}"
             ) from exc
         self._ready = True
+        for destination in sorted(self.js.created_local):
+            self.started_local(destination, self._new_node)
         await self._read_share()  # the workers start with their part, not the whole
         self._monitor = asyncio.create_task(self._watch(), name="cluster-health")
+
+    def started_local(self, destination: str, new_node: bool) -> None:
+        """Say where a node-local consumer just created starts: the log's first kept
+        message. A node seen before (its ``node-id`` existed) had one that the servers
+        removed: its data lacks what was purged while it was away."""
+        if new_node:
+            log.info("node-local destination starts", destination=destination, node=self.node_id)
+            return
+        log.warning(
+            "node-local destination's consumer was gone (this node was away longer than"
+            " storage.retention): it starts at the log's first kept message; events"
+            " purged meanwhile are missing from this node's data (copy a current file"
+            " from another node to fill it: docs/scaling.md)",
+            destination=destination,
+            node=self.node_id,
+        )
 
     async def close(self) -> None:
         if self._monitor is not None:
@@ -171,6 +226,14 @@ class ClusterStore(ClusterDeletions):
 
     def seen(self, seq: int) -> None:
         self._last_seq = max(self._last_seq, seq)
+
+    def behind(self, seq: int) -> int:
+        """Log messages after the one event ``seq`` is in (the identity graph's cursor
+        lands on a message's last event), counted from the stream's last sequence as
+        the health round read it (every 2 s) and from its first kept one: the
+        cluster-wide end, not this node's newest fetched event (``SharedLog``)."""
+        first, last = self.js.log_bounds
+        return max(0, last - max(seq >> EVENT_BITS, first - 1))
 
     @property
     def pending_events(self) -> int:
@@ -460,9 +523,10 @@ class ClusterFeed:
     async def passed(self, target: int) -> bool:
         """Cluster-wide, whatever ``target``: the ingest queue empty (an acknowledged
         group waits there until a dedup stage forwarded it to the log), then this
-        destination's consumers with nothing pending or in flight. Read in that order:
-        a group leaves the queue only after it is in the log, so nothing acknowledged
-        before the first read slips between the two."""
+        destination's consumers with nothing pending or in flight (a node-local
+        destination's: this node's own, what this node's data lacks). Read in that
+        order: a group leaves the queue only after it is in the log, so nothing
+        acknowledged before the first read slips between the two."""
         return await self.store.js.drained(self.destination)
 
     async def close(self) -> None:
@@ -478,7 +542,9 @@ class ClusterFeed:
         self._uncut.clear()
 
     async def _keep(self) -> None:
-        """Hold every message fetched and not settled (see the class docstring)."""
+        """Hold every message fetched and not settled (see the class docstring); a
+        node-local destination's consumer, created again if the servers removed it
+        (this node's pulls stopped longer than its inactive threshold: a long stall)."""
         while True:
             await asyncio.sleep(ACK_WAIT / 3)
             for held in list(self._held.values()):
@@ -486,3 +552,11 @@ class ClusterFeed:
                     continue
                 with contextlib.suppress(Exception):  # a stall: the next round
                     await held.msg.in_progress()
+            if self.destination in self.store.local:
+                try:  # bounded: a stalled cluster must not stop the holds above
+                    if await asyncio.wait_for(
+                        self.store.js.ensure_local(self.destination), ACK_WAIT / 3
+                    ):
+                        self.store.started_local(self.destination, new_node=False)
+                except Exception as exc:  # a stall: the next round
+                    log.info("node-local consumer not checked", error=repr(exc))

@@ -12,7 +12,9 @@ Names, all derived from ``storage.stream`` (S, default ``EVENTD``):
             group of events. Each destination is a durable pull consumer
             ``dest-<name>`` on it (any node fetches; the order between users is
             not kept); an ordered destination has one consumer per partition,
-            ``dest-<name>-p<p>``, each with one fetcher at a time.
+            ``dest-<name>-p<p>``, each with one fetcher at a time; a node-local
+            destination (its data on the node: duckdb) one per node,
+            ``dest-<name>@<node id>``, so every node gets every event.
 ``S_DEAD``  stream, subjects ``S.dead.<destination>``: dead letters, each a copy
             of the event (the log's copy goes at retention; a dead letter
             outlives it), its id the message's sequence in this stream.
@@ -133,6 +135,12 @@ class Names:
     @staticmethod
     def destination_consumer(destination: str, p: int | None = None) -> str:
         return f"dest-{destination}" if p is None else f"dest-{destination}-p{p}"
+
+    @staticmethod
+    def local_consumer(destination: str, node: str) -> str:
+        """A node-local destination's consumer on one node. '@' is in no destination
+        name (config.py's rule), so ``dest-<name>@`` starts this destination's alone."""
+        return f"dest-{destination}@{node}"
 
 
 @dataclass(frozen=True)
@@ -273,14 +281,28 @@ async def _wait_settled(
         await asyncio.sleep(0.1)
 
 
-async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
-    """Create a durable consumer unless it exists (its cursor is kept as it is)."""
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> bool:
+    """Create a durable consumer unless it exists (its cursor is kept as it is); True
+    when this call created it. An existing one whose inactive threshold differs (a
+    node-local consumer, storage.retention changed) is updated to this config."""
     assert config.durable_name is not None
     try:
-        await js.consumer_info(stream, config.durable_name)
+        info = await js.consumer_info(stream, config.durable_name)
+        # (0 and None both mean none: a server may report either for a durable)
+        if (info.config.inactive_threshold or None) != (config.inactive_threshold or None):
+            try:  # the same name: an update, the cursor kept
+                await js.add_consumer(stream, config)
+            except BadRequestError as exc:
+                log.warning("consumer not updated", consumer=config.durable_name, error=str(exc))
+        return False
     except NotFoundError:
-        with contextlib.suppress(BadRequestError):  # created by another node meanwhile
-            await js.add_consumer(stream, config)
+        try:
+            # Retried: seen timing out once when a node's consumer was created again just
+            # after the servers removed it (inactive); the callers bound the wait.
+            await _retrying(lambda: js.add_consumer(stream, config), "create a consumer")
+        except BadRequestError:  # created by another node meanwhile
+            return False
+        return True
 
 
 class JetStreamStore:
@@ -299,7 +321,13 @@ class JetStreamStore:
         node_id: str | None = None,
         lease_ttl: float = LEASE_TTL,
         ack_wait: float = 60.0,
+        local_id: str | None = None,
+        local_inactive: float | None = None,
     ) -> None:
+        """``local_id``: this node's lasting id (its data directory's, kept across
+        restarts), which names its consumers of node-local destinations; such a consumer
+        nobody pulled for ``local_inactive`` seconds (default ``retention``) is removed
+        by the servers, so a dead node's consumer holds retention that long at most."""
         self.cfg = cfg
         self.names = Names(cfg.stream)
         self.data_dir = data_dir
@@ -329,8 +357,15 @@ class JetStreamStore:
         # (and in a container its pid, 1), so each process adds a random token.
         self._publish_prefix = f"{self.node_id}-{os.urandom(6).hex()}"
         self.ordered: set[str] = set()
+        self.local: set[str] = set()  # node-local destinations: a consumer per node
+        self.local_id = local_id or self.node_id
+        self.local_inactive = retention if local_inactive is None else local_inactive
+        # Node-local destinations whose consumer this process created (absent before).
+        self.created_local: set[str] = set()
         self.max_message_bytes = 512 * 1024
         self.pending_events = 0
+        # (first, last) sequence of the log as its leader gave them at the last ready()
+        self.log_bounds = (0, 0)
         self.duplicates = 0  # counted by this node's dedup stages
         self.forwarded = 0
 
@@ -347,18 +382,21 @@ class JetStreamStore:
         destinations: Sequence[str] = (),
         *,
         ordered: Sequence[str] = (),
+        local: Sequence[str] = (),
         run_dedup: bool = True,
     ) -> None:
         """Connect, create or update streams, buckets and consumers, start the
         publisher and (``run_dedup``) this node's bid for dedup partitions.
         ``ordered``: the destinations (among ``destinations``) that keep each
-        user's order: one consumer per partition instead of one."""
+        user's order: one consumer per partition instead of one. ``local``: the
+        node-local ones (among ``destinations``): a consumer of this node's own."""
         self.nc = await connect(self.cfg, self.node_id)
         self._js = self.nc.jetstream(timeout=self.cfg.publish_timeout)
         # The server's max_payload (1 MB by default), less room for headers and
         # for JSON escaping of the bodies (a body is a JSON string inside the message).
         self.max_message_bytes = self.nc.max_payload // 2
         self.ordered = set(ordered)
+        self.local = set(local)
         await self.ensure(destinations)
         self._publisher = asyncio.create_task(self._publish_loop(), name="jetstream-publisher")
         if run_dedup:
@@ -411,19 +449,9 @@ class JetStreamStore:
             )
         for name in destinations:
             for durable, subject in self._consumers(name):
-                await _ensure_consumer(
-                    js,
-                    n.stream,
-                    ConsumerConfig(
-                        durable_name=durable,
-                        filter_subject=subject,
-                        ack_policy=AckPolicy.EXPLICIT,
-                        # A batch held for a retry is kept with in_progress(); a node that
-                        # dies holding it lets it go after ack_wait to another node.
-                        ack_wait=self.ack_wait,
-                        max_ack_pending=10_000,
-                    ),
-                )
+                wanted = self._consumer_config(durable, subject)
+                if await _ensure_consumer(js, n.stream, wanted) and name in self.local:
+                    self.created_local.add(name)
         # Every stream and consumer this node uses led and its replicas current
         # before the node serves (a stream just scaled is still electing).
         waits: list[tuple[str, str | None]] = [(name, None) for name, _, _ in streams]
@@ -446,9 +474,36 @@ class JetStreamStore:
             )
         )
 
+    def _consumer_config(self, durable: str, subject: str) -> ConsumerConfig:
+        local = "@" in durable
+        return ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            # A batch held for a retry is kept with in_progress(); a node that
+            # dies holding it lets it go after ack_wait to another node.
+            ack_wait=self.ack_wait,
+            max_ack_pending=10_000,
+            # A node-local consumer is one node's alone: once nobody pulled it for this
+            # long the servers remove it, and retention stops waiting for a dead node.
+            inactive_threshold=self.local_inactive if local else None,
+        )
+
+    async def ensure_local(self, destination: str) -> bool:
+        """Create this node's consumer of a node-local destination again if the servers
+        removed it (inactive past ``local_inactive``); True when it was created. It
+        starts at the log's first kept message (what was purged meanwhile is gone)."""
+        ((durable, subject),) = self._consumers(destination)
+        return await _ensure_consumer(
+            self.js, self.names.stream, self._consumer_config(durable, subject)
+        )
+
     def _consumers(self, destination: str) -> list[tuple[str, str]]:
-        """(durable name, filter subject) of each consumer of a destination."""
+        """(durable name, filter subject) of each consumer of a destination (a node-local
+        one's: this node's)."""
         n = self.names
+        if destination in self.local:
+            return [(n.local_consumer(destination, self.local_id), f"{n.stream}.log.>")]
         if destination in self.ordered:
             return [
                 (n.destination_consumer(destination, p), n.log_subject(p))
@@ -513,6 +568,7 @@ class JetStreamStore:
             info = await self.js.stream_info(self.names.stream)
         except (*_TRANSIENT, ConnectionClosedError):
             return False
+        self.log_bounds = (int(info.state.first_seq or 0), int(info.state.last_seq or 0))
         return info.cluster is None or info.cluster.leader is not None
 
     # -- ingest -------------------------------------------------------------------
@@ -837,9 +893,12 @@ class JetStreamStore:
     async def reader(self, destination: str, partition: int | None = None) -> DestinationReader:
         """A pull on the destination's consumer (an ordered destination's
         ``partition``: hold it with one fetcher at a time to keep users' order)."""
-        sub = await self.js.pull_subscribe_bind(
-            self.names.destination_consumer(destination, partition), stream=self.names.stream
+        durable = (
+            self.names.local_consumer(destination, self.local_id)
+            if destination in self.local
+            else self.names.destination_consumer(destination, partition)
         )
+        sub = await self.js.pull_subscribe_bind(durable, stream=self.names.stream)
         return DestinationReader(destination, sub)
 
     async def handed_out(self, destination: str, partition: int) -> list[list[LogEvent]]:
@@ -862,14 +921,21 @@ class JetStreamStore:
         ]
 
     async def lag(self, destination: str) -> dict[str, int]:
-        """The consumers' truth, the same from any node: log messages not yet
-        delivered (``pending``), delivered and not yet settled (``in_flight``),
-        and the stream sequence below which everything is settled (``settled_below``)."""
+        """The consumers' truth, the same from any node (a node-local destination's:
+        this node's consumer): log messages not yet delivered (``pending``),
+        delivered and not yet settled (``in_flight``), and the stream sequence below
+        which everything is settled (``settled_below``)."""
+        return await self._lag([durable for durable, _ in self._consumers(destination)])
+
+    async def _lag(self, durables: Sequence[str]) -> dict[str, int]:
         last = (await self.js.stream_info(self.names.stream)).state.last_seq
         pending = in_flight = 0
         settled_below = last + 1
-        for durable, _ in self._consumers(destination):
-            info = await self._led_consumer_info(durable)
+        for durable in durables:
+            try:
+                info = await self._led_consumer_info(durable)
+            except NotFoundError:  # a node-local consumer removed meanwhile: holds nothing
+                continue
             pending += int(info.num_pending or 0)
             in_flight += int(info.num_ack_pending or 0)
             if info.num_pending or info.num_ack_pending:
@@ -959,7 +1025,9 @@ class JetStreamStore:
         reader of the log, the identity graph, has not passed); returns the first
         sequence kept."""
         last = (await self.js.stream_info(self.names.stream)).state.last_seq
-        floors = [(await self.lag(d))["settled_below"] for d in destinations]
+        floors = [
+            (await self._lag(await self._floor_consumers(d)))["settled_below"] for d in destinations
+        ]
         settled_below = min(floors, default=last + 1)
         cutoff = datetime.fromtimestamp((now or time.time()) - self.retention, UTC)
         try:  # the leader's newest message: is anything at or after the cutoff?
@@ -974,6 +1042,22 @@ class JetStreamStore:
         if keep > 1:
             await self.js.purge_stream(self.names.stream, seq=keep)
         return keep
+
+    async def _floor_consumers(self, destination: str) -> list[str]:
+        """The consumers whose floors hold the log for ``destination``: a node-local
+        one's are every node's that the servers still keep (listed: nodes come and go),
+        whatever node runs the sweep."""
+        if destination not in self.local:
+            return [durable for durable, _ in self._consumers(destination)]
+        prefix = self.names.local_consumer(destination, "")
+        names: list[str] = []
+        offset = 0
+        while True:  # pages of up to 256: one missed would let the sweep purge its events
+            page = await self.js.consumers_info(self.names.stream, offset=offset)
+            if not page:
+                return sorted(names)
+            names += [i.name for i in page if i.name.startswith(prefix)]
+            offset += len(page)
 
     async def _first_since(self, cutoff: datetime) -> int:
         """The sequence of the log's first message stored at or after ``cutoff``,

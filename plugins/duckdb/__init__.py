@@ -67,6 +67,9 @@ class Duckdb(Destination):
     }
     max_batch_events = 10000
     max_batch_bytes = 50_000_000
+    # The file is on this node: on the cluster every node loads every event into its
+    # own file, so reports answer the same on any node (docs/scaling.md).
+    node_local = True
 
     dialect = "duckdb"
 
