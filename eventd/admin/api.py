@@ -25,7 +25,15 @@ from eventd.console.session import admin_session_ok
 from eventd.delivery.dispatcher import Dispatcher
 from eventd.live import LiveHub
 from eventd.metrics import CONTENT_TYPE_LATEST, Metrics
-from eventd.store import DeadLetter, NotSupported, StorageUnavailable, Store, iso_ms, now_ms
+from eventd.store import (
+    Conflict,
+    DeadLetter,
+    NotSupported,
+    StorageUnavailable,
+    Store,
+    iso_ms,
+    now_ms,
+)
 from eventd.suppressions import Suppressions
 
 log = structlog.get_logger("eventd.admin")
@@ -57,6 +65,9 @@ def _dead_letter(d: DeadLetter) -> dict[str, Any]:
         "error": d.error,
         "failed_at": iso_ms(d.failed_at),
         "state": d.state,
+        # Only a node-local destination's letter on the cluster has one: the node
+        # whose file refused it (and which resends its redrive).
+        **({"node": d.node} if d.node is not None else {}),
     }
 
 
@@ -86,6 +97,8 @@ def guarded(token: str | None, handler: Handler) -> Handler:
             return resp
         except NotSupported as exc:  # the storage backend cannot do it yet
             return error_response(501, "not_implemented", str(exc))
+        except Conflict as exc:  # e.g. a redrive of a letter whose node is gone
+            return error_response(409, "conflict", str(exc))
 
     return route
 

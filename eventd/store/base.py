@@ -59,6 +59,12 @@ class NotSupported(Exception):
     ``not_implemented`` with this message, which names what is missing."""
 
 
+class Conflict(Exception):
+    """The request cannot be done in the store's present state (a redrive of a dead
+    letter whose node is gone for good). The admin API answers 409 ``conflict``
+    with this message, which names what is in the way."""
+
+
 class NotLeader(Exception):
     """A :class:`SharedIdentityBackend` lets one node's writer write at a time: this
     node's is not it (another node holds the writer's lease, or this node's lapsed).
@@ -128,7 +134,9 @@ class NewDeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A stored dead letter; ``state`` is ``dead`` or ``redrive`` (asked back)."""
+    """A stored dead letter; ``state`` is ``dead`` or ``redrive`` (asked back);
+    ``node``: the id of the node whose own copy of a node-local destination refused
+    it (the cluster store; a redrive is resent by that node), else None."""
 
     id: int
     destination: str
@@ -141,6 +149,7 @@ class DeadLetter:
     error: str
     failed_at: int
     state: str
+    node: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -340,7 +340,8 @@ class ClusterStore(ClusterDeletions):
                 d.received_at,
                 d.body,
             )
-            await self.js.dead_letter(destination, event, attempts, d.error[:MAX_ERROR_CHARS])
+            node = self.node_id if destination in self.local else None
+            await self.js.dead_letter(destination, event, attempts, d.error[:MAX_ERROR_CHARS], node)
 
     # -- retention -------------------------------------------------------------
 

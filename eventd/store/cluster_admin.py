@@ -68,6 +68,7 @@ from nats.js.kv import KeyValue
 
 from eventd.event import Event
 from eventd.store.base import (
+    Conflict,
     DeadLetter,
     EventRow,
     Replay,
@@ -198,6 +199,8 @@ class ClusterAdmin:
     :meth:`open_admin` / :meth:`close_admin`."""
 
     js: JetStreamStore
+    local: list[str]  # ClusterStore's: the node-local destinations
+    node_id: str  # ClusterStore's: this node's lasting id ("" without node-local ones)
 
     def seen(self, seq: int) -> None: ...  # ClusterStore's: the newest event seq seen
 
@@ -208,7 +211,7 @@ class ClusterAdmin:
         self._watcher: asyncio.Task[None] | None = None
         self._aside: KeyValue | None = None
         self._suppressions_kv: KeyValue | None = None
-        self._aside_held: dict[str, int] = {}  # destination -> its lease's revision
+        self._aside_held: dict[str, int] = {}  # aside lease key -> its revision
         self._renewer: asyncio.Task[None] | None = None
         self._watch_ready = asyncio.Event()
 
@@ -229,9 +232,9 @@ class ClusterAdmin:
         await cancel(self._watcher, self._renewer)
         leases = self.js.leases
         if leases is not None and self.js.nc is not None and self.js.nc.is_connected:
-            for destination, revision in list(self._aside_held.items()):
+            for lease, revision in list(self._aside_held.items()):
                 with contextlib.suppress(Exception):  # left to the TTL
-                    await leases.delete(f"aside-{destination}", last=revision)
+                    await leases.delete(lease, last=revision)
         self._aside_held.clear()
 
     @property
@@ -351,51 +354,75 @@ class ClusterAdmin:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def _hold_aside(self, destination: str) -> bool:
-        """Take (or keep) ``aside-<destination>``: True while this node may resend
-        the destination's redrives and replays."""
+    async def _hold_aside(self, lease: str) -> bool:
+        """Take (or keep) the aside ``lease`` (``aside-<destination>``, or
+        ``aside-<destination>.<node>``: :func:`aside_lease`): True while this node
+        may resend the work it covers."""
         leases = self.js.leases
         assert leases is not None
-        key = f"aside-{destination}"
-        revision = self._aside_held.get(destination)
+        revision = self._aside_held.get(lease)
         try:
             if revision is None:
-                self._aside_held[destination] = await leases.create(key, self.js.node_id.encode())
+                self._aside_held[lease] = await leases.create(lease, self.js.node_id.encode())
             else:
-                self._aside_held[destination] = await leases.update(
-                    key, self.js.node_id.encode(), last=revision
+                self._aside_held[lease] = await leases.update(
+                    lease, self.js.node_id.encode(), last=revision
                 )
         except KeyWrongLastSequenceError:  # another node holds it (or ours lapsed)
-            self._aside_held.pop(destination, None)
+            self._aside_held.pop(lease, None)
             return False
         return True
 
-    async def _let_go_aside(self, destination: str) -> None:
-        """No redrive or replay left for the destination here: give the lease back."""
-        revision = self._aside_held.pop(destination, None)
+    async def _let_go_aside(self, lease: str) -> None:
+        """No redrive or replay left under ``lease`` here: give it back."""
+        revision = self._aside_held.pop(lease, None)
         leases = self.js.leases
         if revision is not None and leases is not None:
             with contextlib.suppress(Exception):  # lapsed meanwhile: the TTL frees it
-                await leases.delete(f"aside-{destination}", last=revision)
+                await leases.delete(lease, last=revision)
 
     async def _renew_aside(self) -> None:
         while True:
             await asyncio.sleep(ASIDE_RENEW)
-            for destination in list(self._aside_held):
+            for lease in list(self._aside_held):
                 with contextlib.suppress(Exception):  # a stalled cluster: next round
-                    await self._hold_aside(destination)
+                    await self._hold_aside(lease)
+
+    async def _aside_groups(self, destination: str, kind: str) -> dict[str, dict[str, Any]]:
+        """The destination's ``kind`` (redrive, replay) entries this node may do,
+        by the lease that covers them: a shared destination's (and a node-local
+        one's that name no node) under ``aside-<destination>``, this node's own
+        under ``aside-<destination>.<node id>``; other nodes' are left to them."""
+        groups: dict[str, dict[str, Any]] = {}
+        for key, value in (await self._entries(f"{kind}.{destination}.*")).items():
+            node = _node_of(kind, value)
+            if node is None or node == self.node_id:
+                groups.setdefault(aside_lease(destination, node), {})[key] = value
+        return groups
 
     async def _aside_work(self, destination: str, kind: str) -> dict[str, Any]:
-        """The destination's ``kind`` (redrive, replay) entries, when this node holds
-        its lease; {} (and the lease given back when nothing of either kind is left)
-        otherwise."""
-        found = await self._entries(f"{kind}.{destination}.*")
-        if found:
-            return found if await self._hold_aside(destination) else {}
-        other = "replay" if kind == "redrive" else "redrive"
-        if destination in self._aside_held and not await self._entries(f"{other}.{destination}.*"):
-            await self._let_go_aside(destination)
-        return {}
+        """The destination's ``kind`` entries whose lease this node holds (taking
+        it); {} otherwise. A lease held with nothing of either kind left under it
+        is given back."""
+        groups = await self._aside_groups(destination, kind)
+        out: dict[str, Any] = {}
+        for lease, entries in groups.items():
+            if await self._hold_aside(lease):
+                out.update(entries)
+        idle = [
+            lease
+            for lease in (aside_lease(destination, None), aside_lease(destination, self.node_id))
+            if lease in self._aside_held and lease not in groups
+        ]
+        idle = list(dict.fromkeys(idle))  # one lease when this node has no id of its own
+        if idle:
+            other = await self._aside_groups(
+                destination, "replay" if kind == "redrive" else "redrive"
+            )
+            for lease in idle:
+                if lease not in other:
+                    await self._let_go_aside(lease)
+        return out
 
     @_unavailable
     async def dead_letters(
@@ -429,13 +456,44 @@ class ClusterAdmin:
 
     @_unavailable
     async def request_redrive(self, destination: str | None, ids: Sequence[int] = ()) -> int:
+        """Mark the dead letters asked back; the mark's value is the letter's node
+        (a node-local destination's: that node resends it), else empty. A letter
+        whose node is gone for good (no consumer of its own left: away longer than
+        ``storage.retention``) would wait forever: asked by id, nothing is marked
+        and :class:`Conflict` names the node; in a redrive of everything it is
+        skipped (not counted) and logged. It stays listed until purged."""
         wanted = set(ids)
+        asked = [
+            d
+            for d in await self.dead_letters(destination=destination, limit=2**62)
+            if d.state == "dead" and (not wanted or d.id in wanted)
+        ]
+        live: dict[str, set[str]] = {}  # node-local destination -> its nodes
+        gone: list[DeadLetter] = []
+        for d in asked:
+            if d.node is None or d.destination not in self.local:
+                continue
+            if d.destination not in live:
+                live[d.destination] = await self.js.local_nodes(d.destination)
+            if d.node not in live[d.destination]:
+                gone.append(d)
+        if gone and wanted:
+            names = ", ".join(sorted({f"{d.node} ({d.destination})" for d in gone}))
+            raise Conflict(
+                f"dead letters {sorted(d.id for d in gone)} belong to node {names}, gone for"
+                " good (its consumer was removed after storage.retention): no node can resend"
+                " them into that node's file; purge them (POST /admin/dead-letters/purge)"
+            )
+        for d in gone:
+            log.warning("dead letter of a node gone for good not redriven", id=d.id, node=d.node)
         marked = 0
-        for d in await self.dead_letters(destination=destination, limit=2**62):
-            if d.state != "dead" or (wanted and d.id not in wanted):
+        for d in asked:
+            if d in gone:
                 continue
             try:
-                await self._asides.create(f"redrive.{d.destination}.{d.id}", b"")
+                await self._asides.create(
+                    f"redrive.{d.destination}.{d.id}", (d.node or "").encode()
+                )
             except KeyWrongLastSequenceError:  # already asked (by another node, meanwhile)
                 continue
             marked += 1
@@ -497,6 +555,7 @@ class ClusterAdmin:
                 "attempts": letter.attempts + attempts,
                 "error": error,
                 "failed_at": now_ms(),
+                **({"node": letter.node} if letter.node is not None else {}),
             }
             await self.js._publish(
                 self.js.names.dead_subject(letter.destination),
@@ -550,12 +609,37 @@ class ClusterAdmin:
 
     @_unavailable
     async def request_replay(self, destination: str, first: int, last: int) -> None:
-        replay_id = await self._next_replay_id()
-        value = orjson.dumps({"next_seq": first, "until_seq": last})
-        await self._asides.put(f"replay.{destination}.{replay_id:012d}", value)
+        """Queue the range; a node-local destination's once per node that has its
+        consumer now (and this one), each record naming its node, which resends it
+        into its own file (a node that joins later starts from the log anyway)."""
+        nodes: Sequence[str | None] = [None]
+        if destination in self.local:
+            nodes = sorted((await self.js.local_nodes(destination)) | {self.node_id})
+        for node in nodes:
+            replay_id = await self._next_replay_id()
+            value: dict[str, Any] = {"next_seq": first, "until_seq": last}
+            if node is not None:
+                value["node"] = node
+            await self._asides.put(f"replay.{destination}.{replay_id:012d}", orjson.dumps(value))
+
+    async def _drop_gone_replays(self, destination: str) -> None:
+        """Purge a node-local destination's replays of nodes gone for good (no
+        consumer left): nobody else may resend them into that node's file."""
+        found = await self._entries(f"replay.{destination}.*")
+        others = {k: _node_of("replay", v) for k, v in found.items()}
+        others = {k: n for k, n in others.items() if n is not None and n != self.node_id}
+        if not others:
+            return
+        live = await self.js.local_nodes(destination)
+        for key, node in others.items():
+            if node not in live:
+                log.warning("replay of a node gone for good dropped", key=key, node=node)
+                await self._asides.purge(key)
 
     @_unavailable
     async def next_replay(self, destination: str) -> Replay | None:
+        if destination in self.local:
+            await self._drop_gone_replays(destination)
         found = await self._aside_work(destination, "replay")
         if not found:
             return None
@@ -793,6 +877,25 @@ class ClusterAdmin:
         return gone, dead_gone, done
 
 
+def aside_lease(destination: str, node: str | None) -> str:
+    """The ``S_LEASES`` key under which one node at a time resends a destination's
+    redrives and replays: ``aside-<destination>``, or for a node-local destination's
+    work of one node, ``aside-<destination>.<node id>`` ('@' is not a key character;
+    a node id is ``[A-Za-z0-9_-]``, so '.' parts it from the name)."""
+    return f"aside-{destination}.{node}" if node else f"aside-{destination}"
+
+
+def _node_of(kind: str, value: bytes | None) -> str | None:
+    """The node an S_ASIDE entry of ``kind`` names (a redrive mark's value, a
+    replay record's ``node``), or None: any node under the destination's lease."""
+    if not value:
+        return None
+    if kind == "redrive":
+        return value.decode() or None
+    node = orjson.loads(value).get("node")
+    return str(node) if node else None
+
+
 def _suppression(value: bytes) -> Suppression:
     return Suppression(**orjson.loads(value))
 
@@ -811,4 +914,5 @@ def _dead_letter(record: dict[str, Any]) -> DeadLetter:
         error=record["error"],
         failed_at=int(record["failed_at"]),
         state="dead",
+        node=record.get("node"),
     )

@@ -970,10 +970,12 @@ class JetStreamStore:
     # -- dead letters --------------------------------------------------------------
 
     async def dead_letter(
-        self, destination: str, event: LogEvent, attempts: int, error: str
+        self, destination: str, event: LogEvent, attempts: int, error: str, node: str | None = None
     ) -> int:
-        """Copy the event into S_DEAD (it outlives the log's retention); returns its id."""
-        record = {
+        """Copy the event into S_DEAD (it outlives the log's retention); returns its id.
+        ``node``: a node-local destination's letter names the node whose own copy
+        refused it (that node resends its redrive)."""
+        record: dict[str, Any] = {
             "destination": destination,
             "seq": event.seq,
             "offset": event.offset,
@@ -985,6 +987,8 @@ class JetStreamStore:
             "error": error,
             "failed_at": int(time.time() * 1000),
         }
+        if node is not None:
+            record["node"] = node
         # One id per call, kept by _publish's retries of this call: the stream's dedup
         # window then catches only a retried publish. An id of the event alone would
         # take the same event failing again within the window (a replay or a redrive
@@ -1042,6 +1046,12 @@ class JetStreamStore:
         if keep > 1:
             await self.js.purge_stream(self.names.stream, seq=keep)
         return keep
+
+    async def local_nodes(self, destination: str) -> set[str]:
+        """The ids of the nodes whose consumer of node-local ``destination`` the
+        servers still keep (a node gone longer than ``storage.retention`` has none)."""
+        prefix = self.names.local_consumer(destination, "")
+        return {name.removeprefix(prefix) for name in await self._floor_consumers(destination)}
 
     async def _floor_consumers(self, destination: str) -> list[str]:
         """The consumers whose floors hold the log for ``destination``: a node-local
