@@ -27,7 +27,7 @@ from eventd.config import DestinationConfig, IdentityConfig, JetStreamConfig, St
 from eventd.delivery.worker import Worker
 from eventd.identity.service import IdentityService
 from eventd.metrics import Metrics
-from eventd.store import DONE, EventRow, NewDeadLetter, now_ms
+from eventd.store import DONE, Conflict, EventRow, NewDeadLetter, now_ms
 from eventd.store.cluster import ClusterStore
 from eventd.store.cluster_admin import EVENT_BITS
 from eventd.suppressions import Suppressions
@@ -51,6 +51,12 @@ class Recording(Destination):
     async def deliver(self, batch: Sequence[Event]) -> list[Outcome]:
         self.took.extend(e.message["messageId"] for e in batch)
         return [OK] * len(batch)
+
+
+class LocalRecording(Recording):
+    """A node-local destination (as duckdb): each node's copy takes every event."""
+
+    node_local = True
 
 
 def rows(user: str, *mids: str, at: int | None = None) -> list[EventRow]:
@@ -87,11 +93,13 @@ class Nodes:
         self.tmp = tmp
         self.open: list[ClusterStore] = []
 
-    async def start(self, name: str, destinations: Sequence[str] = ("r",)) -> ClusterStore:
+    async def start(
+        self, name: str, destinations: Sequence[str] = ("r",), local: Sequence[str] = ()
+    ) -> ClusterStore:
         storage = StorageConfig(
             backend="jetstream", jetstream=self.cfg, path=self.tmp / name / "eventd.db"
         )
-        store = ClusterStore(storage, destinations)
+        store = ClusterStore(storage, destinations, local=local)
         await store.open()
         self.open.append(store)
         return store
@@ -196,6 +204,150 @@ async def test_a_redrive_asked_on_one_node_is_done_by_one_node_at_a_time(nodes: 
     assert await b.delete_dead_letters(failed_before=failed + 1, limit=1) == 1
     assert await a.delete_dead_letters(failed_before=failed + 1, limit=10) == 1
     assert await a.dead_letters() == []
+
+
+def letter(message_id: str, seq: int) -> NewDeadLetter:
+    body = orjson.dumps({"type": "track", "messageId": message_id, "userId": "u"})
+    return NewDeadLetter(seq << EVENT_BITS, "web", message_id, 1, body, "HTTP 400")
+
+
+class Running:
+    """Workers for ``dl`` (node-local) and ``r`` (shared) on each of some nodes, each
+    into a Recording of its own (a node's file, a node's share of a webhook)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.dests: dict[tuple[str, str], Recording] = {}
+        self.workers: list[Worker] = []
+        self.runs: list[asyncio.Task[None]] = []
+
+    async def start(self, node: str, store: ClusterStore) -> None:
+        for name, kind in (("dl", LocalRecording), ("r", Recording)):
+            dest = kind(name, {}, self.session)
+            worker = Worker(DestinationConfig(name=name, type="recording"), dest, store, Metrics())
+            await worker.start()
+            self.dests[node, name] = dest
+            self.workers.append(worker)
+            self.runs.append(asyncio.create_task(worker.run()))
+
+    def took(self, node: str, name: str) -> list[str]:
+        return self.dests[node, name].took
+
+    def wake(self) -> None:  # as the Dispatcher does after a redrive or replay request
+        for worker in self.workers:
+            worker.wake()
+
+    async def stop(self) -> None:
+        for worker in self.workers:
+            worker.stopping.set()
+        for run in self.runs:
+            run.cancel()
+        await asyncio.gather(*self.runs, return_exceptions=True)
+        for worker in self.workers:
+            await worker.feed.close()
+
+
+async def test_a_node_local_destinations_redrive_and_replay_go_into_each_nodes_own_copy(
+    nodes: Nodes, session: aiohttp.ClientSession
+) -> None:
+    """A node-local destination's dead letter names the node whose copy refused it;
+    its redrive is resent by that node alone, into its own copy; a replay is resent
+    by every node into its own; a shared destination's redrive still by one node."""
+    both = {"destinations": ("dl", "r"), "local": ("dl",)}
+    a, b = await nodes.start("a", **both), await nodes.start("b", **both)  # type: ignore[arg-type]
+    assert a.node_id and b.node_id and a.node_id != b.node_id
+    await a.add_dead_letters("dl", [letter("xa", 1)], attempts=3)
+    await b.add_dead_letters("dl", [letter("xb", 2)], attempts=3)
+    await a.add_dead_letters("r", [letter("s1", 3)], attempts=3)
+    listed = {d.message_id: d.node for d in await b.dead_letters()}
+    assert listed == {"xa": a.node_id, "xb": b.node_id, "s1": None}
+
+    since = now_ms() - 1
+    await a.append(rows("u1", "e1", "e2") + rows("u2", "e3"))
+    await nodes.forwarded(3)
+    logged = ["e1", "e2", "e3"]
+    running = Running(session)
+    try:
+        await running.start("a", a)
+        await running.start("b", b)
+        for node in ("a", "b"):  # each node's own copy gets every event of the log
+            await until(lambda n=node: len(running.took(n, "dl")) == 3, f"{node}'s copy")  # type: ignore[misc]
+            assert sorted(running.took(node, "dl")) == logged
+        await until(lambda: len(running.took("a", "r") + running.took("b", "r")) == 3, "r")
+
+        # Asked on b: a's letter is resent by a into a's copy, b's by b into b's.
+        assert await b.request_redrive("dl") == 2
+        running.wake()
+        await until(lambda: len(running.took("a", "dl")) == 4, "a's letter resent")
+        await until(lambda: len(running.took("b", "dl")) == 4, "b's letter resent")
+
+        async def no_dead(destination: str) -> None:
+            """Until the destination's letters are deleted (settled after it took them)."""
+            deadline = time.monotonic() + DEADLINE
+            while await a.dead_letters(destination=destination):
+                assert time.monotonic() < deadline, f"{destination}'s letters not settled"
+                await asyncio.sleep(0.05)  # polled: the cluster has no signal for it
+
+        await no_dead("dl")
+        assert running.took("a", "dl")[3:] == ["xa"] and running.took("b", "dl")[3:] == ["xb"]
+
+        # A shared destination's letter: resent once, by whichever node took the lease.
+        assert await a.request_redrive("r") == 1
+        running.wake()
+        await until(lambda: "s1" in running.took("a", "r") + running.took("b", "r"), "s1")
+        await no_dead("r")
+        shared = running.took("a", "r") + running.took("b", "r")
+        assert sorted(shared) == ["e1", "e2", "e3", "s1"]
+
+        # A replay asked on a: resent by every node into its own copy.
+        found = await a.seq_range(since, now_ms())
+        assert found is not None and found.count == 3
+        await a.request_replay("dl", found.first, found.last)
+        running.wake()
+        for node in ("a", "b"):
+            await until(lambda n=node: len(running.took(n, "dl")) == 7, f"{node}'s replay")  # type: ignore[misc]
+            assert sorted(running.took(node, "dl")[4:]) == logged
+        await until(lambda: all(w.aside.is_idle for w in running.workers), "replays finished")
+        assert await a.next_replay("dl") is None and await b.next_replay("dl") is None
+        assert sorted(running.took("a", "r") + running.took("b", "r")) == sorted(shared)
+    finally:
+        await running.stop()
+
+
+async def test_a_letter_of_a_node_gone_for_good_is_listed_refused_by_id_and_purged(
+    nodes: Nodes,
+) -> None:
+    """A node gone longer than storage.retention has no consumer left (the servers
+    removed it): nobody can resend into its file. Its letters stay listed; a redrive
+    by id answers Conflict (409) naming the node and marks nothing; a redrive of
+    everything skips them; a purge removes them; its queued replays are dropped."""
+    both = {"destinations": ("dl",), "local": ("dl",)}
+    a, b = await nodes.start("a", **both), await nodes.start("b", **both)  # type: ignore[arg-type]
+    await a.add_dead_letters("dl", [letter("xa", 1)], attempts=1)
+    await b.add_dead_letters("dl", [letter("xb", 2)], attempts=1)
+    await a.request_replay("dl", 1 << EVENT_BITS, 1 << EVENT_BITS)
+    gone = b.node_id
+    await b.close()
+    nodes.open.remove(b)
+    await a.js.js.delete_consumer(a.js.names.stream, a.js.names.local_consumer("dl", gone))
+
+    ids = {d.message_id: d.id for d in await a.dead_letters()}
+    with pytest.raises(Conflict, match=gone):
+        await a.request_redrive("dl", [ids["xb"], ids["xa"]])
+    assert {d.state for d in await a.dead_letters()} == {"dead"}  # nothing marked
+    assert await a.request_redrive("dl") == 1  # a's own only
+    assert [d.message_id for d in await a.redrive_batch("dl", 10)] == ["xa"]
+    assert {d.message_id: d.state for d in await a.dead_letters()} == {
+        "xa": "redrive",
+        "xb": "dead",
+    }
+    # a's replay is a's to do; b's is dropped (no node can do it).
+    replay = await a.next_replay("dl")
+    assert replay is not None
+    await a.finish_replay(replay.id)
+    assert await a.next_replay("dl") is None
+    assert await a._entries("replay.dl.*") == {}
+    assert await a.purge_dead_letters("dl") == 2 and await a.dead_letters() == []
 
 
 async def test_replay_from_a_time_resends_what_was_received_since_then(

@@ -340,19 +340,39 @@ class ClusterAdmin:
     async def _entries(self, pattern: str, bucket: KeyValue | None = None) -> dict[str, Any]:
         """The current (key -> value) of the keys matching ``pattern`` in ``bucket``
         (S_ASIDE unless named)."""
-        watcher = await (bucket or self._asides).watch(pattern, ignore_deletes=True)
+        kv = bucket or self._asides
+        watcher = await kv.watch(pattern, ignore_deletes=True)
         out: dict[str, Any] = {}
+        last = 0  # the newest revision the watch delivered
         try:
             while True:
                 entry = await watcher.updates(  # type: ignore[no-untyped-call]
                     timeout=self.js.cfg.publish_timeout
                 )
                 if entry is None:
-                    return out
+                    break
                 out[entry.key] = entry.value
+                last = max(last, entry.revision or 0)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+        # The watch's consumer may sit on a replica still catching up, which ends
+        # the initial values early (seen: a mark created just before was missed):
+        # what was written after them is asked of the stream leader.
+        stream, prefix = kv._stream, kv._pre
+        while True:
+            try:
+                msg = await self.js.js.get_msg(
+                    stream, seq=last + 1, subject=prefix + pattern, next=True
+                )
+            except NotFoundError:
+                return out
+            key = (msg.subject or "").removeprefix(prefix)
+            if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                out.pop(key, None)
+            else:
+                out[key] = msg.data
+            last = int(msg.seq or last + 1)
 
     async def _hold_aside(self, lease: str) -> bool:
         """Take (or keep) the aside ``lease`` (``aside-<destination>``, or
@@ -487,8 +507,9 @@ class ClusterAdmin:
         for d in gone:
             log.warning("dead letter of a node gone for good not redriven", id=d.id, node=d.node)
         marked = 0
+        skipped = {d.id for d in gone}
         for d in asked:
-            if d in gone:
+            if d.id in skipped:
                 continue
             try:
                 await self._asides.create(
