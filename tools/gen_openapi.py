@@ -294,6 +294,13 @@ def response_schemas() -> dict[str, Schema]:
         "failed_at": {"type": "string", "format": "date-time"},
         "state": {"type": "string", "enum": ["dead", "redrive"]},
     }
+    dead_letter_node: Schema = {
+        "type": "string",
+        "description": (
+            "Only a node-local destination's letter on the cluster: the id of the node"
+            " whose own file refused it; a redrive of it is resent by that node."
+        ),
+    }
     return {
         "Success": {
             "description": "Exactly this body, with status 200: the events are on disk.",
@@ -441,13 +448,14 @@ def response_schemas() -> dict[str, Schema]:
         "DeadLetter": {
             "type": "object",
             "required": list(dead_letter_fields),
-            "properties": dead_letter_fields,
+            "properties": {**dead_letter_fields, "node": dead_letter_node},
         },
         "DeadLetterDetail": {
             "type": "object",
             "required": [*dead_letter_fields, "received_at", "event"],
             "properties": {
                 **dead_letter_fields,
+                "node": dead_letter_node,
                 "received_at": {"type": "string", "format": "date-time"},
                 "event": {"type": "object", "description": "The stored (normalized) event."},
             },
@@ -1316,6 +1324,17 @@ def admin_paths() -> dict[str, Schema]:
                     },
                 ),
                 body="RedriveRequest",
+                extra={
+                    "409": {
+                        "description": (
+                            "conflict: a letter asked for by id belongs to a node-local"
+                            " destination's node gone for good (its consumer removed"
+                            " after storage.retention); nothing was queued, the message"
+                            " names the node. Purge such letters."
+                        ),
+                        "content": json_content(schema("Error")),
+                    }
+                },
             )
         },
         "/admin/dead-letters/purge": {

@@ -25,7 +25,12 @@ Where each piece lives (S: ``storage.stream``):
             node at a time resends a dead letter or a replayed page; a node that
             dies mid-page leaves the range where its last page ended, and another
             node takes over at its next look (at least once: that page may be
-            sent twice).
+            sent twice). A node-local destination's work is per node:
+            ``aside-<destination>.<node id>`` covers the letters that node's file
+            refused (a redrive mark's value, a letter's ``node``) and the replays
+            queued for it (one per node with a consumer: every file gets them);
+            a node gone for good (no consumer left) has its letters refused by id
+            (:class:`~eventd.store.base.Conflict`) and its replays dropped.
 
 Reading the log by position: an event's seq is ``log sequence << EVENT_BITS | its
 place in the message`` (eventd/store/cluster.py), so a read starts an ephemeral
