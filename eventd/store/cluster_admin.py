@@ -346,7 +346,9 @@ class ClusterAdmin:
         """The current (key -> value) of the keys matching ``pattern`` in ``bucket``
         (S_ASIDE unless named)."""
         kv = bucket or self._asides
-        watcher = await kv.watch(pattern, ignore_deletes=True)
+        # Deletes are delivered too (and dropped here) so that ``last`` passes them:
+        # the leader is then asked only about what came after.
+        watcher = await kv.watch(pattern)
         out: dict[str, Any] = {}
         last = 0  # the newest revision the watch delivered
         try:
@@ -356,7 +358,10 @@ class ClusterAdmin:
                 )
                 if entry is None:
                     break
-                out[entry.key] = entry.value
+                if entry.operation in ("DEL", "PURGE"):
+                    out.pop(entry.key, None)
+                else:
+                    out[entry.key] = entry.value
                 last = max(last, entry.revision or 0)
         finally:
             with contextlib.suppress(Exception):
