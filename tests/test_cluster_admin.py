@@ -286,7 +286,7 @@ async def test_a_node_local_destinations_redrive_and_replay_go_into_each_nodes_o
             deadline = time.monotonic() + DEADLINE
             while await a.dead_letters(destination=destination):
                 assert time.monotonic() < deadline, f"{destination}'s letters not settled"
-                await asyncio.sleep(0.05)  # polled: the cluster has no signal for it
+                await asyncio.sleep(0.2)  # polled: the cluster has no signal for it
 
         await no_dead("dl")
         assert running.took("a", "dl")[3:] == ["xa"] and running.took("b", "dl")[3:] == ["xb"]

@@ -353,9 +353,12 @@ class ClusterAdmin:
         last = 0  # the newest revision the watch delivered
         try:
             while True:
-                entry = await watcher.updates(  # type: ignore[no-untyped-call]
-                    timeout=self.js.cfg.publish_timeout
-                )
+                try:
+                    entry = await watcher.updates(  # type: ignore[no-untyped-call]
+                        timeout=self.js.cfg.publish_timeout
+                    )
+                except NatsTimeout:  # the end marker never came (seen under load):
+                    break  # the leader answers for what follows ``last`` below
                 if entry is None:
                     break
                 if entry.operation in ("DEL", "PURGE"):
