@@ -123,11 +123,17 @@ async def passed_seq(dispatcher: Dispatcher, store: Store, services: list[Servic
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
-    await rt.store.open()
-    await rt.suppressions.load()
-    await rt.dispatcher.start()
-    for service in rt.services:
-        await service.start()
+    await rt.store.open()  # a store cancelled while it opens closes what it had opened
+    started: list[Service] = []
+    try:
+        await rt.suppressions.load()
+        await rt.dispatcher.start()
+        for service in rt.services:
+            await service.start()
+            started.append(service)
+    except BaseException:  # SIGTERM during start-up cancels it (eventd/server.py), or a failure
+        await _shut_down(rt, started, None)
+        raise
     retention = asyncio.create_task(rt.retention.run(), name="retention")
     log.info(
         "eventd started",
@@ -138,14 +144,22 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     # Requests have finished by now (aiohttp stops the sites and waits for
     # handlers first); deliveries get until the deadline, then the store closes.
+    await _shut_down(rt, started, retention)
+    log.info("eventd stopped", last_seq=rt.store.last_seq)
+
+
+async def _shut_down(
+    rt: Runtime, started: list[Service], retention: asyncio.Task[None] | None
+) -> None:
+    """Stop what started (``started``: the services, in start order), then close the store."""
     rt.retention.stop()
-    for service in reversed(rt.services):
+    for service in reversed(started):
         await service.stop()
     await rt.dispatcher.stop(rt.config.server.shutdown_timeout)
-    await retention
+    if retention is not None:
+        await retention
     await rt.suppressions.close()
     await rt.store.close()
-    log.info("eventd stopped", last_seq=rt.store.last_seq)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -1,5 +1,11 @@
 """``eventd serve``: runs the app until SIGTERM/SIGINT, speaking systemd's notify protocol.
 
+Start-up: the listening sockets are bound first, before the store opens, so a
+``server.port`` in use ends the process (exit 1, naming the key and the value)
+before it has joined a cluster or touched the data directory. Connections made
+while the store opens wait in the kernel's queue and are answered once it is up.
+SIGTERM/SIGINT during start-up cancel it: what had opened is closed, exit 0.
+
 Shutdown: stop accepting, let in-flight requests finish and commit, let
 in-flight deliveries finish until ``server.shutdown_timeout``, close the store,
 exit 0. READY=1 is sent once storage and the listener are up; WATCHDOG=1 is
@@ -10,8 +16,10 @@ restarts the service.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import signal
+import socket
 import sys
 
 import structlog
@@ -34,21 +42,22 @@ async def serve(config: Config, *, announce_write_key: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = create_app(config)
-    notifier = Notifier()
-    runner = Runner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
+    sockets = _bind(config.server.host, config.server.port)
     try:
-        await runner.setup()  # opens the store, starts the dispatcher
-    except StorageUnavailable as exc:  # a cluster out of reach at start, a read-only disk
-        raise SystemExit(f"eventd: storage unavailable at start: {exc}") from None
+        runner = await _start(config, stop)
+    except BaseException:
+        _close(sockets)
+        raise
+    if runner is None:
+        _close(sockets)
+        log.info("stopped during start-up")
+        return
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
-    except OSError as exc:
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+    except BaseException:
         await runner.cleanup()
-        raise SystemExit(
-            f"eventd: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}"
-        ) from None
+        raise
     # What start-up made (modules, config, JSON schemas, plugins) lives until exit: move it
     # out of the collector's generations so the full collections that a stream of parsed
     # requests triggers do not walk it again each time.
@@ -64,15 +73,71 @@ async def serve(config: Config, *, announce_write_key: bool = False) -> None:
                 file=sys.stderr,
                 flush=True,
             )
+    notifier = Notifier()
     notifier.notify("READY=1", f"STATUS=listening on {', '.join(addresses)}")
 
-    watchdog = asyncio.create_task(_watchdog(notifier, app))
+    watchdog = asyncio.create_task(_watchdog(notifier, runner.app))
     await stop.wait()
     log.info("stopping")
     notifier.notify("STOPPING=1", "STATUS=stopping: finishing requests and deliveries")
     watchdog.cancel()
     await runner.cleanup()
     notifier.close()
+
+
+def _bind(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to (as asyncio's
+    ``create_server`` binds them: SO_REUSEADDR, an IPv6 socket IPv6-only); exits with
+    the keys and values when one cannot be bound (a port in use, an unknown host)."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+    except OSError as exc:
+        _close(sockets)
+        why = exc.strerror or str(exc)
+        hint = " (another process listens there)" if exc.errno == errno.EADDRINUSE else ""
+        raise SystemExit(
+            f"eventd: cannot listen on server.host = {host!r}, server.port = {port}: {why}{hint}"
+        ) from None
+    return sockets
+
+
+def _close(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+async def _start(config: Config, stop: asyncio.Event) -> Runner | None:
+    """The app set up (store open, dispatcher and services started); None when
+    ``stop`` was set first (start-up is then cancelled and what had opened closed)."""
+    app = create_app(config)
+    runner = Runner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
+    setup = asyncio.create_task(runner.setup())  # opens the store, starts the dispatcher
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait((setup, stopped), return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    while not setup.done():  # _lifecycle and the store close what had opened
+        # Again each second: a cancellation can be lost (asyncio.wait_for in 3.11 drops
+        # it when the awaited connect fails at the same moment, and nats-py's connect
+        # loop then tries the next server).
+        setup.cancel()
+        await asyncio.wait((setup,), timeout=1.0)
+    if stop.is_set() and (setup.cancelled() or setup.exception() is not None):
+        await runner.cleanup()
+        return None
+    try:
+        setup.result()
+    except StorageUnavailable as exc:  # a cluster out of reach at start, a data dir in use
+        raise SystemExit(f"eventd: storage unavailable at start: {exc}") from None
+    return runner
 
 
 async def _watchdog(notifier: Notifier, app: web.Application) -> None:

@@ -62,6 +62,7 @@ from eventd.store.base import (
 )
 from eventd.store.cluster_admin import EVENT_BITS as EVENT_BITS  # re-exported: cluster_log
 from eventd.store.cluster_deletions import ClusterDeletions
+from eventd.store.datalock import DataLock
 from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
 from eventd.store.leases import PartitionLeases
 
@@ -126,6 +127,10 @@ class ClusterStore(ClusterDeletions):
         self.ordered = [d for d in ordered if d not in set(local)]
         data_dir = Path(config.path).parent  # this node's dedup sets, rebuildable from the log
         self.node_id, self._new_node = node_id(data_dir) if self.local else ("", False)
+        # One node per data directory (its node-id, its dedup sets): datalock.py.
+        self._lock = DataLock(
+            data_dir / "node.lock", f"the data directory of storage.path = '{config.path}'"
+        )
         self.js = JetStreamStore(
             config.jetstream,
             data_dir,
@@ -148,14 +153,20 @@ class ClusterStore(ClusterDeletions):
         """Connect and create or find the streams and consumers, within OPEN_TIMEOUT
         (nats-py retries an unreachable cluster forever); StorageUnavailable else."""
         servers = ",".join(self.js.cfg.servers)
+        self._lock.acquire()  # before anything joins the cluster
         try:
             await asyncio.wait_for(
                 self.js.open(self.destinations, ordered=self.ordered, local=self.local),
                 OPEN_TIMEOUT,
             )
             await asyncio.wait_for(self.open_admin(), OPEN_TIMEOUT)
+        except asyncio.CancelledError:  # SIGTERM while the cluster is awaited: leave
+            await self.js.close()
+            self._lock.release()
+            raise
         except Exception as exc:
             await self.js.close()
+            self._lock.release()
             why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
             raise StorageUnavailable(
                 f"the jetstream cluster at {servers} did not open in {OPEN_TIMEOUT:g}s: {why}"
@@ -188,6 +199,7 @@ class ClusterStore(ClusterDeletions):
             await asyncio.gather(self._monitor, return_exceptions=True)
         await self.close_admin()
         await self.js.close()
+        self._lock.release()
 
     async def _watch(self) -> None:
         """Keep ``writable`` current: false while the log's stream has no leader. A

@@ -63,6 +63,7 @@ from eventd.store.base import (
     now_ms,
 )
 from eventd.store.cursor_feed import CursorFeed
+from eventd.store.datalock import DataLock
 from eventd.store.dedup import DedupSet, dedup_key
 from eventd.store.identity import IdentityStore
 from eventd.store.log_reader import SqliteLogSource
@@ -158,6 +159,8 @@ class SqliteStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventd-writer")
         self._conn: sqlite3.Connection | None = None
         self._writer: asyncio.Task[None] | None = None
+        # One process per outbox: a second one would deliver it too (datalock.py).
+        self._lock = DataLock(path.with_name(path.name + ".lock"), f"storage.path = '{path}'")
         self._listeners: list[asyncio.Event] = []
         self._idle_readers: list[aiosqlite.Connection] = []
         self._readers: list[aiosqlite.Connection] = []
@@ -181,8 +184,14 @@ class SqliteStore:
         return 0, 1  # one machine: each destination's limits are this node's
 
     async def open(self) -> None:
+        """Raises StorageInUse when another process has this outbox open."""
+        self._lock.acquire()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._open_sync)
+        try:
+            await loop.run_in_executor(self._thread, self._open_sync)
+        except Exception:
+            self._lock.release()
+            raise
         self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
 
     def _open_sync(self) -> None:
@@ -282,6 +291,7 @@ class SqliteStore:
             dedup, self._dedup = self._dedup, None
             await asyncio.get_running_loop().run_in_executor(self._thread, _close_dedup, dedup)
         self._thread.shutdown(wait=True)
+        self._lock.release()  # last: the next process may open everything above
 
     def subscribe(self) -> asyncio.Event:
         ev = asyncio.Event()
