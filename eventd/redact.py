@@ -8,18 +8,32 @@ import re
 import urllib.parse
 from collections.abc import Iterable
 
-# A setting or log field whose name contains one of these holds a secret
-# ("key" covers write_key, writekey, api_key; "authorization" the header).
+# A setting or log field holds a secret when a word of its name (split at _ - . and
+# lower-to-upper case changes) ends with one of these ("writekey", "apikey", the "key"
+# of write_key and api_key) or is their plural ("tokens", "secrets"): see is_secret.
 SECRET_WORDS = ("key", "secret", "token", "password", "authorization")
+
+# "keys" alone counts or lists eventd's own keys (dedup keys, bucket keys: the log's
+# rebuilt_keys, keys): a secret only after a word that says which ("api_keys").
+_SECRET_KEYS_AFTER = frozenset({"api", "write", "secret", "private", "access", "auth", "signing"})
+_WORD_BREAK = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[^A-Za-z0-9]+")
 
 # A password inside a URL (https://user:pass@host) is a secret whatever the key.
 URL_PASSWORD = re.compile(r"://[^/@:\s]*:([^/@\s]+)@")
 
 
 def is_secret(name: str) -> bool:
-    """Does a setting or field named ``name`` hold a secret?"""
-    lowered = name.lower()
-    return any(word in lowered for word in SECRET_WORDS)
+    """Does a setting or field named ``name`` hold a secret? Yes for ``write_key``,
+    ``writeKey``, ``apikey``, ``X-Api-Key``, ``secret_key``, ``access_token``,
+    ``password``, ``Authorization``, ``tokens``, ``api_keys``; no for ``rebuilt_keys``,
+    ``keys``, ``keyed``, ``region``."""
+    words = [w.lower() for w in _WORD_BREAK.split(name) if w]
+    for i, word in enumerate(words):
+        if word.endswith(SECRET_WORDS) or (word[:-1] in SECRET_WORDS[1:] and word[-1] == "s"):
+            return True
+        if word == "keys" and i > 0 and words[i - 1] in _SECRET_KEYS_AFTER:
+            return True
+    return False
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

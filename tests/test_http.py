@@ -107,3 +107,19 @@ def test_one_list_of_secret_words_for_settings_and_logs() -> None:
     assert not is_secret("region") and not is_secret("destination")
     masked = _mask_secrets(None, "info", {"write_key": "wk", "Authorization": "B", "seq": 1})
     assert masked == {"write_key": "***", "Authorization": "***", "seq": 1}
+
+
+def test_secret_names_are_words_so_counts_of_keys_stay_readable() -> None:
+    # A word of the name ends with a secret word, or is its plural (not "keys" alone).
+    secret = ["writekey", "APIKey", "X-Api-Key", "secret_key", "secretKey", "tls_key",
+              "api_token", "tokens", "client_secret", "secrets", "passwords", "api_keys",
+              "writeKeys", "proxy-authorization", "project_token"]  # fmt: skip
+    for name in secret:
+        assert is_secret(name), name
+    counts = ["rebuilt_keys", "keys", "rebuiltKeys", "row_keys", "own_keys", "keyed", "seq"]
+    for name in counts:
+        assert not is_secret(name), name
+    fields = {"rebuilt_keys": 12, "keys": 3, "api_key": "k", "secret_key": "s", "token": "t"}
+    masked = _mask_secrets(None, "info", dict(fields))
+    assert masked == {"rebuilt_keys": 12, "keys": 3, "api_key": "***", "secret_key": "***",
+                      "token": "***"}  # fmt: skip
