@@ -13,6 +13,8 @@ has threads, SQLite's and the executors', not to copy) that
 - ignores SIGTERM and SIGINT: only its parent ends it, after its last call, since a
   signal sent to the whole process group (systemd's control group, ``timeout``, a
   terminal) would kill it under the parent first;
+- logs as its parent does (``eventd.logs.settings()``: JSON lines under ``serve``'s
+  default, not structlog's console default);
 - exits when its parent dies (kill -9, out of memory): nothing else would, since it
   ignores SIGTERM, and an orphan would hold its file's lock and memory for good.
   Exiting at any point is safe for both users: a call is one transaction, and the
@@ -35,6 +37,7 @@ from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, Th
 from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any, TypeVar
 
+from eventd import logs
 from eventd.priority import background_priority
 
 T = TypeVar("T")
@@ -56,8 +59,15 @@ class LoweredSpawn(SpawnContext):
     Process = _LoweredProcess
 
 
-def _start_process(what: str, setup: Callable[..., object] | None, args: tuple[Any, ...]) -> None:
+def _start_process(
+    what: str,
+    setup: Callable[..., object] | None,
+    args: tuple[Any, ...],
+    log: tuple[str, str] | None = None,
+) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if log is not None:  # a spawned process starts with structlog's defaults (console)
+        logs.configure(*log)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     background_priority(what)  # before any thread starts
     parent = multiprocessing.parent_process()
@@ -72,7 +82,12 @@ def _start_process(what: str, setup: Callable[..., object] | None, args: tuple[A
         setup(*args)
 
 
-def _start_thread(what: str, setup: Callable[..., object] | None, args: tuple[Any, ...]) -> None:
+def _start_thread(
+    what: str,
+    setup: Callable[..., object] | None,
+    args: tuple[Any, ...],
+    log: tuple[str, str] | None = None,
+) -> None:
     background_priority(what)
     if setup is not None:
         setup(*args)
@@ -98,7 +113,7 @@ class BackgroundWorker:
     ):
         self.what = what
         self.teardown = teardown
-        self.initargs = (what, setup, args)
+        self.initargs = (what, setup, args, logs.settings())
         self.process = process
         self._pool: Executor | None = None
 

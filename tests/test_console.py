@@ -30,7 +30,7 @@ from eventd.console.session import SESSIONS, admin_session_ok
 from eventd.delivery.outcomes import RecentOutcomes
 from eventd.delivery.worker import Worker
 from eventd.metrics import Metrics
-from eventd.store import MemoryStore
+from eventd.store import MemoryStore, StorageUnavailable
 from tests.delivery.test_worker import Scripted, rows, until_idle
 from tests.harness import EventdProcess, Sink, running
 from tests.test_operations import KEY, TOKEN, Client, MakeClient, config
@@ -481,6 +481,28 @@ async def test_sampler_keeps_an_hour_and_answers_with_one_taken_now() -> None:
     assert hist["interval"] == 10.0 and len(hist["samples"]) == 362
     assert hist["samples"][0]["t"] == 39.0  # the 39 oldest were dropped
     assert hist["samples"][-1]["ingested"] == {"web": 9}
+
+
+async def test_a_sample_the_store_cannot_answer_is_skipped_and_sampling_goes_on() -> None:
+    # The cluster slow to answer once: before, the sampler's task ended there and its
+    # stop() raised, so `eventd serve` exited 1 at shutdown.
+    calls = 0
+    fourth = asyncio.Event()  # by the 4th call, the 2nd and 3rd calls' samples are kept
+
+    async def exposition() -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StorageUnavailable("no answer")
+        if calls == 4:
+            fourth.set()
+        return b""
+
+    sampler = Sampler(exposition, interval=0.001)
+    await sampler.start()
+    await asyncio.wait_for(fourth.wait(), 10)
+    await sampler.stop()  # no exception
+    assert len(sampler.samples) >= 2
 
 
 async def test_history_endpoint(client: Client) -> None:

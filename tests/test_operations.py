@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from eventd import logs
 from eventd.app import RUNTIME, create_app
 from eventd.config import parse_config
 from eventd.identity.service import IdentityService
@@ -286,3 +289,28 @@ def test_serve_logs_never_show_keys_or_tokens(
     assert ev.write_key not in log and ev.admin_token not in log and "wk_wrong_key" not in log
     for line in log.splitlines():
         json.loads(line)  # one JSON object per line
+
+
+def test_library_log_lines_are_json_too(capsys: pytest.CaptureFixture[str]) -> None:
+    # nats-py logs a failed reconnect through stdlib logging, with a traceback: under
+    # the JSON format that is one JSON line too (the traceback a field of it).
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    logs.configure("json", "info")
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        except ConnectionRefusedError as exc:
+            logging.getLogger("nats.aio.client").error("nats: encountered error", exc_info=exc)
+        logging.getLogger("aiohttp.access").debug("below the level: not written")
+        out = capsys.readouterr().out.splitlines()
+    finally:  # this process's other tests log as they did
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.captureWarnings(False)
+        structlog.reset_defaults()
+    assert len(out) == 1, out
+    line = json.loads(out[0])
+    assert line["event"] == "nats: encountered error"
+    assert line["logger"] == "nats.aio.client" and line["level"] == "error"
+    assert "ConnectionRefusedError" in line["exception"]

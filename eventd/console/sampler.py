@@ -16,7 +16,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
+
+from eventd.store import StorageUnavailable
+
+log = structlog.get_logger("eventd.console.sampler")
 
 INTERVAL = 10.0  # seconds between samples
 KEEP = 3600.0  # seconds of history
@@ -84,5 +89,10 @@ class Sampler:
 
     async def _run(self) -> None:
         while True:
-            self.samples.append(await self.take())
+            try:
+                self.samples.append(await self.take())
+            except StorageUnavailable as exc:
+                # A cluster slow to answer (a nats-server gone): this sample is missing,
+                # the next is taken; the task ending here made the shutdown fail.
+                log.info("console sample skipped", error=str(exc))
             await asyncio.sleep(self.interval)  # a period, not a wait for a condition
