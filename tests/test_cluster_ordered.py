@@ -29,6 +29,7 @@ though a node holds several partitions, each with a batch to send.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import zlib
@@ -36,8 +37,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
+from eventd.store.cluster_admin import EVENT_BITS
 from tests.harness import EventdProcess, Received, Sink, running
 from tests.nats_cluster import NatsCluster
 from tests.test_cluster_limits import TimingSink, webhooks_config
@@ -169,6 +172,14 @@ def slow_ordered(tmp: Path, cluster: NatsCluster, sink: Sink) -> dict[str, Any]:
     )
 
 
+async def last_log_sequence(cluster: NatsCluster, stream: str) -> int:
+    nc = await nats.connect(servers=cluster.urls)
+    try:
+        return int((await nc.jetstream(timeout=10).stream_info(stream)).state.last_seq)
+    finally:
+        await nc.close()
+
+
 def test_an_ordered_destinations_fetchers_share_max_in_flight(
     tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
 ) -> None:
@@ -186,6 +197,12 @@ def test_an_ordered_destinations_fetchers_share_max_in_flight(
         status_code, drained = admin_post(a, "/admin/drain?timeout=180", {})
         assert status_code == 200, drained
         assert sink.message_ids() == dict.fromkeys(sent, 1)
+        # Drained, each node's status gives the cluster's cursor: every event of the
+        # log's last message passed (it was 0: the worker's own feed never fetches).
+        last = asyncio.run(last_log_sequence(cluster, a.config["storage"]["stream"]))
+        for node in nodes:
+            statuses = {d["name"]: d for d in node.admin("GET", "/admin/destinations")}
+            assert statuses["slow"]["cursor"] == ((last + 1) << EVENT_BITS) - 1, statuses
         # The four partitions' fetchers, on whichever nodes hold them, took their
         # batches from each node's part (1 of 2): without it, one node holding every
         # partition would have 4 open.

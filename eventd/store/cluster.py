@@ -433,15 +433,19 @@ class ClusterFeed:
         self._held: dict[int, _Held] = {}  # log sequence -> message, in fetch order
         self._uncut: list[tuple[int, int]] = []  # (event seq, log sequence) not cut yet
         self._settled_upto = 0  # the newest event seq fetched here
+        self._settled_below = 0  # the log sequence below which every node settled (lag)
         self._keeper: asyncio.Task[None] | None = None
         self._ahead: list[list[LogEvent]] = []  # taken over: handed out before the rest
         self._resent: set[int] = set()  # log sequences taken over and settled here
 
     @property
     def position(self) -> int:
-        if self._held:
-            return (min(self._held) << EVENT_BITS) - 1
-        return self._settled_upto
+        """This node's position, or the consumers' ack floor as :meth:`lag` last read
+        it when that is further: other nodes settle too, and an ordered destination's
+        feed on the worker never fetches (its partitions' feeds do), so its own
+        position stayed 0 (`eventd status` showed cursor 0)."""
+        own = (min(self._held) << EVENT_BITS) - 1 if self._held else self._settled_upto
+        return max(own, (self._settled_below << EVENT_BITS) - 1)
 
     @property
     def unsettled(self) -> bool:
@@ -533,6 +537,7 @@ class ClusterFeed:
         """(log messages the consumer has not had settled: pending + in flight, the
         same from any node; 0.0 s: the age is not read on the cluster yet)."""
         counts = await self.store.js.lag(self.destination)
+        self._settled_below = max(self._settled_below, counts["settled_below"])
         return counts["pending"] + counts["in_flight"], 0.0
 
     async def passed(self, target: int) -> bool:
