@@ -15,8 +15,9 @@
             node asking that destination now. The privacy service asks a
             destination only while it holds the claim and after reading the
             deletion again, still ``requested``, under it (so of two nodes that
-            both saw it requested, the second finds it done). Claims are renewed
-            every ASIDE_RENEW seconds and lapse with the bucket's TTL (10 s): a
+            both saw it requested, the second finds it done). Claims are held with
+            the aside leases (one :class:`~eventd.store.leases.HeldLeases`),
+            renewed every ASIDE_RENEW seconds, and lapse with the bucket's TTL (10 s): a
             node that dies mid-request leaves the deletion to another node, which
             asks again (a destination's ``delete_user`` is idempotent: at least
             once, exactly once while no node dies).
@@ -50,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -75,7 +75,6 @@ from eventd.store.base import (
     now_ms,
 )
 from eventd.store.cluster_admin import (
-    ASIDE_RENEW,
     EVENT_BITS,
     ClusterAdmin,
     _key,
@@ -151,13 +150,11 @@ class ClusterDeletions(ClusterAdmin):
     def _admin_init(self) -> None:
         super()._admin_init()
         self._deletions_kv: KeyValue | None = None
-        self._claims: dict[str, int] = {}  # claim key -> its revision, held by this node
         self._deletion_listeners: list[Callable[[str], None]] = []
         # Keys last seen REQUESTED (the watch's and this node's writes): what
         # pending_deletions reads from the leader, rather than the whole bucket.
         self._requested: set[str] = set()
         self._deletions_watcher: asyncio.Task[None] | None = None
-        self._claims_renewer: asyncio.Task[None] | None = None
 
     async def open_admin(self) -> None:
         await super().open_admin()
@@ -170,13 +167,10 @@ class ClusterDeletions(ClusterAdmin):
             name="deletions",
         )
         await asyncio.wait_for(ready.wait(), self.js.cfg.publish_timeout * 6)
-        self._claims_renewer = asyncio.create_task(self._renew_claims(), name="deletion-claims")
 
     async def close_admin(self) -> None:
-        await cancel(self._deletions_watcher, self._claims_renewer)
-        for key in list(self._claims):
-            await self._let_go(key)
-        await super().close_admin()
+        await cancel(self._deletions_watcher)
+        await super().close_admin()  # gives the claims back with the aside leases
 
     @property
     def _dels(self) -> KeyValue:
@@ -389,42 +383,8 @@ class ClusterDeletions(ClusterAdmin):
 
     @_unavailable
     async def claim_deletion(self, user_id: str, destination: str) -> bool:
-        key = self._claim_of(user_id, destination)
-        if key in self._claims:  # held: the renewer keeps it (or drops it once lost)
-            return True
-        leases = self.js.leases
-        assert leases is not None
-        try:
-            self._claims[key] = await leases.create(key, self.js.node_id.encode())
-        except KeyWrongLastSequenceError:  # another node holds it
-            return False
-        return True
+        # Held already: the renewals keep it (or drop it once lost).
+        return await self._held.keep(self._claim_of(user_id, destination))
 
     async def release_deletion(self, user_id: str, destination: str) -> None:
-        await self._let_go(self._claim_of(user_id, destination))
-
-    async def _let_go(self, key: str) -> None:
-        revision = self._claims.pop(key, None)
-        leases = self.js.leases
-        if revision is not None and leases is not None:
-            with contextlib.suppress(Exception):  # lapsed meanwhile: the TTL frees it
-                await leases.delete(key, last=revision)
-
-    async def _renew_claims(self) -> None:
-        leases = self.js.leases
-        assert leases is not None
-        while True:
-            await asyncio.sleep(ASIDE_RENEW)
-            for key, revision in list(self._claims.items()):
-                try:
-                    renewed = await leases.update(key, self.js.node_id.encode(), last=revision)
-                except KeyWrongLastSequenceError:  # lapsed and taken by another node
-                    self._claims.pop(key, None)
-                    continue
-                except Exception:  # a stalled cluster: the next round
-                    continue
-                if key in self._claims:
-                    self._claims[key] = renewed
-                else:  # released while renewing: the release's delete missed it
-                    with contextlib.suppress(Exception):
-                        await leases.delete(key, last=renewed)
+        await self._held.let_go(self._claim_of(user_id, destination))
