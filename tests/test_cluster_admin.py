@@ -27,7 +27,7 @@ from eventd.config import DestinationConfig, IdentityConfig, JetStreamConfig, St
 from eventd.delivery.worker import Worker
 from eventd.identity.service import IdentityService
 from eventd.metrics import Metrics
-from eventd.store import DONE, Conflict, EventRow, NewDeadLetter, now_ms
+from eventd.store import DONE, REQUESTED, Conflict, Deletion, EventRow, NewDeadLetter, now_ms
 from eventd.store.cluster import ClusterStore
 from eventd.store.cluster_admin import EVENT_BITS
 from eventd.suppressions import Suppressions
@@ -499,6 +499,78 @@ async def test_a_deletion_is_claimed_by_one_node_at_a_time_and_seen_by_both(
     assert [d.destination for d in await b.pending_deletions()] == ["mp"]
     (hook,) = [d for d in await b.deletions("lia") if d.destination == "hook"]
     assert (hook.state, hook.attempts, hook.erasure) == (DONE, 1, b'{"x": 1}')
+
+
+async def test_a_node_local_destinations_deletion_is_run_by_each_node_on_its_own_copy(
+    nodes: Nodes,
+) -> None:
+    """A node-local destination's erasure has a copy per node with a consumer: each
+    node runs its own (its own claim), and the destination's state sums them up,
+    done once every copy is. A node gone for good (its consumer removed) is marked
+    gone by another node's look and no longer waited for; back with its id after
+    all (its old file still holds the person), it runs its copy again."""
+    both = {"destinations": ("dl", "r"), "local": ("dl",)}
+    a, b = await nodes.start("a", **both), await nodes.start("b", **both)  # type: ignore[arg-type]
+    heard: list[str] = []
+    b.on_deletion(heard.append)
+    await a.request_deletions("lia", [("dl", "duckdb"), ("r", "webhook")], b'{"x": 1}')
+    await until(lambda: heard.count("lia") >= 2, "b heard of both requests")
+
+    def mine(found: Sequence[Deletion]) -> list[tuple[str, str, int]]:
+        return sorted((d.destination, d.state, d.attempts) for d in found)
+
+    # Each node has its own copy of dl to run, under its own claim; r is shared.
+    for node in (a, b):
+        assert mine(await node.pending_deletions()) == [("dl", REQUESTED, 0), ("r", REQUESTED, 0)]
+        assert await node.claim_deletion("lia", "dl") is True
+    assert await a.claim_deletion("lia", "r") is True
+    assert await b.claim_deletion("lia", "r") is False
+
+    def copies(d: Deletion) -> list[tuple[str, str, int]]:
+        return [(n.node, n.state, n.attempts) for n in d.nodes]
+
+    ids = sorted([a.node_id, b.node_id])
+    await a.save_deletion("lia", "dl", DONE, 1, None)
+    (dl, r) = await b.deletions("lia")
+    assert (dl.state, r.state, r.nodes) == (REQUESTED, REQUESTED, ())
+    assert copies(dl) == sorted([(a.node_id, DONE, 1), (b.node_id, REQUESTED, 0)])
+    assert mine(await a.pending_deletions()) == [("r", REQUESTED, 0)]  # a's copy is done
+    await b.save_deletion("lia", "dl", REQUESTED, 1, "busy", 123)
+    (dl, _) = await a.deletions("lia")
+    assert (dl.state, dl.attempts, dl.reason) == (REQUESTED, 2, f"node {b.node_id}: busy")
+    assert dl.next_attempt_at == 123
+    here = await b.deletion_here("lia", "dl")
+    assert here is not None and (here.state, here.attempts, here.reason) == (REQUESTED, 1, "busy")
+    await b.save_deletion("lia", "dl", DONE, 2, None)
+    (dl, _) = await a.deletions("lia")
+    assert (dl.state, dl.attempts, dl.reason, dl.next_attempt_at) == (DONE, 3, None, None)
+    assert copies(dl) == sorted([(a.node_id, DONE, 1), (b.node_id, DONE, 2)])
+    assert [n.node for n in dl.nodes] == ids
+
+    # b goes for good: its consumer is removed (storage.retention without pulls).
+    await a.request_deletions("max", [("dl", "duckdb")], b'{"x": 2}')
+    gone = b.node_id
+    await b.close()
+    nodes.open.remove(b)
+    await a.save_deletion("max", "dl", DONE, 1, None)
+    assert [d.state for d in await a.deletions("max")] == [REQUESTED]  # b is not gone yet
+    # (lia's r, shared, is still pending: only max's dl is looked at below.)
+    assert [d.user_id for d in await a.pending_deletions()] == ["lia"]
+    assert [d.state for d in await a.deletions("max")] == [REQUESTED]  # its consumer is kept
+    await a.js.js.delete_consumer(a.js.names.stream, a.js.names.local_consumer("dl", gone))
+    assert [d.user_id for d in await a.pending_deletions()] == ["lia"]  # marks b gone
+    (dl,) = await a.deletions("max")
+    assert dl.state == DONE
+    assert copies(dl) == sorted([(a.node_id, DONE, 1), (gone, "gone", 0)])
+
+    # b comes back with its id (and its old file): it runs its gone copy.
+    b = await nodes.start("b", **both)  # type: ignore[arg-type]
+    assert b.node_id == gone
+    back = [(d.user_id, d.destination, d.state) for d in await b.pending_deletions()]
+    assert back == [("lia", "r", REQUESTED), ("max", "dl", REQUESTED)]
+    await b.save_deletion("max", "dl", DONE, 1, None)
+    (dl,) = await a.deletions("max")
+    assert (dl.state, copies(dl)) == (DONE, sorted([(a.node_id, DONE, 1), (gone, DONE, 1)]))
 
 
 async def test_retention_keeps_what_the_identity_graph_has_not_applied(nodes: Nodes) -> None:

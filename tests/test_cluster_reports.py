@@ -26,7 +26,7 @@ from tests import reports_data
 from tests.harness import EventdProcess, admin_get
 from tests.nats_cluster import NatsCluster
 from tests.test_cluster_identity import send
-from tests.test_cluster_serve import two_nodes, wait_until
+from tests.test_cluster_serve import node_config, two_nodes, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -61,19 +61,33 @@ def funnel_over_http(node: EventdProcess) -> tuple[int, Any]:
     return admin_get(f"{node.url}/admin/reports/funnel?steps={steps}&by=car", node.admin_token)
 
 
+def with_duckdb(config: dict[str, Any]) -> None:
+    """A node's config: identity on, a duckdb destination "analytics" (node-local:
+    the file in the node's own data directory) beside the shared webhook "hook"."""
+    del config["identity"]  # on: the default
+    config["storage"]["stream"] = "REPORTS"
+    data_dir = Path(config["storage"]["path"]).parent
+    config["destinations"]["analytics"] = {
+        "type": "duckdb",
+        "batch_size": 25,
+        "settings": {"path": str(data_dir / "analytics.duckdb")},
+    }
+
+
+def load(ds: reports_data.DataSet, a: EventdProcess, b: EventdProcess) -> None:
+    """Send the events by turns to a and b, and drain both."""
+    for k, ev in enumerate(ds.events):
+        send((a, b)[k % 2], ev.message())
+    for node in (a, b):
+        # Each node's drain waits for its own consumer of "analytics" (the shared
+        # "hook" for the cluster's): its lag is its own, 0 once drained.
+        lags = {d["name"]: d["lag_events"] for d in node.drain(timeout=120)}
+        assert lags == {"hook": 0, "analytics": 0}
+
+
 def test_each_node_loads_every_event_and_answers_the_same_funnel(
     tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
 ) -> None:
-    def configure(config: dict[str, Any]) -> None:
-        del config["identity"]  # on: the default
-        config["storage"]["stream"] = "REPORTS"
-        data_dir = Path(config["storage"]["path"]).parent
-        config["destinations"]["analytics"] = {
-            "type": "duckdb",
-            "batch_size": 25,
-            "settings": {"path": str(data_dir / "analytics.duckdb")},
-        }
-
     ds = people()
     expected = reports_data.funnel(ds, STEPS, timedelta(days=1), by="car")
     unstitched = reports_data.funnel(
@@ -82,17 +96,11 @@ def test_each_node_loads_every_event_and_answers_the_same_funnel(
     assert expected != unstitched  # the identities table matters to the answer
     assert expected["total"][2] > 0
 
-    with two_nodes(tmp_path, make_nats_cluster(3), configure) as (_sink, (a, b)):
+    with two_nodes(tmp_path, make_nats_cluster(3), with_duckdb) as (_sink, (a, b)):
         # Each node has its own consumer of the duckdb destination, named by its id.
         ids = [(tmp_path / n / "data" / "node-id").read_text().strip() for n in "ab"]
         assert ids[0] != ids[1]
-        for k, ev in enumerate(ds.events):
-            send((a, b)[k % 2], ev.message())
-        for node in (a, b):
-            # Each node's drain waits for its own consumer of "analytics" (the shared
-            # "hook" for the cluster's): its lag is its own, 0 once drained.
-            lags = {d["name"]: d["lag_events"] for d in node.drain(timeout=120)}
-            assert lags == {"hook": 0, "analytics": 0}
+        load(ds, a, b)
 
         answers: dict[str, Any] = {}
 
@@ -112,3 +120,71 @@ def test_each_node_loads_every_event_and_answers_the_same_funnel(
                     "--format", "json")  # fmt: skip
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout) == expected == funnel_over_http(a)[1]
+
+
+def revenue_over_http(node: EventdProcess) -> tuple[int, Any]:
+    return admin_get(f"{node.url}/admin/reports/revenue?period=month", node.admin_token)
+
+
+def test_an_erasure_asked_of_one_node_deletes_the_person_from_every_node_s_file(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> None:
+    """``eventd suppressions add u01 --erase`` against node a: the duckdb destination is
+    node-local, so each node deletes her (userId u01, anonymousId a01: her paid order
+    of 20.0 and her anonymous view) from its own file, and both nodes' revenue
+    reports then equal the plain-Python answer without her. Her deletion's record,
+    read on b, shows each node's copy done. (Before: only the node holding the one
+    claim deleted from its file; b's report still counted her.)"""
+    ds = people()
+    kept = reports_data.DataSet(
+        [e for e in ds.events if e.user_id != "u01" and e.anonymous_id != "a01"],
+        [link for link in ds.links if link.user_id != "u01"],
+    )
+    assert len(kept.events) == len(ds.events) - 4  # her view, identify, booking, order
+    expected = reports_data.revenue(ds, "Order Completed", "revenue", "month")
+    without = reports_data.revenue(kept, "Order Completed", "revenue", "month")
+    assert expected != without  # her order counts
+
+    cluster = make_nats_cluster(3)
+    with two_nodes(tmp_path, cluster, with_duckdb) as (sink, (a, b)):
+        ids = sorted((tmp_path / n / "data" / "node-id").read_text().strip() for n in "ab")
+        load(ds, a, b)
+        for node in (a, b):
+            wait_until(
+                lambda n=node: revenue_over_http(n) == (200, expected),  # type: ignore[misc]
+                120,
+                f"the revenue on {node.url}",
+            )
+
+        done = a.cli("suppressions", "add", "u01", "--erase")
+        assert done.returncode == 0, done.stderr
+        shown = b.admin("GET", "/admin/suppressions/u01?wait=90")
+        # Each node's own file has lost her: both reports are the answer without her.
+        for node in (a, b):
+            assert revenue_over_http(node) == (200, without), node.url
+        by_name = {d["destination"]: d for d in shown["deletions"]}
+        analytics = by_name["analytics"]
+        assert (analytics["state"], analytics["attempts"]) == ("done", 2), analytics
+        assert (analytics["user_ids"], analytics["anonymous_ids"]) == (["u01"], ["a01"])
+        assert [(n["node"], n["state"], n["attempts"]) for n in analytics["nodes"]] == [
+            (ids[0], "done", 1),
+            (ids[1], "done", 1),
+        ]
+        assert "nodes" not in by_name["hook"]  # shared: one copy, as on SQLite
+        assert a.admin("GET", "/admin/suppressions/u01")["deletions"] == shown["deletions"]
+
+        # A node that first consumes the destination after the erasure loads its file
+        # from the log, which has none of her events left: it has no copy to run.
+        (tmp_path / "c").mkdir()
+        config = node_config(tmp_path / "c", cluster, sink)
+        with_duckdb(config)
+        c = EventdProcess(tmp_path / "c", config)
+        try:
+            c.start(timeout=90)
+            lags = {d["name"]: d["lag_events"] for d in c.drain(timeout=120)}
+            assert lags == {"hook": 0, "analytics": 0}
+            wait_until(lambda: revenue_over_http(c) == (200, without), 120, "the revenue on c")
+            shown_c = c.admin("GET", "/admin/suppressions/u01")["deletions"]
+            assert shown_c == shown["deletions"]  # no copy of c's is waited for
+        finally:
+            c.kill()

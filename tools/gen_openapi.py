@@ -560,6 +560,29 @@ def response_schemas() -> dict[str, Schema]:
                 "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
                 "user_ids": {"type": "array", "items": {"type": "string"}},
                 "anonymous_ids": {"type": "array", "items": {"type": "string"}},
+                "nodes": {
+                    "type": "array",
+                    "items": schema("NodeDeletion"),
+                    "description": "Only for a node-local destination (duckdb) on the"
+                    " cluster: each node's copy, deleted from its own file; the state"
+                    " above is done once every copy not gone is.",
+                },
+            },
+        },
+        "NodeDeletion": {
+            "type": "object",
+            "required": ["node", "state", "attempts", "updated_at"],
+            "properties": {
+                "node": {"type": "string", "description": "The node's lasting id."},
+                "state": {
+                    "enum": ["requested", "done", "failed", "unsupported", "gone"],
+                    "description": "gone: the node's consumer was removed (away longer"
+                    " than storage.retention); the erasure no longer waits for it.",
+                },
+                "attempts": {"type": "integer"},
+                "reason": {"type": ["string", "null"]},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
             },
         },
         "Audit": {

@@ -28,7 +28,9 @@ the claim; every ADOPT_EVERY seconds each node takes the requested ones nobody
 holds (another node's new request, or a dead node's lapsed claim). So each
 destination is asked once per erasure while no node dies (at least once if one does:
 ``delete_user`` is idempotent), and a status read on any node hears of every
-node's changes.
+node's changes. A node-local destination (each node its own file) is asked once by
+every node, each under a claim of its own; its status shows each node's copy
+(``nodes``) and is ``done`` once every node's is (eventd/store/cluster_deletions.py).
 """
 
 from __future__ import annotations
@@ -192,13 +194,9 @@ class Erasures:
                 return  # another node asks it
             try:
                 # Read again under the claim: the node that held it before may be done.
-                now = [
-                    d
-                    for d in await store.deletions(row.user_id)
-                    if d.destination == row.destination
-                ]
-                if now and now[0].state == REQUESTED:
-                    await self._ask(now[0], store)
+                now = await store.deletion_here(row.user_id, row.destination)
+                if now is not None and now.state == REQUESTED:
+                    await self._ask(now, store)
             finally:
                 with contextlib.suppress(Exception):
                     await store.release_deletion(row.user_id, row.destination)
@@ -275,7 +273,7 @@ def _final(outcome: Ok | Permanent | Unsupported) -> tuple[str, str | None]:
 
 def _shown(row: Deletion) -> dict[str, Any]:
     erasure = decode(row.erasure)
-    return {
+    shown: dict[str, Any] = {
         "destination": row.destination,
         "type": row.type,
         "state": row.state,
@@ -289,3 +287,16 @@ def _shown(row: Deletion) -> dict[str, Any]:
         "user_ids": list(erasure.user_ids),
         "anonymous_ids": list(erasure.anonymous_ids),
     }
+    if row.nodes:  # a node-local destination on the cluster: each node's own file
+        shown["nodes"] = [
+            {
+                "node": n.node,
+                "state": n.state,
+                "attempts": n.attempts,
+                "reason": n.reason,
+                "updated_at": iso_ms(n.updated_at),
+                "next_attempt_at": iso_ms(n.next_attempt_at),
+            }
+            for n in row.nodes
+        ]
+    return shown

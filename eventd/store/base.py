@@ -183,6 +183,22 @@ class Suppression:
 # A forwarded erasure's states (eventd/privacy/): asked and not finished (retried
 # after a Retry), the destination deleted, it gave up or failed, it cannot delete.
 REQUESTED, DONE, FAILED, UNSUPPORTED = "requested", "done", "failed", "unsupported"
+# A node's copy only (NodeDeletion): the node is gone for good (its consumer of the
+# node-local destination was removed), so its file no longer counts.
+GONE = "gone"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDeletion:
+    """One node's copy of a node-local destination's deletion (the cluster's: each node
+    deletes from its own file, eventd/store/cluster_deletions.py)."""
+
+    node: str  # the node's lasting id (its data directory's ``node-id``)
+    state: str  # REQUESTED, DONE, FAILED, UNSUPPORTED or GONE
+    attempts: int
+    reason: str | None  # as Deletion.reason, this node's
+    updated_at: int
+    next_attempt_at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +215,10 @@ class Deletion:
     requested_at: int  # starts the retry_max_age clock
     updated_at: int
     next_attempt_at: int | None  # requested, after a Retry: not before
+    # A node-local destination on the cluster: each node's copy, by node id (the
+    # fields above then sum them up: Deletion.state is DONE only once every copy
+    # not GONE is); () elsewhere (SQLite, memory, a shared destination).
+    nodes: tuple[NodeDeletion, ...] = ()
 
 
 def deletion_requested(
@@ -756,11 +776,24 @@ class SharedDeletionStore(DeletionStore, Protocol):
     """A :class:`DeletionStore` several nodes run at once (the cluster's,
     eventd/store/cluster_deletions.py). Every node's privacy service sees every
     request; a node asks a destination only while it holds that (user, destination)'s
-    claim, so one node at a time does (a node that dies leaves its claim to lapse)."""
+    claim, so one node at a time does (a node that dies leaves its claim to lapse).
+
+    A node-local destination (``Destination.node_local``: each node its own file) is
+    asked by every node, each of its own copy: :meth:`pending_deletions` gives a
+    node its own copies to run, :meth:`save_deletion` records a node's own, and
+    :meth:`deletions` shows the sum with each node's (``Deletion.nodes``)."""
 
     async def claim_deletion(self, user_id: str, destination: str) -> bool:
         """Take or keep the claim: True while this node may ask ``destination``; False
-        while another node holds it. Held claims are kept alive until released."""
+        while another node holds it. Held claims are kept alive until released. (A
+        node-local destination's claim is this node's own: each node asks its own.)"""
+        ...
+
+    async def deletion_here(self, user_id: str, destination: str) -> Deletion | None:
+        """The deletion as this node is to run it, read from the shared state (None:
+        none, or not this node's to run): a shared destination's as it stands; a
+        node-local destination's with this node's copy's state, attempts, reason and
+        next attempt (what :meth:`save_deletion` then saves on this node)."""
         ...
 
     async def release_deletion(self, user_id: str, destination: str) -> None:

@@ -83,13 +83,14 @@ from eventd.store.base import (
     now_ms,
 )
 from eventd.store.jetstream import JetStreamStore, decode_rows, encode_rows, user_partition
+from eventd.store.leases import HeldLeases
 
 log = structlog.get_logger("eventd.store.cluster_admin")
 
 EVENT_BITS = 20  # as eventd/store/cluster.py: seq = log sequence << EVENT_BITS | offset
 _OFFSET = (1 << EVENT_BITS) - 1
 FIND_WINDOW = 1024  # log messages a lookup by messageId reads per step, newest first
-ASIDE_RENEW = 3.0  # seconds between renewals of a held aside-<destination> lease
+ASIDE_RENEW = 3.0  # seconds between renewals of the aside leases and erase claims held
 FETCH = 256  # log messages per fetch of a scan
 NO_MESSAGE = 10057  # JetStream's err_code for a delete of a message that is not there
 
@@ -216,8 +217,8 @@ class ClusterAdmin:
         self._watcher: asyncio.Task[None] | None = None
         self._aside: KeyValue | None = None
         self._suppressions_kv: KeyValue | None = None
-        self._aside_held: dict[str, int] = {}  # aside lease key -> its revision
-        self._renewer: asyncio.Task[None] | None = None
+        # The aside leases (and ClusterDeletions' claims) this node holds.
+        self._held = HeldLeases(self._leases, self.js.node_id, self.js.lease_ttl)
         self._watch_ready = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------
@@ -231,16 +232,17 @@ class ClusterAdmin:
         self._suppressions_kv, self._aside = buckets
         self._watcher = asyncio.create_task(self._watch_suppressions(), name="suppressions")
         await asyncio.wait_for(self._watch_ready.wait(), self.js.cfg.publish_timeout * 6)
-        self._renewer = asyncio.create_task(self._renew_aside(), name="aside-leases")
+        self._held.start(ASIDE_RENEW, "aside-leases")
 
     async def close_admin(self) -> None:
-        await cancel(self._watcher, self._renewer)
+        await cancel(self._watcher)
+        # Disconnected: left to the TTL.
+        await self._held.stop(give_back=self.js.nc is not None and self.js.nc.is_connected)
+
+    def _leases(self) -> KeyValue:
         leases = self.js.leases
-        if leases is not None and self.js.nc is not None and self.js.nc.is_connected:
-            for lease, revision in list(self._aside_held.items()):
-                with contextlib.suppress(Exception):  # left to the TTL
-                    await leases.delete(lease, last=revision)
-        self._aside_held.clear()
+        assert leases is not None, "open() first"
+        return leases
 
     @property
     def _sup(self) -> KeyValue:
@@ -391,35 +393,7 @@ class ClusterAdmin:
         """Take (or keep) the aside ``lease`` (``aside-<destination>``, or
         ``aside-<destination>.<node>``: :func:`aside_lease`): True while this node
         may resend the work it covers."""
-        leases = self.js.leases
-        assert leases is not None
-        revision = self._aside_held.get(lease)
-        try:
-            if revision is None:
-                self._aside_held[lease] = await leases.create(lease, self.js.node_id.encode())
-            else:
-                self._aside_held[lease] = await leases.update(
-                    lease, self.js.node_id.encode(), last=revision
-                )
-        except KeyWrongLastSequenceError:  # another node holds it (or ours lapsed)
-            self._aside_held.pop(lease, None)
-            return False
-        return True
-
-    async def _let_go_aside(self, lease: str) -> None:
-        """No redrive or replay left under ``lease`` here: give it back."""
-        revision = self._aside_held.pop(lease, None)
-        leases = self.js.leases
-        if revision is not None and leases is not None:
-            with contextlib.suppress(Exception):  # lapsed meanwhile: the TTL frees it
-                await leases.delete(lease, last=revision)
-
-    async def _renew_aside(self) -> None:
-        while True:
-            await asyncio.sleep(ASIDE_RENEW)
-            for lease in list(self._aside_held):
-                with contextlib.suppress(Exception):  # a stalled cluster: next round
-                    await self._hold_aside(lease)
+        return await self._held.take(lease)
 
     async def _aside_groups(self, destination: str, kind: str) -> dict[str, dict[str, Any]]:
         """The destination's ``kind`` (redrive, replay) entries this node may do,
@@ -445,7 +419,7 @@ class ClusterAdmin:
         idle = [
             lease
             for lease in (aside_lease(destination, None), aside_lease(destination, self.node_id))
-            if lease in self._aside_held and lease not in groups
+            if lease in self._held and lease not in groups
         ]
         idle = list(dict.fromkeys(idle))  # one lease when this node has no id of its own
         if idle:
@@ -454,7 +428,7 @@ class ClusterAdmin:
             )
             for lease in idle:
                 if lease not in other:
-                    await self._let_go_aside(lease)
+                    await self._held.let_go(lease)  # no redrive or replay left under it
         return out
 
     @_unavailable

@@ -1,18 +1,25 @@
-"""Partition leases in the cluster's ``S_LEASES`` bucket: one node at a time per partition.
+"""Leases in the cluster's ``S_LEASES`` bucket: one node at a time per key.
 
-A :class:`PartitionLeases` bids for the keys ``<prefix>-<p>`` (p in 0..partitions-1)
-and runs one task per partition it holds: the dedup stages (``dedup-<p>``,
-eventd/store/jetstream.py) and an ordered destination's fetchers
-(``order-<destination>-<p>``, eventd/delivery/worker.py). A key is created by the
-first node that asks (create fails while another holds it), renewed with the
-revision it was last written at (a renewal fails once another node took it),
-and lapses with the bucket's TTL when its holder dies or stalls.
+:class:`HeldLeases` is the leases one node holds, by key (any key-value key): a
+key is created by the first node that asks (create fails while another holds
+it), renewed with the revision it was last written at (a renewal fails once
+another node took it), and lapses with the bucket's TTL when its holder dies or
+stalls; a clean stop gives them back. Its users:
 
-Safety: :meth:`PartitionLeases.holds` turns false at ``sent + ttl - LEASE_SLACK``
-after the last renewal that succeeded (``sent``: when it was *sent*; the server
-counts the TTL from when it stored it, later), so a holder whose renewals stall
-stops its work before any other node can take the partition. The task itself
-must look at :meth:`holds` before each step it must not share (forwarding a
+- :class:`PartitionLeases`: the keys ``<prefix>-<p>`` (p in 0..partitions-1), one
+  task per partition held: the dedup stages (``dedup-<p>``,
+  eventd/store/jetstream.py) and an ordered destination's fetchers
+  (``order-<destination>-<p>``, eventd/delivery/worker.py), renewed by the
+  store's lease round;
+- the cluster store's administrative claims (eventd/store/cluster_admin.py,
+  ``aside-<destination>[.<node id>]``; eventd/store/cluster_deletions.py,
+  ``erase-<hash>``), renewed by a task of their own (:meth:`HeldLeases.start`).
+
+Safety: :meth:`HeldLeases.holds` turns false at ``sent + ttl - LEASE_SLACK`` after
+the last renewal that succeeded (``sent``: when it was *sent*; the server counts
+the TTL from when it stored it, later), so a holder whose renewals stall stops its
+work before any other node can take the key. A partition's task must look at
+:meth:`PartitionLeases.holds` before each step it must not share (forwarding a
 message, starting a delivery); a renewal refused cancels the task as a backstop.
 """
 
@@ -35,6 +42,105 @@ LEASE_SLACK = 1.0  # seconds a holder stops before its lease could expire on the
 Run = Callable[[int], Coroutine[Any, Any, None]]  # a held partition's work, by p
 
 
+class HeldLeases:
+    """The leases of ``bucket`` this node holds (as ``holder``: the value written),
+    by key; ``ttl``: the bucket's, in seconds."""
+
+    def __init__(self, bucket: Callable[[], KeyValue], holder: str, ttl: float) -> None:
+        self.bucket = bucket
+        self.holder = holder
+        self.ttl = ttl
+        self._revisions: dict[str, int] = {}  # key -> its lease's last revision
+        # key -> time.monotonic() before which the lease is surely still ours
+        self._held_until: dict[str, float] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def take(self, key: str) -> bool:
+        """Create ``key`` (not held) or renew it (held): True while this node holds
+        it; False once another node does (ours lapsed and was taken: no longer
+        held). Another failure (a stalled cluster, a lost connection) raises and
+        leaves the lease as it was."""
+        revision = self._revisions.get(key)
+        sent = time.monotonic()
+        try:
+            if revision is None:
+                written = await self.bucket().create(key, self.holder.encode())
+            else:
+                written = await self.bucket().update(key, self.holder.encode(), last=revision)
+        except KeyWrongLastSequenceError:  # held by another node, or ours lapsed
+            self._revisions.pop(key, None)
+            self._held_until.pop(key, None)
+            return False
+        if revision is not None and key not in self._revisions:
+            # Let go while this renewal ran: the let-go's delete missed this revision.
+            with contextlib.suppress(Exception):
+                await self.bucket().delete(key, last=written)
+            return False
+        self._revisions[key] = written
+        self._held_until[key] = sent + self.ttl - LEASE_SLACK
+        return True
+
+    async def keep(self, key: str) -> bool:
+        """:meth:`take` unless held already (then True: the renewals keep it, or drop
+        it once lost)."""
+        return key in self._revisions or await self.take(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._revisions
+
+    def held(self) -> list[str]:
+        """The keys held, sorted."""
+        return sorted(self._revisions)
+
+    def holds(self, key: str) -> bool:
+        """False once ``key``'s lease may have lapsed (see the module docstring)."""
+        return time.monotonic() < self._held_until.get(key, 0.0)
+
+    def held_until(self, key: str) -> float | None:
+        """The time.monotonic() at which :meth:`holds` turns false (None: not held)."""
+        return self._held_until.get(key)
+
+    async def renew(self) -> None:
+        """One round: renew every lease held, one after another; one lost is dropped,
+        one not answered is tried again at the next round."""
+        for key in self.held():
+            try:
+                await self.take(key)
+            except Exception as exc:  # a stalled cluster or a lost connection
+                log.info("lease not renewed", lease=key, error=repr(exc))
+
+    def start(self, every: float, name: str) -> None:
+        """Renew every ``every`` seconds, in a task of its own, until :meth:`stop`."""
+        self._renewer = asyncio.create_task(self._renew_every(every), name=name)
+
+    async def _renew_every(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await self.renew()
+
+    async def let_go(self, key: str) -> None:
+        """Give ``key`` back, so another node takes it now rather than after the TTL
+        (never raises: a lease not given back lapses)."""
+        revision = self._revisions.pop(key, None)
+        self._held_until.pop(key, None)
+        if revision is not None:
+            with contextlib.suppress(Exception):  # lapsed meanwhile: the TTL frees it
+                await self.bucket().delete(key, last=revision)
+
+    async def stop(self, give_back: bool = True) -> None:
+        """End the renewals and let every lease go (``give_back`` False: forget them,
+        left to the TTL, as when the connection is lost)."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
+        for key in self.held():
+            if give_back:
+                await self.let_go(key)
+        self._revisions.clear()
+        self._held_until.clear()
+
+
 class PartitionLeases:
     """Leases ``<prefix>-<p>`` for ``partitions`` partitions, held by ``node_id``,
     with ``run(p)`` running while p is held (started again if it ended)."""
@@ -55,9 +161,7 @@ class PartitionLeases:
         self.ttl = ttl
         self.run = run
         self.tasks: dict[int, asyncio.Task[None]] = {}
-        self._revisions: dict[int, int] = {}  # partition -> its lease's last revision
-        # partition -> time.monotonic() before which the lease is surely still ours
-        self._held_until: dict[int, float] = {}
+        self.leases = HeldLeases(bucket, node_id, ttl)
 
     def key(self, p: int) -> str:
         return f"{self.prefix}-{p}"
@@ -69,28 +173,17 @@ class PartitionLeases:
 
     async def claim(self, p: int) -> None:
         """Create or renew partition p's lease; start its task when held."""
-        revisions = self._revisions
         task = self.tasks.get(p)
-        sent = time.monotonic()
         try:
-            if p in revisions:
-                revisions[p] = await self.bucket().update(
-                    self.key(p), self.node_id.encode(), last=revisions[p]
-                )
-            else:
-                revisions[p] = await self.bucket().create(self.key(p), self.node_id.encode())
-        except KeyWrongLastSequenceError:
-            # Held by another node, or ours lapsed: stop our task.
-            revisions.pop(p, None)
-            self._held_until.pop(p, None)
+            held = await self.leases.take(self.key(p))
+        except Exception as exc:  # a stalled cluster or a lost connection: next round
+            log.info("lease not renewed", lease=self.key(p), error=repr(exc))
+            return
+        if not held:  # held by another node, or ours lapsed: stop our task
             if task is not None:
                 task.cancel()
                 self.tasks.pop(p, None)
             return
-        except Exception as exc:  # a stalled cluster or a lost connection: next round
-            log.info("lease not renewed", lease=self.key(p), error=repr(exc))
-            return
-        self._held_until[p] = sent + self.ttl - LEASE_SLACK
         if task is None or task.done():
             self.tasks[p] = asyncio.create_task(self.run(p), name=f"lease-{self.key(p)}")
 
@@ -100,11 +193,11 @@ class PartitionLeases:
 
     def holds(self, p: int) -> bool:
         """False once partition p's lease may have lapsed (see the module docstring)."""
-        return time.monotonic() < self._held_until.get(p, 0.0)
+        return self.leases.holds(self.key(p))
 
     def held_until(self, p: int) -> float | None:
         """The time.monotonic() at which :meth:`holds` turns false (None: not held)."""
-        return self._held_until.get(p)
+        return self.leases.held_until(self.key(p))
 
     async def stop(self, within: float) -> None:
         """Wait up to ``within`` s for the tasks to end (their owner told them to),
@@ -122,11 +215,7 @@ class PartitionLeases:
     async def let_go(self) -> None:
         """Give the leases back, so another node takes the partitions now rather than
         after the TTL (a clean stop); failures are left to the TTL."""
-        for p, revision in sorted(self._revisions.items()):
-            with contextlib.suppress(Exception):  # lost meanwhile: the TTL frees it
-                await self.bucket().delete(self.key(p), last=revision)
-        self._revisions.clear()
-        self._held_until.clear()
+        await self.leases.stop()
 
 
 async def _stopped(p: int) -> None:
