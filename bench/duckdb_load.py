@@ -66,6 +66,15 @@ VARIANTS = {
         setup=[*NO_KEY, "CREATE TABLE app.loaded_ids (h UBIGINT PRIMARY KEY)"],
         extra=["INSERT INTO app.loaded_ids SELECT hash(id) FROM eventd_tracks"],
     ),
+    # the same with a hash DuckDB documents as stable (MD5): 128 bits, or its low 64
+    "md5-key-table": Variant(
+        setup=[*NO_KEY, "CREATE TABLE app._eventd_loaded (h UHUGEINT PRIMARY KEY)"],
+        extra=["INSERT INTO app._eventd_loaded SELECT md5_number(id) FROM eventd_tracks"],
+    ),
+    "md5-lower-key-table": Variant(
+        setup=[*NO_KEY, "CREATE TABLE app._eventd_loaded (h UBIGINT PRIMARY KEY)"],
+        extra=["INSERT INTO app._eventd_loaded SELECT md5_number_lower(id) FROM eventd_tracks"],
+    ),
     "one-script": Variant(script=True, literal=True),
     "literal": Variant(literal=True),
     "fsync-none": Variant(["SET fsync_mode = 'NONE'"]),

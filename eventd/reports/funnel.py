@@ -10,9 +10,9 @@ a missing value is ``"(none)"``.
 
 JSON: ``{"steps": [...], "total": [n1, ...], "by": {"VALUE": [n1, ...], ...}}``.
 
-The SQL: one GROUP BY person and list functions on DuckDB (:func:`_duckdb_sql`),
-joins and GROUP BYs on PostgreSQL (:func:`_joins_sql`); the tests hold both to the
-same independently computed answers.
+The SQL: GROUP BYs per userId / anonymousId, then per person, and list functions on
+DuckDB (:func:`_duckdb_sql`), joins and GROUP BYs on PostgreSQL (:func:`_joins_sql`);
+the tests hold both to the same independently computed answers.
 """
 
 from __future__ import annotations
