@@ -34,6 +34,7 @@ from plugins.duckdb.loader import Loader, skipping_loaded
 from plugins.duckdb.vectorized import Load
 
 BATCH = 5000
+EVENT_TABLES = ["viewed_car", "booked_test_drive", "started_checkout", "order_completed"]
 # tracks again, without its primary key on id (what skips loaded messageIds)
 NO_KEY = [
     "CREATE TABLE app.tracks_nokey AS SELECT * FROM app.tracks WITH NO DATA",
@@ -54,6 +55,8 @@ class Variant:
     script: bool = False
     literal: bool = False
     extra: list[str] = field(default_factory=list)
+    row_group_size: int | None = None  # the file attached with this ROW_GROUP_SIZE
+    tracks_only: bool = False  # only tracks' insert: what the event tables' rows cost
 
 
 VARIANTS = {
@@ -65,6 +68,33 @@ VARIANTS = {
     "hash-key-table": Variant(
         setup=[*NO_KEY, "CREATE TABLE app.loaded_ids (h UBIGINT PRIMARY KEY)"],
         extra=["INSERT INTO app.loaded_ids SELECT hash(id) FROM eventd_tracks"],
+    ),
+    # the same with a hash DuckDB documents as stable (MD5): 128 bits, or its low 64
+    "md5-key-table": Variant(
+        setup=[*NO_KEY, "CREATE TABLE app._eventd_loaded (h UHUGEINT PRIMARY KEY)"],
+        extra=["INSERT INTO app._eventd_loaded SELECT md5_number(id) FROM eventd_tracks"],
+    ),
+    "md5-lower-key-table": Variant(
+        setup=[*NO_KEY, "CREATE TABLE app._eventd_loaded (h UBIGINT PRIMARY KEY)"],
+        extra=["INSERT INTO app._eventd_loaded SELECT md5_number_lower(id) FROM eventd_tracks"],
+    ),
+    # DuckDB writes an append that fills a row group to the file itself at COMMIT
+    # (optimistic writes), not row by row to the WAL: row groups of 4,096 rows
+    "row-groups-4096": Variant(row_group_size=4096),
+    "tracks-only": Variant(tracks_only=True),
+    # the batch's event rows in one table (one insert) instead of one table per event
+    "one-event-table": Variant(
+        tracks_only=True,
+        setup=[
+            "CREATE TABLE app.wide AS SELECT * FROM ("
+            + " UNION ALL BY NAME ".join(f"SELECT * FROM app.{t}" for t in EVENT_TABLES)
+            + ") WITH NO DATA"
+        ],
+        extra=[
+            "INSERT INTO app.wide BY NAME SELECT *, now() AS uuid_ts FROM ("
+            + " UNION ALL BY NAME ".join(f"SELECT * FROM eventd_event_{i}" for i in range(4))
+            + ")"
+        ],
     ),
     "one-script": Variant(script=True, literal=True),
     "literal": Variant(literal=True),
@@ -97,7 +127,12 @@ def run(template: Path, loads: list[Load], variant: Variant) -> dict[str, float]
     config: dict[str, str | bool | int | float | list[str]] = {
         "checkpoint_threshold": loader_module.CHECKPOINT_THRESHOLD
     }
-    con = duckdb.connect(str(path), config=config)
+    if variant.row_group_size is None:
+        con = duckdb.connect(str(path), config=config)
+    else:
+        con = duckdb.connect(config=config)
+        con.execute(f"ATTACH '{path}' AS run (ROW_GROUP_SIZE {variant.row_group_size})")
+        con.execute("USE run")
     for sql in variant.settings + variant.setup:
         con.execute(sql)
     now = datetime.now(UTC)
@@ -109,6 +144,7 @@ def run(template: Path, loads: list[Load], variant: Variant) -> dict[str, float]
         plains = [
             p.replace("CAST($1 AS TIMESTAMPTZ)", literal) if variant.literal else p
             for p, _ in load.inserts
+            if not variant.tracks_only or "eventd_tracks" in p
         ]
         if variant.script:
             con.execute(f"BEGIN TRANSACTION; {';'.join(plains)}; COMMIT")

@@ -169,6 +169,38 @@ def generate(seed: int = 16) -> DataSet:
     return ds
 
 
+def generate_shared(seed: int) -> DataSet:
+    """A small random data set of tangled identities (what DuckDB's reports group per
+    userId and anonymousId before per person): devices linked to zero to three users
+    at random moments (ties on linked_at included), users linked without a device or
+    not at all, two users of one profile, an anonymousId spelled like a userId, and
+    track events of the steps before, at and after the links, from two sources."""
+    rng = random.Random(seed)
+    ds = DataSet()
+
+    def at(day: int, second: int) -> datetime:
+        return START + timedelta(days=day, seconds=second)
+
+    users = [f"u{i}" for i in range(8)]
+    profile = {u: f"p{0 if i < 2 else i}" for i, u in enumerate(users)}  # u0, u1: one person
+    devices = [*(f"d{i}" for i in range(6)), "u5"]  # "u5" is also a userId; d0 shared
+    for device in devices:
+        for user in rng.sample(users, rng.randrange(2 if device == "d0" else 0, 4)):
+            ds.link(device, user, profile[user], at(rng.randrange(0, 8), rng.choice([0, 3600])))
+    for user in users[:6]:
+        ds.link(None, user, profile[user], at(rng.randrange(0, 8), 0))
+    for _ in range(400):
+        when = at(rng.randrange(0, 12), rng.choice([0, 3600, rng.randrange(0, 86400)]))
+        event = rng.choice([*STEPS, "Signed Up"])
+        source = rng.choice(["app", "web"])
+        if rng.random() < 0.4:
+            user = rng.choice(users)
+            ds.add(source, "track", when, user, rng.choice([*devices, None]), event)
+        else:
+            ds.add(source, "track", when, None, rng.choice(devices), event)
+    return ds
+
+
 # -- the answers, in plain Python ------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ zone is UTC (the stores' ``query`` sets it), so one report gives one answer on e
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -187,17 +187,84 @@ WHERE ev.user_id IS NOT NULL
 UNION ALL
 SELECT ev.*, COALESCE(al.profile_id, ev.anonymous_id) AS person, {t} AS t
 FROM ({events}) AS ev
-LEFT JOIN (
+LEFT JOIN {_ranges(ident)}
+  ON al.anonymous_id = ev.anonymous_id
+ AND (al.valid_from IS NULL OR ev.ts >= al.valid_from)
+ AND (al.valid_to IS NULL OR ev.ts < al.valid_to)
+WHERE ev.user_id IS NULL AND ev.anonymous_id IS NOT NULL"""
+
+
+def keyed_people_sql(
+    store: Store, cat: Catalog, events: str, columns: str, aggregates: Mapping[str, str]
+) -> str:
+    """Rows of (person, each of ``aggregates``): the aggregates ({alias: SQL aggregate
+    expression}, over ``columns``: a select list over one event's columns of
+    :func:`events_sql` and ``t``, epoch seconds) computed per userId, per anonymousId,
+    and per person only for anonymousIds with more than one link; a person may so have
+    several rows, which the caller merges (GROUP BY person: a min of the mins, the
+    lists' elements together...). The person is :func:`people_sql`'s, by the same rule.
+
+    Why: over 10 M events the join of every event with its link and a GROUP BY of
+    every event by the person it gives were ~half of a funnel's CPU. A userId's events
+    all belong to one person (its link's profile_id, else itself), and so do an
+    anonymousId's when it has at most one link (that link's range covers all time); so
+    the events are grouped by their own id, and only the ~one row per id left is
+    joined with the links (docs/benchmarks.md: the funnel -40 % CPU). An anonymousId
+    linked twice or more (a shared device) joins event by event, on its ranges.
+    """
+    t = "CAST(EXTRACT(EPOCH FROM ev.ts) AS DOUBLE PRECISION)"
+    names = ", ".join(aggregates)
+    computed = ", ".join(f"{sql} AS {alias}" for alias, sql in aggregates.items())
+
+    def grouped(key: str, where: str) -> str:
+        return (
+            f"SELECT k, {computed} FROM (SELECT {key} AS k, {columns} FROM"
+            f" (SELECT ev.*, {t} AS t FROM ({events}) AS ev WHERE {where}) AS x) AS y GROUP BY k"
+        )
+
+    schema = store.identities_schema
+    if "linked_at" not in cat.tables.get((schema, "identities"), {}):
+        everyone = grouped("COALESCE(x.user_id, x.anonymous_id)", "TRUE")
+        return f"SELECT k AS person, {names} FROM ({everyone}) AS g"
+    ident = f"{quote(schema)}.identities"
+    anonymous = "ev.user_id IS NULL AND ev.anonymous_id IS NOT NULL"
+    ranges = _ranges(ident)
+    return f"""
+SELECT COALESCE(up.profile_id, g.k) AS person, {names}
+FROM ({grouped("x.user_id", "ev.user_id IS NOT NULL")}) AS g
+LEFT JOIN (SELECT user_id, MIN(profile_id) AS profile_id FROM {ident} GROUP BY user_id) AS up
+  ON up.user_id = g.k
+UNION ALL
+SELECT COALESCE(one.profile_id, g.k) AS person, {names}
+FROM ({grouped("x.anonymous_id", anonymous)}) AS g
+LEFT JOIN (SELECT anonymous_id, MIN(profile_id) AS profile_id, COUNT(*) AS links FROM {ident}
+           WHERE anonymous_id IS NOT NULL GROUP BY anonymous_id) AS one
+  ON one.anonymous_id = g.k
+WHERE one.links IS NULL OR one.links = 1
+UNION ALL
+SELECT k AS person, {names} FROM (
+SELECT k, {computed} FROM (SELECT person AS k, {columns} FROM (
+  SELECT x.*, COALESCE(al.profile_id, x.anonymous_id) AS person
+  FROM (SELECT ev.*, {t} AS t FROM ({events}) AS ev WHERE {anonymous}) AS x
+  JOIN {ranges} ON al.anonymous_id = x.anonymous_id
+   AND (al.valid_from IS NULL OR x.ts >= al.valid_from)
+   AND (al.valid_to IS NULL OR x.ts < al.valid_to)
+  WHERE x.anonymous_id IN (SELECT anonymous_id FROM {ident} WHERE anonymous_id IS NOT NULL
+                           GROUP BY anonymous_id HAVING COUNT(*) > 1)) AS y) AS z GROUP BY k
+) AS shared"""
+
+
+def _ranges(ident: str) -> str:
+    """Each link of an anonymousId as the range it covers, [valid_from, valid_to) (NULL:
+    unbounded), as ``al``: the first from the beginning of time, each until the next
+    (ties on linked_at ordered by user_id)."""
+    return f"""(
   SELECT anonymous_id, profile_id,
          CASE WHEN ROW_NUMBER() OVER w = 1 THEN NULL ELSE linked_at END AS valid_from,
          LEAD(linked_at) OVER w AS valid_to
   FROM {ident} WHERE anonymous_id IS NOT NULL
   WINDOW w AS (PARTITION BY anonymous_id ORDER BY linked_at, user_id)
-) AS al
-  ON al.anonymous_id = ev.anonymous_id
- AND (al.valid_from IS NULL OR ev.ts >= al.valid_from)
- AND (al.valid_to IS NULL OR ev.ts < al.valid_to)
-WHERE ev.user_id IS NULL AND ev.anonymous_id IS NOT NULL"""
+) AS al"""
 
 
 async def person_events(
@@ -206,14 +273,21 @@ async def person_events(
     """What a report starts from: its query (parameters so far), the catalog, and the
     SQL of the people's events in ``args``' range (:func:`people_sql`): tracks of
     ``events``, or every track, page and screen when None."""
+    q, cat, source = await report_events(store, args, events)
+    return q, cat, people_sql(store, cat, source)
+
+
+async def report_events(
+    store: Store, args: dict[str, Any], events: Sequence[str] | None = None
+) -> tuple[Query, Catalog, str]:
+    """:func:`person_events` before the people: the SQL of the events themselves
+    (:func:`events_sql`), for :func:`people_sql` or :func:`keyed_people_sql`."""
     cat = await read_catalog(store)
     q = Query()
     span = Range(args.get("since"), args.get("until"))
     if events is None:
-        source = events_sql(q, cat, span, tables=ACTIVITY_TABLES)
-    else:
-        source = events_sql(q, cat, span, events=events)
-    return q, cat, people_sql(store, cat, source)
+        return q, cat, events_sql(q, cat, span, tables=ACTIVITY_TABLES)
+    return q, cat, events_sql(q, cat, span, events=events)
 
 
 # -- calendar periods, as integers SQL computes the same way on both engines ----------
