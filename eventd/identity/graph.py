@@ -157,6 +157,10 @@ class Profile:
     events_by_type: dict[str, int] = field(default_factory=dict)
     revenue: float = 0
     groups: list[str] = field(default_factory=list)
+    # The store's own key for the profile's row (identity.db: ``profiles.key``, an integer
+    # in creation order), 0 until stored; a backend without one leaves it 0. Not part of
+    # the profile (record, public, equality): the same profile has another key elsewhere.
+    key: int = field(default=0, compare=False, repr=False)
 
     def public(self) -> dict[str, Any]:
         """The profile as the API shows it (DESIGN.md: profile JSON keys)."""
@@ -301,6 +305,9 @@ class Changes:
     # away since has nothing to delete (most anonymous profiles of a page, merged into
     # their user's profile at sign-in).
     created: set[str] = field(default_factory=set)
+    # The store keys (Profile.key) of the removed profiles that had one: a backend keyed
+    # by them deletes those rows (a profile merged away is no longer in the graph's hands).
+    removed_keys: dict[str, int] = field(default_factory=dict)
     ids: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, value) -> profile_id
     links: list[Link] = field(default_factory=list)  # new links
     resend_users: set[str] = field(default_factory=set)  # their links changed profile_id
@@ -437,9 +444,10 @@ class Graph:
 
     def _new_profile(self, kind: str, value: str, seq: int) -> Profile:
         pid = profile_id_for(kind, value)
-        profile = Profile(pid, seq)
-        self._profiles[pid] = profile
         changes = self._changes
+        # Made again after it was merged away in this page: the store's row is reused.
+        profile = Profile(pid, seq, key=changes.removed_keys.pop(pid, 0))
+        self._profiles[pid] = profile
         changes.removed.discard(pid)
         changes.created.add(pid)
         self._set_id(kind, value, pid)
@@ -606,5 +614,7 @@ class Graph:
         self._changes.resend_users.update(gone.user_ids)
         self._changes.profiles.pop(gone.profile_id, None)
         self._changes.removed.add(gone.profile_id)
+        if gone.key:
+            self._changes.removed_keys[gone.profile_id] = gone.key
         self._profiles[gone.profile_id] = None
         self._dirty(keep)
