@@ -392,9 +392,15 @@ class IdentityStore(ReaderThread):
                 "DELETE FROM profiles WHERE key = ?",
                 [(key,) for pid, key in changes.removed_keys.items() if pid not in profiles],
             )
+            # Every identifier the graph moves, it moves to a profile it marked changed; a
+            # method call per identifier (two per new person) is left to the exception.
+            get = profiles.get
             w.executemany(
                 "INSERT OR REPLACE INTO identifiers (kind, value, key) VALUES (?, ?, ?)",
-                [(k, v, self._key_of(pid, profiles)) for (k, v), pid in changes.ids.items()],
+                [
+                    (k, v, to.key if (to := get(pid)) is not None else self._stored_key(pid))
+                    for (k, v), pid in changes.ids.items()
+                ],
             )
             new = []
             for link in changes.links:
@@ -427,12 +433,8 @@ class IdentityStore(ReaderThread):
                 [(cursor, "cursor"), (version, "version"), (last_key, "profiles")],
             )
 
-    def _key_of(self, profile_id: str, profiles: Mapping[str, Profile]) -> int:
-        """The key of the profile an identifier now points at: one the page changed (every
-        identifier the graph moves, it moves to a profile it marked changed), else stored."""
-        found = profiles.get(profile_id)
-        if found is not None:
-            return found.key
+    def _stored_key(self, profile_id: str) -> int:
+        """The key of a stored profile an identifier is moved to."""
         stored = self.profile(profile_id)
         if stored is None:
             raise LookupError(f"identity.db: an identifier points at no profile: {profile_id}")
