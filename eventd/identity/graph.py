@@ -445,11 +445,15 @@ class Graph:
     def _new_profile(self, kind: str, value: str, seq: int) -> Profile:
         pid = profile_id_for(kind, value)
         changes = self._changes
-        # Made again after it was merged away in this page: the store's row is reused.
-        profile = Profile(pid, seq, key=changes.removed_keys.pop(pid, 0))
+        profile = Profile(pid, seq)
         self._profiles[pid] = profile
-        changes.removed.discard(pid)
-        changes.created.add(pid)
+        if pid in changes.removed:
+            # Made again after it was merged away in this page: what the store holds of it
+            # (if anything: it may have been made in this page too) is overwritten.
+            changes.removed.discard(pid)
+            profile.key = changes.removed_keys.pop(pid, 0)
+        else:
+            changes.created.add(pid)
         self._set_id(kind, value, pid)
         return profile
 
