@@ -808,7 +808,9 @@ def page_record(changes: Changes, cursor: int) -> dict[str, Any]:
     return {
         "cursor": cursor,
         "profiles": [p.record() for p in changes.profiles.values()],
-        "removed": sorted(changes.removed - changes.profiles.keys()),
+        # Not those made in this page (most anonymous profiles, merged into their user's
+        # at sign-in): the bucket never held them, and each purge is a request of its own.
+        "removed": sorted(changes.removed - changes.profiles.keys() - changes.created),
         "ids": [[k, v, pid] for (k, v), pid in changes.ids.items()],
         "links": [[x.anonymous_id or "", x.user_id, x.linked_at, x.seq] for x in changes.links],
         "resend": sorted(changes.resend_users),
