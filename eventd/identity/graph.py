@@ -137,9 +137,17 @@ def anonymous_ranges(links: Iterable[Link], user_ids: Iterable[str]) -> list[tup
     return ranges
 
 
+# A new profile's id hashes from a copy of this empty one: making a blake2b object parses
+# its keyword arguments and sets up its parameter block, a copy only copies the state
+# (callgrind: 9,400 -> 8,200 instructions per id, two ids per new person).
+_PROFILE_HASH = hashlib.blake2b(digest_size=10)
+
+
 def profile_id_for(kind: str, value: str) -> str:
     """A profile's id, from the identifier that created it: the same log builds the same ids."""
-    return "prof_" + hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=10).hexdigest()
+    h = _PROFILE_HASH.copy()
+    h.update(f"{kind}:{value}".encode())
+    return "prof_" + h.hexdigest()
 
 
 @dataclass(slots=True)
