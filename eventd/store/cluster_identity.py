@@ -6,8 +6,11 @@ Two key-value buckets, names derived from ``storage.stream`` (S)::
     S_ID       p.<profile_id>          the profile's record (graph.Profile.record())
                i.u.<id> / i.a.<id>     an identifier -> its profile_id
                la.<anonymousId>        that anonymousId's links [[user, linked_at, seq]]
-                                       ('_' for the row recording a userId's membership)
-               lu.<userId>             the anonymousIds linked to that user
+                                       (not the rows recording a userId's membership:
+                                       writers before 938b8dd kept them all under
+                                       ``la._``, one value for every user)
+               lu.<userId>             the anonymousIds linked to that user ('' for its
+                                       membership row)
                t.<key>.<first>         the seqs of one identifier's events in one page
                pos.<destination>       a warehouse feed's links version
                s.cursor                the last log event seq applied
