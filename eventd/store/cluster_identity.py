@@ -6,8 +6,11 @@ Two key-value buckets, names derived from ``storage.stream`` (S)::
     S_ID       p.<profile_id>          the profile's record (graph.Profile.record())
                i.u.<id> / i.a.<id>     an identifier -> its profile_id
                la.<anonymousId>        that anonymousId's links [[user, linked_at, seq]]
-                                       ('_' for the row recording a userId's membership)
-               lu.<userId>             the anonymousIds linked to that user
+                                       (not the rows recording a userId's membership:
+                                       writers before 938b8dd kept them all under
+                                       ``la._``, one value for every user)
+               lu.<userId>             the anonymousIds linked to that user ('' for its
+                                       membership row)
                t.<key>.<first>         the seqs of one identifier's events in one page
                pos.<destination>       a warehouse feed's links version
                s.cursor                the last log event seq applied
@@ -542,7 +545,10 @@ class ClusterIdentityStore(ReaderThread):
         await w.puts(w.state, puts)
         await _gather(w.purge(w.state, f"p.{pid}") for pid in r["removed"])
         # Links: each anonymousId's and each user's index, read, changed and put once.
-        anons = sorted({a for a, *_ in r["links"]})
+        # A userId's membership row (anonymousId "") is known from the user's index
+        # alone: under "" the anonymousIds' index would be one value listing every user
+        # ever, read and put whole by every page, past a message's 1 MB at ~19,000 users.
+        anons = sorted({a for a, *_ in r["links"] if a})
         users = sorted({u for _, u, *_ in r["links"]} | set(r["resend"]))
         by_anon = dict(
             zip(anons, await w.gets_json((f"la.{enc(a)}" for a in anons), []), strict=True)
@@ -552,10 +558,14 @@ class ClusterIdentityStore(ReaderThread):
         )
         new: list[tuple[str, str, str, int]] = []
         for anon, user, linked_at, seq in r["links"]:
-            if all(e[0] != user for e in by_anon[anon]):
+            if anon:
+                if any(e[0] == user for e in by_anon[anon]):
+                    continue
                 by_anon[anon].append([user, linked_at, seq])
-                by_user[user].append(anon)
-                new.append((anon, user, linked_at, seq))
+            elif anon in by_user[user]:
+                continue
+            by_user[user].append(anon)
+            new.append((anon, user, linked_at, seq))
         # A link's revision is its version: puts sent in the graph's order (one
         # connection keeps it, and the stream numbers them as they come), awaited
         # together. Before the indexes: a page finished again after a crash finds a
@@ -605,6 +615,8 @@ class ClusterIdentityStore(ReaderThread):
         for user in users:
             for anon in await w.get_json(f"lu.{enc(user)}", []):
                 await w.purge(w.links, f"{enc(anon)}.{enc(user)}")
+                # The membership row's "" too: its index is written no more, but one a
+                # writer made before may hold the user, who must be gone from it as well.
                 kept = [e for e in await w.get_json(f"la.{enc(anon)}", []) if e[0] not in users]
                 if kept:
                     await w.state.put(f"la.{enc(anon)}", orjson.dumps(kept))
@@ -808,7 +820,9 @@ def page_record(changes: Changes, cursor: int) -> dict[str, Any]:
     return {
         "cursor": cursor,
         "profiles": [p.record() for p in changes.profiles.values()],
-        "removed": sorted(changes.removed - changes.profiles.keys()),
+        # Not those made in this page (most anonymous profiles, merged into their user's
+        # at sign-in): the bucket never held them, and each purge is a request of its own.
+        "removed": sorted(changes.removed - changes.profiles.keys() - changes.created),
         "ids": [[k, v, pid] for (k, v), pid in changes.ids.items()],
         "links": [[x.anonymous_id or "", x.user_id, x.linked_at, x.seq] for x in changes.links],
         "resend": sorted(changes.resend_users),

@@ -15,7 +15,7 @@ import pytest
 from eventd.config import JetStreamConfig
 from eventd.identity.graph import ANONYMOUS, USER, profile_id_for
 from eventd.store import NotLeader
-from eventd.store.cluster_identity import LEASE_KEY, ClusterIdentityStore, page_record
+from eventd.store.cluster_identity import LEASE_KEY, ClusterIdentityStore, enc, page_record
 from tests.nats_cluster import NatsCluster
 from tests.store.test_identity_conformance import ANA, page
 
@@ -129,3 +129,32 @@ async def test_a_node_that_does_not_write_follows_the_cursor(
             assert changed.wait_for(lambda: seen == [1, 3], 30), seen
     finally:
         await reader_node.close_reader()
+
+
+async def test_a_users_membership_row_is_kept_in_the_users_index_alone(
+    stores: Callable[[], ClusterIdentityStore],
+) -> None:
+    """A userId's membership link (anonymousId "") is new once, known afterwards from the
+    user's own index: no anonymousIds' index under "" (one value listing every user, read
+    and put whole by each page, past a message's 1 MB at ~19,000 users). An erasure
+    still takes the user out of such a value a writer made before."""
+    w = stores()
+    w.open_writer()
+    w.apply(page(w, [(1, {"type": "identify", "anonymousId": "a1", "userId": "ana"}),
+                     (2, {"type": "track", "userId": "bob"})]), 2)  # fmt: skip
+    w.apply(page(w, [(3, {"type": "identify", "anonymousId": "a2", "userId": "ana"}),
+                     (4, {"type": "track", "userId": "bob"})]), 4)  # fmt: skip
+    side = w.w
+    assert side.run(side.get("la._")) is None
+    assert side.run(side.get_json(f"lu.{enc('ana')}", None)) == ["", "a1", "a2"]
+    await w.open_reader()
+    try:
+        links = [(x.anonymous_id, x.user_id) for _, x in await w.read(w.links_after, 0, 100)]
+        assert links == [(None, "ana"), ("a1", "ana"), (None, "bob"), ("a2", "ana")]
+        # A value under "" as the writer before this one kept it: erasing ana empties it.
+        side.run(side.state.put("la._", b'[["ana","2026-11-01T10:00:00.000Z",1]]'))
+        assert w.erase("ana") == []
+        assert side.run(side.get("la._")) is None
+        assert [x.user_id for _, x in await w.read(w.links_after, 0, 100)] == ["bob"]
+    finally:
+        await w.close_reader()
