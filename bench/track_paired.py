@@ -9,7 +9,9 @@ is measured over the same window as requests (eventd: events stored) over the CP
 seconds its own process used. What the others' load does, it does to all of them.
 
 A variant is ``NAME=PATH``: eventd imported from the tree at PATH (``PYTHONPATH``;
-e.g. a ``git archive`` of an older commit), or from this checkout when PATH is empty.
+e.g. a ``git archive`` of an older commit), or from this checkout when PATH is empty;
+a NAME ending in ``+duckdb`` also runs the embedded default config's duckdb destination
+(``bench --only ingest-duckdb``'s config); every variant runs the identity graph.
 The servers share the core, so each serves a fraction of what it would alone (smaller
 group commits): compare the variants with each other, and the ratio to ceiling A as a
 lower bound of what ``python -m bench --only ceiling-a,ingest`` reports.
@@ -93,8 +95,11 @@ def one_round(ctx: scenarios.Context, variants: dict[str, str]) -> dict[str, flo
         )
         procs = {}
         for name, path in variants.items():
+            # "+duckdb": with the embedded default's duckdb destination, as it ships
+            ctx.analytics = name.endswith("+duckdb")
             with _tree(path):
                 procs[name] = stack.enter_context(scenarios.eventd(ctx, name))
+        ctx.analytics = False
         urls = {"ceiling": url, **{name: p.url for name, p in procs.items()}}
         for warm in [_wrk(ctx, u, name, ctx.plan.warmup) for name, u in urls.items()]:
             _requests(warm)
