@@ -16,6 +16,10 @@ outbox opened read-only; with the memory store, eventd reads them with
 - wakes the warehouse feeds (:mod:`eventd.identity.feed`), which send new and
   changed links to every destination that stores identities.
 
+A page costs eventd's process the same whatever it holds, so after a short page (under
+single events, a group commit's worth) the next waits up to ``STEP_LINGER`` seconds,
+unless something waits on the graph (:meth:`IdentityService.wait_past`) or it stops.
+
 It also answers profile lookups (the API) and erases a suppressed user's profile.
 
 The graph never holds the front door: :meth:`IdentityService.start` returns at once
