@@ -344,6 +344,9 @@ class Ingest:
         except StorageUnavailable as exc:
             log.warning("ingest refused: storage unavailable", error=str(exc))
             raise ApiError(503, "storage_unavailable", str(exc), {"Retry-After": "5"}) from exc
+        if len(rows) == 1:  # a single event: no tally to build
+            self._ingested(source.name, rows[0][2]).inc()
+            return
         by_type: dict[str, int] = {}
         for row in rows:
             by_type[row[2]] = by_type.get(row[2], 0) + 1
@@ -359,15 +362,14 @@ class Ingest:
                 "unsupported_encoding",
                 f"Content-Encoding {encoding[:40]!r} is not supported: send gzip, deflate or none",
             )
-        too_large = f"request body is over {limit} bytes, the limit for {request.path}"
         # Unencoded, Content-Length is the size: refused before reading. (An encoded
         # body may decode smaller than it is, gzip of random bytes: read it.)
         length = request.content_length
         if encoding in ("", "identity") and length is not None and length > limit:
-            raise ApiError(413, "body_too_large", too_large)
+            raise _too_large(request, limit)
         body = await request.read()
         if len(body) > limit:
-            raise ApiError(413, "body_too_large", too_large)
+            raise _too_large(request, limit)
         return body
 
     async def pixel(self, request: web.Request) -> web.Response:
@@ -756,12 +758,21 @@ def _dumps(value: object) -> bytes:
         raise InvalidMessage("invalid_message", "message is nested too deeply") from None
 
 
+def _too_large(request: web.Request, limit: int) -> ApiError:
+    return ApiError(
+        413, "body_too_large", f"request body is over {limit} bytes, the limit for {request.path}"
+    )
+
+
 def _dict_or_none(value: object) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+@functools.lru_cache(maxsize=256)
 def _basic_username(header: str) -> str | None:
-    """The write key in ``Authorization: Basic base64(key[:])``; Bearer is not a write key."""
+    """The write key in ``Authorization: Basic base64(key[:])``; Bearer is not a write key.
+    Cached: an SDK sends the same header on every request, and decoding it cost more
+    than the look-up (a few hundred distinct keys at most are kept)."""
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value:
         return None

@@ -63,6 +63,11 @@ async def serve(config: Config, *, announce_write_key: bool = False) -> None:
     # requests triggers do not walk it again each time.
     gc.collect()
     gc.freeze()
+    # A young collection every 20,000 allocations, not 700: a request makes a few hundred
+    # short-lived objects, nearly all freed by their reference counts, and a collection
+    # walks every young object still alive (the requests in flight) each time. +4 % of
+    # /v1/track per CPU-second (issue 18, docs/benchmarks.md); a few MB at most held longer.
+    gc.set_threshold(20_000, 10, 10)
     addresses = [f"http://{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
     log.info("listening", addresses=addresses, config=config.origin)
     if announce_write_key:

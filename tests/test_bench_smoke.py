@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 
 def _run(*args: str) -> str:
@@ -45,3 +48,11 @@ def test_second_core_prototype_bench_prints_its_three_settings() -> None:
     stdout = _run("bench.second_core", "--smoke")
     for row in ("| eventd, 1 core |", "| eventd, every core |", "| 2 fronts + 1 writer, every"):
         assert row in stdout, row
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_paired_track_bench_prints_each_variant_against_ceiling_a() -> None:
+    stdout = _run("bench.track_paired", "--rounds", "1", "--duration", "1", "a=", "b=")
+    assert "round 1: ceiling A " in stdout
+    assert "a: median " in stdout and "% of ceiling A per CPU-second" in stdout
+    assert "b/a median " in stdout

@@ -16,6 +16,10 @@ outbox opened read-only; with the memory store, eventd reads them with
 - wakes the warehouse feeds (:mod:`eventd.identity.feed`), which send new and
   changed links to every destination that stores identities.
 
+A page costs eventd's process the same whatever it holds, so after a short page (under
+single events, a group commit's worth) the next waits up to ``STEP_LINGER`` seconds,
+unless something waits on the graph (:meth:`IdentityService.wait_past`) or it stops.
+
 It also answers profile lookups (the API) and erases a suppressed user's profile.
 
 The graph never holds the front door: :meth:`IdentityService.start` returns at once
@@ -40,6 +44,7 @@ read one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import sqlite3
 import time
@@ -74,6 +79,14 @@ BACKOFF_MAX = 30.0  # how long a freed disk may wait before the graph notices
 # again (the lease's renewal period: a dead holder's lease lapses within its TTL).
 LEAD_RETRY = 3.0
 UNBOUNDED = 2**63 - 1  # "as far as the log goes": a shared graph's page bound
+# Seconds the graph waits after a page shorter than PAGE_EVENTS before reading the next,
+# unless someone waits on it (wait_past: drain, erasure, a delivery reading identities).
+# Under single-event load the log's wake comes with every group commit (~100 a second),
+# and each page costs eventd's process ~0.2-0.4 ms of CPU whatever its size (the call to
+# the writer process: pickling, its pipe, the pool's manager thread): ~5 % of
+# /v1/track's CPU (issue 18). Pages at most this often cut that to a few; the graph
+# is at most this much further behind.
+STEP_LINGER = 0.05
 
 
 class IdentityUnavailable(Exception):
@@ -133,6 +146,9 @@ class IdentityService:
         self.find_feeds: Callable[[], list[LinkFeed]] = list
         self.cursor = 0  # the last log seq applied to the graph
         self._advanced = asyncio.Condition()
+        self._waiters = 0  # callers in wait_past: no linger between pages while any wait
+        self._hurry = asyncio.Event()  # set by wait_past and stop: a linger ends now
+        self._last_page = 0  # events the last page applied
         self._stopping = False
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -256,6 +272,7 @@ class IdentityService:
     async def stop(self) -> None:
         self._stopping = True
         self._stop.set()
+        self._hurry.set()
         async with self._advanced:
             self._advanced.notify_all()  # deliveries waiting on the graph leave their batch
         if self._task is not None:
@@ -292,7 +309,9 @@ class IdentityService:
             failures = 0
             self.error = None
             self.running.set(1)
-            if not applied:
+            if applied and self._last_page < PAGE_EVENTS and not self.shared:
+                await self._linger()
+            elif not applied:
                 if self._copied < self.cursor:
                     await self._save_cursor()  # idle: the copy catches up
                 # A shared graph's page waited on the log already (the cluster's long poll).
@@ -324,6 +343,14 @@ class IdentityService:
             failures=failures,
         )
 
+    async def _linger(self) -> None:
+        """STEP_LINGER seconds before the next page, cut short by a waiter or stop."""
+        if self._waiters or self._stopping:
+            return
+        self._hurry.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), STEP_LINGER)
+
     async def _pause(self, seconds: float | None) -> None:
         await pause(self._stop, self._wake, seconds)  # the log's wake: new events stored
 
@@ -344,6 +371,7 @@ class IdentityService:
             if not self.shared:
                 await self._advance(newest)  # what was there has been deleted (erasure)
             return False
+        self._last_page = result.events
         for reason, n in result.refused.items():
             self.refused.labels(reason).inc(n)
         self.applied.inc(result.events)
@@ -383,10 +411,15 @@ class IdentityService:
         False when it stopped first."""
         if self.opened and self.cursor >= seq:
             return True
-        async with self._advanced:
-            await self._advanced.wait_for(
-                lambda: (self.opened and self.cursor >= seq) or self._stopping
-            )
+        self._waiters += 1
+        self._hurry.set()  # a linger between pages ends: someone waits for the next
+        try:
+            async with self._advanced:
+                await self._advanced.wait_for(
+                    lambda: (self.opened and self.cursor >= seq) or self._stopping
+                )
+        finally:
+            self._waiters -= 1
         return self.opened and self.cursor >= seq
 
     async def drain(self) -> None:
