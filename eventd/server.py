@@ -32,6 +32,7 @@ from eventd.config import Config
 from eventd.ingest import error_response
 from eventd.sdnotify import Notifier
 from eventd.store import StorageUnavailable
+from eventd.tasks import cancel
 
 log = structlog.get_logger("eventd.server")
 
@@ -129,12 +130,7 @@ async def _start(config: Config, stop: asyncio.Event) -> Runner | None:
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait((setup, stopped), return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
-    while not setup.done():  # _lifecycle and the store close what had opened
-        # Again each second: a cancellation can be lost (asyncio.wait_for in 3.11 drops
-        # it when the awaited connect fails at the same moment, and nats-py's connect
-        # loop then tries the next server).
-        setup.cancel()
-        await asyncio.wait((setup,), timeout=1.0)
+    await cancel(setup)  # when stop came first; _lifecycle and the store close what opened
     if stop.is_set() and (setup.cancelled() or setup.exception() is not None):
         await runner.cleanup()
         return None

@@ -10,7 +10,6 @@ overview turns them into events per minute and lag sparklines.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventd.store import StorageUnavailable
+from eventd.tasks import cancel
 
 log = structlog.get_logger("eventd.console.sampler")
 
@@ -82,10 +82,7 @@ class Sampler:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     async def _run(self) -> None:
         while True:

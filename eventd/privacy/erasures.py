@@ -58,6 +58,7 @@ from eventd.store import (
     iso_ms,
     now_ms,
 )
+from eventd.tasks import cancel
 
 if TYPE_CHECKING:
     from eventd.app import Runtime
@@ -135,13 +136,7 @@ class Erasures:
     async def stop(self) -> None:
         """Cancel what runs: a request cut short stays ``requested`` and is asked again
         at the next start (every delete_user is idempotent)."""
-        if self._adopter is not None:
-            self._adopter.cancel()
-            await asyncio.gather(self._adopter, return_exceptions=True)
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel(self._adopter, *self._tasks.values())
 
     async def request(self, user_id: str, user_ids: Sequence[str] = ()) -> None:
         """Ask every running destination to delete ``user_id`` (and ``user_ids``, more

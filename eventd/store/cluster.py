@@ -66,6 +66,7 @@ from eventd.store.cluster_deletions import ClusterDeletions
 from eventd.store.datalock import DataLock
 from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
 from eventd.store.leases import PartitionLeases
+from eventd.tasks import cancel
 
 log = structlog.get_logger("eventd.store.cluster")
 
@@ -195,9 +196,7 @@ class ClusterStore(ClusterDeletions):
         )
 
     async def close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            await asyncio.gather(self._monitor, return_exceptions=True)
+        await cancel(self._monitor)
         await self.close_admin()
         await self.js.close()
         self._lock.release()
@@ -550,9 +549,7 @@ class ClusterFeed:
         return await self.store.js.drained(self.destination)
 
     async def close(self) -> None:
-        if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
+        await cancel(self._keeper)
         for held in list(self._held.values()):
             if held.msg is None:
                 continue

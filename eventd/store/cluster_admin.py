@@ -84,6 +84,7 @@ from eventd.store.base import (
 )
 from eventd.store.jetstream import JetStreamStore, decode_rows, encode_rows, user_partition
 from eventd.store.leases import HeldLeases
+from eventd.tasks import cancel
 
 log = structlog.get_logger("eventd.store.cluster_admin")
 
@@ -160,14 +161,6 @@ async def admin_bucket(js: JetStreamContext, name: str, replicas: int) -> KeyVal
         return await js.key_value(name)
     except NotFoundError:  # another node may create it at the same time: same config
         return await js.create_key_value(KeyValueConfig(bucket=name, history=1, replicas=replicas))
-
-
-async def cancel(*tasks: asyncio.Task[None] | None) -> None:
-    """Cancel the tasks that exist and wait for them."""
-    for task in tasks:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def watch_bucket(

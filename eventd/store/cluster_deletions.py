@@ -81,9 +81,9 @@ from eventd.store.cluster_admin import (
     _unavailable,
     _user_of_key,
     admin_bucket,
-    cancel,
     watch_bucket,
 )
+from eventd.tasks import cancel
 
 log = structlog.get_logger("eventd.store.cluster_deletions")
 

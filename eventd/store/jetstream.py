@@ -86,6 +86,7 @@ from eventd.store.base import EventRow, StorageUnavailable, next_group
 from eventd.store.dedup import DedupSet, dedup_key, partition_of
 from eventd.store.leases import LEASE_SLACK as LEASE_SLACK  # cluster_identity's too
 from eventd.store.leases import PartitionLeases, Run
+from eventd.tasks import cancel
 
 log = structlog.get_logger("eventd.store.jetstream")
 
@@ -517,10 +518,8 @@ class JetStreamStore:
             await self._queue.put(None)
             await self._publisher
             self._publisher = None
-        if self._claimer is not None:
-            self._claimer.cancel()
-            await asyncio.wait([self._claimer], timeout=CLOSE_TIMEOUT)
-            self._claimer = None
+        await cancel(self._claimer)
+        self._claimer = None
         # Stages finish the message in hand (forwarded *and* acked): one cancelled
         # between the two left its group to be redelivered to the next holder.
         self._stopping = True

@@ -35,6 +35,8 @@ import structlog
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from eventd.tasks import cancel
+
 log = structlog.get_logger("eventd.store.leases")
 
 LEASE_SLACK = 1.0  # seconds a holder stops before its lease could expire on the server
@@ -130,10 +132,8 @@ class HeldLeases:
     async def stop(self, give_back: bool = True) -> None:
         """End the renewals and let every lease go (``give_back`` False: forget them,
         left to the TTL, as when the connection is lost)."""
-        if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
-            self._renewer = None
+        await cancel(self._renewer)
+        self._renewer = None
         for key in self.held():
             if give_back:
                 await self.let_go(key)
