@@ -10,6 +10,7 @@ what was expected, so ``eventd check`` can print it as is.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -539,6 +540,9 @@ def _no_jetstream(st: _Table) -> JetStreamConfig | None:
 
 def _jetstream(st: _Table, origin: str) -> JetStreamConfig:
     """The jetstream keys of ``[storage]``: the cluster, names, and one way to log in."""
+    if importlib.util.find_spec("nats") is None:  # an optional dependency (pyproject)
+        need = "nats-py installed beside it: pip install 'eventd[jetstream]'"
+        st.fail("backend", "jetstream", need)
     servers = st.strings("servers")
     if servers is not None:
         if not servers:

@@ -149,3 +149,20 @@ def test_eventd_check_names_a_node_local_destinations_short_retention(tmp_path: 
     path.write_text(tomli_w.dumps(js()))  # the identity graph on (the default)
     run = eventd("check", path)
     assert run.returncode == 0, run.stderr
+
+
+def test_the_backend_without_its_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh `pip install .` lacks nats-py: `eventd check` says so, not serve's
+    ModuleNotFoundError (a newcomer's trial)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "nats" else real(name, *a)
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(js(), "t.toml")
+    assert str(caught.value) == (
+        "t.toml: storage.backend = 'jetstream': expected nats-py installed beside it:"
+        " pip install 'eventd[jetstream]'"
+    )

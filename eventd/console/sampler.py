@@ -18,7 +18,6 @@ from typing import Any
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventd.store import StorageUnavailable
 from eventd.tasks import cancel
 
 log = structlog.get_logger("eventd.console.sampler")
@@ -88,8 +87,9 @@ class Sampler:
         while True:
             try:
                 self.samples.append(await self.take())
-            except StorageUnavailable as exc:
-                # A cluster slow to answer (a nats-server gone): this sample is missing,
-                # the next is taken; the task ending here made the shutdown fail.
-                log.info("console sample skipped", error=str(exc))
+            except Exception as exc:  # an observer: whatever failed, the next sample
+                # A cluster slow to answer (a nats-server gone, a lost quorum): this
+                # sample is missing, the next is taken; the task ending here left the
+                # console's charts frozen (and once made the shutdown fail).
+                log.info("console sample skipped", error=repr(exc))
             await asyncio.sleep(self.interval)  # a period, not a wait for a condition

@@ -65,6 +65,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -198,8 +199,25 @@ async def connect(cfg: JetStreamConfig, name: str) -> NATS:
 
     Pings every 2 s so a server that stops answering (a partition, SIGSTOP) is
     left for another within ~6 s rather than nats-py's default two minutes.
+    The client's errors are logged one line each (nats-py's default logs every
+    failed reconnect, every 0.5 s, with a traceback), and so are the connection's
+    losses and returns.
     """
+
+    async def errored(exc: Exception) -> None:
+        log.warning("cluster connection error", node=name, error=repr(exc))
+
+    async def lost() -> None:
+        log.warning("cluster connection lost; reconnecting", node=name, servers=cfg.servers)
+
+    async def back() -> None:
+        url = client.connected_url
+        log.info("cluster connection back", node=name, server=url.netloc if url else None)
+
     options: dict[str, Any] = {
+        "error_cb": errored,
+        "disconnected_cb": lost,
+        "reconnected_cb": back,
         "servers": list(cfg.servers),
         "name": name,
         "max_reconnect_attempts": -1,
@@ -222,7 +240,8 @@ async def connect(cfg: JetStreamConfig, name: str) -> NATS:
         if cfg.tls_cert and cfg.tls_key:
             context.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
         options["tls"] = context
-    return await nats.connect(**options)
+    client: NATS = await nats.connect(**options)
+    return client
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -956,10 +975,17 @@ class JetStreamStore:
     async def _led_consumer_info(self, durable: str) -> ConsumerInfo:
         """A log consumer's info as its leader gives it. Without a leader (an
         election, a stream being scaled) the counts may be stale: asked again
-        until ``publish_timeout``, then :class:`StorageUnavailable`."""
+        until ``publish_timeout``, then :class:`StorageUnavailable`, as when the
+        cluster does not answer (a lost quorum: ServiceUnavailableError); a consumer
+        that does not exist raises NotFoundError."""
         deadline = time.monotonic() + self.cfg.publish_timeout
         while True:
-            info: ConsumerInfo = await self.js.consumer_info(self.names.stream, durable)
+            try:
+                info: ConsumerInfo = await self.js.consumer_info(self.names.stream, durable)
+            except NotFoundError:
+                raise
+            except (NatsError, TimeoutError) as exc:
+                raise StorageUnavailable(f"consumer {durable} not read: {exc!r}") from exc
             if info.cluster is None or info.cluster.leader:
                 return info
             if time.monotonic() > deadline:
