@@ -25,9 +25,7 @@ from eventd.reports.output import Section
 from eventd.reports.store import (
     Catalog,
     Query,
-    Range,
     Store,
-    events_sql,
     keyed_people_sql,
     people_sql,
     quote,
@@ -62,8 +60,7 @@ async def run(store: Store, args: dict[str, Any]) -> dict[str, Any]:
     # materialized stays narrow (src and id only to find a --by value).
     number = " ".join(f"WHEN {q.param(step)} THEN {i}" for i, step in enumerate(steps, 1))
     by = args["by"] is not None
-    span = Range(args.get("since"), args.get("until"))
-    parts = _Funnel(store, cat, q, steps, args["by"], span, source, pe, number, within)
+    parts = _Funnel(store, cat, q, steps, args["by"], source, pe, number, within)
     sql = _duckdb_sql(parts) if store.dialect == "duckdb" else _joins_sql(parts)
     rows = await store.query(*q.bind(sql))
     total = [0] * len(steps)
@@ -89,7 +86,6 @@ class _Funnel:
     q: Query
     steps: list[str]
     by: str | None
-    span: Range  # --since / --until, for the step-1 events' own pass (--by on DuckDB)
     events: str  # the events (store.events_sql), for keyed_people_sql
     pe: str  # the people's events (store.people_sql)
     number: str
@@ -146,29 +142,28 @@ def _joins_sql(f: _Funnel) -> str:
 
 
 def _duckdb_sql(f: _Funnel) -> str:
-    """The funnel in one pass over people's events (DuckDB): the earliest step-1 time
+    """The funnel in one pass over people's events (DuckDB): the earliest step-1 event
     and each later step's times as a list, per userId and per anonymousId first
     (``store.keyed_people_sql``), then per person (the lists' times together); step j
     takes the earliest time of its list at or after step j-1's and within the window
     of step 1, by list functions on each person's row. The same answer as
     :func:`_joins_sql` (the tests run both stores), in ~a third of its CPU over 10 M
     events: no join of every event with its person's step 1, nor of each step with
-    the previous one, nor of every event with its identity link.
-
-    With ``by``, the anchoring step-1 event (the earliest, ties broken by id) comes
-    from a second keyed pass over step-1 events alone, joined per person: carrying
-    its id through the pass over every step read each event's id and took a struct
-    minimum over all of them (docs/benchmarks.md: 1.6-2x the funnel's CPU)."""
+    the previous one, nor of every event with its identity link."""
     steps, by_property, number, within = f.steps, f.by, f.number, f.within
     k = len(steps)
-    aggregates = {"a": "min(t) FILTER (WHERE step = 1)"}
+    by = by_property is not None
+    # the anchoring step-1 event: the earliest, ties broken by id (src and id: --by)
+    first = "{'t': t, 'id': id, 'src': src}" if by else "t"
+    aggregates = {"a": f"min({first}) FILTER (WHERE step = 1)"}
     aggregates |= {f"l{j}": f"list(t) FILTER (WHERE step = {j})" for j in range(2, k + 1)}
-    columns = f"t, CASE event {number} END AS step"
+    columns = f"t, CASE event {number} END AS step{', src, id' if by else ''}"
     keyed = keyed_people_sql(f.store, f.cat, f.events, columns, aggregates)
     # flatten skips a NULL list (a key without that step)
     lists = "".join(f", flatten(list(l{j})) AS l{j}" for j in range(2, k + 1))
-    grouped = f"SELECT person, min(a) AS t1{lists} FROM ({keyed}) AS keyed GROUP BY person"
-    chain = f"SELECT * FROM ({grouped}) AS g WHERE t1 IS NOT NULL"
+    grouped = f"SELECT person, min(a) AS a{lists} FROM ({keyed}) AS keyed GROUP BY person"
+    t1 = "a['t']" if by else "a"
+    chain = f"SELECT *, {t1} AS t1 FROM ({grouped}) AS g WHERE a IS NOT NULL"
     for j in range(2, k + 1):
         chain = (
             f"SELECT *, list_min(list_filter(l{j}, lambda x: x >= t{j - 1}"
@@ -177,16 +172,10 @@ def _duckdb_sql(f: _Funnel) -> str:
     counts = ", ".join(["COUNT(*)"] + [f"COUNT(f.t{j})" for j in range(2, k + 1)])
     if by_property is None:
         return f"SELECT CAST(NULL AS TEXT) AS v, {counts} FROM ({chain}) AS f"
-    # the anchoring step-1 event per person: the least (t, id, src) of its step-1 events
-    firsts = events_sql(f.q, f.cat, f.span, events=[steps[0]])
-    anchors = keyed_people_sql(
-        f.store, f.cat, firsts, "t, id, src", {"a": "min({'t': t, 'id': id, 'src': src})"}
-    )
-    anchor = f"SELECT person, min(a) AS a FROM ({anchors}) AS keyed GROUP BY person"
     values = _by_values(f.store, f.cat, f.q, steps[0], by_property)
     return (
-        f"SELECT b.v, {counts} FROM ({chain}) AS f JOIN ({anchor}) AS s ON s.person = f.person"
-        f" LEFT JOIN ({values}) AS b ON b.src = s.a['src'] AND b.id = s.a['id'] GROUP BY b.v"
+        f"SELECT b.v, {counts} FROM ({chain}) AS f LEFT JOIN ({values}) AS b"
+        " ON b.src = f.a['src'] AND b.id = f.a['id'] GROUP BY b.v"
     )
 
 
