@@ -174,7 +174,8 @@ def generate_shared(seed: int) -> DataSet:
     userId and anonymousId before per person): devices linked to zero to three users
     at random moments (ties on linked_at included), users linked without a device or
     not at all, two users of one profile, an anonymousId spelled like a userId, and
-    track events of the steps before, at and after the links, from two sources."""
+    track events of the steps before, at and after the links, from two sources, many
+    at one moment (ties on timestamp), most with a car."""
     rng = random.Random(seed)
     ds = DataSet()
 
@@ -189,15 +190,17 @@ def generate_shared(seed: int) -> DataSet:
             ds.link(device, user, profile[user], at(rng.randrange(0, 8), rng.choice([0, 3600])))
     for user in users[:6]:
         ds.link(None, user, profile[user], at(rng.randrange(0, 8), 0))
-    for _ in range(400):
+    for n in range(400):
         when = at(rng.randrange(0, 12), rng.choice([0, 3600, rng.randrange(0, 86400)]))
         event = rng.choice([*STEPS, "Signed Up"])
         source = rng.choice(["app", "web"])
+        # a car on 3 events of 4, not drawn from rng (the events stay those of the seed)
+        props = {"car": CARS[n % 3]} if n % 4 else {}
         if rng.random() < 0.4:
             user = rng.choice(users)
-            ds.add(source, "track", when, user, rng.choice([*devices, None]), event)
+            ds.add(source, "track", when, user, rng.choice([*devices, None]), event, **props)
         else:
-            ds.add(source, "track", when, None, rng.choice(devices), event)
+            ds.add(source, "track", when, None, rng.choice(devices), event, **props)
     return ds
 
 
