@@ -22,6 +22,7 @@ import pytest
 import structlog
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from eventd.config import JetStreamConfig, parse_config
@@ -172,6 +173,43 @@ async def test_a_dedup_stage_moves_to_another_node_which_rebuilds_its_set_from_t
     assert Counter(e.message_id for e in got) == Counter(
         [f"k{i}" for i in range(200)] + [f"new{i}" for i in range(20)]
     )
+
+
+async def test_a_rebuild_whose_reading_consumer_vanished_starts_again_with_a_new_one(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quorum loss can take the ephemeral consumer a stage's rebuild reads the log
+    through (its inactivity threshold passes while the servers are stopped): no
+    fetch is answered again. The stage must read again through a new one, not wait
+    on the lost one for good with its lease held (issue #14's trial). Here the
+    first consumer each rebuild creates is deleted at once, on the real cluster."""
+    a = await nodes.start("a")
+    events = [row(f"v{i}", user=f"u{i % 7}") for i in range(70)]
+    await a.append(events)
+    await until(lambda: a.forwarded == 70)
+    await a.close()  # gone with its disk: b rebuilds every set from the log
+    nodes.open.remove(a)
+    real_subscribe = JetStreamContext.pull_subscribe
+    lost: list[str] = []
+
+    async def subscribe(
+        self: JetStreamContext, subject: str, *args: object, **kw: object
+    ) -> JetStreamContext.PullSubscription:
+        sub = await real_subscribe(self, subject, *args, **kw)  # type: ignore[arg-type]
+        if ".log." in subject and subject not in lost:
+            lost.append(subject)
+            info = await sub.consumer_info()
+            await self.delete_consumer(info.stream_name, info.name)
+        return sub
+
+    monkeypatch.setattr(JetStreamContext, "pull_subscribe", subscribe)
+    b = await nodes.start("b")
+    partitions = {user_partition(r, 4) for r in events}
+    await until(lambda: len(lost) == len(partitions), within=30)
+    # The same 70 again plus 10 new: only the rebuilt sets can know the 70.
+    await b.append(events + [row(f"w{i}", user=f"u{i % 7}") for i in range(10)])
+    await until(lambda: b.forwarded + b.duplicates == 80, within=60)
+    assert (b.forwarded, b.duplicates) == (10, 70)
 
 
 async def test_two_nodes_share_a_destination_cursor_and_a_dead_nodes_batch_goes_to_the_other(

@@ -910,6 +910,15 @@ class JetStreamStore:
                     first = (await self.js.stream_info(stream)).state.first_seq
                     if first > until_seq:
                         return
+                    try:
+                        await sub.consumer_info()
+                    except NotFoundError:
+                        # Lost (a quorum loss, its inactivity threshold passed while
+                        # the servers were stopped): no fetch will ever be answered.
+                        # Transient for the caller's _retrying: it starts a new one.
+                        raise StorageUnavailable(
+                            f"the consumer reading {subject} vanished"
+                        ) from None
                     continue
                 for msg in msgs:
                     yield msg
