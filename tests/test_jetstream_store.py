@@ -18,16 +18,19 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+import structlog
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from eventd.config import JetStreamConfig, parse_config
 from eventd.ingest import Ingest
 from eventd.live import LiveHub
 from eventd.metrics import Metrics
-from eventd.store import EventRow, StorageUnavailable, Store
-from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
+from eventd.store import EventRow, StorageUnavailable, Store, leases
+from eventd.store.dedup import DedupSet
+from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent, user_partition
 from tests.harness import basic
 from tests.nats_cluster import NatsCluster
 
@@ -169,6 +172,43 @@ async def test_a_dedup_stage_moves_to_another_node_which_rebuilds_its_set_from_t
     assert Counter(e.message_id for e in got) == Counter(
         [f"k{i}" for i in range(200)] + [f"new{i}" for i in range(20)]
     )
+
+
+async def test_a_rebuild_whose_reading_consumer_vanished_starts_again_with_a_new_one(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quorum loss can take the ephemeral consumer a stage's rebuild reads the log
+    through (its inactivity threshold passes while the servers are stopped): no
+    fetch is answered again. The stage must read again through a new one, not wait
+    on the lost one for good with its lease held (issue #14's trial). Here the
+    first consumer each rebuild creates is deleted at once, on the real cluster."""
+    a = await nodes.start("a")
+    events = [row(f"v{i}", user=f"u{i % 7}") for i in range(70)]
+    await a.append(events)
+    await until(lambda: a.forwarded == 70)
+    await a.close()  # gone with its disk: b rebuilds every set from the log
+    nodes.open.remove(a)
+    real_subscribe = JetStreamContext.pull_subscribe
+    lost: list[str] = []
+
+    async def subscribe(
+        self: JetStreamContext, subject: str, *args: object, **kw: object
+    ) -> JetStreamContext.PullSubscription:
+        sub = await real_subscribe(self, subject, *args, **kw)  # type: ignore[arg-type]
+        if ".log." in subject and subject not in lost:
+            lost.append(subject)
+            info = await sub.consumer_info()
+            await self.delete_consumer(info.stream_name, info.name)
+        return sub
+
+    monkeypatch.setattr(JetStreamContext, "pull_subscribe", subscribe)
+    b = await nodes.start("b")
+    partitions = {user_partition(r, 4) for r in events}
+    await until(lambda: len(lost) == len(partitions), within=30)
+    # The same 70 again plus 10 new: only the rebuilt sets can know the 70.
+    await b.append(events + [row(f"w{i}", user=f"u{i % 7}") for i in range(10)])
+    await until(lambda: b.forwarded + b.duplicates == 80, within=60)
+    assert (b.forwarded, b.duplicates) == (10, 70)
 
 
 async def test_two_nodes_share_a_destination_cursor_and_a_dead_nodes_batch_goes_to_the_other(
@@ -449,6 +489,70 @@ async def test_a_stage_whose_lease_renewals_stall_stops_before_another_node_take
         assert not a.held_partitions()
     finally:
         kv.update, kv.create, kv.put = saved  # type: ignore[method-assign]
+
+
+async def test_a_stage_stuck_past_its_lease_or_failed_is_started_again_while_held(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #14's trial after a quorum loss: a node kept renewing ``dedup-<p>``
+    with no stage behind it, and its acknowledged events stayed in S_IN for good.
+    Here partition 0's first stage is stuck in an await nobody answers (as a fetch
+    of a consumer lost with the quorum) through a stall of the renewals past the
+    lease's local deadline; the renewal released then is accepted (the key had not
+    expired on the server), so the lease stays held. Partition 1's first stage fails
+    with an exception. Each must be started again (the stuck one stopped first),
+    the failure logged once, and every acknowledged event reach the log."""
+    # The local deadline 3 s before the server's TTL (10 s): the renewal released
+    # below lands well before the key could expire, so the lease is kept.
+    monkeypatch.setattr(leases, "LEASE_SLACK", 3.0)
+    logged = structlog.testing.CapturingLogger()
+    monkeypatch.setattr(leases, "log", logged)
+    stuck = asyncio.Event()  # never set
+    calls: Counter[int] = Counter()
+    real_rebuild = JetStreamStore.rebuild
+
+    async def rebuild(
+        self: JetStreamStore, p: int, dedup: DedupSet, *check: Callable[[], None]
+    ) -> int:
+        calls[p] += 1
+        if calls[p] == 1 and p == 0:
+            await stuck.wait()
+        if calls[p] == 1 and p == 1:
+            raise RuntimeError("a stage's own fault")
+        return await real_rebuild(self, p, dedup, *check)
+
+    monkeypatch.setattr(JetStreamStore, "rebuild", rebuild)
+    a = await nodes.start("a", lease_ttl=10.0)
+    rows = [row(f"q{i}", user=f"u{i % 9}") for i in range(90)]
+    assert {user_partition(r, 4) for r in rows} >= {0, 1}  # both faults are on the path
+    await a.append(rows)
+    await until(lambda: calls[0] == 1 and calls[1] >= 2)
+    assert a.leases is not None
+    kv = a.leases
+    released = asyncio.Event()
+    real_update = kv.update
+
+    async def stalled_update(*args: object, **kw: object) -> int:
+        await released.wait()
+        return await real_update(*args, **kw)  # type: ignore[arg-type]
+
+    kv.update = stalled_update  # type: ignore[method-assign]
+    try:
+        await until(lambda: not a._dedup.holds(0), within=20)
+    finally:
+        kv.update = real_update  # type: ignore[method-assign]
+        released.set()
+    got = await drain(await a.reader("hook"), {f"q{i}" for i in range(90)}, within=60)
+    assert Counter(e.message_id for e in got) == Counter(f"q{i}" for i in range(90))
+    assert calls[0] == 2  # the stuck stage was stopped, then one new one started
+    assert "dedup-0" in a._dedup.leases.held()
+    failed = [c for c in logged.calls if c.method_name == "error"]
+    assert [(c.kwargs["lease"], repr(c.kwargs["exc_info"])) for c in failed] == [
+        ("dedup-1", 'RuntimeError("a stage\'s own fault")')
+    ]
+    # (another stage may be caught too, on a loaded machine: then it was stopped too)
+    outlived = [c.kwargs["lease"] for c in logged.calls if c.method_name == "warning"]
+    assert "dedup-0" in outlived
 
 
 async def test_a_clean_close_leaves_no_forwarded_group_unacknowledged(nodes: Nodes) -> None:

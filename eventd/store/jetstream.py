@@ -79,7 +79,12 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from eventd.config import JetStreamConfig
@@ -91,7 +96,15 @@ from eventd.tasks import cancel
 
 log = structlog.get_logger("eventd.store.jetstream")
 
-_TRANSIENT = (NatsTimeout, NoStreamResponseError, NoRespondersError, asyncio.TimeoutError)
+# ServiceUnavailableError: JetStream's 503 ("JetStream system temporarily
+# unavailable"), answered for a while after a quorum comes back.
+_TRANSIENT = (
+    NatsTimeout,
+    NoStreamResponseError,
+    NoRespondersError,
+    ServiceUnavailableError,
+    asyncio.TimeoutError,
+)
 T = TypeVar("T")
 CLOSE_TIMEOUT = 10.0  # seconds close() waits for the stages and the connection
 MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
@@ -542,7 +555,7 @@ class JetStreamStore:
         # Stages finish the message in hand (forwarded *and* acked): one cancelled
         # between the two left its group to be redelivered to the next holder.
         self._stopping = True
-        stages = list(self._dedup.tasks.values())
+        stages = self._dedup.live()
         if stages:
             _, late = await asyncio.wait(stages, timeout=CLOSE_TIMEOUT)
             for task in late:  # a cluster stalled past the bound: left to redelivery
@@ -754,15 +767,19 @@ class JetStreamStore:
         next one first: that would reorder a user's events) until it is forwarded."""
         path = self.data_dir / "dedup" / f"{self.cfg.stream}-{p}"
         dedup = await asyncio.to_thread(DedupSet, path, self.dedup_window_ms)
+        check = functools.partial(self._check_lease, p)
         try:
-            added = await _retrying(lambda: self.rebuild(p, dedup), f"dedup-{p} rebuild")
+            added = await _retrying(
+                lambda: self.rebuild(p, dedup, check), f"dedup-{p} rebuild", check
+            )
             log.info("dedup stage started", partition=p, rebuilt_keys=added)
-            await _retrying(lambda: self._take_over(p, dedup), f"dedup-{p} take over")
+            await _retrying(lambda: self._take_over(p, dedup), f"dedup-{p} take over", check)
             sub = await _retrying(
                 lambda: self.js.pull_subscribe_bind(
                     self.names.dedup_consumer(p), stream=self.names.ingest
                 ),
                 f"dedup-{p} subscribe",
+                check,
             )
             while not self._stopping:
                 self._check_lease(p)
@@ -779,7 +796,9 @@ class JetStreamStore:
                 for i, msg in enumerate(msgs):
                     try:
                         await _retrying(
-                            functools.partial(self._forward_acked, p, msg, dedup), f"dedup-{p}"
+                            functools.partial(self._forward_acked, p, msg, dedup),
+                            f"dedup-{p}",
+                            check,
                         )
                     except _LeaseLost:
                         # The fetched rest goes back now, ahead of newer messages, to
@@ -844,9 +863,12 @@ class JetStreamStore:
         dedup.add([keys[i] for i in new], watermark=seq)
         self.forwarded += len(new)
 
-    async def rebuild(self, p: int, dedup: DedupSet) -> int:
+    async def rebuild(
+        self, p: int, dedup: DedupSet, check: Callable[[], None] = lambda: None
+    ) -> int:
         """Add to ``dedup`` the keys of partition p's log messages after its
-        watermark (or within the window, for an empty set); returns keys added."""
+        watermark (or within the window, for an empty set); returns keys added.
+        ``check`` runs between fetches and may raise to stop (the lease lapsed)."""
         mark = dedup.watermark
         since = datetime.fromtimestamp(time.time() - self.dedup_window_ms / 1000, UTC)
         if mark:
@@ -874,22 +896,32 @@ class JetStreamStore:
         if last <= mark or stale:  # nothing after the watermark, or in the window
             return await asyncio.to_thread(dedup.rebuild, [])
         entries: list[tuple[int, bytes, int]] = []
-        async for msg in self._read_all(subject, config, until_seq=last):
+        async for msg in self._read_all(subject, config, until_seq=last, check=check):
             seq = msg.metadata.sequence.stream
             entries.extend((seq, dedup_key(r[0], r[1]), r[6]) for r in decode_rows(msg.data))
         return await asyncio.to_thread(dedup.rebuild, entries)
 
     async def _read_all(
-        self, subject: str, config: ConsumerConfig, *, until_seq: int, stream: str | None = None
+        self,
+        subject: str,
+        config: ConsumerConfig,
+        *,
+        until_seq: int,
+        stream: str | None = None,
+        check: Callable[[], None] = lambda: None,
     ) -> AsyncIterator[Msg]:
         """Every message of ``subject`` from ``config``'s start through ``until_seq``
         (a stream sequence the leader reported), through an ephemeral consumer.
         A consumer placed on a replica that is behind reports nothing pending
-        until that replica caught up: the end is the sequence, not its count."""
+        until that replica caught up: the end is the sequence, not its count.
+        ``check`` runs before each fetch and may raise to stop: an ephemeral
+        consumer lost in a quorum loss answers no fetch again, and a dedup stage
+        looping on it would outlive its lease."""
         stream = stream or self.names.stream
         sub = await self.js.pull_subscribe(subject, stream=stream, config=config)
         try:
             while True:
+                check()
                 try:
                     msgs = await sub.fetch(256, timeout=2)
                 except (TimeoutError, NatsTimeout):
@@ -897,6 +929,15 @@ class JetStreamStore:
                     first = (await self.js.stream_info(stream)).state.first_seq
                     if first > until_seq:
                         return
+                    try:
+                        await sub.consumer_info()
+                    except NotFoundError:
+                        # Lost (a quorum loss, its inactivity threshold passed while
+                        # the servers were stopped): no fetch will ever be answered.
+                        # Transient for the caller's _retrying: it starts a new one.
+                        raise StorageUnavailable(
+                            f"the consumer reading {subject} vanished"
+                        ) from None
                     continue
                 for msg in msgs:
                     yield msg
@@ -1149,11 +1190,16 @@ class JetStreamStore:
         return sorted({k.removeprefix("node-") for k in keys if k.startswith("node-")})
 
 
-async def _retrying(step: Callable[[], Awaitable[T]], what: str) -> T:
+async def _retrying(
+    step: Callable[[], Awaitable[T]], what: str, check: Callable[[], None] = lambda: None
+) -> T:
     """Run ``step`` until it succeeds through transient cluster errors (a leader
-    election, a lost server), with a capped backoff; other errors propagate."""
+    election, a lost server), with a capped backoff; other errors propagate, and so
+    does what ``check`` raises before each try (a dedup stage's lease lapsed: a
+    stage retrying a stalled cluster past its lease must stop, not outlive it)."""
     delay = 0.1
     while True:
+        check()
         try:
             return await step()
         except (*_TRANSIENT, ConnectionClosedError, StorageUnavailable) as exc:

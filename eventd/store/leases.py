@@ -20,13 +20,17 @@ the last renewal that succeeded (``sent``: when it was *sent*; the server counts
 the TTL from when it stored it, later), so a holder whose renewals stall stops its
 work before any other node can take the key. A partition's task must look at
 :meth:`PartitionLeases.holds` before each step it must not share (forwarding a
-message, starting a delivery); a renewal refused cancels the task as a backstop.
+message, starting a delivery); as a backstop, :meth:`PartitionLeases.claim` stops
+the task for sure once a renewal is refused or once the task outlived its lease
+(still running after :meth:`HeldLeases.holds` turned false), and starts a new one
+only after the old one ended: one task per held partition, never two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -161,6 +165,8 @@ class PartitionLeases:
         self.ttl = ttl
         self.run = run
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        # p -> the task stopping p's former task (see claim): none new starts before
+        self._ending: dict[int, asyncio.Task[None]] = {}
         self.leases = HeldLeases(bucket, node_id, ttl)
 
     def key(self, p: int) -> str:
@@ -172,24 +178,67 @@ class PartitionLeases:
         await asyncio.gather(*(self.claim(p) for p in range(self.partitions)))
 
     async def claim(self, p: int) -> None:
-        """Create or renew partition p's lease; start its task when held."""
+        """Create or renew partition p's lease; keep exactly one task for p running
+        while it is held: started when held and none runs (none yet, or the last one
+        ended, for any reason: its exception was logged when it ended), stopped for
+        sure (:func:`eventd.tasks.cancel`, in the background) when not held, or when
+        it outlived its lease (below); a new one starts only once the old one ended,
+        so two never forward the same partition at once."""
+        key = self.key(p)
         task = self.tasks.get(p)
+        if task is not None and not task.done() and not self.leases.holds(key):
+            # Its lease lapsed here unrenewed and it still runs: it should have
+            # stopped at its own lease check, but it is stuck in an await (a fetch
+            # nobody answers, a cancellation swallowed by Python 3.11's wait_for).
+            # Left alone, a renewal that succeeds now would keep the lease with
+            # nothing running behind it (seen: acknowledged events held for good).
+            log.warning("partition task outlived its lease; stopping it", lease=key)
+            self._end(p)
         try:
-            held = await self.leases.take(self.key(p))
+            held = await self.leases.take(key)
         except Exception as exc:  # a stalled cluster or a lost connection: next round
-            log.info("lease not renewed", lease=self.key(p), error=repr(exc))
+            log.info("lease not renewed", lease=key, error=repr(exc))
             return
         if not held:  # held by another node, or ours lapsed: stop our task
-            if task is not None:
-                task.cancel()
-                self.tasks.pop(p, None)
+            self._end(p)
             return
+        ending = self._ending.get(p)
+        if ending is not None and not ending.done():
+            return  # the old task is being stopped: the next round starts the new one
+        self._ending.pop(p, None)
+        task = self.tasks.get(p)
         if task is None or task.done():
-            self.tasks[p] = asyncio.create_task(self.run(p), name=f"lease-{self.key(p)}")
+            task = asyncio.create_task(self.run(p), name=f"lease-{key}")
+            task.add_done_callback(functools.partial(self._ended, key))
+            self.tasks[p] = task
+
+    def _end(self, p: int) -> None:
+        """Stop partition p's task for sure, without holding up the lease round (a
+        task stuck in a thread ends only when the thread returns)."""
+        task = self.tasks.pop(p, None)
+        if task is not None and not task.done():
+            self._ending[p] = asyncio.create_task(cancel(task), name=f"end-{self.key(p)}")
+
+    @staticmethod
+    def _ended(key: str, task: asyncio.Task[None]) -> None:
+        """Log, once, how a partition's task ended if it failed (retrieving its
+        exception: never asyncio's "Task exception was never retrieved")."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error(
+                "partition task failed; restarted while its lease is held", lease=key, exc_info=exc
+            )
 
     def held(self) -> list[int]:
         """The partitions whose task runs here now, sorted."""
         return sorted(p for p, t in self.tasks.items() if not t.done())
+
+    def live(self) -> list[asyncio.Task[None]]:
+        """Every task of these partitions not ended yet: those running and those
+        being stopped (close() waits for them all)."""
+        return [t for t in (*self.tasks.values(), *self._ending.values()) if not t.done()]
 
     def holds(self, p: int) -> bool:
         """False once partition p's lease may have lapsed (see the module docstring)."""
@@ -203,7 +252,7 @@ class PartitionLeases:
         """Wait up to ``within`` s for the tasks to end (their owner told them to),
         then cancel those still running; no new one starts after this."""
         self.run = _stopped
-        tasks = [t for t in self.tasks.values() if not t.done()]
+        tasks = self.live()
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=within)
             for task in late:
@@ -211,6 +260,7 @@ class PartitionLeases:
             if late:
                 await asyncio.wait(late, timeout=within)
         self.tasks.clear()
+        self._ending.clear()
 
     async def let_go(self) -> None:
         """Give the leases back, so another node takes the partitions now rather than
