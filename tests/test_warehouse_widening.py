@@ -161,3 +161,28 @@ async def test_other_misfits_are_null_counted_and_logged_by_table_column_and_typ
         "warehouse app.item_viewed.price (bigint): 2 string value(s) did not fit and"
         f" were stored as NULL (counted as {ADJUSTED_DROPPED!r})",
     ]
+
+
+async def test_keyed_tables_widen_too(store: tuple[Destination, Counted]) -> None:
+    """``identifies`` and ``users`` have a primary key on ``id``; their trait columns
+    widen like an event table's (and ``users`` keeps its upsert)."""
+    dest, counted = store
+
+    def identify(mid: str, score: Any) -> dict[str, Any]:
+        return {
+            "type": "identify",
+            "userId": "u1",
+            "messageId": mid,
+            "timestamp": T0.isoformat(),
+            "receivedAt": T0.isoformat(),
+            "traits": {"score": score},
+        }
+
+    assert await dest.deliver(events(identify("i1", 3))) == [OK]
+    assert await dest.deliver(events(identify("i2", 4.25))) == [OK]
+    assert await query(dest, "SELECT id, score FROM app.identifies ORDER BY id") == [
+        ("i1", 3.0),
+        ("i2", 4.25),
+    ]
+    assert await query(dest, "SELECT id, score FROM app.users") == [("u1", 4.25)]
+    assert counted == {}
