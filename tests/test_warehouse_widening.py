@@ -22,7 +22,14 @@ import orjson
 import pytest
 from eventd_plugins.duckdb import Duckdb
 from eventd_plugins.postgres import Postgres
-from eventd_plugins.warehouse.rows import ADJUSTED_DROPPED
+from eventd_plugins.warehouse.rows import (
+    ADJUSTED_DROPPED,
+    BIGINT,
+    BOOLEAN,
+    DOUBLE,
+    TEXT,
+    widened,
+)
 
 from eventd import OK, Destination, Event
 from eventd.reports import REPORTS
@@ -54,6 +61,20 @@ def events(*messages: dict[str, Any]) -> list[Event]:
 
 
 Open = Callable[[aiohttp.ClientSession], Destination]
+
+
+def test_only_a_bigint_column_widens_and_only_for_a_number_it_cannot_hold() -> None:
+    assert widened(7.5, BIGINT) == DOUBLE
+    assert widened("7.5", BIGINT) == DOUBLE  # a string holding a number, as fit() reads it
+    assert widened(1e20, BIGINT) == DOUBLE  # whole, but past bigint's range
+    assert widened(2.0, BIGINT) is None  # cast to 2
+    assert widened(12, BIGINT) is None
+    assert widened(2**70, BIGINT) is None  # dropped: double would round it
+    assert widened(True, BIGINT) is None
+    assert widened("abc", BIGINT) is None
+    assert widened(7.5, BOOLEAN) is None
+    assert widened(7.5, DOUBLE) is None
+    assert widened(7.5, TEXT) is None
 
 
 @pytest.fixture(params=["duckdb", "postgres"])

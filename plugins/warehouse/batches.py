@@ -3,8 +3,8 @@ to upsert ``users`` and ``identities``.
 
 Owns: grouping a batch's rows by (schema, table) with one ``users`` row per user,
 which columns a batch widens (and the ``ALTER COLUMN`` that does it), turning rows
-into one fitted array per column (logging what it drops), the ``ON CONFLICT`` assignments that
-keep a newer identify's traits, and the ``identities`` table (its columns, how a
+into one fitted array per column (logging what it drops), the ``ON CONFLICT``
+assignments that keep a newer identify's traits, and the ``identities`` table (its columns, how a
 batch of links is reduced to one row per key, the two statements that upsert them).
 The source of rows (``unnest`` of arrays in PostgreSQL, an Arrow table in DuckDB) is
 the store's; the statements take it as a SQL fragment.
@@ -24,6 +24,7 @@ from .rows import (
     ADJUSTED_DROPPED,
     CAST,
     DROP,
+    WIDENABLE,
     Planned,
     Row,
     fit,
@@ -119,9 +120,9 @@ def first_values(rows: Sequence[Row]) -> dict[str, Any]:
 def widenings(g: TableRows, types: Mapping[str, str]) -> dict[str, str]:
     """{column: its wider type} for the columns of ``types`` (the table's, as known)
     that must widen for a value of ``g`` to go in whole (``rows.widened``)."""
-    # Only bigint columns widen (rows.widened): the rest of a row is not looked at,
-    # which keeps this pass cheap beside columnar's.
-    narrow = {c for c, t in types.items() if widened(0.5, t) is not None}
+    # Only the columns of a type that may widen are looked at, which keeps this pass
+    # cheap beside columnar's (none at all for most tables).
+    narrow = {c for c, t in types.items() if t in WIDENABLE}
     narrow -= set(standard_columns(g.table))
     out: dict[str, str] = {}
     if not narrow:

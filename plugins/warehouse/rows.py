@@ -40,6 +40,7 @@ DOUBLE = "double precision"
 TIMESTAMP = "timestamp with time zone"
 TEXT = "text"
 INFERRED_TYPES = frozenset({BOOLEAN, BIGINT, DOUBLE, TIMESTAMP, TEXT})
+WIDENABLE = frozenset({BIGINT})  # the types ``widened`` may change
 
 MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1 (bytes; our names are ASCII); DuckDB too,
 # so a name is the same in either store
@@ -235,7 +236,7 @@ def widened(value: Any, column_type: str) -> str | None:
     a boolean one...) is dropped, counted and logged (``batches.columnar``), not
     widened to text: one stray string would turn a number column into text, and every
     report's ``sum`` on it into an error, for all the rows before it."""
-    if column_type != BIGINT or isinstance(value, bool):
+    if column_type not in WIDENABLE or isinstance(value, bool):
         return None
     n = number(value)
     if isinstance(n, float) and not (n.is_integer() and -(2.0**63) <= n < 2.0**63):
