@@ -125,13 +125,16 @@ def widenings(g: TableRows, types: Mapping[str, str]) -> dict[str, str]:
     narrow = {c for c, t in types.items() if t in WIDENABLE}
     narrow -= set(standard_columns(g.table))
     out: dict[str, str] = {}
-    if not narrow:
-        return out
-    for row in g.rows:
-        for column in narrow.intersection(row.values):
-            wider = widened(row.values[column], types[column])
-            if wider is not None:
-                out[column] = wider
+    for column in narrow:
+        column_type = types[column]
+        for row in g.rows:
+            value = row.values.get(column)
+            # an int (the steady case of a bigint column) never widens it
+            if value is not None and type(value) is not int:
+                wider = widened(value, column_type)
+                if wider is not None:
+                    out[column] = wider
+                    break
     return out
 
 
