@@ -193,3 +193,22 @@ async def test_a_key_its_table_has_is_learned_and_stays_on_the_fast_path(
     assert got == await dump(slow)
     colours = {dict(r)["id"]: dict(r)["colour"] for r in got["app.viewed_car"]}
     assert colours == {"m0": None, "m1": "red", "m2": None, "m3": "blue", "m4": None, "m5": None}
+
+
+async def test_a_widened_column_gives_the_same_rows_and_the_fast_path_resumes(
+    pair: tuple[Duckdb, Duckdb],
+) -> None:
+    """Issue 16's trial on the fast path: a decimal in a bigint column (which the structs
+    refuse) widens it to DOUBLE on the Python path; the structs learned against bigint
+    are dropped, and the next batches load vectorized into the DOUBLE column."""
+    whole = {"properties": {"quantity": 2}}
+    assert not await deliver_both(pair, batch(track("w1", "Order Completed", **whole)))
+    assert await deliver_both(pair, batch(track("w2", "Order Completed", **whole)))
+    half = {"properties": {"quantity": 7.5}}
+    assert not await deliver_both(pair, batch(track("w3", "Order Completed", **half)))
+    steady = [track("w4", "Order Completed", **whole), track("w5", "Order Completed", **half)]
+    assert await deliver_both(pair, batch(*steady))
+    fast, slow = pair
+    assert await dump(fast) == await dump(slow)
+    got = await fast.query("SELECT id, quantity FROM app.order_completed ORDER BY id")
+    assert got == [("w1", 2.0), ("w2", 2.0), ("w3", 7.5), ("w4", 2.0), ("w5", 7.5)]

@@ -458,10 +458,23 @@ def test_new_keys_add_columns_and_type_conflicts_are_counted(
     assert (c["price"], c["sku"], c["in_stock"], c["ratio"], c["color"]) == (
         12, "42", True, 2.5, "red"
     )  # fmt: skip
+    # 2.5 widened price to double precision (issue 16), the stored whole prices kept
+    assert columns(pg, db, "item_viewed", "analytics")["price"] == "double precision"
+    assert got[first["messageId"]]["price"] == 10.0
     d = got[dropped["messageId"]]
-    assert (d["price"], d["in_stock"], d["seen_at"]) == (None, None, None)
+    assert (d["price"], d["in_stock"], d["seen_at"]) == (2.5, None, None)
     assert (got[both["messageId"]]["price"], got[both["messageId"]]["seen_at"]) == (7, None)
     assert adjusted(ev) == {ADJUSTED_CAST: 2, ADJUSTED_DROPPED: 2}
+    # never silent: the widening and each dropped column are in eventd's log
+    log = ev.log()
+    assert "analytics.item_viewed.price widened from bigint to double precision" in log
+    for column, column_type, value_type in [
+        ("in_stock", "boolean", "string"),
+        ("seen_at", "timestamp with time zone", "string"),
+        ("seen_at", "timestamp with time zone", "number"),
+    ]:
+        said = f"analytics.item_viewed.{column} ({column_type}): 1 {value_type} value(s)"
+        assert said in log, said
 
     dead = dead_letters(ev, NAME)
     assert list(dead) == [bad["messageId"]]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,8 +54,11 @@ from ..warehouse.batches import (
     first_values,
     grouped,
     identities_ddl,
+    log_widened,
     upsert_identities_sql,
     upsert_users_sql,
+    widen_sql,
+    widenings,
 )
 from ..warehouse.erasure import delete_statements, tables_sql
 from ..warehouse.rows import (
@@ -277,7 +280,7 @@ class Loader:
     def _write(self, con: duckdb.DuckDBPyConnection, planned: list[Planned]) -> None:
         groups = grouped(planned)
         for g in groups:
-            self._ensure(con, g.schema, g.table, first_values(g.rows))
+            self._ensure(con, g)
         statements = [self._statement(g) for g in groups]
         views = [f"eventd_batch_{i}" for i in range(len(statements))]
         # Views are registered outside the transaction: unregistering one inside an
@@ -324,7 +327,7 @@ class Loader:
         """A group's plain insert, its insert that skips ids already loaded (both the
         upsert for ``users``), each reading ``{view}``, and its rows."""
         types = self.columns[(g.schema, g.table)]
-        columns, arrays = columnar(g.rows, types, g.adjusted)
+        columns, arrays = columnar(g, types)
         source = pa.table(
             {c: pa.array(a, _arrow(types[c])) for c, a in zip(columns, arrays, strict=True)}
         )
@@ -341,18 +344,15 @@ class Loader:
         plain = f"INSERT INTO {target} ({names}) {select}"
         return plain, skipping_loaded(plain, g.table, target), source
 
-    def _ensure(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        schema: str,
-        table: str,
-        first: Mapping[str, Any],
-    ) -> None:
-        """Make ``schema.table`` hold every column of ``first`` (column → the first value
-        seen, which decides a new column's type); the cache spares a steady stream DDL."""
+    def _ensure(self, con: duckdb.DuckDBPyConnection, g: TableRows) -> None:
+        """Make ``g``'s table hold every column of its rows (the first value seen decides
+        a new column's type), each wide enough for their values (``widenings``); the
+        cache spares a steady stream DDL."""
+        schema, table = g.schema, g.table
+        first = first_values(g.rows)
         key = (schema, table)
         known = self.columns.get(key)
-        if known is not None and all(c in known for c in first):
+        if known is not None and all(c in known for c in first) and not widenings(g, known):
             return
         known = self._read(con, schema, table)
         name = qualified(schema, table)
@@ -373,7 +373,16 @@ class Loader:
                     f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote(c)} "
                     f"{standard.get(c) or infer_type(v)}"
                 )
-        self.columns[key] = self._read(con, schema, table)
+        known = self._read(con, schema, table)
+        wider = widenings(g, known)
+        for c, t in wider.items():
+            con.execute(widen_sql(schema, table, c, t))
+            log_widened(schema, table, c, known[c], t)
+        if wider:
+            # the steady tracks' structs were typed by the old columns: learn them again
+            self.shapes.pop(schema, None)
+            known = self._read(con, schema, table)
+        self.columns[key] = known
 
     @staticmethod
     def _read(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, str]:

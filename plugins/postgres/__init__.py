@@ -44,7 +44,6 @@ from ..warehouse.batches import (
     SCHEMA_SETTING,
     adjusted_counts,
     columnar,
-    first_values,
     grouped,
     identity_rows,
 )
@@ -235,10 +234,8 @@ class Postgres(Destination):
         one (the transaction then rolled back)."""
         statements: list[tuple[str, list[list[Any]]]] = []
         for group in grouped(planned):
-            types = await self.warehouse.ensure(
-                conn, group.schema, group.table, first_values(group.rows)
-            )
-            columns, arrays = columnar(group.rows, types, group.adjusted)
+            types = await self.warehouse.ensure(conn, group)
+            columns, arrays = columnar(group, types)
             sql = (
                 upsert_users_sql(group.schema, columns, types)
                 if group.table == "users"

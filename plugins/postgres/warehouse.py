@@ -1,11 +1,13 @@
 """The warehouse's shape and the SQL that writes to it: DDL, the column cache, inserts.
 
 Owns schema evolution (``CREATE SCHEMA/TABLE IF NOT EXISTS``, ``ALTER TABLE ...
-ADD COLUMN IF NOT EXISTS``) and the cache of known columns per table that keeps a
-steady stream of events free of DDL and catalog reads: a table's columns are read
-from the catalog the first time it is seen, and again only when a batch brings a
-column the cache does not know (after taking the table's lock, so another eventd
-that added it meanwhile is seen).
+ADD COLUMN IF NOT EXISTS``, ``ALTER COLUMN ... TYPE`` when a value needs a wider
+type: the rule is ``warehouse.batches.widenings``) and the cache of known columns
+per table that keeps a steady stream of events free of DDL and catalog reads: a
+table's columns are read from the catalog the first time it is seen, and again only
+when a batch brings a column the cache does not know or a value its type cannot
+hold (after taking the table's lock, so another eventd that changed it meanwhile is
+seen).
 
 DDL runs in short transactions of its own, before the batch's transaction: one
 asyncio lock keeps this process's batches from racing each other's ALTERs, and a
@@ -18,7 +20,15 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..warehouse.batches import IDENTITIES, identities_ddl
+from ..warehouse.batches import (
+    IDENTITIES,
+    TableRows,
+    first_values,
+    identities_ddl,
+    log_widened,
+    widen_sql,
+    widenings,
+)
 from ..warehouse.batches import upsert_identities_sql as shared_upsert_identities_sql
 from ..warehouse.batches import upsert_users_sql as shared_upsert_users_sql
 from ..warehouse.rows import INFERRED_TYPES, infer_type, qualified, quote, standard_columns
@@ -46,23 +56,37 @@ class Warehouse:
         """Drop the cache (a table or column vanished under us: read it all again)."""
         self.columns.clear()
 
-    async def ensure(
-        self, conn: Connection, schema: str, table: str, first_values: Mapping[str, Any]
-    ) -> dict[str, str]:
-        """The table's columns (name → type) once it has every column of ``first_values``
-        (column → the first value seen, which decides a new column's type)."""
+    async def ensure(self, conn: Connection, g: TableRows) -> dict[str, str]:
+        """The table's columns (name → type) once it has every column of ``g``'s rows (the
+        first value seen decides a new column's type) and each is wide enough for
+        their values (``widenings``)."""
+        schema, table = g.schema, g.table
+        first = first_values(g.rows)
         key = (schema, table)
         known = self.columns.get(key)
-        if known is not None and all(c in known for c in first_values):
+        if known is not None and all(c in known for c in first) and not widenings(g, known):
             return known
         async with self._ddl:
             known = self.columns.get(key)
             if known is None:
                 known = await self._read(conn, schema, table)
-            if not known or any(c not in known for c in first_values):
-                known = await self._evolve(conn, schema, table, first_values)
+            if not known or any(c not in known for c in first):
+                known = await self._evolve(conn, schema, table, first)
+            if widenings(g, known):
+                known = await self._widen(conn, g)
             self.columns[key] = known
             return known
+
+    async def _widen(self, conn: Connection, g: TableRows) -> dict[str, str]:
+        name = qualified(g.schema, g.table)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", "eventd " + name)
+            # read again under the lock: another eventd may have widened it already
+            known = await self._read(conn, g.schema, g.table)
+            for column, wider in widenings(g, known).items():
+                await conn.execute(widen_sql(g.schema, g.table, column, wider))
+                log_widened(g.schema, g.table, column, known[column], wider)
+            return await self._read(conn, g.schema, g.table)
 
     async def ensure_identities(self, conn: Connection, schema: str) -> None:
         """Create ``schema.identities`` unless it is known to exist."""

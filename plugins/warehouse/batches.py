@@ -2,8 +2,9 @@
 to upsert ``users`` and ``identities``.
 
 Owns: grouping a batch's rows by (schema, table) with one ``users`` row per user,
-turning rows into one fitted array per column, the ``ON CONFLICT`` assignments that
-keep a newer identify's traits, and the ``identities`` table (its columns, how a
+which columns a batch widens (and the ``ALTER COLUMN`` that does it), turning rows
+into one fitted array per column (logging what it drops), the ``ON CONFLICT``
+assignments that keep a newer identify's traits, and the ``identities`` table (its columns, how a
 batch of links is reduced to one row per key, the two statements that upsert them).
 The source of rows (``unnest`` of arrays in PostgreSQL, an Arrow table in DuckDB) is
 the store's; the statements take it as a SQL fragment.
@@ -11,14 +12,29 @@ the store's; the statements take it as a SQL fragment.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from eventd import IdentityLink, Ok, Outcome
 
-from .rows import ADJUSTED_CAST, ADJUSTED_DROPPED, CAST, DROP, Planned, Row, fit, quote
+from .rows import (
+    ADJUSTED_CAST,
+    ADJUSTED_DROPPED,
+    CAST,
+    DROP,
+    WIDENABLE,
+    Planned,
+    Row,
+    fit,
+    qualified,
+    quote,
+    widened,
+)
 from .rows import standard_columns as standard_columns
+
+log = logging.getLogger("eventd.warehouse")
 
 # The ``schema`` setting of every warehouse destination.
 SCHEMA_SETTING = {
@@ -101,14 +117,55 @@ def first_values(rows: Sequence[Row]) -> dict[str, Any]:
     return seen
 
 
-def columnar(
-    rows: Sequence[Row], types: Mapping[str, str], adjusted: Sequence[set[str]]
-) -> tuple[list[str], list[list[Any]]]:
-    """The rows as one array per column, every value fitted to its column's type; what
-    was cast or dropped is added to the row's ``adjusted`` set."""
+def widenings(g: TableRows, types: Mapping[str, str]) -> dict[str, str]:
+    """{column: its wider type} for the columns of ``types`` (the table's, as known)
+    that must widen for a value of ``g`` to go in whole (``rows.widened``)."""
+    # Only the columns of a type that may widen are looked at, which keeps this pass
+    # cheap beside columnar's (none at all for most tables).
+    narrow = {c for c, t in types.items() if t in WIDENABLE}
+    narrow -= set(standard_columns(g.table))
+    out: dict[str, str] = {}
+    for column in narrow:
+        column_type = types[column]
+        for row in g.rows:
+            value = row.values.get(column)
+            # an int (the steady case of a bigint column) never widens it
+            if value is not None and type(value) is not int:
+                wider = widened(value, column_type)
+                if wider is not None:
+                    out[column] = wider
+                    break
+    return out
+
+
+def widen_sql(schema: str, table: str, column: str, column_type: str) -> str:
+    """The DDL that widens a column in place, keeping its values (PostgreSQL and DuckDB
+    both take this form and cast each stored value to the new type)."""
+    return f"ALTER TABLE {qualified(schema, table)} ALTER COLUMN {quote(column)} TYPE {column_type}"
+
+
+def log_widened(schema: str, table: str, column: str, old: str, new: str) -> None:
+    """Say that a column was widened (a schema change its readers should know of)."""
+    log.warning(
+        "warehouse column %s.%s.%s widened from %s to %s for a value that did not fit",
+        schema,
+        table,
+        column,
+        old,
+        new,
+    )
+
+
+def columnar(g: TableRows, types: Mapping[str, str]) -> tuple[list[str], list[list[Any]]]:
+    """``g``'s rows as one array per column, every value fitted to its column's type;
+    what was cast or dropped is added to the row's ``adjusted`` set, and each dropped
+    value (stored as NULL) is also logged at warning, once per column and value type
+    in the batch, naming the table, the column, its type and the value's type."""
+    rows = g.rows
     columns = list(first_values(rows))
     arrays: list[list[Any]] = [[] for _ in columns]
-    for row, changes in zip(rows, adjusted, strict=True):
+    dropped: dict[tuple[str, str], int] = {}
+    for row, changes in zip(rows, g.adjusted, strict=True):
         standard = standard_columns(row.table)
         for i, column in enumerate(columns):
             value = row.values.get(column)
@@ -123,8 +180,26 @@ def columnar(
                 changes.add(ADJUSTED_CAST)
             elif how == DROP:
                 changes.add(ADJUSTED_DROPPED)
+                key = (column, type(value).__name__)
+                dropped[key] = dropped.get(key, 0) + 1
             arrays[i].append(fitted)
+    for (column, value_type), n in dropped.items():
+        log.warning(
+            "warehouse %s.%s.%s (%s): %d %s value(s) did not fit and were stored as NULL"
+            " (counted as %r)",
+            g.schema,
+            g.table,
+            column,
+            types[column],
+            n,
+            _JSON_TYPES.get(value_type, value_type),
+            ADJUSTED_DROPPED,
+        )
     return columns, arrays
+
+
+# Python's type names of flattened JSON values, as JSON names them (for the log).
+_JSON_TYPES = {"str": "string", "int": "number", "float": "number", "bool": "boolean"}
 
 
 def upsert_users_sql(target: str, columns: Sequence[str], select: str) -> str:

@@ -6,7 +6,8 @@ plus ``users``, ``pages``, ``screens``, ``groups``, ``aliases``), their standard
 columns, how ``context``, ``properties`` and ``traits`` are flattened into
 columns (nested objects joined with ``_``, arrays as JSON text), how names are
 snake_cased the way Segment's go-snakecase does, the type a new column gets
-from the first value seen, and how a later value is fitted to a column's type.
+from the first value seen, when a column's type widens for a later value
+(:func:`widened`), and how a later value is fitted to a column's type.
 
 Whatever it changes or drops to fit is reported as one of the fixed ``ADJUSTED_*``
 reasons, so the destination can count it.
@@ -39,6 +40,7 @@ DOUBLE = "double precision"
 TIMESTAMP = "timestamp with time zone"
 TEXT = "text"
 INFERRED_TYPES = frozenset({BOOLEAN, BIGINT, DOUBLE, TIMESTAMP, TEXT})
+WIDENABLE = frozenset({BIGINT})  # the types ``widened`` may change
 
 MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1 (bytes; our names are ASCII); DuckDB too,
 # so a name is the same in either store
@@ -221,6 +223,25 @@ def fit(value: Any, column_type: str) -> tuple[Any, str]:
     if not _INT64[0] <= n <= _INT64[1]:
         return None, DROP
     return n, OK if exact else CAST
+
+
+def widened(value: Any, column_type: str) -> str | None:
+    """The type a column of ``column_type`` must become for ``value`` to go in whole, or
+    None when the value fits (as it is or cast) or is dropped.
+
+    Only ``bigint`` widens: to ``double precision`` for a number (or a string holding
+    one) that is not whole or is past bigint's range, so ``100, 50`` then ``7.5`` keeps
+    7.5 (issue 16: a report's sum lost it). The column keeps its values (each bigint
+    becomes its double). Every other misfit (a string in a number column, a number in
+    a boolean one...) is dropped, counted and logged (``batches.columnar``), not
+    widened to text: one stray string would turn a number column into text, and every
+    report's ``sum`` on it into an error, for all the rows before it."""
+    if column_type not in WIDENABLE or isinstance(value, bool):
+        return None
+    n = number(value)
+    if isinstance(n, float) and not (n.is_integer() and -(2.0**63) <= n < 2.0**63):
+        return DOUBLE
+    return None
 
 
 def _json(value: Any) -> str:
