@@ -233,38 +233,55 @@ class Profile:
 
     def count(self, msgs: Sequence[Message]) -> None:
         """Add events (in log order) to the counters and traits. One call per run of a
-        person's events: the attribute reads and writes happen once per run, not per event."""
+        person's events: the attribute reads and writes happen once per run, not per event.
+
+        Tracks (most events) are counted in a local and added to ``events_by_type`` once,
+        at the place the first one took in it (its keys keep first-seen order); the
+        earliest and latest timestamps take one comparison per event: a stored profile's
+        ``first_seen <= last_seen``, both set or both None (only this and
+        :meth:`absorb` set them, together)."""
         by_type = self.events_by_type
         first, last = self.first_seen, self.last_seen
         revenue = self.revenue
+        tracks = 0
         for msg in msgs:
-            kind = msg.type
             ts = msg.timestamp
             if not isinstance(ts, str) or not ts:
                 ts = None
-            elif first is None or ts < first:
-                first = ts
-                if last is None or ts > last:
-                    last = ts
-            elif last is None or ts > last:
+            elif last is None or first is None:
+                first = ts if first is None or ts < first else first
+                last = ts if last is None or ts > last else last
+            elif ts > last:
                 last = ts
-            if isinstance(kind, str):
-                by_type[kind] = by_type.get(kind, 0) + 1
+            elif ts < first:
+                first = ts
             context = msg.context
             if context is not None and context.traits is not None:  # most events send none
                 self._traits(context.traits, ts)
+            kind = msg.type
             if kind == "track":
+                if not tracks and "track" not in by_type:
+                    by_type["track"] = 0  # its place among the types, counted below
+                tracks += 1
                 props = msg.properties
                 if props is not None:
                     value = props.revenue
-                    if isinstance(value, _NUMBER) and not isinstance(value, bool):
+                    if (
+                        value is not None
+                        and isinstance(value, _NUMBER)
+                        and not isinstance(value, bool)
+                    ):
                         revenue += value
-            elif kind == "identify":
-                self._traits(msg.traits, ts)
-            elif kind == "group":
-                group = msg.groupId
-                if isinstance(group, str) and group not in self.groups:
-                    self.groups.append(group)
+            elif isinstance(kind, str):
+                by_type[kind] = by_type.get(kind, 0) + 1
+                if kind == "identify":
+                    self._traits(msg.traits, ts)
+                elif kind == "group":
+                    group = msg.groupId
+                    if isinstance(group, str) and group not in self.groups:
+                        self.groups.append(group)
+        if tracks:
+            by_type["track"] += tracks
         self.event_count += len(msgs)
         self.first_seen, self.last_seen = first, last
         self.revenue = revenue
