@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -415,3 +416,20 @@ def test_a_page_is_parsed_whole_or_event_by_event_alike() -> None:
     assert parse_lines(b"\n".join(odd), 3) is None  # context: no object
     assert parse_lines(b"\n".join(bodies), 3) is None  # a count that differs
     assert parse_lines(b"", 0) == []
+
+
+def test_a_new_profile_has_every_field_the_dataclass_gives_it() -> None:
+    """Graph._new_profile sets a Profile's fields itself (no dataclass __init__): each
+    must be there, as the dataclass's defaults make them, and a new field must not be
+    forgotten (a slot never set raises AttributeError when read)."""
+    graph = Graph()
+    made = graph._new_profile(USER, "user-000000000001", 7)
+    expected = Profile(profile_id_for(USER, "user-000000000001"), 7)
+    for f in dataclasses.fields(Profile):
+        assert getattr(made, f.name) == getattr(expected, f.name), f.name
+    assert made.record() == expected.record() and made.key == expected.key == 0
+    # Fresh containers, not shared between profiles.
+    other = graph._new_profile(ANONYMOUS, "anon-0000000000001", 8)
+    assert other.user_ids is not made.user_ids and other.traits is not made.traits
+    assert other.events_by_type is not made.events_by_type and other.groups is not made.groups
+    assert other.anonymous_ids is not made.anonymous_ids
