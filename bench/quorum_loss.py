@@ -9,6 +9,9 @@ seconds (20-40 s by default: the trial of issue 14), SIGCONTs them, and loads on
 for ``--settle`` seconds. Then the load stops, the dedup stages drain ``S_IN``,
 and the log is read whole.
 
+The load is ``--rate`` appends per second per task (10: 800 events/s), so
+that the machine (2 cores shared) keeps up and the drain is short.
+
 Printed: per round, the events acknowledged (``append`` returned), and at the
 end, by messageId, those in the log, those missing (lost: acknowledged, never
 forwarded) and those twice; each server's own replica of ``S_IN`` (messages,
@@ -26,6 +29,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -48,8 +52,9 @@ USERS = 500  # users the events spread over (so over every partition)
 class Load:
     """Four tasks appending groups of fresh messageIds, turn about on the nodes."""
 
-    def __init__(self, nodes: list[JetStreamStore]) -> None:
+    def __init__(self, nodes: list[JetStreamStore], rate: float) -> None:
         self.nodes = nodes
+        self.pause = 1 / rate if rate else 0.0  # seconds between one task's appends
         self.acked: set[str] = set()
         self.refused = 0
         self.stop = asyncio.Event()
@@ -77,6 +82,7 @@ class Load:
                 await asyncio.sleep(0.5)
                 continue
             self.acked.update(r[1] for r in rows)
+            await asyncio.sleep(self.pause)
 
 
 def jsz(monitor_port: int) -> dict[str, Any]:
@@ -145,7 +151,7 @@ async def run(args: argparse.Namespace, cluster: NatsCluster, tmp: Path) -> int:
         store = JetStreamStore(cfg, tmp / name, node_id=name)
         await store.open(("hook",))
         nodes.append(store)
-    load = Load(nodes)
+    load = Load(nodes, args.rate)
     workers = [asyncio.create_task(load.run(w)) for w in range(4)]
     rng = random.Random(args.seed)
     t0, cpu0 = time.monotonic(), cpu_used(cluster)
@@ -174,6 +180,7 @@ async def run(args: argparse.Namespace, cluster: NatsCluster, tmp: Path) -> int:
         except Exception as exc:  # a cluster still electing: ask again
             print(f"drain: {exc!r}", flush=True)
         await asyncio.sleep(1)
+    print(f"load stopped; S_IN drained or {args.drain:g}s passed; reading the log", flush=True)
     ids = await log_ids(nodes[0])
     wall, cpu = time.monotonic() - t0, cpu_used(cluster) - cpu0
     seen = set(ids)
@@ -217,7 +224,10 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=15.0, help="s of load around a stop")
     parser.add_argument("--drain", type=float, default=180.0, help="s to wait for S_IN to drain")
     parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument("--rate", type=float, default=10.0, help="appends/s per task (0: flat out)")
     args = parser.parse_args()
+    # SIGTERM (a timeout) ends through the context managers: the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with tempfile.TemporaryDirectory() as tmp, NatsCluster(Path(tmp) / "nats") as cluster:
         code = asyncio.run(run(args, cluster, Path(tmp)))
     sys.exit(code)

@@ -32,6 +32,9 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from eventd.config import StorageConfig
+from eventd.metrics import Metrics
+from eventd.store.cluster import ClusterStore
 from eventd.store.jetstream import JetStreamStore, encode_rows, user_partition
 from tests.nats_cluster import NatsCluster
 from tests.test_jetstream_store import Nodes, drain, row, until
@@ -175,3 +178,40 @@ async def test_an_older_work_queue_ingest_stream_is_kept_until_empty_then_recrea
         assert [e.message_id for e in got] == ["new2"]
     finally:
         await nc.close()
+
+
+async def test_a_destinations_lag_counts_the_groups_waiting_for_their_dedup_stage(
+    nodes: Nodes,
+) -> None:
+    """``eventd status``, ``/admin/destinations`` and ``/metrics`` take a destination's
+    lag from its feed: before, groups acknowledged and still in S_IN counted 0 (the
+    trial's lag 0 while two partitions were stalled)."""
+    fronts = [await front_node(nodes, name) for name in ("front", "other")]
+    await fronts[0].append([row(f"l{i}", user=f"u{i}") for i in range(12)])
+    groups = (await fronts[0].js.stream_info(fronts[0].names.ingest)).state.messages
+    feeds = []
+    for front in fronts:  # each as a node's ClusterStore would read it
+        storage = StorageConfig(backend="jetstream", jetstream=nodes.cfg, path=nodes.tmp / "x.db")
+        store = ClusterStore(storage, ["hook"], metrics=Metrics())
+        store.js = front
+        feeds.append((store, store.feed("hook")))
+
+    async def counted() -> bool:
+        return all([(await feed.lag(0))[0] == groups for _, feed in feeds])
+
+    await until_async(counted)
+    exposed = [
+        store.metrics.registry.get_sample_value("eventd_ingest_waiting_groups")
+        for store, _ in feeds
+        if store.metrics
+    ]
+    assert exposed == [groups, groups]
+    # Forwarded: the same groups are now log messages the destination has pending.
+    a = await nodes.start("a")
+    await until(lambda: a.forwarded == 12)
+    messages = (await a.js.stream_info(a.names.stream)).state.messages
+
+    async def moved() -> bool:
+        return all([(await feed.lag(0))[0] == messages for _, feed in feeds])
+
+    await until_async(moved)
