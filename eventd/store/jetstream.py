@@ -1129,8 +1129,11 @@ class JetStreamStore:
         which everything is settled (``settled_below``)."""
         return await self._lag([durable for durable, _ in self._consumers(destination)])
 
+    async def _last_seq(self) -> int:
+        return int((await self.js.stream_info(self.names.stream)).state.last_seq or 0)
+
     async def _lag(self, durables: Sequence[str]) -> dict[str, int]:
-        last = (await self.js.stream_info(self.names.stream)).state.last_seq
+        last = await self._last_seq()
         pending = in_flight = 0
         settled_below = last + 1
         for durable in durables:
@@ -1139,11 +1142,13 @@ class JetStreamStore:
             except NotFoundError:  # a node-local consumer removed meanwhile: holds nothing
                 continue
             delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
-            if delivered > last:
+            # Read again after the consumer: `last` was read before it, and the
+            # consumer may have delivered what was stored since.
+            if delivered > last and delivered > await self._last_seq():
                 # nats-server#6789: past the stream's end, new messages would get
                 # sequences it believes it handed out. Not healed here: a consumer
                 # recreated from its ack floor would redeliver (at least once); an
-                # operator decides (docs/scaling.md, "Consumers ahead of their stream").
+                # operator decides (docs/scaling.md, "The ingest stream and its consumers").
                 log.error(
                     "log consumer ahead of its stream",
                     consumer=durable,
