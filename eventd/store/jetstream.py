@@ -2,9 +2,10 @@
 
 Names, all derived from ``storage.stream`` (S, default ``EVENTD``):
 
-``S_IN``    stream, work-queue retention, subjects ``S.in.<p>``: what ingest
-            publishes, one message per (group of requests, partition p); a
-            message leaves once its partition's dedup stage has forwarded it.
+``S_IN``    stream, limits retention, subjects ``S.in.<p>``: what ingest
+            publishes, one message per (group of requests, partition p); its
+            partition's dedup stage acks it once forwarded and purges what its
+            consumer acked (an ack deletes nothing: see :meth:`JetStreamStore._tend`).
             p is a hash of the event's user (userId, else anonymousId): a retry
             carries the same user, so it meets its first copy's dedup set, and
             one user's events keep their order through one partition.
