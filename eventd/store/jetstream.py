@@ -111,7 +111,8 @@ CLOSE_TIMEOUT = 10.0  # seconds close() waits for the stages and the connection
 MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
-# Seconds between a dedup stage's checks of its consumer and purges of S_IN (_tend).
+# Seconds between an idle dedup stage's checks of its consumer (_tend; a busy one
+# checks, and purges S_IN, after each batch).
 TEND_EVERY = 5.0
 
 
@@ -820,7 +821,9 @@ class JetStreamStore:
             tended, fetched = time.monotonic(), 0
             while not self._stopping:
                 self._check_lease(p)
-                if time.monotonic() - tended >= TEND_EVERY:
+                # After every batch (its groups forwarded and acked: purged at once,
+                # so S_IN holds what waits), and every TEND_EVERY seconds when idle.
+                if fetched or time.monotonic() - tended >= TEND_EVERY:
                     if await self._tend_quietly(p, dedup, fetched):
                         with contextlib.suppress(Exception):
                             await sub.unsubscribe()
@@ -885,11 +888,12 @@ class JetStreamStore:
     async def _tend(self, p: int, dedup: DedupSet, fetched: int = 0) -> bool:
         """Check partition p's dedup consumer against ``S_IN`` and purge what it acked.
 
-        Run by the stage between fetches (no ack of its own races it), every
-        TEND_EVERY seconds. nats-server 2.9 can leave a consumer *ahead* of its stream
-        after a replica's state was reset (nats-server#6789, #7308): its delivered
-        position past the stream's last sequence, new messages then getting sequences
-        it believes it handed out, never delivered. Two checks, on the leaders' answers:
+        Run by the stage between fetches (no ack of its own races it), after each
+        batch and every TEND_EVERY seconds while idle. nats-server 2.9 can leave a
+        consumer *ahead* of its stream after a replica's state was reset
+        (nats-server#6789, #7308): its delivered position past the stream's last
+        sequence, new messages then getting sequences it believes it handed out,
+        never delivered. Three checks, on the leaders' answers:
         - ahead: the consumer's delivered stream sequence > the stream's last;
         - stranded: a message of ``S.in.p`` at or below what it delivered (below its
           ack floor while some are unacked) that this stage did not ack and whose
@@ -898,7 +902,7 @@ class JetStreamStore:
           since the last check) in between, the stage pulling all along (seen after
           a quorum loss: two partitions delivered nothing until a server restarted;
           and on a consumer made again under the same name just after its stream).
-        Either: an error line, ``on_fault``, and the consumer recreated to deliver
+        Any: an error line, ``on_fault``, and the consumer recreated to deliver
         from the first message still in the stream (repeats are dropped by the set);
         True. Otherwise, on a limits stream, ``S.in.p`` is purged up to the consumer's
         ack floor (one purge with filter + seq; never past what is acked)."""
