@@ -134,7 +134,18 @@ async def dedup_idle(store: JetStreamStore) -> bool:
 
 
 async def log_ids(store: JetStreamStore) -> list[str]:
-    """Every messageId in the log, once per copy."""
+    """Every messageId in the log, once per copy (asked again while the cluster
+    is still settling: its reading consumer can vanish)."""
+    for _ in range(10):
+        try:
+            return await _log_ids(store)
+        except Exception as exc:
+            print(f"log read: {exc!r}", flush=True)
+            await asyncio.sleep(5)
+    return await _log_ids(store)
+
+
+async def _log_ids(store: JetStreamStore) -> list[str]:
     last = (await store.js.stream_info(store.names.stream)).state.last_seq
     if not last:
         return []

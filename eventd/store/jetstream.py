@@ -904,11 +904,20 @@ class JetStreamStore:
           and on a consumer made again under the same name just after its stream).
         Any: an error line, ``on_fault``, and the consumer recreated to deliver
         from the first message still in the stream (repeats are dropped by the set);
-        True. Otherwise, on a limits stream, ``S.in.p`` is purged up to the consumer's
+        True. So is a consumer found missing (created again: ``missing``).
+        Otherwise, on a limits stream, ``S.in.p`` is purged up to the consumer's
         ack floor (one purge with filter + seq; never past what is acked)."""
         n = self.names
         durable, subject = n.dedup_consumer(p), n.in_subject(p)
-        info = await self.js.consumer_info(n.ingest, durable)
+        try:
+            info = await self.js.consumer_info(n.ingest, durable)
+        except NotFoundError:
+            # Gone: a recreation cut short by a stalled cluster (deleted, not yet
+            # added again), or removed by hand. Without it the stage fetches nothing.
+            log.error("dedup consumer missing; created again", partition=p, consumer=durable)
+            self.on_fault(durable, "missing")
+            await self._add_dedup_consumer(p)
+            return True
         stream = await self.js.stream_info(n.ingest, subjects_filter=subject)
         delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
         floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
@@ -957,10 +966,14 @@ class JetStreamStore:
         self.on_fault(durable, reason)
         with contextlib.suppress(NotFoundError):
             await self.js.delete_consumer(self.names.ingest, durable)
-        with contextlib.suppress(BadRequestError):  # another node's ensure() made it
-            await self.js.add_consumer(self.names.ingest, self._dedup_config(p))
+        # Should this fail (a stalled cluster), the next check finds it missing.
+        await self._add_dedup_consumer(p)
         self.consumers_healed += 1
         return True
+
+    async def _add_dedup_consumer(self, p: int) -> None:
+        with contextlib.suppress(BadRequestError):  # another node's ensure() made it
+            await self.js.add_consumer(self.names.ingest, self._dedup_config(p))
 
     def _dedup_config(self, p: int) -> ConsumerConfig:
         return ConsumerConfig(
