@@ -407,8 +407,6 @@ class JetStreamStore:
         self.forwarded = 0
         # S_IN left by an older eventd as a work queue and not yet empty: kept as it is.
         self.ingest_work_queue = False
-        # Per partition: the S_IN sequences this node's stage acked since its last purge.
-        self._acked: dict[int, set[int]] = {}
         self._stuck: dict[int, int] = {}  # per partition: checks in a row found stuck
         # A consumer found ahead of its stream or past unacked messages: called with
         # (consumer, reason); the cluster store counts it in a metric.
@@ -895,9 +893,9 @@ class JetStreamStore:
         sequence, new messages then getting sequences it believes it handed out,
         never delivered. Three checks, on the leaders' answers:
         - ahead: the consumer's delivered stream sequence > the stream's last;
-        - stranded: a message of ``S.in.p`` at or below what it delivered (below its
-          ack floor while some are unacked) that this stage did not ack and whose
-          events are not all in the dedup set (a message a predecessor forwarded is);
+        - stranded: a message of ``S.in.p`` at or below what it delivered (its ack
+          floor while some are unacked) whose events are not all in the dedup set
+          (every message is read: one direct get each, once, as it is purged after);
         - stuck: messages pending at two checks in a row and none fetched (``fetched``:
           since the last check) in between, the stage pulling all along (seen after
           a quorum loss: two partitions delivered nothing until a server restarted;
@@ -905,8 +903,9 @@ class JetStreamStore:
         Any: an error line, ``on_fault``, and the consumer recreated to deliver
         from the first message still in the stream (repeats are dropped by the set);
         True. So is a consumer found missing (created again: ``missing``).
-        Otherwise, on a limits stream, ``S.in.p`` is purged up to the consumer's
-        ack floor (one purge with filter + seq; never past what is acked)."""
+        Otherwise, on a limits stream, ``S.in.p`` is purged through the last message
+        read (one purge with filter + seq): never past what is acked and found
+        forwarded."""
         n = self.names
         durable, subject = n.dedup_consumer(p), n.in_subject(p)
         try:
@@ -922,7 +921,6 @@ class JetStreamStore:
         delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
         floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
         last = int(stream.state.last_seq or 0)
-        acked = self._acked.setdefault(p, set())
         if delivered > last:
             return await self._heal(p, "ahead", delivered=delivered, last_seq=last)
         pending = int(info.num_pending or 0)
@@ -931,25 +929,23 @@ class JetStreamStore:
         if stuck >= 2:
             self._stuck[p] = 0
             return await self._heal(p, "stuck", delivered=delivered, last_seq=last, pending=pending)
-        # Messages of S.in.p at or below what was delivered: the subject's count less
-        # what is still to be delivered or acked (a publish landing between the two
-        # reads only makes this larger: a look that finds nothing).
-        held = int((stream.state.subjects or {}).get(subject, 0))
-        below = held - pending - int(info.num_ack_pending or 0)
-        mine = len(acked) if not self.ingest_work_queue else 0
-        if below > mine:
-            upto = floor if info.num_ack_pending else delivered
-            async for seq, data, _ in self._messages(n.ingest, subject, upto):
-                if seq in acked:
-                    continue
-                keys = [(dedup_key(r[0], r[1]), r[6]) for r in decode_rows(data)]
-                if dedup.filter_new(keys):
-                    return await self._heal(
-                        p, "stranded", delivered=delivered, last_seq=last, stranded_seq=seq
-                    )
-        if floor and not self.ingest_work_queue:
-            await self.js.purge_stream(n.ingest, seq=floor + 1, subject=subject)
-            self._acked[p] = {s for s in acked if s > floor}
+        # Every message of S.in.p still here at or below what the consumer delivered
+        # (its ack floor while some are unacked) is read and its events looked up:
+        # all in the set, it was forwarded (or held only repeats). Read, not counted
+        # against what this stage acked: after a replica's reset a new message can
+        # take the sequence of one acked before, and the consumer never delivers it.
+        upto = floor if info.num_ack_pending else delivered
+        checked = 0
+        async for seq, data, _ in self._messages(n.ingest, subject, upto):
+            keys = [(dedup_key(r[0], r[1]), r[6]) for r in decode_rows(data)]
+            if dedup.filter_new(keys):
+                return await self._heal(
+                    p, "stranded", delivered=delivered, last_seq=last, stranded_seq=seq
+                )
+            checked = seq
+        if checked and not self.ingest_work_queue:
+            # Only what was just read and found forwarded, all of it acked.
+            await self.js.purge_stream(n.ingest, seq=checked + 1, subject=subject)
         return False
 
     async def _heal(self, p: int, reason: str, **positions: int) -> bool:
@@ -1005,7 +1001,6 @@ class JetStreamStore:
         await self._forward(p, msg.data, _log_id(msg.metadata.sequence.stream, msg.headers), dedup)
         self._check_lease(p)  # not acked: the next holder gets it again, and drops it
         await msg.ack_sync()
-        self._acked.setdefault(p, set()).add(msg.metadata.sequence.stream)
 
     async def _forward(self, p: int, data: bytes, log_id: str, dedup: DedupSet) -> None:
         """An S_IN message of partition p to the log, without the repeats, published
