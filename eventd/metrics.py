@@ -140,6 +140,20 @@ class Metrics:
         self.storage_writable = Gauge(
             "eventd_storage_writable", "1 when the last commit succeeded", registry=r
         )
+        # The cluster's (docs/scaling.md): a dedup or log consumer found ahead of its
+        # stream, or past messages it never delivered, by consumer and reason
+        # (ahead, stranded); groups acknowledged and waiting for their dedup stage.
+        self.consumer_faults = Counter(
+            "eventd_cluster_consumer_faults",
+            "Consumers found out of step with their stream (ahead, stranded)",
+            ["consumer", "reason"],
+            registry=r,
+        )
+        self.ingest_waiting = Gauge(
+            "eventd_ingest_waiting_groups",
+            "Groups acknowledged and waiting in the cluster's ingest stream for dedup",
+            registry=r,
+        )
         self._scrape_hooks: list[Callable[[], None]] = []
 
     def adjusted_counter(self, destination: str) -> Callable[[str, int], None]:

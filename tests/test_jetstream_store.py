@@ -567,7 +567,7 @@ async def test_a_clean_close_leaves_no_forwarded_group_unacknowledged(nodes: Nod
     for p in range(b.cfg.partitions):
         info = await b.js.consumer_info(b.names.ingest, b.names.dedup_consumer(p))
         assert (info.num_ack_pending, info.num_pending) == (0, 0)
-    assert (await b.js.stream_info(b.names.ingest)).state.messages == 0
+    assert await b.ingest_waiting() == 0
 
 
 async def test_retention_keeps_what_every_destination_passed_while_it_is_young(

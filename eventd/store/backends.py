@@ -31,7 +31,7 @@ def open_store(
         # Imported here: nats-py is the optional `jetstream` extra.
         from eventd.store.cluster import ClusterStore
 
-        return ClusterStore(config, destinations, ordered, local)
+        return ClusterStore(config, destinations, ordered, local, metrics=metrics)
     return SqliteStore(
         config.path,
         synchronous=config.synchronous,

@@ -47,6 +47,7 @@ from nats.aio.msg import Msg
 
 from eventd.config import StorageConfig
 from eventd.event import Event
+from eventd.metrics import Metrics
 from eventd.store.base import (
     MAX_ERROR_CHARS,
     EventRow,
@@ -117,11 +118,15 @@ class ClusterStore(ClusterDeletions):
         destinations: Sequence[str] = (),
         ordered: Sequence[str] = (),
         local: Sequence[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         """``destinations``: the enabled ones; ``ordered``: those among them with
         ``ordered = true`` (a consumer per partition each); ``local``: the node-local
         ones (``Destination.node_local``): a consumer of this node's own each, which
-        wins over ``ordered`` (one fetcher per node keeps order there)."""
+        wins over ``ordered`` (one fetcher per node keeps order there). ``metrics``:
+        where consumers found out of step with their stream are counted
+        (``eventd_cluster_consumer_faults_total``) and the groups waiting in the
+        ingest stream shown (``eventd_ingest_waiting_groups``)."""
         assert config.jetstream is not None
         self.config = config
         self.destinations = list(destinations)
@@ -141,6 +146,10 @@ class ClusterStore(ClusterDeletions):
             ack_wait=ACK_WAIT,
             local_id=self.node_id or None,
         )
+        self.metrics = metrics
+        if metrics is not None:
+            faults = metrics.consumer_faults
+            self.js.on_fault = lambda consumer, reason: faults.labels(consumer, reason).inc()
         self._last_seq = 0
         self._ready = False
         self._last_error: str | None = None
@@ -533,11 +542,17 @@ class ClusterFeed:
             log.warning("ack failed", destination=self.destination, error=repr(exc))
 
     async def lag(self, now: int) -> tuple[int, float]:
-        """(log messages the consumer has not had settled: pending + in flight, the
-        same from any node; 0.0 s: the age is not read on the cluster yet)."""
-        counts = await self.store.js.lag(self.destination)
+        """(groups not settled for this destination: log messages its consumer has
+        pending or in flight, plus the ingest stream's groups still waiting for their
+        dedup stage, which every destination will get; the same from any node, each
+        count read from its consumer's leader; 0.0 s: the age is not read on the
+        cluster yet)."""
+        js = self.store.js
+        counts, waiting = await asyncio.gather(js.lag(self.destination), js.ingest_waiting())
+        if self.store.metrics is not None:
+            self.store.metrics.ingest_waiting.set(waiting)
         self._settled_below = max(self._settled_below, counts["settled_below"])
-        return counts["pending"] + counts["in_flight"], 0.0
+        return counts["pending"] + counts["in_flight"] + waiting, 0.0
 
     async def passed(self, target: int) -> bool:
         """Cluster-wide, whatever ``target``: the ingest queue empty (an acknowledged

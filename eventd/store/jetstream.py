@@ -2,9 +2,10 @@
 
 Names, all derived from ``storage.stream`` (S, default ``EVENTD``):
 
-``S_IN``    stream, work-queue retention, subjects ``S.in.<p>``: what ingest
-            publishes, one message per (group of requests, partition p); a
-            message leaves once its partition's dedup stage has forwarded it.
+``S_IN``    stream, limits retention, subjects ``S.in.<p>``: what ingest
+            publishes, one message per (group of requests, partition p); its
+            partition's dedup stage acks it once forwarded and purges what its
+            consumer acked (an ack deletes nothing: see :meth:`JetStreamStore._tend`).
             p is a hash of the event's user (userId, else anonymousId): a retry
             carries the same user, so it meets its first copy's dedup set, and
             one user's events keep their order through one partition.
@@ -35,7 +36,7 @@ nothing is acknowledged before the stream did.
 
 Dedup (24 h, Segment's rule): see eventd/store/dedup.py. The stage of partition p
 pulls ``S.in.p`` in order, drops repeats, publishes the rest to the log with
-``Nats-Msg-Id = in-<S_IN seq>`` (a stage that crashed after publishing and
+``Nats-Msg-Id = in-<the S_IN message's own id>`` (a stage that crashed after publishing and
 before acking republishes the same ids: the stream's window drops them; past the
 window, the set rebuilt from the log already holds their keys), records the keys
 with the log sequence as watermark, then acks the S_IN message. A stage taking a
@@ -110,6 +111,9 @@ CLOSE_TIMEOUT = 10.0  # seconds close() waits for the stages and the connection
 MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
+# Seconds between an idle dedup stage's checks of its consumer (_tend; a busy one
+# checks, and purges S_IN, after each batch).
+TEND_EVERY = 5.0
 
 
 class _LeaseLost(Exception):
@@ -401,6 +405,13 @@ class JetStreamStore:
         self.log_bounds = (0, 0)
         self.duplicates = 0  # counted by this node's dedup stages
         self.forwarded = 0
+        # S_IN left by an older eventd as a work queue and not yet empty: kept as it is.
+        self.ingest_work_queue = False
+        self._stuck: dict[int, int] = {}  # per partition: checks in a row found stuck
+        # A consumer found ahead of its stream or past unacked messages: called with
+        # (consumer, reason); the cluster store counts it in a metric.
+        self.on_fault: Callable[[str, str], None] = lambda consumer, reason: None
+        self.consumers_healed = 0  # dedup consumers this node recreated (see _tend)
 
     @property
     def js(self) -> JetStreamContext:
@@ -445,10 +456,16 @@ class JetStreamStore:
         # Creating, scaling or moving a stream waits on the cluster's meta leader and
         # new replicas catching up: longer than a publish may wait.
         js = self.js if self.nc is None else self.nc.jetstream(timeout=MANAGE_TIMEOUT)
-        # (name, subjects, retention): the work queue ingest fills, the log (eventd's
+        # (name, subjects, retention): what ingest fills (limits retention: a dedup
+        # stage purges what its consumer acked, see _tend), the log (eventd's
         # retention sweep purges it: limits retention with no limit), the dead letters.
+        await self._retire_work_queue(js)
         streams = (
-            (n.ingest, f"{n.stream}.in.*", RetentionPolicy.WORK_QUEUE),
+            (
+                n.ingest,
+                f"{n.stream}.in.*",
+                RetentionPolicy.WORK_QUEUE if self.ingest_work_queue else RetentionPolicy.LIMITS,
+            ),
             (n.stream, f"{n.stream}.log.>", RetentionPolicy.LIMITS),
             (n.dead, f"{n.stream}.dead.>", RetentionPolicy.LIMITS),
         )
@@ -469,17 +486,7 @@ class JetStreamStore:
                 KeyValueConfig(bucket=n.leases, ttl=self.lease_ttl, history=1, replicas=r)
             )
         for p in range(self.cfg.partitions):
-            await _ensure_consumer(
-                js,
-                n.ingest,
-                ConsumerConfig(
-                    durable_name=n.dedup_consumer(p),
-                    filter_subject=n.in_subject(p),
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=30,
-                    max_ack_pending=1_000,
-                ),
-            )
+            await _ensure_consumer(js, n.ingest, self._dedup_config(p))
         for name in destinations:
             for durable, subject in self._consumers(name):
                 wanted = self._consumer_config(durable, subject)
@@ -506,6 +513,32 @@ class JetStreamStore:
                 for stream, durable in waits
             )
         )
+
+    async def _retire_work_queue(self, js: JetStreamContext) -> None:
+        """An ``S_IN`` an older eventd created as a work queue (each ack deletes its
+        message: nats-server 2.9 resets a replica's state when a repeated ack deletes
+        a sequence already gone, nats-server#7308) is recreated with limits retention
+        once it is empty; nats-server refuses to change a stream's retention in place.
+        While it holds messages it is kept and used as it is (the stages work on both:
+        :meth:`_tend` purges nothing there) and a later start retires it. Deleting it
+        drops its dedup consumers too; :meth:`ensure` creates them again after."""
+        try:
+            info = await js.stream_info(self.names.ingest)
+        except NotFoundError:
+            return
+        if info.config.retention != RetentionPolicy.WORK_QUEUE:
+            return
+        if info.state.messages:
+            log.warning(
+                "ingest stream is a work queue (an older eventd's); kept until it is empty",
+                stream=self.names.ingest,
+                messages=info.state.messages,
+            )
+            self.ingest_work_queue = True
+            return
+        with contextlib.suppress(NotFoundError):  # another node retired it meanwhile
+            await js.delete_stream(self.names.ingest)
+        log.info("ingest stream recreated with limits retention", stream=self.names.ingest)
 
     def _consumer_config(self, durable: str, subject: str) -> ConsumerConfig:
         local = "@" in durable
@@ -774,15 +807,26 @@ class JetStreamStore:
             )
             log.info("dedup stage started", partition=p, rebuilt_keys=added)
             await _retrying(lambda: self._take_over(p, dedup), f"dedup-{p} take over", check)
-            sub = await _retrying(
+            subscribe = functools.partial(
+                _retrying,
                 lambda: self.js.pull_subscribe_bind(
                     self.names.dedup_consumer(p), stream=self.names.ingest
                 ),
                 f"dedup-{p} subscribe",
                 check,
             )
+            sub = await subscribe()
+            tended, fetched = time.monotonic(), 0
             while not self._stopping:
                 self._check_lease(p)
+                # After every batch (its groups forwarded and acked: purged at once,
+                # so S_IN holds what waits), and every TEND_EVERY seconds when idle.
+                if fetched or time.monotonic() - tended >= TEND_EVERY:
+                    if await self._tend_quietly(p, dedup, fetched):
+                        with contextlib.suppress(Exception):
+                            await sub.unsubscribe()
+                        sub = await subscribe()
+                    tended, fetched = time.monotonic(), 0
                 try:
                     msgs = await sub.fetch(64, timeout=1)
                 except (TimeoutError, NatsTimeout):
@@ -793,6 +837,7 @@ class JetStreamStore:
                     # starve every other one (the hang after a server restart).
                     await asyncio.sleep(0.1)
                     continue
+                fetched += len(msgs)
                 for i, msg in enumerate(msgs):
                     try:
                         await _retrying(
@@ -816,20 +861,130 @@ class JetStreamStore:
         """Forward, before anything newer, what partition p's consumer handed out and
         nobody acked: a crashed holder's messages would come back only after the
         consumer's ack_wait, by when this stage would have forwarded later ones (one
-        user's events out of order in the log). S_IN is a work queue, so every message
-        of ``S.in.p`` still in it up to the last one handed out is such a message; its
-        redelivery later finds its keys in the set, is dropped as a repeat and acked."""
+        user's events out of order in the log). These are the messages of ``S.in.p``
+        after the consumer's ack floor through the last one handed out (those acked
+        among them too: harmless, their keys are in the set); each one's redelivery
+        later finds its keys in the set, is dropped as a repeat and acked."""
         info = await self.js.consumer_info(self.names.ingest, self.names.dedup_consumer(p))
         if not info.num_ack_pending or info.delivered is None:
             return
+        floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
         last = int(info.delivered.stream_seq or 0)
-        async for seq, data in self._messages(self.names.ingest, self.names.in_subject(p), last):
-            await self._forward(p, data, seq, dedup)
+        subject = self.names.in_subject(p)
+        async for seq, data, headers in self._messages(self.names.ingest, subject, last, floor + 1):
+            await self._forward(p, data, _log_id(seq, headers), dedup)
+
+    async def _tend_quietly(self, p: int, dedup: DedupSet, fetched: int) -> bool:
+        """:meth:`_tend`, a stalled cluster waited out till the next round; True when
+        the consumer was recreated (the stage binds its pull again)."""
+        try:
+            return await self._tend(p, dedup, fetched)
+        except (*_TRANSIENT, ConnectionClosedError, StorageUnavailable, NotFoundError) as exc:
+            log.info("dedup consumer not tended; next round", partition=p, error=repr(exc))
+            return False
+
+    async def _tend(self, p: int, dedup: DedupSet, fetched: int = 0) -> bool:
+        """Check partition p's dedup consumer against ``S_IN`` and purge what it acked.
+
+        Run by the stage between fetches (no ack of its own races it), after each
+        batch and every TEND_EVERY seconds while idle. nats-server 2.9 can leave a
+        consumer *ahead* of its stream after a replica's state was reset
+        (nats-server#6789, #7308): its delivered position past the stream's last
+        sequence, new messages then getting sequences it believes it handed out,
+        never delivered. Three checks, on the leaders' answers:
+        - ahead: the consumer's delivered stream sequence > the stream's last;
+        - stranded: a message of ``S.in.p`` at or below what it delivered (its ack
+          floor while some are unacked) whose events are not all in the dedup set
+          (every message is read: one direct get each, once, as it is purged after);
+        - stuck: messages pending at two checks in a row and none fetched (``fetched``:
+          since the last check) in between, the stage pulling all along (seen after
+          a quorum loss: two partitions delivered nothing until a server restarted;
+          and on a consumer made again under the same name just after its stream).
+        Any: an error line, ``on_fault``, and the consumer recreated to deliver
+        from the first message still in the stream (repeats are dropped by the set);
+        True. So is a consumer found missing (created again: ``missing``).
+        Otherwise, on a limits stream, ``S.in.p`` is purged through the last message
+        read (one purge with filter + seq): never past what is acked and found
+        forwarded."""
+        n = self.names
+        durable, subject = n.dedup_consumer(p), n.in_subject(p)
+        try:
+            info = await self.js.consumer_info(n.ingest, durable)
+        except NotFoundError:
+            # Gone: a recreation cut short by a stalled cluster (deleted, not yet
+            # added again), or removed by hand. Without it the stage fetches nothing.
+            log.error("dedup consumer missing; created again", partition=p, consumer=durable)
+            self.on_fault(durable, "missing")
+            await self._add_dedup_consumer(p)
+            return True
+        stream = await self.js.stream_info(n.ingest, subjects_filter=subject)
+        delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
+        floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+        last = int(stream.state.last_seq or 0)
+        if delivered > last:
+            return await self._heal(p, "ahead", delivered=delivered, last_seq=last)
+        pending = int(info.num_pending or 0)
+        stuck = self._stuck.get(p, 0) + 1 if pending and not fetched else 0
+        self._stuck[p] = stuck
+        if stuck >= 2:
+            self._stuck[p] = 0
+            return await self._heal(p, "stuck", delivered=delivered, last_seq=last, pending=pending)
+        # Every message of S.in.p still here at or below what the consumer delivered
+        # (its ack floor while some are unacked) is read and its events looked up:
+        # all in the set, it was forwarded (or held only repeats). Read, not counted
+        # against what this stage acked: after a replica's reset a new message can
+        # take the sequence of one acked before, and the consumer never delivers it.
+        upto = floor if info.num_ack_pending else delivered
+        checked = 0
+        async for seq, data, _ in self._messages(n.ingest, subject, upto):
+            keys = [(dedup_key(r[0], r[1]), r[6]) for r in decode_rows(data)]
+            if dedup.filter_new(keys):
+                return await self._heal(
+                    p, "stranded", delivered=delivered, last_seq=last, stranded_seq=seq
+                )
+            checked = seq
+        if checked and not self.ingest_work_queue:
+            # Only what was just read and found forwarded, all of it acked.
+            await self.js.purge_stream(n.ingest, seq=checked + 1, subject=subject)
+        return False
+
+    async def _heal(self, p: int, reason: str, **positions: int) -> bool:
+        """Recreate partition p's dedup consumer (same config) to deliver from the
+        first message of ``S.in.p`` still in the stream; see :meth:`_tend`."""
+        durable = self.names.dedup_consumer(p)
+        log.error(
+            "dedup consumer out of step with its stream; recreated",
+            partition=p,
+            consumer=durable,
+            reason=reason,
+            **positions,
+        )
+        self.on_fault(durable, reason)
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(self.names.ingest, durable)
+        # Should this fail (a stalled cluster), the next check finds it missing.
+        await self._add_dedup_consumer(p)
+        self.consumers_healed += 1
+        return True
+
+    async def _add_dedup_consumer(self, p: int) -> None:
+        with contextlib.suppress(BadRequestError):  # another node's ensure() made it
+            await self.js.add_consumer(self.names.ingest, self._dedup_config(p))
+
+    def _dedup_config(self, p: int) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.names.dedup_consumer(p),
+            filter_subject=self.names.in_subject(p),
+            deliver_policy=DeliverPolicy.ALL,  # from the first message not purged
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30,
+            max_ack_pending=1_000,
+        )
 
     async def _messages(
         self, stream: str, subject: str, last: int, first: int = 1
-    ) -> AsyncIterator[tuple[int, bytes]]:
-        """(sequence, data) of ``subject``'s messages in ``stream`` from ``first``
+    ) -> AsyncIterator[tuple[int, bytes, dict[str, str] | None]]:
+        """(sequence, data, headers) of ``subject``'s messages in ``stream`` from ``first``
         through ``last``, one direct get each (few: what a holder left unacked)."""
         seq = first
         while seq <= last:
@@ -839,16 +994,17 @@ class JetStreamStore:
                 return
             if msg.seq is None or msg.seq > last:
                 return
-            yield msg.seq, msg.data or b""
+            yield msg.seq, msg.data or b"", msg.headers
             seq = msg.seq + 1
 
     async def _forward_acked(self, p: int, msg: Msg, dedup: DedupSet) -> None:
-        await self._forward(p, msg.data, msg.metadata.sequence.stream, dedup)
+        await self._forward(p, msg.data, _log_id(msg.metadata.sequence.stream, msg.headers), dedup)
         self._check_lease(p)  # not acked: the next holder gets it again, and drops it
         await msg.ack_sync()
 
-    async def _forward(self, p: int, data: bytes, in_seq: int, dedup: DedupSet) -> None:
-        """S_IN message ``in_seq`` of partition p to the log, without the repeats."""
+    async def _forward(self, p: int, data: bytes, log_id: str, dedup: DedupSet) -> None:
+        """An S_IN message of partition p to the log, without the repeats, published
+        with ``Nats-Msg-Id = log_id`` (:func:`_log_id`)."""
         self._check_lease(p)
         rows = decode_rows(data)
         keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
@@ -858,7 +1014,7 @@ class JetStreamStore:
         if new:
             data = encode_rows([rows[i] for i in new])
             seq = await self._publish(
-                self.names.log_subject(p), data, f"in-{in_seq}", until=self._dedup.held_until(p)
+                self.names.log_subject(p), data, log_id, until=self._dedup.held_until(p)
             )
         dedup.add([keys[i] for i in new], watermark=seq)
         self.forwarded += len(new)
@@ -976,7 +1132,7 @@ class JetStreamStore:
         last = int(info.delivered.stream_seq or 0)
         return [
             log_events(seq, data)
-            async for seq, data in self._messages(self.names.stream, subject, last, floor + 1)
+            async for seq, data, _ in self._messages(self.names.stream, subject, last, floor + 1)
         ]
 
     async def lag(self, destination: str) -> dict[str, int]:
@@ -986,8 +1142,11 @@ class JetStreamStore:
         which everything is settled (``settled_below``)."""
         return await self._lag([durable for durable, _ in self._consumers(destination)])
 
+    async def _last_seq(self) -> int:
+        return int((await self.js.stream_info(self.names.stream)).state.last_seq or 0)
+
     async def _lag(self, durables: Sequence[str]) -> dict[str, int]:
-        last = (await self.js.stream_info(self.names.stream)).state.last_seq
+        last = await self._last_seq()
         pending = in_flight = 0
         settled_below = last + 1
         for durable in durables:
@@ -995,6 +1154,21 @@ class JetStreamStore:
                 info = await self._led_consumer_info(durable)
             except NotFoundError:  # a node-local consumer removed meanwhile: holds nothing
                 continue
+            delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
+            # Read again after the consumer: `last` was read before it, and the
+            # consumer may have delivered what was stored since.
+            if delivered > last and delivered > await self._last_seq():
+                # nats-server#6789: past the stream's end, new messages would get
+                # sequences it believes it handed out. Not healed here: a consumer
+                # recreated from its ack floor would redeliver (at least once); an
+                # operator decides (docs/scaling.md, "The ingest stream and its consumers").
+                log.error(
+                    "log consumer ahead of its stream",
+                    consumer=durable,
+                    delivered=delivered,
+                    last_seq=last,
+                )
+                self.on_fault(durable, "ahead")
             pending += int(info.num_pending or 0)
             in_flight += int(info.num_ack_pending or 0)
             if info.num_pending or info.num_ack_pending:
@@ -1003,17 +1177,29 @@ class JetStreamStore:
         return {"pending": pending, "in_flight": in_flight, "settled_below": settled_below}
 
     async def drained(self, destination: str) -> bool:
-        """True when ``S_IN`` holds nothing (a work queue: a group leaves it when its
-        dedup stage acks it, after forwarding it to the log) and then the
-        destination's consumers have nothing pending or in flight: every group
-        acknowledged before this call is settled for ``destination``."""
-        ingest = await self.js.stream_info(self.names.ingest)
-        if ingest.state.messages:
+        """True when no group waits in ``S_IN`` for its dedup stage (a stage acks a
+        group after forwarding it to the log) and then the destination's consumers
+        have nothing pending or in flight: every group acknowledged before this call
+        is settled for ``destination``."""
+        if await self.ingest_waiting():
             return False
         counts = await self.lag(destination)
         return counts["pending"] + counts["in_flight"] == 0
 
-    async def _led_consumer_info(self, durable: str) -> ConsumerInfo:
+    async def ingest_waiting(self) -> int:
+        """Groups (S_IN messages: one per request group and partition) acknowledged
+        and not yet forwarded by their dedup stage: every dedup consumer's pending
+        and unacked messages, as each consumer's leader counts them, so the same from
+        any node. Raises :class:`StorageUnavailable` as :meth:`lag` does."""
+        infos = await asyncio.gather(
+            *(
+                self._led_consumer_info(self.names.dedup_consumer(p), self.names.ingest)
+                for p in range(self.cfg.partitions)
+            )
+        )
+        return sum(int(i.num_pending or 0) + int(i.num_ack_pending or 0) for i in infos)
+
+    async def _led_consumer_info(self, durable: str, stream: str | None = None) -> ConsumerInfo:
         """A log consumer's info as its leader gives it. Without a leader (an
         election, a stream being scaled) the counts may be stale: asked again
         until ``publish_timeout``, then :class:`StorageUnavailable`, as when the
@@ -1022,7 +1208,9 @@ class JetStreamStore:
         deadline = time.monotonic() + self.cfg.publish_timeout
         while True:
             try:
-                info: ConsumerInfo = await self.js.consumer_info(self.names.stream, durable)
+                info: ConsumerInfo = await self.js.consumer_info(
+                    stream or self.names.stream, durable
+                )
             except NotFoundError:
                 raise
             except (NatsError, TimeoutError) as exc:
@@ -1188,6 +1376,17 @@ class JetStreamStore:
         # A set: keys() lists a key once per update its watcher saw while it ran,
         # so a heartbeat landing meanwhile would count its node twice.
         return sorted({k.removeprefix("node-") for k in keys if k.startswith("node-")})
+
+
+def _log_id(in_seq: int, headers: dict[str, str] | None) -> str:
+    """The log's ``Nats-Msg-Id`` for S_IN message ``in_seq``: ``in-`` and the id its
+    publisher gave it (unique per publish: node, process token, count), so a stage
+    republishing it after a crash meets its first copy in the log's window. Not the
+    S_IN sequence alone: an S_IN recreated (an older eventd's work queue retired)
+    numbers from 1 again, and its messages would be taken for the old stream's
+    within the window and dropped. ``in-<seq>`` for a message without one."""
+    publish_id = (headers or {}).get("Nats-Msg-Id")
+    return f"in-{publish_id}" if publish_id else f"in-{in_seq}"
 
 
 async def _retrying(

@@ -1,0 +1,217 @@
+"""The cluster's ingest stream ``S_IN`` and its dedup consumers (eventd/store/jetstream.py),
+on a real 3-server nats-server cluster: the fault of issue 14's quorum-loss trial.
+
+After nats-server 2.9.10 reset a replica's state (``stream store EOF``), dedup
+consumers stood past messages they never delivered, and acknowledged groups were
+never forwarded. These tests make that state on purpose: a dedup consumer created
+again with a start sequence past the groups waiting for it (the servers clamp it to
+the stream's last sequence: its delivered position is then past every one of them,
+as after the reset). The stage must find those groups stranded, recreate its
+consumer and forward them: every acknowledged messageId reaches the log once.
+Also: ``S_IN`` has limits retention and the stage purges what it acked; an older
+eventd's work-queue ``S_IN`` is kept while it holds messages and recreated once
+empty; the groups waiting in ``S_IN`` count in the lag, the same from every node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from eventd.config import StorageConfig
+from eventd.metrics import Metrics
+from eventd.store.cluster import ClusterStore
+from eventd.store.jetstream import JetStreamStore, encode_rows, user_partition
+from tests.nats_cluster import NatsCluster
+from tests.test_jetstream_store import Nodes, drain, row, until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, nats_cluster: NatsCluster) -> AsyncIterator[Nodes]:
+    n = Nodes(tmp_path, nats_cluster)
+    yield n
+    await n.close()
+
+
+async def front_node(nodes: Nodes, name: str = "front") -> JetStreamStore:
+    """A node that acknowledges events and runs no dedup stage: they wait in S_IN."""
+    front = JetStreamStore(nodes.cfg, nodes.tmp / name, node_id=name)
+    await front.open(("hook",), run_dedup=False)
+    nodes.open.append(front)
+    return front
+
+
+async def test_a_dedup_consumer_past_groups_it_never_delivered_is_recreated_and_loses_none(
+    nodes: Nodes,
+) -> None:
+    front = await front_node(nodes)
+    first = [row(f"s{i}", user=f"u{i % 7}") for i in range(40)]
+    await front.append(first)
+    n, js = front.names, front.js
+    last = (await js.stream_info(n.ingest)).state.last_seq
+    # The fault: each dedup consumer made again with its start past everything
+    # waiting; its delivered position is then the stream's last sequence.
+    for p in range(nodes.cfg.partitions):
+        await js.delete_consumer(n.ingest, n.dedup_consumer(p))
+        await js.add_consumer(
+            n.ingest,
+            ConsumerConfig(
+                durable_name=n.dedup_consumer(p),
+                filter_subject=n.in_subject(p),
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=last + 100,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_ack_pending=1_000,
+            ),
+        )
+        info = await js.consumer_info(n.ingest, n.dedup_consumer(p))
+        assert info.num_pending == 0 and info.delivered.stream_seq == last
+    # Acknowledged after the fault: sequences past the consumers' position.
+    later = [row(f"t{i}", user=f"u{i % 7}") for i in range(20)]
+    await front.append(later)
+    faults: list[tuple[str, str]] = []
+    a = await nodes.start("a")
+    a.on_fault = lambda consumer, reason: faults.append((consumer, reason))
+
+    got = await drain(await a.reader("hook"), {r[1] for r in first + later}, within=60)
+    assert Counter(e.message_id for e in got) == Counter(r[1] for r in first + later)
+    stranded = {user_partition(r, nodes.cfg.partitions) for r in first}
+    assert {c for c, _ in faults} == {n.dedup_consumer(p) for p in stranded}
+    assert {reason for _, reason in faults} == {"stranded"}
+    assert a.consumers_healed == len(stranded)
+    # Nothing waits now, and the stage purged the groups it forwarded from S_IN.
+    assert await a.ingest_waiting() == 0 and await front.ingest_waiting() == 0
+
+    async def purged() -> bool:
+        return (await js.stream_info(n.ingest)).state.messages == 0
+
+    await until_async(purged)
+    assert (await js.stream_info(n.ingest)).config.retention == RetentionPolicy.LIMITS
+
+
+async def until_async(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+    """Wait until ``check()`` (a read of the servers' state) answers True (polled, bounded)."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.05)
+
+
+async def test_the_groups_waiting_in_the_ingest_stream_count_the_same_from_every_node(
+    nodes: Nodes,
+) -> None:
+    front = await front_node(nodes)
+    other = await front_node(nodes, "other")
+    assert await front.ingest_waiting() == 0
+    await front.append([row(f"w{i}", user=f"u{i}") for i in range(12)])
+    await other.append([row(f"v{i}", user=f"u{i}") for i in range(3)])
+    groups = (await front.js.stream_info(front.names.ingest)).state.messages
+    assert groups > 0
+    # A consumer's leader counts a message a moment after the stream stored it.
+
+    async def counted() -> bool:
+        return await front.ingest_waiting() == groups
+
+    await until_async(counted)
+    assert await other.ingest_waiting() == groups
+    assert not await front.drained("hook")
+    a = await nodes.start("a")
+    await drain(await a.reader("hook"), 15)
+    assert await other.ingest_waiting() == 0
+
+
+async def test_an_older_work_queue_ingest_stream_is_kept_until_empty_then_recreated(
+    nodes: Nodes, nats_cluster: NatsCluster
+) -> None:
+    n = JetStreamStore(nodes.cfg, nodes.tmp / "names").names
+    # An older eventd's S_IN: a work queue, one group still in it.
+    nc = await nats.connect(nats_cluster.urls[0])
+    try:
+        js = nc.jetstream()
+        await js.add_stream(
+            StreamConfig(
+                name=n.ingest,
+                subjects=[f"{nodes.cfg.stream}.in.*"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                num_replicas=nodes.cfg.replicas,
+                duplicate_window=nodes.cfg.publish_dedup_window,
+            )
+        )
+        old = row("old1", user="u1")
+        await js.publish(
+            n.in_subject(user_partition(old, nodes.cfg.partitions)), encode_rows([old])
+        )
+        a = await nodes.start("a")
+        assert a.ingest_work_queue
+        assert (await js.stream_info(n.ingest)).config.retention == RetentionPolicy.WORK_QUEUE
+        await a.append([row("new1", user="u2")])
+        got = await drain(await a.reader("hook"), {"old1", "new1"})
+        assert Counter(e.message_id for e in got) == Counter(["old1", "new1"])
+        await until(lambda: a.forwarded == 2)
+        await a.close()
+        nodes.open.remove(a)
+        # Empty now (a work queue drops what is acked): the next start recreates it.
+        b = await nodes.start("b")
+        assert not b.ingest_work_queue
+        assert (await js.stream_info(n.ingest)).config.retention == RetentionPolicy.LIMITS
+        await b.append([row("new2", user="u3")])
+        got = await drain(await b.reader("hook"), {"new2"})
+        assert [e.message_id for e in got] == ["new2"]
+    finally:
+        await nc.close()
+
+
+async def test_a_destinations_lag_counts_the_groups_waiting_for_their_dedup_stage(
+    nodes: Nodes,
+) -> None:
+    """``eventd status``, ``/admin/destinations`` and ``/metrics`` take a destination's
+    lag from its feed: before, groups acknowledged and still in S_IN counted 0 (the
+    trial's lag 0 while two partitions were stalled)."""
+    fronts = [await front_node(nodes, name) for name in ("front", "other")]
+    await fronts[0].append([row(f"l{i}", user=f"u{i}") for i in range(12)])
+    groups = (await fronts[0].js.stream_info(fronts[0].names.ingest)).state.messages
+    feeds = []
+    for front in fronts:  # each as a node's ClusterStore would read it
+        storage = StorageConfig(backend="jetstream", jetstream=nodes.cfg, path=nodes.tmp / "x.db")
+        store = ClusterStore(storage, ["hook"], metrics=Metrics())
+        store.js = front
+        feeds.append((store, store.feed("hook")))
+
+    async def counted() -> bool:
+        return all([(await feed.lag(0))[0] == groups for _, feed in feeds])
+
+    await until_async(counted)
+    exposed = [
+        store.metrics.registry.get_sample_value("eventd_ingest_waiting_groups")
+        for store, _ in feeds
+        if store.metrics
+    ]
+    assert exposed == [groups, groups]
+    # Forwarded: the same groups are now log messages the destination has pending.
+    a = await nodes.start("a")
+    await until(lambda: a.forwarded == 12)
+    messages = (await a.js.stream_info(a.names.stream)).state.messages
+
+    async def moved() -> bool:
+        return all([(await feed.lag(0))[0] == messages for _, feed in feeds])
+
+    await until_async(moved)
