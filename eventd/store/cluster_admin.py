@@ -813,17 +813,13 @@ class ClusterAdmin:
 
     async def _waiting_since(self, user_id: str) -> bool:
         """Whether ``S_IN`` still holds a group acknowledged before the user was
-        suppressed (its events reach the log after this pass: the erasure is not
-        finished, and the retention sweep's next pass takes them)."""
+        suppressed and not yet forwarded (its events reach the log after this pass:
+        the erasure is not finished, and the retention sweep's next pass takes them)."""
         found = await self.suppression(user_id)
-        state = (await self.js.js.stream_info(self.js.names.ingest)).state
-        if found is None or not state.messages:
+        if found is None:
             return False
-        try:
-            oldest = await self.js.js.get_msg(self.js.names.ingest, seq=state.first_seq)
-        except NotFoundError:  # forwarded meanwhile
-            return False
-        return oldest.time is None or oldest.time.timestamp() * 1000 < found.created_at
+        oldest = await self.js.oldest_waiting()
+        return oldest is not None and oldest < found.created_at
 
     @_unavailable
     async def erase_user(

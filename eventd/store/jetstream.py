@@ -1199,6 +1199,36 @@ class JetStreamStore:
         )
         return sum(int(i.num_pending or 0) + int(i.num_ack_pending or 0) for i in infos)
 
+    async def oldest_waiting(self) -> int | None:
+        """The publish time (ms since the epoch) of the oldest group acknowledged and
+        not yet forwarded by its dedup stage, or None when none waits. S_IN keeps
+        forwarded groups until their stage purges them (limits retention), so the
+        oldest message of the stream says nothing: per partition, the first message
+        past its dedup consumer's ack floor (one direct get each). Raises
+        :class:`StorageUnavailable` as :meth:`lag` does."""
+        infos = await asyncio.gather(
+            *(
+                self._led_consumer_info(self.names.dedup_consumer(p), self.names.ingest)
+                for p in range(self.cfg.partitions)
+            )
+        )
+        oldest: int | None = None
+        for p, info in enumerate(infos):
+            if not (int(info.num_pending or 0) or int(info.num_ack_pending or 0)):
+                continue
+            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+            try:
+                msg = await self.js.get_msg(
+                    self.names.ingest, floor + 1, subject=self.names.in_subject(p), next=True
+                )
+            except NotFoundError:  # forwarded and purged meanwhile
+                continue
+            except (NatsError, TimeoutError) as exc:
+                raise StorageUnavailable(f"ingest stream not read: {exc!r}") from exc
+            at = int(msg.time.timestamp() * 1000) if msg.time is not None else 0
+            oldest = at if oldest is None else min(oldest, at)
+        return oldest
+
     async def _led_consumer_info(self, durable: str, stream: str | None = None) -> ConsumerInfo:
         """A log consumer's info as its leader gives it. Without a leader (an
         election, a stream being scaled) the counts may be stale: asked again
