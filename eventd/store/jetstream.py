@@ -214,13 +214,19 @@ async def connect(cfg: JetStreamConfig, name: str) -> NATS:
     left for another within ~6 s rather than nats-py's default two minutes.
     The client's errors are logged one line each (nats-py's default logs every
     failed reconnect, every 0.5 s, with a traceback), and so are the connection's
-    losses and returns.
+    losses (warning) and returns; a close asked for is logged at info.
     """
 
     async def errored(exc: Exception) -> None:
         log.warning("cluster connection error", node=name, error=repr(exc))
 
     async def lost() -> None:
+        # nats-py calls this on close() too, after marking the client closed: a
+        # close eventd asked for is no loss (connections are never closed otherwise:
+        # reconnect attempts are unlimited).
+        if client.is_closed:
+            log.info("cluster connection closed", node=name)
+            return
         log.warning("cluster connection lost; reconnecting", node=name, servers=cfg.servers)
 
     async def back() -> None:
