@@ -36,3 +36,32 @@ async def test_cancel_skips_none_and_keeps_a_finished_task_s_exception() -> None
     await asyncio.wait((task,))
     await cancel(None, task)  # no raise
     assert isinstance(task.exception(), ValueError)
+
+
+async def test_cancel_within_gives_up_on_a_task_that_will_not_end() -> None:
+    # A task that swallows every cancellation (as one stuck in a thread does):
+    # cancel(within=) returns False after ``within`` seconds, having cancelled it again
+    # each AGAIN_AFTER; a task given with it ends.
+    swallowed: list[str] = []
+    stubborn_now = True
+
+    async def swallows() -> None:
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                if not stubborn_now:
+                    raise
+                swallowed.append("swallowed")
+
+    stubborn = asyncio.create_task(swallows())
+    plain = asyncio.create_task(asyncio.Event().wait())
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await cancel(stubborn, plain, within=1.5) is False
+    assert 1.5 <= loop.time() - started < 2.5
+    assert plain.cancelled() and not stubborn.done() and len(swallowed) == 2
+    stubborn_now = False
+    assert await cancel(stubborn, within=1.5) is True
+    assert stubborn.cancelled()

@@ -64,9 +64,9 @@ from eventd.store.cluster_admin import EVENT_BITS as EVENT_BITS  # re-exported: 
 from eventd.store.cluster_admin import _unavailable
 from eventd.store.cluster_deletions import ClusterDeletions
 from eventd.store.datalock import DataLock
-from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
+from eventd.store.jetstream import CLOSE_TIMEOUT, DestinationReader, JetStreamStore, LogEvent
 from eventd.store.leases import PartitionLeases
-from eventd.tasks import cancel
+from eventd.tasks import Budget, cancel
 
 log = structlog.get_logger("eventd.store.cluster")
 
@@ -195,10 +195,15 @@ class ClusterStore(ClusterDeletions):
             node=self.node_id,
         )
 
-    async def close(self) -> None:
-        await cancel(self._monitor)
-        await self.close_admin()
-        await self.js.close()
+    async def close(self, within: float | None = None) -> None:
+        """Stop the health loop, give back the administrative claims, close the log's
+        store, all within ``within`` seconds (None: CLOSE_TIMEOUT): a cluster without
+        a quorum answers no give-back, and each would wait for its own timeout."""
+        budget = Budget(CLOSE_TIMEOUT if within is None else within)
+        await cancel(self._monitor, within=budget.share(4))
+        with contextlib.suppress(TimeoutError):  # claims not given back lapse (TTL)
+            await asyncio.wait_for(self.close_admin(), budget.share(3))
+        await self.js.close(within=budget.left())
         self._lock.release()
 
     async def _watch(self) -> None:

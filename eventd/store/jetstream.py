@@ -92,7 +92,7 @@ from eventd.store.base import EventRow, StorageUnavailable, next_group
 from eventd.store.dedup import DedupSet, dedup_key, partition_of
 from eventd.store.leases import LEASE_SLACK as LEASE_SLACK  # cluster_identity's too
 from eventd.store.leases import PartitionLeases, Run
-from eventd.tasks import cancel
+from eventd.tasks import Budget, cancel
 
 log = structlog.get_logger("eventd.store.jetstream")
 
@@ -106,7 +106,7 @@ _TRANSIENT = (
     asyncio.TimeoutError,
 )
 T = TypeVar("T")
-CLOSE_TIMEOUT = 10.0  # seconds close() waits for the stages and the connection
+CLOSE_TIMEOUT = 10.0  # seconds close() takes at most, by default (serve's stop: what is left)
 MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
@@ -550,41 +550,39 @@ class JetStreamStore:
             ]
         return [(n.destination_consumer(destination), f"{n.stream}.log.>")]
 
-    async def close(self) -> None:
-        """Publish what is queued, stop the dedup stages (leases let go), disconnect."""
+    async def close(self, within: float = CLOSE_TIMEOUT) -> None:
+        """Publish what is queued, stop the dedup stages and an ordered destination's
+        fetchers, give the leases back, disconnect: all within ``within`` seconds
+        (what is published is bounded by ``publish_timeout`` before that), each step
+        a share of what is left. A cluster without a quorum answers nothing: its
+        stages are cancelled and its leases left to their TTL."""
         if self._publisher is not None:
             await self._queue.put(None)
             await self._publisher
             self._publisher = None
-        await cancel(self._claimer)
+        budget = Budget(within)
+        await cancel(self._claimer, within=budget.share(5))
         self._claimer = None
         # Stages finish the message in hand (forwarded *and* acked): one cancelled
         # between the two left its group to be redelivered to the next holder.
+        # Past its share (a cluster stalled) a stage is cancelled: left to redelivery.
         self._stopping = True
-        stages = self._dedup.live()
-        if stages:
-            _, late = await asyncio.wait(stages, timeout=CLOSE_TIMEOUT)
-            for task in late:  # a cluster stalled past the bound: left to redelivery
-                task.cancel()
-            if late:
-                # Bounded: a stage closing its RocksDB set finishes on a thread.
-                await asyncio.wait(late, timeout=CLOSE_TIMEOUT)
-        self._dedup.tasks.clear()
+        await self._dedup.stop(budget.share(4))
         for destination in list(self._ordered_leases):
-            await self.release_partitions(destination)
-        await self._let_go()
+            await self.release_partitions(destination, within=budget.share(3))
+        await self._let_go(within=budget.share(2))
         if self.nc is not None:
             # close, not drain: unsettled messages go back to the consumer at ack_wait.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.close(), CLOSE_TIMEOUT)
+                await asyncio.wait_for(self.nc.close(), budget.left(floor=0.5))
             self.nc = None
             self._js = None
 
-    async def _let_go(self) -> None:
+    async def _let_go(self, within: float) -> None:
         """Give back this node's leases and heartbeat, so another node takes its
         dedup partitions now rather than after the lease TTL (a clean stop; a
-        crashed node's leases lapse with the TTL). Bounded; failures are left
-        to the TTL."""
+        crashed node's leases lapse with the TTL). Within ``within`` seconds;
+        failures are left to the TTL."""
         if self.leases is None or self.nc is None or not self.nc.is_connected:
             return
         leases = self.leases
@@ -595,7 +593,7 @@ class JetStreamStore:
                 await leases.delete(f"node-{self.node_id}")
 
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(let_go(), CLOSE_TIMEOUT)
+            await asyncio.wait_for(let_go(), within)
 
     async def ready(self) -> bool:
         """True when the log's stream answers with a leader (a quorum exists)."""
@@ -756,16 +754,17 @@ class JetStreamStore:
         self._ordered_leases[destination] = group
         return group
 
-    async def release_partitions(self, destination: str) -> None:
-        """Stop ``destination``'s fetchers (each finishes what it does, within
-        CLOSE_TIMEOUT) and give their leases back."""
+    async def release_partitions(self, destination: str, within: float = CLOSE_TIMEOUT) -> None:
+        """Stop ``destination``'s fetchers (each finishes what it does, else is
+        cancelled) and give their leases back, within ``within`` seconds."""
         group = self._ordered_leases.pop(destination, None)
         if group is None:
             return
-        await group.stop(CLOSE_TIMEOUT)
+        budget = Budget(within)
+        await group.stop(budget.share(2))
         if self.nc is not None and self.nc.is_connected:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(group.let_go(), CLOSE_TIMEOUT)
+                await asyncio.wait_for(group.let_go(), budget.left())
 
     async def _stage(self, p: int) -> None:
         """Partition p's dedup stage, while this node holds its lease. A cluster

@@ -166,7 +166,7 @@ class PartitionLeases:
         self.run = run
         self.tasks: dict[int, asyncio.Task[None]] = {}
         # p -> the task stopping p's former task (see claim): none new starts before
-        self._ending: dict[int, asyncio.Task[None]] = {}
+        self._ending: dict[int, asyncio.Task[Any]] = {}
         self.leases = HeldLeases(bucket, node_id, ttl)
 
     def key(self, p: int) -> str:
@@ -235,7 +235,7 @@ class PartitionLeases:
         """The partitions whose task runs here now, sorted."""
         return sorted(p for p, t in self.tasks.items() if not t.done())
 
-    def live(self) -> list[asyncio.Task[None]]:
+    def live(self) -> list[asyncio.Task[Any]]:
         """Every task of these partitions not ended yet: those running and those
         being stopped (close() waits for them all)."""
         return [t for t in (*self.tasks.values(), *self._ending.values()) if not t.done()]
@@ -249,16 +249,15 @@ class PartitionLeases:
         return self.leases.held_until(self.key(p))
 
     async def stop(self, within: float) -> None:
-        """Wait up to ``within`` s for the tasks to end (their owner told them to),
-        then cancel those still running; no new one starts after this."""
+        """Give the tasks ``within`` s in all: they end by themselves (their owner told
+        them to) until half of it, then those still running are cancelled
+        (:func:`eventd.tasks.cancel`) until the end of it, and left if they outlive
+        it (a task stuck in a thread); no new one starts after this."""
         self.run = _stopped
         tasks = self.live()
         if tasks:
-            _, late = await asyncio.wait(tasks, timeout=within)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=within)
+            _, late = await asyncio.wait(tasks, timeout=within / 2)
+            await cancel(*late, within=within / 2)
         self.tasks.clear()
         self._ending.clear()
 
