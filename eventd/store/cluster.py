@@ -61,8 +61,8 @@ from eventd.store.base import (
     StoreStats,
 )
 from eventd.store.cluster_admin import EVENT_BITS as EVENT_BITS  # re-exported: cluster_log
-from eventd.store.cluster_admin import _unavailable
 from eventd.store.cluster_deletions import ClusterDeletions
+from eventd.store.cluster_errors import unavailable
 from eventd.store.datalock import DataLock
 from eventd.store.jetstream import CLOSE_TIMEOUT, DestinationReader, JetStreamStore, LogEvent
 from eventd.store.leases import PartitionLeases
@@ -362,7 +362,7 @@ class ClusterStore(ClusterDeletions):
 
     # -- retention -------------------------------------------------------------
 
-    @_unavailable  # a timeout ended the retention task, and serve exited 1 at stop
+    @unavailable()  # a timeout ended the retention task, and serve exited 1 at stop
     async def delete_events(self, *, upto_seq: int, received_before: int, limit: int) -> int:
         """The cluster's sweep: below every destination consumer's ack floor (the
         cluster-wide truth, not this node's ``upto_seq``) and older than

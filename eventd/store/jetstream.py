@@ -65,7 +65,6 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
-from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -89,6 +88,7 @@ from nats.js.kv import KeyValue
 
 from eventd.config import JetStreamConfig
 from eventd.store.base import EventRow, StorageUnavailable, next_group
+from eventd.store.cluster_errors import unavailable
 from eventd.store.dedup import DedupSet, dedup_key, partition_of
 from eventd.store.leases import LEASE_SLACK as LEASE_SLACK  # cluster_identity's too
 from eventd.store.leases import PartitionLeases, Run
@@ -1018,6 +1018,7 @@ class JetStreamStore:
         counts = await self.lag(destination)
         return counts["pending"] + counts["in_flight"] == 0
 
+    @unavailable(NotFoundError)
     async def _led_consumer_info(self, durable: str) -> ConsumerInfo:
         """A log consumer's info as its leader gives it. Without a leader (an
         election, a stream being scaled) the counts may be stale: asked again
@@ -1026,12 +1027,7 @@ class JetStreamStore:
         that does not exist raises NotFoundError."""
         deadline = time.monotonic() + self.cfg.publish_timeout
         while True:
-            try:
-                info: ConsumerInfo = await self.js.consumer_info(self.names.stream, durable)
-            except NotFoundError:
-                raise
-            except (NatsError, TimeoutError) as exc:
-                raise StorageUnavailable(f"consumer {durable} not read: {exc!r}") from exc
+            info: ConsumerInfo = await self.js.consumer_info(self.names.stream, durable)
             if info.cluster is None or info.cluster.leader:
                 return info
             if time.monotonic() > deadline:
