@@ -14,6 +14,8 @@ stalls; a clean stop gives them back. Its users:
 - the cluster store's administrative claims (eventd/store/cluster_admin.py,
   ``aside-<destination>[.<node id>]``; eventd/store/cluster_deletions.py,
   ``erase-<hash>``), renewed by a task of their own (:meth:`HeldLeases.start`).
+- the identity writer's ``identity-writer`` (eventd/store/cluster_identity.py),
+  taken and renewed on its writer process's connection.
 
 Safety: :meth:`HeldLeases.holds` turns false at ``sent + ttl - LEASE_SLACK`` after
 the last renewal that succeeded (``sent``: when it was *sent*; the server counts
