@@ -128,7 +128,10 @@ class ClusterStore(ClusterDeletions):
         self.local = [d for d in destinations if d in set(local)]
         self.ordered = [d for d in ordered if d not in set(local)]
         data_dir = Path(config.path).parent  # this node's dedup sets, rebuildable from the log
-        self.node_id, self._new_node = node_id(data_dir) if self.local else ("", False)
+        # One id for the node wherever a user reads it: the values of its leases and
+        # its heartbeat, its node-local consumers, a deletion's or a letter's `node`.
+        lasting, self._new_node = node_id(data_dir)
+        self.node_id = lasting if self.local else ""  # what admin records name: "" when none
         # One node per data directory (its node-id, its dedup sets): datalock.py.
         self._lock = DataLock(
             data_dir / "node.lock", f"the data directory of storage.path = '{config.path}'"
@@ -139,7 +142,8 @@ class ClusterStore(ClusterDeletions):
             dedup_window=config.dedup_window,
             retention=config.retention,
             ack_wait=ACK_WAIT,
-            local_id=self.node_id or None,
+            node_id=lasting,
+            local_id=lasting,
         )
         self._last_seq = 0
         self._ready = False
@@ -317,7 +321,7 @@ class ClusterStore(ClusterDeletions):
 
         assert self.config.jetstream is not None
         self._graph_holds_log = True  # retention keeps what the graph has not applied
-        return ClusterIdentityStore(self.config.jetstream)
+        return ClusterIdentityStore(self.config.jetstream, self.js.node_id)
 
     def log_source(self) -> LogSource | None:
         """The log by position, for the identity writer (eventd/store/cluster_log.py)."""

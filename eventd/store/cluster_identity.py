@@ -347,10 +347,12 @@ class ClusterIdentityStore(ReaderThread):
 
     in_process = False  # the writer runs in a process of its own, as on SQLite
 
-    def __init__(self, cfg: JetStreamConfig) -> None:
+    def __init__(self, cfg: JetStreamConfig, node: str | None = None) -> None:
+        """``node``: the lease's holder as a user reads it (ClusterStore's: the node's
+        id, its ``node-id`` file); None: this process's own."""
         self.cfg = cfg
         self.names = Names(cfg.stream)
-        self.node = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.node = node or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._w: _Side | None = None
         self._r: _Side | None = None
         # The writer's lease (held in the writer process, on its bridge's loop): the
@@ -361,11 +363,11 @@ class ClusterIdentityStore(ReaderThread):
         self._lease_lock = asyncio.Lock()  # renewals and takes, on the writer's loop
         self._watcher: concurrent.futures.Future[None] | None = None
 
-    def __getstate__(self) -> JetStreamConfig:
-        return self.cfg
+    def __getstate__(self) -> tuple[JetStreamConfig, str]:
+        return self.cfg, self.node
 
-    def __setstate__(self, cfg: JetStreamConfig) -> None:
-        self.__init__(cfg)  # type: ignore[misc]
+    def __setstate__(self, state: tuple[JetStreamConfig, str]) -> None:
+        self.__init__(*state)  # type: ignore[misc]
 
     # -- the writer's life cycle and lease ---------------------------------------------
 
