@@ -107,6 +107,9 @@ _TRANSIENT = (
 )
 T = TypeVar("T")
 CLOSE_TIMEOUT = 10.0  # seconds close() takes at most, by default (serve's stop: what is left)
+# of close()'s time, the dedup stages' to finish the message in hand: the steps after
+# (give-backs, disconnecting) take milliseconds unless the cluster does not answer
+STAGES_SHARE = 0.7
 MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
@@ -567,7 +570,7 @@ class JetStreamStore:
         # between the two left its group to be redelivered to the next holder.
         # Past its share (a cluster stalled) a stage is cancelled: left to redelivery.
         self._stopping = True
-        await self._dedup.stop(budget.share(4))
+        await self._dedup.stop(budget.left() * STAGES_SHARE)
         for destination in list(self._ordered_leases):
             await self.release_partitions(destination, within=budget.share(3))
         await self._let_go(within=budget.share(2))

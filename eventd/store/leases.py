@@ -41,7 +41,7 @@ import structlog
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from eventd.tasks import cancel
+from eventd.tasks import AGAIN_AFTER, cancel
 
 log = structlog.get_logger("eventd.store.leases")
 
@@ -252,14 +252,16 @@ class PartitionLeases:
 
     async def stop(self, within: float) -> None:
         """Give the tasks ``within`` s in all: they end by themselves (their owner told
-        them to) until half of it, then those still running are cancelled
-        (:func:`eventd.tasks.cancel`) until the end of it, and left if they outlive
-        it (a task stuck in a thread); no new one starts after this."""
+        them to) until :data:`eventd.tasks.AGAIN_AFTER` before its end (half of it at
+        least), then those still running are cancelled (:func:`eventd.tasks.cancel`)
+        until its end, and left if they outlive it (a task stuck in a thread); no new
+        one starts after this."""
         self.run = _stopped
         tasks = self.live()
         if tasks:
-            _, late = await asyncio.wait(tasks, timeout=within / 2)
-            await cancel(*late, within=within / 2)
+            grace = max(within - AGAIN_AFTER, within / 2)
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            await cancel(*late, within=within - grace)
         self.tasks.clear()
         self._ending.clear()
 
