@@ -49,14 +49,14 @@ async def cancel(*tasks: asyncio.Future[Any] | None, within: float | None = None
 
 async def finish(coro: Coroutine[Any, Any, None], within: float) -> bool:
     """Run ``coro`` for up to ``within`` seconds, then stop it (:func:`cancel`, a
-    further :data:`AGAIN_AFTER` at most); True when it finished in time. Never
-    raises: its exception stays on its task (as :func:`cancel`'s). Unlike
-    ``asyncio.wait_for``, a cancellation it swallows cannot hold the caller."""
+    further :data:`AGAIN_AFTER` at most): True when it ended in time (raising its
+    exception, if it failed, as awaiting it would), False when it was cut short.
+    Unlike ``asyncio.wait_for``, a cancellation it swallows cannot hold the caller."""
     task = asyncio.ensure_future(coro)
     await asyncio.wait((task,), timeout=max(0.0, within))
     if task.done():
-        await cancel(task)  # retrieves its exception
-        return not task.cancelled() and task.exception() is None
+        task.result()
+        return True
     await cancel(task, within=AGAIN_AFTER)
     return False
 

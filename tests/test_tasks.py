@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from eventd.tasks import cancel
+import pytest
+
+from eventd.tasks import cancel, finish
 
 
 async def _swallows_first_cancel(log: list[str]) -> None:
@@ -65,3 +67,22 @@ async def test_cancel_within_gives_up_on_a_task_that_will_not_end() -> None:
     stubborn_now = False
     assert await cancel(stubborn, within=1.5) is True
     assert stubborn.cancelled()
+
+
+async def test_finish_ends_a_step_in_time_or_cuts_it_short() -> None:
+    async def quick() -> None:
+        await asyncio.sleep(0)
+
+    async def fails() -> None:
+        raise ValueError("raised as awaiting it would")
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    assert await finish(quick(), 1.0) is True
+    with pytest.raises(ValueError, match="as awaiting it would"):
+        await finish(fails(), 1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await finish(forever(), 0.3) is False
+    assert 0.3 <= loop.time() - started < 1.3
