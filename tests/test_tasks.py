@@ -1,5 +1,6 @@
-"""eventd.tasks.cancel: a task that swallows a cancellation (as one awaiting nats-py's
-``asyncio.wait_for`` can in Python 3.11) is still stopped."""
+"""eventd.tasks: cancel() stops a task that swallows a cancellation (as one awaiting
+nats-py's ``asyncio.wait_for`` can in Python 3.11), or gives up after ``within``;
+finish() runs a step for a bounded time."""
 
 from __future__ import annotations
 
