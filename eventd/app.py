@@ -29,8 +29,13 @@ from eventd.retention import Retention
 from eventd.store import Store, service_cursor
 from eventd.store.backends import open_store
 from eventd.suppressions import Suppressions
+from eventd.tasks import Budget, cancel, finish
 
 log = structlog.get_logger("eventd.app")
+
+CLOSE_RESERVE = 2.0  # seconds of server.shutdown_timeout (at most half) kept for the store's close
+CLOSE_FLOOR = 0.5  # seconds the store's close is given even past the deadline
+STEP_FLOOR = 0.2  # seconds a service's stop is given even past the deadline (it may be quick)
 
 
 @dataclass
@@ -51,6 +56,9 @@ class Runtime:
     retention: Retention
     suppressions: Suppressions
     services: list[Service] = field(default_factory=list)
+    # time.monotonic() of the signal to stop (serve sets it): the whole stop, requests,
+    # deliveries and closes, ends by server.shutdown_timeout after it
+    stop_began: float | None = None
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -151,15 +159,31 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 async def _shut_down(
     rt: Runtime, started: list[Service], retention: asyncio.Task[None] | None
 ) -> None:
-    """Stop what started (``started``: the services, in start order), then close the store."""
+    """Stop what started (``started``: the services, in start order), then close the
+    store, all by ``server.shutdown_timeout`` after the signal to stop (issue 14: a
+    cluster without a quorum answers nothing, and each step used to wait its own
+    timeout, one after another: 20 s against 10). Deliveries get what is left of it
+    but :data:`CLOSE_RESERVE`, kept for the store's close; a service whose stop
+    outlasts its share is stopped (logged)."""
+    timeout = rt.config.server.shutdown_timeout
+    began = rt.stop_began if rt.stop_began is not None else time.monotonic()
+    budget = Budget(timeout - (time.monotonic() - began))
+    reserve = min(CLOSE_RESERVE, timeout / 2)
+
+    def until_reserve() -> float:  # seconds left to a step before the store's close
+        return max(STEP_FLOOR, budget.left() - reserve)
+
     rt.retention.stop()
     for service in reversed(started):
-        await service.stop()
-    await rt.dispatcher.stop(rt.config.server.shutdown_timeout)
-    if retention is not None:
-        await retention
+        if not await finish(service.stop(), until_reserve()):
+            log.warning("stop cut short at server.shutdown_timeout", step=type(service).__name__)
+    if not await finish(rt.dispatcher.stop(budget.left() - reserve), until_reserve() + 1.0):
+        log.warning("stop cut short at server.shutdown_timeout", step="deliveries")
+    if retention is not None:  # told to stop: it ends after the batch in hand
+        await asyncio.wait((retention,), timeout=until_reserve())
+        await cancel(retention, within=STEP_FLOOR)
     await rt.suppressions.close()
-    await rt.store.close()
+    await rt.store.close(within=budget.left(floor=CLOSE_FLOOR))
 
 
 async def health(request: web.Request) -> web.Response:

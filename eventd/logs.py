@@ -1,5 +1,11 @@
 """Structured logging: one JSON object per line on stdout (journald keeps it), or console.
 
+Every line is one ``write`` of the text and its newline, under one lock that
+eventd's own log and every library's share: two threads logging at once never
+glue two records on one line (seen in issue 14's trial: structlog's
+``PrintLogger`` wrote a record and its newline in two writes, under a lock the
+stdlib handler did not take).
+
 Secrets never reach a log line: callers do not pass write keys, tokens or bodies,
 and a processor masks any field whose name says it holds one, as a second line
 of defence.
@@ -9,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -27,6 +34,50 @@ def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 
 def _dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
+
+
+_WRITE_LOCK = threading.Lock()  # one for the process: every log line goes to one stdout
+
+
+class _Lines:
+    """A file's lines: :meth:`write` puts a line and its newline in one write and
+    flushes, under the lock every log writer of this process shares."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def write(self, line: str) -> None:
+        text = line + "\n"
+        with _WRITE_LOCK:
+            self._file.write(text)
+            self._file.flush()
+
+
+class _LineLogger:
+    """structlog's logger: each rendered record is one line of :class:`_Lines`."""
+
+    def __init__(self, lines: _Lines) -> None:
+        self._lines = lines
+
+    def msg(self, message: str) -> None:
+        self._lines.write(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _LineHandler(logging.Handler):
+    """stdlib logging's handler: each formatted record is one line of :class:`_Lines`."""
+
+    def __init__(self, lines: _Lines) -> None:
+        super().__init__()
+        self._lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.write(self.format(record))
+        except Exception:  # logging's own rule: a failed emit never raises
+            self.handleError(record)
 
 
 _settings: tuple[str, str] | None = None  # what configure() was last given here
@@ -55,6 +106,7 @@ def configure(fmt: str = "json", level: str = "info") -> None:
         _mask_secrets,
     ]
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    lines = _Lines(sys.stdout)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -63,10 +115,10 @@ def configure(fmt: str = "json", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=lambda *_: _LineLogger(lines),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _LineHandler(lines)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],

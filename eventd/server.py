@@ -21,6 +21,7 @@ import gc
 import signal
 import socket
 import sys
+import time
 
 import structlog
 from aiohttp import web
@@ -84,6 +85,7 @@ async def serve(config: Config, *, announce_write_key: bool = False) -> None:
 
     watchdog = asyncio.create_task(_watchdog(notifier, runner.app))
     await stop.wait()
+    runner.app[RUNTIME].stop_began = time.monotonic()
     log.info("stopping")
     notifier.notify("STOPPING=1", "STATUS=stopping: finishing requests and deliveries")
     watchdog.cancel()

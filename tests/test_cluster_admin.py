@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from nats.js.api import KeyValueConfig
+from nats.js.api import ConsumerInfo, KeyValueConfig
 from nats.js.errors import NotFoundError
 
 from eventd import OK, Destination, Event, Outcome
@@ -124,6 +124,52 @@ async def nodes(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[Node
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
+
+
+async def test_a_node_has_one_id_its_leases_heartbeat_and_records_all_show(
+    nodes: Nodes,
+) -> None:
+    """Issue 14's trial: a suppression record's ``nodes`` showed the node-id file's
+    id while the leases showed ``<host>-<pid>``, and a user could not tell which
+    node was which. The leases' values, the heartbeat, the node-local consumer and
+    the deletion record's copy all name the ``node-id`` file's id."""
+    a = await nodes.start("a", destinations=("dl", "r"), local=("dl",))
+    plain = await nodes.start("b")  # no node-local destination: an id all the same
+    ids = {
+        "a": (nodes.tmp / "a" / "node-id").read_text().strip(),
+        "b": (nodes.tmp / "b" / "node-id").read_text().strip(),
+    }
+    assert ids["a"] != ids["b"]
+    leases = a.js.leases
+    assert leases is not None
+
+    async def holders() -> dict[str, str]:
+        found = {}
+        for key in await leases.keys():
+            if key.startswith("dedup-"):
+                entry = await leases.get(key)
+                assert entry.value is not None
+                found[key] = entry.value.decode()
+        return found
+
+    deadline = time.monotonic() + 30
+    while len(await holders()) < nodes.cfg.partitions:
+        assert time.monotonic() < deadline, "dedup leases not taken"
+        await asyncio.sleep(0.1)
+    assert set((await holders()).values()) <= set(ids.values())
+    beats = {k.removeprefix("node-") for k in await leases.keys() if k.startswith("node-")}
+    assert beats == set(ids.values())
+    assert (a.js.node_id, plain.js.node_id) == (ids["a"], ids["b"])
+    await a.request_deletions("lia", [("dl", "duckdb")], b'{"x": 1}')
+    [deletion] = await a.deletions("lia")
+    assert [n.node for n in deletion.nodes] == [ids["a"]]
+    consumers = {c.name async for c in _consumers(a)}
+    assert f"dest-dl@{ids['a']}" in consumers
+
+
+async def _consumers(store: ClusterStore) -> AsyncIterator[ConsumerInfo]:
+    for info in await store.js.js.consumers_info(store.js.names.stream):
+        yield info
 
 
 async def test_a_suppression_written_on_one_node_skips_the_users_events_on_another(

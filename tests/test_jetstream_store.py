@@ -28,7 +28,7 @@ from eventd.config import JetStreamConfig, parse_config
 from eventd.ingest import Ingest
 from eventd.live import LiveHub
 from eventd.metrics import Metrics
-from eventd.store import EventRow, StorageUnavailable, Store, leases
+from eventd.store import EventRow, StorageUnavailable, Store, jetstream, leases
 from eventd.store.dedup import DedupSet
 from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent, user_partition
 from tests.harness import basic
@@ -568,6 +568,21 @@ async def test_a_clean_close_leaves_no_forwarded_group_unacknowledged(nodes: Nod
         info = await b.js.consumer_info(b.names.ingest, b.names.dedup_consumer(p))
         assert (info.num_ack_pending, info.num_pending) == (0, 0)
     assert await b.ingest_waiting() == 0
+
+
+async def test_a_clean_close_logs_no_connection_loss(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py calls the disconnected callback on close() too: a close eventd asked
+    for is not logged as a lost connection (issue 14's trial: every clean stop logged
+    `cluster connection lost; reconnecting` at warning)."""
+    logged = structlog.testing.CapturingLogger()
+    monkeypatch.setattr(jetstream, "log", logged)
+    a = await nodes.start("a")
+    await a.close()
+    nodes.open.remove(a)
+    said = [(c.method_name, c.args[0]) for c in logged.calls if "connection" in c.args[0]]
+    assert said == [("info", "cluster connection closed")]
 
 
 async def test_retention_keeps_what_every_destination_passed_while_it_is_young(

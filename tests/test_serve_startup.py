@@ -195,3 +195,44 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
         except OSError:
             time.sleep(0.05)  # polling the port: the signal that binding is done
     raise AssertionError(f"port {port} not bound in {START_TIMEOUT}s")
+
+
+@pytest.mark.slow
+def test_sigterm_with_every_server_stopped_exits_within_shutdown_timeout(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> None:
+    """Issue 14's second trial: a SIGTERM during a quorum loss took 19.6-22.5 s to
+    exit against ``shutdown_timeout`` 10 s (each close path waited its own bound, one
+    after another). The whole stop is bounded by ``server.shutdown_timeout``."""
+    cluster = make_nats_cluster(3)
+    sink = Sink()
+    with running(sink):
+        config = node_config(tmp_path / "a", cluster, sink)
+        del config["identity"]  # on: its writer's process and connection stop too
+        config["server"] = {"shutdown_timeout": "4s"}
+        config["destinations"]["analytics"] = {  # node-local: a consumer of its own
+            "type": "duckdb",
+            "settings": {"path": str(tmp_path / "a" / "analytics.duckdb")},
+        }
+        a = other(tmp_path, "a", config).start(timeout=90)
+        try:
+            assert send_batch(a, [f"s{i}" for i in range(20)]) == 200
+            sink.wait_for(lambda s: len(s.message_ids()) == 20, 60)
+            for i in range(3):
+                cluster.pause(i)
+            try:
+                # At once: the node still takes itself for connected, so each give-back
+                # (leases, claims, the heartbeat) waits for an answer that never comes.
+                assert a.proc is not None
+                a.proc.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
+                code = a.proc.wait(60)
+                took = time.monotonic() - sent
+            finally:
+                for i in range(3):
+                    cluster.resume(i)
+            assert code == 0, a.log()
+            assert took < 4 + 2, (took, a.log())
+            assert '"eventd stopped"' in a.log(), a.log()
+        finally:
+            a.kill()

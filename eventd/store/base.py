@@ -519,8 +519,11 @@ class Store(Protocol):
     async def open(self) -> None:
         """Create or migrate, then load what the properties below report."""
 
-    async def close(self) -> None:
-        """Commit everything accepted, then release every resource."""
+    async def close(self, within: float | None = None) -> None:
+        """Commit everything accepted, then release every resource. ``within``: the
+        seconds a cluster store's close may take in all (None: its own bound); what
+        it could not give back by then (leases, claims) lapses with its TTL. A local
+        store's close is local I/O and ignores it."""
 
     # -- the log ---------------------------------------------------------------
 

@@ -62,12 +62,12 @@ from eventd.store.base import (
     StoreStats,
 )
 from eventd.store.cluster_admin import EVENT_BITS as EVENT_BITS  # re-exported: cluster_log
-from eventd.store.cluster_admin import _unavailable
 from eventd.store.cluster_deletions import ClusterDeletions
+from eventd.store.cluster_errors import unavailable
 from eventd.store.datalock import DataLock
-from eventd.store.jetstream import DestinationReader, JetStreamStore, LogEvent
+from eventd.store.jetstream import CLOSE_TIMEOUT, DestinationReader, JetStreamStore, LogEvent
 from eventd.store.leases import PartitionLeases
-from eventd.tasks import cancel
+from eventd.tasks import Budget, cancel
 
 log = structlog.get_logger("eventd.store.cluster")
 
@@ -133,7 +133,10 @@ class ClusterStore(ClusterDeletions):
         self.local = [d for d in destinations if d in set(local)]
         self.ordered = [d for d in ordered if d not in set(local)]
         data_dir = Path(config.path).parent  # this node's dedup sets, rebuildable from the log
-        self.node_id, self._new_node = node_id(data_dir) if self.local else ("", False)
+        # One id for the node wherever a user reads it: the values of its leases and
+        # its heartbeat, its node-local consumers, a deletion's or a letter's `node`.
+        lasting, self._new_node = node_id(data_dir)
+        self.node_id = lasting if self.local else ""  # what admin records name: "" when none
         # One node per data directory (its node-id, its dedup sets): datalock.py.
         self._lock = DataLock(
             data_dir / "node.lock", f"the data directory of storage.path = '{config.path}'"
@@ -144,7 +147,8 @@ class ClusterStore(ClusterDeletions):
             dedup_window=config.dedup_window,
             retention=config.retention,
             ack_wait=ACK_WAIT,
-            local_id=self.node_id or None,
+            node_id=lasting,
+            local_id=lasting,
         )
         self.metrics = metrics
         if metrics is not None:
@@ -204,10 +208,15 @@ class ClusterStore(ClusterDeletions):
             node=self.node_id,
         )
 
-    async def close(self) -> None:
-        await cancel(self._monitor)
-        await self.close_admin()
-        await self.js.close()
+    async def close(self, within: float | None = None) -> None:
+        """Stop the health loop, give back the administrative claims, close the log's
+        store, all within ``within`` seconds (None: CLOSE_TIMEOUT): a cluster without
+        a quorum answers no give-back, and each would wait for its own timeout."""
+        budget = Budget(CLOSE_TIMEOUT if within is None else within)
+        await cancel(self._monitor, within=budget.share(4))
+        with contextlib.suppress(TimeoutError):  # claims not given back lapse (TTL)
+            await asyncio.wait_for(self.close_admin(), budget.share(3))
+        await self.js.close(within=budget.left())
         self._lock.release()
 
     async def _watch(self) -> None:
@@ -321,7 +330,7 @@ class ClusterStore(ClusterDeletions):
 
         assert self.config.jetstream is not None
         self._graph_holds_log = True  # retention keeps what the graph has not applied
-        return ClusterIdentityStore(self.config.jetstream)
+        return ClusterIdentityStore(self.config.jetstream, self.js.node_id)
 
     def log_source(self) -> LogSource | None:
         """The log by position, for the identity writer (eventd/store/cluster_log.py)."""
@@ -366,7 +375,7 @@ class ClusterStore(ClusterDeletions):
 
     # -- retention -------------------------------------------------------------
 
-    @_unavailable  # a timeout ended the retention task, and serve exited 1 at stop
+    @unavailable()  # a timeout ended the retention task, and serve exited 1 at stop
     async def delete_events(self, *, upto_seq: int, received_before: int, limit: int) -> int:
         """The cluster's sweep: below every destination consumer's ack floor (the
         cluster-wide truth, not this node's ``upto_seq``) and older than

@@ -56,15 +56,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import structlog
-from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.client import JetStreamContext
@@ -78,10 +76,10 @@ from eventd.store.base import (
     EventRow,
     Replay,
     SeqRange,
-    StorageUnavailable,
     Suppression,
     now_ms,
 )
+from eventd.store.cluster_errors import unavailable
 from eventd.store.jetstream import JetStreamStore, decode_rows, encode_rows, user_partition
 from eventd.store.leases import HeldLeases
 from eventd.tasks import cancel
@@ -103,22 +101,6 @@ SuppressionListener = Callable[[str, bool], None]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _unavailable(
-    method: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """``method`` with the cluster's failures to answer (a lost quorum, a timeout)
-    raised as StorageUnavailable: the admin API answers 503 + Retry-After."""
-
-    @functools.wraps(method)
-    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except (NatsError, TimeoutError) as exc:
-            raise StorageUnavailable(f"the jetstream cluster did not answer: {exc!r}") from exc
-
-    return call
 
 
 def _key(user_id: str) -> str:
@@ -316,7 +298,7 @@ class ClusterAdmin:
             self._apply(user_id, written, new)
             return old, new
 
-    @_unavailable
+    @unavailable()
     async def suppress(self, user_id: str, erase: bool) -> None:
         def change(old: Suppression | None) -> Suppression:
             if old is None:
@@ -327,7 +309,7 @@ class ClusterAdmin:
 
         await self._update_suppression(user_id, change)
 
-    @_unavailable
+    @unavailable()
     async def unsuppress(self, user_id: str) -> bool:
         old, _ = await self._update_suppression(user_id, lambda old: None)
         return old is not None
@@ -424,7 +406,7 @@ class ClusterAdmin:
                     await self._held.let_go(lease)  # no redrive or replay left under it
         return out
 
-    @_unavailable
+    @unavailable()
     async def dead_letters(
         self, *, destination: str | None = None, since: int | None = None, limit: int = 100
     ) -> list[DeadLetter]:
@@ -440,7 +422,7 @@ class ClusterAdmin:
             found.append(replace(d, state="redrive") if d.id in marked else d)
         return found[:limit]
 
-    @_unavailable
+    @unavailable()
     async def dead_letter_counts(self) -> dict[str, int]:
         """Dead letters not asked back, by destination: S_DEAD's count per subject
         (the stream leader's) less the redrive marks."""
@@ -454,7 +436,7 @@ class ClusterAdmin:
                 counts[destination] -= 1
         return {d: n for d, n in counts.items() if n}
 
-    @_unavailable
+    @unavailable()
     async def request_redrive(self, destination: str | None, ids: Sequence[int] = ()) -> int:
         """Mark the dead letters asked back; the mark's value is the letter's node
         (a node-local destination's: that node resends it), else empty. A letter
@@ -504,7 +486,7 @@ class ClusterAdmin:
         """Ids of the dead letters asked back (any destination)."""
         return {int(k.rsplit(".", 1)[1]) for k in await self._entries("redrive.*.*")}
 
-    @_unavailable
+    @unavailable()
     async def redrive_batch(self, destination: str, limit: int) -> list[DeadLetter]:
         marks = await self._aside_work(destination, "redrive")
         out: list[DeadLetter] = []
@@ -516,7 +498,7 @@ class ClusterAdmin:
             out.append(found)
         return out
 
-    @_unavailable
+    @unavailable()
     async def dead_letter(self, dead_id: int) -> DeadLetter | None:
         try:
             msg = await self.js.js.get_msg(self.js.names.dead, seq=dead_id)
@@ -529,7 +511,7 @@ class ClusterAdmin:
             letter = replace(letter, state="redrive")
         return letter
 
-    @_unavailable
+    @unavailable()
     async def settle_redrive(
         self, delivered: Sequence[int], failed: Sequence[tuple[int, int, str]]
     ) -> None:
@@ -566,7 +548,7 @@ class ClusterAdmin:
             await delete_msg(self.js.js, dead, dead_id)
             await self._asides.purge(f"redrive.{letter.destination}.{dead_id}")
 
-    @_unavailable
+    @unavailable()
     async def purge_dead_letters(
         self, destination: str | None = None, before: int | None = None
     ) -> int:
@@ -587,7 +569,7 @@ class ClusterAdmin:
                 await self._asides.purge(f"redrive.{d.destination}.{d.id}")
         return deleted
 
-    @_unavailable
+    @unavailable()
     async def delete_dead_letters(self, *, failed_before: int, limit: int) -> int:
         """``storage.dead_letter_retention`` on S_DEAD (run by every node: a letter
         another node deleted first is not counted)."""
@@ -608,7 +590,7 @@ class ClusterAdmin:
             except KeyWrongLastSequenceError:  # another node took one meanwhile
                 continue
 
-    @_unavailable
+    @unavailable()
     async def request_replay(self, destination: str, first: int, last: int) -> None:
         """Queue the range; a node-local destination's once per node that has its
         consumer now (and this one), each record naming its node, which resends it
@@ -637,7 +619,7 @@ class ClusterAdmin:
                 log.warning("replay of a node gone for good dropped", key=key, node=node)
                 await self._asides.purge(key)
 
-    @_unavailable
+    @unavailable()
     async def next_replay(self, destination: str) -> Replay | None:
         if destination in self.local:
             await self._drop_gone_replays(destination)
@@ -657,14 +639,14 @@ class ClusterAdmin:
         key, value = next(iter(found.items()))
         return key, orjson.loads(value)
 
-    @_unavailable
+    @unavailable()
     async def advance_replay(self, replay_id: int, next_seq: int) -> None:
         found = await self._replay_key(replay_id)
         if found is not None:
             key, value = found
             await self._asides.put(key, orjson.dumps({**value, "next_seq": next_seq}))
 
-    @_unavailable
+    @unavailable()
     async def finish_replay(self, replay_id: int) -> None:
         found = await self._replay_key(replay_id)
         if found is not None:
@@ -761,20 +743,20 @@ class ClusterAdmin:
                         return out
         return out
 
-    @_unavailable
+    @unavailable()
     async def read(self, after: int, limit: int) -> list[Event]:
         return await self._events(after + 1, 2**62, limit)
 
-    @_unavailable
+    @unavailable()
     async def read_range(self, first: int, last: int, limit: int) -> list[Event]:
         return await self._events(first, last, limit)
 
-    @_unavailable
+    @unavailable()
     async def received_at_after(self, seq: int) -> int | None:
         found = await self.read(seq, 1)
         return found[0].received_at if found else None
 
-    @_unavailable
+    @unavailable()
     async def seq_range(self, since: int, until: int) -> SeqRange | None:
         """The events received in [since, until]: a consumer that starts at ``since``
         (a log message is stored after its events were received, so none is before
@@ -792,7 +774,7 @@ class ClusterAdmin:
                     count += 1
         return SeqRange(first, last, count) if count else None
 
-    @_unavailable
+    @unavailable()
     async def find_event(self, source: str, message_id: str) -> Event | None:
         """The newest copy: the log read backwards in windows of FIND_WINDOW messages
         (each window forwards), so a recent event is found in the first."""
@@ -821,7 +803,7 @@ class ClusterAdmin:
         oldest = await self.js.oldest_waiting()
         return oldest is not None and oldest < found.created_at
 
-    @_unavailable
+    @unavailable()
     async def erase_user(
         self, user_id: str, below_seq: int, also: Sequence[int] = ()
     ) -> tuple[int, int, bool]:

@@ -78,11 +78,11 @@ from eventd.store.cluster_admin import (
     EVENT_BITS,
     ClusterAdmin,
     _key,
-    _unavailable,
     _user_of_key,
     admin_bucket,
     watch_bucket,
 )
+from eventd.store.cluster_errors import unavailable
 from eventd.tasks import cancel
 
 log = structlog.get_logger("eventd.store.cluster_deletions")
@@ -215,7 +215,7 @@ class ClusterDeletions(ClusterAdmin):
 
     # -- the records --------------------------------------------------------------
 
-    @_unavailable
+    @unavailable()
     async def user_events(self, user_ids: Sequence[str]) -> list[UserEvent]:
         """A scan of the whole log (as erasure's; this node has then seen its end)."""
         ids = set(user_ids)
@@ -255,7 +255,7 @@ class ClusterDeletions(ClusterAdmin):
             self._note(key, new)
             return new
 
-    @_unavailable
+    @unavailable()
     async def request_deletions(
         self, user_id: str, destinations: Sequence[tuple[str, str]], erasure: bytes
     ) -> None:
@@ -281,7 +281,7 @@ class ClusterDeletions(ClusterAdmin):
 
             await self._change(user_id, destination, ask)
 
-    @_unavailable
+    @unavailable()
     async def save_deletion(
         self,
         user_id: str,
@@ -306,7 +306,7 @@ class ClusterDeletions(ClusterAdmin):
 
         await self._change(user_id, destination, save)
 
-    @_unavailable
+    @unavailable()
     async def pending_deletions(self) -> list[Deletion]:
         """The keys last seen requested, each read again from the leader (one another
         node requested a moment ago may come at the next call, once the watch has it),
@@ -361,7 +361,7 @@ class ClusterDeletions(ClusterAdmin):
 
         return await self._change(d.user_id, d.destination, drop)
 
-    @_unavailable
+    @unavailable()
     async def deletion_here(self, user_id: str, destination: str) -> Deletion | None:
         try:
             entry = await self._dels.get(_deletion_key(user_id, destination))
@@ -369,7 +369,7 @@ class ClusterDeletions(ClusterAdmin):
             return None
         return self._here(_decode(entry.value)) if entry.value else None
 
-    @_unavailable
+    @unavailable()
     async def deletions(self, user_id: str) -> list[Deletion]:
         entries = await self._entries(f"{_key(user_id)}.*", self._dels)
         return sorted((_decode(v) for v in entries.values() if v), key=lambda d: d.destination)
@@ -381,7 +381,7 @@ class ClusterDeletions(ClusterAdmin):
         node = self.node_id if destination in self.local else ""
         return _claim_key(user_id, destination, node)
 
-    @_unavailable
+    @unavailable()
     async def claim_deletion(self, user_id: str, destination: str) -> bool:
         # Held already: the renewals keep it (or drop it once lost).
         return await self._held.keep(self._claim_of(user_id, destination))

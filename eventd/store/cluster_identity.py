@@ -63,7 +63,6 @@ import contextlib
 import copy
 import os
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
@@ -74,7 +73,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from eventd import codec
@@ -89,7 +88,8 @@ from eventd.store.identity import (
     link_time,
     timeline_seqs,
 )
-from eventd.store.jetstream import LEASE_RENEW, LEASE_SLACK, LEASE_TTL, Names, connect
+from eventd.store.jetstream import LEASE_RENEW, LEASE_TTL, Names, connect
+from eventd.store.leases import HeldLeases
 
 log = structlog.get_logger("eventd.store.cluster_identity")
 
@@ -347,24 +347,27 @@ class ClusterIdentityStore(ReaderThread):
 
     in_process = False  # the writer runs in a process of its own, as on SQLite
 
-    def __init__(self, cfg: JetStreamConfig) -> None:
+    def __init__(self, cfg: JetStreamConfig, node: str | None = None) -> None:
+        """``node``: the lease's holder as a user reads it (ClusterStore's: the node's
+        id, its ``node-id`` file); None: this process's own."""
         self.cfg = cfg
         self.names = Names(cfg.stream)
-        self.node = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.node = node or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._w: _Side | None = None
         self._r: _Side | None = None
-        self._revision = 0  # the lease's last revision (0: not held)
-        self._held_until = 0.0  # time.monotonic() before which the lease is surely ours
+        # The writer's lease (held in the writer process, on its bridge's loop): the
+        # dedup stages' rules (eventd/store/leases.py), one key.
+        self.lease = HeldLeases(lambda: self.w.leases, self.node, LEASE_TTL)
         self._renewer: concurrent.futures.Future[None] | None = None
         self._led_before = False  # taken once already: taking it again means a reload
         self._lease_lock = asyncio.Lock()  # renewals and takes, on the writer's loop
         self._watcher: concurrent.futures.Future[None] | None = None
 
-    def __getstate__(self) -> JetStreamConfig:
-        return self.cfg
+    def __getstate__(self) -> tuple[JetStreamConfig, str]:
+        return self.cfg, self.node
 
-    def __setstate__(self, cfg: JetStreamConfig) -> None:
-        self.__init__(cfg)  # type: ignore[misc]
+    def __setstate__(self, state: tuple[JetStreamConfig, str]) -> None:
+        self.__init__(*state)  # type: ignore[misc]
 
     # -- the writer's life cycle and lease ---------------------------------------------
 
@@ -387,10 +390,10 @@ class ClusterIdentityStore(ReaderThread):
         after taking it anew when this writer held it before: another writer may have
         applied pages meanwhile, so the caller reads the cursor again and the graph
         drops its cache (eventd/identity/writer.py: ``cursor``)."""
-        if self._revision and time.monotonic() < self._held_until:
+        if self.lease.holds(LEASE_KEY):
             return
         w = self.w
-        if w.run(self._hold(take=True)):
+        if w.run(self._hold()):
             return  # still ours all along: nobody else wrote
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.run_coroutine_threadsafe(self._renew(), w.bridge.loop)
@@ -400,29 +403,15 @@ class ClusterIdentityStore(ReaderThread):
             raise NotLeader("the identity writer's lease lapsed and was taken again")
         self._led_before = True
 
-    async def _hold(self, take: bool) -> bool:
-        """Renew our lease (True); else, when ``take``, create it (False: taken anew;
-        NotLeader when another node holds it). The deadline the writes check is when
-        the request was sent plus the TTL, less a slack (the server counts the TTL
-        from when it stored it, later)."""
-        async with self._lease_lock:
-            leases, sent = self.w.leases, time.monotonic()
-            if self._revision:
-                try:
-                    self._revision = await leases.update(
-                        LEASE_KEY, self.node.encode(), last=self._revision
-                    )
-                    self._held_until = sent + LEASE_TTL - LEASE_SLACK
-                    return True
-                except KeyWrongLastSequenceError:  # it lapsed and another node took it
-                    self._revision, self._held_until = 0, 0.0
-            if not take:
-                return False
-            try:
-                self._revision = await leases.create(LEASE_KEY, self.node.encode())
-            except KeyWrongLastSequenceError:
-                raise NotLeader("another node's identity writer holds the lease") from None
-            self._held_until = sent + LEASE_TTL - LEASE_SLACK
+    async def _hold(self) -> bool:
+        """Renew our lease (True); else create it (False: taken anew; NotLeader when
+        another node holds it). :meth:`HeldLeases.holds` turns false at when the
+        request was sent plus the TTL, less a slack."""
+        async with self._lease_lock:  # a renewal and a take never race on the revision
+            if LEASE_KEY in self.lease and await self.lease.take(LEASE_KEY):
+                return True
+            if not await self.lease.take(LEASE_KEY):  # lapsed and another node took it
+                raise NotLeader("another node's identity writer holds the lease")
             return False
 
     async def _renew(self) -> None:
@@ -430,15 +419,12 @@ class ClusterIdentityStore(ReaderThread):
         :meth:`_lead` does, which makes the writer reload). A stall: the next round."""
         while True:
             await asyncio.sleep(LEASE_RENEW)
-            if self._revision:
-                try:
-                    await self._hold(take=False)
-                except Exception as exc:
-                    log.info("identity writer lease not renewed", error=repr(exc))
+            async with self._lease_lock:
+                await self.lease.renew()  # held keys only: one lost is dropped
 
     def _check(self) -> None:
         """Raise NotLeader before writing once the lease may have lapsed."""
-        if not self._revision or time.monotonic() >= self._held_until:
+        if not self.lease.holds(LEASE_KEY):
             raise NotLeader("the identity writer's lease lapsed unrenewed")
 
     def close(self) -> None:
@@ -447,10 +433,8 @@ class ClusterIdentityStore(ReaderThread):
         w = self._w
         if self._renewer is not None:
             w.bridge.loop.call_soon_threadsafe(self._renewer.cancel)
-        if self._revision:  # let go now: another node takes over at its next try
-            with contextlib.suppress(Exception):
-                w.run(w.leases.delete(LEASE_KEY, last=self._revision))
-        self._revision = 0
+        with contextlib.suppress(Exception):  # let go now: another node takes over next
+            w.run(self.lease.stop())
         w.close()
         self._w = None
 

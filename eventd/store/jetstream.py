@@ -66,7 +66,6 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
-from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -90,10 +89,11 @@ from nats.js.kv import KeyValue
 
 from eventd.config import JetStreamConfig
 from eventd.store.base import EventRow, StorageUnavailable, next_group
+from eventd.store.cluster_errors import unavailable
 from eventd.store.dedup import DedupSet, dedup_key, partition_of
 from eventd.store.leases import LEASE_SLACK as LEASE_SLACK  # cluster_identity's too
 from eventd.store.leases import PartitionLeases, Run
-from eventd.tasks import cancel
+from eventd.tasks import Budget, cancel
 
 log = structlog.get_logger("eventd.store.jetstream")
 
@@ -107,7 +107,10 @@ _TRANSIENT = (
     asyncio.TimeoutError,
 )
 T = TypeVar("T")
-CLOSE_TIMEOUT = 10.0  # seconds close() waits for the stages and the connection
+CLOSE_TIMEOUT = 10.0  # seconds close() takes at most, by default (serve's stop: what is left)
+# of close()'s time, the dedup stages' to finish the message in hand: the steps after
+# (give-backs, disconnecting) take milliseconds unless the cluster does not answer
+STAGES_SHARE = 0.7
 MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
@@ -218,13 +221,19 @@ async def connect(cfg: JetStreamConfig, name: str) -> NATS:
     left for another within ~6 s rather than nats-py's default two minutes.
     The client's errors are logged one line each (nats-py's default logs every
     failed reconnect, every 0.5 s, with a traceback), and so are the connection's
-    losses and returns.
+    losses (warning) and returns; a close asked for is logged at info.
     """
 
     async def errored(exc: Exception) -> None:
         log.warning("cluster connection error", node=name, error=repr(exc))
 
     async def lost() -> None:
+        # nats-py calls this on close() too, after marking the client closed: a
+        # close eventd asked for is no loss (connections are never closed otherwise:
+        # reconnect attempts are unlimited).
+        if client.is_closed:
+            log.info("cluster connection closed", node=name)
+            return
         log.warning("cluster connection lost; reconnecting", node=name, servers=cfg.servers)
 
     async def back() -> None:
@@ -577,41 +586,39 @@ class JetStreamStore:
             ]
         return [(n.destination_consumer(destination), f"{n.stream}.log.>")]
 
-    async def close(self) -> None:
-        """Publish what is queued, stop the dedup stages (leases let go), disconnect."""
+    async def close(self, within: float = CLOSE_TIMEOUT) -> None:
+        """Publish what is queued, stop the dedup stages and an ordered destination's
+        fetchers, give the leases back, disconnect: all within ``within`` seconds
+        (what is published is bounded by ``publish_timeout`` before that), each step
+        a share of what is left. A cluster without a quorum answers nothing: its
+        stages are cancelled and its leases left to their TTL."""
         if self._publisher is not None:
             await self._queue.put(None)
             await self._publisher
             self._publisher = None
-        await cancel(self._claimer)
+        budget = Budget(within)
+        await cancel(self._claimer, within=budget.share(5))
         self._claimer = None
         # Stages finish the message in hand (forwarded *and* acked): one cancelled
         # between the two left its group to be redelivered to the next holder.
+        # Past its share (a cluster stalled) a stage is cancelled: left to redelivery.
         self._stopping = True
-        stages = self._dedup.live()
-        if stages:
-            _, late = await asyncio.wait(stages, timeout=CLOSE_TIMEOUT)
-            for task in late:  # a cluster stalled past the bound: left to redelivery
-                task.cancel()
-            if late:
-                # Bounded: a stage closing its RocksDB set finishes on a thread.
-                await asyncio.wait(late, timeout=CLOSE_TIMEOUT)
-        self._dedup.tasks.clear()
+        await self._dedup.stop(budget.left() * STAGES_SHARE)
         for destination in list(self._ordered_leases):
-            await self.release_partitions(destination)
-        await self._let_go()
+            await self.release_partitions(destination, within=budget.share(3))
+        await self._let_go(within=budget.share(2))
         if self.nc is not None:
             # close, not drain: unsettled messages go back to the consumer at ack_wait.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.close(), CLOSE_TIMEOUT)
+                await asyncio.wait_for(self.nc.close(), budget.left(floor=0.5))
             self.nc = None
             self._js = None
 
-    async def _let_go(self) -> None:
+    async def _let_go(self, within: float) -> None:
         """Give back this node's leases and heartbeat, so another node takes its
         dedup partitions now rather than after the lease TTL (a clean stop; a
-        crashed node's leases lapse with the TTL). Bounded; failures are left
-        to the TTL."""
+        crashed node's leases lapse with the TTL). Within ``within`` seconds;
+        failures are left to the TTL."""
         if self.leases is None or self.nc is None or not self.nc.is_connected:
             return
         leases = self.leases
@@ -622,7 +629,7 @@ class JetStreamStore:
                 await leases.delete(f"node-{self.node_id}")
 
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(let_go(), CLOSE_TIMEOUT)
+            await asyncio.wait_for(let_go(), within)
 
     async def ready(self) -> bool:
         """True when the log's stream answers with a leader (a quorum exists)."""
@@ -783,16 +790,17 @@ class JetStreamStore:
         self._ordered_leases[destination] = group
         return group
 
-    async def release_partitions(self, destination: str) -> None:
-        """Stop ``destination``'s fetchers (each finishes what it does, within
-        CLOSE_TIMEOUT) and give their leases back."""
+    async def release_partitions(self, destination: str, within: float = CLOSE_TIMEOUT) -> None:
+        """Stop ``destination``'s fetchers (each finishes what it does, else is
+        cancelled) and give their leases back, within ``within`` seconds."""
         group = self._ordered_leases.pop(destination, None)
         if group is None:
             return
-        await group.stop(CLOSE_TIMEOUT)
+        budget = Budget(within)
+        await group.stop(budget.share(2))
         if self.nc is not None and self.nc.is_connected:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(group.let_go(), CLOSE_TIMEOUT)
+                await asyncio.wait_for(group.let_go(), budget.left())
 
     async def _stage(self, p: int) -> None:
         """Partition p's dedup stage, while this node holds its lease. A cluster
@@ -1199,6 +1207,7 @@ class JetStreamStore:
         )
         return sum(int(i.num_pending or 0) + int(i.num_ack_pending or 0) for i in infos)
 
+    @unavailable()
     async def oldest_waiting(self) -> int | None:
         """The publish time (ms since the epoch) of the oldest group acknowledged and
         not yet forwarded by its dedup stage, or None when none waits. S_IN keeps
@@ -1223,12 +1232,11 @@ class JetStreamStore:
                 )
             except NotFoundError:  # forwarded and purged meanwhile
                 continue
-            except (NatsError, TimeoutError) as exc:
-                raise StorageUnavailable(f"ingest stream not read: {exc!r}") from exc
             at = int(msg.time.timestamp() * 1000) if msg.time is not None else 0
             oldest = at if oldest is None else min(oldest, at)
         return oldest
 
+    @unavailable(NotFoundError)
     async def _led_consumer_info(self, durable: str, stream: str | None = None) -> ConsumerInfo:
         """A log consumer's info as its leader gives it. Without a leader (an
         election, a stream being scaled) the counts may be stale: asked again
@@ -1237,14 +1245,7 @@ class JetStreamStore:
         that does not exist raises NotFoundError."""
         deadline = time.monotonic() + self.cfg.publish_timeout
         while True:
-            try:
-                info: ConsumerInfo = await self.js.consumer_info(
-                    stream or self.names.stream, durable
-                )
-            except NotFoundError:
-                raise
-            except (NatsError, TimeoutError) as exc:
-                raise StorageUnavailable(f"consumer {durable} not read: {exc!r}") from exc
+            info: ConsumerInfo = await self.js.consumer_info(stream or self.names.stream, durable)
             if info.cluster is None or info.cluster.leader:
                 return info
             if time.monotonic() > deadline:

@@ -14,6 +14,8 @@ stalls; a clean stop gives them back. Its users:
 - the cluster store's administrative claims (eventd/store/cluster_admin.py,
   ``aside-<destination>[.<node id>]``; eventd/store/cluster_deletions.py,
   ``erase-<hash>``), renewed by a task of their own (:meth:`HeldLeases.start`).
+- the identity writer's ``identity-writer`` (eventd/store/cluster_identity.py),
+  taken and renewed on its writer process's connection.
 
 Safety: :meth:`HeldLeases.holds` turns false at ``sent + ttl - LEASE_SLACK`` after
 the last renewal that succeeded (``sent``: when it was *sent*; the server counts
@@ -39,7 +41,7 @@ import structlog
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from eventd.tasks import cancel
+from eventd.tasks import AGAIN_AFTER, cancel
 
 log = structlog.get_logger("eventd.store.leases")
 
@@ -166,7 +168,7 @@ class PartitionLeases:
         self.run = run
         self.tasks: dict[int, asyncio.Task[None]] = {}
         # p -> the task stopping p's former task (see claim): none new starts before
-        self._ending: dict[int, asyncio.Task[None]] = {}
+        self._ending: dict[int, asyncio.Task[Any]] = {}
         self.leases = HeldLeases(bucket, node_id, ttl)
 
     def key(self, p: int) -> str:
@@ -235,7 +237,7 @@ class PartitionLeases:
         """The partitions whose task runs here now, sorted."""
         return sorted(p for p, t in self.tasks.items() if not t.done())
 
-    def live(self) -> list[asyncio.Task[None]]:
+    def live(self) -> list[asyncio.Task[Any]]:
         """Every task of these partitions not ended yet: those running and those
         being stopped (close() waits for them all)."""
         return [t for t in (*self.tasks.values(), *self._ending.values()) if not t.done()]
@@ -249,16 +251,17 @@ class PartitionLeases:
         return self.leases.held_until(self.key(p))
 
     async def stop(self, within: float) -> None:
-        """Wait up to ``within`` s for the tasks to end (their owner told them to),
-        then cancel those still running; no new one starts after this."""
+        """Give the tasks ``within`` s in all: they end by themselves (their owner told
+        them to) until :data:`eventd.tasks.AGAIN_AFTER` before its end (half of it at
+        least), then those still running are cancelled (:func:`eventd.tasks.cancel`)
+        until its end, and left if they outlive it (a task stuck in a thread); no new
+        one starts after this."""
         self.run = _stopped
         tasks = self.live()
         if tasks:
-            _, late = await asyncio.wait(tasks, timeout=within)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=within)
+            grace = max(within - AGAIN_AFTER, within / 2)
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            await cancel(*late, within=within - grace)
         self.tasks.clear()
         self._ending.clear()
 

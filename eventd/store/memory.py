@@ -85,7 +85,7 @@ class MemoryStore:
     async def open(self) -> None:
         self._open = True
 
-    async def close(self) -> None:
+    async def close(self, within: float | None = None) -> None:
         self._open = False
 
     @property

@@ -274,8 +274,9 @@ class SqliteStore:
         self.metrics.dedup_recovered.inc(added)
         return added
 
-    async def close(self) -> None:
-        """Commit everything queued, then close every connection."""
+    async def close(self, within: float | None = None) -> None:
+        """Commit everything queued, then close every connection (``within``: unused,
+        see :meth:`eventd.store.base.Store.close`)."""
         if self._writer is not None:
             await self._queue.put(None)
             await self._writer

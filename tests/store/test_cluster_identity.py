@@ -87,7 +87,7 @@ def test_a_writer_whose_lease_another_took_writes_nothing(
     a.apply(page(a, ANA[:1]), 1)
     changes = page(a, ANA[1:])
     # a stalls past its lease (its deadline passes, its key lapses) and b takes over.
-    a._held_until = 0.0
+    a.lease._held_until[LEASE_KEY] = 0.0
     a.w.run(a.w.purge(a.w.leases, LEASE_KEY))
     b.open_writer()
     with pytest.raises(NotLeader, match="another node's identity writer holds the lease"):
