@@ -145,6 +145,9 @@ async def admin_bucket(js: JetStreamContext, name: str, replicas: int) -> KeyVal
         return await js.create_key_value(KeyValueConfig(bucket=name, history=1, replicas=replicas))
 
 
+REWATCH = 30.0  # seconds a bucket watch runs before it is made again (watch_bucket)
+
+
 async def watch_bucket(
     bucket: Callable[[], KeyValue],
     seen: Callable[[KeyValue.Entry], None],
@@ -153,22 +156,29 @@ async def watch_bucket(
 ) -> None:
     """Call ``seen`` with every entry of the bucket, its current values first (then
     ``ready`` is set) and every change after, for as long as this runs; a lost
-    connection watches again (the current values come again: ``seen`` must take a
-    repeat)."""
+    connection watches again, and so does every :data:`REWATCH` seconds (the
+    current values come again: ``seen`` must take a repeat). The regular re-watch
+    is there because nats-py's watcher can drop an entry without a word: its
+    callback waits for the watch's set-up only up to the client's timeout and an
+    entry whose wait timed out is gone (seen under load: a node's copy of a
+    suppression stayed one write behind for over a minute)."""
     while True:
         try:
             watcher = await bucket().watchall()
             try:
-                async for entry in watcher:
-                    if entry is None:  # the current values are all in
-                        ready.set()
-                    else:
-                        seen(entry)
+                async with asyncio.timeout(REWATCH):
+                    async for entry in watcher:
+                        if entry is None:  # the current values are all in
+                            ready.set()
+                        else:
+                            seen(entry)
             finally:
                 with contextlib.suppress(Exception):
                     await watcher.stop()  # type: ignore[no-untyped-call]
         except asyncio.CancelledError:
             raise
+        except TimeoutError:
+            continue  # REWATCH: the current values again
         except Exception as exc:  # a lost connection: watch again (copies are kept)
             log.info("bucket watch failed; restarting", bucket=what, error=repr(exc))
             await asyncio.sleep(1.0)
