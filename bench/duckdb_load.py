@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -74,7 +75,7 @@ class Variant:
 
     def __add__(self, other: Variant) -> Variant:
         """Both variants' settings and statements; of scalars, the one not the default."""
-        merged: dict[str, object] = {}
+        merged: dict[str, Any] = {}
         for f in fields(self):
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if isinstance(mine, list):
