@@ -94,8 +94,8 @@ VARIANTS = {
     # DuckDB's wal_autocheckpoint is checkpoint_threshold under another name (one setting)
     "wal-autocheckpoint-256MiB": Variant(["SET wal_autocheckpoint = '256MiB'"]),
     "preserve-order-off": Variant(["SET preserve_insertion_order = false"]),
-    "threads-1": Variant(["SET threads = 1"]),
-    "threads-2": Variant(["SET threads = 2"]),
+    "threads-1": Variant(["SET threads = 1"]),  # the loader's since session 8
+    "threads-2": Variant(["SET threads = 2"]),  # one a core, DuckDB's default here
     "batch-20000": Variant(batch=20_000),
     "batch-50000": Variant(batch=50_000),
     "no-key-on-tracks": Variant(setup=NO_KEY),
@@ -236,8 +236,9 @@ def run(template: Path, loads: list[Load], variant: Variant) -> dict[str, float]
     event of CPU (all, COMMIT, final CHECKPOINT) and wall."""
     path = template.with_name("run.duckdb")
     shutil.copy(template, path)
-    config: dict[str, str | bool | int | float | list[str]] = {
-        "checkpoint_threshold": loader_module.CHECKPOINT_THRESHOLD
+    config: dict[str, str | bool | int | float | list[str]] = {  # the loader's
+        "checkpoint_threshold": loader_module.CHECKPOINT_THRESHOLD,
+        "threads": loader_module.LOAD_THREADS,
     }
     if variant.row_group_size is None:
         con = duckdb.connect(str(path), config=config)
