@@ -111,7 +111,7 @@ CHECKPOINT_THRESHOLD = "64MiB"
 # DuckDB's threads while loading and writing: one. A batch's inserts from Arrow gain
 # nothing in wall time from a second thread (the loader is one caller, waiting on each
 # statement) and cost CPU to coordinate it: DuckDB's CPU per event with one thread
-# 14-15 us against 18-19 with two (bench.duckdb_load threads-1/threads-2,
+# 13.8-15.3 us against 15.6-18.6 with two (bench.duckdb_load threads-1/threads-2,
 # docs/benchmarks.md), on a box whose two cores ingest and delivery need. Reports'
 # queries (:meth:`Loader.query`) get every core for their duration.
 LOAD_THREADS = 1
