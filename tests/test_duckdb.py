@@ -18,6 +18,7 @@ import duckdb
 import orjson
 import pytest
 from eventd_plugins.duckdb import Duckdb
+from eventd_plugins.duckdb.loader import LOAD_THREADS
 from eventd_plugins.warehouse.rows import ADJUSTED_DROPPED
 
 from eventd import OK, Event, Permanent, Retry
@@ -232,6 +233,30 @@ async def test_the_load_runs_in_a_process_of_its_own_at_a_lower_cpu_priority(
     now = _nices(os.getpid())  # (a thread of ours may have ended meanwhile)
     assert {t: n for t, n in now.items() if t in ours} == {t: ours[t] for t in now if t in ours}
     assert now[threading.get_native_id()] == ours[threading.get_native_id()]
+
+
+async def test_loads_run_duckdb_on_one_thread_and_reports_on_every_core(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """One DuckDB thread while loading (bench.duckdb_load: less CPU an event, no more
+    wall time); a report's query gets a thread per core, and the load after it one
+    again. The loader on a thread of this process, to read its connection."""
+    settings = {"path": str(tmp_path / "analytics.duckdb")}
+    Duckdb.validate_settings("analytics", settings)
+    dest = Duckdb("analytics", settings, session, process=False)
+    threads = "SELECT current_setting('threads')"
+    try:
+        assert await dest.deliver(events(track("m1"), track("m2"))) == [OK, OK]
+        con = dest.loader._con
+        assert con is not None
+        assert con.execute(threads).fetchall() == [(LOAD_THREADS,)] == [(1,)]
+        assert await dest.query(threads) == [(os.cpu_count(),)]
+        assert con.execute(threads).fetchall() == [(LOAD_THREADS,)]
+        assert await dest.deliver(events(track("m3"))) == [OK]
+        assert await dest.query("SELECT count(*) FROM app.tracks") == [(3,)]
+        assert con.execute(threads).fetchall() == [(LOAD_THREADS,)]
+    finally:
+        await dest.close()
 
 
 def _wait_gone(pid: int) -> None:

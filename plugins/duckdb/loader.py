@@ -108,6 +108,14 @@ _FROM_CATALOG = {
 # checkpoint (evictable to its temporary directory); a clean close checkpoints.
 CHECKPOINT_THRESHOLD = "64MiB"
 
+# DuckDB's threads while loading and writing: one. A batch's inserts from Arrow gain
+# nothing in wall time from a second thread (the loader is one caller, waiting on each
+# statement) and cost CPU to coordinate it: DuckDB's CPU per event with one thread
+# 13.8-15.3 us against 15.6-18.6 with two (bench.duckdb_load threads-1/threads-2,
+# docs/benchmarks.md), on a box whose two cores ingest and delivery need. Reports'
+# queries (:meth:`Loader.query`) get every core for their duration.
+LOAD_THREADS = 1
+
 _COLUMNS = (
     "SELECT column_name, data_type FROM information_schema.columns"
     " WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position"
@@ -194,7 +202,8 @@ class Loader:
         if self._con is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(
-                str(self.path), config={"checkpoint_threshold": CHECKPOINT_THRESHOLD}
+                str(self.path),
+                config={"checkpoint_threshold": CHECKPOINT_THRESHOLD, "threads": LOAD_THREADS},
             )
         return self._con
 
@@ -414,13 +423,17 @@ class Loader:
 
     def query(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         """Rows of a query (``$1``... parameters) on a cursor of its own, in a session
-        whose time zone is UTC (reports' calendar periods are UTC's)."""
-        cursor = self._connection().cursor()
+        whose time zone is UTC (reports' calendar periods are UTC's), with a DuckDB
+        thread per core (loads use LOAD_THREADS; calls come one at a time)."""
+        con = self._connection()
+        cursor = con.cursor()
         try:
+            con.execute(f"SET threads = {os.cpu_count() or 1}")  # the database's, not a session's
             cursor.execute("SET TimeZone = 'UTC'")
             return cursor.execute(sql, params).fetchall()
         finally:
             cursor.close()
+            con.execute(f"SET threads = {LOAD_THREADS}")
 
     def delete_user(self, erasure: Erasure) -> None:
         """Delete the person's rows from every table of eventd's schemas, in one
