@@ -460,6 +460,32 @@ async def test_ingest_answers_503_with_retry_after_when_the_cluster_has_no_quoru
         await nodes.close()
 
 
+async def test_a_node_opening_while_the_cluster_has_no_quorum_waits_for_it(
+    nodes: Nodes, nats_cluster: NatsCluster
+) -> None:
+    """A node started while two of three servers are stopped (no quorum: the cluster
+    answers ServiceUnavailable or nothing) asks again until its caller's deadline,
+    rather than giving up at the first answer (a newcomer's trial: a node restarted
+    1 s after SIGCONT exited 1 at once, with a message naming a 60 s wait)."""
+    a = await nodes.start("a")  # the streams and consumers exist
+    await a.append([row("first")])
+    b = JetStreamStore(nodes.cfg, nodes.tmp / "b", node_id="b")
+    nats_cluster.pause(1)
+    nats_cluster.pause(2)
+    try:
+        opening = asyncio.create_task(b.open(("hook",)))
+        await until(lambda: bool(b.open_error) or opening.done(), within=90)
+        assert not opening.done(), "open() gave up (or succeeded) without a quorum"
+    finally:
+        nats_cluster.resume(1)
+        nats_cluster.resume(2)
+    await asyncio.wait_for(opening, 120)
+    nodes.open.append(b)
+    await b.append([row("second")])
+    got = await drain(await b.reader("hook"), {"first", "second"}, within=60)
+    assert {e.message_id for e in got} == {"first", "second"}
+
+
 async def test_a_stage_whose_lease_renewals_stall_stops_before_another_node_takes_over(
     nodes: Nodes,
 ) -> None:

@@ -182,9 +182,12 @@ class ClusterStore(ClusterDeletions):
         except Exception as exc:
             await self.js.close()
             self._lock.release()
-            why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
+            if isinstance(exc, TimeoutError):
+                why = f"not within {OPEN_TIMEOUT:g}s: {self.js.open_error or 'no answer'}"
+            else:
+                why = repr(exc)
             raise StorageUnavailable(
-                f"the jetstream cluster at {servers} did not open in {OPEN_TIMEOUT:g}s: {why}"
+                f"the jetstream cluster at {servers} did not open: {why}"
             ) from exc
         self._ready = True
         for destination in sorted(self.js.created_local):

@@ -414,6 +414,7 @@ class JetStreamStore:
         self.log_bounds = (0, 0)
         self.duplicates = 0  # counted by this node's dedup stages
         self.forwarded = 0
+        self.open_error = ""  # the last transient error open() waited out (for its caller)
         # S_IN left by an older eventd as a work queue and not yet empty: kept as it is.
         self.ingest_work_queue = False
         self._stuck: dict[int, int] = {}  # per partition: checks in a row found stuck
@@ -450,7 +451,17 @@ class JetStreamStore:
         self.max_message_bytes = self.nc.max_payload // 2
         self.ordered = set(ordered)
         self.local = set(local)
-        await self.ensure(destinations)
+        while True:
+            # A cluster coming back from a lost quorum answers ServiceUnavailable
+            # while it elects leaders (seen: a node restarted 1 s after SIGCONT gave
+            # up at once): asked again until the caller's own deadline cuts it short.
+            try:
+                await self.ensure(destinations)
+                break
+            except _TRANSIENT as exc:
+                self.open_error = repr(exc)
+                log.info("cluster not ready; asking again", error=self.open_error)
+                await asyncio.sleep(1.0)
         self._publisher = asyncio.create_task(self._publish_loop(), name="jetstream-publisher")
         if run_dedup:
             # Beat once before returning: an open node is counted by every node's
