@@ -467,6 +467,24 @@ async def test_an_erasure_deletes_the_users_messages_and_publishes_the_rest_agai
         await nodes.close()
 
 
+async def test_an_erasure_below_all_a_node_has_seen_reaches_the_logs_end(
+    nodes: Nodes,
+) -> None:
+    """``suppressions add --erase`` erases below the store's ``last_seq``. On SQLite
+    that keeps the newest event (its seq would be handed out again); on the cluster
+    it is the newest this node fetched, which another node's fetch can leave behind
+    the log, and the log never hands a sequence out again: everything goes (CI saw
+    ``erased events: 4, erasure pending`` for a user with 5)."""
+    a, b = await nodes.start("a"), await nodes.start("b")
+    await a.append(rows("zed", "z1", "z2") + rows("kit", "k1"))
+    await a.append(rows("zed", "z3"))
+    await nodes.forwarded(4)
+    await b.suppress("zed", erase=True)
+    assert await b.erase_user("zed", b.last_seq) == (3, 0, True)
+    left = [orjson.loads(e.body)["messageId"] for e in await b.read(0, 10)]
+    assert left == ["k1"]
+
+
 async def test_two_nodes_finishing_one_erasure_at_once_count_each_event_once(
     nats_cluster: NatsCluster, tmp_path: Path
 ) -> None:
