@@ -72,8 +72,15 @@ def identity_nodes(
         )
         config["destinations"]["hook"]["settings"]["forward_deletions"] = True
 
-    def reading(node: EventdProcess) -> None:  # a first: its writer takes the lease
+    first: list[EventdProcess] = []
+
+    def reading(node: EventdProcess) -> None:
+        """a first, and its writer leading before b starts: two writers bidding at
+        once could make either lead (CI saw "not within 60s: a leads")."""
         wait_until(lambda: "identity graph reader started" in node.log(), 60, "reader")
+        if not first:
+            first.append(node)
+            wait_until(lambda: "identity writer leading" in node.log(), 60, "a leads")
 
     with two_nodes(tmp_path, make_nats_cluster(3), configure, reading) as (sink, nodes):
         wait_until(lambda: "identity writer leading" in nodes[0].log(), 60, "a leads")

@@ -103,8 +103,15 @@ def test_the_identities_table_gets_every_link_and_survives_the_writers_kill(
         config["storage"]["stream"] = "PGID"
         config["destinations"].update(warehouse(pg, db)["destinations"])
 
-    def reading(node: EventdProcess) -> None:  # a first: its writer takes the lease
+    first: list[EventdProcess] = []
+
+    def reading(node: EventdProcess) -> None:
+        """a first, and its writer leading before b starts: two writers bidding at
+        once could make either lead (CI saw "not within 60s: a leads")."""
         wait_until(lambda: "identity graph reader started" in node.log(), 60, "reader")
+        if not first:
+            first.append(node)
+            wait_until(lambda: "identity writer leading" in node.log(), 60, "a leads")
 
     people = People()
     state: dict[str, Any] = {}
