@@ -140,12 +140,12 @@ class Metrics:
         self.storage_writable = Gauge(
             "eventd_storage_writable", "1 when the last commit succeeded", registry=r
         )
-        # The cluster's (docs/scaling.md): a dedup or log consumer found ahead of its
-        # stream, or past messages it never delivered, by consumer and reason
-        # (ahead, stranded); groups acknowledged and waiting for their dedup stage.
+        # The cluster's (docs/scaling.md): a dedup or log consumer found out of step
+        # with its stream, by consumer and reason (ahead, stranded, stuck, missing);
+        # groups acknowledged and waiting for their dedup stage.
         self.consumer_faults = Counter(
             "eventd_cluster_consumer_faults",
-            "Consumers found out of step with their stream (ahead, stranded)",
+            "Consumers found out of step with their stream (ahead, stranded, stuck, missing)",
             ["consumer", "reason"],
             registry=r,
         )

@@ -1210,12 +1210,7 @@ class JetStreamStore:
         and not yet forwarded by their dedup stage: every dedup consumer's pending
         and unacked messages, as each consumer's leader counts them, so the same from
         any node. Raises :class:`StorageUnavailable` as :meth:`lag` does."""
-        infos = await asyncio.gather(
-            *(
-                self._led_consumer_info(self.names.dedup_consumer(p), self.names.ingest)
-                for p in range(self.cfg.partitions)
-            )
-        )
+        infos = await self._dedup_infos()
         return sum(int(i.num_pending or 0) + int(i.num_ack_pending or 0) for i in infos)
 
     @unavailable()
@@ -1226,12 +1221,7 @@ class JetStreamStore:
         oldest message of the stream says nothing: per partition, the first message
         past its dedup consumer's ack floor (one direct get each). Raises
         :class:`StorageUnavailable` as :meth:`lag` does."""
-        infos = await asyncio.gather(
-            *(
-                self._led_consumer_info(self.names.dedup_consumer(p), self.names.ingest)
-                for p in range(self.cfg.partitions)
-            )
-        )
+        infos = await self._dedup_infos()
         oldest: int | None = None
         for p, info in enumerate(infos):
             if not (int(info.num_pending or 0) or int(info.num_ack_pending or 0)):
@@ -1246,6 +1236,17 @@ class JetStreamStore:
             at = int(msg.time.timestamp() * 1000) if msg.time is not None else 0
             oldest = at if oldest is None else min(oldest, at)
         return oldest
+
+    async def _dedup_infos(self) -> list[ConsumerInfo]:
+        """Every partition's dedup consumer's info, from its leader, in partition order."""
+        return list(
+            await asyncio.gather(
+                *(
+                    self._led_consumer_info(self.names.dedup_consumer(p), self.names.ingest)
+                    for p in range(self.cfg.partitions)
+                )
+            )
+        )
 
     @unavailable(NotFoundError)
     async def _led_consumer_info(self, durable: str, stream: str | None = None) -> ConsumerInfo:
