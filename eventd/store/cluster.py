@@ -67,7 +67,7 @@ from eventd.store.cluster_errors import unavailable
 from eventd.store.datalock import DataLock
 from eventd.store.jetstream import CLOSE_TIMEOUT, DestinationReader, JetStreamStore, LogEvent
 from eventd.store.leases import PartitionLeases
-from eventd.tasks import Budget, cancel
+from eventd.tasks import Budget, cancel, finish
 
 log = structlog.get_logger("eventd.store.cluster")
 
@@ -218,7 +218,7 @@ class ClusterStore(ClusterDeletions):
         budget = Budget(CLOSE_TIMEOUT if within is None else within)
         await cancel(self._monitor, within=budget.share(4))
         with contextlib.suppress(TimeoutError):  # claims not given back lapse (TTL)
-            await asyncio.wait_for(self.close_admin(), budget.share(3))
+            await finish(self.close_admin(), budget.share(3))
         await self.js.close(within=budget.left())
         self._lock.release()
 
