@@ -61,6 +61,9 @@ class HeldLeases:
         self._revisions: dict[str, int] = {}  # key -> its lease's last revision
         # key -> time.monotonic() before which the lease is surely still ours
         self._held_until: dict[str, float] = {}
+        # key -> how many times a renewal was answered only after the lease had lapsed
+        # here (see take): a task started before then may have outlived its lease
+        self.lapses: dict[str, int] = {}
         self._renewer: asyncio.Task[None] | None = None
 
     async def take(self, key: str) -> bool:
@@ -84,6 +87,11 @@ class HeldLeases:
             with contextlib.suppress(Exception):
                 await self.bucket().delete(key, last=written)
             return False
+        if time.monotonic() >= self._held_until.get(key, float("inf")):
+            # Answered after the local deadline: kept on the server, but its holder's
+            # work was told to stop meanwhile (holds() false). A task stuck in an
+            # await never looked, and the new deadline hides that it outlived it.
+            self.lapses[key] = self.lapses.get(key, 0) + 1
         self._revisions[key] = written
         self._held_until[key] = sent + self.ttl - LEASE_SLACK
         return True
@@ -169,6 +177,8 @@ class PartitionLeases:
         self.tasks: dict[int, asyncio.Task[None]] = {}
         # p -> the task stopping p's former task (see claim): none new starts before
         self._ending: dict[int, asyncio.Task[Any]] = {}
+        # p -> HeldLeases.lapses of its key when p's task started (see _end_if_outlived)
+        self._lapses_at_start: dict[int, int] = {}
         self.leases = HeldLeases(bucket, node_id, ttl)
 
     def key(self, p: int) -> str:
@@ -187,15 +197,7 @@ class PartitionLeases:
         it outlived its lease (below); a new one starts only once the old one ended,
         so two never forward the same partition at once."""
         key = self.key(p)
-        task = self.tasks.get(p)
-        if task is not None and not task.done() and not self.leases.holds(key):
-            # Its lease lapsed here unrenewed and it still runs: it should have
-            # stopped at its own lease check, but it is stuck in an await (a fetch
-            # nobody answers, a cancellation swallowed by Python 3.11's wait_for).
-            # Left alone, a renewal that succeeds now would keep the lease with
-            # nothing running behind it (seen: acknowledged events held for good).
-            log.warning("partition task outlived its lease; stopping it", lease=key)
-            self._end(p)
+        self._end_if_outlived(p)
         try:
             held = await self.leases.take(key)
         except Exception as exc:  # a stalled cluster or a lost connection: next round
@@ -204,6 +206,7 @@ class PartitionLeases:
         if not held:  # held by another node, or ours lapsed: stop our task
             self._end(p)
             return
+        self._end_if_outlived(p)  # this renewal may have been answered past the deadline
         ending = self._ending.get(p)
         if ending is not None and not ending.done():
             return  # the old task is being stopped: the next round starts the new one
@@ -213,6 +216,26 @@ class PartitionLeases:
             task = asyncio.create_task(self.run(p), name=f"lease-{key}")
             task.add_done_callback(functools.partial(self._ended, key))
             self.tasks[p] = task
+            self._lapses_at_start[p] = self.leases.lapses.get(key, 0)
+
+    def _end_if_outlived(self, p: int) -> None:
+        """Stop partition p's task if it still runs after its lease lapsed here: now
+        (:meth:`HeldLeases.holds` false) or at any moment since it started (a renewal
+        answered past the local deadline: :attr:`HeldLeases.lapses`; it renews the
+        deadline, so a round that comes after it sees the lease held). The task
+        should have stopped at its own lease check, but it is stuck in an await (a
+        fetch nobody answers, a cancellation swallowed by Python 3.11's wait_for).
+        Left alone, the renewed lease is held with nothing running behind it (seen:
+        acknowledged events held for good; and in CI, a renewal stalled past the
+        deadline, answered, and the next round a moment too early to see it)."""
+        key = self.key(p)
+        task = self.tasks.get(p)
+        if task is None or task.done():
+            return
+        lapsed = self.leases.lapses.get(key, 0) != self._lapses_at_start.get(p, 0)
+        if lapsed or not self.leases.holds(key):
+            log.warning("partition task outlived its lease; stopping it", lease=key)
+            self._end(p)
 
     def _end(self, p: int) -> None:
         """Stop partition p's task for sure, without holding up the lease round (a
