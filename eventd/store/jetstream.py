@@ -93,7 +93,7 @@ from eventd.store.cluster_errors import unavailable
 from eventd.store.dedup import DedupSet, dedup_key, partition_of
 from eventd.store.leases import LEASE_SLACK as LEASE_SLACK  # cluster_identity's too
 from eventd.store.leases import PartitionLeases, Run
-from eventd.tasks import Budget, cancel
+from eventd.tasks import Budget, cancel, finish
 
 log = structlog.get_logger("eventd.store.jetstream")
 
@@ -621,7 +621,7 @@ class JetStreamStore:
         if self.nc is not None:
             # close, not drain: unsettled messages go back to the consumer at ack_wait.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.close(), budget.left(floor=0.5))
+                await finish(self.nc.close(), budget.left(floor=0.5))
             self.nc = None
             self._js = None
 
@@ -639,8 +639,7 @@ class JetStreamStore:
             with contextlib.suppress(Exception):
                 await leases.delete(f"node-{self.node_id}")
 
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(let_go(), within)
+        await finish(let_go(), within)
 
     async def ready(self) -> bool:
         """True when the log's stream answers with a leader (a quorum exists)."""
@@ -810,8 +809,7 @@ class JetStreamStore:
         budget = Budget(within)
         await group.stop(budget.share(2))
         if self.nc is not None and self.nc.is_connected:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(group.let_go(), budget.left())
+            await finish(group.let_go(), budget.left())
 
     async def _stage(self, p: int) -> None:
         """Partition p's dedup stage, while this node holds its lease. A cluster
