@@ -37,6 +37,7 @@ import contextlib
 import functools
 import os
 import re
+import time
 import uuid
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -67,6 +68,7 @@ from eventd.store.cluster_errors import unavailable
 from eventd.store.datalock import DataLock
 from eventd.store.jetstream import CLOSE_TIMEOUT, DestinationReader, JetStreamStore, LogEvent
 from eventd.store.leases import PartitionLeases
+from eventd.store.live_nodes import LiveNodes
 from eventd.tasks import Budget, cancel, finish
 
 log = structlog.get_logger("eventd.store.cluster")
@@ -159,6 +161,7 @@ class ClusterStore(ClusterDeletions):
         self._last_error: str | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._share = (0, 1)  # (place, live nodes): see limit_share
+        self._live = LiveNodes(self.js.node_id, self.js.lease_ttl)
         self._graph_holds_log = False  # set when the identity graph runs on this node
         self._admin_init()
 
@@ -244,8 +247,7 @@ class ClusterStore(ClusterDeletions):
         except Exception as exc:  # a stalled cluster: keep the last share
             log.info("node list not read", error=repr(exc))
             return
-        ids.add(self.js.node_id)  # this node serves even if its own beat expired
-        share = (sorted(ids).index(self.js.node_id), len(ids))
+        share = self._live.read(ids, time.monotonic())  # this node counts itself
         if share != self._share:
             log.info("destination limits shared", place=share[0], nodes=share[1])
         self._share = share
