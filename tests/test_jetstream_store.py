@@ -644,7 +644,10 @@ async def test_a_node_local_destination_has_a_consumer_per_node_and_a_dead_nodes
     gets a consumer again, from the first message still kept."""
     both = {"destinations": ("hook", "duck"), "local": ("duck",), "retention": 0.0}
     a = await nodes.start("a", local_id="na", local_inactive=3600.0, **both)  # type: ignore[arg-type]
-    b = await nodes.start("b", local_id="nb", local_inactive=2.0, **both)  # type: ignore[arg-type]
+    # b's consumer gets its short threshold (2 s) only once b is done with it: a
+    # loaded machine can leave a live consumer unpulled for 2 s (seen in a full run:
+    # b2's consumer removed before its first fetch).
+    b = await nodes.start("b", local_id="nb", local_inactive=3600.0, **both)  # type: ignore[arg-type]
     assert a.created_local == {"duck"} and b.created_local == {"duck"}
     # Started again with another retention (its threshold): the consumer is updated.
     again = await nodes.start("a", local_id="na", local_inactive=7200.0, **both)  # type: ignore[arg-type]
@@ -662,6 +665,8 @@ async def test_a_node_local_destination_has_a_consumer_per_node_and_a_dead_nodes
     await drain(await a.reader("hook"), first)
 
     # b stops pulling (a dead node); a goes on alone.
+    short = await nodes.start("b", local_id="nb", local_inactive=2.0, **both)  # type: ignore[arg-type]
+    await short.close()
     await b.close()
     later = [f"m{i}" for i in range(20)]
     await a.append([row(m) for m in later])
@@ -691,7 +696,7 @@ async def test_a_node_local_destination_has_a_consumer_per_node_and_a_dead_nodes
     assert (await a.js.stream_info(a.names.stream)).state.messages == 0
 
     # b comes back with its id: a consumer again, from what the log still keeps.
-    b2 = await nodes.start("b", local_id="nb", local_inactive=2.0, **both)  # type: ignore[arg-type]
+    b2 = await nodes.start("b", local_id="nb", local_inactive=3600.0, **both)  # type: ignore[arg-type]
     assert b2.created_local == {"duck"}
     await a.append([row("n0"), row("n1")])
     assert {e.message_id for e in await drain(await b2.reader("duck"), 2)} == {"n0", "n1"}
