@@ -17,11 +17,12 @@ The share is read again at every acquire and every booking, so a node that joins
 dies changes every node's part without a restart. A node that dies is still counted
 by the others until its heartbeat expired and then one lease TTL of readings more
 (about 22 s; a live node's beat can vanish for a moment after a quorum loss:
-eventd/store/live_nodes.py): meanwhile the total is below the limit, never above. A node that joins beats once
-before it serves and reads the list itself, so it starts with its part; the others
-lower theirs at their next read (every 2 s), the one moment the total can exceed the
-limit. A node with no work for a destination leaves its part unused: the simplest
-scheme, with no cross-node booking on the hot path (docs/scaling.md says why).
+eventd/store/live_nodes.py): meanwhile the total is below the limit, never above. A
+node that joins beats once before it serves and reads the list itself, so it starts
+with its part; the others lower theirs at their next read (every 2 s), the one
+moment the total can exceed the limit. A node with no work for a destination leaves
+its part unused: the simplest scheme, with no cross-node booking on the hot path
+(docs/scaling.md says why).
 """
 
 from __future__ import annotations

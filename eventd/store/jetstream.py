@@ -457,6 +457,12 @@ class JetStreamStore:
             # up at once): asked again until the caller's own deadline cuts it short.
             try:
                 await self.ensure(destinations)
+                if run_dedup:
+                    # Beat once before returning: an open node is counted by every
+                    # node's live_nodes() from then on (the limits they share), not a
+                    # round later. In the loop: the lease bucket may elect its leader
+                    # after the streams did (seen: no responders, the open failed).
+                    await asyncio.wait_for(self.heartbeat(), MANAGE_TIMEOUT)
                 break
             except _TRANSIENT as exc:
                 self.open_error = repr(exc)
@@ -464,9 +470,6 @@ class JetStreamStore:
                 await asyncio.sleep(1.0)
         self._publisher = asyncio.create_task(self._publish_loop(), name="jetstream-publisher")
         if run_dedup:
-            # Beat once before returning: an open node is counted by every node's
-            # live_nodes() from then on (the limits they share), not a round later.
-            await asyncio.wait_for(self.heartbeat(), MANAGE_TIMEOUT)
             self._claimer = asyncio.create_task(self._claim_loop(), name="jetstream-dedup-claims")
 
     async def ensure(self, destinations: Sequence[str]) -> None:
