@@ -118,6 +118,10 @@ LEASE_RENEW = 3.0
 # Seconds between an idle dedup stage's checks of its consumer (_tend; a busy one
 # checks, and purges S_IN, after each batch).
 TEND_EVERY = 5.0
+# A lease write (create, renewal, heartbeat) is given at most this share of the
+# lease TTL (and publish_timeout at most): a lease round, which waits for them all,
+# then ends well within the TTL.
+LEASE_WRITE_SHARE = 0.5
 # Lease writes (the heartbeat, in the same bucket) timing out this many lease TTLs in
 # a row while S_IN answers: the bucket's stream leader is asked to step down.
 STALL_TTLS = 3
@@ -452,6 +456,11 @@ class JetStreamStore:
         self._backlogs: dict[str, _Backlog] = {}
 
     @property
+    def lease_write_timeout(self) -> float:
+        """Seconds a lease write waits for its answer (see LEASE_WRITE_SHARE)."""
+        return min(self.cfg.publish_timeout, self.lease_ttl * LEASE_WRITE_SHARE)
+
+    @property
     def js(self) -> JetStreamContext:
         if self._js is None:
             raise StorageUnavailable("the jetstream store is not open")
@@ -533,6 +542,14 @@ class JetStreamStore:
             self.leases = await js.create_key_value(
                 KeyValueConfig(bucket=n.leases, ttl=self.lease_ttl, history=1, replicas=r)
             )
+        if self.nc is not None:
+            # Its writes bounded by LEASE_WRITE_SHARE of the TTL, not by the management
+            # timeout above (a KeyValue writes with its context's): a lease round waits
+            # for every write, and one write left 30 s on a server paused then resumed
+            # held every round that long, so no stage started again for 30 s after the
+            # cluster came back (bench/quorum_loss.py, 2026-11-30).
+            bounded = self.nc.jetstream(timeout=self.lease_write_timeout)
+            self.leases = await bounded.key_value(n.leases)
         for p in range(self.cfg.partitions):
             await _ensure_consumer(js, n.ingest, self._dedup_config(p))
         for name in destinations:
