@@ -267,3 +267,10 @@ async def test_a_long_backlog_is_read_a_part_at_a_time_and_the_rest_estimated(
     readings = [(await front.ingest_backlog())[p][0] for _ in range(4)]
     # read 1 of 3 (1 event): 1 + 2 x 1; 2 of 3 (3): 3 + 1 x 1.5 rounded; then all: 9
     assert readings == [3, 5, 9, 9]
+    # Readings at once (a scrape beside a status) on a node that read nothing yet:
+    # each message counted once.
+    monkeypatch.setattr(jetstream, "COUNT_READS", 2000)
+    second = await front_node(nodes, "second")
+    together = await asyncio.gather(*(second.ingest_backlog() for _ in range(3)))
+    assert [backlog[p][0] for backlog in together] == [9, 9, 9]
+    assert (await second.ingest_backlog())[p][0] == 9

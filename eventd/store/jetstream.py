@@ -1396,6 +1396,8 @@ class JetStreamStore:
         after = known.entries[-1][0] + 1 if known.entries else known.start
         read, full = 0, True
         async for seq, data, _ in self._messages(stream, subject, 1 << 62, after):
+            if known.entries and seq <= known.entries[-1][0]:
+                continue  # read meanwhile by a reading running beside this one
             rows = decode_rows(data)
             oldest = min((r[6] for r in rows), default=0)
             known.entries.append((seq, len(rows), oldest))
