@@ -43,6 +43,12 @@ with the log sequence as watermark, then acks the S_IN message. A stage taking a
 partition over first forwards what the consumer handed out and nobody acked
 (:meth:`JetStreamStore._take_over`), so a crashed stage's messages do not come
 back after ack_wait behind newer ones.
+
+Health: lease writes wait half the lease TTL at most, so a lease round never
+outlasts the TTL; a lease bucket whose writes keep timing out while ``S_IN``
+answers has its stream leader asked to step down (:meth:`JetStreamStore._unstick_leases`).
+A destination's lag is read in events, with the oldest one's age
+(:meth:`JetStreamStore.backlog`, :meth:`JetStreamStore.ingest_backlog`).
 """
 
 from __future__ import annotations
