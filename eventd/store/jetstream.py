@@ -1350,6 +1350,7 @@ class JetStreamStore:
             oldest = at if oldest is None else min(oldest, at)
         return oldest
 
+    @unavailable()
     async def backlog(self, destination: str) -> tuple[int, int | None]:
         """(events, oldest received_at in unix ms or None) of the log messages
         ``destination``'s consumers have not passed (those after each one's ack floor,
@@ -1365,6 +1366,7 @@ class JetStreamStore:
             parts.append(await self._backlog(self.names.stream, durable, subject, info))
         return sum_backlogs(parts)
 
+    @unavailable()
     async def ingest_backlog(self) -> list[tuple[int, int | None]]:
         """Per partition, in order: (events, oldest received_at in unix ms or None) of
         the groups acknowledged and not yet forwarded by its dedup stage (those after
