@@ -454,6 +454,8 @@ class JetStreamStore:
         # answered), and of this node's last stepdown request (see _unstick_leases).
         self._lease_stall_since: float | None = None
         self._stepdown_at = float("-inf")
+        self._stall_leader: str | None = None  # the bucket's leader at the last check
+        self._unsticker: asyncio.Task[None] | None = None
         # A stepdown asked of a stream's leader: called with (stream, reason); the
         # cluster store counts it in a metric.
         self.on_stepdown: Callable[[str, str], None] = lambda stream, reason: None
@@ -659,8 +661,8 @@ class JetStreamStore:
             await self._publisher
             self._publisher = None
         budget = Budget(within)
-        await cancel(self._claimer, within=budget.share(5))
-        self._claimer = None
+        await cancel(self._claimer, self._unsticker, within=budget.share(5))
+        self._claimer = self._unsticker = None
         # Stages finish the message in hand (forwarded *and* acked): one cancelled
         # between the two left its group to be redelivered to the next holder.
         # Past its share (a cluster stalled) a stage is cancelled: left to redelivery.
@@ -828,11 +830,26 @@ class JetStreamStore:
         except (TimeoutError, NatsTimeout):
             if self._lease_stall_since is None:
                 self._lease_stall_since = time.monotonic()
-            await self._unstick_leases()
+            # Apart from the round, which must not wait for its stream infos.
+            if self._unsticker is None or self._unsticker.done():
+                self._unsticker = asyncio.create_task(
+                    self._unstick_leases(), name="jetstream-lease-bucket-check"
+                )
         except Exception:  # a lost connection: next round
             pass
         else:
             self._lease_stall_since = None
+
+    async def _leader(self, stream: str) -> str | None:
+        """``stream``'s leader's server name from a stream info bounded by
+        ``lease_write_timeout``; None when none answers or none leads."""
+        try:
+            info = await asyncio.wait_for(self.js.stream_info(stream), self.lease_write_timeout)
+        except Exception:  # no answer in time, no leader, a lost connection
+            return None
+        if info.cluster is None:  # one server, no cluster: it leads
+            return "-"
+        return info.cluster.leader or None
 
     async def _unstick_leases(self) -> None:
         """Ask the lease bucket's stream leader to step down when its writes have
@@ -846,22 +863,24 @@ class JetStreamStore:
         replicas is what the restart brought. Not asked while ``S_IN`` fails too: a
         cluster without a quorum, which a stepdown cannot mend."""
         since = self._lease_stall_since
+        if since is None:
+            return
+        stream = f"KV_{self.names.leases}"
+        leader = await self._leader(stream)
         now = time.monotonic()
+        if leader != self._stall_leader:
+            # A leader elected meanwhile (another node's stepdown, or the servers'
+            # own election) gets a whole bound: two nodes stepping down one leader
+            # after the other (seen) would only add elections.
+            self._stall_leader = leader
+            self._lease_stall_since = since = now
         bound = STALL_TTLS * self.lease_ttl
-        if since is None or now - since < bound or now - self._stepdown_at < bound:
+        if now - since < bound or now - self._stepdown_at < bound:
             return
-        try:
-            info = await self.js.stream_info(self.names.ingest)
-        except Exception:  # the cluster does not answer either
-            return
-        if info.cluster is not None and not info.cluster.leader:
+        ingest = await self._leader(self.names.ingest)
+        if ingest is None:  # S_IN does not answer either: a lost quorum
             return
         self._stepdown_at = now
-        stream = f"KV_{self.names.leases}"
-        leader = None
-        with contextlib.suppress(Exception):  # named if its leader answers an info
-            found = await self.js.stream_info(stream)
-            leader = found.cluster.leader if found.cluster else None
         log.error(
             "lease bucket writes time out while the cluster answers; asking its leader to"
             " step down",
