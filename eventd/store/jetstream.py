@@ -511,7 +511,8 @@ class JetStreamStore:
         if run_dedup:
             # Beat once before returning: an open node is counted by every node's
             # live_nodes() from then on (the limits they share), not a round later.
-            await asyncio.wait_for(self.heartbeat(), MANAGE_TIMEOUT)
+            # (Asked again until then: one lease write waits lease_write_timeout only.)
+            await asyncio.wait_for(_retrying(self.heartbeat, "first heartbeat"), MANAGE_TIMEOUT)
             self._claimer = asyncio.create_task(self._claim_loop(), name="jetstream-dedup-claims")
 
     async def ensure(self, destinations: Sequence[str]) -> None:
