@@ -154,6 +154,23 @@ class Metrics:
             "Groups acknowledged and waiting in the cluster's ingest stream for dedup",
             registry=r,
         )
+        # Per partition: the age of the oldest group waiting for its dedup stage, the
+        # figure to alert on when no node runs a partition's stage (set with the lag).
+        self.dedup_waiting = Gauge(
+            "eventd_dedup_waiting_seconds",
+            "Age of the oldest group acknowledged and waiting in the cluster's ingest stream"
+            " for its partition's dedup stage (0: none waits)",
+            ["partition"],
+            registry=r,
+        )
+        # A stream's leader asked to step down by this node, by stream and reason
+        # (lease_timeouts: the lease bucket's writes timed out while the cluster answered).
+        self.stepdowns = Counter(
+            "eventd_cluster_stepdowns",
+            "Stream leaders this node asked to step down, by stream and reason",
+            ["stream", "reason"],
+            registry=r,
+        )
         self._scrape_hooks: list[Callable[[], None]] = []
 
     def adjusted_counter(self, destination: str) -> Callable[[str, int], None]:

@@ -34,6 +34,7 @@ from nats.js.api import (
 
 from eventd.config import StorageConfig
 from eventd.metrics import Metrics
+from eventd.store import jetstream
 from eventd.store.cluster import ClusterStore
 from eventd.store.jetstream import JetStreamStore, encode_rows, user_partition
 from tests.nats_cluster import NatsCluster
@@ -180,15 +181,34 @@ async def test_an_older_work_queue_ingest_stream_is_kept_until_empty_then_recrea
         await nc.close()
 
 
-async def test_a_destinations_lag_counts_the_groups_waiting_for_their_dedup_stage(
+async def test_a_destinations_lag_counts_events_and_the_age_of_the_oldest_from_every_node(
     nodes: Nodes,
 ) -> None:
     """``eventd status``, ``/admin/destinations`` and ``/metrics`` take a destination's
-    lag from its feed: before, groups acknowledged and still in S_IN counted 0 (the
-    trial's lag 0 while two partitions were stalled)."""
+    lag from its feed: events (not the groups holding them: the third trial read
+    2,541 groups against 12,147 events) and the seconds since the oldest of them was
+    received (always 0.0 on the cluster before), while they wait in S_IN for their
+    dedup stage and then in the log for the destination, the same from two nodes;
+    the per-partition age of the oldest waiting group is on /metrics."""
     fronts = [await front_node(nodes, name) for name in ("front", "other")]
-    await fronts[0].append([row(f"l{i}", user=f"u{i}") for i in range(12)])
-    groups = (await fronts[0].js.stream_info(fronts[0].names.ingest)).state.messages
+    now = int(time.time() * 1000)
+    # Three groups (three appends, one after another), received 90, 60 and 30 s ago.
+    sent = [
+        [row(f"l{i}", user=f"u{i}", at=now - 90_000) for i in range(12)],
+        [row(f"m{i}", user=f"u{i}", at=now - 60_000) for i in range(5)],
+        [row(f"n{i}", user=f"v{i}", at=now - 30_000) for i in range(7)],
+    ]
+    for i, rows in enumerate(sent):
+        await fronts[i % 2].append(rows)
+    events = sum(len(rows) for rows in sent)  # 24
+    partitions = nodes.cfg.partitions
+    # Per partition, the oldest waiting event's age: groups of the first append span
+    # the partitions of u0..u11; the others' are younger.
+    oldest_at: dict[int, int] = {}
+    for rows in sent:
+        for r in rows:
+            p = user_partition(r, partitions)
+            oldest_at[p] = min(oldest_at.get(p, r[6]), r[6])
     feeds = []
     for front in fronts:  # each as a node's ClusterStore would read it
         storage = StorageConfig(backend="jetstream", jetstream=nodes.cfg, path=nodes.tmp / "x.db")
@@ -196,22 +216,61 @@ async def test_a_destinations_lag_counts_the_groups_waiting_for_their_dedup_stag
         store.js = front
         feeds.append((store, store.feed("hook")))
 
+    async def lags() -> list[tuple[int, float]]:
+        return [await feed.lag(now) for _, feed in feeds]
+
     async def counted() -> bool:
-        return all([(await feed.lag(0))[0] == groups for _, feed in feeds])
+        return await lags() == [(events, 90.0)] * 2
 
     await until_async(counted)
-    exposed = [
-        store.metrics.registry.get_sample_value("eventd_ingest_waiting_groups")
-        for store, _ in feeds
-        if store.metrics
-    ]
-    assert exposed == [groups, groups]
-    # Forwarded: the same groups are now log messages the destination has pending.
+    for store, _ in feeds:
+        assert store.metrics is not None
+        waiting = {
+            p: store.metrics.registry.get_sample_value(
+                "eventd_dedup_waiting_seconds", {"partition": str(p)}
+            )
+            for p in range(partitions)
+        }
+        assert waiting == {
+            p: (now - oldest_at[p]) / 1000 if p in oldest_at else 0.0 for p in range(partitions)
+        }
+    # Forwarded: the same events, now in log messages the destination has not passed.
     a = await nodes.start("a")
-    await until(lambda: a.forwarded == 12)
-    messages = (await a.js.stream_info(a.names.stream)).state.messages
+    await until(lambda: a.forwarded == events)
+    await until_async(counted)
+    # Passed: nothing left, no age.
+    await drain(await a.reader("hook"), events)
 
-    async def moved() -> bool:
-        return all([(await feed.lag(0))[0] == messages for _, feed in feeds])
+    async def passed() -> bool:
+        return await lags() == [(0, 0.0)] * 2
 
-    await until_async(moved)
+    await until_async(passed)
+
+
+async def test_a_long_backlog_is_read_a_part_at_a_time_and_the_rest_estimated(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reading reads at most COUNT_READS messages a consumer has not passed; the
+    rest counts at the mean of those read, and the next readings read on from where
+    the last stopped: exact once all were read."""
+    monkeypatch.setattr(jetstream, "COUNT_READS", 1)
+    front = await front_node(nodes)
+    sizes = [1, 2, 6]  # three groups of one user: one partition, in this order
+    for g, size in enumerate(sizes):
+        await front.append([row(f"g{g}-{i}", user="u1") for i in range(size)])
+    p = user_partition(row("x", user="u1"), nodes.cfg.partitions)
+
+    async def counted() -> bool:
+        return await front.ingest_waiting() == len(sizes)
+
+    await until_async(counted)
+    readings = [(await front.ingest_backlog())[p][0] for _ in range(4)]
+    # read 1 of 3 (1 event): 1 + 2 x 1; 2 of 3 (3): 3 + 1 x 1.5 rounded; then all: 9
+    assert readings == [3, 5, 9, 9]
+    # Readings at once (a scrape beside a status) on a node that read nothing yet:
+    # each message counted once.
+    monkeypatch.setattr(jetstream, "COUNT_READS", 2000)
+    second = await front_node(nodes, "second")
+    together = await asyncio.gather(*(second.ingest_backlog() for _ in range(3)))
+    assert [backlog[p][0] for backlog in together] == [9, 9, 9]
+    assert (await second.ingest_backlog())[p][0] == 9

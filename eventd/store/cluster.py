@@ -65,8 +65,15 @@ from eventd.store.base import (
 from eventd.store.cluster_admin import EVENT_BITS as EVENT_BITS  # re-exported: cluster_log
 from eventd.store.cluster_deletions import ClusterDeletions
 from eventd.store.cluster_errors import unavailable
+from eventd.store.cursor_feed import lag as feed_lag
 from eventd.store.datalock import DataLock
-from eventd.store.jetstream import CLOSE_TIMEOUT, DestinationReader, JetStreamStore, LogEvent
+from eventd.store.jetstream import (
+    CLOSE_TIMEOUT,
+    DestinationReader,
+    JetStreamStore,
+    LogEvent,
+    sum_backlogs,
+)
 from eventd.store.leases import PartitionLeases
 from eventd.store.live_nodes import LiveNodes
 from eventd.tasks import Budget, cancel, finish
@@ -127,8 +134,9 @@ class ClusterStore(ClusterDeletions):
         ones (``Destination.node_local``): a consumer of this node's own each, which
         wins over ``ordered`` (one fetcher per node keeps order there). ``metrics``:
         where consumers found out of step with their stream are counted
-        (``eventd_cluster_consumer_faults_total``) and the groups waiting in the
-        ingest stream shown (``eventd_ingest_waiting_groups``)."""
+        (``eventd_cluster_consumer_faults_total``), stream leaders asked to step down
+        (``eventd_cluster_stepdowns_total``), and the groups waiting in the ingest
+        stream shown (``eventd_ingest_waiting_groups``, ``eventd_dedup_waiting_seconds``)."""
         assert config.jetstream is not None
         self.config = config
         self.destinations = list(destinations)
@@ -156,6 +164,8 @@ class ClusterStore(ClusterDeletions):
         if metrics is not None:
             faults = metrics.consumer_faults
             self.js.on_fault = lambda consumer, reason: faults.labels(consumer, reason).inc()
+            stepdowns = metrics.stepdowns
+            self.js.on_stepdown = lambda stream, reason: stepdowns.labels(stream, reason).inc()
         self._last_seq = 0
         self._ready = False
         self._last_error: str | None = None
@@ -556,17 +566,28 @@ class ClusterFeed:
             log.warning("ack failed", destination=self.destination, error=repr(exc))
 
     async def lag(self, now: int) -> tuple[int, float]:
-        """(groups not settled for this destination: log messages its consumer has
-        pending or in flight, plus the ingest stream's groups still waiting for their
-        dedup stage, which every destination will get; the same from any node, each
-        count read from its consumer's leader; 0.0 s: the age is not read on the
-        cluster yet)."""
+        """(events not passed by this destination: those of the log messages after its
+        consumers' ack floors, plus those of the ingest stream's groups still waiting
+        for their dedup stage, which every destination will get; seconds since the
+        oldest of them was received, as SQLite's lag gives them), each read after its
+        consumer's leader's ack floor (:meth:`JetStreamStore.backlog`). Also sets the
+        ingest gauges: groups waiting, and per partition the age of its oldest
+        (``eventd_dedup_waiting_seconds``: a stage that runs keeps it near 0)."""
         js = self.store.js
-        counts, waiting = await asyncio.gather(js.lag(self.destination), js.ingest_waiting())
-        if self.store.metrics is not None:
-            self.store.metrics.ingest_waiting.set(waiting)
+        counts, waiting, mine, ingest = await asyncio.gather(
+            js.lag(self.destination),
+            js.ingest_waiting(),
+            js.backlog(self.destination),
+            js.ingest_backlog(),
+        )
+        metrics = self.store.metrics
+        if metrics is not None:
+            metrics.ingest_waiting.set(waiting)
+            for p, (_, oldest) in enumerate(ingest):
+                metrics.dedup_waiting.labels(str(p)).set(feed_lag(0, 0, oldest, now)[1])
         self._settled_below = max(self._settled_below, counts["settled_below"])
-        return counts["pending"] + counts["in_flight"] + waiting, 0.0
+        events, oldest = sum_backlogs([mine, *ingest])
+        return feed_lag(events, 0, oldest, now)
 
     async def passed(self, target: int) -> bool:
         """Cluster-wide, whatever ``target``: the ingest queue empty (an acknowledged

@@ -43,6 +43,12 @@ with the log sequence as watermark, then acks the S_IN message. A stage taking a
 partition over first forwards what the consumer handed out and nobody acked
 (:meth:`JetStreamStore._take_over`), so a crashed stage's messages do not come
 back after ack_wait behind newer ones.
+
+Health: lease writes wait half the lease TTL at most, so a lease round never
+outlasts the TTL; a lease bucket whose writes keep timing out while ``S_IN``
+answers has its stream leader asked to step down (:meth:`JetStreamStore._unstick_leases`).
+A destination's lag is read in events, with the oldest one's age
+(:meth:`JetStreamStore.backlog`, :meth:`JetStreamStore.ingest_backlog`).
 """
 
 from __future__ import annotations
@@ -54,8 +60,9 @@ import os
 import ssl
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,10 +124,30 @@ LEASE_RENEW = 3.0
 # Seconds between an idle dedup stage's checks of its consumer (_tend; a busy one
 # checks, and purges S_IN, after each batch).
 TEND_EVERY = 5.0
+# A lease write (create, renewal, heartbeat) is given at most this share of the
+# lease TTL (and publish_timeout at most): a lease round, which waits for them all,
+# then ends well within the TTL.
+LEASE_WRITE_SHARE = 0.5
+# Lease writes (the heartbeat, in the same bucket) timing out this many lease TTLs in
+# a row while S_IN answers: the bucket's stream leader is asked to step down.
+STALL_TTLS = 3
+# Messages one backlog reading reads per consumer at most (one direct get each); the
+# rest of a longer backlog is estimated at the mean of those read (see _backlog).
+COUNT_READS = 2000
 
 
 class _LeaseLost(Exception):
     """A dedup stage's lease went past its local deadline unrenewed."""
+
+
+@dataclass
+class _Backlog:
+    """What one consumer has not passed, as far as read: every message of its subject
+    from sequence ``start`` on, as (sequence, events, oldest received_at in unix ms),
+    ascending. Kept between readings, so each message is read once (see _backlog)."""
+
+    start: int
+    entries: deque[tuple[int, int, int]] = field(default_factory=deque)
 
 
 @dataclass(frozen=True)
@@ -422,6 +449,24 @@ class JetStreamStore:
         # (consumer, reason); the cluster store counts it in a metric.
         self.on_fault: Callable[[str, str], None] = lambda consumer, reason: None
         self.consumers_healed = 0  # dedup consumers this node recreated (see _tend)
+        # The lease bucket's writes (probed by the heartbeat, every lease round): the
+        # time.monotonic() of the first of the timeouts in a row (None: the last one
+        # answered), and of this node's last stepdown request (see _unstick_leases).
+        self._lease_stall_since: float | None = None
+        self._stepdown_at = float("-inf")
+        self._stall_leader: str | None = None  # the bucket's leader at the last check
+        self._unsticker: asyncio.Task[None] | None = None
+        # A stepdown asked of a stream's leader: called with (stream, reason); the
+        # cluster store counts it in a metric.
+        self.on_stepdown: Callable[[str, str], None] = lambda stream, reason: None
+        self.stepdowns = 0  # stepdowns this node asked for
+        # Consumer -> its backlog as read so far (see _backlog).
+        self._backlogs: dict[str, _Backlog] = {}
+
+    @property
+    def lease_write_timeout(self) -> float:
+        """Seconds a lease write waits for its answer (see LEASE_WRITE_SHARE)."""
+        return min(self.cfg.publish_timeout, self.lease_ttl * LEASE_WRITE_SHARE)
 
     @property
     def js(self) -> JetStreamContext:
@@ -508,6 +553,14 @@ class JetStreamStore:
             self.leases = await js.create_key_value(
                 KeyValueConfig(bucket=n.leases, ttl=self.lease_ttl, history=1, replicas=r)
             )
+        if self.nc is not None:
+            # Its writes bounded by LEASE_WRITE_SHARE of the TTL, not by the management
+            # timeout above (a KeyValue writes with its context's): a lease round waits
+            # for every write, and one write left 30 s on a server paused then resumed
+            # held every round that long, so no stage started again for 30 s after the
+            # cluster came back (bench/quorum_loss.py, 2026-11-30).
+            bounded = self.nc.jetstream(timeout=self.lease_write_timeout)
+            self.leases = await bounded.key_value(n.leases)
         for p in range(self.cfg.partitions):
             await _ensure_consumer(js, n.ingest, self._dedup_config(p))
         for name in destinations:
@@ -611,8 +664,8 @@ class JetStreamStore:
             await self._publisher
             self._publisher = None
         budget = Budget(within)
-        await cancel(self._claimer, within=budget.share(5))
-        self._claimer = None
+        await cancel(self._claimer, self._unsticker, within=budget.share(5))
+        self._claimer = self._unsticker = None
         # Stages finish the message in hand (forwarded *and* acked): one cancelled
         # between the two left its group to be redelivered to the next holder.
         # Past its share (a cluster stalled) a stage is cancelled: left to redelivery.
@@ -771,8 +824,89 @@ class JetStreamStore:
             await asyncio.sleep(self.lease_ttl * LEASE_RENEW / LEASE_TTL)
 
     async def _beat_quietly(self) -> None:
-        with contextlib.suppress(Exception):  # a stalled cluster: next round
+        """The heartbeat, a failure left to the next round; it is also the probe of
+        the lease bucket's writes: timeouts in a row past a bound, while the rest of
+        the cluster answers, ask the bucket's leader to step down (_unstick_leases)."""
+        try:
             await self.heartbeat()
+        except (TimeoutError, NatsTimeout):
+            if self._lease_stall_since is None:
+                self._lease_stall_since = time.monotonic()
+            # Apart from the round, which must not wait for its stream infos.
+            if self._unsticker is None or self._unsticker.done():
+                self._unsticker = asyncio.create_task(
+                    self._unstick_leases(), name="jetstream-lease-bucket-check"
+                )
+        except Exception:  # a lost connection: next round
+            pass
+        else:
+            self._lease_stall_since = None
+
+    async def _leader(self, stream: str) -> str | None:
+        """``stream``'s leader's server name from a stream info bounded by
+        ``lease_write_timeout``; None when none answers or none leads."""
+        try:
+            info = await asyncio.wait_for(self.js.stream_info(stream), self.lease_write_timeout)
+        except Exception:  # no answer in time, no leader, a lost connection
+            return None
+        if info.cluster is None:  # one server, no cluster: it leads
+            return "-"
+        return info.cluster.leader or None
+
+    async def _unstick_leases(self) -> None:
+        """Ask the lease bucket's stream leader to step down when its writes have
+        timed out for ``STALL_TTLS`` lease TTLs while ``S_IN`` answers with a leader;
+        at most once per that bound per node.
+
+        Seen (issue 14's third trial, nats-server 2.9.10): after a quorum loss every
+        stream came back but ``KV_<bucket>`` (its leader logging ``has high message
+        lag``), so every lease write timed out, no dedup stage ran, and nothing was
+        delivered until a server was restarted; a new leader is what the restart
+        brought. In bench/lease_stall.py, which makes the fault, the stall cleared on
+        its own and the stepdowns did not shorten it (docs/scaling.md): kept as a
+        bounded, logged and counted attempt. Not asked while ``S_IN`` fails too: a
+        cluster without a quorum, which a stepdown cannot mend."""
+        since = self._lease_stall_since
+        if since is None:
+            return
+        stream = f"KV_{self.names.leases}"
+        leader = await self._leader(stream)
+        now = time.monotonic()
+        if leader != self._stall_leader:
+            # A leader elected meanwhile (another node's stepdown, or the servers'
+            # own election) gets a whole bound: two nodes stepping down one leader
+            # after the other (seen) would only add elections.
+            self._stall_leader = leader
+            self._lease_stall_since = since = now
+        bound = STALL_TTLS * self.lease_ttl
+        if now - since < bound or now - self._stepdown_at < bound:
+            return
+        ingest = await self._leader(self.names.ingest)
+        if ingest is None:  # S_IN does not answer either: a lost quorum
+            return
+        self._stepdown_at = now
+        log.error(
+            "lease bucket writes time out while the cluster answers; asking its leader to"
+            " step down",
+            stream=stream,
+            leader=leader,
+            stalled_seconds=round(now - since, 1),
+        )
+        self.stepdowns += 1
+        self.on_stepdown(stream, "lease_timeouts")
+        assert self.nc is not None
+        try:
+            reply = await self.nc.request(
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=self.cfg.publish_timeout
+            )
+            answer = orjson.loads(reply.data)
+        except Exception as exc:
+            log.error("stepdown not answered", stream=stream, error=repr(exc))
+            return
+        if answer.get("error"):
+            log.error("stepdown refused", stream=stream, error=answer["error"])
+        else:
+            log.info("stepdown done", stream=stream)
 
     def held_partitions(self) -> list[int]:
         """The partitions whose dedup stage runs on this node."""
@@ -1238,6 +1372,76 @@ class JetStreamStore:
             oldest = at if oldest is None else min(oldest, at)
         return oldest
 
+    @unavailable()
+    async def backlog(self, destination: str) -> tuple[int, int | None]:
+        """(events, oldest received_at in unix ms or None) of the log messages
+        ``destination``'s consumers have not passed (those after each one's ack floor,
+        as SQLite's lag counts the events after a cursor; a node-local destination's:
+        this node's consumer), read as :meth:`_backlog` reads them. Raises
+        :class:`StorageUnavailable` as :meth:`lag` does."""
+        parts = []
+        for durable, subject in self._consumers(destination):
+            try:
+                info = await self._led_consumer_info(durable)
+            except NotFoundError:  # a node-local consumer removed meanwhile
+                continue
+            parts.append(await self._backlog(self.names.stream, durable, subject, info))
+        return sum_backlogs(parts)
+
+    @unavailable()
+    async def ingest_backlog(self) -> list[tuple[int, int | None]]:
+        """Per partition, in order: (events, oldest received_at in unix ms or None) of
+        the groups acknowledged and not yet forwarded by its dedup stage (those after
+        its consumer's ack floor). Raises :class:`StorageUnavailable` as :meth:`lag`."""
+        infos = await self._dedup_infos()
+        return [
+            await self._backlog(
+                self.names.ingest, self.names.dedup_consumer(p), self.names.in_subject(p), info
+            )
+            for p, info in enumerate(infos)
+        ]
+
+    async def _backlog(
+        self, stream: str, durable: str, subject: str, info: ConsumerInfo
+    ) -> tuple[int, int | None]:
+        """(events, oldest received_at ms or None) in the messages of ``subject`` after
+        consumer ``durable``'s ack floor (``info``, from its leader). Each message is
+        read once (a direct get) and remembered while the floor is below it, so a
+        reading reads only what was stored since the last one; a floor that went back
+        (the consumer recreated) reads again from it. At most COUNT_READS messages are
+        read per reading: the rest of the consumer's count (pending and unacked) is
+        estimated at the mean of those known, and read at the next readings."""
+        messages = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+        key = f"{stream}/{durable}"
+        if not messages:
+            self._backlogs.pop(key, None)
+            return 0, None
+        known = self._backlogs.get(key)
+        if known is None or floor + 1 < known.start:
+            known = self._backlogs[key] = _Backlog(floor + 1)
+        while known.entries and known.entries[0][0] <= floor:
+            known.entries.popleft()
+        known.start = floor + 1
+        after = known.entries[-1][0] + 1 if known.entries else known.start
+        read, full = 0, True
+        async for seq, data, _ in self._messages(stream, subject, 1 << 62, after):
+            if known.entries and seq <= known.entries[-1][0]:
+                continue  # read meanwhile by a reading running beside this one
+            rows = decode_rows(data)
+            oldest = min((r[6] for r in rows), default=0)
+            known.entries.append((seq, len(rows), oldest))
+            read += 1
+            if read >= COUNT_READS:
+                full = False
+                break
+        events = sum(n for _, n, _ in known.entries)
+        if not full and known.entries:  # more than one reading reads: the rest estimated
+            rest = max(0, messages - len(known.entries))
+            events += round(rest * events / len(known.entries))
+        oldest_at = min((at for _, _, at in known.entries if at), default=None)
+        return events, oldest_at
+
     async def _dedup_infos(self) -> list[ConsumerInfo]:
         """Every partition's dedup consumer's info, from its leader, in partition order."""
         return list(
@@ -1420,6 +1624,12 @@ class JetStreamStore:
         # A set: keys() lists a key once per update its watcher saw while it ran,
         # so a heartbeat landing meanwhile would count its node twice.
         return sorted({k.removeprefix("node-") for k in keys if k.startswith("node-")})
+
+
+def sum_backlogs(parts: Sequence[tuple[int, int | None]]) -> tuple[int, int | None]:
+    """Backlogs (events, oldest received_at ms or None) taken together."""
+    oldest = [at for _, at in parts if at is not None]
+    return sum(n for n, _ in parts), min(oldest, default=None)
 
 
 def _log_id(in_seq: int, headers: dict[str, str] | None) -> str:
