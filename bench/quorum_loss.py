@@ -231,6 +231,14 @@ async def run(args: argparse.Namespace, cluster: NatsCluster, tmp: Path) -> int:
         )
     heals = sum(n.consumers_healed for n in nodes) if hasattr(nodes[0], "consumers_healed") else "-"
     print(f"\ndedup consumers recreated (healed): {heals}")
+    # (absent on older code: "-")
+    for label, attr in (
+        ("log events forwarded again after a loss of the log's end", "log_mended"),
+        ("destination consumers rewound", "consumers_rewound"),
+        ("tends that kept S_IN groups for a log replica behind", "purges_held"),
+    ):
+        count = sum(getattr(n, attr, 0) for n in nodes) if hasattr(nodes[0], attr) else "-"
+        print(f"{label}: {count}")
     for store in nodes:
         await store.close()
     return 1 if missing else 0

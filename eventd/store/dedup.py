@@ -17,7 +17,9 @@ Shape of the set: key ``source \\x00 messageId`` (UTF-8, the exact pair: no hash
 so no two distinct events can collide) -> ``received_at`` (unix ms, 8 bytes
 big-endian), followed, for a store whose log has a seq per event (the SQLite
 outbox, :meth:`DedupSet.add_stored`), by that event's seq (8 bytes), which finds
-the stored copy of a messageId without an index on the log. A key counts as seen
+the stored copy of a messageId without an index on the log; on the jetstream
+store, by the log message's sequence, which finds the events of a message the log
+lost (:meth:`DedupSet.stored_within`, :attr:`DedupSet.mending`). A key counts as seen
 when it was stored less than the window before the new event's ``received_at``
 (SQLite's rule: the window runs from the stored copy). Keys older than the window
 are dropped by RocksDB's TTL compaction (opened with ``AccessType.with_ttl``);

@@ -5,7 +5,9 @@ Names, all derived from ``storage.stream`` (S, default ``EVENTD``):
 ``S_IN``    stream, limits retention, subjects ``S.in.<p>``: what ingest
             publishes, one message per (group of requests, partition p); its
             partition's dedup stage acks it once forwarded and purges what its
-            consumer acked (an ack deletes nothing: see :meth:`JetStreamStore._tend`).
+            consumer acked once its log message is on every replica of the log (an
+            ack deletes nothing: see :meth:`JetStreamStore._tend`); a group whose
+            log message the log then lost is forwarded again (:meth:`JetStreamStore._mend_log`).
             p is a hash of the event's user (userId, else anonymousId): a retry
             carries the same user, so it meets its first copy's dedup set, and
             one user's events keep their order through one partition.
@@ -1115,9 +1117,14 @@ class JetStreamStore:
             with contextlib.suppress(BadRequestError):  # another node recreated it meanwhile
                 await self.js.add_consumer(self.names.stream, config)
 
-        # Deleted, it must come back: its readers fetch by name, and nothing else
-        # creates it again before a node restarts. Waited out through a stall.
-        await _retrying(add, f"recreate {info.name}")
+        # Deleted, it must come back: its readers fetch by name, and nothing but a
+        # node's start (ensure, from the log's first message) creates it again.
+        # Waited out through a stall, for MANAGE_TIMEOUT (a lag reading waits on it).
+        try:
+            await asyncio.wait_for(_retrying(add, f"recreate {info.name}"), MANAGE_TIMEOUT)
+        except TimeoutError:
+            log.error("log consumer deleted and not created again", consumer=info.name)
+            raise StorageUnavailable(f"consumer {info.name} not created again") from None
         self.consumers_rewound += 1
 
     async def _heal(self, p: int, reason: str, **positions: int) -> bool:
@@ -1349,6 +1356,9 @@ class JetStreamStore:
                 # messages would get sequences it believes it handed out, never
                 # delivered. Recreated from its ack floor: at least once, not loss.
                 await self._rewind(info, last, "ahead")
+                # It redelivers from there: the retention sweep must keep that.
+                floor = info.ack_floor.stream_seq if info.ack_floor else 0
+                settled_below = min(settled_below, min(int(floor or 0), last) + 1)
                 continue
             pending += int(info.num_pending or 0)
             in_flight += int(info.num_ack_pending or 0)
