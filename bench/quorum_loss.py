@@ -229,6 +229,16 @@ async def run(args: argparse.Namespace, cluster: NatsCluster, tmp: Path) -> int:
             f"| {', '.join(state.get('ahead', [])) or '-'} | {text.count('stream store EOF')} "
             f"| {text.count('Resetting stream cluster state')} |"
         )
+    # The log per server too: the third trial's loss was a log replica ahead of the others.
+    logs = replica_states(cluster, nodes[0].names.stream)
+    print(
+        "\nlog per server (messages, last_seq): "
+        + ", ".join(
+            f"{st['server']} {st.get('messages', '-')} {st.get('last_seq', '-')}" for st in logs
+        )
+    )
+    if missing:
+        print(f"missing, the first 20: {sorted(missing, key=lambda m: int(m[1:]))[:20]}")
     heals = sum(n.consumers_healed for n in nodes) if hasattr(nodes[0], "consumers_healed") else "-"
     print(f"\ndedup consumers recreated (healed): {heals}")
     # (absent on older code: "-")
