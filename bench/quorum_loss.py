@@ -229,8 +229,26 @@ async def run(args: argparse.Namespace, cluster: NatsCluster, tmp: Path) -> int:
             f"| {', '.join(state.get('ahead', [])) or '-'} | {text.count('stream store EOF')} "
             f"| {text.count('Resetting stream cluster state')} |"
         )
+    # The log per server too: the third trial's loss was a log replica ahead of the others.
+    logs = replica_states(cluster, nodes[0].names.stream)
+    print(
+        "\nlog per server (messages, last_seq): "
+        + ", ".join(
+            f"{st['server']} {st.get('messages', '-')} {st.get('last_seq', '-')}" for st in logs
+        )
+    )
+    if missing:
+        print(f"missing, the first 20: {sorted(missing, key=lambda m: int(m[1:]))[:20]}")
     heals = sum(n.consumers_healed for n in nodes) if hasattr(nodes[0], "consumers_healed") else "-"
     print(f"\ndedup consumers recreated (healed): {heals}")
+    # (absent on older code: "-")
+    for label, attr in (
+        ("log events forwarded again after a loss of the log's end", "log_mended"),
+        ("destination consumers rewound", "consumers_rewound"),
+        ("tends that kept S_IN groups for a log replica behind", "purges_held"),
+    ):
+        count = sum(getattr(n, attr, 0) for n in nodes) if hasattr(nodes[0], attr) else "-"
+        print(f"{label}: {count}")
     for store in nodes:
         await store.close()
     return 1 if missing else 0

@@ -145,7 +145,8 @@ class Metrics:
         # groups acknowledged and waiting for their dedup stage.
         self.consumer_faults = Counter(
             "eventd_cluster_consumer_faults",
-            "Consumers found out of step with their stream (ahead, stranded, stuck, missing)",
+            "Consumers found out of step with their stream"
+            " (ahead, stranded, stuck, missing, log_lost)",
             ["consumer", "reason"],
             registry=r,
         )

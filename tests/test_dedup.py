@@ -30,6 +30,30 @@ def test_a_repeat_inside_the_window_is_not_new_and_one_past_it_is(tmp_path: Path
     s.close()
 
 
+def test_a_groups_log_sequences_and_a_lost_range_are_kept_and_survive_a_reopen(
+    tmp_path: Path,
+) -> None:
+    """What the jetstream stage asks before a purge and after a loss of the log's end."""
+    s = DedupSet(tmp_path / "p0", DAY)
+    a, b, c, old = (dedup_key("web", m) for m in ("a", "b", "c", "old"))
+    s.add([(old, 500)])  # a key kept without a sequence (an older set)
+    s.add_stored([(a, 1_000, 7), (b, 1_000, 9)], 9)
+    assert s.forwarded_through([(a, 1_000), (b, 1_000), (old, 600)]) == 9
+    assert s.forwarded_through([(old, 600)]) == 0
+    assert s.forwarded_through([(a, 1_000), (c, 1_000)]) is None  # c never forwarded
+    assert s.forwarded_through([(a, 1_000 + DAY)]) is None  # past the window
+    assert s.stored_within([(a, 1_000), (b, 1_000), (c, 1_000), (old, 600)], (7, 9)) == [1]
+    assert s.stored_within([(a, 1_000), (b, 1_000)], (6, 9)) == [0, 1]
+    assert s.mending is None
+    s.set_mending((6, 9))
+    s.close()
+    s = DedupSet(tmp_path / "p0", DAY)
+    assert s.mending == (6, 9) and s.watermark == 9
+    s.set_mending(None)
+    assert s.mending is None
+    s.close()
+
+
 def test_keys_and_watermark_survive_a_reopen(tmp_path: Path) -> None:
     s = DedupSet(tmp_path / "p0", DAY)
     keys = [(dedup_key("web", f"m{i}"), 5_000) for i in range(1_000)]

@@ -17,7 +17,9 @@ Shape of the set: key ``source \\x00 messageId`` (UTF-8, the exact pair: no hash
 so no two distinct events can collide) -> ``received_at`` (unix ms, 8 bytes
 big-endian), followed, for a store whose log has a seq per event (the SQLite
 outbox, :meth:`DedupSet.add_stored`), by that event's seq (8 bytes), which finds
-the stored copy of a messageId without an index on the log. A key counts as seen
+the stored copy of a messageId without an index on the log; on the jetstream
+store, by the log message's sequence, which finds the events of a message the log
+lost (:meth:`DedupSet.stored_within`, :attr:`DedupSet.mending`). A key counts as seen
 when it was stored less than the window before the new event's ``received_at``
 (SQLite's rule: the window runs from the stored copy). Keys older than the window
 are dropped by RocksDB's TTL compaction (opened with ``AccessType.with_ttl``);
@@ -46,6 +48,7 @@ from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch
 
 MEMTABLE_BYTES = 16 * 1024 * 1024
 _WATERMARK = b"\xff\xffwatermark"  # sorts after every key; no source name starts with 0xff
+_MENDING = b"\xff\xffmending"  # (from, through): log sequences lost, being forwarded again
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -119,6 +122,24 @@ class DedupSet:
         value = self._db.get(_WATERMARK)
         return _ms(value) if value is not None else 0
 
+    @property
+    def mending(self) -> tuple[int, int] | None:
+        """The jetstream store's log loss being mended: (the partition's last log
+        sequence left, the watermark when the loss was found); the keys kept with a
+        sequence in ``(from, through]`` went in lost messages. None: no loss."""
+        value = self._db.get(_MENDING)
+        if value is None:
+            return None
+        return _ms(value), int.from_bytes(value[8:16], "big")
+
+    def set_mending(self, lost: tuple[int, int] | None) -> None:
+        """Record (or, None, clear) :attr:`mending`; kept on disk so a stage that
+        stops half way resumes it."""
+        if lost is None:
+            self._db.delete(_MENDING)
+        else:
+            self._db.put(_MENDING, _pack_ms_seq(*lost))
+
     def filter_new(self, items: Sequence[tuple[bytes, int]]) -> list[int]:
         """Indexes of ``items`` (key, received_at ms) that are not repeats.
 
@@ -143,6 +164,40 @@ class DedupSet:
             first_in_call[key] = received_at
             new.append(i)
         return new
+
+    def forwarded_through(self, items: Sequence[tuple[bytes, int]]) -> int | None:
+        """For a group of items (key, received_at ms) already through its stage: None
+        when one of them is not in the set within the window (never forwarded), else
+        the highest seq :meth:`add_stored` kept with them (0 when none was kept: keys
+        stored by :meth:`add`). One multi-get, as :meth:`filter_new`."""
+        if not items:
+            return 0
+        keys: list[str | int | float | bytes | bool] = [key for key, _ in items]
+        stored: list[bytes | None] = self._db.get(keys) or []
+        through = 0
+        for (_, received_at), value in zip(items, stored, strict=True):
+            if value is None or received_at - _ms(value) >= self.window_ms:
+                return None
+            if len(value) >= 16:
+                through = max(through, int.from_bytes(value[8:16], "big"))
+        return through
+
+    def stored_within(self, items: Sequence[tuple[bytes, int]], lost: tuple[int, int]) -> list[int]:
+        """Indexes of ``items`` (key, received_at ms) whose kept seq (:meth:`add_stored`)
+        is in ``(lost[0], lost[1]]``: on the jetstream store, the events whose log
+        message was lost (:attr:`mending`), to be forwarded again."""
+        low, high = lost
+        if not items:
+            return []
+        keys: list[str | int | float | bytes | bool] = [key for key, _ in items]
+        stored: list[bytes | None] = self._db.get(keys) or []
+        return [
+            i
+            for i, value in enumerate(stored)
+            if value is not None
+            and len(value) >= 16
+            and low < int.from_bytes(value[8:16], "big") <= high
+        ]
 
     def add(self, items: Iterable[tuple[bytes, int]], watermark: int | None = None) -> None:
         """Store keys (key, received_at ms) and, atomically with them, the watermark."""
@@ -177,18 +232,20 @@ class DedupSet:
         a group of events, so several entries share one seq."""
         start = last = self.watermark
         added = 0
-        chunk: list[tuple[bytes, int]] = []
+        # each key with its log seq: the jetstream store's stage finds by it the
+        # events whose log message was lost (:meth:`stored_after`)
+        chunk: list[tuple[bytes, int, int]] = []
         for seq, key, received_at in log:
             if seq <= start:
                 continue
-            chunk.append((key, received_at))
+            chunk.append((key, received_at, seq))
             last = max(last, seq)
             if len(chunk) >= 10_000:
-                self.add(chunk, last)
+                self.add_stored(chunk, last)
                 added += len(chunk)
                 chunk = []
         if chunk or last != start:
-            self.add(chunk, last)
+            self.add_stored(chunk, last)
             added += len(chunk)
         return added
 

@@ -5,7 +5,9 @@ Names, all derived from ``storage.stream`` (S, default ``EVENTD``):
 ``S_IN``    stream, limits retention, subjects ``S.in.<p>``: what ingest
             publishes, one message per (group of requests, partition p); its
             partition's dedup stage acks it once forwarded and purges what its
-            consumer acked (an ack deletes nothing: see :meth:`JetStreamStore._tend`).
+            consumer acked once its log message is on every replica of the log (an
+            ack deletes nothing: see :meth:`JetStreamStore._tend`); a group whose
+            log message the log then lost is forwarded again (:meth:`JetStreamStore._mend_log`).
             p is a hash of the event's user (userId, else anonymousId): a retry
             carries the same user, so it meets its first copy's dedup set, and
             one user's events keep their order through one partition.
@@ -124,6 +126,11 @@ LEASE_RENEW = 3.0
 # Seconds between an idle dedup stage's checks of its consumer (_tend; a busy one
 # checks, and purges S_IN, after each batch).
 TEND_EVERY = 5.0
+# Seconds a dedup stage keeps forwarded S_IN groups whose log message it has not yet
+# seen on every replica of the log (_tend): a log that loses its end within this time
+# of a forward is mended from them (_mend_log); after it, they are purged anyway, so
+# S_IN holds at most about this much of the ingest rate when followers always lag.
+HOLD_MAX = 300.0
 # A lease write (create, renewal, heartbeat) is given at most this share of the
 # lease TTL (and publish_timeout at most): a lease round, which waits for them all,
 # then ends well within the TTL.
@@ -445,6 +452,8 @@ class JetStreamStore:
         # S_IN left by an older eventd as a work queue and not yet empty: kept as it is.
         self.ingest_work_queue = False
         self._stuck: dict[int, int] = {}  # per partition: checks in a row found stuck
+        # per partition: time.monotonic() since when _tend has kept groups back
+        self._held_since: dict[int, float] = {}
         # A consumer found ahead of its stream or past unacked messages: called with
         # (consumer, reason); the cluster store counts it in a metric.
         self.on_fault: Callable[[str, str], None] = lambda consumer, reason: None
@@ -462,6 +471,11 @@ class JetStreamStore:
         self.stepdowns = 0  # stepdowns this node asked for
         # Consumer -> its backlog as read so far (see _backlog).
         self._backlogs: dict[str, _Backlog] = {}
+        self.consumers_rewound = 0  # destination consumers it recreated (see _rewind)
+        self.log_mended = 0  # events it forwarded again after the log lost them
+        # tends that kept S_IN groups whose log message was not on every replica yet
+        self.purges_held = 0
+        self._rewinding = asyncio.Lock()
 
     @property
     def lease_write_timeout(self) -> float:
@@ -970,7 +984,8 @@ class JetStreamStore:
                 check,
             )
             sub = await subscribe()
-            tended, fetched = time.monotonic(), 0
+            # A first tend at once: a loss of the log's end is mended before anything new.
+            tended, fetched = time.monotonic() - TEND_EVERY, 0
             while not self._stopping:
                 self._check_lease(p)
                 # After every batch (its groups forwarded and acked: purged at once,
@@ -1083,6 +1098,19 @@ class JetStreamStore:
         if stuck >= 2:
             self._stuck[p] = 0
             return await self._heal(p, "stuck", delivered=delivered, last_seq=last, pending=pending)
+        # The log, read after this stage's publishes answered: what of it every
+        # replica holds, and whether it lost its end (then forwarded again first).
+        log_info = await self.js.stream_info(n.stream)
+        lost = dedup.mending or await self._lost_end(p, dedup)
+        if lost is not None:
+            await self._mend_log(p, dedup, lost)
+        safe = _replicated_through(log_info, self.cfg.replicas)
+        # Under steady load a follower is rarely seen with no lag at the moment of the
+        # read: S_IN would grow without end. Past HOLD_MAX of holding, purged anyway.
+        since = self._held_since.get(p)
+        held_too_long = since is not None and time.monotonic() - since >= HOLD_MAX
+        if held_too_long:
+            self._held_since.pop(p, None)
         # Every message of S.in.p still here at or below what the consumer delivered
         # (its ack floor while some are unacked) is read and its events looked up:
         # all in the set, it was forwarded (or held only repeats). Read, not counted
@@ -1092,15 +1120,169 @@ class JetStreamStore:
         checked = 0
         async for seq, data, _ in self._messages(n.ingest, subject, upto):
             keys = [(dedup_key(r[0], r[1]), r[6]) for r in decode_rows(data)]
-            if dedup.filter_new(keys):
+            through = dedup.forwarded_through(keys)
+            if through is None:
                 return await self._heal(
                     p, "stranded", delivered=delivered, last_seq=last, stranded_seq=seq
                 )
+            if through > safe and not held_too_long:
+                # Its log message may be on a quorum only: a replica left behind that
+                # becomes leader loses it (the third trial). Kept, to forward again.
+                self.purges_held += 1
+                self._held_since.setdefault(p, time.monotonic())
+                break
             checked = seq
+        else:
+            self._held_since.pop(p, None)
+        if held_too_long:
+            log.info(
+                "ingest groups purged before their log messages were seen on every replica",
+                partition=p,
+                held_seconds=HOLD_MAX,
+            )
         if checked and not self.ingest_work_queue:
-            # Only what was just read and found forwarded, all of it acked.
+            # Only what was just read and found forwarded, all of it acked, and its
+            # log message on every replica of the log (or held back HOLD_MAX already).
             await self.js.purge_stream(n.ingest, seq=checked + 1, subject=subject)
         return False
+
+    async def _lost_end(self, p: int, dedup: DedupSet) -> tuple[int, int] | None:
+        """The log sequences of partition p lost from the log's end, (the last one
+        left, the set's watermark), when the partition's last log message (the
+        leader's ``get_last_msg``) is below the watermark (the last this partition
+        published) and ``S_IN`` still holds a group with events in them; None
+        otherwise. Found: the loss is recorded in the set (:attr:`DedupSet.mending`)
+        for :meth:`_mend_log`. Gone
+        with nothing left to forward again (purged by the retention sweep, erased, or
+        lost after every replica held it): a warning, the watermark set back."""
+        mark = dedup.watermark
+        if not mark:
+            return None
+        try:
+            last = await self.js.get_last_msg(self.names.stream, self.names.log_subject(p))
+            left = int(last.seq or 0)
+        except NotFoundError:
+            left = 0
+        if left >= mark:
+            return None
+        lost = (left, mark)
+        if not [group async for group in self._held_back(p, dedup, lost)]:
+            log.warning(
+                "log messages of a partition gone, none left in the ingest stream to"
+                " forward again (purged by retention, erased, or lost after every replica"
+                " held them)",
+                partition=p,
+                last_log_seq=left,
+                watermark=mark,
+            )
+            dedup.add((), watermark=left)
+            return None
+        log.error(
+            "the log lost its last messages of a partition; forwarding them again",
+            partition=p,
+            last_log_seq=left,
+            watermark=mark,
+        )
+        dedup.set_mending(lost)
+        return lost
+
+    async def _held_back(
+        self, p: int, dedup: DedupSet, lost: tuple[int, int]
+    ) -> AsyncIterator[tuple[int, str, list[EventRow], list[tuple[bytes, int]], list[int]]]:
+        """``S.in.p``'s groups still in ``S_IN`` with events whose log message is in
+        the ``lost`` range: (S_IN sequence, its log id, rows, keys, indexes of those)."""
+        async for seq, data, headers in self._messages(
+            self.names.ingest, self.names.in_subject(p), 2**63
+        ):
+            rows = decode_rows(data)
+            keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
+            chosen = dedup.stored_within(keys, lost)
+            if chosen:
+                yield seq, _log_id(seq, headers), rows, keys, chosen
+
+    async def _mend_log(self, p: int, dedup: DedupSet, lost: tuple[int, int]) -> None:
+        """Rewind the destination consumers past the loss (:meth:`_rewind`), forward
+        again, with new message ids (the log's window would drop the old
+        ones as copies), the events of ``S.in.p``'s groups still here whose log
+        message is in the lost range (:meth:`_lost_end`); then clear the record. A
+        stage stopped half way resumes from the record: what it forwarded again has
+        new sequences, past the range. Logged at error and counted (``on_fault``:
+        the partition's dedup consumer, ``log_lost``)."""
+        # First the destinations' consumers that delivered past what is left: one
+        # could skip a message forwarded again that takes a lost sequence. (Again on
+        # a resumed mend: more repeats, never a consumer left past a message.)
+        await self._rewind_log_consumers(p, lost[0])
+        again = 0
+        async for _, log_id, rows, keys, chosen in self._held_back(p, dedup, lost):
+            await self._publish_kept(
+                p, rows, keys, chosen, f"{log_id}-again-{uuid.uuid4().hex}", dedup
+            )
+            again += len(chosen)
+        dedup.set_mending(None)
+        log.error("lost log events forwarded again", partition=p, events=again)
+        self.on_fault(self.names.dedup_consumer(p), "log_lost")
+        self.log_mended += again
+
+    async def _rewind_log_consumers(self, p: int, left: int) -> None:
+        """Recreate every destination consumer reading partition p's log subject that
+        delivered past ``left`` (:meth:`_rewind`): what the log lost after ``left`` is
+        forwarded again, and may take the sequence of a lost message."""
+        n = self.names
+        subjects = {f"{n.stream}.log.>", n.log_subject(p)}
+        # One partition's stage at a time on this node: each reads the consumers
+        # after the last one's rewind, and no two recreate one consumer at once.
+        async with self._rewinding:
+            offset = 0
+            while True:  # pages of up to 256
+                page = await self.js.consumers_info(n.stream, offset=offset)
+                if not page:
+                    return
+                offset += len(page)
+                for info in page:
+                    delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
+                    if (
+                        info.name.startswith("dest-")
+                        and info.config.filter_subject in subjects
+                        and delivered > left
+                    ):
+                        await self._rewind(info, left, "log_lost")
+
+    async def _rewind(self, info: ConsumerInfo, left: int, reason: str) -> None:
+        """Recreate a destination's log consumer (same name and config) to deliver from
+        its ack floor, and not past ``left + 1`` (a log sequence it may have
+        delivered once and that now holds another message): at least once, the
+        messages between redelivered. Logged at error and counted (``reason``)."""
+        floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+        start = min(floor, left) + 1
+        delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
+        log.error(
+            "log consumer recreated from its ack floor",
+            consumer=info.name,
+            reason=reason,
+            delivered=delivered,
+            ack_floor=floor,
+            start_seq=start,
+        )
+        self.on_fault(info.name, reason)
+        config = self._consumer_config(info.name, info.config.filter_subject or "")
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = start
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(self.names.stream, info.name)
+
+        async def add() -> None:
+            with contextlib.suppress(BadRequestError):  # another node recreated it meanwhile
+                await self.js.add_consumer(self.names.stream, config)
+
+        # Deleted, it must come back: its readers fetch by name, and nothing but a
+        # node's start (ensure, from the log's first message) creates it again.
+        # Waited out through a stall, for MANAGE_TIMEOUT (a lag reading waits on it).
+        try:
+            await asyncio.wait_for(_retrying(add, f"recreate {info.name}"), MANAGE_TIMEOUT)
+        except TimeoutError:
+            log.error("log consumer deleted and not created again", consumer=info.name)
+            raise StorageUnavailable(f"consumer {info.name} not created again") from None
+        self.consumers_rewound += 1
 
     async def _heal(self, p: int, reason: str, **positions: int) -> bool:
         """Recreate partition p's dedup consumer (same config) to deliver from the
@@ -1164,14 +1346,29 @@ class JetStreamStore:
         keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
         new = dedup.filter_new(keys)
         self.duplicates += len(rows) - len(new)
-        seq = None
         if new:
-            data = encode_rows([rows[i] for i in new])
-            seq = await self._publish(
-                self.names.log_subject(p), data, log_id, until=self._dedup.held_until(p)
-            )
-        dedup.add([keys[i] for i in new], watermark=seq)
+            await self._publish_kept(p, rows, keys, new, log_id, dedup)
         self.forwarded += len(new)
+
+    async def _publish_kept(
+        self,
+        p: int,
+        rows: list[EventRow],
+        keys: list[tuple[bytes, int]],
+        chosen: list[int],
+        log_id: str,
+        dedup: DedupSet,
+    ) -> int:
+        """Publish ``rows[chosen]`` to ``S.log.p`` as one message with ``log_id``, then
+        keep their keys in the set with the message's log sequence, which is also the
+        watermark; returns that sequence. (The sequence finds, after a loss of the
+        log's end, which events went in the lost messages: :meth:`_mend_log`.)"""
+        data = encode_rows([rows[i] for i in chosen])
+        seq = await self._publish(
+            self.names.log_subject(p), data, log_id, until=self._dedup.held_until(p)
+        )
+        dedup.add_stored([(*keys[i], seq) for i in chosen], seq)
+        return seq
 
     async def rebuild(
         self, p: int, dedup: DedupSet, check: Callable[[], None] = lambda: None
@@ -1312,17 +1509,14 @@ class JetStreamStore:
             # Read again after the consumer: `last` was read before it, and the
             # consumer may have delivered what was stored since.
             if delivered > last and delivered > await self._last_seq():
-                # nats-server#6789: past the stream's end, new messages would get
-                # sequences it believes it handed out. Not healed here: a consumer
-                # recreated from its ack floor would redeliver (at least once); an
-                # operator decides (docs/scaling.md, "The ingest stream and its consumers").
-                log.error(
-                    "log consumer ahead of its stream",
-                    consumer=durable,
-                    delivered=delivered,
-                    last_seq=last,
-                )
-                self.on_fault(durable, "ahead")
+                # nats-server#6789, or the log lost its end: past the stream's end, new
+                # messages would get sequences it believes it handed out, never
+                # delivered. Recreated from its ack floor: at least once, not loss.
+                await self._rewind(info, last, "ahead")
+                # It redelivers from there: the retention sweep must keep that.
+                floor = info.ack_floor.stream_seq if info.ack_floor else 0
+                settled_below = min(settled_below, min(int(floor or 0), last) + 1)
+                continue
             pending += int(info.num_pending or 0)
             in_flight += int(info.num_ack_pending or 0)
             if info.num_pending or info.num_ack_pending:
@@ -1630,6 +1824,24 @@ def sum_backlogs(parts: Sequence[tuple[int, int | None]]) -> tuple[int, int | No
     """Backlogs (events, oldest received_at ms or None) taken together."""
     oldest = [at for _, at in parts if at is not None]
     return sum(n for n, _ in parts), min(oldest, default=None)
+
+
+def _replicated_through(info: Any, replicas: int) -> int:
+    """The log sequence through which every replica of a stream holds its messages,
+    from its stream info: its last sequence when the leader and ``replicas - 1``
+    followers are all current with no lag (the message's publish answered before the
+    info was read), else 0 (not known: nothing counts as held by all)."""
+    last = int(info.state.last_seq or 0)
+    cluster: ClusterInfo | None = info.cluster
+    if cluster is None:
+        return last
+    followers = cluster.replicas or []
+    held = (
+        bool(cluster.leader)
+        and len(followers) >= replicas - 1
+        and all(f.current and not f.offline and not f.lag for f in followers)
+    )
+    return last if held else 0
 
 
 def _log_id(in_seq: int, headers: dict[str, str] | None) -> str:

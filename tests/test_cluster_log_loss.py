@@ -1,0 +1,152 @@
+"""The log stream losing its end after forwarding (issue 14's third trial), on a real
+3-server nats-server cluster (eventd/store/jetstream.py: ``_tend``, ``_lost_end``,
+``_mend_log``, ``_rewind``).
+
+In the trial, nats-server 2.9.10 kept a log message on one replica only: the two
+others became the majority without it, and the 19 events in it, acknowledged and
+forwarded (their ``S_IN`` copy purged, their keys in the dedup set), were never
+delivered. Here the fault is made by hand: a server is paused (its replica of the
+log falls behind, so the stage keeps the groups in ``S_IN``) and each partition's
+last log message is deleted, as the servers' majority lost it. The stage must find
+the loss, forward those events again and rewind the destination consumers that had
+delivered past what is left; every acknowledged messageId reaches every
+destination. Also: a group stays in ``S_IN`` until every log replica holds its
+message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from eventd.store.jetstream import JetStreamStore, user_partition
+from tests.nats_cluster import NatsCluster
+from tests.test_jetstream_store import Nodes, drain, row
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def until_async(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+    """Wait until ``check()`` (a read of the servers' state) answers True (polled, bounded)."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.05)
+
+
+async def pause_a_follower(cluster: NatsCluster, node: JetStreamStore) -> int:
+    """SIGSTOP a server that carries not the node's connection, after the streams it
+    led (the log, ``S_IN``, the leases) were moved to the others (a leader's
+    step-down): the store works on, with no election to wait out past a publish's
+    timeout, and that server's replica of the log falls behind. Returns its index."""
+    assert node.nc is not None and node.nc.connected_url is not None
+    port = node.nc.connected_url.port
+    i = next(i for i, s in enumerate(cluster.servers) if s.port != port)
+    name = cluster.servers[i].name
+    n = node.names
+    for stream in (n.stream, n.ingest, f"KV_{n.leases}"):
+        for _ in range(20):
+            info = await node.js.stream_info(stream)
+            if info.cluster is not None and info.cluster.leader not in (None, name):
+                break
+            if info.cluster is not None and info.cluster.leader == name:
+                await node.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=5)
+            await asyncio.sleep(0.5)  # an election's time: polled, bounded
+        else:
+            raise AssertionError(f"{stream} still led by {name}")
+    cluster.pause(i)
+    return i
+
+
+async def ingest_messages(node: JetStreamStore) -> int:
+    return int((await node.js.stream_info(node.names.ingest)).state.messages or 0)
+
+
+async def test_a_group_stays_in_the_ingest_stream_until_every_log_replica_holds_it(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> None:
+    cluster = make_nats_cluster()
+    nodes = Nodes(tmp_path, cluster)
+    try:
+        a = await nodes.start("a")
+        paused = await pause_a_follower(cluster, a)
+        rows = [row(f"k{i}", user=f"u{i}") for i in range(24)]
+        await a.append(rows)
+        groups = await ingest_messages(a)
+        assert groups == len({user_partition(r, nodes.cfg.partitions) for r in rows})
+        await drain(await a.reader("hook"), {r[1] for r in rows})
+        # Forwarded and acked, then two tends each held a group back (the stage
+        # tends after its batch, and every 5 s idle): nothing purged meanwhile.
+        # (Or S_IN purged: what main's code did at its first tend, failing below.)
+
+        async def tended_twice_or_purged() -> bool:
+            held = getattr(a, "purges_held", 0) >= 2 * groups
+            return held or await ingest_messages(a) < groups
+
+        await until_async(tended_twice_or_purged, within=60)
+        assert await ingest_messages(a) == groups
+        cluster.resume(paused)
+
+        async def purged() -> bool:
+            return await ingest_messages(a) == 0
+
+        await until_async(purged, within=60)
+    finally:
+        await nodes.close()
+
+
+async def test_log_messages_lost_after_forwarding_are_forwarded_again_to_every_destination(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> None:
+    cluster = make_nats_cluster()
+    nodes = Nodes(tmp_path, cluster)
+    try:
+        a = await nodes.start("a", destinations=("hook", "late"))
+        faults: list[tuple[str, str]] = []
+        a.on_fault = lambda consumer, reason: faults.append((consumer, reason))
+        paused = await pause_a_follower(cluster, a)
+        rows = [row(f"m{i}", user=f"u{i}") for i in range(30)]
+        await a.append(rows)
+        ids = {r[1] for r in rows}
+        hook = await a.reader("hook")
+        first = await drain(hook, ids)
+        assert Counter(e.message_id for e in first) == Counter(ids)
+        n, js = a.names, a.js
+        # The fault: each partition's last log message gone (here one message per
+        # partition, holding all its events), after "hook" delivered and settled it.
+        parts = sorted({user_partition(r, nodes.cfg.partitions) for r in rows})
+        for p in parts:
+            last = await js.get_last_msg(n.stream, n.log_subject(p))
+            assert last.seq is not None
+            assert await js.delete_msg(n.stream, last.seq)
+        # Every acknowledged messageId reaches the destination that had not read
+        # them, and again the one whose consumer had delivered them.
+        late = await drain(await a.reader("late"), ids, within=60)
+        assert {e.message_id for e in late} == ids
+        again = await drain(hook, ids, within=60)
+        assert {e.message_id for e in again} == ids
+        assert a.log_mended == len(rows)
+        assert {f for f in faults if f[0].startswith("dedup-")} == {
+            (n.dedup_consumer(p), "log_lost") for p in parts
+        }
+        # "hook" had delivered past what is left: rewound (once per partition's
+        # loss at most); "late" too if its first fetch passed the deleted sequences
+        # before its stage's rewind.
+        rewound = [f for f in faults if not f[0].startswith("dedup-")]
+        assert ("dest-hook", "log_lost") in rewound
+        assert set(rewound) <= {("dest-hook", "log_lost"), ("dest-late", "log_lost")}
+        assert len(rewound) <= 2 * len(parts) and a.consumers_rewound == len(rewound)
+        cluster.resume(paused)
+
+        async def purged() -> bool:
+            return await ingest_messages(a) == 0
+
+        await until_async(purged, within=60)
+    finally:
+        await nodes.close()
