@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from eventd.store import jetstream
 from eventd.store.jetstream import JetStreamStore, user_partition
 from tests.nats_cluster import NatsCluster
 from tests.test_jetstream_store import Nodes, drain, row
@@ -97,6 +98,34 @@ async def test_a_group_stays_in_the_ingest_stream_until_every_log_replica_holds_
             return await ingest_messages(a) == 0
 
         await until_async(purged, within=60)
+    finally:
+        await nodes.close()
+
+
+async def test_a_group_held_back_past_hold_max_is_purged_anyway(
+    tmp_path: Path,
+    make_nats_cluster: Callable[..., NatsCluster],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A follower that never catches up (here: paused throughout; under steady load:
+    never seen with no lag) must not make S_IN grow without end: the groups held back
+    are purged once the stage has held them HOLD_MAX seconds."""
+    monkeypatch.setattr(jetstream, "HOLD_MAX", 3.0)
+    cluster = make_nats_cluster()
+    nodes = Nodes(tmp_path, cluster)
+    try:
+        a = await nodes.start("a")
+        paused = await pause_a_follower(cluster, a)
+        rows = [row(f"h{i}", user=f"u{i}") for i in range(24)]
+        await a.append(rows)
+        await drain(await a.reader("hook"), {r[1] for r in rows})
+
+        async def purged() -> bool:
+            return await ingest_messages(a) == 0
+
+        await until_async(purged, within=60)
+        assert a.purges_held > 0  # held back first, while the follower lagged
+        cluster.resume(paused)
     finally:
         await nodes.close()
 
