@@ -27,6 +27,8 @@ import pytest
 from eventd.store import jetstream
 from eventd.store.jetstream import JetStreamStore, user_partition
 from tests.nats_cluster import NatsCluster
+from tests.test_cluster_admin import Nodes as AdminNodes
+from tests.test_cluster_admin import rows as admin_rows
 from tests.test_jetstream_store import Nodes, drain, row
 
 pytestmark = pytest.mark.timeout(180)
@@ -43,15 +45,14 @@ async def until_async(check: Callable[[], Awaitable[bool]], within: float = 30.0
 
 async def pause_a_follower(cluster: NatsCluster, node: JetStreamStore) -> int:
     """SIGSTOP a server that carries not the node's connection, after the streams it
-    led (the log, ``S_IN``, the leases) were moved to the others (a leader's
+    led (the log, ``S_IN``, the buckets: every stream) were moved to the others (a leader's
     step-down): the store works on, with no election to wait out past a publish's
     timeout, and that server's replica of the log falls behind. Returns its index."""
     assert node.nc is not None and node.nc.connected_url is not None
     port = node.nc.connected_url.port
     i = next(i for i, s in enumerate(cluster.servers) if s.port != port)
     name = cluster.servers[i].name
-    n = node.names
-    for stream in (n.stream, n.ingest, f"KV_{n.leases}"):
+    for stream in [s.config.name for s in await node.js.streams_info()]:
         for _ in range(20):
             info = await node.js.stream_info(stream)
             if info.cluster is not None and info.cluster.leader not in (None, name):
@@ -177,5 +178,39 @@ async def test_log_messages_lost_after_forwarding_are_forwarded_again_to_every_d
             return await ingest_messages(a) == 0
 
         await until_async(purged, within=60)
+    finally:
+        await nodes.close()
+
+
+async def test_an_erasure_of_the_partitions_last_message_is_not_taken_for_a_loss(
+    tmp_path: Path,
+    make_nats_cluster: Callable[..., NatsCluster],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An erasure that deletes a partition's last log message (all its events the
+    erased user's) leaves the partition's last sequence below the stage's watermark,
+    as a loss does, while the group may still be held in S_IN (a follower lagging:
+    here every follower is taken for lagging, so the stage holds every group): its
+    events must not be forwarded again."""
+    monkeypatch.setattr(jetstream, "_replicated_through", lambda info, replicas: 0)
+    cluster = make_nats_cluster()
+    nodes = AdminNodes(cluster, tmp_path, partitions=1)
+    try:
+        a = await nodes.start("a")
+        await a.append(admin_rows("hal", "h1"))
+        await a.append(admin_rows("gina", "g1"))  # the partition's last log message
+        await nodes.forwarded(2)
+        await a.suppress("gina", erase=True)
+        assert (await a.erase_user("gina", 2**62))[0] == 1
+        held = a.js.purges_held
+
+        async def tended_twice() -> bool:  # each tend holds hal's and gina's groups back
+            return a.js.purges_held >= held + 2
+
+        await until_async(tended_twice, within=60)
+        assert await ingest_messages(a.js) == 2  # both groups still held in S_IN
+        assert a.js.log_mended == 0
+        assert await a.find_event("web", "g1") is None
+        assert await a.find_event("web", "h1") is not None
     finally:
         await nodes.close()

@@ -174,6 +174,8 @@ class ClusterStore(ClusterDeletions):
         self._live = LiveNodes(self.js.node_id, self.js.lease_ttl)
         self._graph_holds_log = False  # set when the identity graph runs on this node
         self._admin_init()
+        # A mended log loss leaves out the events of users being erased.
+        self.js.erased = lambda user_id: user_id is not None and self.erasing(user_id)
 
     # -- life cycle -------------------------------------------------------------
 

@@ -271,6 +271,12 @@ class ClusterAdmin:
             for listener in self._listeners:
                 listener(user_id, found is not None)
 
+    def erasing(self, user_id: str) -> bool:
+        """Whether the user's stored events are to be erased (a suppression with
+        ``erase``, as this node's watch of the bucket has it)."""
+        held = self._suppressed.get(user_id)
+        return held is not None and held[1] is not None and held[1].erase
+
     async def suppressions(self) -> list[Suppression]:
         found = [s for _, s in self._suppressed.values() if s is not None]
         return sorted(found, key=lambda s: s.created_at)

@@ -131,6 +131,10 @@ TEND_EVERY = 5.0
 # of a forward is mended from them (_mend_log); after it, they are purged anyway, so
 # S_IN holds at most about this much of the ingest rate when followers always lag.
 HOLD_MAX = 300.0
+# A partition's last log sequence below its stage's watermark counts as a loss only
+# when asked this many times, this many seconds apart (_lost_end).
+LOSS_CHECKS = 3
+LOSS_RECHECK = 1.0
 # A lease write (create, renewal, heartbeat) is given at most this share of the
 # lease TTL (and publish_timeout at most): a lease round, which waits for them all,
 # then ends well within the TTL.
@@ -471,6 +475,9 @@ class JetStreamStore:
         self.stepdowns = 0  # stepdowns this node asked for
         # Consumer -> its backlog as read so far (see _backlog).
         self._backlogs: dict[str, _Backlog] = {}
+        # Whether a userId's stored events are being erased (the cluster store's
+        # suppressions): such events are not forwarded again by _mend_log.
+        self.erased: Callable[[str | None], bool] = lambda user_id: False
         self.consumers_rewound = 0  # destination consumers it recreated (see _rewind)
         self.log_mended = 0  # events it forwarded again after the log lost them
         # tends that kept S_IN groups whose log message was not on every replica yet
@@ -1158,13 +1165,20 @@ class JetStreamStore:
         mark = dedup.watermark
         if not mark:
             return None
-        try:
-            last = await self.js.get_last_msg(self.names.stream, self.names.log_subject(p))
-            left = int(last.seq or 0)
-        except NotFoundError:
-            left = 0
-        if left >= mark:
-            return None
+        # Asked LOSS_CHECKS times, LOSS_RECHECK s apart, before it counts: a leader
+        # just elected can answer from a replica still catching up (seen: "not
+        # found" for a partition with messages, right after a stepdown; the events
+        # went to the log twice).
+        for check in range(LOSS_CHECKS):
+            if check:
+                await asyncio.sleep(LOSS_RECHECK)
+            try:
+                last = await self.js.get_last_msg(self.names.stream, self.names.log_subject(p))
+                left = int(last.seq or 0)
+            except NotFoundError:
+                left = 0
+            if left >= mark:
+                return None
         lost = (left, mark)
         if not [group async for group in self._held_back(p, dedup, lost)]:
             log.warning(
@@ -1196,9 +1210,28 @@ class JetStreamStore:
         ):
             rows = decode_rows(data)
             keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
-            chosen = dedup.stored_within(keys, lost)
-            if chosen:
-                yield seq, _log_id(seq, headers), rows, keys, chosen
+            # Not a user being erased: an erasure that deleted the partition's last
+            # log message looks like a loss, and its events must not come back.
+            chosen = [i for i in dedup.stored_within(keys, lost) if not self.erased(rows[i][4])]
+            log_id = _log_id(seq, headers)
+            if chosen and not await self._in_log(dedup.forwarded_through(keys), log_id):
+                yield seq, log_id, rows, keys, chosen
+
+    async def _in_log(self, seq: int | None, log_id: str) -> bool:
+        """Whether the log still holds the message its stage published at ``seq`` with
+        ``log_id`` (or that id and a mend's suffix). Asked by sequence, not by subject:
+        nats-server 2.9.10 answered "not found" for a partition's last message once a
+        later one of it was deleted, as an erasure does, so the range of a loss is
+        only a candidate until each message is asked for; and its id compared, as a
+        lost sequence is handed out again, to whichever partition publishes next."""
+        if not seq:
+            return False
+        try:
+            msg = await self.js.get_msg(self.names.stream, seq)
+        except NotFoundError:
+            return False
+        found = str((msg.headers or {}).get("Nats-Msg-Id", ""))
+        return found == log_id or found.startswith(f"{log_id}-again-")
 
     async def _mend_log(self, p: int, dedup: DedupSet, lost: tuple[int, int]) -> None:
         """Rewind the destination consumers past the loss (:meth:`_rewind`), forward
