@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.quorum_loss import Load
+from bench.quorum_loss import Load, two_nodes
 from eventd.config import JetStreamConfig
 from eventd.store.jetstream import JetStreamStore
 from tests.nats_cluster import NatsCluster
@@ -44,11 +44,7 @@ async def leader_of(store: JetStreamStore, stream: str) -> str:
 
 async def run(args: argparse.Namespace, cluster: NatsCluster, tmp: Path) -> None:
     cfg = JetStreamConfig(servers=tuple(cluster.urls), stream="LS", partitions=PARTITIONS)
-    nodes = []
-    for name in ("a", "b"):
-        store = JetStreamStore(cfg, tmp / name, node_id=name)
-        await store.open(("hook",))
-        nodes.append(store)
+    nodes = await two_nodes(cfg, tmp)
     load = Load(nodes, args.rate)
     workers = [asyncio.create_task(load.run(w)) for w in range(4)]
     names = [server.name for server in cluster.servers]

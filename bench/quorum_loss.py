@@ -156,13 +156,20 @@ async def _log_ids(store: JetStreamStore) -> list[str]:
     return ids
 
 
-async def run(args: argparse.Namespace, cluster: NatsCluster, tmp: Path) -> int:
-    cfg = JetStreamConfig(servers=tuple(cluster.urls), stream="QL", partitions=8)
+async def two_nodes(cfg: JetStreamConfig, tmp: Path) -> list[JetStreamStore]:
+    """Two stores as two eventd nodes would hold them (node ids a and b), open, with
+    the destination ``hook``."""
     nodes = []
     for name in ("a", "b"):
         store = JetStreamStore(cfg, tmp / name, node_id=name)
         await store.open(("hook",))
         nodes.append(store)
+    return nodes
+
+
+async def run(args: argparse.Namespace, cluster: NatsCluster, tmp: Path) -> int:
+    cfg = JetStreamConfig(servers=tuple(cluster.urls), stream="QL", partitions=8)
+    nodes = await two_nodes(cfg, tmp)
     load = Load(nodes, args.rate)
     workers = [asyncio.create_task(load.run(w)) for w in range(4)]
     rng = random.Random(args.seed)

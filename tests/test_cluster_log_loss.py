@@ -17,9 +17,8 @@ message.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,18 +28,10 @@ from eventd.store.jetstream import JetStreamStore, user_partition
 from tests.nats_cluster import NatsCluster
 from tests.test_cluster_admin import Nodes as AdminNodes
 from tests.test_cluster_admin import rows as admin_rows
+from tests.test_cluster_ingest_stream import until_async
 from tests.test_jetstream_store import Nodes, drain, row
 
 pytestmark = pytest.mark.timeout(180)
-
-
-async def until_async(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
-    """Wait until ``check()`` (a read of the servers' state) answers True (polled, bounded)."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.05)
 
 
 async def pause_a_follower(cluster: NatsCluster, node: JetStreamStore) -> int:
@@ -70,6 +61,15 @@ async def ingest_messages(node: JetStreamStore) -> int:
     return int((await node.js.stream_info(node.names.ingest)).state.messages or 0)
 
 
+async def until_purged(node: JetStreamStore) -> None:
+    """Until ``S_IN`` holds no message (its stages purged every group)."""
+
+    async def purged() -> bool:
+        return await ingest_messages(node) == 0
+
+    await until_async(purged, within=60)
+
+
 async def test_a_group_stays_in_the_ingest_stream_until_every_log_replica_holds_it(
     tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
 ) -> None:
@@ -95,10 +95,7 @@ async def test_a_group_stays_in_the_ingest_stream_until_every_log_replica_holds_
         assert await ingest_messages(a) == groups
         cluster.resume(paused)
 
-        async def purged() -> bool:
-            return await ingest_messages(a) == 0
-
-        await until_async(purged, within=60)
+        await until_purged(a)
     finally:
         await nodes.close()
 
@@ -121,10 +118,7 @@ async def test_a_group_held_back_past_hold_max_is_purged_anyway(
         await a.append(rows)
         await drain(await a.reader("hook"), {r[1] for r in rows})
 
-        async def purged() -> bool:
-            return await ingest_messages(a) == 0
-
-        await until_async(purged, within=60)
+        await until_purged(a)
         assert a.purges_held > 0  # held back first, while the follower lagged
         cluster.resume(paused)
     finally:
@@ -174,10 +168,7 @@ async def test_log_messages_lost_after_forwarding_are_forwarded_again_to_every_d
         assert len(rewound) <= 2 * len(parts) and a.consumers_rewound == len(rewound)
         cluster.resume(paused)
 
-        async def purged() -> bool:
-            return await ingest_messages(a) == 0
-
-        await until_async(purged, within=60)
+        await until_purged(a)
     finally:
         await nodes.close()
 
