@@ -597,6 +597,38 @@ async def test_a_stage_stuck_past_its_lease_or_failed_is_started_again_while_hel
     assert "dedup-0" in outlived
 
 
+async def test_a_stage_that_stands_still_with_its_lease_renewed_is_started_again(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #14's fourth trial: after a quorum loss three partitions' stages stood
+    still for 4.5 minutes (one until the cluster was stopped), their leases renewed,
+    no line logged, their acknowledged events waiting in S_IN. Here partition 0's
+    first stage hangs in an await that never ends and never looks at its lease; the
+    lease round's watchdog stops it after STAGE_SILENT and starts another."""
+    monkeypatch.setattr(jetstream, "STAGE_SILENT", 3.0)
+    hung = asyncio.Event()  # never set
+    calls: Counter[int] = Counter()
+    real_tend = JetStreamStore._tend
+
+    async def tend(self: JetStreamStore, p: int, dedup: DedupSet, fetched: int = 0) -> bool:
+        calls[p] += 1
+        if p == 0 and calls[p] == 1:
+            await hung.wait()
+        return await real_tend(self, p, dedup, fetched)
+
+    monkeypatch.setattr(JetStreamStore, "_tend", tend)
+    a = await nodes.start("a")
+    faults: list[tuple[str, str]] = []
+    a.on_fault = lambda consumer, reason: faults.append((consumer, reason))
+    rows = [row(f"s{i}", user=f"u{i % 9}") for i in range(90)]
+    assert 0 in {user_partition(r, 4) for r in rows}
+    await a.append(rows)
+    got = await drain(await a.reader("hook"), {f"s{i}" for i in range(90)}, within=60)
+    assert Counter(e.message_id for e in got) == Counter(f"s{i}" for i in range(90))
+    assert ("dedup-0", "silent") in faults
+    assert {c for c, r in faults if r == "silent"} == {"dedup-0"}
+
+
 async def test_a_clean_close_leaves_no_forwarded_group_unacknowledged(nodes: Nodes) -> None:
     """close() lets each stage finish the group in hand: one stopped between
     forwarding and acknowledging would leave the group to be redelivered."""

@@ -131,6 +131,10 @@ TEND_EVERY = 5.0
 # of a forward is mended from them (_mend_log); after it, they are purged anyway, so
 # S_IN holds at most about this much of the ingest rate when followers always lag.
 HOLD_MAX = 300.0
+# Seconds a dedup stage may go without a step (a lease check: each fetch, forward,
+# retry, rebuild read, tended message) before its lease round stops it and starts
+# another (PartitionLeases' watchdog), though its lease is renewed.
+STAGE_SILENT = 120.0
 # A partition's last log sequence below its stage's watermark counts as a loss only
 # when asked this many times, this many seconds apart (_lost_end).
 LOSS_CHECKS = 3
@@ -431,8 +435,15 @@ class JetStreamStore:
         # The dedup stages, one per partition held (eventd/store/leases.py), and the
         # ordered destinations' fetchers, one per (destination, partition) held.
         self._dedup = PartitionLeases(
-            self._bucket, self.node_id, "dedup", cfg.partitions, lease_ttl, self._stage
+            self._bucket,
+            self.node_id,
+            "dedup",
+            cfg.partitions,
+            lease_ttl,
+            self._stage,
+            silent_after=STAGE_SILENT,
         )
+        self._dedup.on_silent = lambda key: self.on_fault(key, "silent")
         self._ordered_leases: dict[str, PartitionLeases] = {}
         self._stopping = False  # close(): stages finish the message in hand and stop
         self._publish_count = 0
@@ -940,6 +951,7 @@ class JetStreamStore:
         same consumer and one user's events could be forwarded out of order."""
         if not self._dedup.holds(p):
             raise _LeaseLost(p)
+        self._dedup.beat(p)  # called at every step of a stage: its progress
 
     # -- ordered destinations: one fetcher per (destination, partition) ---------------
 
@@ -1126,6 +1138,7 @@ class JetStreamStore:
         upto = floor if info.num_ack_pending else delivered
         checked = 0
         async for seq, data, _ in self._messages(n.ingest, subject, upto):
+            self._dedup.beat(p)  # a long read (after HOLD_MAX) is progress
             keys = [(dedup_key(r[0], r[1]), r[6]) for r in decode_rows(data)]
             through = dedup.forwarded_through(keys)
             if through is None:
@@ -1208,6 +1221,7 @@ class JetStreamStore:
         async for seq, data, headers in self._messages(
             self.names.ingest, self.names.in_subject(p), 2**63
         ):
+            self._dedup.beat(p)
             rows = decode_rows(data)
             keys = [(dedup_key(r[0], r[1]), r[6]) for r in rows]
             # Not a user being erased: an erasure that deleted the partition's last
@@ -1272,6 +1286,7 @@ class JetStreamStore:
                     return
                 offset += len(page)
                 for info in page:
+                    self._dedup.beat(p)
                     delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
                     if (
                         info.name.startswith("dest-")

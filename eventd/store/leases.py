@@ -167,6 +167,7 @@ class PartitionLeases:
         partitions: int,
         ttl: float,
         run: Run,
+        silent_after: float | None = None,
     ) -> None:
         self.bucket = bucket
         self.node_id = node_id
@@ -179,6 +180,12 @@ class PartitionLeases:
         self._ending: dict[int, asyncio.Task[Any]] = {}
         # p -> HeldLeases.lapses of its key when p's task started (see _end_if_outlived)
         self._lapses_at_start: dict[int, int] = {}
+        # Watchdog (None: none): a task that has not called beat(p) for this many
+        # seconds is stopped and started again, its lease held all along.
+        self.silent_after = silent_after
+        self._beats: dict[int, float] = {}  # p -> time.monotonic() of its last beat
+        # Called with the key of a task stopped as silent (a metric counts it).
+        self.on_silent: Callable[[str], None] = lambda key: None
         self.leases = HeldLeases(bucket, node_id, ttl)
 
     def key(self, p: int) -> str:
@@ -217,6 +224,11 @@ class PartitionLeases:
             task.add_done_callback(functools.partial(self._ended, key))
             self.tasks[p] = task
             self._lapses_at_start[p] = self.leases.lapses.get(key, 0)
+            self._beats[p] = time.monotonic()
+
+    def beat(self, p: int) -> None:
+        """Partition p's task says it is making progress (see ``silent_after``)."""
+        self._beats[p] = time.monotonic()
 
     def _end_if_outlived(self, p: int) -> None:
         """Stop partition p's task if it still runs after its lease lapsed here: now
@@ -235,6 +247,18 @@ class PartitionLeases:
         lapsed = self.leases.lapses.get(key, 0) != self._lapses_at_start.get(p, 0)
         if lapsed or not self.leases.holds(key):
             log.warning("partition task outlived its lease; stopping it", lease=key)
+            self._end(p)
+            return
+        silent = time.monotonic() - self._beats.get(p, time.monotonic())
+        if self.silent_after is not None and silent > self.silent_after:
+            # Held, renewed, and doing nothing (issue 14's fourth trial: after a quorum
+            # loss three partitions' stages stood still for 4.5 minutes, and one until
+            # the cluster was stopped, with no line logged): stuck in an await that
+            # neither ends nor looks at the lease. Stopped; the next round starts one.
+            log.error(
+                "partition task made no progress; stopping it", lease=key, seconds=round(silent)
+            )
+            self.on_silent(key)
             self._end(p)
 
     def _end(self, p: int) -> None:
