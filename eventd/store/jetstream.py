@@ -1325,11 +1325,11 @@ class JetStreamStore:
         # Deleted, it must come back: its readers fetch by name, and nothing but a
         # node's start (ensure, from the log's first message) creates it again.
         # Waited out through a stall, for MANAGE_TIMEOUT (a lag reading waits on it).
-        try:
-            await asyncio.wait_for(_retrying(add, f"recreate {info.name}"), MANAGE_TIMEOUT)
-        except TimeoutError:
+        # (tasks.finish, not asyncio.wait_for: a cancellation swallowed mid-request
+        # could keep a wait_for'd retry loop going, see eventd/tasks.py)
+        if not await finish(_retrying(add, f"recreate {info.name}"), MANAGE_TIMEOUT):
             log.error("log consumer deleted and not created again", consumer=info.name)
-            raise StorageUnavailable(f"consumer {info.name} not created again") from None
+            raise StorageUnavailable(f"consumer {info.name} not created again")
         self.consumers_rewound += 1
 
     async def _heal(self, p: int, reason: str, **positions: int) -> bool:
