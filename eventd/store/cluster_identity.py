@@ -90,6 +90,7 @@ from eventd.store.identity import (
 )
 from eventd.store.jetstream import LEASE_RENEW, LEASE_TTL, Names, connect
 from eventd.store.leases import HeldLeases
+from eventd.tasks import AGAIN_AFTER, cancel, finish
 
 log = structlog.get_logger("eventd.store.cluster_identity")
 
@@ -140,6 +141,21 @@ class Bridge:
             # a watcher's, nats-py's own: none left pending
             self.run(_cancel_others(), CLOSE_STEP)
         self._stop_loop()
+
+    def abort(self) -> None:
+        """Stop now, from any thread, waiting for nothing: every task on the loop is
+        cancelled (a synchronous caller waiting in :meth:`run` gets CancelledError at
+        once, not after CALL_TIMEOUT), then the loop stops; the connection is dropped
+        with the process (the loop's thread is a daemon). For a stop that cannot wait:
+        :meth:`close` gives the cluster up to 3 x CLOSE_STEP seconds to answer."""
+
+        async def abort() -> None:
+            me = asyncio.current_task()
+            await cancel(*(t for t in asyncio.all_tasks() if t is not me), within=CLOSE_STEP)
+            self.loop.stop()
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            asyncio.run_coroutine_threadsafe(abort(), self.loop)
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -435,13 +451,15 @@ class ClusterIdentityStore(ReaderThread):
             raise NotLeader("the identity writer's lease lapsed unrenewed")
 
     def close(self) -> None:
+        """End the renewals, give the lease back (within CLOSE_STEP: during a quorum
+        loss nothing answers, and it lapses with the TTL) and close the connection."""
         if self._w is None:
             return
         w = self._w
         if self._renewer is not None:
             w.bridge.loop.call_soon_threadsafe(self._renewer.cancel)
         with contextlib.suppress(Exception):  # let go now: another node takes over next
-            w.run(self.lease.stop())
+            w.bridge.run(finish(self.lease.stop(), CLOSE_STEP), CLOSE_STEP + AGAIN_AFTER + 1.0)
         w.close()
         self._w = None
 
@@ -657,6 +675,15 @@ class ClusterIdentityStore(ReaderThread):
         if self._r is not None and self._watcher is not None:
             self._r.bridge.loop.call_soon_threadsafe(self._watcher.cancel)
         await super().close_reader()
+
+    def abort_reader(self) -> None:
+        """The readers' connection dropped now (:meth:`Bridge.abort`): its watcher, the
+        erasures' subscription and a read in flight on the reader thread end with it,
+        so neither that thread nor the connection outlives the stop (issue 14's
+        fourth trial: the reader's connection went on past ``eventd stopped``)."""
+        if self._r is not None:
+            self._r.bridge.abort()
+        super().abort_reader()
 
     @property
     def r(self) -> _Side:
