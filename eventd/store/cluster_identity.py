@@ -115,10 +115,16 @@ def dec(token: str) -> str:
 class Bridge:
     """A nats connection on an event loop thread of its own, for synchronous callers."""
 
-    def __init__(self, cfg: JetStreamConfig, name: str) -> None:
+    def __init__(
+        self, cfg: JetStreamConfig, name: str, made: Callable[[Bridge], None] = lambda b: None
+    ) -> None:
+        """``made``: called with the bridge before it connects (connecting waits for
+        the cluster: whoever may have to :meth:`abort` it needs it by then)."""
         self.loop = asyncio.new_event_loop()
+        self._aborted = False
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
+        made(self)
         try:
             self.nc: NATS = self.run(connect(cfg, name))
         except BaseException:
@@ -127,14 +133,22 @@ class Bridge:
         self.js: JetStreamContext = self.nc.jetstream(timeout=cfg.publish_timeout)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT) -> T:
-        """``coro`` on the bridge's loop; its result or its exception, here."""
+        """``coro`` on the bridge's loop; its result or its exception, here (RuntimeError
+        once :meth:`abort` ran: its loop stopped, nothing would answer)."""
+        if self._aborted:
+            coro.close()
+            raise RuntimeError("the identity store's connection was dropped (a stop)")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
         """Close the connection and stop the loop, within about 3 x CLOSE_STEP
         seconds even when the cluster does not answer: the caller is often a
         worker thread the interpreter waits for at exit (a trial's node, stopped
-        during a quorum loss, logged ``eventd stopped`` and exited 40 s later)."""
+        during a quorum loss, logged ``eventd stopped`` and exited 40 s later); at once
+        after :meth:`abort`."""
+        if self._aborted:
+            self._stop_loop()
+            return
         with contextlib.suppress(Exception):
             self.run(self.nc.close(), CLOSE_STEP)
         with contextlib.suppress(Exception):
@@ -148,6 +162,7 @@ class Bridge:
         once, not after CALL_TIMEOUT), then the loop stops; the connection is dropped
         with the process (the loop's thread is a daemon). For a stop that cannot wait:
         :meth:`close` gives the cluster up to 3 x CLOSE_STEP seconds to answer."""
+        self._aborted = True
 
         async def abort() -> None:
             me = asyncio.current_task()
@@ -219,8 +234,15 @@ async def graph_cursor(js: JetStreamContext, stream: str) -> int | None:
 class _Side:
     """One side's connection and buckets (the writer's or the readers')."""
 
-    def __init__(self, cfg: JetStreamConfig, names: Names, role: str) -> None:
-        self.bridge = Bridge(cfg, f"eventd-identity-{role}-{os.getpid()}")
+    def __init__(
+        self,
+        cfg: JetStreamConfig,
+        names: Names,
+        role: str,
+        made: Callable[[Bridge], None] = lambda b: None,
+    ) -> None:
+        """``made``: as :class:`Bridge`'s."""
+        self.bridge = Bridge(cfg, f"eventd-identity-{role}-{os.getpid()}", made)
         self.names = names
         try:
             self.state, self.links, self.leases = self.bridge.run(self._open(cfg.replicas))
@@ -385,6 +407,8 @@ class ClusterIdentityStore(ReaderThread):
         self._led_before = False  # taken once already: taking it again means a reload
         self._lease_lock = asyncio.Lock()  # renewals and takes, on the writer's loop
         self._watcher: concurrent.futures.Future[None] | None = None
+        # The readers' connection, known from before it connects (abort_reader drops it)
+        self._reader_bridge: Bridge | None = None
 
     def __getstate__(self) -> tuple[JetStreamConfig, str]:
         return self.cfg, self.node
@@ -669,7 +693,10 @@ class ClusterIdentityStore(ReaderThread):
         called again after it raised."""
         self._start_reader()
         if self._r is None:
-            self._r = await self.read(_Side, self.cfg, self.names, "reader")
+            self._r = await self.read(_Side, self.cfg, self.names, "reader", self._made_reader)
+
+    def _made_reader(self, bridge: Bridge) -> None:
+        self._reader_bridge = bridge
 
     async def close_reader(self) -> None:
         if self._r is not None and self._watcher is not None:
@@ -678,11 +705,12 @@ class ClusterIdentityStore(ReaderThread):
 
     def abort_reader(self) -> None:
         """The readers' connection dropped now (:meth:`Bridge.abort`): its watcher, the
-        erasures' subscription and a read in flight on the reader thread end with it,
-        so neither that thread nor the connection outlives the stop (issue 14's
-        fourth trial: the reader's connection went on past ``eventd stopped``)."""
-        if self._r is not None:
-            self._r.bridge.abort()
+        erasures' subscription and a read in flight on the reader thread (its opening
+        too) end with it, so neither that thread nor the connection outlives the stop
+        (issue 14's fourth trial: the reader's connection went on past ``eventd
+        stopped``)."""
+        if self._reader_bridge is not None:
+            self._reader_bridge.abort()
         super().abort_reader()
 
     @property
