@@ -43,6 +43,32 @@ def leading(node: EventdProcess) -> bool:
     return "identity writer leading" in node.log()
 
 
+def writer_node(nodes: list[EventdProcess]) -> EventdProcess:
+    """The node whose identity writer holds the lease (waited for)."""
+    wait_until(lambda: any(leading(n) for n in nodes), 60, "a node's writer leads")
+    (leader,) = [n for n in nodes if leading(n)]
+    return leader
+
+
+def lose_quorum(cluster: NatsCluster, load: Load) -> None:
+    """Once ``load`` has 100 batches acknowledged, SIGSTOP two of the three servers
+    and wait until a batch is refused (503 after publish_timeout): the loss is felt."""
+    wait_until(lambda: load.acked_count() >= 100 * BATCH, 120, "load acknowledged")
+    cluster.pause(1)
+    cluster.pause(2)
+    wait_until(lambda: load.statuses[503] > 0, 60, "a batch refused")
+
+
+def sigterm(node: EventdProcess) -> tuple[int, float]:
+    """SIGTERM ``node`` and wait for its exit: (exit code, seconds it took)."""
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    code = node.proc.wait(120)
+    node.proc = None
+    return code, time.monotonic() - sent
+
+
 def lines_after(node: EventdProcess, message: str) -> list[dict[str, Any]]:
     """The node's JSON log lines after the first whose event is ``message``."""
     lines = [json.loads(x) for x in node.log().splitlines() if x.startswith("{")]
@@ -55,22 +81,12 @@ def test_sigterm_during_a_quorum_loss_on_the_identity_writers_node_exits_in_boun
 ) -> None:
     cluster = make_nats_cluster(3)
     with two_nodes(tmp_path, cluster, identity_on) as (sink, nodes):
-        wait_until(lambda: any(leading(n) for n in nodes), 60, "a node's writer leads")
-        (leader,) = [n for n in nodes if leading(n)]
+        leader = writer_node(nodes)
         load = Load(nodes, "s").start()
         try:
-            wait_until(lambda: load.acked_count() >= 100 * BATCH, 120, "load acknowledged")
-            cluster.pause(1)
-            cluster.pause(2)
             try:
-                # The loss is felt: a batch was refused (503 after publish_timeout).
-                wait_until(lambda: load.statuses[503] > 0, 60, "a batch refused")
-                assert leader.proc is not None
-                leader.proc.send_signal(signal.SIGTERM)
-                sent = time.monotonic()
-                code = leader.proc.wait(120)
-                took = time.monotonic() - sent
-                leader.proc = None
+                lose_quorum(cluster, load)
+                code, took = sigterm(leader)
             finally:
                 cluster.resume(1)
                 cluster.resume(2)
