@@ -41,12 +41,15 @@ from nats.js.kv import KV_DEL, KV_OP, KeyValue
 WRONG_LAST = (10071, 10164)
 EXPECTED_SUBJECT = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_STREAM = "Nats-Expected-Last-Sequence"
+CREATE_TRIES = 10  # a create over a marker, read and written again at most this often
 
 
 async def create(kv: KeyValue, key: str, value: bytes) -> int:
     """Write ``key`` if it holds no value (never written, expired, deleted or
-    purged); returns its revision. ``KeyWrongLastSequenceError``: it holds one."""
-    while True:
+    purged); returns its revision. ``KeyWrongLastSequenceError``: it holds one.
+    ``TimeoutError``: over a marker, the bucket took another write at each of
+    CREATE_TRIES tries (a busy bucket: try again later)."""
+    for _ in range(CREATE_TRIES):
         try:
             return await _publish(kv, key, value, {EXPECTED_SUBJECT: "0"})
         except KeyWrongLastSequenceError:
@@ -61,6 +64,7 @@ async def create(kv: KeyValue, key: str, value: bytes) -> int:
         except KeyNotFoundError:
             continue  # expired or purged since: revision 0 again
         raise KeyWrongLastSequenceError(description=f"{key} exists")
+    raise TimeoutError(f"{key}: the bucket took another write at each of {CREATE_TRIES} tries")
 
 
 async def update(kv: KeyValue, key: str, value: bytes, last: int) -> int:
