@@ -136,7 +136,8 @@ HOLD_MAX = 300.0
 # another (PartitionLeases' watchdog), though its lease is renewed.
 STAGE_SILENT = 120.0
 # A partition's last log sequence below its stage's watermark counts as a loss only
-# when asked this many times, this many seconds apart (_lost_end).
+# when asked this many times, this many seconds apart (_short_of), and so does a
+# consumer found ahead of its stream.
 LOSS_CHECKS = 3
 LOSS_RECHECK = 1.0
 # A lease write (create, renewal, heartbeat) is given at most this share of the
@@ -149,15 +150,6 @@ STALL_TTLS = 3
 # Messages one backlog reading reads per consumer at most (one direct get each); the
 # rest of a longer backlog is estimated at the mean of those read (see _backlog).
 COUNT_READS = 2000
-# A replica of the log the leader last heard from longer ago than this (seconds) is
-# not counted towards its quorum in ready(): a leader alone keeps answering stream
-# infos as leader for ~20 s after losing its quorum (nats-server 2.9.10, measured:
-# its followers stay ``current`` 9 s, it steps down at ~19 s), while a replica's
-# ``active`` (time since last heard) is under ~1 s while it answers heartbeats.
-PEER_SILENT = 3.0
-# Seconds the health check's stream info may take: a connected server that is
-# paused answers nothing, and the check's last answer must not stand meanwhile.
-READY_TIMEOUT = 2.0
 
 
 class _LeaseLost(Exception):
@@ -739,17 +731,15 @@ class JetStreamStore:
         await finish(let_go(), within)
 
     async def ready(self) -> bool:
-        """True when the log's stream answers within READY_TIMEOUT with a leader that
-        heard from a quorum of its replicas (itself included) within PEER_SILENT
-        (:func:`quorum_heard`): a leader left alone answers as leader for ~20 s."""
+        """True when the log's stream answers with a leader (a quorum exists)."""
         if self.nc is None or not self.nc.is_connected:
             return False
         try:
-            info = await asyncio.wait_for(self.js.stream_info(self.names.stream), READY_TIMEOUT)
+            info = await self.js.stream_info(self.names.stream)
         except (*_TRANSIENT, ConnectionClosedError):
             return False
         self.log_bounds = (int(info.state.first_seq or 0), int(info.state.last_seq or 0))
-        return quorum_heard(info.cluster)
+        return info.cluster is None or info.cluster.leader is not None
 
     # -- ingest -------------------------------------------------------------------
 
@@ -1116,12 +1106,19 @@ class JetStreamStore:
             self.on_fault(durable, "missing")
             await self._add_dedup_consumer(p)
             return True
-        stream = await self.js.stream_info(n.ingest, subjects_filter=subject)
+
+        async def last_in() -> int:
+            stream = await self.js.stream_info(n.ingest, subjects_filter=subject)
+            return int(stream.state.last_seq or 0)
+
         delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
         floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-        last = int(stream.state.last_seq or 0)
+        last = await last_in()
         if delivered > last:
-            return await self._heal(p, "ahead", delivered=delivered, last_seq=last)
+            short = await _short_of(last_in, delivered)
+            if short is not None:
+                return await self._heal(p, "ahead", delivered=delivered, last_seq=short)
+            last = delivered
         pending = int(info.num_pending or 0)
         stuck = self._stuck.get(p, 0) + 1 if pending and not fetched else 0
         self._stuck[p] = stuck
@@ -1189,20 +1186,17 @@ class JetStreamStore:
         mark = dedup.watermark
         if not mark:
             return None
-        # Asked LOSS_CHECKS times, LOSS_RECHECK s apart, before it counts: a leader
-        # just elected can answer from a replica still catching up (seen: "not
-        # found" for a partition with messages, right after a stepdown; the events
-        # went to the log twice).
-        for check in range(LOSS_CHECKS):
-            if check:
-                await asyncio.sleep(LOSS_RECHECK)
+
+        async def last_of_partition() -> int:
             try:
                 last = await self.js.get_last_msg(self.names.stream, self.names.log_subject(p))
-                left = int(last.seq or 0)
             except NotFoundError:
-                left = 0
-            if left >= mark:
-                return None
+                return 0
+            return int(last.seq or 0)
+
+        left = await _short_of(last_of_partition, mark)
+        if left is None:
+            return None
         lost = (left, mark)
         if not [group async for group in self._held_back(p, dedup, lost)]:
             log.warning(
@@ -1567,7 +1561,7 @@ class JetStreamStore:
             delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
             # Read again after the consumer: `last` was read before it, and the
             # consumer may have delivered what was stored since.
-            if delivered > last and delivered > await self._last_seq():
+            if delivered > last and await _short_of(self._last_seq, delivered) is not None:
                 # nats-server#6789, or the log lost its end: past the stream's end, new
                 # messages would get sequences it believes it handed out, never
                 # delivered. Recreated from its ack floor: at least once, not loss.
@@ -1879,28 +1873,28 @@ class JetStreamStore:
         return sorted({k.removeprefix("node-") for k in keys if k.startswith("node-")})
 
 
-def quorum_heard(cluster: ClusterInfo | None) -> bool:
-    """Whether a stream info's ``cluster`` (None: not clustered) names a leader and
-    enough replicas it heard from within PEER_SILENT (``active``, nanoseconds since
-    the leader last heard from each; not ``offline``) to make a majority with it.
-    ``current`` is no help: a stopped follower stays current while nothing is written."""
-    if cluster is None:
-        return True
-    if not cluster.leader:
-        return False
-    replicas = cluster.replicas or []
-    heard = sum(
-        1
-        for r in replicas
-        if not r.offline and r.active is not None and r.active < PEER_SILENT * 1e9
-    )
-    return 1 + heard > (1 + len(replicas)) // 2
-
-
 def sum_backlogs(parts: Sequence[tuple[int, int | None]]) -> tuple[int, int | None]:
     """Backlogs (events, oldest received_at ms or None) taken together."""
     oldest = [at for _, at in parts if at is not None]
     return sum(n for n, _ in parts), min(oldest, default=None)
+
+
+async def _short_of(read: Callable[[], Awaitable[int]], mark: int) -> int | None:
+    """``read()`` (a stream or subject's last sequence, from its leader) when it
+    stayed below ``mark`` (what a consumer delivered, what a stage published) each of
+    LOSS_CHECKS times, LOSS_RECHECK seconds apart; None once it reached ``mark``. A
+    leader just elected can answer from a store still catching up (seen: "not found"
+    for a partition with messages right after a stepdown, and a destination's
+    consumer taken for ahead of its stream six times in the fourth trial, each
+    recreation a round of repeats)."""
+    value = 0
+    for check in range(LOSS_CHECKS):
+        if check:
+            await asyncio.sleep(LOSS_RECHECK)
+        value = await read()
+        if value >= mark:
+            return None
+    return value
 
 
 def _replicated_through(info: Any, replicas: int) -> int:
