@@ -87,6 +87,8 @@ FETCH_MESSAGES = 16  # log messages per fetch (each a group of events)
 LONG_POLL = 1.0  # seconds a fetch waits for a message before the worker looks again
 # Seconds a node waits at start for the cluster (connect, streams and consumers led).
 OPEN_TIMEOUT = 60.0
+# Seconds between health rounds (``writable``: the log's quorum; the node list).
+HEALTH_EVERY = 2.0
 
 
 NODE_ID_FILE = "node-id"
@@ -239,17 +241,24 @@ class ClusterStore(ClusterDeletions):
 
     async def _watch(self) -> None:
         """Keep ``writable`` current: false while the log's stream has no leader. A
-        refused publish makes it false until the stream has a leader again."""
-        while True:
-            try:
-                self._ready = await self.js.ready()
-            except Exception as exc:  # whatever the client raises, this loop goes on
-                log.info("cluster health check failed", error=repr(exc))
-                self._ready = False
-            if self._ready:
-                self._last_error = None
-            await self._read_share()
-            await asyncio.sleep(2.0)
+        refused publish makes it false until the stream has a leader again. The node
+        list is read beside it, not in turn: that read waits up to publish_timeout on a
+        stalled cluster, and the answer here would stand that much longer."""
+        share: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    self._ready = await self.js.ready()
+                except Exception as exc:  # whatever the client raises, this loop goes on
+                    log.info("cluster health check failed", error=repr(exc))
+                    self._ready = False
+                if self._ready:
+                    self._last_error = None
+                if share is None or share.done():
+                    share = asyncio.create_task(self._read_share(), name="cluster-share")
+                await asyncio.sleep(HEALTH_EVERY)
+        finally:
+            await cancel(share)
 
     async def _read_share(self) -> None:
         """Who shares the destinations' limits now (the heartbeats in S_LEASES); a

@@ -149,6 +149,15 @@ STALL_TTLS = 3
 # Messages one backlog reading reads per consumer at most (one direct get each); the
 # rest of a longer backlog is estimated at the mean of those read (see _backlog).
 COUNT_READS = 2000
+# A replica of the log the leader last heard from longer ago than this (seconds) is
+# not counted towards its quorum in ready(): a leader alone keeps answering stream
+# infos as leader for ~20 s after losing its quorum (nats-server 2.9.10, measured:
+# its followers stay ``current`` 9 s, it steps down at ~19 s), while a replica's
+# ``active`` (time since last heard) is under ~1 s while it answers heartbeats.
+PEER_SILENT = 3.0
+# Seconds the health check's stream info may take: a connected server that is
+# paused answers nothing, and the check's last answer must not stand meanwhile.
+READY_TIMEOUT = 2.0
 
 
 class _LeaseLost(Exception):
@@ -730,15 +739,17 @@ class JetStreamStore:
         await finish(let_go(), within)
 
     async def ready(self) -> bool:
-        """True when the log's stream answers with a leader (a quorum exists)."""
+        """True when the log's stream answers within READY_TIMEOUT with a leader that
+        heard from a quorum of its replicas (itself included) within PEER_SILENT
+        (:func:`quorum_heard`): a leader left alone answers as leader for ~20 s."""
         if self.nc is None or not self.nc.is_connected:
             return False
         try:
-            info = await self.js.stream_info(self.names.stream)
+            info = await asyncio.wait_for(self.js.stream_info(self.names.stream), READY_TIMEOUT)
         except (*_TRANSIENT, ConnectionClosedError):
             return False
         self.log_bounds = (int(info.state.first_seq or 0), int(info.state.last_seq or 0))
-        return info.cluster is None or info.cluster.leader is not None
+        return quorum_heard(info.cluster)
 
     # -- ingest -------------------------------------------------------------------
 
@@ -1866,6 +1877,24 @@ class JetStreamStore:
         # A set: keys() lists a key once per update its watcher saw while it ran,
         # so a heartbeat landing meanwhile would count its node twice.
         return sorted({k.removeprefix("node-") for k in keys if k.startswith("node-")})
+
+
+def quorum_heard(cluster: ClusterInfo | None) -> bool:
+    """Whether a stream info's ``cluster`` (None: not clustered) names a leader and
+    enough replicas it heard from within PEER_SILENT (``active``, nanoseconds since
+    the leader last heard from each; not ``offline``) to make a majority with it.
+    ``current`` is no help: a stopped follower stays current while nothing is written."""
+    if cluster is None:
+        return True
+    if not cluster.leader:
+        return False
+    replicas = cluster.replicas or []
+    heard = sum(
+        1
+        for r in replicas
+        if not r.offline and r.active is not None and r.active < PEER_SILENT * 1e9
+    )
+    return 1 + heard > (1 + len(replicas)) // 2
 
 
 def sum_backlogs(parts: Sequence[tuple[int, int | None]]) -> tuple[int, int | None]:
