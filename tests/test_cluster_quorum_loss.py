@@ -13,16 +13,21 @@ Real 3-server clusters (tests/nats_cluster.py), two servers stopped with SIGSTOP
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from eventd.admin.scrape import SCRAPE_WAIT
 from eventd.config import JetStreamConfig, StorageConfig
 from eventd.store.cluster import HEALTH_EVERY, ClusterStore
 from eventd.store.jetstream import PEER_SILENT, READY_TIMEOUT
+from tests.harness import EventdProcess, Sink, running
 from tests.nats_cluster import NatsCluster
 from tests.test_cluster_ingest_stream import until_async
+from tests.test_cluster_serve import BATCH, node_config, send_batch, wait_until
 from tests.test_jetstream_store import until
 
 pytestmark = pytest.mark.timeout(240)
@@ -110,3 +115,73 @@ def test_a_leader_counts_only_the_replicas_it_heard_from_lately() -> None:
     )
     assert not quorum_heard(ClusterInfo(leader=None, replicas=[peer("n1", 0.1)]))
     assert quorum_heard(ClusterInfo(leader="n0", replicas=[]))  # R1
+
+
+def scrape(node: EventdProcess) -> tuple[int, float, dict[str, float]]:
+    """GET /metrics with the admin token: (status, seconds it took, {sample: value})
+    where a sample is the exposition's ``name{labels}``."""
+    req = urllib.request.Request(
+        node.url + "/metrics", headers={"Authorization": f"Bearer {node.admin_token}"}
+    )
+    began = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            status, text = int(r.status), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return int(e.code), time.monotonic() - began, {}
+    took = time.monotonic() - began
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return status, took, samples
+
+
+LAG = 'eventd_lag_events{destination="hook"}'
+INGESTED = 'eventd_ingested_events_total{source="app",type="track"}'
+
+
+def test_metrics_answer_in_bounded_time_during_and_after_a_loss_with_the_last_good_lag(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> None:
+    """The fourth trial's /metrics: 503 for the whole loss, and a scrape right after
+    SIGCONT hung over 30 s. Now every scrape answers 200 within SCRAPE_WAIT (+1 s for
+    the rest) with the node's own counters, the lag gauge at its last good reading
+    and ``eventd_lag_reading_ok`` 0, ``eventd_lag_reading_age_seconds`` growing; once
+    the cluster answers again, a fresh reading. All three servers are stopped, so no
+    server can answer from a stale view (the lone leader of the other test).
+    Fails on the old code (a 503 during the loss)."""
+    cluster = make_nats_cluster(3)
+    sink = Sink(default=503)  # the destination is down: the 20 events stay in its lag
+    with running(sink):
+        node = EventdProcess(tmp_path, node_config(tmp_path, cluster, sink))
+        try:
+            node.start(timeout=90)
+            assert send_batch(node, [f"m-{j}" for j in range(BATCH)]) == 200
+            wait_until(lambda: scrape(node)[2].get(LAG) == BATCH, 60, "the lag read")
+            status, _, before = scrape(node)
+            assert before["eventd_lag_reading_ok"] == 1
+            assert before["eventd_lag_reading_age_seconds"] < SCRAPE_WAIT + 1
+            try:
+                for i in range(3):
+                    cluster.pause(i)
+                during = [scrape(node) for _ in range(3)]
+            finally:
+                for i in range(3):
+                    cluster.resume(i)
+            after = scrape(node)
+            for status, took, samples in [*during, after]:
+                assert status == 200
+                assert took < SCRAPE_WAIT + 1.0, took
+                assert samples[INGESTED] == BATCH  # the node's own figures
+                assert samples[LAG] == BATCH  # the last good reading's (nothing moved)
+            for _, _, samples in during:
+                assert samples["eventd_lag_reading_ok"] == 0
+            ages = [samples["eventd_lag_reading_age_seconds"] for _, _, samples in during]
+            assert ages == sorted(ages) and ages[0] >= SCRAPE_WAIT, ages
+            print("scrapes took", [round(took, 2) for _, took, _ in [*during, after]])
+            wait_until(lambda: scrape(node)[2]["eventd_lag_reading_ok"] == 1, 90, "a fresh reading")
+            assert scrape(node)[2][LAG] == BATCH
+        finally:
+            node.kill()
