@@ -125,6 +125,13 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.lag_estimated = Gauge(
+            "eventd_lag_estimated",
+            "1 when eventd_lag_events is an estimate (a long backlog on the cluster is read"
+            " a part per reading, the rest counted at the mean of the messages read)",
+            ["destination"],
+            registry=r,
+        )
         # How good the lag gauges above are (eventd/admin/scrape.py): the reading that
         # fills them asks the cluster, which may not answer; the gauges then keep the
         # last good reading's values.

@@ -54,6 +54,7 @@ from eventd.store.base import (
     EventRow,
     Feed,
     IdentityBackend,
+    Lag,
     Lane,
     LogSource,
     NewDeadLetter,
@@ -69,6 +70,7 @@ from eventd.store.cursor_feed import lag as feed_lag
 from eventd.store.datalock import DataLock
 from eventd.store.jetstream import (
     CLOSE_TIMEOUT,
+    READ_BUDGET,
     DestinationReader,
     JetStreamStore,
     LogEvent,
@@ -576,29 +578,32 @@ class ClusterFeed:
             # least once), never loses it.
             log.warning("ack failed", destination=self.destination, error=repr(exc))
 
-    async def lag(self, now: int) -> tuple[int, float]:
+    async def lag(self, now: int) -> Lag:
         """(events not passed by this destination: those of the log messages after its
         consumers' ack floors, plus those of the ingest stream's groups still waiting
         for their dedup stage, which every destination will get; seconds since the
         oldest of them was received, as SQLite's lag gives them), each read after its
         consumer's leader's ack floor (:meth:`JetStreamStore.backlog`). Also sets the
         ingest gauges: groups waiting, and per partition the age of its oldest
-        (``eventd_dedup_waiting_seconds``: a stage that runs keeps it near 0)."""
+        (``eventd_dedup_waiting_seconds``: a stage that runs keeps it near 0). The
+        messages are read for READ_BUDGET seconds at most: past it, or past
+        COUNT_READS per consumer, the rest is estimated (``Lag.estimated``)."""
         js = self.store.js
+        until = time.monotonic() + READ_BUDGET
         counts, waiting, mine, ingest = await asyncio.gather(
             js.lag(self.destination),
             js.ingest_waiting(),
-            js.backlog(self.destination),
-            js.ingest_backlog(),
+            js.backlog(self.destination, until),
+            js.ingest_backlog(until),
         )
         metrics = self.store.metrics
         if metrics is not None:
             metrics.ingest_waiting.set(waiting)
-            for p, (_, oldest) in enumerate(ingest):
-                metrics.dedup_waiting.labels(str(p)).set(feed_lag(0, 0, oldest, now)[1])
+            for p, part in enumerate(ingest):
+                metrics.dedup_waiting.labels(str(p)).set(feed_lag(0, 0, part.oldest, now)[1])
         self._settled_below = max(self._settled_below, counts["settled_below"])
-        events, oldest = sum_backlogs([mine, *ingest])
-        return feed_lag(events, 0, oldest, now)
+        total = sum_backlogs([mine, *ingest])
+        return Lag(*feed_lag(total.events, 0, total.oldest, now), estimated=not total.exact)
 
     async def passed(self, target: int) -> bool:
         """Cluster-wide, whatever ``target``: the ingest queue empty (an acknowledged

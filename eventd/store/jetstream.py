@@ -67,7 +67,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import nats
 import orjson
@@ -149,6 +149,12 @@ STALL_TTLS = 3
 # Messages one backlog reading reads per consumer at most (one direct get each); the
 # rest of a longer backlog is estimated at the mean of those read (see _backlog).
 COUNT_READS = 2000
+# Seconds one lag reading (a destination's: its log consumers and the ingest stream's
+# partitions) spends reading messages at most, the same estimate past it: the
+# fourth trial's `eventd status` took 8-23 s with 342 K events waiting for a down
+# destination, each reading reading up to COUNT_READS messages one direct get at a
+# time. At least one message is read per consumer, so a mean exists.
+READ_BUDGET = 1.0
 # A replica of the log the leader last heard from longer ago than this (seconds) is
 # not counted towards its quorum in ready(): a leader alone keeps answering stream
 # infos as leader for ~20 s after losing its quorum (nats-server 2.9.10, measured:
@@ -172,6 +178,16 @@ class _Backlog:
 
     start: int
     entries: deque[tuple[int, int, int]] = field(default_factory=deque)
+
+
+class Backlog(NamedTuple):
+    """What a consumer (or several) has not passed: ``events``, the ``oldest``
+    received_at among them (unix ms, None when none), and whether ``events`` is
+    ``exact`` (False: part of it estimated, see _backlog)."""
+
+    events: int
+    oldest: int | None
+    exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -1626,50 +1642,61 @@ class JetStreamStore:
         return oldest
 
     @unavailable()
-    async def backlog(self, destination: str) -> tuple[int, int | None]:
-        """(events, oldest received_at in unix ms or None) of the log messages
-        ``destination``'s consumers have not passed (those after each one's ack floor,
-        as SQLite's lag counts the events after a cursor; a node-local destination's:
-        this node's consumer), read as :meth:`_backlog` reads them. Raises
-        :class:`StorageUnavailable` as :meth:`lag` does."""
+    async def backlog(self, destination: str, until: float | None = None) -> Backlog:
+        """The log messages ``destination``'s consumers have not passed (those after
+        each one's ack floor, as SQLite's lag counts the events after a cursor; a
+        node-local destination's: this node's consumer), read as :meth:`_backlog`
+        reads them (``until``: its deadline). Raises :class:`StorageUnavailable` as
+        :meth:`lag` does."""
         parts = []
         for durable, subject in self._consumers(destination):
             try:
                 info = await self._led_consumer_info(durable)
             except NotFoundError:  # a node-local consumer removed meanwhile
                 continue
-            parts.append(await self._backlog(self.names.stream, durable, subject, info))
+            parts.append(await self._backlog(self.names.stream, durable, subject, info, until))
         return sum_backlogs(parts)
 
     @unavailable()
-    async def ingest_backlog(self) -> list[tuple[int, int | None]]:
-        """Per partition, in order: (events, oldest received_at in unix ms or None) of
-        the groups acknowledged and not yet forwarded by its dedup stage (those after
-        its consumer's ack floor). Raises :class:`StorageUnavailable` as :meth:`lag`."""
+    async def ingest_backlog(self, until: float | None = None) -> list[Backlog]:
+        """Per partition, in order: the groups acknowledged and not yet forwarded by
+        its dedup stage (those after its consumer's ack floor), read as
+        :meth:`_backlog` reads them (``until``: its deadline). Raises
+        :class:`StorageUnavailable` as :meth:`lag`."""
         infos = await self._dedup_infos()
         return [
             await self._backlog(
-                self.names.ingest, self.names.dedup_consumer(p), self.names.in_subject(p), info
+                self.names.ingest,
+                self.names.dedup_consumer(p),
+                self.names.in_subject(p),
+                info,
+                until,
             )
             for p, info in enumerate(infos)
         ]
 
     async def _backlog(
-        self, stream: str, durable: str, subject: str, info: ConsumerInfo
-    ) -> tuple[int, int | None]:
-        """(events, oldest received_at ms or None) in the messages of ``subject`` after
-        consumer ``durable``'s ack floor (``info``, from its leader). Each message is
-        read once (a direct get) and remembered while the floor is below it, so a
-        reading reads only what was stored since the last one; a floor that went back
-        (the consumer recreated) reads again from it. At most COUNT_READS messages are
-        read per reading: the rest of the consumer's count (pending and unacked) is
-        estimated at the mean of those known, and read at the next readings."""
+        self,
+        stream: str,
+        durable: str,
+        subject: str,
+        info: ConsumerInfo,
+        until: float | None = None,
+    ) -> Backlog:
+        """The messages of ``subject`` after consumer ``durable``'s ack floor (``info``,
+        from its leader). Each message is read once (a direct get) and remembered
+        while the floor is below it, so a reading reads only what was stored since the
+        last one; a floor that went back (the consumer recreated) reads again from it.
+        A reading reads at most COUNT_READS messages, and none past ``until`` (a
+        time.monotonic(); None: no deadline) once one is known: the rest of the
+        consumer's count (pending and unacked) is estimated at the mean of those
+        known (``exact`` False), and read at the next readings."""
         messages = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
         key = f"{stream}/{durable}"
         if not messages:
             self._backlogs.pop(key, None)
-            return 0, None
+            return Backlog(0, None)
         known = self._backlogs.get(key)
         if known is None or floor + 1 < known.start:
             known = self._backlogs[key] = _Backlog(floor + 1)
@@ -1685,15 +1712,15 @@ class JetStreamStore:
             oldest = min((r[6] for r in rows), default=0)
             known.entries.append((seq, len(rows), oldest))
             read += 1
-            if read >= COUNT_READS:
+            if read >= COUNT_READS or (until is not None and time.monotonic() >= until):
                 full = False
                 break
         events = sum(n for _, n, _ in known.entries)
-        if not full and known.entries:  # more than one reading reads: the rest estimated
-            rest = max(0, messages - len(known.entries))
+        rest = max(0, messages - len(known.entries)) if not full and known.entries else 0
+        if rest:  # more than one reading reads: the rest estimated
             events += round(rest * events / len(known.entries))
         oldest_at = min((at for _, _, at in known.entries if at), default=None)
-        return events, oldest_at
+        return Backlog(events, oldest_at, exact=not rest)
 
     async def _dedup_infos(self) -> list[ConsumerInfo]:
         """Every partition's dedup consumer's info, from its leader, in partition order."""
@@ -1897,10 +1924,12 @@ def quorum_heard(cluster: ClusterInfo | None) -> bool:
     return 1 + heard > (1 + len(replicas)) // 2
 
 
-def sum_backlogs(parts: Sequence[tuple[int, int | None]]) -> tuple[int, int | None]:
-    """Backlogs (events, oldest received_at ms or None) taken together."""
-    oldest = [at for _, at in parts if at is not None]
-    return sum(n for n, _ in parts), min(oldest, default=None)
+def sum_backlogs(parts: Sequence[Backlog]) -> Backlog:
+    """Backlogs taken together: exact when each is."""
+    oldest = [b.oldest for b in parts if b.oldest is not None]
+    return Backlog(
+        sum(b.events for b in parts), min(oldest, default=None), all(b.exact for b in parts)
+    )
 
 
 def _replicated_through(info: Any, replicas: int) -> int:
