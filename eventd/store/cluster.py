@@ -12,7 +12,8 @@ ingest and deliver:
   retention), listed, counted, shown;
 - retention: the jetstream sweep (SQLite's rule: nothing a destination has not
   settled is purged), run by any node;
-- health: ``writable`` is false while the log's stream has no leader or the last
+- health: ``writable`` is false while the log's stream has no leader that heard
+  from a quorum of its replicas lately (:meth:`JetStreamStore.ready`) or the last
   publish was refused.
 
 Suppressions, redrive, replay, purges, reads of the log by seq or messageId and
@@ -242,7 +243,8 @@ class ClusterStore(ClusterDeletions):
         self._lock.release()
 
     async def _watch(self) -> None:
-        """Keep ``writable`` current: false while the log's stream has no leader. A
+        """Keep ``writable`` current: false while the log's stream has no leader that
+        heard from a quorum lately (:meth:`JetStreamStore.ready`), every HEALTH_EVERY. A
         refused publish makes it false until the stream has a leader again. The node
         list is read beside it, not in turn: that read waits up to publish_timeout on a
         stalled cluster, and the answer here would stand that much longer."""
