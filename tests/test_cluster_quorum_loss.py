@@ -146,7 +146,7 @@ def test_metrics_answer_in_bounded_time_during_and_after_a_loss_with_the_last_go
     tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
 ) -> None:
     """The fourth trial's /metrics: 503 for the whole loss, and a scrape right after
-    SIGCONT hung over 30 s. Now every scrape answers 200 within SCRAPE_WAIT (+1 s for
+    SIGCONT hung over 30 s. Now every scrape answers 200 within SCRAPE_WAIT (+2 s for
     the rest) with the node's own counters, the lag gauge at its last good reading
     and ``eventd_lag_reading_ok`` 0, ``eventd_lag_reading_age_seconds`` growing; once
     the cluster answers again, a fresh reading. All three servers are stopped, so no
@@ -173,7 +173,7 @@ def test_metrics_answer_in_bounded_time_during_and_after_a_loss_with_the_last_go
             after = scrape(node)
             for status, took, samples in [*during, after]:
                 assert status == 200
-                assert took < SCRAPE_WAIT + 1.0, took
+                assert took < SCRAPE_WAIT + 2.0, took  # Prometheus waits 10 s
                 assert samples[INGESTED] == BATCH  # the node's own figures
                 assert samples[LAG] == BATCH  # the last good reading's (nothing moved)
             for _, _, samples in during:
