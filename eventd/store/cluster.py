@@ -12,7 +12,8 @@ ingest and deliver:
   retention), listed, counted, shown;
 - retention: the jetstream sweep (SQLite's rule: nothing a destination has not
   settled is purged), run by any node;
-- health: ``writable`` is false while the log's stream has no leader or the last
+- health: ``writable`` is false while the log's stream has no leader that heard
+  from a quorum of its replicas lately (:meth:`JetStreamStore.ready`) or the last
   publish was refused.
 
 Suppressions, redrive, replay, purges, reads of the log by seq or messageId and
@@ -54,6 +55,7 @@ from eventd.store.base import (
     EventRow,
     Feed,
     IdentityBackend,
+    Lag,
     Lane,
     LogSource,
     NewDeadLetter,
@@ -69,6 +71,7 @@ from eventd.store.cursor_feed import lag as feed_lag
 from eventd.store.datalock import DataLock
 from eventd.store.jetstream import (
     CLOSE_TIMEOUT,
+    READ_BUDGET,
     DestinationReader,
     JetStreamStore,
     LogEvent,
@@ -87,6 +90,8 @@ FETCH_MESSAGES = 16  # log messages per fetch (each a group of events)
 LONG_POLL = 1.0  # seconds a fetch waits for a message before the worker looks again
 # Seconds a node waits at start for the cluster (connect, streams and consumers led).
 OPEN_TIMEOUT = 60.0
+# Seconds between health rounds (``writable``: the log's quorum; the node list).
+HEALTH_EVERY = 2.0
 
 
 NODE_ID_FILE = "node-id"
@@ -238,18 +243,26 @@ class ClusterStore(ClusterDeletions):
         self._lock.release()
 
     async def _watch(self) -> None:
-        """Keep ``writable`` current: false while the log's stream has no leader. A
-        refused publish makes it false until the stream has a leader again."""
-        while True:
-            try:
-                self._ready = await self.js.ready()
-            except Exception as exc:  # whatever the client raises, this loop goes on
-                log.info("cluster health check failed", error=repr(exc))
-                self._ready = False
-            if self._ready:
-                self._last_error = None
-            await self._read_share()
-            await asyncio.sleep(2.0)
+        """Keep ``writable`` current: false while the log's stream has no leader that
+        heard from a quorum lately (:meth:`JetStreamStore.ready`), every HEALTH_EVERY. A
+        refused publish makes it false until the stream has a leader again. The node
+        list is read beside it, not in turn: that read waits up to publish_timeout on a
+        stalled cluster, and the answer here would stand that much longer."""
+        share: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    self._ready = await self.js.ready()
+                except Exception as exc:  # whatever the client raises, this loop goes on
+                    log.info("cluster health check failed", error=repr(exc))
+                    self._ready = False
+                if self._ready:
+                    self._last_error = None
+                if share is None or share.done():
+                    share = asyncio.create_task(self._read_share(), name="cluster-share")
+                await asyncio.sleep(HEALTH_EVERY)
+        finally:
+            await cancel(share)
 
     async def _read_share(self) -> None:
         """Who shares the destinations' limits now (the heartbeats in S_LEASES); a
@@ -567,29 +580,32 @@ class ClusterFeed:
             # least once), never loses it.
             log.warning("ack failed", destination=self.destination, error=repr(exc))
 
-    async def lag(self, now: int) -> tuple[int, float]:
+    async def lag(self, now: int) -> Lag:
         """(events not passed by this destination: those of the log messages after its
         consumers' ack floors, plus those of the ingest stream's groups still waiting
         for their dedup stage, which every destination will get; seconds since the
         oldest of them was received, as SQLite's lag gives them), each read after its
         consumer's leader's ack floor (:meth:`JetStreamStore.backlog`). Also sets the
         ingest gauges: groups waiting, and per partition the age of its oldest
-        (``eventd_dedup_waiting_seconds``: a stage that runs keeps it near 0)."""
+        (``eventd_dedup_waiting_seconds``: a stage that runs keeps it near 0). The
+        messages are read for READ_BUDGET seconds at most: past it, or past
+        COUNT_READS per consumer, the rest is estimated (``Lag.estimated``)."""
         js = self.store.js
+        until = time.monotonic() + READ_BUDGET
         counts, waiting, mine, ingest = await asyncio.gather(
             js.lag(self.destination),
             js.ingest_waiting(),
-            js.backlog(self.destination),
-            js.ingest_backlog(),
+            js.backlog(self.destination, until),
+            js.ingest_backlog(until),
         )
         metrics = self.store.metrics
         if metrics is not None:
             metrics.ingest_waiting.set(waiting)
-            for p, (_, oldest) in enumerate(ingest):
-                metrics.dedup_waiting.labels(str(p)).set(feed_lag(0, 0, oldest, now)[1])
+            for p, part in enumerate(ingest):
+                metrics.dedup_waiting.labels(str(p)).set(feed_lag(0, 0, part.oldest, now)[1])
         self._settled_below = max(self._settled_below, counts["settled_below"])
-        events, oldest = sum_backlogs([mine, *ingest])
-        return feed_lag(events, 0, oldest, now)
+        total = sum_backlogs([mine, *ingest])
+        return Lag(*feed_lag(total.events, 0, total.oldest, now), estimated=not total.exact)
 
     async def passed(self, target: int) -> bool:
         """Cluster-wide, whatever ``target``: the ingest queue empty (an acknowledged

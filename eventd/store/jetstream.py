@@ -67,7 +67,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import nats
 import orjson
@@ -150,6 +150,21 @@ STALL_TTLS = 3
 # Messages one backlog reading reads per consumer at most (one direct get each); the
 # rest of a longer backlog is estimated at the mean of those read (see _backlog).
 COUNT_READS = 2000
+# Seconds one lag reading (a destination's: its log consumers and the ingest stream's
+# partitions) spends reading messages at most, the same estimate past it: the
+# fourth trial's `eventd status` took 8-23 s with 342 K events waiting for a down
+# destination, each reading reading up to COUNT_READS messages one direct get at a
+# time. At least one message is read per consumer, so a mean exists.
+READ_BUDGET = 1.0
+# A replica of the log the leader last heard from longer ago than this (seconds) is
+# not counted towards its quorum in ready(): a leader alone keeps answering stream
+# infos as leader for ~20 s after losing its quorum (nats-server 2.9.10, measured:
+# its followers stay ``current`` 9 s, it steps down at ~19 s), while a replica's
+# ``active`` (time since last heard) is under ~1 s while it answers heartbeats.
+PEER_SILENT = 3.0
+# Seconds the health check's stream info may take: a connected server that is
+# paused answers nothing, and the check's last answer must not stand meanwhile.
+READY_TIMEOUT = 2.0
 
 
 class _LeaseLost(Exception):
@@ -164,6 +179,16 @@ class _Backlog:
 
     start: int
     entries: deque[tuple[int, int, int]] = field(default_factory=deque)
+
+
+class Backlog(NamedTuple):
+    """What a consumer (or several) has not passed: ``events``, the ``oldest``
+    received_at among them (unix ms, None when none), and whether ``events`` is
+    ``exact`` (False: part of it estimated, see _backlog)."""
+
+    events: int
+    oldest: int | None
+    exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -731,15 +756,17 @@ class JetStreamStore:
         await finish(let_go(), within)
 
     async def ready(self) -> bool:
-        """True when the log's stream answers with a leader (a quorum exists)."""
+        """True when the log's stream answers within READY_TIMEOUT with a leader that
+        heard from a quorum of its replicas (itself included) within PEER_SILENT
+        (:func:`quorum_heard`): a leader left alone answers as leader for ~20 s."""
         if self.nc is None or not self.nc.is_connected:
             return False
         try:
-            info = await self.js.stream_info(self.names.stream)
+            info = await asyncio.wait_for(self.js.stream_info(self.names.stream), READY_TIMEOUT)
         except (*_TRANSIENT, ConnectionClosedError):
             return False
         self.log_bounds = (int(info.state.first_seq or 0), int(info.state.last_seq or 0))
-        return info.cluster is None or info.cluster.leader is not None
+        return quorum_heard(info.cluster)
 
     # -- ingest -------------------------------------------------------------------
 
@@ -1620,50 +1647,61 @@ class JetStreamStore:
         return oldest
 
     @unavailable()
-    async def backlog(self, destination: str) -> tuple[int, int | None]:
-        """(events, oldest received_at in unix ms or None) of the log messages
-        ``destination``'s consumers have not passed (those after each one's ack floor,
-        as SQLite's lag counts the events after a cursor; a node-local destination's:
-        this node's consumer), read as :meth:`_backlog` reads them. Raises
-        :class:`StorageUnavailable` as :meth:`lag` does."""
+    async def backlog(self, destination: str, until: float | None = None) -> Backlog:
+        """The log messages ``destination``'s consumers have not passed (those after
+        each one's ack floor, as SQLite's lag counts the events after a cursor; a
+        node-local destination's: this node's consumer), read as :meth:`_backlog`
+        reads them (``until``: its deadline). Raises :class:`StorageUnavailable` as
+        :meth:`lag` does."""
         parts = []
         for durable, subject in self._consumers(destination):
             try:
                 info = await self._led_consumer_info(durable)
             except NotFoundError:  # a node-local consumer removed meanwhile
                 continue
-            parts.append(await self._backlog(self.names.stream, durable, subject, info))
+            parts.append(await self._backlog(self.names.stream, durable, subject, info, until))
         return sum_backlogs(parts)
 
     @unavailable()
-    async def ingest_backlog(self) -> list[tuple[int, int | None]]:
-        """Per partition, in order: (events, oldest received_at in unix ms or None) of
-        the groups acknowledged and not yet forwarded by its dedup stage (those after
-        its consumer's ack floor). Raises :class:`StorageUnavailable` as :meth:`lag`."""
+    async def ingest_backlog(self, until: float | None = None) -> list[Backlog]:
+        """Per partition, in order: the groups acknowledged and not yet forwarded by
+        its dedup stage (those after its consumer's ack floor), read as
+        :meth:`_backlog` reads them (``until``: its deadline). Raises
+        :class:`StorageUnavailable` as :meth:`lag`."""
         infos = await self._dedup_infos()
         return [
             await self._backlog(
-                self.names.ingest, self.names.dedup_consumer(p), self.names.in_subject(p), info
+                self.names.ingest,
+                self.names.dedup_consumer(p),
+                self.names.in_subject(p),
+                info,
+                until,
             )
             for p, info in enumerate(infos)
         ]
 
     async def _backlog(
-        self, stream: str, durable: str, subject: str, info: ConsumerInfo
-    ) -> tuple[int, int | None]:
-        """(events, oldest received_at ms or None) in the messages of ``subject`` after
-        consumer ``durable``'s ack floor (``info``, from its leader). Each message is
-        read once (a direct get) and remembered while the floor is below it, so a
-        reading reads only what was stored since the last one; a floor that went back
-        (the consumer recreated) reads again from it. At most COUNT_READS messages are
-        read per reading: the rest of the consumer's count (pending and unacked) is
-        estimated at the mean of those known, and read at the next readings."""
+        self,
+        stream: str,
+        durable: str,
+        subject: str,
+        info: ConsumerInfo,
+        until: float | None = None,
+    ) -> Backlog:
+        """The messages of ``subject`` after consumer ``durable``'s ack floor (``info``,
+        from its leader). Each message is read once (a direct get) and remembered
+        while the floor is below it, so a reading reads only what was stored since the
+        last one; a floor that went back (the consumer recreated) reads again from it.
+        A reading reads at most COUNT_READS messages, and none past ``until`` (a
+        time.monotonic(); None: no deadline) once one is known: the rest of the
+        consumer's count (pending and unacked) is estimated at the mean of those
+        known (``exact`` False), and read at the next readings."""
         messages = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
         key = f"{stream}/{durable}"
         if not messages:
             self._backlogs.pop(key, None)
-            return 0, None
+            return Backlog(0, None)
         known = self._backlogs.get(key)
         if known is None or floor + 1 < known.start:
             known = self._backlogs[key] = _Backlog(floor + 1)
@@ -1679,15 +1717,15 @@ class JetStreamStore:
             oldest = min((r[6] for r in rows), default=0)
             known.entries.append((seq, len(rows), oldest))
             read += 1
-            if read >= COUNT_READS:
+            if read >= COUNT_READS or (until is not None and time.monotonic() >= until):
                 full = False
                 break
         events = sum(n for _, n, _ in known.entries)
-        if not full and known.entries:  # more than one reading reads: the rest estimated
-            rest = max(0, messages - len(known.entries))
+        rest = max(0, messages - len(known.entries)) if not full and known.entries else 0
+        if rest:  # more than one reading reads: the rest estimated
             events += round(rest * events / len(known.entries))
         oldest_at = min((at for _, _, at in known.entries if at), default=None)
-        return events, oldest_at
+        return Backlog(events, oldest_at, exact=not rest)
 
     async def _dedup_infos(self) -> list[ConsumerInfo]:
         """Every partition's dedup consumer's info, from its leader, in partition order."""
@@ -1873,10 +1911,30 @@ class JetStreamStore:
         return sorted({k.removeprefix("node-") for k in keys if k.startswith("node-")})
 
 
-def sum_backlogs(parts: Sequence[tuple[int, int | None]]) -> tuple[int, int | None]:
-    """Backlogs (events, oldest received_at ms or None) taken together."""
-    oldest = [at for _, at in parts if at is not None]
-    return sum(n for n, _ in parts), min(oldest, default=None)
+def quorum_heard(cluster: ClusterInfo | None) -> bool:
+    """Whether a stream info's ``cluster`` (None: not clustered) names a leader and
+    enough replicas it heard from within PEER_SILENT (``active``, nanoseconds since
+    the leader last heard from each; not ``offline``) to make a majority with it.
+    ``current`` is no help: a stopped follower stays current while nothing is written."""
+    if cluster is None:
+        return True
+    if not cluster.leader:
+        return False
+    replicas = cluster.replicas or []
+    heard = sum(
+        1
+        for r in replicas
+        if not r.offline and r.active is not None and r.active < PEER_SILENT * 1e9
+    )
+    return 1 + heard > (1 + len(replicas)) // 2
+
+
+def sum_backlogs(parts: Sequence[Backlog]) -> Backlog:
+    """Backlogs taken together: exact when each is."""
+    oldest = [b.oldest for b in parts if b.oldest is not None]
+    return Backlog(
+        sum(b.events for b in parts), min(oldest, default=None), all(b.exact for b in parts)
+    )
 
 
 async def _short_of(read: Callable[[], Awaitable[int]], mark: int) -> int | None:
