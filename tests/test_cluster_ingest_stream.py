@@ -284,3 +284,36 @@ async def test_a_long_backlog_is_read_a_part_at_a_time_and_the_rest_estimated(
     together = await asyncio.gather(*(second.ingest_backlog() for _ in range(3)))
     assert [backlog[p][0] for backlog in together] == [9, 9, 9]
     assert (await second.ingest_backlog())[p][0] == 9
+
+
+async def test_a_group_handed_out_and_never_handed_out_again_is_forwarded(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fifth trial: a dedup consumer held 3 groups unacked for 7 minutes and
+    never handed them out again (its leader's replica of ``S_IN`` was behind), while
+    the stage forwarded every later group. Made here: the stage's first delivery is
+    lost on the way (as a fetch that never got it), and the consumer's ack_wait is
+    an hour. The stage recreates its consumer once its ack floor stood
+    UNACKED_AFTER with messages unacked, and the group is forwarded."""
+    monkeypatch.setattr(jetstream, "ACK_WAIT", 3600)
+    monkeypatch.setattr(jetstream, "UNACKED_AFTER", 3.0)
+    a = await nodes.start("a")
+    faults: list[tuple[str, str]] = []
+    a.on_fault = lambda consumer, reason: faults.append((consumer, reason))
+    forward = a._forward_acked
+    lost: list[int] = []
+
+    async def first_lost(p: int, msg: nats.aio.msg.Msg, dedup: jetstream.DedupSet) -> None:
+        if not lost:  # handed out, never received: neither forwarded nor acked
+            lost.append(p)
+            return
+        await forward(p, msg, dedup)
+
+    a._forward_acked = first_lost  # type: ignore[method-assign]
+    rows = [row(f"w{i}", user=f"u{i % 5}") for i in range(10)]
+    await a.append(rows[:1])
+    await until(lambda: bool(lost))
+    await a.append(rows[1:])
+    got = await drain(await a.reader("hook"), {r[1] for r in rows}, within=60)
+    assert Counter(e.message_id for e in got) == Counter(r[1] for r in rows)
+    assert faults == [(a.names.dedup_consumer(lost[0]), "unacked")]

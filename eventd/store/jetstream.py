@@ -126,6 +126,11 @@ LEASE_RENEW = 3.0
 # Seconds between an idle dedup stage's checks of its consumer (_tend; a busy one
 # checks, and purges S_IN, after each batch).
 TEND_EVERY = 5.0
+# Seconds a dedup consumer waits for an ack before it hands a message out again.
+ACK_WAIT = 30
+# A dedup consumer whose ack floor stood this long with messages unacked, seen from a
+# stage between fetches (it holds none then), is recreated (_tend: "unacked").
+UNACKED_AFTER = 2.0 * ACK_WAIT
 # Seconds a dedup stage keeps forwarded S_IN groups whose log message it has not yet
 # seen on every replica of the log (_tend): a log that loses its end within this time
 # of a forward is mended from them (_mend_log); after it, they are purged anyway, so
@@ -493,6 +498,8 @@ class JetStreamStore:
         # S_IN left by an older eventd as a work queue and not yet empty: kept as it is.
         self.ingest_work_queue = False
         self._stuck: dict[int, int] = {}  # per partition: checks in a row found stuck
+        # per partition: (its dedup consumer's ack floor, time.monotonic() first seen)
+        self._floor_since: dict[int, tuple[int, float]] = {}
         # per partition: time.monotonic() since when _tend has kept groups back
         self._held_since: dict[int, float] = {}
         # A consumer found ahead of its stream or past unacked messages: called with
@@ -1097,6 +1104,9 @@ class JetStreamStore:
             return await self._tend(p, dedup, fetched)
         except (*_TRANSIENT, ConnectionClosedError, StorageUnavailable, NotFoundError) as exc:
             log.info("dedup consumer not tended; next round", partition=p, error=repr(exc))
+            # A stalled cluster hands nothing out again: "unacked" counts from the next
+            # reading (its consumer's redeliveries are due then), not through the stall.
+            self._floor_since.pop(p, None)
             return False
 
     async def _tend(self, p: int, dedup: DedupSet, fetched: int = 0) -> bool:
@@ -1115,7 +1125,14 @@ class JetStreamStore:
         - stuck: messages pending at two checks in a row and none fetched (``fetched``:
           since the last check) in between, the stage pulling all along (seen after
           a quorum loss: two partitions delivered nothing until a server restarted;
-          and on a consumer made again under the same name just after its stream).
+          and on a consumer made again under the same name just after its stream);
+        - unacked: messages unacked and the ack floor unmoved for UNACKED_AFTER. The
+          stage tends between fetches, when it holds no message: one unacked was
+          handed to a fetch that never got it, and the consumer should hand it out
+          again after ACK_WAIT. In the fifth trial nats-server 2.9.10 did not, for 7
+          minutes (the consumer's leader held a replica of ``S_IN`` 24 messages
+          behind): 16 acknowledged events waited while every later one went through,
+          so the stage was never silent.
         Any: an error line, ``on_fault``, and the consumer recreated to deliver
         from the first message still in the stream (repeats are dropped by the set);
         True. So is a consumer found missing (created again: ``missing``).
@@ -1146,6 +1163,16 @@ class JetStreamStore:
             if short is not None:
                 return await self._heal(p, "ahead", delivered=delivered, last_seq=short)
             last = delivered
+        unacked = int(info.num_ack_pending or 0)
+        seen = self._floor_since.get(p)
+        if unacked and seen is not None and seen[0] == floor:
+            if time.monotonic() - seen[1] >= UNACKED_AFTER:
+                self._floor_since.pop(p, None)
+                return await self._heal(
+                    p, "unacked", delivered=delivered, ack_floor=floor, unacked=unacked
+                )
+        else:
+            self._floor_since[p] = (floor, time.monotonic())
         pending = int(info.num_pending or 0)
         stuck = self._stuck.get(p, 0) + 1 if pending and not fetched else 0
         self._stuck[p] = stuck
@@ -1393,7 +1420,7 @@ class JetStreamStore:
             filter_subject=self.names.in_subject(p),
             deliver_policy=DeliverPolicy.ALL,  # from the first message not purged
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30,
+            ack_wait=ACK_WAIT,
             max_ack_pending=1_000,
         )
 
