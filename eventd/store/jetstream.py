@@ -1168,6 +1168,9 @@ class JetStreamStore:
         if unacked and seen is not None and seen[0] == floor:
             if time.monotonic() - seen[1] >= UNACKED_AFTER:
                 self._floor_since.pop(p, None)
+                # Read from the stream's leader and forwarded first: the consumer's
+                # leader may lack them (the trial's), and so may one made again there.
+                await self._take_over(p, dedup)
                 return await self._heal(
                     p, "unacked", delivered=delivered, ack_floor=floor, unacked=unacked
                 )
