@@ -490,9 +490,11 @@ class ClusterFeed:
         """This node's position, or the consumers' ack floor as :meth:`lag` last read
         it when that is further: other nodes settle too, and an ordered destination's
         feed on the worker never fetches (its partitions' feeds do), so its own
-        position stayed 0 (`eventd status` showed cursor 0)."""
-        own = (min(self._held) << EVENT_BITS) - 1 if self._held else self._settled_upto
-        return max(own, (self._settled_below << EVENT_BITS) - 1)
+        position stayed 0 (`eventd status` showed cursor 0). 0 before log sequence 1
+        is passed (not 1048575, the last event seq of a log message 0, which a
+        trial's `eventd status` showed for a destination that delivered nothing)."""
+        own = _before(min(self._held)) if self._held else self._settled_upto
+        return max(own, _before(self._settled_below))
 
     @property
     def unsettled(self) -> bool:
@@ -645,3 +647,8 @@ class ClusterFeed:
                         self.store.started_local(self.destination, new_node=False)
                 except Exception as exc:  # a stall: the next round
                     log.info("node-local consumer not checked", error=repr(exc))
+
+
+def _before(log_seq: int) -> int:
+    """The last event seq of the log messages before ``log_seq`` (0: none)."""
+    return (log_seq << EVENT_BITS) - 1 if log_seq > 1 else 0
