@@ -186,6 +186,14 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        # Per partition: 1 where this node runs its dedup stage (it holds the lease and
+        # the stage's task runs): which node to look at when a partition waits.
+        self.dedup_stages = Gauge(
+            "eventd_dedup_stage_running",
+            "1 for each partition whose dedup stage runs on this node",
+            ["partition"],
+            registry=r,
+        )
         # A stream's leader asked to step down by this node, by stream and reason
         # (lease_timeouts: the lease bucket's writes timed out while the cluster answered).
         self.stepdowns = Counter(

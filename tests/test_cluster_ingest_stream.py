@@ -317,3 +317,42 @@ async def test_a_group_handed_out_and_never_handed_out_again_is_forwarded(
     got = await drain(await a.reader("hook"), {r[1] for r in rows}, within=60)
     assert Counter(e.message_id for e in got) == Counter(r[1] for r in rows)
     assert faults == [(a.names.dedup_consumer(lost[0]), "unacked")]
+
+
+async def test_each_partition_s_stage_shows_on_the_one_node_that_runs_it(nodes: Nodes) -> None:
+    """``eventd_dedup_stage_running{partition}``: 1 on the node whose stage runs, 0
+    elsewhere (the fifth trial had no way to see which node held a partition that
+    waited). Two nodes: every partition on exactly one of them."""
+    partitions = nodes.cfg.partitions
+    a = await nodes.start("a")
+    b = await nodes.start("b")
+    scraped = []
+    for name, front in (("a", a), ("b", b)):
+        storage = StorageConfig(
+            backend="jetstream", jetstream=nodes.cfg, path=nodes.tmp / f"{name}.db"
+        )
+        store = ClusterStore(storage, ["hook"], metrics=Metrics())
+        store.js = front
+        scraped.append(store.metrics)
+
+    def running() -> list[set[int]]:
+        on = []
+        for metrics in scraped:
+            assert metrics is not None
+            metrics.exposition()
+            on.append(
+                {
+                    p
+                    for p in range(partitions)
+                    if metrics.registry.get_sample_value(
+                        "eventd_dedup_stage_running", {"partition": str(p)}
+                    )
+                    == 1.0
+                }
+            )
+        return on
+
+    await until(lambda: set().union(*running()) == set(range(partitions)))
+    on_a, on_b = running()
+    assert not on_a & on_b
+    assert on_a == {p for p, r in enumerate(a.stages_running()) if r}

@@ -171,6 +171,7 @@ class ClusterStore(ClusterDeletions):
             self.js.on_fault = lambda consumer, reason: faults.labels(consumer, reason).inc()
             stepdowns = metrics.stepdowns
             self.js.on_stepdown = lambda stream, reason: stepdowns.labels(stream, reason).inc()
+            metrics.on_scrape(self._show_stages)
         self._last_seq = 0
         self._ready = False
         self._last_error: str | None = None
@@ -183,6 +184,13 @@ class ClusterStore(ClusterDeletions):
         self.js.erased = lambda user_id: user_id is not None and self.erasing(user_id)
 
     # -- life cycle -------------------------------------------------------------
+
+    def _show_stages(self) -> None:
+        """``eventd_dedup_stage_running``: where each partition's stage runs, at each
+        scrape (node-local: no cluster read, so a scrape during a loss has it too)."""
+        assert self.metrics is not None
+        for p, running in enumerate(self.js.stages_running()):
+            self.metrics.dedup_stages.labels(str(p)).set(int(running))
 
     async def open(self) -> None:
         """Connect and create or find the streams and consumers, within OPEN_TIMEOUT

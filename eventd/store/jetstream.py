@@ -762,6 +762,10 @@ class JetStreamStore:
 
         await finish(let_go(), within)
 
+    def stages_running(self) -> list[bool]:
+        """Per partition, in order: whether its dedup stage runs on this node."""
+        return [self._dedup.running(p) for p in range(self.cfg.partitions)]
+
     async def ready(self) -> bool:
         """True when the log's stream answers within READY_TIMEOUT with a leader that
         heard from a quorum of its replicas (itself included) within PEER_SILENT

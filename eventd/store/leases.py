@@ -195,6 +195,11 @@ class PartitionLeases:
     def key(self, p: int) -> str:
         return f"{self.prefix}-{p}"
 
+    def running(self, p: int) -> bool:
+        """Whether p's lease is held here and its task runs."""
+        task = self.tasks.get(p)
+        return task is not None and not task.done() and self.leases.holds(self.key(p))
+
     async def claim_all(self) -> None:
         """One round: create or renew every partition's lease (all at once: one after
         another, a stalled cluster would make a round outlast the TTL)."""
