@@ -125,6 +125,27 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.lag_estimated = Gauge(
+            "eventd_lag_estimated",
+            "1 when eventd_lag_events is an estimate (a long backlog on the cluster is read"
+            " a part per reading, the rest counted at the mean of the messages read)",
+            ["destination"],
+            registry=r,
+        )
+        # How good the lag gauges above are (eventd/admin/scrape.py): the reading that
+        # fills them asks the cluster, which may not answer; the gauges then keep the
+        # last good reading's values.
+        self.lag_reading_ok = Gauge(
+            "eventd_lag_reading_ok",
+            "1 when this scrape's reading of the lag gauges answered in time; 0: they"
+            " hold the last good reading's values (see eventd_lag_reading_age_seconds)",
+            registry=r,
+        )
+        self.lag_reading_age = Gauge(
+            "eventd_lag_reading_age_seconds",
+            "Seconds since the lag gauges were last read (+Inf: never)",
+            registry=r,
+        )
         self.dead_letters = Gauge(
             "eventd_dead_letters", "Dead letters held", ["destination"], registry=r
         )
@@ -162,6 +183,14 @@ class Metrics:
             "eventd_dedup_waiting_seconds",
             "Age of the oldest group acknowledged and waiting in the cluster's ingest stream"
             " for its partition's dedup stage (0: none waits)",
+            ["partition"],
+            registry=r,
+        )
+        # Per partition: 1 where this node runs its dedup stage (it holds the lease and
+        # the stage's task runs): which node to look at when a partition waits.
+        self.dedup_stages = Gauge(
+            "eventd_dedup_stage_running",
+            "1 for each partition whose dedup stage runs on this node",
             ["partition"],
             registry=r,
         )

@@ -2,9 +2,13 @@
 
 Start-up: the listening sockets are bound first, before the store opens, so a
 ``server.port`` in use ends the process (exit 1, naming the key and the value)
-before it has joined a cluster or touched the data directory. Connections made
-while the store opens wait in the kernel's queue and are answered once it is up.
-SIGTERM/SIGINT during start-up cancel it: what had opened is closed, exit 0.
+before it has joined a cluster or touched the data directory. While the store
+opens (on a cluster: up to ``OPEN_TIMEOUT``, 60 s, waiting for a quorum), every
+request is answered at once: ``/health`` and ``/ready`` 503 (``{"status":
+"starting"}``; ready false), anything else 503 ``starting`` with ``Retry-After`` (SDKs and load
+balancers retry; the fifth trial's clients hung up to 40 s on a node restarting
+after a quorum loss, and a TCP check passed). SIGTERM/SIGINT during start-up
+cancel it: what had opened is closed, exit 0.
 
 Shutdown: stop accepting, let in-flight requests finish and commit, let
 in-flight deliveries finish until ``server.shutdown_timeout``, close the store,
@@ -48,7 +52,11 @@ async def serve(config: Config, *, announce_write_key: bool = False) -> None:
         loop.add_signal_handler(sig, stop.set)
     sockets = _bind(config.server.host, config.server.port)
     try:
-        runner = await _start(config, stop)
+        starting = await _answer_starting(sockets)
+        try:
+            runner = await _start(config, stop)
+        finally:
+            await starting.cleanup()  # closes its copies of the sockets, not ours
     except BaseException:
         _close(sockets)
         raise
@@ -137,6 +145,50 @@ def _bind(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
             f"eventd: cannot listen on server.host = {host!r}, server.port = {port}: {why}{hint}"
         ) from None
     return sockets
+
+
+STARTING_RETRY_AFTER = 5  # seconds a client is asked to wait while the store opens
+
+
+async def _answer_starting(sockets: list[socket.socket]) -> web.AppRunner:
+    """A runner answering every request at once while the store opens (see the
+    module docstring), on copies of ``sockets`` (``dup``: closing them at its
+    cleanup leaves ours listening; connections made in between wait in the
+    kernel's queue for the app)."""
+
+    # Each answer closes its connection: the next request goes to the app, on a new one.
+    async def health(request: web.Request) -> web.Response:
+        # 503, not 200: whoever polls /health for 200 before sending (the tests, a
+        # load balancer) keeps waiting for the app, as when the socket was silent.
+        response = web.json_response({"status": "starting"}, status=503)
+        response.force_close()
+        return response
+
+    async def ready(request: web.Request) -> web.Response:
+        checks = {"storage_writable": False, "dispatcher_running": False}
+        response = web.json_response({"ready": False, **checks}, status=503)
+        response.force_close()
+        return response
+
+    async def refuse(request: web.Request) -> web.Response:
+        response = error_response(
+            503,
+            "starting",
+            "eventd is starting: its storage is not open yet",
+            **{"Retry-After": str(STARTING_RETRY_AFTER)},
+        )
+        response.force_close()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    for sock in sockets:
+        await web.SockSite(runner, sock.dup()).start()
+    return runner
 
 
 def _close(sockets: list[socket.socket]) -> None:

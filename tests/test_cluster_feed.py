@@ -90,3 +90,15 @@ async def test_close_naks_what_is_not_settled_so_another_node_takes_it_now() -> 
     assert reader.acked == [3]
     assert (m1.naks, m2.naks) == (0, 1)
     assert not feed.unsettled
+
+
+def test_the_position_before_the_first_log_message_is_0() -> None:
+    """A destination that has passed nothing (ack floor 0, settled below log seq 1)
+    is at 0, as on SQLite, not at 1048575 (a trial's `eventd status` for a down
+    destination); below log seq 2, at the last event seq of log message 1."""
+    feed = feed_over(FakeReader([]))
+    assert feed.position == 0
+    feed._settled_below = 1
+    assert feed.position == 0
+    feed._settled_below = 2
+    assert feed.position == (1 << EVENT_BITS) | (2**EVENT_BITS - 1)

@@ -221,11 +221,11 @@ async def test_a_destinations_lag_counts_events_and_the_age_of_the_oldest_from_e
         store.js = front
         feeds.append((store, store.feed("hook")))
 
-    async def lags() -> list[tuple[int, float]]:
-        return [await feed.lag(now) for _, feed in feeds]
+    async def lags() -> list[tuple[int, float, bool]]:
+        return [tuple(await feed.lag(now)) for _, feed in feeds]  # type: ignore[misc]
 
     async def counted() -> bool:
-        return await lags() == [(events, 90.0)] * 2
+        return await lags() == [(events, 90.0, False)] * 2
 
     await until_async(counted)
     for store, _ in feeds:
@@ -247,7 +247,7 @@ async def test_a_destinations_lag_counts_events_and_the_age_of_the_oldest_from_e
     await drain(await a.reader("hook"), events)
 
     async def passed() -> bool:
-        return await lags() == [(0, 0.0)] * 2
+        return await lags() == [(0, 0.0, False)] * 2
 
     await until_async(passed)
 
@@ -269,13 +269,90 @@ async def test_a_long_backlog_is_read_a_part_at_a_time_and_the_rest_estimated(
         return await front.ingest_waiting() == len(sizes)
 
     await until_async(counted)
-    readings = [(await front.ingest_backlog())[p][0] for _ in range(4)]
+    readings = [(await front.ingest_backlog())[p] for _ in range(4)]
     # read 1 of 3 (1 event): 1 + 2 x 1; 2 of 3 (3): 3 + 1 x 1.5 rounded; then all: 9
-    assert readings == [3, 5, 9, 9]
+    assert [(b.events, b.exact) for b in readings] == [(3, False), (5, False), (9, True), (9, True)]
+    # The same a part at a time when the reading's time is up (READ_BUDGET): one
+    # message per consumer per reading at least, so a mean exists.
+    monkeypatch.setattr(jetstream, "COUNT_READS", 2000)
+    timed = await front_node(nodes, "timed")
+    readings = [(await timed.ingest_backlog(until=0.0))[p] for _ in range(4)]
+    assert [(b.events, b.exact) for b in readings] == [(3, False), (5, False), (9, True), (9, True)]
     # Readings at once (a scrape beside a status) on a node that read nothing yet:
     # each message counted once.
-    monkeypatch.setattr(jetstream, "COUNT_READS", 2000)
     second = await front_node(nodes, "second")
     together = await asyncio.gather(*(second.ingest_backlog() for _ in range(3)))
     assert [backlog[p][0] for backlog in together] == [9, 9, 9]
     assert (await second.ingest_backlog())[p][0] == 9
+
+
+async def test_a_group_handed_out_and_never_handed_out_again_is_forwarded(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fifth trial: a dedup consumer held 3 groups unacked for 7 minutes and
+    never handed them out again (its leader's replica of ``S_IN`` was behind), while
+    the stage forwarded every later group. Made here: the stage's first delivery is
+    lost on the way (as a fetch that never got it), and the consumer's ack_wait is
+    an hour. The stage recreates its consumer once its ack floor stood
+    UNACKED_AFTER with messages unacked, and the group is forwarded."""
+    monkeypatch.setattr(jetstream, "ACK_WAIT", 3600)
+    monkeypatch.setattr(jetstream, "UNACKED_AFTER", 3.0)
+    a = await nodes.start("a")
+    faults: list[tuple[str, str]] = []
+    a.on_fault = lambda consumer, reason: faults.append((consumer, reason))
+    forward = a._forward_acked
+    lost: list[int] = []
+
+    async def first_lost(p: int, msg: nats.aio.msg.Msg, dedup: jetstream.DedupSet) -> None:
+        if not lost:  # handed out, never received: neither forwarded nor acked
+            lost.append(p)
+            return
+        await forward(p, msg, dedup)
+
+    a._forward_acked = first_lost  # type: ignore[method-assign]
+    rows = [row(f"w{i}", user=f"u{i % 5}") for i in range(10)]
+    await a.append(rows[:1])
+    await until(lambda: bool(lost))
+    await a.append(rows[1:])
+    got = await drain(await a.reader("hook"), {r[1] for r in rows}, within=60)
+    assert Counter(e.message_id for e in got) == Counter(r[1] for r in rows)
+    assert faults == [(a.names.dedup_consumer(lost[0]), "unacked")]
+
+
+async def test_each_partition_s_stage_shows_on_the_one_node_that_runs_it(nodes: Nodes) -> None:
+    """``eventd_dedup_stage_running{partition}``: 1 on the node whose stage runs, 0
+    elsewhere (the fifth trial had no way to see which node held a partition that
+    waited). Two nodes: every partition on exactly one of them."""
+    partitions = nodes.cfg.partitions
+    a = await nodes.start("a")
+    b = await nodes.start("b")
+    scraped = []
+    for name, front in (("a", a), ("b", b)):
+        storage = StorageConfig(
+            backend="jetstream", jetstream=nodes.cfg, path=nodes.tmp / f"{name}.db"
+        )
+        store = ClusterStore(storage, ["hook"], metrics=Metrics())
+        store.js = front
+        scraped.append(store.metrics)
+
+    def running() -> list[set[int]]:
+        on = []
+        for metrics in scraped:
+            assert metrics is not None
+            metrics.exposition()
+            on.append(
+                {
+                    p
+                    for p in range(partitions)
+                    if metrics.registry.get_sample_value(
+                        "eventd_dedup_stage_running", {"partition": str(p)}
+                    )
+                    == 1.0
+                }
+            )
+        return on
+
+    await until(lambda: set().union(*running()) == set(range(partitions)))
+    on_a, on_b = running()
+    assert not on_a & on_b
+    assert on_a == {p for p, r in enumerate(a.stages_running()) if r}

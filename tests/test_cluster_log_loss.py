@@ -205,3 +205,43 @@ async def test_an_erasure_of_the_partitions_last_message_is_not_taken_for_a_loss
         assert await a.find_event("web", "h1") is not None
     finally:
         await nodes.close()
+
+
+async def test_a_consumer_seen_ahead_of_its_stream_for_a_moment_is_not_rewound(
+    tmp_path: Path, make_nats_cluster: Callable[..., NatsCluster]
+) -> None:
+    """A stream leader just elected can answer a last sequence its store has not
+    caught up with yet: the destination's consumer then looks ahead of its stream
+    (the fourth trial: six recreations of ``dest-hook``, each a round of repeats).
+    Ahead for one or two readings: left alone. Ahead at every one of LOSS_CHECKS
+    readings: recreated from its ack floor (at least once)."""
+    cluster = make_nats_cluster()
+    nodes = Nodes(tmp_path, cluster)
+    try:
+        a = await nodes.start("a")
+        faults: list[tuple[str, str]] = []
+        a.on_fault = lambda consumer, reason: faults.append((consumer, reason))
+        rows = [row(f"q{i}", user=f"u{i}") for i in range(12)]
+        await a.append(rows)
+        hook = await a.reader("hook")
+        await drain(hook, {r[1] for r in rows})
+        true_last = a._last_seq
+        short_answers = 0
+
+        async def behind_for(answers: int) -> int:
+            """The log's last sequence, one short for the first ``answers`` readings."""
+            nonlocal short_answers
+            last = await true_last()
+            short_answers += 1
+            return last - 1 if short_answers <= answers else last
+
+        a._last_seq = lambda: behind_for(jetstream.LOSS_CHECKS)  # type: ignore[method-assign]
+        assert (await a.lag("hook"))["pending"] == 0
+        assert faults == [] and a.consumers_rewound == 0
+
+        short_answers = 0
+        a._last_seq = lambda: behind_for(2**31)  # type: ignore[method-assign]
+        await a.lag("hook")
+        assert faults == [("dest-hook", "ahead")] and a.consumers_rewound == 1
+    finally:
+        await nodes.close()

@@ -12,11 +12,14 @@ SIGTERM while the cluster is awaited (no quorum) stops the process at once, exit
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,6 +176,14 @@ def test_on_the_cluster_a_refused_node_joins_nothing_and_sigterm_stops_a_waiting
                 )
             try:
                 _wait_listening(d.port, proc)  # bound: start-up is under way
+                # Answered at once while it waits, not held in the kernel's queue
+                # (the fifth trial: clients hung up to 40 s on a restarting node).
+                assert _get(d, "/health") == (503, {"status": "starting"}, None)
+                ready = {"ready": False, "storage_writable": False, "dispatcher_running": False}
+                assert _get(d, "/ready") == (503, ready, None)
+                status, body, retry_after = _get(d, "/v1/batch", b'{"batch": []}')
+                assert (status, body["code"], retry_after) == (503, "starting", "5")
+                assert proc.poll() is None
                 proc.send_signal(signal.SIGTERM)
                 sent = time.monotonic()
                 assert proc.wait(30) == 0, d.log()
@@ -183,6 +194,16 @@ def test_on_the_cluster_a_refused_node_joins_nothing_and_sigterm_stops_a_waiting
                 proc.wait()
         finally:
             a.kill()
+
+
+def _get(node: EventdProcess, path: str, body: bytes | None = None) -> tuple[int, Any, str | None]:
+    """(status, JSON body, Retry-After) of a GET (a POST with ``body``), within 5 s."""
+    req = urllib.request.Request(node.url + path, data=body, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read()), r.headers.get("Retry-After")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), e.headers.get("Retry-After")
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:

@@ -271,6 +271,11 @@ def response_schemas() -> dict[str, Schema]:
         "cursor": {"type": "integer", "description": "Last seq this destination has passed."},
         "lag_events": {"type": "integer", "minimum": 0},
         "lag_seconds": {"type": "number", "minimum": 0},
+        "lag_estimated": {
+            "type": "boolean",
+            "description": "lag_events is an estimate: on a cluster a long backlog is read"
+            " a part per reading, the rest counted at the mean of the messages read.",
+        },
         "delivered": {"type": "integer", "description": "Events the destination took."},
         "skipped": {
             "type": "integer",

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from eventd import __version__, codec
 from eventd.admin.params import BadRequest, json_body, parse_time, redrive_ids, user_id
+from eventd.admin.scrape import ScrapeReading
 from eventd.config import Config
 from eventd.console.session import admin_session_ok
 from eventd.delivery.dispatcher import Dispatcher
@@ -122,6 +123,7 @@ class Admin:
         self.suppressions = suppressions
         self.started_at = started_at
         self.token = config.admin.token
+        self.scrape = ScrapeReading(dispatcher.status, metrics)
 
     def add_routes(self, app: web.Application) -> None:
         # Each route is wrapped in the token check rather than the app given a
@@ -152,9 +154,14 @@ class Admin:
     # -- routes -----------------------------------------------------------------
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        self.metrics.outbox_bytes.set(self.store.stats().size)
+        """Prometheus' text: the node's own figures always, the lag gauges from a
+        reading waited for at most SCRAPE_WAIT (eventd/admin/scrape.py): never a 503
+        nor a hang while the cluster does not answer."""
+        stats = self.store.stats()
+        self.metrics.outbox_bytes.set(stats.size)
+        self.metrics.storage_writable.set(1 if stats.writable else 0)
         self.metrics.pending_events.set(self.store.pending_events)
-        await self.dispatcher.status()  # fills the lag gauges
+        await self.scrape.refresh()  # fills the lag gauges, or says how old they are
         resp = web.Response(body=self.metrics.exposition())
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp

@@ -49,6 +49,8 @@ class DestinationStatus:
     cursor: int  # the highest seq it has passed
     lag_events: int  # stored events after its cursor
     lag_seconds: float  # age of the oldest event it has not passed
+    # lag_events is an estimate (a cluster's long backlog, read a part per reading)
+    lag_estimated: bool
     delivered: int
     skipped: int
     retrying: int  # events waiting for their next attempt now
@@ -164,16 +166,18 @@ class Dispatcher:
         now = now_ms()
         out = []
         for name, w in sorted(self.workers.items()):
-            lag_events, lag_seconds = await w.feed.lag(now)
-            self.metrics.lag_events.labels(name).set(lag_events)
-            self.metrics.lag_seconds.labels(name).set(lag_seconds)
+            lag = await w.feed.lag(now)
+            self.metrics.lag_events.labels(name).set(lag.events)
+            self.metrics.lag_seconds.labels(name).set(lag.seconds)
+            self.metrics.lag_estimated.labels(name).set(1 if lag.estimated else 0)
             out.append(
                 DestinationStatus(
                     name=name,
                     type=w.config.type,
                     cursor=w.cursor,
-                    lag_events=lag_events,
-                    lag_seconds=lag_seconds,
+                    lag_events=lag.events,
+                    lag_seconds=lag.seconds,
+                    lag_estimated=lag.estimated,
                     delivered=w.delivered,
                     skipped=w.skipped,
                     retrying=w.retrying,

@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from eventd.event import Event
 from eventd.identity.graph import Changes, Graph, Link, Profile
@@ -415,6 +415,17 @@ class SharedLog(Protocol):
         ...
 
 
+class Lag(NamedTuple):
+    """A destination's lag (:meth:`Feed.lag`): ``events`` not passed, ``seconds``
+    since the oldest of them was received, and whether ``events`` is an estimate (a
+    cluster's reading of a long backlog reads part of it per reading: the rest
+    counts at the mean of the messages read; exact once all were read)."""
+
+    events: int
+    seconds: float
+    estimated: bool = False
+
+
 class Span:
     """Part of what a :class:`Feed` handed out, cut by :meth:`Feed.cut`: settled or held
     as one. Opaque to the worker; each feed subclasses it."""
@@ -476,8 +487,9 @@ class Feed(Protocol):
         """Every event of ``span`` is done with: the feed may move past it."""
         ...
 
-    async def lag(self, now: int) -> tuple[int, float]:
-        """(events not settled, seconds since the oldest of them was received)."""
+    async def lag(self, now: int) -> Lag:
+        """Events not settled, seconds since the oldest of them was received, and
+        whether the count is an estimate (see :class:`Lag`)."""
         ...
 
     async def passed(self, target: int) -> bool:

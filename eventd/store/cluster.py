@@ -12,7 +12,8 @@ ingest and deliver:
   retention), listed, counted, shown;
 - retention: the jetstream sweep (SQLite's rule: nothing a destination has not
   settled is purged), run by any node;
-- health: ``writable`` is false while the log's stream has no leader or the last
+- health: ``writable`` is false while the log's stream has no leader that heard
+  from a quorum of its replicas lately (:meth:`JetStreamStore.ready`) or the last
   publish was refused.
 
 Suppressions, redrive, replay, purges, reads of the log by seq or messageId and
@@ -54,6 +55,7 @@ from eventd.store.base import (
     EventRow,
     Feed,
     IdentityBackend,
+    Lag,
     Lane,
     LogSource,
     NewDeadLetter,
@@ -69,6 +71,7 @@ from eventd.store.cursor_feed import lag as feed_lag
 from eventd.store.datalock import DataLock
 from eventd.store.jetstream import (
     CLOSE_TIMEOUT,
+    READ_BUDGET,
     DestinationReader,
     JetStreamStore,
     LogEvent,
@@ -87,6 +90,8 @@ FETCH_MESSAGES = 16  # log messages per fetch (each a group of events)
 LONG_POLL = 1.0  # seconds a fetch waits for a message before the worker looks again
 # Seconds a node waits at start for the cluster (connect, streams and consumers led).
 OPEN_TIMEOUT = 60.0
+# Seconds between health rounds (``writable``: the log's quorum; the node list).
+HEALTH_EVERY = 2.0
 
 
 NODE_ID_FILE = "node-id"
@@ -166,6 +171,7 @@ class ClusterStore(ClusterDeletions):
             self.js.on_fault = lambda consumer, reason: faults.labels(consumer, reason).inc()
             stepdowns = metrics.stepdowns
             self.js.on_stepdown = lambda stream, reason: stepdowns.labels(stream, reason).inc()
+            metrics.on_scrape(self._show_stages)
         self._last_seq = 0
         self._ready = False
         self._last_error: str | None = None
@@ -178,6 +184,13 @@ class ClusterStore(ClusterDeletions):
         self.js.erased = lambda user_id: user_id is not None and self.erasing(user_id)
 
     # -- life cycle -------------------------------------------------------------
+
+    def _show_stages(self) -> None:
+        """``eventd_dedup_stage_running``: where each partition's stage runs, at each
+        scrape (node-local: no cluster read, so a scrape during a loss has it too)."""
+        assert self.metrics is not None
+        for p, running in enumerate(self.js.stages_running()):
+            self.metrics.dedup_stages.labels(str(p)).set(int(running))
 
     async def open(self) -> None:
         """Connect and create or find the streams and consumers, within OPEN_TIMEOUT
@@ -238,18 +251,26 @@ class ClusterStore(ClusterDeletions):
         self._lock.release()
 
     async def _watch(self) -> None:
-        """Keep ``writable`` current: false while the log's stream has no leader. A
-        refused publish makes it false until the stream has a leader again."""
-        while True:
-            try:
-                self._ready = await self.js.ready()
-            except Exception as exc:  # whatever the client raises, this loop goes on
-                log.info("cluster health check failed", error=repr(exc))
-                self._ready = False
-            if self._ready:
-                self._last_error = None
-            await self._read_share()
-            await asyncio.sleep(2.0)
+        """Keep ``writable`` current: false while the log's stream has no leader that
+        heard from a quorum lately (:meth:`JetStreamStore.ready`), every HEALTH_EVERY. A
+        refused publish makes it false until the stream has a leader again. The node
+        list is read beside it, not in turn: that read waits up to publish_timeout on a
+        stalled cluster, and the answer here would stand that much longer."""
+        share: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    self._ready = await self.js.ready()
+                except Exception as exc:  # whatever the client raises, this loop goes on
+                    log.info("cluster health check failed", error=repr(exc))
+                    self._ready = False
+                if self._ready:
+                    self._last_error = None
+                if share is None or share.done():
+                    share = asyncio.create_task(self._read_share(), name="cluster-share")
+                await asyncio.sleep(HEALTH_EVERY)
+        finally:
+            await cancel(share)
 
     async def _read_share(self) -> None:
         """Who shares the destinations' limits now (the heartbeats in S_LEASES); a
@@ -477,9 +498,11 @@ class ClusterFeed:
         """This node's position, or the consumers' ack floor as :meth:`lag` last read
         it when that is further: other nodes settle too, and an ordered destination's
         feed on the worker never fetches (its partitions' feeds do), so its own
-        position stayed 0 (`eventd status` showed cursor 0)."""
-        own = (min(self._held) << EVENT_BITS) - 1 if self._held else self._settled_upto
-        return max(own, (self._settled_below << EVENT_BITS) - 1)
+        position stayed 0 (`eventd status` showed cursor 0). 0 before log sequence 1
+        is passed (not 1048575, the last event seq of a log message 0, which a
+        trial's `eventd status` showed for a destination that delivered nothing)."""
+        own = _before(min(self._held)) if self._held else self._settled_upto
+        return max(own, _before(self._settled_below))
 
     @property
     def unsettled(self) -> bool:
@@ -567,29 +590,32 @@ class ClusterFeed:
             # least once), never loses it.
             log.warning("ack failed", destination=self.destination, error=repr(exc))
 
-    async def lag(self, now: int) -> tuple[int, float]:
+    async def lag(self, now: int) -> Lag:
         """(events not passed by this destination: those of the log messages after its
         consumers' ack floors, plus those of the ingest stream's groups still waiting
         for their dedup stage, which every destination will get; seconds since the
         oldest of them was received, as SQLite's lag gives them), each read after its
         consumer's leader's ack floor (:meth:`JetStreamStore.backlog`). Also sets the
         ingest gauges: groups waiting, and per partition the age of its oldest
-        (``eventd_dedup_waiting_seconds``: a stage that runs keeps it near 0)."""
+        (``eventd_dedup_waiting_seconds``: a stage that runs keeps it near 0). The
+        messages are read for READ_BUDGET seconds at most: past it, or past
+        COUNT_READS per consumer, the rest is estimated (``Lag.estimated``)."""
         js = self.store.js
+        until = time.monotonic() + READ_BUDGET
         counts, waiting, mine, ingest = await asyncio.gather(
             js.lag(self.destination),
             js.ingest_waiting(),
-            js.backlog(self.destination),
-            js.ingest_backlog(),
+            js.backlog(self.destination, until),
+            js.ingest_backlog(until),
         )
         metrics = self.store.metrics
         if metrics is not None:
             metrics.ingest_waiting.set(waiting)
-            for p, (_, oldest) in enumerate(ingest):
-                metrics.dedup_waiting.labels(str(p)).set(feed_lag(0, 0, oldest, now)[1])
+            for p, part in enumerate(ingest):
+                metrics.dedup_waiting.labels(str(p)).set(feed_lag(0, 0, part.oldest, now)[1])
         self._settled_below = max(self._settled_below, counts["settled_below"])
-        events, oldest = sum_backlogs([mine, *ingest])
-        return feed_lag(events, 0, oldest, now)
+        total = sum_backlogs([mine, *ingest])
+        return Lag(*feed_lag(total.events, 0, total.oldest, now), estimated=not total.exact)
 
     async def passed(self, target: int) -> bool:
         """Cluster-wide, whatever ``target``: the ingest queue empty (an acknowledged
@@ -629,3 +655,8 @@ class ClusterFeed:
                         self.store.started_local(self.destination, new_node=False)
                 except Exception as exc:  # a stall: the next round
                     log.info("node-local consumer not checked", error=repr(exc))
+
+
+def _before(log_seq: int) -> int:
+    """The last event seq of the log messages before ``log_seq`` (0: none)."""
+    return (log_seq << EVENT_BITS) - 1 if log_seq > 1 else 0

@@ -70,6 +70,7 @@ from nats.js.errors import KeyWrongLastSequenceError, NotFoundError, ServerError
 from nats.js.kv import KeyValue
 
 from eventd.event import Event
+from eventd.store import kv_cas
 from eventd.store.base import (
     Conflict,
     DeadLetter,
@@ -289,7 +290,8 @@ class ClusterAdmin:
         self, user_id: str, change: Callable[[Suppression | None], Suppression | None]
     ) -> tuple[Suppression | None, Suppression | None]:
         """Read the user's suppression from the bucket, ``change`` it and write it
-        back if it changed, compare-and-set (another node's write in between: again);
+        back if it changed, compare-and-set (eventd/store/kv_cas.py; another node's
+        write in between: again);
         returns (before, after)."""
         key = _key(user_id)
         while True:
@@ -304,13 +306,13 @@ class ClusterAdmin:
             try:
                 if new is None:
                     assert revision is not None
-                    await self._sup.delete(key, last=revision)
-                    # The delete's own revision is higher still; the watch brings it.
-                    written = revision + 1
+                    written = await kv_cas.delete(self._sup, key, last=revision)
                 elif revision is None:
-                    written = await self._sup.create(key, orjson.dumps(asdict(new)))
+                    written = await kv_cas.create(self._sup, key, orjson.dumps(asdict(new)))
                 else:
-                    written = await self._sup.update(key, orjson.dumps(asdict(new)), last=revision)
+                    written = await kv_cas.update(
+                        self._sup, key, orjson.dumps(asdict(new)), last=revision
+                    )
             except KeyWrongLastSequenceError:
                 continue
             self._apply(user_id, written, new)
@@ -492,8 +494,8 @@ class ClusterAdmin:
             if d.id in skipped:
                 continue
             try:
-                await self._asides.create(
-                    f"redrive.{d.destination}.{d.id}", (d.node or "").encode()
+                await kv_cas.create(
+                    self._asides, f"redrive.{d.destination}.{d.id}", (d.node or "").encode()
                 )
             except KeyWrongLastSequenceError:  # already asked (by another node, meanwhile)
                 continue
@@ -599,11 +601,13 @@ class ClusterAdmin:
             try:
                 entry = await self._asides.get("replay-ids")
                 n = int(entry.value or b"0") + 1
-                await self._asides.update("replay-ids", str(n).encode(), last=entry.revision)
+                await kv_cas.update(
+                    self._asides, "replay-ids", str(n).encode(), entry.revision or 0
+                )
                 return n
             except NotFoundError:
                 with contextlib.suppress(KeyWrongLastSequenceError):
-                    await self._asides.create("replay-ids", b"1")
+                    await kv_cas.create(self._asides, "replay-ids", b"1")
                     return 1
             except KeyWrongLastSequenceError:  # another node took one meanwhile
                 continue

@@ -60,6 +60,7 @@ import structlog
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from eventd.store import kv_cas
 from eventd.store.base import (
     DONE,
     FAILED,
@@ -247,9 +248,9 @@ class ClusterDeletions(ClusterAdmin):
                 return old
             try:
                 if revision is None:
-                    await self._dels.create(key, _encode(new))
+                    await kv_cas.create(self._dels, key, _encode(new))
                 else:
-                    await self._dels.update(key, _encode(new), last=revision)
+                    await kv_cas.update(self._dels, key, _encode(new), last=revision)
             except KeyWrongLastSequenceError:
                 continue
             self._note(key, new)

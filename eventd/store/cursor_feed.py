@@ -16,7 +16,7 @@ from collections import deque
 import structlog
 
 from eventd.event import Event
-from eventd.store.base import Span, StorageUnavailable, Store
+from eventd.store.base import Lag, Span, StorageUnavailable, Store
 
 log = structlog.get_logger("eventd.delivery")
 
@@ -105,9 +105,9 @@ class CursorFeed:
         if not self._ranges:
             self._wake.set()  # let the worker look again, and say it is idle if it is
 
-    async def lag(self, now: int) -> tuple[int, float]:
+    async def lag(self, now: int) -> Lag:
         oldest = await self.store.received_at_after(self.cursor)
-        return lag(self.store.last_seq, self.cursor, oldest, now)
+        return Lag(*lag(self.store.last_seq, self.cursor, oldest, now))
 
     async def passed(self, target: int) -> bool:
         return self.cursor >= target

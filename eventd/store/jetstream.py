@@ -67,7 +67,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import nats
 import orjson
@@ -127,6 +127,11 @@ LEASE_RENEW = 3.0
 # Seconds between an idle dedup stage's checks of its consumer (_tend; a busy one
 # checks, and purges S_IN, after each batch).
 TEND_EVERY = 5.0
+# Seconds a dedup consumer waits for an ack before it hands a message out again.
+ACK_WAIT = 30
+# A dedup consumer whose ack floor stood this long with messages unacked, seen from a
+# stage between fetches (it holds none then), is recreated (_tend: "unacked").
+UNACKED_AFTER = 2.0 * ACK_WAIT
 # Seconds a dedup stage keeps forwarded S_IN groups whose log message it has not yet
 # seen on every replica of the log (_tend): a log that loses its end within this time
 # of a forward is mended from them (_mend_log); after it, they are purged anyway, so
@@ -137,7 +142,8 @@ HOLD_MAX = 300.0
 # another (PartitionLeases' watchdog), though its lease is renewed.
 STAGE_SILENT = 120.0
 # A partition's last log sequence below its stage's watermark counts as a loss only
-# when asked this many times, this many seconds apart (_lost_end).
+# when asked this many times, this many seconds apart (_short_of), and so does a
+# consumer found ahead of its stream.
 LOSS_CHECKS = 3
 LOSS_RECHECK = 1.0
 # A lease write (create, renewal, heartbeat) is given at most this share of the
@@ -150,6 +156,21 @@ STALL_TTLS = 3
 # Messages one backlog reading reads per consumer at most (one direct get each); the
 # rest of a longer backlog is estimated at the mean of those read (see _backlog).
 COUNT_READS = 2000
+# Seconds one lag reading (a destination's: its log consumers and the ingest stream's
+# partitions) spends reading messages at most, the same estimate past it: the
+# fourth trial's `eventd status` took 8-23 s with 342 K events waiting for a down
+# destination, each reading reading up to COUNT_READS messages one direct get at a
+# time. At least one message is read per consumer, so a mean exists.
+READ_BUDGET = 1.0
+# A replica of the log the leader last heard from longer ago than this (seconds) is
+# not counted towards its quorum in ready(): a leader alone keeps answering stream
+# infos as leader for ~20 s after losing its quorum (nats-server 2.9.10, measured:
+# its followers stay ``current`` 9 s, it steps down at ~19 s), while a replica's
+# ``active`` (time since last heard) is under ~1 s while it answers heartbeats.
+PEER_SILENT = 3.0
+# Seconds the health check's stream info may take: a connected server that is
+# paused answers nothing, and the check's last answer must not stand meanwhile.
+READY_TIMEOUT = 2.0
 
 
 class _LeaseLost(Exception):
@@ -164,6 +185,16 @@ class _Backlog:
 
     start: int
     entries: deque[tuple[int, int, int]] = field(default_factory=deque)
+
+
+class Backlog(NamedTuple):
+    """What a consumer (or several) has not passed: ``events``, the ``oldest``
+    received_at among them (unix ms, None when none), and whether ``events`` is
+    ``exact`` (False: part of it estimated, see _backlog)."""
+
+    events: int
+    oldest: int | None
+    exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -468,6 +499,8 @@ class JetStreamStore:
         # S_IN left by an older eventd as a work queue and not yet empty: kept as it is.
         self.ingest_work_queue = False
         self._stuck: dict[int, int] = {}  # per partition: checks in a row found stuck
+        # per partition: (its dedup consumer's ack floor, time.monotonic() first seen)
+        self._floor_since: dict[int, tuple[int, float]] = {}
         # per partition: time.monotonic() since when _tend has kept groups back
         self._held_since: dict[int, float] = {}
         # A consumer found ahead of its stream or past unacked messages: called with
@@ -744,16 +777,22 @@ class JetStreamStore:
 
         await finish(let_go(), within)
 
+    def stages_running(self) -> list[bool]:
+        """Per partition, in order: whether its dedup stage runs on this node."""
+        return [self._dedup.running(p) for p in range(self.cfg.partitions)]
+
     async def ready(self) -> bool:
-        """True when the log's stream answers with a leader (a quorum exists)."""
+        """True when the log's stream answers within READY_TIMEOUT with a leader that
+        heard from a quorum of its replicas (itself included) within PEER_SILENT
+        (:func:`quorum_heard`): a leader left alone answers as leader for ~20 s."""
         if self.nc is None or not self.nc.is_connected:
             return False
         try:
-            info = await self.js.stream_info(self.names.stream)
+            info = await asyncio.wait_for(self.js.stream_info(self.names.stream), READY_TIMEOUT)
         except (*_TRANSIENT, ConnectionClosedError):
             return False
         self.log_bounds = (int(info.state.first_seq or 0), int(info.state.last_seq or 0))
-        return info.cluster is None or info.cluster.leader is not None
+        return quorum_heard(info.cluster)
 
     # -- ingest -------------------------------------------------------------------
 
@@ -1084,6 +1123,9 @@ class JetStreamStore:
             return await self._tend(p, dedup, fetched)
         except (*_TRANSIENT, ConnectionClosedError, StorageUnavailable, NotFoundError) as exc:
             log.info("dedup consumer not tended; next round", partition=p, error=repr(exc))
+            # A stalled cluster hands nothing out again: "unacked" counts from the next
+            # reading (its consumer's redeliveries are due then), not through the stall.
+            self._floor_since.pop(p, None)
             return False
 
     async def _tend(self, p: int, dedup: DedupSet, fetched: int = 0) -> bool:
@@ -1102,7 +1144,14 @@ class JetStreamStore:
         - stuck: messages pending at two checks in a row and none fetched (``fetched``:
           since the last check) in between, the stage pulling all along (seen after
           a quorum loss: two partitions delivered nothing until a server restarted;
-          and on a consumer made again under the same name just after its stream).
+          and on a consumer made again under the same name just after its stream);
+        - unacked: messages unacked and the ack floor unmoved for UNACKED_AFTER. The
+          stage tends between fetches, when it holds no message: one unacked was
+          handed to a fetch that never got it, and the consumer should hand it out
+          again after ACK_WAIT. In the fifth trial nats-server 2.9.10 did not, for 7
+          minutes (the consumer's leader held a replica of ``S_IN`` 24 messages
+          behind): 16 acknowledged events waited while every later one went through,
+          so the stage was never silent.
         Any: an error line, ``on_fault``, and the consumer recreated to deliver
         from the first message still in the stream (repeats are dropped by the set);
         True. So is a consumer found missing (created again: ``missing``).
@@ -1120,12 +1169,32 @@ class JetStreamStore:
             self.on_fault(durable, "missing")
             await self._add_dedup_consumer(p)
             return True
-        stream = await self.js.stream_info(n.ingest, subjects_filter=subject)
+
+        async def last_in() -> int:
+            stream = await self.js.stream_info(n.ingest, subjects_filter=subject)
+            return int(stream.state.last_seq or 0)
+
         delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
         floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-        last = int(stream.state.last_seq or 0)
+        last = await last_in()
         if delivered > last:
-            return await self._heal(p, "ahead", delivered=delivered, last_seq=last)
+            short = await _short_of(last_in, delivered)
+            if short is not None:
+                return await self._heal(p, "ahead", delivered=delivered, last_seq=short)
+            last = delivered
+        unacked = int(info.num_ack_pending or 0)
+        seen = self._floor_since.get(p)
+        if unacked and seen is not None and seen[0] == floor:
+            if time.monotonic() - seen[1] >= UNACKED_AFTER:
+                self._floor_since.pop(p, None)
+                # Read from the stream's leader and forwarded first: the consumer's
+                # leader may lack them (the trial's), and so may one made again there.
+                await self._take_over(p, dedup)
+                return await self._heal(
+                    p, "unacked", delivered=delivered, ack_floor=floor, unacked=unacked
+                )
+        else:
+            self._floor_since[p] = (floor, time.monotonic())
         pending = int(info.num_pending or 0)
         stuck = self._stuck.get(p, 0) + 1 if pending and not fetched else 0
         self._stuck[p] = stuck
@@ -1193,20 +1262,17 @@ class JetStreamStore:
         mark = dedup.watermark
         if not mark:
             return None
-        # Asked LOSS_CHECKS times, LOSS_RECHECK s apart, before it counts: a leader
-        # just elected can answer from a replica still catching up (seen: "not
-        # found" for a partition with messages, right after a stepdown; the events
-        # went to the log twice).
-        for check in range(LOSS_CHECKS):
-            if check:
-                await asyncio.sleep(LOSS_RECHECK)
+
+        async def last_of_partition() -> int:
             try:
                 last = await self.js.get_last_msg(self.names.stream, self.names.log_subject(p))
-                left = int(last.seq or 0)
             except NotFoundError:
-                left = 0
-            if left >= mark:
-                return None
+                return 0
+            return int(last.seq or 0)
+
+        left = await _short_of(last_of_partition, mark)
+        if left is None:
+            return None
         lost = (left, mark)
         if not [group async for group in self._held_back(p, dedup, lost)]:
             log.warning(
@@ -1376,7 +1442,7 @@ class JetStreamStore:
             filter_subject=self.names.in_subject(p),
             deliver_policy=DeliverPolicy.ALL,  # from the first message not purged
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30,
+            ack_wait=ACK_WAIT,
             max_ack_pending=1_000,
         )
 
@@ -1571,7 +1637,7 @@ class JetStreamStore:
             delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
             # Read again after the consumer: `last` was read before it, and the
             # consumer may have delivered what was stored since.
-            if delivered > last and delivered > await self._last_seq():
+            if delivered > last and await _short_of(self._last_seq, delivered) is not None:
                 # nats-server#6789, or the log lost its end: past the stream's end, new
                 # messages would get sequences it believes it handed out, never
                 # delivered. Recreated from its ack floor: at least once, not loss.
@@ -1630,50 +1696,61 @@ class JetStreamStore:
         return oldest
 
     @unavailable()
-    async def backlog(self, destination: str) -> tuple[int, int | None]:
-        """(events, oldest received_at in unix ms or None) of the log messages
-        ``destination``'s consumers have not passed (those after each one's ack floor,
-        as SQLite's lag counts the events after a cursor; a node-local destination's:
-        this node's consumer), read as :meth:`_backlog` reads them. Raises
-        :class:`StorageUnavailable` as :meth:`lag` does."""
+    async def backlog(self, destination: str, until: float | None = None) -> Backlog:
+        """The log messages ``destination``'s consumers have not passed (those after
+        each one's ack floor, as SQLite's lag counts the events after a cursor; a
+        node-local destination's: this node's consumer), read as :meth:`_backlog`
+        reads them (``until``: its deadline). Raises :class:`StorageUnavailable` as
+        :meth:`lag` does."""
         parts = []
         for durable, subject in self._consumers(destination):
             try:
                 info = await self._led_consumer_info(durable)
             except NotFoundError:  # a node-local consumer removed meanwhile
                 continue
-            parts.append(await self._backlog(self.names.stream, durable, subject, info))
+            parts.append(await self._backlog(self.names.stream, durable, subject, info, until))
         return sum_backlogs(parts)
 
     @unavailable()
-    async def ingest_backlog(self) -> list[tuple[int, int | None]]:
-        """Per partition, in order: (events, oldest received_at in unix ms or None) of
-        the groups acknowledged and not yet forwarded by its dedup stage (those after
-        its consumer's ack floor). Raises :class:`StorageUnavailable` as :meth:`lag`."""
+    async def ingest_backlog(self, until: float | None = None) -> list[Backlog]:
+        """Per partition, in order: the groups acknowledged and not yet forwarded by
+        its dedup stage (those after its consumer's ack floor), read as
+        :meth:`_backlog` reads them (``until``: its deadline). Raises
+        :class:`StorageUnavailable` as :meth:`lag`."""
         infos = await self._dedup_infos()
         return [
             await self._backlog(
-                self.names.ingest, self.names.dedup_consumer(p), self.names.in_subject(p), info
+                self.names.ingest,
+                self.names.dedup_consumer(p),
+                self.names.in_subject(p),
+                info,
+                until,
             )
             for p, info in enumerate(infos)
         ]
 
     async def _backlog(
-        self, stream: str, durable: str, subject: str, info: ConsumerInfo
-    ) -> tuple[int, int | None]:
-        """(events, oldest received_at ms or None) in the messages of ``subject`` after
-        consumer ``durable``'s ack floor (``info``, from its leader). Each message is
-        read once (a direct get) and remembered while the floor is below it, so a
-        reading reads only what was stored since the last one; a floor that went back
-        (the consumer recreated) reads again from it. At most COUNT_READS messages are
-        read per reading: the rest of the consumer's count (pending and unacked) is
-        estimated at the mean of those known, and read at the next readings."""
+        self,
+        stream: str,
+        durable: str,
+        subject: str,
+        info: ConsumerInfo,
+        until: float | None = None,
+    ) -> Backlog:
+        """The messages of ``subject`` after consumer ``durable``'s ack floor (``info``,
+        from its leader). Each message is read once (a direct get) and remembered
+        while the floor is below it, so a reading reads only what was stored since the
+        last one; a floor that went back (the consumer recreated) reads again from it.
+        A reading reads at most COUNT_READS messages, and none past ``until`` (a
+        time.monotonic(); None: no deadline) once one is known: the rest of the
+        consumer's count (pending and unacked) is estimated at the mean of those
+        known (``exact`` False), and read at the next readings."""
         messages = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
         key = f"{stream}/{durable}"
         if not messages:
             self._backlogs.pop(key, None)
-            return 0, None
+            return Backlog(0, None)
         known = self._backlogs.get(key)
         if known is None or floor + 1 < known.start:
             known = self._backlogs[key] = _Backlog(floor + 1)
@@ -1689,15 +1766,15 @@ class JetStreamStore:
             oldest = min((r[6] for r in rows), default=0)
             known.entries.append((seq, len(rows), oldest))
             read += 1
-            if read >= COUNT_READS:
+            if read >= COUNT_READS or (until is not None and time.monotonic() >= until):
                 full = False
                 break
         events = sum(n for _, n, _ in known.entries)
-        if not full and known.entries:  # more than one reading reads: the rest estimated
-            rest = max(0, messages - len(known.entries))
+        rest = max(0, messages - len(known.entries)) if not full and known.entries else 0
+        if rest:  # more than one reading reads: the rest estimated
             events += round(rest * events / len(known.entries))
         oldest_at = min((at for _, _, at in known.entries if at), default=None)
-        return events, oldest_at
+        return Backlog(events, oldest_at, exact=not rest)
 
     async def _dedup_infos(self) -> list[ConsumerInfo]:
         """Every partition's dedup consumer's info, from its leader, in partition order."""
@@ -1883,10 +1960,48 @@ class JetStreamStore:
         return sorted({k.removeprefix("node-") for k in keys if k.startswith("node-")})
 
 
-def sum_backlogs(parts: Sequence[tuple[int, int | None]]) -> tuple[int, int | None]:
-    """Backlogs (events, oldest received_at ms or None) taken together."""
-    oldest = [at for _, at in parts if at is not None]
-    return sum(n for n, _ in parts), min(oldest, default=None)
+def quorum_heard(cluster: ClusterInfo | None) -> bool:
+    """Whether a stream info's ``cluster`` (None: not clustered) names a leader and
+    enough replicas it heard from within PEER_SILENT (``active``, nanoseconds since
+    the leader last heard from each; not ``offline``) to make a majority with it.
+    ``current`` is no help: a stopped follower stays current while nothing is written."""
+    if cluster is None:
+        return True
+    if not cluster.leader:
+        return False
+    replicas = cluster.replicas or []
+    heard = sum(
+        1
+        for r in replicas
+        if not r.offline and r.active is not None and r.active < PEER_SILENT * 1e9
+    )
+    return 1 + heard > (1 + len(replicas)) // 2
+
+
+def sum_backlogs(parts: Sequence[Backlog]) -> Backlog:
+    """Backlogs taken together: exact when each is."""
+    oldest = [b.oldest for b in parts if b.oldest is not None]
+    return Backlog(
+        sum(b.events for b in parts), min(oldest, default=None), all(b.exact for b in parts)
+    )
+
+
+async def _short_of(read: Callable[[], Awaitable[int]], mark: int) -> int | None:
+    """``read()`` (a stream or subject's last sequence, from its leader) when it
+    stayed below ``mark`` (what a consumer delivered, what a stage published) each of
+    LOSS_CHECKS times, LOSS_RECHECK seconds apart; None once it reached ``mark``. A
+    leader just elected can answer from a store still catching up (seen: "not found"
+    for a partition with messages right after a stepdown, and a destination's
+    consumer taken for ahead of its stream six times in the fourth trial, each
+    recreation a round of repeats)."""
+    value = 0
+    for check in range(LOSS_CHECKS):
+        if check:
+            await asyncio.sleep(LOSS_RECHECK)
+        value = await read()
+        if value >= mark:
+            return None
+    return value
 
 
 def _replicated_through(info: Any, replicas: int) -> int:

@@ -2,7 +2,8 @@
 
 :class:`HeldLeases` is the leases one node holds, by key (any key-value key): a
 key is created by the first node that asks (create fails while another holds
-it), renewed with the revision it was last written at (a renewal fails once
+it; eventd/store/kv_cas.py, so that two nodes taking a key given back cannot both
+succeed on nats-server 2.9), renewed with the revision it was last written at (a renewal fails once
 another node took it), and lapses with the bucket's TTL when its holder dies or
 stalls; a clean stop gives them back. Its users:
 
@@ -41,6 +42,7 @@ import structlog
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from eventd.store import kv_cas
 from eventd.tasks import AGAIN_AFTER, cancel
 
 log = structlog.get_logger("eventd.store.leases")
@@ -75,7 +77,9 @@ class HeldLeases:
         sent = time.monotonic()
         try:
             if revision is None:
-                written = await self.bucket().create(key, self.holder.encode())
+                # (a key given back holds a delete marker: nats-py's create would
+                # write over it with a check that two nodes can both pass)
+                written = await kv_cas.create(self.bucket(), key, self.holder.encode())
             else:
                 written = await self.bucket().update(key, self.holder.encode(), last=revision)
         except KeyWrongLastSequenceError:  # held by another node, or ours lapsed
@@ -190,6 +194,11 @@ class PartitionLeases:
 
     def key(self, p: int) -> str:
         return f"{self.prefix}-{p}"
+
+    def running(self, p: int) -> bool:
+        """Whether p's lease is held here and its task runs."""
+        task = self.tasks.get(p)
+        return task is not None and not task.done() and self.leases.holds(self.key(p))
 
     async def claim_all(self) -> None:
         """One round: create or renew every partition's lease (all at once: one after
