@@ -27,6 +27,7 @@ patch the worker's state), also at background priority.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -54,9 +55,18 @@ class _LoweredProcess(SpawnProcess):
 
 
 class LoweredSpawn(SpawnContext):
-    """multiprocessing's spawn context whose processes start at background priority."""
+    """multiprocessing's spawn context whose processes start at background priority;
+    it keeps those it made (:attr:`made`), for :meth:`BackgroundWorker.kill`."""
 
-    Process = _LoweredProcess
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[SpawnProcess] = []
+
+    def Process(self, *args: Any, **kwargs: Any) -> SpawnProcess:  # type: ignore[override]
+        """What ProcessPoolExecutor calls for each worker process (multiprocessing's name)."""
+        process = _LoweredProcess(*args, **kwargs)
+        self.made.append(process)
+        return process
 
 
 def _start_process(
@@ -116,6 +126,7 @@ class BackgroundWorker:
         self.initargs = (what, setup, args, logs.settings())
         self.process = process
         self._pool: Executor | None = None
+        self._context: LoweredSpawn | None = None  # the process pool's: its processes
 
     @property
     def started(self) -> bool:
@@ -123,8 +134,9 @@ class BackgroundWorker:
 
     def _new_pool(self) -> Executor:
         if self.process:
+            self._context = LoweredSpawn()
             return ProcessPoolExecutor(
-                1, LoweredSpawn(), initializer=_start_process, initargs=self.initargs
+                1, self._context, initializer=_start_process, initargs=self.initargs
             )
         return ThreadPoolExecutor(
             1,
@@ -151,7 +163,8 @@ class BackgroundWorker:
     async def close(self) -> None:
         """Run ``teardown()`` in the worker (closing its files), then end it; a later call
         starts another. A worker that is already dead is left as it is: its files hold
-        their last commit."""
+        their last commit. Waits for the call in hand first (one at a time): a caller
+        that cannot wait cuts this short and calls :meth:`kill`."""
         if self._pool is None:
             return
         pool = self._pool
@@ -162,3 +175,23 @@ class BackgroundWorker:
                 return
         pool.shutdown(wait=True)
         self._pool = None
+
+    def kill(self) -> None:
+        """End the worker now, in whatever call it is (SIGKILL: it ignores SIGTERM),
+        without waiting; a later call starts another. Safe for both users (the module
+        docstring): what the call in hand had not committed is redone. Issue 14: a
+        stop during a quorum loss waited for the identity writer's call in hand, 60 s
+        on a cluster that answers nothing, and for the interpreter's exit, which joins
+        the pool. A thread (``process=False``) cannot be killed: it is left to end its
+        call, and the interpreter's exit waits for it."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if self._context is not None:
+            for process in self._context.made:
+                if process.pid is not None and process.exitcode is None:
+                    with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                        os.kill(process.pid, signal.SIGKILL)
+        # Not waiting: the pool's manager thread sees the worker gone and ends, and the
+        # calls waiting on it raise BrokenExecutor (or are cancelled, when queued).
+        pool.shutdown(wait=False, cancel_futures=True)

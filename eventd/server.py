@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 import structlog
@@ -32,7 +34,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from eventd.app import RUNTIME, create_app
+from eventd.app import EXIT_MARGIN, RUNTIME, create_app
 from eventd.config import Config
 from eventd.ingest import error_response
 from eventd.sdnotify import Notifier
@@ -95,10 +97,29 @@ async def serve(config: Config, *, announce_write_key: bool = False) -> None:
     await stop.wait()
     runner.app[RUNTIME].stop_began = time.monotonic()
     log.info("stopping")
+    _exit_by(config.server.shutdown_timeout + EXIT_MARGIN)
     notifier.notify("STOPPING=1", "STATUS=stopping: finishing requests and deliveries")
     watchdog.cancel()
     await runner.cleanup()
     notifier.close()
+
+
+def _exit_by(seconds: float) -> None:
+    """End the process ``seconds`` from now (exit 1, logged at error) if it has not
+    exited by then: the documented bound of a stop (README, "Run as a systemd
+    service"). Every step of the stop is bounded (eventd/app.py), so this is a
+    backstop for what no step can end: a thread stuck in a call that never returns
+    (issue 14's fourth trial: the exit waited 47 s for the identity writer's call).
+    As a crash would be, this is safe: what was acknowledged is stored; a helper
+    process ends with its parent (eventd/background.py)."""
+
+    def forced() -> None:
+        log.error("stop outlasted its bound; exiting now", seconds=seconds)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, forced)
+    timer.daemon = True  # a stop that ends in time exits without waiting for it
+    timer.start()
 
 
 def _bind(host: str, port: int, backlog: int = 128) -> list[socket.socket]:

@@ -500,6 +500,41 @@ async def test_a_node_opening_while_the_cluster_has_no_quorum_waits_for_it(
     assert {e.message_id for e in got} == {"first", "second"}
 
 
+async def test_an_open_whose_request_is_never_answered_asks_again_soon(
+    nodes: Nodes,
+) -> None:
+    """Issue 14's fourth trial: a node started right after SIGCONT opened 35 s later.
+    Measured: a request sent while the servers elected leaders was never answered
+    and waited the whole MANAGE_TIMEOUT (30 s); asked again, it was answered at once.
+    Here the first attempt's ensure() waits that long and times out (an injected
+    delay, the server that never answers); the open asks again after OPEN_ATTEMPT
+    seconds instead (on the code before: ~31 s)."""
+    a = await nodes.start("a")  # the streams and consumers exist
+    b = JetStreamStore(nodes.cfg, nodes.tmp / "b", node_id="b")
+    real = b.ensure
+    calls = 0
+
+    async def first_unanswered(destinations: tuple[str, ...]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(jetstream.MANAGE_TIMEOUT)  # the request nobody answers
+            raise TimeoutError
+        await real(destinations)
+
+    b.ensure = first_unanswered  # type: ignore[assignment, method-assign]
+    began = time.monotonic()
+    await b.open(("hook",))
+    took = time.monotonic() - began
+    nodes.open.append(b)
+    assert calls == 2
+    assert b.open_error == f"no answer within {jetstream.OPEN_ATTEMPT:g}s"
+    assert took < jetstream.OPEN_ATTEMPT + 10, took  # the attempt, 1 s apart, the second
+    await a.append([row("first")])
+    got = await drain(await b.reader("hook"), {"first"}, within=60)
+    assert {e.message_id for e in got} == {"first"}
+
+
 async def test_a_stage_whose_lease_renewals_stall_stops_before_another_node_takes_over(
     nodes: Nodes,
 ) -> None:

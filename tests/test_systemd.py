@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from eventd.app import EXIT_MARGIN
 from eventd.config import ServerConfig
 from eventd.sdnotify import Notifier
 from tests.harness import EventdProcess
@@ -108,9 +109,9 @@ def test_unit_declares_the_service_contract() -> None:
     assert s["Service.ExecStart"] == ["/usr/local/bin/eventd serve --config ${EVENTD_CONFIG}"]
     assert "EVENTD_CONFIG=%d/eventd.toml" in s["Service.Environment"]
     assert s["Service.LoadCredential"] == ["eventd.toml:/etc/eventd/eventd.toml"]
-    # A clean stop takes up to shutdown_timeout for requests, then again for
-    # deliveries; systemd must not SIGKILL it before that.
-    assert float(s["Service.TimeoutStopSec"][0]) > 2 * ServerConfig.shutdown_timeout + 5
+    # A stop has exited by shutdown_timeout + EXIT_MARGIN (eventd/server.py ends it
+    # then): systemd must not SIGKILL it before that.
+    assert float(s["Service.TimeoutStopSec"][0]) > ServerConfig.shutdown_timeout + EXIT_MARGIN
     assert '"/var/lib/eventd/eventd.db"' in UNIT.read_text()  # the storage path it documents
 
 

@@ -342,6 +342,12 @@ class IdentityBackend(Protocol):
 
     async def close_reader(self) -> None: ...
 
+    def abort_reader(self) -> None:
+        """Drop the reader now, waiting for nothing (a stop cut short: a cluster that
+        answers nothing): a read in flight ends (raising) as soon as it can, and no
+        thread of the reader holds the process's exit past it."""
+        ...
+
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` (one of the reads below) where this backend reads."""
         ...

@@ -90,6 +90,7 @@ from eventd.store.identity import (
 )
 from eventd.store.jetstream import LEASE_RENEW, LEASE_TTL, Names, connect
 from eventd.store.leases import HeldLeases
+from eventd.tasks import AGAIN_AFTER, cancel, finish
 
 log = structlog.get_logger("eventd.store.cluster_identity")
 
@@ -114,10 +115,16 @@ def dec(token: str) -> str:
 class Bridge:
     """A nats connection on an event loop thread of its own, for synchronous callers."""
 
-    def __init__(self, cfg: JetStreamConfig, name: str) -> None:
+    def __init__(
+        self, cfg: JetStreamConfig, name: str, made: Callable[[Bridge], None] = lambda b: None
+    ) -> None:
+        """``made``: called with the bridge before it connects (connecting waits for
+        the cluster: whoever may have to :meth:`abort` it needs it by then)."""
         self.loop = asyncio.new_event_loop()
+        self._aborted = False
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
+        made(self)
         try:
             self.nc: NATS = self.run(connect(cfg, name))
         except BaseException:
@@ -126,20 +133,44 @@ class Bridge:
         self.js: JetStreamContext = self.nc.jetstream(timeout=cfg.publish_timeout)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT) -> T:
-        """``coro`` on the bridge's loop; its result or its exception, here."""
+        """``coro`` on the bridge's loop; its result or its exception, here (RuntimeError
+        once :meth:`abort` ran: its loop stopped, nothing would answer)."""
+        if self._aborted:
+            coro.close()
+            raise RuntimeError("the identity store's connection was dropped (a stop)")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
         """Close the connection and stop the loop, within about 3 x CLOSE_STEP
         seconds even when the cluster does not answer: the caller is often a
         worker thread the interpreter waits for at exit (a trial's node, stopped
-        during a quorum loss, logged ``eventd stopped`` and exited 40 s later)."""
+        during a quorum loss, logged ``eventd stopped`` and exited 40 s later); at once
+        after :meth:`abort`."""
+        if self._aborted:
+            self._stop_loop()
+            return
         with contextlib.suppress(Exception):
             self.run(self.nc.close(), CLOSE_STEP)
         with contextlib.suppress(Exception):
             # a watcher's, nats-py's own: none left pending
             self.run(_cancel_others(), CLOSE_STEP)
         self._stop_loop()
+
+    def abort(self) -> None:
+        """Stop now, from any thread, waiting for nothing: every task on the loop is
+        cancelled (a synchronous caller waiting in :meth:`run` gets CancelledError at
+        once, not after CALL_TIMEOUT), then the loop stops; the connection is dropped
+        with the process (the loop's thread is a daemon). For a stop that cannot wait:
+        :meth:`close` gives the cluster up to 3 x CLOSE_STEP seconds to answer."""
+        self._aborted = True
+
+        async def abort() -> None:
+            me = asyncio.current_task()
+            await cancel(*(t for t in asyncio.all_tasks() if t is not me), within=CLOSE_STEP)
+            self.loop.stop()
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            asyncio.run_coroutine_threadsafe(abort(), self.loop)
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -203,8 +234,15 @@ async def graph_cursor(js: JetStreamContext, stream: str) -> int | None:
 class _Side:
     """One side's connection and buckets (the writer's or the readers')."""
 
-    def __init__(self, cfg: JetStreamConfig, names: Names, role: str) -> None:
-        self.bridge = Bridge(cfg, f"eventd-identity-{role}-{os.getpid()}")
+    def __init__(
+        self,
+        cfg: JetStreamConfig,
+        names: Names,
+        role: str,
+        made: Callable[[Bridge], None] = lambda b: None,
+    ) -> None:
+        """``made``: as :class:`Bridge`'s."""
+        self.bridge = Bridge(cfg, f"eventd-identity-{role}-{os.getpid()}", made)
         self.names = names
         try:
             self.state, self.links, self.leases = self.bridge.run(self._open(cfg.replicas))
@@ -369,6 +407,8 @@ class ClusterIdentityStore(ReaderThread):
         self._led_before = False  # taken once already: taking it again means a reload
         self._lease_lock = asyncio.Lock()  # renewals and takes, on the writer's loop
         self._watcher: concurrent.futures.Future[None] | None = None
+        # The readers' connection, known from before it connects (abort_reader drops it)
+        self._reader_bridge: Bridge | None = None
 
     def __getstate__(self) -> tuple[JetStreamConfig, str]:
         return self.cfg, self.node
@@ -435,13 +475,15 @@ class ClusterIdentityStore(ReaderThread):
             raise NotLeader("the identity writer's lease lapsed unrenewed")
 
     def close(self) -> None:
+        """End the renewals, give the lease back (within CLOSE_STEP: during a quorum
+        loss nothing answers, and it lapses with the TTL) and close the connection."""
         if self._w is None:
             return
         w = self._w
         if self._renewer is not None:
             w.bridge.loop.call_soon_threadsafe(self._renewer.cancel)
         with contextlib.suppress(Exception):  # let go now: another node takes over next
-            w.run(self.lease.stop())
+            w.bridge.run(finish(self.lease.stop(), CLOSE_STEP), CLOSE_STEP + AGAIN_AFTER + 1.0)
         w.close()
         self._w = None
 
@@ -651,12 +693,25 @@ class ClusterIdentityStore(ReaderThread):
         called again after it raised."""
         self._start_reader()
         if self._r is None:
-            self._r = await self.read(_Side, self.cfg, self.names, "reader")
+            self._r = await self.read(_Side, self.cfg, self.names, "reader", self._made_reader)
+
+    def _made_reader(self, bridge: Bridge) -> None:
+        self._reader_bridge = bridge
 
     async def close_reader(self) -> None:
         if self._r is not None and self._watcher is not None:
             self._r.bridge.loop.call_soon_threadsafe(self._watcher.cancel)
         await super().close_reader()
+
+    def abort_reader(self) -> None:
+        """The readers' connection dropped now (:meth:`Bridge.abort`): its watcher, the
+        erasures' subscription and a read in flight on the reader thread (its opening
+        too) end with it, so neither that thread nor the connection outlives the stop
+        (issue 14's fourth trial: the reader's connection went on past ``eventd
+        stopped``)."""
+        if self._reader_bridge is not None:
+            self._reader_bridge.abort()
+        super().abort_reader()
 
     @property
     def r(self) -> _Side:

@@ -199,6 +199,15 @@ class ReaderThread:
         self._reader.shutdown(wait=True)
         self._reader = None
 
+    def abort_reader(self) -> None:
+        """Leave the reader thread to end its read in hand and nothing after it (queued
+        reads are cancelled), without waiting; what it holds is closed with the
+        process (a SQLite read ends within its busy timeout)."""
+        if self._reader is not None:
+            self._reader.shutdown(wait=False, cancel_futures=True)
+            self._reader = None
+        self._r = None
+
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the reader thread (it may use :attr:`r`)."""
         assert self._reader is not None, "identity store reader not open"

@@ -121,6 +121,7 @@ CLOSE_TIMEOUT = 10.0  # seconds close() takes at most, by default (serve's stop:
 # (give-backs, disconnecting) take milliseconds unless the cluster does not answer
 STAGES_SHARE = 0.7
 MANAGE_TIMEOUT = 30.0  # seconds for stream and consumer management requests
+OPEN_ATTEMPT = 5.0  # seconds the first attempt of open() is given (doubled after each)
 LEASE_TTL = 10.0  # seconds a dead node keeps a dedup partition
 LEASE_RENEW = 3.0
 # Seconds between an idle dedup stage's checks of its consumer (_tend; a busy one
@@ -561,26 +562,40 @@ class JetStreamStore:
         self.max_message_bytes = self.nc.max_payload // 2
         self.ordered = set(ordered)
         self.local = set(local)
+        attempt = OPEN_ATTEMPT
         while True:
             # A cluster coming back from a lost quorum answers ServiceUnavailable
             # while it elects leaders (seen: a node restarted 1 s after SIGCONT gave
             # up at once): asked again until the caller's own deadline cuts it short.
+            # Or it answers nothing: a request sent then may never be answered
+            # (issue 14's fourth trial: a node opened 35 s after SIGCONT; measured,
+            # one request waited the whole 30 s MANAGE_TIMEOUT, the next was
+            # answered at once). Each attempt is cut at ``attempt`` seconds, doubled
+            # after each (up to MANAGE_TIMEOUT: a slow cluster still gets its time);
+            # every step is idempotent (created or brought to this config).
             try:
-                await self.ensure(destinations)
-                if run_dedup:
-                    # Beat once before returning: an open node is counted by every
-                    # node's live_nodes() from then on (the limits they share), not a
-                    # round later. In the loop: the lease bucket may elect its leader
-                    # after the streams did (seen: no responders, the open failed).
-                    await asyncio.wait_for(self.heartbeat(), MANAGE_TIMEOUT)
-                break
+                if await finish(self._join(destinations, run_dedup), attempt):
+                    break
+                self.open_error = f"no answer within {attempt:g}s"
             except _TRANSIENT as exc:
                 self.open_error = repr(exc)
-                log.info("cluster not ready; asking again", error=self.open_error)
-                await asyncio.sleep(1.0)
+            log.info("cluster not ready; asking again", error=self.open_error)
+            attempt = min(2 * attempt, MANAGE_TIMEOUT)
+            await asyncio.sleep(1.0)
         self._publisher = asyncio.create_task(self._publish_loop(), name="jetstream-publisher")
         if run_dedup:
             self._claimer = asyncio.create_task(self._claim_loop(), name="jetstream-dedup-claims")
+
+    async def _join(self, destinations: Sequence[str], run_dedup: bool) -> None:
+        """One attempt of :meth:`open`: :meth:`ensure`, then (``run_dedup``) a first
+        heartbeat."""
+        await self.ensure(destinations)
+        if run_dedup:
+            # Beat once before returning: an open node is counted by every node's
+            # live_nodes() from then on (the limits they share), not a round later. In
+            # the attempt: the lease bucket may elect its leader after the streams did
+            # (seen: no responders, the open failed).
+            await asyncio.wait_for(self.heartbeat(), MANAGE_TIMEOUT)
 
     async def ensure(self, destinations: Sequence[str]) -> None:
         """Streams, the lease bucket, dedup consumers and one durable consumer per

@@ -61,6 +61,9 @@ class MemoryIdentityStore:
     async def close_reader(self) -> None:
         pass
 
+    def abort_reader(self) -> None:
+        pass
+
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 

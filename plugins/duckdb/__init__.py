@@ -167,8 +167,16 @@ class Duckdb(Destination):
 
     async def close(self) -> None:
         """Close the file and end the loader (a later call starts it again; a loader
-        killed already left the file at its last commit)."""
-        await self._worker.close()
+        killed already left the file at its last commit). Cut short (a stop's bound,
+        eventd/app.py), the loader is killed on the way out: the process's exit would
+        wait for its call in hand otherwise (issue 14); its file keeps its last commit."""
+        closed = False
+        try:
+            await self._worker.close()
+            closed = True
+        finally:
+            if not closed:
+                self._worker.kill()
 
 
 @hookimpl

@@ -6,8 +6,10 @@ nothing. A real 3-server cluster, R3; each test its own stream name."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -158,3 +160,41 @@ async def test_a_users_membership_row_is_kept_in_the_users_index_alone(
         assert [x.user_id for _, x in await w.read(w.links_after, 0, 100)] == ["bob"]
     finally:
         await w.close_reader()
+
+
+async def test_an_aborted_reader_ends_its_read_in_flight_at_once(
+    stores: Callable[[], ClusterIdentityStore],
+) -> None:
+    """Issue 14's fourth trial: a stop cut short drops the reader's connection
+    (``abort_reader``). A read in flight on the reader thread, waiting on a cluster
+    that never answers (here: an await nothing ends), ends at once rather than after
+    CALL_TIMEOUT (60 s), and the thread ends with it: the interpreter's exit joins it."""
+    r = stores()
+    await r.open_reader()
+    asked = threading.Event()
+
+    async def never() -> None:  # a server that takes the request and never answers
+        asked.set()
+        await asyncio.Event().wait()
+
+    def read() -> str:  # on the reader thread, as find_many and the others read
+        try:
+            r.r.run(never())
+        except BaseException as exc:
+            return type(exc).__name__
+        return "answered"
+
+    reading = asyncio.ensure_future(r.read(read))
+    assert await asyncio.to_thread(asked.wait, 30)
+    threads = {t for t in threading.enumerate() if t.name.startswith("eventd-identity-reader_")}
+    assert len(threads) == 1
+    bridge = r.r.bridge
+    began = time.monotonic()
+    r.abort_reader()
+    assert await reading == "CancelledError"
+    await asyncio.to_thread(lambda: [t.join(30) for t in threads])
+    took = time.monotonic() - began
+    assert not any(t.is_alive() for t in threads)
+    assert took < 1.0, took  # on the code before: the 60 s of CALL_TIMEOUT
+    with pytest.raises(RuntimeError, match="dropped"):  # nothing waits on its stopped loop
+        bridge.run(never())
