@@ -1140,7 +1140,9 @@ class JetStreamStore:
         - ahead: the consumer's delivered stream sequence > the stream's last;
         - stranded: a message of ``S.in.p`` at or below what it delivered (its ack
           floor while some are unacked) whose events are not all in the dedup set
-          (every message is read: one direct get each, once, as it is purged after);
+          (every message is read: one direct get each, once, as it is purged after):
+          forwarded at once from the copy read (the only check that recreates no
+          consumer);
         - stuck: messages pending at two checks in a row and none fetched (``fetched``:
           since the last check) in between, the stage pulling all along (seen after
           a quorum loss: two partitions delivered nothing until a server restarted;
@@ -1221,14 +1223,30 @@ class JetStreamStore:
         # take the sequence of one acked before, and the consumer never delivers it.
         upto = floor if info.num_ack_pending else delivered
         checked = 0
-        async for seq, data, _ in self._messages(n.ingest, subject, upto):
+        async for seq, data, headers in self._messages(n.ingest, subject, upto):
             self._dedup.beat(p)  # a long read (after HOLD_MAX) is progress
             keys = [(dedup_key(r[0], r[1]), r[6]) for r in decode_rows(data)]
             through = dedup.forwarded_through(keys)
             if through is None:
-                return await self._heal(
-                    p, "stranded", delivered=delivered, last_seq=last, stranded_seq=seq
+                # Stranded: forwarded here, from the stream leader's copy just read. A
+                # consumer made again did not help: its leader's replica can hold
+                # another message at this sequence (the sixth trial: dedup-0 recreated
+                # 13 times in 16 s, the same stranded_seq each time).
+                log.error(
+                    "ingest group passed by its dedup consumer, never forwarded;"
+                    " forwarded from the stream's leader",
+                    partition=p,
+                    consumer=n.dedup_consumer(p),
+                    reason="stranded",
+                    delivered=delivered,
+                    last_seq=last,
+                    stranded_seq=seq,
                 )
+                self.on_fault(n.dedup_consumer(p), "stranded")
+                await self._forward(p, data, _log_id(seq, headers), dedup)
+                through = dedup.forwarded_through(keys)
+                if through is None:  # some events not kept (cannot be): look again next time
+                    break
             if through > safe and not held_too_long:
                 # Its log message may be on a quorum only: a replica left behind that
                 # becomes leader loses it (the third trial). Kept, to forward again.
