@@ -162,13 +162,13 @@ class Metrics:
             "eventd_storage_writable", "1 when the last commit succeeded", registry=r
         )
         # The cluster's (docs/scaling.md): a dedup or log consumer found out of step
-        # with its stream, by consumer and reason (ahead, stranded, stuck, missing,
+        # with its stream, by consumer and reason (ahead, stranded, stuck, unacked, missing,
         # log_lost; silent: a dedup stage that made no progress, stopped and restarted);
         # groups acknowledged and waiting for their dedup stage.
         self.consumer_faults = Counter(
             "eventd_cluster_consumer_faults",
             "Consumers found out of step with their stream"
-            " (ahead, stranded, stuck, missing, log_lost, silent)",
+            " (ahead, stranded, stuck, unacked, missing, log_lost, silent)",
             ["consumer", "reason"],
             registry=r,
         )
