@@ -781,3 +781,28 @@ async def test_a_node_local_destination_has_a_consumer_per_node_and_a_dead_nodes
     assert b2.created_local == {"duck"}
     await a.append([row("n0"), row("n1")])
     assert {e.message_id for e in await drain(await b2.reader("duck"), 2)} == {"n0", "n1"}
+
+
+async def test_a_node_local_consumer_created_by_a_request_whose_answer_was_lost_counts_as_new(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open()'s attempts are bounded: one cut after the servers created this node's
+    consumer loses the answer, and the retry finds it there. It is still this node's
+    new consumer (a CI run under load: ``created_local`` empty)."""
+    add = JetStreamContext.add_consumer
+    lost: list[str] = []
+
+    async def answer_lost(self: JetStreamContext, stream: str, config: object = None, **kw: object):  # type: ignore[no-untyped-def]
+        info = await add(self, stream, config, **kw)  # type: ignore[arg-type]
+        name = getattr(config, "durable_name", "") or ""
+        if name.startswith("dest-duck@") and not lost:
+            lost.append(name)
+            await asyncio.Event().wait()  # no answer: the attempt is cut (OPEN_ATTEMPT)
+        return info
+
+    monkeypatch.setattr(JetStreamContext, "add_consumer", answer_lost)
+    monkeypatch.setattr(jetstream, "OPEN_ATTEMPT", 2.0)
+    both = {"destinations": ("hook", "duck"), "local": ("duck",)}
+    a = await nodes.start("a", local_id="na", **both)  # type: ignore[arg-type]
+    assert lost == ["dest-duck@na"]
+    assert a.created_local == {"duck"}

@@ -401,10 +401,18 @@ async def _wait_settled(
         await asyncio.sleep(0.1)
 
 
-async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> bool:
+async def _ensure_consumer(
+    js: JetStreamContext,
+    stream: str,
+    config: ConsumerConfig,
+    missing: Callable[[], None] = lambda: None,
+) -> bool:
     """Create a durable consumer unless it exists (its cursor is kept as it is); True
-    when this call created it. An existing one whose inactive threshold differs (a
-    node-local consumer, storage.retention changed) is updated to this config."""
+    when this call created it. ``missing`` is called when it was not found, before it
+    is created: a call cut short after the servers created it (open()'s attempts are
+    bounded) leaves that known, where the True is lost. An existing one whose
+    inactive threshold differs (a node-local consumer, storage.retention changed) is
+    updated to this config."""
     assert config.durable_name is not None
     try:
         info = await js.consumer_info(stream, config.durable_name)
@@ -416,6 +424,7 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCo
                 log.warning("consumer not updated", consumer=config.durable_name, error=str(exc))
         return False
     except NotFoundError:
+        missing()
         try:
             # Retried: seen timing out once when a node's consumer was created again just
             # after the servers removed it (inactive); the callers bound the wait.
@@ -646,8 +655,13 @@ class JetStreamStore:
         for name in destinations:
             for durable, subject in self._consumers(name):
                 wanted = self._consumer_config(durable, subject)
-                if await _ensure_consumer(js, n.stream, wanted) and name in self.local:
-                    self.created_local.add(name)
+                # A node-local consumer is named by this node: no other node makes it.
+                if name in self.local:
+                    await _ensure_consumer(
+                        js, n.stream, wanted, functools.partial(self.created_local.add, name)
+                    )
+                else:
+                    await _ensure_consumer(js, n.stream, wanted)
         # Every stream and consumer this node uses led and its replicas current
         # before the node serves (a stream just scaled is still electing).
         waits: list[tuple[str, str | None]] = [(name, None) for name, _, _ in streams]
