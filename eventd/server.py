@@ -5,9 +5,9 @@ Start-up: the listening sockets are bound first, before the store opens, so a
 before it has joined a cluster or touched the data directory. While the store
 opens (on a cluster: up to ``OPEN_TIMEOUT``, 60 s, waiting for a quorum), every
 request is answered at once: ``/health`` and ``/ready`` 503 (``{"status":
-"starting"}``; ready false), anything else 503 ``starting`` with ``Retry-After`` (SDKs and load
-balancers retry; the fifth trial's clients hung up to 40 s on a node restarting
-after a quorum loss, and a TCP check passed). SIGTERM/SIGINT during start-up
+"starting"}``; ready false), anything else 503 ``starting`` with ``Retry-After``
+(SDKs and load balancers retry; the fifth trial's clients hung up to 40 s on a
+node restarting after a quorum loss, and a TCP check passed). SIGTERM/SIGINT during start-up
 cancel it: what had opened is closed, exit 0.
 
 Shutdown: stop accepting, let in-flight requests finish and commit, let
@@ -32,6 +32,7 @@ import time
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
 from eventd.app import EXIT_MARGIN, RUNTIME, create_app
@@ -156,31 +157,27 @@ async def _answer_starting(sockets: list[socket.socket]) -> web.AppRunner:
     cleanup leaves ours listening; connections made in between wait in the
     kernel's queue for the app)."""
 
-    # Each answer closes its connection: the next request goes to the app, on a new one.
     async def health(request: web.Request) -> web.Response:
         # 503, not 200: whoever polls /health for 200 before sending (the tests, a
         # load balancer) keeps waiting for the app, as when the socket was silent.
-        response = web.json_response({"status": "starting"}, status=503)
-        response.force_close()
-        return response
+        return web.json_response({"status": "starting"}, status=503)
 
     async def ready(request: web.Request) -> web.Response:
         checks = {"storage_writable": False, "dispatcher_running": False}
-        response = web.json_response({"ready": False, **checks}, status=503)
-        response.force_close()
-        return response
+        return web.json_response({"ready": False, **checks}, status=503)
 
     async def refuse(request: web.Request) -> web.Response:
-        response = error_response(
-            503,
-            "starting",
-            "eventd is starting: its storage is not open yet",
-            **{"Retry-After": str(STARTING_RETRY_AFTER)},
-        )
-        response.force_close()
+        message = "eventd is starting: its storage is not open yet"
+        retry = {"Retry-After": str(STARTING_RETRY_AFTER)}
+        return error_response(503, "starting", message, **retry)
+
+    @web.middleware
+    async def close_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        response.force_close()  # the next request goes to the app, on a new connection
         return response
 
-    app = web.Application()
+    app = web.Application(middlewares=[close_connection])
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_route("*", "/{tail:.*}", refuse)
