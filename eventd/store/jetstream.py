@@ -401,11 +401,15 @@ async def _wait_settled(
         await asyncio.sleep(0.1)
 
 
+def _none() -> None:
+    """A callback that does nothing."""
+
+
 async def _ensure_consumer(
     js: JetStreamContext,
     stream: str,
     config: ConsumerConfig,
-    missing: Callable[[], None] = lambda: None,
+    missing: Callable[[], None] = _none,
 ) -> bool:
     """Create a durable consumer unless it exists (its cursor is kept as it is); True
     when this call created it. ``missing`` is called when it was not found, before it
@@ -655,13 +659,10 @@ class JetStreamStore:
         for name in destinations:
             for durable, subject in self._consumers(name):
                 wanted = self._consumer_config(durable, subject)
-                # A node-local consumer is named by this node: no other node makes it.
-                if name in self.local:
-                    await _ensure_consumer(
-                        js, n.stream, wanted, functools.partial(self.created_local.add, name)
-                    )
-                else:
-                    await _ensure_consumer(js, n.stream, wanted)
+                # A node-local consumer is named by this node: no other node makes it,
+                # so one found missing is this node's new one.
+                new = functools.partial(self.created_local.add, name)
+                await _ensure_consumer(js, n.stream, wanted, new if name in self.local else _none)
         # Every stream and consumer this node uses led and its replicas current
         # before the node serves (a stream just scaled is still electing).
         waits: list[tuple[str, str | None]] = [(name, None) for name, _, _ in streams]
