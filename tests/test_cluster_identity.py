@@ -45,6 +45,13 @@ def profile(node: EventdProcess, ident: str, suffix: str = "") -> tuple[int, Any
     return admin_get(f"{node.url}/admin/profiles/{ident}{suffix}", node.admin_token)
 
 
+def stored_seq(node: EventdProcess, message_id: str) -> int | None:
+    """The event's seq in the log (None: not in it yet)."""
+    found = node.admin("GET", f"/admin/outcomes?source=app&message_id={message_id}")
+    seq: int | None = found["seq"]
+    return seq
+
+
 def known(node: EventdProcess, ident: str) -> bool:
     return profile(node, ident)[0] == 200
 
@@ -93,8 +100,12 @@ def test_identify_on_one_node_is_read_and_stitched_on_the_other_and_survives_a_k
     sink, (a, b) = identity_nodes
     assert "identity writer leading" not in b.log()  # one writer: a's
 
-    # Before sign-in (anonymous), then the sign-in, both through node a.
+    # Before sign-in (anonymous), then the sign-in, both through node a. The two are
+    # in different partitions (v1's and ana's), whose stages forward to the log each
+    # at its own pace: the sign-in is sent once m1 is in the log, so the log has m1
+    # before the link (the order resolve_identity reads: eventd/identity/stitch.py).
     send(a, {"type": "track", "event": "Step 1", "anonymousId": "v1", "messageId": "m1"})
+    wait_until(lambda: stored_seq(a, "m1") is not None, 60, "m1 in the log")
     send(
         a,
         {
@@ -119,6 +130,8 @@ def test_identify_on_one_node_is_read_and_stitched_on_the_other_and_survives_a_k
     # readable), sent to b: delivered resolved, with the trait, by whichever node.
     send(b, {"type": "track", "event": "Step 2", "anonymousId": "v1", "messageId": "m3"})
     wait_until(lambda: {"m1", "m2", "m3"} <= set(delivered(sink)), 90, "m1-m3 delivered")
+    seqs = [stored_seq(b, m) or 0 for m in ("m1", "m2", "m3")]
+    assert 0 < seqs[0] < seqs[1] < seqs[2], seqs  # the log's order, read on the other node
     got = delivered(sink)
     assert "userId" not in got["m1"]  # before any link: stays anonymous
     assert got["m3"]["userId"] == "ana"
@@ -205,8 +218,7 @@ def test_an_erasure_asked_of_the_node_that_does_not_write_the_graph_erases_every
             assert profile(node, ident, "/events")[0] == 404, (node.url, ident)
         assert profile(node, "kim")[1]["event_count"] == 2
         for mid in ("z1", "z2", "z3", "z4", "z5"):
-            found = node.admin("GET", f"/admin/outcomes?source=app&message_id={mid}")
-            assert found["seq"] is None, (node.url, mid)
+            assert stored_seq(node, mid) is None, (node.url, mid)
     # The deletion, as the node that did not ask it reads it once it is done.
     shown = a.admin("GET", "/admin/suppressions/zoe?wait=60")
     assert (shown["erase"], shown["erased_events"]) == (True, 5)
