@@ -133,6 +133,11 @@ def test_the_identities_table_gets_every_link_and_survives_the_writers_kill(
         for i in range(10):
             people.sign_in((a, b)[i % 2], f"anon-{i}", f"user-{i}")
         people.sign_in(b, "phone-3", "user-3")  # user-3's second device
+        # The alias is in user-4's partition, user-5's sign-in in user-5's: each
+        # partition's stage forwards to the log at its own pace, so the alias is sent
+        # once every sign-in is in the graph (else it could be user-5's first
+        # appearance, and the row's linked_at the alias's time).
+        wait_until(lambda: people.expected(b) is not None, 120, "every sign-in applied")
         send(
             a,
             {
