@@ -19,13 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 
 from eventd import __version__
 from eventd.config import Config, ConfigError, find_config_path, load, new_secret
 
 
 class CliError(Exception):
-    """Printed as ``eventd: message`` with exit status 1."""
+    """Printed as ``eventd: message`` with exit status 1; ``status``: the admin API's
+    HTTP status when it answered with an error (None: another failure)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,9 +297,16 @@ class AdminClient:
             raise CliError(f"{config.origin}: admin.token is not set, so the admin API is off")
 
     def request(
-        self, method: str, path: str, body: Any = None, stream: bool = False, wait: float = 0
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        stream: bool = False,
+        wait: float = 0,
+        text: bool = False,
     ) -> Any:
-        """The admin API's JSON answer; ``wait``: seconds the server may take on purpose."""
+        """The admin API's JSON answer (``text``: the body as text); ``wait``: seconds
+        the server may take on purpose."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.base + path,
@@ -308,7 +321,7 @@ class AdminClient:
                 message = json.loads(exc.read()).get("message", exc.reason)
             except ValueError:
                 message = exc.reason
-            raise CliError(f"{method} {path}: HTTP {exc.code}: {message}") from None
+            raise CliError(f"{method} {path}: HTTP {exc.code}: {message}", exc.code) from None
         except urllib.error.URLError as exc:
             raise CliError(
                 f"eventd is not running at {self.base} ({exc.reason}); start it with `eventd serve`"
@@ -316,7 +329,7 @@ class AdminClient:
         if stream:
             return resp
         with resp:
-            return json.loads(resp.read())
+            return resp.read().decode() if text else json.loads(resp.read())
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
@@ -339,30 +352,77 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
+STATUS_COLUMNS = [
+    "name",
+    "type",
+    "cursor",
+    "lag_events",
+    "lag_seconds",
+    "delivered",
+    "skipped",
+    "retrying",
+    "dead",
+    "last_error",
+]
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    rows = _client(args).request("GET", "/admin/destinations")
+    client = _client(args)
+    try:
+        rows = client.request("GET", "/admin/destinations")
+    except CliError as exc:
+        if exc.status != 503:
+            raise
+        # The store does not answer (a cluster without quorum): what the node itself
+        # still knows, from /metrics, which answers during a loss (eventd/admin/scrape.py).
+        print(f"eventd: {exc}", file=sys.stderr)
+        _last_reading(client.request("GET", "/metrics", text=True))
+        return 1
     if not rows:
         print("no destinations configured")
         return 0
     for row in rows:  # an estimate says it is one: "~342000"
         if row.get("lag_estimated"):
             row["lag_events"] = f"~{row['lag_events']}"
-    _table(
-        rows,
-        [
-            "name",
-            "type",
-            "cursor",
-            "lag_events",
-            "lag_seconds",
-            "delivered",
-            "skipped",
-            "retrying",
-            "dead",
-            "last_error",
-        ],
-    )
+    _table(rows, STATUS_COLUMNS)
     return 0
+
+
+def _last_reading(exposition: str) -> None:
+    """Print, per destination, the lag gauges' last good reading and this node's own
+    counters from a /metrics answer (Prometheus text, parsed by prometheus_client)."""
+    rows: dict[str, dict[str, Any]] = {}
+    single: dict[str, float] = {}
+    wanted = {
+        "eventd_lag_events": "lag_events",
+        "eventd_lag_seconds": "lag_seconds",
+        "eventd_lag_estimated": "estimated",
+        "eventd_delivered_events_total": "delivered",
+        "eventd_skipped_events_total": "skipped",
+        "eventd_retried_events_total": "retried",
+        "eventd_dead_lettered_events_total": "dead_lettered",
+    }
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if not sample.labels:
+                single[sample.name] = sample.value
+            column = wanted.get(sample.name)
+            name = sample.labels.get("destination")
+            if column is None or name is None:
+                continue
+            row = rows.setdefault(name, {"name": name})
+            value = row.get(column, 0) + sample.value  # skipped: summed over its reasons
+            row[column] = int(value) if float(value).is_integer() else round(value, 1)
+    age = single.get("eventd_lag_reading_age_seconds", float("inf"))
+    print(
+        f"this node's last lag reading, {age:.0f} s old (from /metrics); delivered,"
+        " skipped, retried and dead_lettered: by this node since it started"
+    )
+    for row in rows.values():  # an estimate says it is one: "~342000"
+        if row.pop("estimated", 0):
+            row["lag_events"] = f"~{row.get('lag_events', 0)}"
+    columns = ["name", "lag_events", "lag_seconds", "delivered", "skipped", "retried"]
+    _table(sorted(rows.values(), key=lambda r: str(r["name"])), [*columns, "dead_lettered"])
 
 
 def cmd_dl_list(args: argparse.Namespace) -> int:

@@ -167,6 +167,7 @@ def test_metrics_answer_in_bounded_time_during_and_after_a_loss_with_the_last_go
                 for i in range(3):
                     cluster.pause(i)
                 during = [scrape(node) for _ in range(3)]
+                shown = node.cli("status")  # what an operator sees meanwhile
             finally:
                 for i in range(3):
                     cluster.resume(i)
@@ -178,8 +179,16 @@ def test_metrics_answer_in_bounded_time_during_and_after_a_loss_with_the_last_go
                 assert samples[LAG] == BATCH  # the last good reading's (nothing moved)
             for _, _, samples in during:
                 assert samples["eventd_lag_reading_ok"] == 0
+            # `eventd status`: the 503, then the node's last reading (the lag it held).
+            assert shown.returncode == 1, shown
+            assert "GET /admin/destinations: HTTP 503" in shown.stderr, shown.stderr
+            assert "this node's last lag reading" in shown.stdout, shown.stdout
+            table = [line.split() for line in shown.stdout.splitlines()[1:]]
+            assert table[0][:2] == ["NAME", "LAG_EVENTS"], shown.stdout
+            assert [row[:2] for row in table[1:]] == [["hook", str(BATCH)]], shown.stdout
             ages = [samples["eventd_lag_reading_age_seconds"] for _, _, samples in during]
             assert ages == sorted(ages) and ages[0] >= SCRAPE_WAIT, ages
+            print(shown.stderr + shown.stdout)
             print("scrapes took", [round(took, 2) for _, took, _ in [*during, after]])
             wait_until(lambda: scrape(node)[2]["eventd_lag_reading_ok"] == 1, 90, "a fresh reading")
             assert scrape(node)[2][LAG] == BATCH
