@@ -352,20 +352,6 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
-STATUS_COLUMNS = [
-    "name",
-    "type",
-    "cursor",
-    "lag_events",
-    "lag_seconds",
-    "delivered",
-    "skipped",
-    "retrying",
-    "dead",
-    "last_error",
-]
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
@@ -381,48 +367,69 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print("no destinations configured")
         return 0
-    for row in rows:  # an estimate says it is one: "~342000"
-        if row.get("lag_estimated"):
-            row["lag_events"] = f"~{row['lag_events']}"
-    _table(rows, STATUS_COLUMNS)
+    _table(
+        _estimates_marked(rows),
+        [
+            "name",
+            "type",
+            "cursor",
+            "lag_events",
+            "lag_seconds",
+            "delivered",
+            "skipped",
+            "retrying",
+            "dead",
+            "last_error",
+        ],
+    )
     return 0
+
+
+def _estimates_marked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with an estimated ``lag_events`` (``lag_estimated`` true) shown as
+    one: "~342000"."""
+    for row in rows:
+        if row.get("lag_estimated"):
+            row["lag_events"] = f"~{row.get('lag_events', 0)}"
+    return rows
+
+
+# /metrics samples `eventd status` shows during a loss, by the column they fill
+LAST_READING = {
+    "eventd_lag_events": "lag_events",
+    "eventd_lag_seconds": "lag_seconds",
+    "eventd_lag_estimated": "lag_estimated",
+    "eventd_delivered_events_total": "delivered",
+    "eventd_skipped_events_total": "skipped",
+    "eventd_retried_events_total": "retried",
+    "eventd_dead_lettered_events_total": "dead_lettered",
+}
 
 
 def _last_reading(exposition: str) -> None:
     """Print, per destination, the lag gauges' last good reading and this node's own
     counters from a /metrics answer (Prometheus text, parsed by prometheus_client)."""
     rows: dict[str, dict[str, Any]] = {}
-    single: dict[str, float] = {}
-    wanted = {
-        "eventd_lag_events": "lag_events",
-        "eventd_lag_seconds": "lag_seconds",
-        "eventd_lag_estimated": "estimated",
-        "eventd_delivered_events_total": "delivered",
-        "eventd_skipped_events_total": "skipped",
-        "eventd_retried_events_total": "retried",
-        "eventd_dead_lettered_events_total": "dead_lettered",
-    }
+    age = float("inf")
     for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
-            if not sample.labels:
-                single[sample.name] = sample.value
-            column = wanted.get(sample.name)
+            if sample.name == "eventd_lag_reading_age_seconds":
+                age = sample.value
+            column = LAST_READING.get(sample.name)
             name = sample.labels.get("destination")
             if column is None or name is None:
                 continue
             row = rows.setdefault(name, {"name": name})
             value = row.get(column, 0) + sample.value  # skipped: summed over its reasons
-            row[column] = int(value) if float(value).is_integer() else round(value, 1)
-    age = single.get("eventd_lag_reading_age_seconds", float("inf"))
+            row[column] = int(value) if value.is_integer() else round(value, 1)
     print(
         f"this node's last lag reading, {age:.0f} s old (from /metrics); delivered,"
         " skipped, retried and dead_lettered: by this node since it started"
     )
-    for row in rows.values():  # an estimate says it is one: "~342000"
-        if row.pop("estimated", 0):
-            row["lag_events"] = f"~{row.get('lag_events', 0)}"
-    columns = ["name", "lag_events", "lag_seconds", "delivered", "skipped", "retried"]
-    _table(sorted(rows.values(), key=lambda r: str(r["name"])), [*columns, "dead_lettered"])
+    _table(
+        _estimates_marked(sorted(rows.values(), key=lambda r: str(r["name"]))),
+        ["name", "lag_events", "lag_seconds", "delivered", "skipped", "retried", "dead_lettered"],
+    )
 
 
 def cmd_dl_list(args: argparse.Namespace) -> int:
