@@ -22,7 +22,7 @@ import pytest
 
 from tests.harness import EventdProcess, Received, Sink, admin_get, basic
 from tests.nats_cluster import NatsCluster
-from tests.test_cluster_serve import WRITE_KEY, admin_post, two_nodes, wait_until
+from tests.test_cluster_serve import WRITE_KEY, admin_post, stored_seq, two_nodes, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +43,6 @@ def send(node: EventdProcess, *events: dict[str, Any]) -> None:
 
 def profile(node: EventdProcess, ident: str, suffix: str = "") -> tuple[int, Any]:
     return admin_get(f"{node.url}/admin/profiles/{ident}{suffix}", node.admin_token)
-
-
-def stored_seq(node: EventdProcess, message_id: str) -> int | None:
-    """The event's seq in the log (None: not in it yet)."""
-    found = node.admin("GET", f"/admin/outcomes?source=app&message_id={message_id}")
-    seq: int | None = found["seq"]
-    return seq
 
 
 def known(node: EventdProcess, ident: str) -> bool:
